@@ -1,0 +1,271 @@
+//! Tensor element types, numbered as GGML numbers them (the numbers are what GGUF stores).
+
+use std::fmt;
+
+/// Errors of the dtype vocabulary.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DTypeError {
+    #[error("unknown ggml tensor type id {id}")]
+    UnknownId { id: u32 },
+    #[error("tensor type {dtype} is not supported by tuili")]
+    Unsupported { dtype: DType },
+    #[error("{n_elements} elements is not a whole number of {dtype} blocks ({block_len} each)")]
+    NotBlockMultiple {
+        dtype: DType,
+        n_elements: u64,
+        block_len: u64,
+    },
+    #[error("size of {n_elements} elements of {dtype} overflows")]
+    Overflow { dtype: DType, n_elements: u64 },
+}
+
+/// A GGML tensor element type. Block-quantized types store `block_len()` elements in
+/// `block_bytes()` bytes; plain types have a block length of 1.
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum DType {
+    F32 = 0,
+    F16 = 1,
+    Q4_0 = 2,
+    Q4_1 = 3,
+    Q5_0 = 6,
+    Q5_1 = 7,
+    Q8_0 = 8,
+    Q8_1 = 9,
+    Q2_K = 10,
+    Q3_K = 11,
+    Q4_K = 12,
+    Q5_K = 13,
+    Q6_K = 14,
+    Q8_K = 15,
+    IQ2_XXS = 16,
+    IQ2_XS = 17,
+    IQ3_XXS = 18,
+    IQ1_S = 19,
+    IQ4_NL = 20,
+    IQ3_S = 21,
+    IQ2_S = 22,
+    IQ4_XS = 23,
+    I8 = 24,
+    I16 = 25,
+    I32 = 26,
+    I64 = 27,
+    F64 = 28,
+    IQ1_M = 29,
+    BF16 = 30,
+    TQ1_0 = 34,
+    TQ2_0 = 35,
+}
+
+impl DType {
+    /// Every type GGUF knows, in id order.
+    pub const ALL: [DType; 31] = [
+        DType::F32,
+        DType::F16,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q8_0,
+        DType::Q8_1,
+        DType::Q2_K,
+        DType::Q3_K,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+        DType::Q8_K,
+        DType::IQ2_XXS,
+        DType::IQ2_XS,
+        DType::IQ3_XXS,
+        DType::IQ1_S,
+        DType::IQ4_NL,
+        DType::IQ3_S,
+        DType::IQ2_S,
+        DType::IQ4_XS,
+        DType::I8,
+        DType::I16,
+        DType::I32,
+        DType::I64,
+        DType::F64,
+        DType::IQ1_M,
+        DType::BF16,
+        DType::TQ1_0,
+        DType::TQ2_0,
+    ];
+
+    /// The types tuili can turn into f32 (and so run a model with).
+    pub const DEQUANTIZABLE: [DType; 14] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q2_K,
+        DType::Q3_K,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+        DType::Q8_K,
+    ];
+
+    pub fn from_id(id: u32) -> Result<DType, DTypeError> {
+        DType::ALL
+            .iter()
+            .copied()
+            .find(|t| *t as u32 == id)
+            .ok_or(DTypeError::UnknownId { id })
+    }
+
+    pub fn id(self) -> u32 {
+        self as u32
+    }
+
+    /// Elements per block.
+    pub fn block_len(self) -> u64 {
+        use DType::*;
+        match self {
+            F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL => 32,
+            Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S
+            | IQ3_S | IQ2_S | IQ4_XS | IQ1_M | TQ1_0 | TQ2_0 => 256,
+        }
+    }
+
+    /// Bytes per block (ggml's `type_size`).
+    pub fn block_bytes(self) -> u64 {
+        use DType::*;
+        match self {
+            F32 | I32 => 4,
+            F16 | BF16 | I16 => 2,
+            I8 => 1,
+            I64 | F64 => 8,
+            Q4_0 => 18,
+            Q4_1 => 20,
+            Q5_0 => 22,
+            Q5_1 => 24,
+            Q8_0 => 34,
+            Q8_1 => 36,
+            Q2_K => 84,
+            Q3_K => 110,
+            Q4_K => 144,
+            Q5_K => 176,
+            Q6_K => 210,
+            Q8_K => 292,
+            IQ2_XXS => 66,
+            IQ2_XS => 74,
+            IQ3_XXS => 98,
+            IQ1_S => 50,
+            IQ4_NL => 18,
+            IQ3_S => 110,
+            IQ2_S => 82,
+            IQ4_XS => 136,
+            IQ1_M => 56,
+            TQ1_0 => 54,
+            TQ2_0 => 66,
+        }
+    }
+
+    /// Bytes taken by `n_elements` elements, checking block alignment and overflow.
+    pub fn bytes_for(self, n_elements: u64) -> Result<u64, DTypeError> {
+        let bl = self.block_len();
+        if n_elements % bl != 0 {
+            return Err(DTypeError::NotBlockMultiple {
+                dtype: self,
+                n_elements,
+                block_len: bl,
+            });
+        }
+        (n_elements / bl)
+            .checked_mul(self.block_bytes())
+            .ok_or(DTypeError::Overflow {
+                dtype: self,
+                n_elements,
+            })
+    }
+
+    /// Whether tuili can dequantize this type to f32.
+    pub fn is_dequantizable(self) -> bool {
+        DType::DEQUANTIZABLE.contains(&self)
+    }
+
+    /// Bits per weight, for display.
+    pub fn bits_per_weight(self) -> f64 {
+        self.block_bytes() as f64 * 8.0 / self.block_len() as f64
+    }
+
+    pub fn name(self) -> &'static str {
+        use DType::*;
+        match self {
+            F32 => "F32",
+            F16 => "F16",
+            Q4_0 => "Q4_0",
+            Q4_1 => "Q4_1",
+            Q5_0 => "Q5_0",
+            Q5_1 => "Q5_1",
+            Q8_0 => "Q8_0",
+            Q8_1 => "Q8_1",
+            Q2_K => "Q2_K",
+            Q3_K => "Q3_K",
+            Q4_K => "Q4_K",
+            Q5_K => "Q5_K",
+            Q6_K => "Q6_K",
+            Q8_K => "Q8_K",
+            IQ2_XXS => "IQ2_XXS",
+            IQ2_XS => "IQ2_XS",
+            IQ3_XXS => "IQ3_XXS",
+            IQ1_S => "IQ1_S",
+            IQ4_NL => "IQ4_NL",
+            IQ3_S => "IQ3_S",
+            IQ2_S => "IQ2_S",
+            IQ4_XS => "IQ4_XS",
+            I8 => "I8",
+            I16 => "I16",
+            I32 => "I32",
+            I64 => "I64",
+            F64 => "F64",
+            IQ1_M => "IQ1_M",
+            BF16 => "BF16",
+            TQ1_0 => "TQ1_0",
+            TQ2_0 => "TQ2_0",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<DType> {
+        DType::ALL
+            .iter()
+            .copied()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip() {
+        for t in DType::ALL {
+            assert_eq!(DType::from_id(t.id()).unwrap(), t);
+            assert_eq!(DType::from_name(t.name()), Some(t));
+        }
+        assert_eq!(DType::from_id(4), Err(DTypeError::UnknownId { id: 4 }));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(DType::Q4_0.bytes_for(64).unwrap(), 36);
+        assert!(DType::Q4_K.bytes_for(100).is_err());
+        assert!(DType::F32.bytes_for(u64::MAX).is_err());
+        assert_eq!(DType::Q6_K.bits_per_weight(), 6.5625);
+    }
+}

@@ -1,0 +1,36 @@
+//! `tuili-kernels`: pure functions over slices.
+//!
+//! Owns: the byte layout of every GGML quant block ([`blocks`]), dequantization to f32 and the
+//! reference quantizers ([`dequant`], [`quant`]), and the float operations of a Transformer
+//! layer ([`ops`]). May not: allocate, do I/O, or start threads — callers hand in every buffer,
+//! and parallelism belongs to the caller. Each function here is the scalar reference; the SIMD
+//! twins (chosen at run time) are added beside them and tested against them.
+
+pub mod blocks;
+pub mod dequant;
+pub mod ops;
+pub mod quant;
+
+use tuili_core::DType;
+
+/// Errors of the kernels: always a caller handing in slices of the wrong size or type.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum KernelError {
+    #[error("{dtype}: {n_elements} output elements need {expected} input bytes, got {got}")]
+    SizeMismatch {
+        dtype: DType,
+        n_elements: usize,
+        expected: usize,
+        got: usize,
+    },
+    #[error("{dtype}: {n_elements} elements is not a multiple of the block length {block_len}")]
+    NotBlockMultiple {
+        dtype: DType,
+        n_elements: usize,
+        block_len: usize,
+    },
+    #[error("tensor type {dtype} cannot be dequantized by tuili")]
+    Unsupported { dtype: DType },
+    #[error("tensor type {dtype} has no quantizer in tuili")]
+    NoQuantizer { dtype: DType },
+}
