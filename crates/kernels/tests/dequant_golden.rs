@@ -30,23 +30,38 @@ fn b64(s: &str) -> Vec<u8> {
 
 #[test]
 fn every_type_matches_gguf_py() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/golden/dequant-gguf-py.json");
-    let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/golden/dequant-gguf-py.json"
+    );
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let cases = golden["cases"].as_array().unwrap();
     let mut seen = Vec::new();
     for case in cases {
         let dtype = DType::from_name(case["type"].as_str().unwrap()).unwrap();
         let raw = b64(case["raw_base64"].as_str().unwrap());
-        let want: Vec<f32> = case["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let want: Vec<f32> = case["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
         let mut got = vec![0f32; want.len()];
         dequantize_row(dtype, &raw, &mut got).unwrap();
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             let tol = 1e-6 * w.abs().max(1.0);
-            assert!((g - w).abs() <= tol, "{dtype} element {i}: got {g}, gguf-py {w}");
+            assert!(
+                (g - w).abs() <= tol,
+                "{dtype} element {i}: got {g}, gguf-py {w}"
+            );
         }
         seen.push(dtype);
     }
     for t in DType::DEQUANTIZABLE {
-        assert!(seen.contains(&t) || t == DType::Q8_K, "{t} has no golden case");
+        assert!(
+            seen.contains(&t) || t == DType::Q8_K,
+            "{t} has no golden case"
+        );
     }
 }
