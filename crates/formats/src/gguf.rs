@@ -769,6 +769,17 @@ impl GgufFile {
         &self.path
     }
 
+    /// The whole file's bytes (the memory map).
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// Byte range of a tensor's data within [`GgufFile::bytes`].
+    pub fn tensor_range(&self, info: &TensorInfo) -> std::ops::Range<usize> {
+        let start = (self.data_offset + info.offset) as usize;
+        start..start + info.size as usize
+    }
+
     /// Size of the whole file in bytes.
     pub fn file_size(&self) -> u64 {
         self.map.len() as u64

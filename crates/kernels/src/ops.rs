@@ -36,6 +36,15 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// RMSNorm in place: x ← x / sqrt(mean(x²) + eps) ⊙ w.
+pub fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let scale = 1.0 / (ss + eps).sqrt();
+    for (xi, wi) in x.iter_mut().zip(w) {
+        *xi *= scale * wi;
+    }
+}
+
 /// In-place softmax: x ← exp(x − max) / Σ exp(x − max). Entries of −∞ become 0.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);

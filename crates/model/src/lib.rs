@@ -1,1 +1,61 @@
+//! `tuili-model`: Transformer decoders.
+//!
+//! Owns: reading an architecture's hyper-parameters from metadata ([`config`]), binding its
+//! tensors as views into the memory-mapped file ([`weights`]), and the forward pass, one file
+//! per architecture family ([`llama`]). Holds no per-request state: the KV cache and the
+//! scratch buffers are the caller's. May not: tokenize, sample, or schedule requests.
 
+pub mod config;
+pub mod llama;
+pub mod weights;
+
+pub use config::{Arch, ModelConfig};
+pub use llama::{Llama, Logits, Scratch};
+
+use tuili_core::DType;
+
+/// Errors of model loading and the forward pass.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] tuili_formats::GgufError),
+    #[error("{path}: architecture {arch:?} is not supported (llama, qwen2 and qwen3 are)")]
+    UnsupportedArch { path: String, arch: String },
+    #[error("{path}: {key} = {value}: {reason}")]
+    BadHyperParam {
+        path: String,
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{path}: tensor {name:?} has shape {got:?}, expected {expected:?}")]
+    BadShape {
+        path: String,
+        name: String,
+        got: Vec<u64>,
+        expected: Vec<u64>,
+    },
+    #[error("{path}: tensor {name:?} has type {dtype}, which tuili cannot compute with yet")]
+    UnsupportedType {
+        path: String,
+        name: String,
+        dtype: DType,
+    },
+    #[error("{path}: tensor {name:?} is missing")]
+    MissingTensor { path: String, name: String },
+    #[error("token id {id} is outside the vocabulary of {n_vocab}")]
+    BadToken { id: u32, n_vocab: usize },
+    #[error("empty batch: a forward pass needs at least one token")]
+    EmptyBatch,
+    #[error("KV cache was made for {cache_layers} layers × {cache_dim}, the model needs {layers} × {dim}")]
+    CacheMismatch {
+        cache_layers: usize,
+        cache_dim: usize,
+        layers: usize,
+        dim: usize,
+    },
+    #[error(transparent)]
+    Kv(#[from] tuili_kv::KvError),
+    #[error(transparent)]
+    Kernel(#[from] tuili_kernels::KernelError),
+}

@@ -1,0 +1,392 @@
+//! The Llama family decoder (Llama 1/2/3, Mistral, TinyLlama; Qwen2 and Qwen3 differ only in
+//! RoPE layout, Q/K/V biases and per-head Q/K norms).
+//!
+//! One layer, for a batch of n tokens at positions p₀…p₀+n−1:
+//!   h  = RMSNorm(x) · g_attn
+//!   q, k, v = h·Wqᵀ (+bq), h·Wkᵀ (+bk), h·Wvᵀ (+bv);  RoPE(q, k) at each token's position
+//!   attn = softmax(q·Kᵀ/√d + causal mask) · V   per head, K/V heads shared by n_head/n_head_kv
+//!   x  = x + attn·Woᵀ
+//!   h  = RMSNorm(x) · g_ffn
+//!   x  = x + (SiLU(h·Wgateᵀ) ⊙ h·Wupᵀ)·Wdownᵀ
+//! then logits = RMSNorm(x) · g_out · Woutᵀ (Wout = the embedding matrix when tied).
+
+use std::sync::Arc;
+
+use tuili_core::parallel;
+use tuili_formats::GgufFile;
+use tuili_kernels::ops;
+use tuili_kv::KvCache;
+
+use crate::config::{Arch, ModelConfig};
+use crate::weights::{matmul, vector, vector_opt, Matrix, SharedOut};
+use crate::ModelError;
+
+struct Layer {
+    attn_norm: Vec<f32>, // [n_embd]
+    wq: Matrix,          // [n_head·head_dim, n_embd]
+    wk: Matrix,          // [n_head_kv·head_dim, n_embd]
+    wv: Matrix,          // [n_head_kv·head_dim, n_embd]
+    wo: Matrix,          // [n_embd, n_head·head_dim]
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>, // [head_dim]
+    k_norm: Option<Vec<f32>>, // [head_dim]
+    ffn_norm: Vec<f32>,       // [n_embd]
+    gate: Matrix,             // [n_ff, n_embd]
+    up: Matrix,               // [n_ff, n_embd]
+    down: Matrix,             // [n_embd, n_ff]
+}
+
+/// A loaded Llama-family model: configuration plus views of its weights in the mapped file.
+pub struct Llama {
+    file: Arc<GgufFile>,
+    cfg: ModelConfig,
+    tok_embd: Matrix, // [n_vocab, n_embd]
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>, // [n_embd]
+    output: Matrix,        // [n_vocab, n_embd]
+    inv_freq: Vec<f32>,    // [n_rot/2]
+}
+
+/// Which positions of a batch get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token (generation).
+    Last,
+    /// Every token (perplexity, speculative checks).
+    All,
+    /// None (a prompt chunk that is not the last).
+    None,
+}
+
+/// Activation buffers for a batch of up to `cap` tokens, reused across calls so that the
+/// decode loop does not allocate them per token.
+#[derive(Default)]
+pub struct Scratch {
+    cap: usize,
+    x: Vec<f32>,      // [cap, n_embd] residual stream
+    h: Vec<f32>,      // [cap, n_embd] normed input / projection output
+    q: Vec<f32>,      // [cap, q_dim]
+    k: Vec<f32>,      // [cap, kv_dim]
+    v: Vec<f32>,      // [cap, kv_dim]
+    att: Vec<f32>,    // [cap, q_dim]
+    gate: Vec<f32>,   // [cap, n_ff]
+    up: Vec<f32>,     // [cap, n_ff]
+    logits: Vec<f32>, // [cap or 1, n_vocab]
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch::default()
+    }
+
+    fn ensure(&mut self, cfg: &ModelConfig, n: usize, n_logits: usize) {
+        if n > self.cap {
+            self.cap = n;
+            self.x.resize(n * cfg.n_embd, 0.0);
+            self.h.resize(n * cfg.n_embd, 0.0);
+            self.q.resize(n * cfg.q_dim(), 0.0);
+            self.k.resize(n * cfg.kv_dim(), 0.0);
+            self.v.resize(n * cfg.kv_dim(), 0.0);
+            self.att.resize(n * cfg.q_dim(), 0.0);
+            self.gate.resize(n * cfg.n_ff, 0.0);
+            self.up.resize(n * cfg.n_ff, 0.0);
+        }
+        if self.logits.len() < n_logits * cfg.n_vocab {
+            self.logits.resize(n_logits * cfg.n_vocab, 0.0);
+        }
+    }
+}
+
+impl Llama {
+    /// Binds every tensor of the model, checking names, shapes and types.
+    pub fn load(file: Arc<GgufFile>) -> Result<Llama, ModelError> {
+        let cfg = ModelConfig::from_gguf(&file)?;
+        let f = &*file;
+        let (e, q, kv, ff, nv) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff, cfg.n_vocab);
+        let tok_embd = Matrix::bind(f, "token_embd.weight", nv, e)?;
+        let output =
+            Matrix::bind_opt(f, "output.weight", nv, e)?.unwrap_or_else(|| tok_embd.clone());
+        let output_norm = vector(f, "output_norm.weight", e)?;
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let n = |s: &str| format!("blk.{i}.{s}");
+            let (bq, bk, bv) = (
+                vector_opt(f, &n("attn_q.bias"), q)?,
+                vector_opt(f, &n("attn_k.bias"), kv)?,
+                vector_opt(f, &n("attn_v.bias"), kv)?,
+            );
+            let (q_norm, k_norm) = match cfg.arch {
+                Arch::Qwen3 => (
+                    Some(vector(f, &n("attn_q_norm.weight"), cfg.head_dim)?),
+                    Some(vector(f, &n("attn_k_norm.weight"), cfg.head_dim)?),
+                ),
+                _ => (None, None),
+            };
+            layers.push(Layer {
+                attn_norm: vector(f, &n("attn_norm.weight"), e)?,
+                wq: Matrix::bind(f, &n("attn_q.weight"), q, e)?,
+                wk: Matrix::bind(f, &n("attn_k.weight"), kv, e)?,
+                wv: Matrix::bind(f, &n("attn_v.weight"), kv, e)?,
+                wo: Matrix::bind(f, &n("attn_output.weight"), e, q)?,
+                bq,
+                bk,
+                bv,
+                q_norm,
+                k_norm,
+                ffn_norm: vector(f, &n("ffn_norm.weight"), e)?,
+                gate: Matrix::bind(f, &n("ffn_gate.weight"), ff, e)?,
+                up: Matrix::bind(f, &n("ffn_up.weight"), ff, e)?,
+                down: Matrix::bind(f, &n("ffn_down.weight"), e, ff)?,
+            });
+        }
+        let mut inv_freq = vec![0f32; cfg.n_rot / 2];
+        ops::rope_inv_freq(cfg.n_rot, cfg.rope_freq_base, &mut inv_freq);
+        Ok(Llama {
+            file,
+            cfg,
+            tok_embd,
+            layers,
+            output_norm,
+            output,
+            inv_freq,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn file(&self) -> &GgufFile {
+        &self.file
+    }
+
+    /// A KV cache sized for this model and `n_ctx` positions.
+    pub fn new_cache(&self, n_ctx: usize) -> Result<KvCache, ModelError> {
+        Ok(KvCache::new(self.cfg.n_layer, n_ctx, self.cfg.kv_dim())?)
+    }
+
+    /// Bytes of weights read by one decode step (every matrix once, the embedding row aside).
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let per_layer: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
+                    .iter()
+                    .map(|m| m.bytes())
+                    .sum::<usize>()
+            })
+            .sum();
+        per_layer + self.output.bytes()
+    }
+
+    /// Runs `tokens` at positions `kv.len()…` through the model, appends their keys and
+    /// values to `kv`, and returns the requested logits (`[n_out, n_vocab]`).
+    pub fn forward<'s>(
+        &self,
+        tokens: &[u32],
+        kv: &mut KvCache,
+        scratch: &'s mut Scratch,
+        which: Logits,
+        threads: usize,
+    ) -> Result<&'s [f32], ModelError> {
+        let cfg = &self.cfg;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(ModelError::EmptyBatch);
+        }
+        if kv.n_layer() != cfg.n_layer || kv.kv_dim() != cfg.kv_dim() {
+            return Err(ModelError::CacheMismatch {
+                cache_layers: kv.n_layer(),
+                cache_dim: kv.kv_dim(),
+                layers: cfg.n_layer,
+                dim: cfg.kv_dim(),
+            });
+        }
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= cfg.n_vocab) {
+            return Err(ModelError::BadToken {
+                id,
+                n_vocab: cfg.n_vocab,
+            });
+        }
+        kv.reserve(n)?;
+        let n_logits = match which {
+            Logits::All => n,
+            Logits::Last => 1,
+            Logits::None => 0,
+        };
+        scratch.ensure(cfg, n, n_logits);
+        let fb = self.file.bytes();
+        let (e, qd, kvd, ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
+        let pos0 = kv.len();
+
+        for (i, &t) in tokens.iter().enumerate() {
+            self.tok_embd
+                .row(fb, t as usize, &mut scratch.x[i * e..(i + 1) * e])?;
+        }
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            let Scratch {
+                x,
+                h,
+                q,
+                k,
+                v,
+                att,
+                gate,
+                up,
+                ..
+            } = &mut *scratch;
+            let (x, h) = (&mut x[..n * e], &mut h[..n * e]);
+            let (q, k, v, att) = (
+                &mut q[..n * qd],
+                &mut k[..n * kvd],
+                &mut v[..n * kvd],
+                &mut att[..n * qd],
+            );
+            for i in 0..n {
+                ops::rms_norm(
+                    &x[i * e..(i + 1) * e],
+                    &layer.attn_norm,
+                    cfg.rms_eps,
+                    &mut h[i * e..(i + 1) * e],
+                );
+            }
+            matmul(fb, &layer.wq, h, n, q, threads)?;
+            matmul(fb, &layer.wk, h, n, k, threads)?;
+            matmul(fb, &layer.wv, h, n, v, threads)?;
+            for (buf, bias, width) in [
+                (&mut *q, &layer.bq, qd),
+                (&mut *k, &layer.bk, kvd),
+                (&mut *v, &layer.bv, kvd),
+            ] {
+                if let Some(b) = bias {
+                    for row in buf.chunks_exact_mut(width) {
+                        for (a, bb) in row.iter_mut().zip(b) {
+                            *a += bb;
+                        }
+                    }
+                }
+            }
+            let hd = cfg.head_dim;
+            for i in 0..n {
+                let pos = pos0 + i;
+                for (buf, width, norm) in
+                    [(&mut *q, qd, &layer.q_norm), (&mut *k, kvd, &layer.k_norm)]
+                {
+                    for head in buf[i * width..(i + 1) * width].chunks_exact_mut(hd) {
+                        if let Some(w) = norm {
+                            // Per-head RMSNorm of q and k before RoPE (Qwen3).
+                            ops::rms_norm_inplace(head, w, cfg.rms_eps);
+                        }
+                        ops::rope(
+                            head,
+                            cfg.n_rot,
+                            pos,
+                            cfg.rope_freq_scale,
+                            &self.inv_freq,
+                            cfg.rope_layout,
+                        );
+                    }
+                }
+            }
+            {
+                let (kc, vc) = kv.rows_mut(li, pos0, n);
+                kc.copy_from_slice(k);
+                vc.copy_from_slice(v);
+            }
+            self.attention(kv, li, pos0, n, q, att, threads);
+            matmul(fb, &layer.wo, att, n, h, threads)?;
+            for (xi, hi) in x.iter_mut().zip(h.iter()) {
+                *xi += hi;
+            }
+            for i in 0..n {
+                ops::rms_norm(
+                    &x[i * e..(i + 1) * e],
+                    &layer.ffn_norm,
+                    cfg.rms_eps,
+                    &mut h[i * e..(i + 1) * e],
+                );
+            }
+            let (gate, up) = (&mut gate[..n * ff], &mut up[..n * ff]);
+            matmul(fb, &layer.gate, h, n, gate, threads)?;
+            matmul(fb, &layer.up, h, n, up, threads)?;
+            ops::silu_mul(gate, up);
+            matmul(fb, &layer.down, gate, n, h, threads)?;
+            for (xi, hi) in x.iter_mut().zip(h.iter()) {
+                *xi += hi;
+            }
+        }
+        kv.commit(n)?;
+
+        if n_logits == 0 {
+            return Ok(&scratch.logits[..0]);
+        }
+        let first = n - n_logits;
+        let Scratch { x, h, logits, .. } = &mut *scratch;
+        for i in 0..n_logits {
+            let r = first + i;
+            ops::rms_norm(
+                &x[r * e..(r + 1) * e],
+                &self.output_norm,
+                cfg.rms_eps,
+                &mut h[i * e..(i + 1) * e],
+            );
+        }
+        let out = &mut logits[..n_logits * cfg.n_vocab];
+        matmul(fb, &self.output, &h[..n_logits * e], n_logits, out, threads)?;
+        Ok(&scratch.logits[..n_logits * cfg.n_vocab])
+    }
+
+    /// Causal attention of the batch's queries against the cache (which already holds this
+    /// batch's keys and values). Heads are split across threads.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        kv: &KvCache,
+        layer: usize,
+        pos0: usize,
+        n: usize,
+        q: &[f32],
+        att: &mut [f32],
+        threads: usize,
+    ) {
+        let cfg = &self.cfg;
+        let (hd, qd, kvd) = (cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
+        let group = cfg.n_head / cfg.n_head_kv;
+        let total = pos0 + n;
+        let keys = kv.keys(layer, total);
+        let values = kv.values(layer, total);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let out = SharedOut::new(att);
+        parallel::for_each_chunk(cfg.n_head, threads, 1, |heads| {
+            let mut scores = vec![0f32; total];
+            for h in heads {
+                let kvh = h / group;
+                for i in 0..n {
+                    let len = pos0 + i + 1; // causal: positions 0..=pos0+i
+                    let qh = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
+                    for (p, s) in scores[..len].iter_mut().enumerate() {
+                        *s = ops::dot(qh, &keys[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd])
+                            * scale;
+                    }
+                    ops::softmax(&mut scores[..len]);
+                    // SAFETY: head h of token i is written by the thread that owns head h only.
+                    let o = unsafe { out.slice(i * qd + h * hd..i * qd + (h + 1) * hd) };
+                    o.fill(0.0);
+                    for (p, &s) in scores[..len].iter().enumerate() {
+                        ops::axpy(s, &values[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd], o);
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl std::fmt::Debug for Llama {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Llama").field("config", &self.cfg).finish()
+    }
+}
