@@ -1,0 +1,275 @@
+//! Forward-pass properties: every weight type, both RoPE layouts, tied output, batching,
+//! and corrupt files.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tuili_core::DType;
+use tuili_formats::{GgufFile, GgufWriter, MetaValue};
+use tuili_kernels::dequant::dequantize_row;
+use tuili_model::synth::{synth_gguf, SynthSpec};
+use tuili_model::{Llama, Logits, ModelError, Scratch};
+
+fn stories_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures/models/stories260K/stories260K.gguf")
+}
+
+fn load(w: &GgufWriter) -> Llama {
+    Llama::load(Arc::new(
+        GgufFile::from_bytes("mem.gguf", w.to_bytes()).unwrap(),
+    ))
+    .unwrap()
+}
+
+fn copy_of(f: &GgufFile) -> GgufWriter {
+    let mut w = GgufWriter::new();
+    for (k, v) in &f.metadata {
+        w.set(k, v.clone());
+    }
+    w
+}
+
+fn logits(model: &Llama, tokens: &[u32], which: Logits) -> Vec<f32> {
+    let mut kv = model.new_cache(128).unwrap();
+    let mut s = Scratch::new();
+    model
+        .forward(tokens, &mut kv, &mut s, which, 2)
+        .unwrap()
+        .to_vec()
+}
+
+fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+        / scale
+}
+
+const PROMPT: &[u32] = &[1, 300, 17, 42, 511, 260, 5];
+
+/// A model stored in type T computes what the same weights dequantized to F32 compute:
+/// the forward pass handles every type the same way.
+#[test]
+fn every_weight_type_matches_its_f32_dequantization() {
+    for dtype in DType::DEQUANTIZABLE {
+        let spec = SynthSpec::tiny(dtype);
+        let q = GgufFile::from_bytes("q.gguf", synth_gguf(&spec).unwrap().to_bytes()).unwrap();
+        let mut w = copy_of(&q);
+        for t in q.tensor_views() {
+            let n = t.info.n_elements() as usize;
+            let mut vals = vec![0f32; n];
+            dequantize_row(t.info.dtype, t.data, &mut vals).unwrap();
+            let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+            w.add_tensor(&t.info.name, DType::F32, &t.info.shape, bytes)
+                .unwrap();
+        }
+        let a = logits(&Llama::load(Arc::new(q)).unwrap(), PROMPT, Logits::All);
+        let b = logits(&load(&w), PROMPT, Logits::All);
+        assert!(
+            a.iter().all(|v| v.is_finite()),
+            "{dtype}: non-finite logits"
+        );
+        let err = max_rel(&a, &b);
+        assert!(err < 1e-5, "{dtype}: relative error {err}");
+    }
+}
+
+/// GGUF Llama files store Q and K permuted for the interleaved RoPE layout. Undoing that
+/// permutation and declaring a NeoX-layout architecture (qwen2, zero biases) must give the
+/// same logits: both RoPE layouts rotate the same pairs of the underlying model.
+#[test]
+fn neox_layout_with_unpermuted_qk_equals_interleaved() {
+    let f = GgufFile::open(stories_path()).unwrap();
+    let base = Llama::load(Arc::new(GgufFile::open(stories_path()).unwrap())).unwrap();
+    let cfg = base.config().clone();
+    let mut w = GgufWriter::new();
+    for (k, v) in &f.metadata {
+        let k = k.replacen("llama.", "qwen2.", 1);
+        let v = if k == "general.architecture" {
+            MetaValue::String("qwen2".into())
+        } else {
+            v.clone()
+        };
+        w.set(&k, v);
+    }
+    let hd = cfg.head_dim;
+    for t in f.tensor_views() {
+        let name = &t.info.name;
+        let mut data = t.data.to_vec();
+        if name.ends_with("attn_q.weight") || name.ends_with("attn_k.weight") {
+            let row = t.info.shape[0] as usize * 4;
+            let rows = t.info.shape[1] as usize;
+            let src = data.clone();
+            for head in 0..rows / hd {
+                for i in 0..hd / 2 {
+                    // NeoX row i ← interleaved row 2i; NeoX row i + hd/2 ← row 2i + 1.
+                    for (dst, s) in [(i, 2 * i), (i + hd / 2, 2 * i + 1)] {
+                        let (d, s) = ((head * hd + dst) * row, (head * hd + s) * row);
+                        data[d..d + row].copy_from_slice(&src[s..s + row]);
+                    }
+                }
+            }
+        }
+        w.add_tensor(name, t.info.dtype, &t.info.shape, data)
+            .unwrap();
+        if let Some(layer) = name.strip_suffix(".attn_q.weight") {
+            let n = t.info.shape[1] as usize;
+            w.add_tensor(
+                &format!("{layer}.attn_q.bias"),
+                DType::F32,
+                &[n as u64],
+                vec![0; n * 4],
+            )
+            .unwrap();
+        }
+    }
+    let neox = load(&w);
+    assert_eq!(
+        neox.config().rope_layout,
+        tuili_kernels::ops::RopeLayout::NeoX
+    );
+    let tokens: Vec<u32> = vec![1, 403, 407, 261, 378, 432, 383];
+    let err = max_rel(
+        &logits(&neox, &tokens, Logits::All),
+        &logits(&base, &tokens, Logits::All),
+    );
+    assert!(err < 1e-5, "{err}");
+}
+
+/// Without `output.weight` the output head is the embedding matrix (stories260K's output is
+/// bit-identical to its embedding, so the logits must not change).
+#[test]
+fn tied_output_uses_the_embedding() {
+    let f = GgufFile::open(stories_path()).unwrap();
+    let mut w = copy_of(&f);
+    for t in f.tensor_views().filter(|t| t.info.name != "output.weight") {
+        w.add_tensor(&t.info.name, t.info.dtype, &t.info.shape, t.data.to_vec())
+            .unwrap();
+    }
+    let base = Llama::load(Arc::new(f)).unwrap();
+    let tied = load(&w);
+    assert_eq!(
+        logits(&tied, PROMPT, Logits::Last),
+        logits(&base, PROMPT, Logits::Last)
+    );
+}
+
+/// Prefill of a whole prompt gives the logits that feeding it one token at a time gives.
+#[test]
+fn batched_prefill_equals_token_by_token() {
+    let model = Llama::load(Arc::new(GgufFile::open(stories_path()).unwrap())).unwrap();
+    let all = logits(&model, PROMPT, Logits::All);
+    let mut kv = model.new_cache(64).unwrap();
+    let mut s = Scratch::new();
+    let nv = model.config().n_vocab;
+    for (i, &t) in PROMPT.iter().enumerate() {
+        let l = model
+            .forward(&[t], &mut kv, &mut s, Logits::Last, 1)
+            .unwrap();
+        assert!(
+            max_rel(l, &all[i * nv..(i + 1) * nv]) < 1e-5,
+            "position {i}"
+        );
+    }
+    assert_eq!(kv.len(), PROMPT.len());
+    // Logits::Last of a batch is the last row of Logits::All.
+    let last = logits(&model, PROMPT, Logits::Last);
+    assert!(max_rel(&last, &all[(PROMPT.len() - 1) * nv..]) < 1e-6);
+}
+
+#[test]
+fn bad_requests_are_errors() {
+    let model = Llama::load(Arc::new(GgufFile::open(stories_path()).unwrap())).unwrap();
+    let mut kv = model.new_cache(4).unwrap();
+    let mut s = Scratch::new();
+    assert!(matches!(
+        model.forward(&[], &mut kv, &mut s, Logits::Last, 1),
+        Err(ModelError::EmptyBatch)
+    ));
+    assert!(matches!(
+        model.forward(&[512], &mut kv, &mut s, Logits::Last, 1),
+        Err(ModelError::BadToken { .. })
+    ));
+    assert!(matches!(
+        model.forward(&[1, 2, 3, 4, 5], &mut kv, &mut s, Logits::Last, 1),
+        Err(ModelError::Kv(_))
+    ));
+    assert_eq!(kv.len(), 0, "a refused batch leaves the cache as it was");
+    let mut other = tuili_kv::KvCache::new(3, 4, 32).unwrap();
+    assert!(matches!(
+        model.forward(&[1], &mut other, &mut s, Logits::Last, 1),
+        Err(ModelError::CacheMismatch { .. })
+    ));
+}
+
+/// Byte flips anywhere in the header and metadata of a real model: loading either fails with
+/// an error or yields a model whose forward pass runs — never a panic or an abort.
+#[test]
+fn corrupt_models_never_panic() {
+    let bytes = std::fs::read(stories_path()).unwrap();
+    let mut loaded = 0;
+    let mut refused = 0;
+    for pos in (0..14_176).step_by(5) {
+        for mask in [0x01u8, 0x40] {
+            let mut b = bytes.clone();
+            b[pos] ^= mask;
+            let file = match GgufFile::from_bytes("flip.gguf", b) {
+                Ok(f) => f,
+                Err(_) => {
+                    refused += 1;
+                    continue;
+                }
+            };
+            match Llama::load(Arc::new(file)) {
+                Ok(m) => {
+                    loaded += 1;
+                    let n_ctx = m.config().n_ctx_train.min(16);
+                    let mut kv = m.new_cache(n_ctx).unwrap();
+                    let mut s = Scratch::new();
+                    let _ = m.forward(&[1, 2, 3], &mut kv, &mut s, Logits::Last, 1);
+                }
+                Err(e) => {
+                    refused += 1;
+                    assert!(e.to_string().contains("flip.gguf") || !e.to_string().is_empty());
+                }
+            }
+        }
+    }
+    assert!(
+        loaded > 0 && refused > 0,
+        "loaded {loaded}, refused {refused}"
+    );
+}
+
+#[test]
+fn linear_rope_scaling_is_read() {
+    let mut spec = SynthSpec::tiny(DType::F32);
+    spec.n_layer = 1;
+    let mut w = synth_gguf(&spec).unwrap();
+    let plain = load(&w);
+    w.set(
+        "llama.rope.scaling.type",
+        MetaValue::String("linear".into()),
+    );
+    w.set("llama.rope.scaling.factor", MetaValue::F32(4.0));
+    let scaled = load(&w);
+    assert_eq!(scaled.config().rope_freq_scale, 0.25);
+    // Position 0 is not rotated, so a one-token prompt is unchanged; later positions differ.
+    assert_eq!(
+        logits(&plain, &[1], Logits::Last),
+        logits(&scaled, &[1], Logits::Last)
+    );
+    assert_ne!(
+        logits(&plain, PROMPT, Logits::Last),
+        logits(&scaled, PROMPT, Logits::Last)
+    );
+    w.set("llama.rope.scaling.type", MetaValue::String("yarn".into()));
+    let e = Llama::load(Arc::new(
+        GgufFile::from_bytes("yarn.gguf", w.to_bytes()).unwrap(),
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("rope.scaling.type"), "{e}");
+}
