@@ -172,7 +172,7 @@ impl DType {
     /// Bytes taken by `n_elements` elements, checking block alignment and overflow.
     pub fn bytes_for(self, n_elements: u64) -> Result<u64, DTypeError> {
         let bl = self.block_len();
-        if n_elements % bl != 0 {
+        if !n_elements.is_multiple_of(bl) {
             return Err(DTypeError::NotBlockMultiple {
                 dtype: self,
                 n_elements,

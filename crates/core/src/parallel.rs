@@ -41,10 +41,47 @@ pub fn default_threads() -> usize {
         .unwrap_or(1)
 }
 
+/// Physical cores (not SMT siblings): decode is memory-bound and prefill compute-bound, and
+/// neither gains from a second thread on the same core. Read from /proc/cpuinfo's distinct
+/// (physical id, core id) pairs on Linux; elsewhere the logical count.
+pub fn physical_cores() -> usize {
+    let logical = default_threads();
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return logical;
+    };
+    let mut pairs = std::collections::HashSet::new();
+    let mut phys = None;
+    for line in info.lines() {
+        let mut kv = line.splitn(2, ':');
+        let (k, v) = (
+            kv.next().unwrap_or("").trim(),
+            kv.next().unwrap_or("").trim(),
+        );
+        match k {
+            "physical id" => phys = Some(v.to_string()),
+            "core id" => {
+                pairs.insert((phys.clone(), v.to_string()));
+            }
+            _ => {}
+        }
+    }
+    if pairs.is_empty() {
+        logical
+    } else {
+        pairs.len().min(logical).max(1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn core_counts_are_sane() {
+        let p = physical_cores();
+        assert!(p >= 1 && p <= default_threads());
+    }
 
     #[test]
     fn covers_every_index_once() {

@@ -218,8 +218,35 @@ impl Engine {
         req: &GenerateRequest,
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<GenerationStats, EngineError> {
-        let mut sampler = Sampler::new(req.sampling.clone())?;
+        let prompt = self.prepare(req)?;
+        self.generate_from(prompt, req, on_text)
+    }
+
+    /// Checks a request (sampling parameters, prompt length) and tokenizes its prompt,
+    /// without running the model: what can be refused is refused here.
+    pub fn prepare(&self, req: &GenerateRequest) -> Result<Vec<u32>, EngineError> {
+        req.sampling.validate()?;
         let prompt = self.tokenize_prompt(&req.prompt, req.parse_special)?;
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if prompt.len() > self.n_ctx {
+            return Err(EngineError::PromptTooLong {
+                n_prompt: prompt.len(),
+                n_ctx: self.n_ctx,
+            });
+        }
+        Ok(prompt)
+    }
+
+    /// Generates from prompt ids that [`Engine::prepare`] produced for `req`.
+    pub fn generate_from(
+        &self,
+        prompt: Vec<u32>,
+        req: &GenerateRequest,
+        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<GenerationStats, EngineError> {
+        let mut sampler = Sampler::new(req.sampling.clone())?;
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }

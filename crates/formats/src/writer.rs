@@ -95,7 +95,7 @@ impl GgufWriter {
             name: name.into(),
             reason: e.to_string(),
         })?;
-        if shape[0] % dtype.block_len() != 0 {
+        if !shape[0].is_multiple_of(dtype.block_len()) {
             return Err(WriteError::BadTensor {
                 name: name.into(),
                 reason: format!(

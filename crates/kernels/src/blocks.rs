@@ -194,7 +194,7 @@ unsafe impl Block for BlockQ8K {}
 /// Views bytes as blocks. Returns `None` unless `bytes.len()` is a whole number of blocks.
 pub fn as_blocks<B: Block>(bytes: &[u8]) -> Option<&[B]> {
     let size = std::mem::size_of::<B>();
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return None;
     }
     // SAFETY: B has alignment 1 and every bit pattern is valid (the `Block` contract), and the

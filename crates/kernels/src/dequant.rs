@@ -13,7 +13,7 @@ pub fn dequantize_row(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<(), K
     if !dtype.is_dequantizable() {
         return Err(KernelError::Unsupported { dtype });
     }
-    if n % bl != 0 {
+    if !n.is_multiple_of(bl) {
         return Err(KernelError::NotBlockMultiple {
             dtype,
             n_elements: n,

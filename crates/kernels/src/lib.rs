@@ -6,6 +6,10 @@
 //! and parallelism belongs to the caller. Each function here is the scalar reference; the SIMD
 //! twins (chosen at run time) are added beside them and tested against them.
 
+// The kernels index arrays as the ggml formulas they mirror do; iterator chains would hide
+// the correspondence that the tests and reviewers check.
+#![allow(clippy::needless_range_loop)]
+
 pub mod blocks;
 pub mod dequant;
 pub mod ops;

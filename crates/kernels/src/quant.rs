@@ -9,7 +9,7 @@ use tuili_core::DType;
 pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<(), KernelError> {
     let n = src.len();
     let bl = dtype.block_len() as usize;
-    if n % bl != 0 {
+    if !n.is_multiple_of(bl) {
         return Err(KernelError::NotBlockMultiple {
             dtype,
             n_elements: n,

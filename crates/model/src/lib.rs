@@ -44,6 +44,8 @@ pub enum ModelError {
     },
     #[error("{path}: tensor {name:?} is missing")]
     MissingTensor { path: String, name: String },
+    #[error("{path}: the file holds no tensors (a vocabulary-only GGUF?): nothing to run")]
+    NoWeights { path: String },
     #[error("token id {id} is outside the vocabulary of {n_vocab}")]
     BadToken { id: u32, n_vocab: usize },
     #[error("empty batch: a forward pass needs at least one token")]

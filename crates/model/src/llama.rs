@@ -102,6 +102,11 @@ impl Scratch {
 impl Llama {
     /// Binds every tensor of the model, checking names, shapes and types.
     pub fn load(file: Arc<GgufFile>) -> Result<Llama, ModelError> {
+        if file.tensors.is_empty() {
+            return Err(ModelError::NoWeights {
+                path: file.path().display().to_string(),
+            });
+        }
         let cfg = ModelConfig::from_gguf(&file)?;
         let f = &*file;
         let (e, q, kv, ff, nv) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff, cfg.n_vocab);
@@ -361,6 +366,9 @@ impl Llama {
         let values = kv.values(layer, total);
         let scale = 1.0 / (hd as f32).sqrt();
         let out = SharedOut::new(att);
+        // As in `matmul`: only split when each worker gets a worthwhile share.
+        let work = cfg.n_head * n * total * hd;
+        let threads = threads.min(work / 65_536).max(1);
         parallel::for_each_chunk(cfg.n_head, threads, 1, |heads| {
             let mut scores = vec![0f32; total];
             for h in heads {

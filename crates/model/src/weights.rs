@@ -201,6 +201,10 @@ pub fn matmul(
     let rb = w.row_bytes();
     let out = SharedOut::new(y);
     let err = std::sync::Mutex::new(None);
+    // Starting a worker costs tens of microseconds: give each at least ~64K multiply-adds,
+    // so that small matrices (tiny models, single tokens) stay on the calling thread.
+    let work = w.rows * w.cols * n;
+    let threads = threads.min(work / 65_536).max(1);
     // Chunks of whole rows; 4 rows minimum per chunk keeps the split from being too fine.
     parallel::for_each_chunk(w.rows, threads, 4, |rows| {
         let mut buf = vec![0f32; w.cols];

@@ -1,0 +1,169 @@
+//! The `tuili` binary: the main job, the other commands, and one-line errors.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn stories() -> PathBuf {
+    root().join("../shared/fixtures/models/stories260K/stories260K.gguf")
+}
+
+fn tuili(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tuili"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn golden() -> serde_json::Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/golden/stories260K-llamacpp.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn run_greedy_prints_llama_cpp_continuation() {
+    let g = golden();
+    let case = &g["cases"][1];
+    let prompt = case["prompt"].as_str().unwrap();
+    let want = case["greedy_text"].as_str().unwrap();
+    let out = tuili(&[
+        "run",
+        "--model",
+        stories().to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--temperature",
+        "0",
+        "-n",
+        "64",
+        "-t",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.trim_end(), format!("{prompt}{want}").trim_end());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("tokens/s") && stderr.contains("prompt: 5 tokens"),
+        "{stderr}"
+    );
+    // --no-echo prints only the continuation; a fixed seed repeats itself.
+    let sampled = |seed: &str| {
+        let o = tuili(&[
+            "run",
+            "-m",
+            stories().to_str().unwrap(),
+            "-p",
+            "Lily",
+            "-n",
+            "30",
+            "--seed",
+            seed,
+            "--no-echo",
+        ]);
+        assert!(o.status.success());
+        text(&o.stdout)
+    };
+    assert_eq!(sampled("5"), sampled("5"));
+    assert!(!sampled("5").starts_with("Lily"));
+}
+
+#[test]
+fn tokenize_and_inspect() {
+    let g = golden();
+    let case = &g["cases"][3];
+    let want: Vec<String> = case["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let out = tuili(&[
+        "tokenize",
+        "-m",
+        stories().to_str().unwrap(),
+        "--text",
+        case["prompt"].as_str().unwrap(),
+        "--ids-only",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout).trim(), format!("[{}]", want.join(", ")));
+    let out = tuili(&[
+        "tokenize",
+        "-m",
+        stories().to_str().unwrap(),
+        "--text",
+        "Hi 日",
+    ]);
+    let s = text(&out.stdout);
+    assert!(s.contains("     1 -> '<s>'") && s.contains("<0xE6>"), "{s}");
+    let tj = root().join("../shared/fixtures/models/tinystories-656k-hf/tokenizer.json");
+    let out = tuili(&[
+        "tokenize",
+        "-m",
+        tj.to_str().unwrap(),
+        "--text",
+        "Once upon a time",
+        "--ids-only",
+    ]);
+    assert_eq!(text(&out.stdout).trim(), "[1, 80, 147, 201, 282, 57]");
+    let out = tuili(&["inspect", stories().to_str().unwrap()]);
+    let s = text(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        s.contains("GGUF v3") && s.contains("metadata (19 keys)") && s.contains("tensors (48)"),
+        "{s}"
+    );
+    assert!(s.contains("blk.4.ffn_down.weight") && s.contains("llama.block_count = 5"));
+}
+
+/// Bad input gives one line on stderr starting with "error:", a non-zero exit, no panic.
+#[test]
+fn errors_are_one_line() {
+    let dir = std::env::temp_dir().join(format!("tuili-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = std::fs::read(stories()).unwrap();
+    let trunc = dir.join("trunc.gguf");
+    std::fs::write(&trunc, &bytes[..5000]).unwrap();
+    let garbage = dir.join("garbage.gguf");
+    std::fs::write(&garbage, b"not a model at all").unwrap();
+    let m = stories();
+    let m = m.to_str().unwrap();
+    let long = "word ".repeat(3000);
+    let vocab_only = root().join("../shared/fixtures/vocab/ggml-vocab-llama-spm.gguf");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["run", "-m", "/nonexistent/model.gguf", "-p", "hi"],
+        vec!["run", "-m", trunc.to_str().unwrap(), "-p", "hi"],
+        vec!["run", "-m", garbage.to_str().unwrap(), "-p", "hi"],
+        vec!["run", "-m", vocab_only.to_str().unwrap(), "-p", "hi"],
+        vec!["run", "-m", m, "-p", "hi", "--temperature", "-1"],
+        vec!["run", "-m", m, "-p", "hi", "--top-p", "0"],
+        vec!["run", "-m", m, "-p", "hi", "--threads", "0"],
+        vec!["run", "-m", m, "-p", "hi", "--batch-size", "0"],
+        vec!["run", "-m", m, "-p", &long],
+        vec!["inspect", trunc.to_str().unwrap()],
+        vec!["tokenize", "-m", garbage.to_str().unwrap(), "--text", "x"],
+    ];
+    for args in cases {
+        let out = tuili(&args);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        let last = err.lines().last().unwrap_or("");
+        assert!(last.starts_with("error: "), "{args:?}: {err}");
+        assert!(
+            out.stdout.is_empty() || !text(&out.stdout).contains("word word"),
+            "{args:?} echoed the prompt"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
