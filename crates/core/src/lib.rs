@@ -6,5 +6,7 @@
 
 pub mod dtype;
 pub mod parallel;
+pub mod pool;
 
 pub use dtype::{DType, DTypeError};
+pub use pool::{PerThread, ThreadPool};

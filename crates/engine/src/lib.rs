@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tuili_core::ThreadPool;
 use tuili_formats::GgufFile;
 use tuili_model::{Llama, Logits, Scratch};
 use tuili_sample::{Sampler, SamplingParams};
@@ -124,6 +125,7 @@ pub struct Engine {
     tokenizer: Tokenizer,
     cfg: EngineConfig,
     n_ctx: usize,
+    pool: ThreadPool,
 }
 
 impl Engine {
@@ -178,11 +180,13 @@ impl Engine {
                 ),
             });
         }
+        let pool = ThreadPool::new(cfg.threads);
         Ok(Engine {
             model,
             tokenizer,
             cfg,
             n_ctx,
+            pool,
         })
     }
 
@@ -200,6 +204,10 @@ impl Engine {
 
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
+    }
+
+    pub fn pool(&self) -> &ThreadPool {
+        &self.pool
     }
 
     /// Tokenizes a prompt as generation does (BOS as the model's metadata says).
@@ -256,7 +264,7 @@ impl Engine {
                 n_ctx: self.n_ctx,
             });
         }
-        let threads = self.cfg.threads;
+        let pool = &self.pool;
         let mut kv = self.model.new_cache(self.n_ctx)?;
         let mut scratch = Scratch::new();
 
@@ -268,7 +276,7 @@ impl Engine {
             let which = if last { Logits::Last } else { Logits::None };
             let logits = self
                 .model
-                .forward(chunk, &mut kv, &mut scratch, which, threads)?;
+                .forward(chunk, &mut kv, &mut scratch, which, pool)?;
             if last {
                 next = sampler.sample(logits)?;
             }
@@ -300,9 +308,9 @@ impl Engine {
             if kv.len() >= self.n_ctx {
                 break StopReason::ContextFull;
             }
-            let logits =
-                self.model
-                    .forward(&[next], &mut kv, &mut scratch, Logits::Last, threads)?;
+            let logits = self
+                .model
+                .forward(&[next], &mut kv, &mut scratch, Logits::Last, pool)?;
             decode_steps += 1;
             next = sampler.sample(logits)?;
         };

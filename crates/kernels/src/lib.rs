@@ -10,8 +10,11 @@
 // the correspondence that the tests and reviewers check.
 #![allow(clippy::needless_range_loop)]
 
+pub mod act;
 pub mod blocks;
+pub mod cpu;
 pub mod dequant;
+pub mod dot;
 pub mod ops;
 pub mod quant;
 

@@ -12,13 +12,15 @@
 
 use std::sync::Arc;
 
-use tuili_core::parallel;
+use tuili_core::pool::split;
+use tuili_core::{PerThread, ThreadPool};
 use tuili_formats::GgufFile;
+use tuili_kernels::cpu::{self, Isa};
 use tuili_kernels::ops;
 use tuili_kv::KvCache;
 
 use crate::config::{Arch, ModelConfig};
-use crate::weights::{matmul, vector, vector_opt, Matrix, SharedOut};
+use crate::weights::{matmul, vector, vector_opt, Matrix, Prepared, RowScratch, SharedOut};
 use crate::ModelError;
 
 struct Layer {
@@ -47,6 +49,8 @@ pub struct Llama {
     output_norm: Vec<f32>, // [n_embd]
     output: Matrix,        // [n_vocab, n_embd]
     inv_freq: Vec<f32>,    // [n_rot/2]
+    /// Kernel set, detected at load; tests switch it to compare against the scalar twins.
+    isa: Isa,
 }
 
 /// Which positions of a batch get logits.
@@ -74,6 +78,11 @@ pub struct Scratch {
     gate: Vec<f32>,   // [cap, n_ff]
     up: Vec<f32>,     // [cap, n_ff]
     logits: Vec<f32>, // [cap or 1, n_vocab]
+    prep: Prepared,
+    /// Per worker: a dequantized weight row.
+    tmp: Option<RowScratch>,
+    /// Per worker: attention scores over the context.
+    scores: Option<PerThread<Vec<f32>>>,
 }
 
 impl Scratch {
@@ -81,7 +90,25 @@ impl Scratch {
         Scratch::default()
     }
 
-    fn ensure(&mut self, cfg: &ModelConfig, n: usize, n_logits: usize) {
+    fn ensure(
+        &mut self,
+        cfg: &ModelConfig,
+        n: usize,
+        n_logits: usize,
+        threads: usize,
+        n_ctx: usize,
+    ) {
+        if self.tmp.as_ref().is_none_or(|t| t.len() < threads) {
+            self.tmp = Some(PerThread::new(threads, Vec::new));
+            self.scores = Some(PerThread::new(threads, Vec::new));
+        }
+        if let Some(sc) = self.scores.as_mut() {
+            for v in sc.iter_mut() {
+                if v.len() < n_ctx {
+                    v.resize(n_ctx, 0.0);
+                }
+            }
+        }
         if n > self.cap {
             self.cap = n;
             self.x.resize(n * cfg.n_embd, 0.0);
@@ -156,7 +183,19 @@ impl Llama {
             output_norm,
             output,
             inv_freq,
+            isa: cpu::detect(),
         })
+    }
+
+    /// The kernel set in use.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Chooses the kernel set (at most what this CPU supports): for comparisons with the
+    /// scalar reference.
+    pub fn set_isa(&mut self, isa: Isa) {
+        self.isa = isa.min(cpu::detect());
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -195,7 +234,7 @@ impl Llama {
         kv: &mut KvCache,
         scratch: &'s mut Scratch,
         which: Logits,
-        threads: usize,
+        pool: &ThreadPool,
     ) -> Result<&'s [f32], ModelError> {
         let cfg = &self.cfg;
         let n = tokens.len();
@@ -222,7 +261,8 @@ impl Llama {
             Logits::Last => 1,
             Logits::None => 0,
         };
-        scratch.ensure(cfg, n, n_logits);
+        scratch.ensure(cfg, n, n_logits, pool.n_threads(), kv.capacity());
+        let isa = self.isa;
         let fb = self.file.bytes();
         let (e, qd, kvd, ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
         let pos0 = kv.len();
@@ -242,8 +282,14 @@ impl Llama {
                 att,
                 gate,
                 up,
+                prep,
+                tmp,
+                scores,
                 ..
             } = &mut *scratch;
+            let (Some(tmp), Some(scores)) = (tmp.as_ref(), scores.as_ref()) else {
+                unreachable!("Scratch::ensure fills both")
+            };
             let (x, h) = (&mut x[..n * e], &mut h[..n * e]);
             let (q, k, v, att) = (
                 &mut q[..n * qd],
@@ -259,9 +305,10 @@ impl Llama {
                     &mut h[i * e..(i + 1) * e],
                 );
             }
-            matmul(fb, &layer.wq, h, n, q, threads)?;
-            matmul(fb, &layer.wk, h, n, k, threads)?;
-            matmul(fb, &layer.wv, h, n, v, threads)?;
+            prep.invalidate();
+            matmul(pool, isa, fb, &layer.wq, h, n, q, prep, tmp);
+            matmul(pool, isa, fb, &layer.wk, h, n, k, prep, tmp);
+            matmul(pool, isa, fb, &layer.wv, h, n, v, prep, tmp);
             for (buf, bias, width) in [
                 (&mut *q, &layer.bq, qd),
                 (&mut *k, &layer.bk, kvd),
@@ -302,8 +349,9 @@ impl Llama {
                 kc.copy_from_slice(k);
                 vc.copy_from_slice(v);
             }
-            self.attention(kv, li, pos0, n, q, att, threads);
-            matmul(fb, &layer.wo, att, n, h, threads)?;
+            self.attention(kv, li, pos0, n, q, att, pool, scores);
+            prep.invalidate();
+            matmul(pool, isa, fb, &layer.wo, att, n, h, prep, tmp);
             for (xi, hi) in x.iter_mut().zip(h.iter()) {
                 *xi += hi;
             }
@@ -316,10 +364,12 @@ impl Llama {
                 );
             }
             let (gate, up) = (&mut gate[..n * ff], &mut up[..n * ff]);
-            matmul(fb, &layer.gate, h, n, gate, threads)?;
-            matmul(fb, &layer.up, h, n, up, threads)?;
+            prep.invalidate();
+            matmul(pool, isa, fb, &layer.gate, h, n, gate, prep, tmp);
+            matmul(pool, isa, fb, &layer.up, h, n, up, prep, tmp);
             ops::silu_mul(gate, up);
-            matmul(fb, &layer.down, gate, n, h, threads)?;
+            prep.invalidate();
+            matmul(pool, isa, fb, &layer.down, gate, n, h, prep, tmp);
             for (xi, hi) in x.iter_mut().zip(h.iter()) {
                 *xi += hi;
             }
@@ -330,7 +380,17 @@ impl Llama {
             return Ok(&scratch.logits[..0]);
         }
         let first = n - n_logits;
-        let Scratch { x, h, logits, .. } = &mut *scratch;
+        let Scratch {
+            x,
+            h,
+            logits,
+            prep,
+            tmp,
+            ..
+        } = &mut *scratch;
+        let Some(tmp) = tmp.as_ref() else {
+            unreachable!("Scratch::ensure fills it")
+        };
         for i in 0..n_logits {
             let r = first + i;
             ops::rms_norm(
@@ -341,12 +401,23 @@ impl Llama {
             );
         }
         let out = &mut logits[..n_logits * cfg.n_vocab];
-        matmul(fb, &self.output, &h[..n_logits * e], n_logits, out, threads)?;
+        prep.invalidate();
+        matmul(
+            pool,
+            isa,
+            fb,
+            &self.output,
+            &h[..n_logits * e],
+            n_logits,
+            out,
+            prep,
+            tmp,
+        );
         Ok(&scratch.logits[..n_logits * cfg.n_vocab])
     }
 
     /// Causal attention of the batch's queries against the cache (which already holds this
-    /// batch's keys and values). Heads are split across threads.
+    /// batch's keys and values). Heads are split across the pool's threads.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -356,7 +427,8 @@ impl Llama {
         n: usize,
         q: &[f32],
         att: &mut [f32],
-        threads: usize,
+        pool: &ThreadPool,
+        scores: &PerThread<Vec<f32>>,
     ) {
         let cfg = &self.cfg;
         let (hd, qd, kvd) = (cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
@@ -366,12 +438,13 @@ impl Llama {
         let values = kv.values(layer, total);
         let scale = 1.0 / (hd as f32).sqrt();
         let out = SharedOut::new(att);
-        // As in `matmul`: only split when each worker gets a worthwhile share.
+        // As in `matmul`: only wake workers when each gets a worthwhile share.
         let work = cfg.n_head * n * total * hd;
-        let threads = threads.min(work / 65_536).max(1);
-        parallel::for_each_chunk(cfg.n_head, threads, 1, |heads| {
-            let mut scores = vec![0f32; total];
-            for h in heads {
+        let threads = (work / 65_536).clamp(1, pool.n_threads());
+        pool.run_with(threads, &|wi, nt| {
+            // SAFETY: worker wi is the only user of its slot.
+            let scores = unsafe { scores.get(wi) };
+            for h in split(cfg.n_head, wi, nt, 1) {
                 let kvh = h / group;
                 for i in 0..n {
                     let len = pos0 + i + 1; // causal: positions 0..=pos0+i
@@ -381,7 +454,7 @@ impl Llama {
                             * scale;
                     }
                     ops::softmax(&mut scores[..len]);
-                    // SAFETY: head h of token i is written by the thread that owns head h only.
+                    // SAFETY: head h of token i is written by the worker that owns head h only.
                     let o = unsafe { out.slice(i * qd + h * hd..i * qd + (h + 1) * hd) };
                     o.fill(0.0);
                     for (p, &s) in scores[..len].iter().enumerate() {

@@ -2,10 +2,13 @@
 
 use std::ops::Range;
 
-use tuili_core::{parallel, DType};
+use tuili_core::pool::split;
+use tuili_core::{DType, PerThread, ThreadPool};
 use tuili_formats::{GgufFile, TensorInfo};
+use tuili_kernels::act::{Q8KRow, Q8Row};
+use tuili_kernels::cpu::Isa;
 use tuili_kernels::dequant::dequantize_row;
-use tuili_kernels::ops;
+use tuili_kernels::dot::{act_kind, dot_many, ActKind, ActRef};
 
 use crate::ModelError;
 
@@ -182,49 +185,140 @@ impl SharedOut {
     }
 }
 
+/// Activations of a batch prepared once for the dot-product kernels: quantized copies are
+/// made on first use by a matrix product that needs them and reused by the following ones on
+/// the same input (Q, K and V share one; gate and up another).
+#[derive(Default)]
+pub struct Prepared {
+    q8: Vec<Q8Row>,
+    q8k: Vec<Q8KRow>,
+    q8_ready: bool,
+    q8k_ready: bool,
+}
+
+impl Prepared {
+    /// Marks the input as changed.
+    pub fn invalidate(&mut self) {
+        self.q8_ready = false;
+        self.q8k_ready = false;
+    }
+
+    fn ensure(&mut self, kind: ActKind, x: &[f32], n: usize, cols: usize, pool: &ThreadPool) {
+        match kind {
+            ActKind::F32 => {}
+            ActKind::Q8 if !self.q8_ready => {
+                if self.q8.len() < n {
+                    self.q8.resize_with(n, Q8Row::default);
+                }
+                let rows = PerRow(self.q8.as_mut_ptr());
+                pool.run(&|i, nt| {
+                    for t in split(n, i, nt, 1) {
+                        // SAFETY: token t belongs to this worker's range only.
+                        unsafe { rows.get(t) }.quantize(&x[t * cols..(t + 1) * cols]);
+                    }
+                });
+                self.q8_ready = true;
+            }
+            ActKind::Q8K if !self.q8k_ready => {
+                if self.q8k.len() < n {
+                    self.q8k.resize_with(n, Q8KRow::default);
+                }
+                let rows = PerRow(self.q8k.as_mut_ptr());
+                pool.run(&|i, nt| {
+                    for t in split(n, i, nt, 1) {
+                        // SAFETY: token t belongs to this worker's range only.
+                        unsafe { rows.get(t) }.quantize(&x[t * cols..(t + 1) * cols]);
+                    }
+                });
+                self.q8k_ready = true;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Raw access to a slice of rows for workers that each own distinct indices.
+struct PerRow<T>(*mut T);
+// SAFETY: only used inside pool regions where each index is touched by one worker.
+unsafe impl<T: Send> Sync for PerRow<T> {}
+impl<T> PerRow<T> {
+    /// # Safety
+    /// Index `i` must be in bounds and used by one thread only.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn get(&self, i: usize) -> &mut T {
+        // SAFETY: the caller's contract.
+        unsafe { &mut *self.0.add(i) }
+    }
+}
+
+/// Per-thread scratch of the matrix products: one dequantized row (for types without an
+/// integer kernel).
+pub type RowScratch = PerThread<Vec<f32>>;
+
 /// y = x · Wᵀ for a batch: `x` is `[n, cols]`, `y` is `[n, rows]`.
 ///
-/// Rows of W are split across threads; each row is dequantized once into a scratch row and
-/// dotted with every input, so the weights are read once per batch (the cost that matters:
-/// a decode step is bound by reading the weights).
+/// Rows of W are split across the pool's threads. Each weight row is read once per batch and
+/// dotted with up to four tokens per pass ([`dot_many`]), so the weights stream from memory
+/// once per batch — what bounds a decode step — and prompt processing reuses each unpacked
+/// block four times.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul(
+    pool: &ThreadPool,
+    isa: Isa,
     file: &[u8],
     w: &Matrix,
     x: &[f32],
     n: usize,
     y: &mut [f32],
-    threads: usize,
-) -> Result<(), ModelError> {
+    prep: &mut Prepared,
+    tmp: &RowScratch,
+) {
     debug_assert_eq!(x.len(), n * w.cols);
     debug_assert_eq!(y.len(), n * w.rows);
+    let kind = act_kind(w.dtype);
+    prep.ensure(kind, x, n, w.cols, pool);
+    let prep = &*prep;
     let data = w.data(file);
     let rb = w.row_bytes();
     let out = SharedOut::new(y);
-    let err = std::sync::Mutex::new(None);
-    // Starting a worker costs tens of microseconds: give each at least ~64K multiply-adds,
-    // so that small matrices (tiny models, single tokens) stay on the calling thread.
-    let work = w.rows * w.cols * n;
-    let threads = threads.min(work / 65_536).max(1);
-    // Chunks of whole rows; 4 rows minimum per chunk keeps the split from being too fine.
-    parallel::for_each_chunk(w.rows, threads, 4, |rows| {
-        let mut buf = vec![0f32; w.cols];
-        for r in rows {
-            if let Err(e) = dequantize_row(w.dtype, &data[r * rb..(r + 1) * rb], &mut buf) {
-                if let Ok(mut slot) = err.lock() {
-                    *slot = Some(e);
+    // Below ~64K multiply-adds per worker, waking workers costs more than it saves.
+    let threads = (w.rows * w.cols * n / 65_536).clamp(1, pool.n_threads());
+    pool.run_with(threads, &|i, nt| {
+        // SAFETY: worker i is the only user of slot i.
+        let tmp = unsafe { tmp.get(i) };
+        if tmp.len() < w.cols {
+            tmp.resize(w.cols, 0.0);
+        }
+        let mut acts: [ActRef<'_>; 4] = [ActRef::F32(&[]); 4];
+        let mut res = [0f32; 4];
+        for r in split(w.rows, i, nt, 4) {
+            let wr = &data[r * rb..(r + 1) * rb];
+            let mut t0 = 0;
+            while t0 < n {
+                let m = (n - t0).min(4);
+                for (k, a) in acts.iter_mut().enumerate().take(m) {
+                    let t = t0 + k;
+                    *a = match kind {
+                        ActKind::F32 => ActRef::F32(&x[t * w.cols..(t + 1) * w.cols]),
+                        ActKind::Q8 => ActRef::Q8(&prep.q8[t]),
+                        ActKind::Q8K => ActRef::Q8K(&prep.q8k[t]),
+                    };
                 }
-                return;
-            }
-            for t in 0..n {
-                let v = ops::dot(&buf, &x[t * w.cols..(t + 1) * w.cols]);
-                // SAFETY: row r belongs to this chunk only, so y[t, r] is written by this
-                // thread alone.
-                unsafe { out.write(t * w.rows + r, v) };
+                dot_many(
+                    isa,
+                    w.dtype,
+                    wr,
+                    &acts[..m],
+                    &mut res[..m],
+                    &mut tmp[..w.cols],
+                );
+                for (k, v) in res[..m].iter().enumerate() {
+                    // SAFETY: row r is in this worker's range only, so y[t, r] is written by
+                    // this thread alone.
+                    unsafe { out.write((t0 + k) * w.rows + r, *v) };
+                }
+                t0 += m;
             }
         }
     });
-    match err.into_inner() {
-        Ok(Some(e)) => Err(e.into()),
-        _ => Ok(()),
-    }
 }

@@ -56,7 +56,7 @@ fn stories260k_matches_llama_cpp() {
             let mut kv = model.new_cache(512).unwrap();
             let mut scratch = Scratch::new();
             let logits = model
-                .forward(&ids, &mut kv, &mut scratch, Logits::Last, threads)
+                .forward(&ids, &mut kv, &mut scratch, Logits::Last, pool(threads))
                 .unwrap()
                 .to_vec();
             let max_abs = logits
@@ -81,7 +81,7 @@ fn stories260k_matches_llama_cpp() {
                     break;
                 }
                 let l = model
-                    .forward(&[next], &mut kv, &mut scratch, Logits::Last, threads)
+                    .forward(&[next], &mut kv, &mut scratch, Logits::Last, pool(threads))
                     .unwrap();
                 next = argmax(l);
             }
@@ -120,7 +120,7 @@ fn stories260k_matches_float64_reference_for_256_tokens() {
     let mut kv = model.new_cache(512).unwrap();
     let mut scratch = Scratch::new();
     let logits = model
-        .forward(&[1], &mut kv, &mut scratch, Logits::Last, 2)
+        .forward(&[1], &mut kv, &mut scratch, Logits::Last, pool(2))
         .unwrap()
         .to_vec();
     let max_abs = logits
@@ -135,9 +135,17 @@ fn stories260k_matches_float64_reference_for_256_tokens() {
         got.push(next);
         next = argmax(
             model
-                .forward(&[next], &mut kv, &mut scratch, Logits::Last, 2)
+                .forward(&[next], &mut kv, &mut scratch, Logits::Last, pool(2))
                 .unwrap(),
         );
     }
     assert_eq!(got, want);
+}
+
+/// Shared pools (one of each size) for the tests of this file.
+fn pool(n: usize) -> &'static tuili_core::ThreadPool {
+    use std::sync::OnceLock;
+    static POOLS: [OnceLock<tuili_core::ThreadPool>; 3] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    POOLS[n.min(2)].get_or_init(|| tuili_core::ThreadPool::new(n))
 }

@@ -1,0 +1,70 @@
+//! The instruction set, detected once at run time.
+
+use std::sync::OnceLock;
+
+/// Which implementation of the dot-product kernels to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Portable reference code (the scalar twins every SIMD kernel is tested against).
+    Scalar,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX2 kernels using AVX-512 VNNI's `vpdpbusd` on 256-bit vectors (AVX512F/BW/VL + VNNI).
+    Avx512Vnni,
+}
+
+impl Isa {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "AVX2",
+            Isa::Avx512Vnni => "AVX512-VNNI",
+        }
+    }
+
+    /// Every ISA this CPU can run, slowest first.
+    pub fn available() -> Vec<Isa> {
+        let best = detect();
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
+            .into_iter()
+            .filter(|i| *i <= best)
+            .collect()
+    }
+}
+
+/// The best ISA of this CPU, detected once. `TUILI_ISA=scalar|avx2` caps it (for comparisons).
+pub fn detect() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let hw = hardware();
+        match std::env::var("TUILI_ISA").ok().as_deref() {
+            Some("scalar") => Isa::Scalar,
+            Some("avx2") => hw.min(Isa::Avx2),
+            _ => hw,
+        }
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn hardware() -> Isa {
+    let avx2 = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    let vnni = avx2
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni");
+    if vnni {
+        Isa::Avx512Vnni
+    } else if avx2 {
+        Isa::Avx2
+    } else {
+        Isa::Scalar
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn hardware() -> Isa {
+    Isa::Scalar
+}

@@ -1,0 +1,65 @@
+//! Dot products of one weight row (in its stored type) with prepared activation rows — the
+//! inner loop of every matrix product. `scalar` holds the reference twins; `x86` the AVX2 and
+//! AVX-512 VNNI versions, chosen at run time through [`crate::cpu::Isa`].
+
+pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
+use crate::act::{Q8KRow, Q8Row};
+use crate::cpu::Isa;
+use tuili_core::DType;
+
+/// The activation form a weight type is dotted with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActKind {
+    /// f32 activations (F32/F16/BF16 weights, and types without an integer kernel).
+    F32,
+    /// int8 blocks of 32 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 weights).
+    Q8,
+    /// int8 super-blocks of 256 (Q4_K, Q6_K weights).
+    Q8K,
+}
+
+/// Which activation form `dtype` weights use.
+pub fn act_kind(dtype: DType) -> ActKind {
+    match dtype {
+        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 => ActKind::Q8,
+        DType::Q4_K | DType::Q6_K => ActKind::Q8K,
+        _ => ActKind::F32,
+    }
+}
+
+/// One prepared activation row.
+#[derive(Debug, Clone, Copy)]
+pub enum ActRef<'a> {
+    F32(&'a [f32]),
+    Q8(&'a Q8Row),
+    Q8K(&'a Q8KRow),
+}
+
+/// Σ w·x over one row. `w` holds the row's bytes in `dtype`; `act` is in `act_kind(dtype)`
+/// form; `tmp` (row length) is scratch for types that are dequantized first.
+pub fn dot(isa: Isa, dtype: DType, w: &[u8], act: ActRef<'_>, tmp: &mut [f32]) -> f32 {
+    let mut out = [0f32; 1];
+    dot_many(isa, dtype, w, &[act], &mut out, tmp);
+    out[0]
+}
+
+/// Σ w·xₜ for several activation rows at once (the weight row is unpacked once per block and
+/// used for every row: the matrix-matrix case).
+pub fn dot_many(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    acts: &[ActRef<'_>],
+    out: &mut [f32],
+    tmp: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 && x86::dot_many(isa, dtype, w, acts, out) {
+        return;
+    }
+    let _ = isa;
+    scalar::dot_many(dtype, w, acts, out, tmp)
+}

@@ -1,0 +1,206 @@
+//! Scalar reference dot products: the twins the SIMD kernels are tested against.
+
+use super::ActRef;
+use crate::act::{Q8KRow, Q8Row};
+use crate::blocks::*;
+use crate::dequant::{dequantize_row, k4_scale_min};
+use crate::ops;
+use tuili_core::DType;
+
+pub fn dot_many(dtype: DType, w: &[u8], acts: &[ActRef<'_>], out: &mut [f32], tmp: &mut [f32]) {
+    for (o, a) in out.iter_mut().zip(acts) {
+        *o = dot_one(dtype, w, *a, tmp);
+    }
+}
+
+fn dot_one(dtype: DType, w: &[u8], act: ActRef<'_>, tmp: &mut [f32]) -> f32 {
+    match (dtype, act) {
+        (DType::F32, ActRef::F32(x)) => {
+            let n = x.len();
+            let mut acc = [0f32; 8];
+            for (i, c) in w[..n * 4].chunks_exact(4).enumerate() {
+                acc[i % 8] += f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * x[i];
+            }
+            acc.iter().sum()
+        }
+        (DType::F16, ActRef::F32(x)) => {
+            let mut acc = [0f32; 8];
+            for (i, c) in w.chunks_exact(2).enumerate() {
+                acc[i % 8] += f16_le([c[0], c[1]]) * x[i];
+            }
+            acc.iter().sum()
+        }
+        (DType::BF16, ActRef::F32(x)) => {
+            let mut acc = [0f32; 8];
+            for (i, c) in w.chunks_exact(2).enumerate() {
+                acc[i % 8] += bf16_le([c[0], c[1]]) * x[i];
+            }
+            acc.iter().sum()
+        }
+        (DType::Q8_0, ActRef::Q8(a)) => q8_0(blocks(w), a),
+        (DType::Q4_0, ActRef::Q8(a)) => q4_0(blocks(w), a),
+        (DType::Q4_1, ActRef::Q8(a)) => q4_1(blocks(w), a),
+        (DType::Q5_0, ActRef::Q8(a)) => q5_0(blocks(w), a),
+        (DType::Q5_1, ActRef::Q8(a)) => q5_1(blocks(w), a),
+        (DType::Q4_K, ActRef::Q8K(a)) => q4_k(blocks(w), a),
+        (DType::Q6_K, ActRef::Q8K(a)) => q6_k(blocks(w), a),
+        (_, ActRef::F32(x)) => {
+            // Types without an integer kernel: dequantize the row, then an f32 dot.
+            let t = &mut tmp[..x.len()];
+            if dequantize_row(dtype, w, t).is_err() {
+                return f32::NAN;
+            }
+            ops::dot(t, x)
+        }
+        // A mismatched activation form is a caller bug; NaN makes it visible in the output
+        // rather than a panic in a worker thread.
+        _ => f32::NAN,
+    }
+}
+
+/// Views a weight row as blocks; rows are whole blocks by construction (the GGUF parser
+/// checks that row lengths are block multiples).
+fn blocks<B: Block>(w: &[u8]) -> &[B] {
+    as_blocks(w).unwrap_or(&[])
+}
+
+fn isum(qw: impl Iterator<Item = i32>, qa: &[i8]) -> i32 {
+    qw.zip(qa).map(|(w, &a)| w * a as i32).sum()
+}
+
+/// Σ_b d_w·d_a·Σ q_w·q_a.
+pub fn q8_0(w: &[BlockQ8_0], a: &Q8Row) -> f32 {
+    let mut s = 0f32;
+    for (b, wb) in w.iter().enumerate() {
+        let qa = &a.qs[b * QK..(b + 1) * QK];
+        s += f16_le(wb.d) * a.d[b] * isum(wb.qs.iter().map(|&q| q as i8 as i32), qa) as f32;
+    }
+    s
+}
+
+fn nibbles(qs: &[u8; 16]) -> impl Iterator<Item = i32> + '_ {
+    qs.iter()
+        .map(|&q| (q & 0x0F) as i32)
+        .chain(qs.iter().map(|&q| (q >> 4) as i32))
+}
+
+/// Σ_b d_w·d_a·Σ (q_w − 8)·q_a.
+pub fn q4_0(w: &[BlockQ4_0], a: &Q8Row) -> f32 {
+    let mut s = 0f32;
+    for (b, wb) in w.iter().enumerate() {
+        let qa = &a.qs[b * QK..(b + 1) * QK];
+        s += f16_le(wb.d) * a.d[b] * isum(nibbles(&wb.qs).map(|q| q - 8), qa) as f32;
+    }
+    s
+}
+
+/// Σ_b (d_w·d_a·Σ q_w·q_a + m_w·d_a·Σ q_a).
+pub fn q4_1(w: &[BlockQ4_1], a: &Q8Row) -> f32 {
+    let mut s = 0f32;
+    for (b, wb) in w.iter().enumerate() {
+        let qa = &a.qs[b * QK..(b + 1) * QK];
+        s += f16_le(wb.d) * a.d[b] * isum(nibbles(&wb.qs), qa) as f32
+            + f16_le(wb.m) * a.d[b] * a.isum[b] as f32;
+    }
+    s
+}
+
+fn q5_values(qs: &[u8; 16], qh: [u8; 4]) -> [i32; 32] {
+    let h = u32::from_le_bytes(qh);
+    let mut v = [0i32; 32];
+    for j in 0..16 {
+        v[j] = ((qs[j] & 0x0F) as u32 | (((h >> j) & 1) << 4)) as i32;
+        v[j + 16] = ((qs[j] >> 4) as u32 | (((h >> (j + 16)) & 1) << 4)) as i32;
+    }
+    v
+}
+
+pub fn q5_0(w: &[BlockQ5_0], a: &Q8Row) -> f32 {
+    let mut s = 0f32;
+    for (b, wb) in w.iter().enumerate() {
+        let qa = &a.qs[b * QK..(b + 1) * QK];
+        let v = q5_values(&wb.qs, wb.qh);
+        s += f16_le(wb.d) * a.d[b] * isum(v.iter().map(|&q| q - 16), qa) as f32;
+    }
+    s
+}
+
+pub fn q5_1(w: &[BlockQ5_1], a: &Q8Row) -> f32 {
+    let mut s = 0f32;
+    for (b, wb) in w.iter().enumerate() {
+        let qa = &a.qs[b * QK..(b + 1) * QK];
+        let v = q5_values(&wb.qs, wb.qh);
+        s += f16_le(wb.d) * a.d[b] * isum(v.iter().copied(), qa) as f32
+            + f16_le(wb.m) * a.d[b] * a.isum[b] as f32;
+    }
+    s
+}
+
+/// Per super-block: d_a·(d·Σ_j sc_j·Σ q_w·q_a − dmin·Σ_j m_j·Σ q_a), j over 8 sub-blocks of 32.
+pub fn q4_k(w: &[BlockQ4K], a: &Q8KRow) -> f32 {
+    let mut s = 0f32;
+    for (b, wb) in w.iter().enumerate() {
+        let qa = &a.qs[b * QK_K..(b + 1) * QK_K];
+        let (d, dmin) = (f16_le(wb.d), f16_le(wb.dmin));
+        let mut sum_q = 0i32;
+        let mut sum_m = 0i32;
+        for g in 0..4 {
+            let q = &wb.qs[g * 32..g * 32 + 32];
+            for (half, j) in [(0, 2 * g), (1, 2 * g + 1)] {
+                let (sc, m) = k4_scale_min(j, &wb.scales);
+                let qa_j = &qa[j * 32..j * 32 + 32];
+                let dotj = isum(
+                    q.iter().map(|&x| {
+                        if half == 0 {
+                            (x & 0x0F) as i32
+                        } else {
+                            (x >> 4) as i32
+                        }
+                    }),
+                    qa_j,
+                );
+                sum_q += sc as i32 * dotj;
+                sum_m += m as i32 * (a.bsums[b * 16 + 2 * j] + a.bsums[b * 16 + 2 * j + 1]);
+            }
+        }
+        s += a.d[b] * (d * sum_q as f32 - dmin * sum_m as f32);
+    }
+    s
+}
+
+/// The 256 six-bit values of a Q6_K block, minus 32, in element order.
+pub fn q6_k_values(b: &BlockQ6K) -> [i8; QK_K] {
+    let mut v = [0i8; QK_K];
+    for half in 0..2 {
+        let ql = &b.ql[half * 64..half * 64 + 64];
+        let qh = &b.qh[half * 32..half * 32 + 32];
+        let y = &mut v[half * 128..half * 128 + 128];
+        for l in 0..32 {
+            y[l] = (((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i32 - 32) as i8;
+            y[l + 32] = (((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32) as i8;
+            y[l + 64] = (((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32) as i8;
+            y[l + 96] = (((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32) as i8;
+        }
+    }
+    v
+}
+
+/// Per super-block: d_a·d·Σ_g sc_g·Σ q_w·q_a over 16 groups of 16.
+pub fn q6_k(w: &[BlockQ6K], a: &Q8KRow) -> f32 {
+    let mut s = 0f32;
+    for (b, wb) in w.iter().enumerate() {
+        let qa = &a.qs[b * QK_K..(b + 1) * QK_K];
+        let v = q6_k_values(wb);
+        let mut sum = 0i32;
+        for g in 0..16 {
+            let d: i32 = v[g * 16..g * 16 + 16]
+                .iter()
+                .zip(&qa[g * 16..g * 16 + 16])
+                .map(|(&x, &y)| x as i32 * y as i32)
+                .sum();
+            sum += wb.scales[g] as i8 as i32 * d;
+        }
+        s += a.d[b] * f16_le(wb.d) * sum as f32;
+    }
+    s
+}

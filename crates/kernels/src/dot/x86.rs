@@ -1,0 +1,410 @@
+//! AVX2 and AVX-512 VNNI dot-product kernels (x86_64). Each is tested against its scalar twin
+//! in `tests/simd_vs_scalar.rs`.
+//!
+//! The integer kernels multiply int8 weights by int8 activations the way ggml does: a signed
+//! product is formed as |w| · (a·sign(w)) so that the unsigned×signed instructions apply —
+//! `vpmaddubsw` + `vpmaddwd` on AVX2, or one `vpdpbusd` with AVX-512 VNNI (on 256-bit vectors,
+//! AVX512VL). Every block's integer sum is scaled by d_w·d_a and accumulated in f32.
+//! `dot_many` processes up to four activation rows per pass over the weights, so a weight
+//! block is unpacked once for several tokens (the matrix-matrix case).
+
+use std::arch::x86_64::*;
+
+use super::ActRef;
+use crate::act::{Q8KRow, Q8Row};
+use crate::blocks::*;
+use crate::cpu::Isa;
+use tuili_core::DType;
+
+/// Runs the kernel for `dtype` if there is one for `isa`; `false` means "use the scalar path".
+pub fn dot_many(isa: Isa, dtype: DType, w: &[u8], acts: &[ActRef<'_>], out: &mut [f32]) -> bool {
+    if isa < Isa::Avx2 {
+        return false;
+    }
+    // The kernels read as many activations as the weight row has elements: check every row
+    // (a mismatch falls back to the scalar path, which never reads out of bounds).
+    let bl = dtype.block_len() as usize;
+    let bb = dtype.block_bytes() as usize;
+    if !w.len().is_multiple_of(bb) {
+        return false;
+    }
+    let n = w.len() / bb * bl;
+    let fits = acts.iter().all(|a| match a {
+        ActRef::F32(x) => x.len() == n,
+        ActRef::Q8(q) => q.qs.len() >= n && q.d.len() * QK >= n,
+        ActRef::Q8K(q) => q.qs.len() >= n && q.d.len() * QK_K >= n && q.bsums.len() * 16 >= n,
+    });
+    if !fits {
+        return false;
+    }
+    let vnni = isa >= Isa::Avx512Vnni;
+    let mut done = 0;
+    while done < acts.len() {
+        let n = (acts.len() - done).min(4);
+        let chunk = &acts[done..done + n];
+        let o = &mut out[done..done + n];
+        // SAFETY: `isa` comes from run-time detection (`cpu::detect`), which reports Avx2 only
+        // when AVX2, FMA and F16C are present and Avx512Vnni only when AVX512F/BW/VL and
+        // AVX512-VNNI are too — the features each kernel below is compiled for.
+        let ok = unsafe {
+            match dtype {
+                DType::F32 => with_f32(chunk, |x| {
+                    if vnni {
+                        vnni::f32_n(w, x, o)
+                    } else {
+                        avx2::f32_n(w, x, o)
+                    }
+                }),
+                DType::F16 => with_f32(chunk, |x| {
+                    if vnni {
+                        vnni::f16_n(w, x, o)
+                    } else {
+                        avx2::f16_n(w, x, o)
+                    }
+                }),
+                DType::BF16 => with_f32(chunk, |x| {
+                    if vnni {
+                        vnni::bf16_n(w, x, o)
+                    } else {
+                        avx2::bf16_n(w, x, o)
+                    }
+                }),
+                DType::Q8_0 => with_q8(chunk, |a| {
+                    let b = as_blocks::<BlockQ8_0>(w).unwrap_or(&[]);
+                    if vnni {
+                        vnni::q8_0_n(b, a, o)
+                    } else {
+                        avx2::q8_0_n(b, a, o)
+                    }
+                }),
+                DType::Q4_0 => with_q8(chunk, |a| {
+                    let b = as_blocks::<BlockQ4_0>(w).unwrap_or(&[]);
+                    if vnni {
+                        vnni::q4_0_n(b, a, o)
+                    } else {
+                        avx2::q4_0_n(b, a, o)
+                    }
+                }),
+                DType::Q4_K => with_q8k(chunk, |a| {
+                    let b = as_blocks::<BlockQ4K>(w).unwrap_or(&[]);
+                    if vnni {
+                        vnni::q4_k_n(b, a, o)
+                    } else {
+                        avx2::q4_k_n(b, a, o)
+                    }
+                }),
+                DType::Q6_K => with_q8k(chunk, |a| {
+                    let b = as_blocks::<BlockQ6K>(w).unwrap_or(&[]);
+                    if vnni {
+                        vnni::q6_k_n(b, a, o)
+                    } else {
+                        avx2::q6_k_n(b, a, o)
+                    }
+                }),
+                _ => false,
+            }
+        };
+        if !ok {
+            return false;
+        }
+        done += n;
+    }
+    true
+}
+
+fn with_f32(acts: &[ActRef<'_>], f: impl FnOnce(&[&[f32]])) -> bool {
+    let mut xs: [&[f32]; 4] = [&[]; 4];
+    for (slot, a) in xs.iter_mut().zip(acts) {
+        match a {
+            ActRef::F32(x) => *slot = x,
+            _ => return false,
+        }
+    }
+    f(&xs[..acts.len()]);
+    true
+}
+
+fn with_q8(acts: &[ActRef<'_>], f: impl FnOnce(&[&Q8Row])) -> bool {
+    let empty = Q8Row::default();
+    let mut xs: [&Q8Row; 4] = [&empty; 4];
+    for (slot, a) in xs.iter_mut().zip(acts) {
+        match a {
+            ActRef::Q8(x) => *slot = x,
+            _ => return false,
+        }
+    }
+    f(&xs[..acts.len()]);
+    true
+}
+
+fn with_q8k(acts: &[ActRef<'_>], f: impl FnOnce(&[&Q8KRow])) -> bool {
+    let empty = Q8KRow::default();
+    let mut xs: [&Q8KRow; 4] = [&empty; 4];
+    for (slot, a) in xs.iter_mut().zip(acts) {
+        match a {
+            ActRef::Q8K(x) => *slot = x,
+            _ => return false,
+        }
+    }
+    f(&xs[..acts.len()]);
+    true
+}
+
+/// The kernels, written once and compiled twice: for AVX2 (`vpmaddubsw`) and for AVX-512
+/// VNNI (`vpdpbusd`). `$mul_sum` turns two vectors of 32 int8 into 8 int32 sums of products.
+macro_rules! kernels {
+    ($modname:ident, $features:literal, $mul_sum:ident) => {
+        mod $modname {
+            use super::*;
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn hsum(v: __m256) -> f32 {
+                let lo = _mm256_castps256_ps128(v);
+                let hi = _mm256_extractf128_ps(v, 1);
+                let s = _mm_add_ps(lo, hi);
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+                _mm_cvtss_f32(s)
+            }
+
+            /// Loads 8 weights of an f32/f16/bf16 row as f32.
+            macro_rules! float_kernel {
+                ($name:ident, $bytes:expr, $load:expr, $scalar:expr) => {
+                    #[target_feature(enable = $features)]
+                    pub(super) unsafe fn $name(w: &[u8], xs: &[&[f32]], out: &mut [f32]) {
+                        let n = xs[0].len();
+                        let nt = xs.len();
+                        let wp = w.as_ptr();
+                        let mut acc0 = [_mm256_setzero_ps(); 4];
+                        let mut acc1 = [_mm256_setzero_ps(); 4];
+                        let mut i = 0;
+                        while i + 16 <= n {
+                            // SAFETY: i + 16 ≤ n elements, and w holds n elements of $bytes.
+                            let w0: __m256 = unsafe { $load(wp.add(i * $bytes)) };
+                            let w1: __m256 = unsafe { $load(wp.add((i + 8) * $bytes)) };
+                            for t in 0..nt {
+                                let xp = xs[t].as_ptr();
+                                // SAFETY: every activation row has n elements.
+                                unsafe {
+                                    acc0[t] =
+                                        _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp.add(i)), acc0[t]);
+                                    acc1[t] = _mm256_fmadd_ps(
+                                        w1,
+                                        _mm256_loadu_ps(xp.add(i + 8)),
+                                        acc1[t],
+                                    );
+                                }
+                            }
+                            i += 16;
+                        }
+                        for t in 0..nt {
+                            let mut s = unsafe { hsum(_mm256_add_ps(acc0[t], acc1[t])) };
+                            for j in i..n {
+                                let c = &w[j * $bytes..(j + 1) * $bytes];
+                                s += $scalar(c) * xs[t][j];
+                            }
+                            out[t] = s;
+                        }
+                    }
+                };
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn load_f32(p: *const u8) -> __m256 {
+                unsafe { _mm256_loadu_ps(p.cast()) }
+            }
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn load_f16(p: *const u8) -> __m256 {
+                unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+            }
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn load_bf16(p: *const u8) -> __m256 {
+                unsafe {
+                    let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast()));
+                    _mm256_castsi256_ps(_mm256_slli_epi32(h, 16))
+                }
+            }
+            float_kernel!(f32_n, 4, load_f32, |c: &[u8]| f32::from_le_bytes([
+                c[0], c[1], c[2], c[3]
+            ]));
+            float_kernel!(f16_n, 2, load_f16, |c: &[u8]| f16_le([c[0], c[1]]));
+            float_kernel!(bf16_n, 2, load_bf16, |c: &[u8]| bf16_le([c[0], c[1]]));
+
+            /// 32 signed int8 weights × 32 signed int8 activations → 8 int32 partial sums.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn mul_sum_i8(w: __m256i, a: __m256i) -> __m256i {
+                let ax = _mm256_sign_epi8(w, w);
+                let sy = _mm256_sign_epi8(a, w);
+                $mul_sum(ax, sy)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q8_0_n(w: &[BlockQ8_0], a: &[&Q8Row], out: &mut [f32]) {
+                let nt = a.len();
+                let mut acc = [_mm256_setzero_ps(); 4];
+                for (b, wb) in w.iter().enumerate() {
+                    // SAFETY: a block holds 32 quants; activation rows hold 32 per block.
+                    let q = unsafe { _mm256_loadu_si256(wb.qs.as_ptr().cast()) };
+                    let dw = f16_le(wb.d);
+                    for t in 0..nt {
+                        let qa = unsafe { _mm256_loadu_si256(a[t].qs.as_ptr().add(b * QK).cast()) };
+                        let p = unsafe { _mm256_cvtepi32_ps(mul_sum_i8(q, qa)) };
+                        acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * a[t].d[b]), acc[t]);
+                    }
+                }
+                for t in 0..nt {
+                    out[t] = unsafe { hsum(acc[t]) };
+                }
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q4_0_n(w: &[BlockQ4_0], a: &[&Q8Row], out: &mut [f32]) {
+                let nt = a.len();
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let m4 = _mm_set1_epi8(0x0F);
+                let eight = _mm256_set1_epi8(8);
+                for (b, wb) in w.iter().enumerate() {
+                    // SAFETY: 16 bytes of nibbles per block.
+                    let raw = unsafe { _mm_loadu_si128(wb.qs.as_ptr().cast()) };
+                    let lo = _mm_and_si128(raw, m4);
+                    let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+                    // Elements 0..16 are the low nibbles, 16..32 the high ones.
+                    let q = _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight);
+                    let dw = f16_le(wb.d);
+                    for t in 0..nt {
+                        let qa = unsafe { _mm256_loadu_si256(a[t].qs.as_ptr().add(b * QK).cast()) };
+                        let p = unsafe { _mm256_cvtepi32_ps(mul_sum_i8(q, qa)) };
+                        acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * a[t].d[b]), acc[t]);
+                    }
+                }
+                for t in 0..nt {
+                    out[t] = unsafe { hsum(acc[t]) };
+                }
+            }
+
+            /// Q4_K: per 64-element group, the low nibbles form sub-block 2g and the high ones
+            /// 2g+1; integer sums per sub-block are scaled by the 6-bit scale, and the mins are
+            /// applied through the activation's group sums.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q4_k_n(w: &[BlockQ4K], a: &[&Q8KRow], out: &mut [f32]) {
+                let nt = a.len();
+                let mut res = [0f32; 4];
+                let m4 = _mm256_set1_epi8(0x0F);
+                for (b, wb) in w.iter().enumerate() {
+                    let (d, dmin) = (f16_le(wb.d), f16_le(wb.dmin));
+                    let mut sc = [0i32; 8];
+                    let mut mn = [0i32; 8];
+                    for j in 0..8 {
+                        let (s, m) = crate::dequant::k4_scale_min(j, &wb.scales);
+                        sc[j] = s as i32;
+                        mn[j] = m as i32;
+                    }
+                    let mut acc = [_mm256_setzero_si256(); 4];
+                    for g in 0..4 {
+                        // SAFETY: 32 bytes of nibbles per group.
+                        let raw = unsafe { _mm256_loadu_si256(wb.qs.as_ptr().add(g * 32).cast()) };
+                        let lo = _mm256_and_si256(raw, m4);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+                        let s_lo = _mm256_set1_epi32(sc[2 * g]);
+                        let s_hi = _mm256_set1_epi32(sc[2 * g + 1]);
+                        for t in 0..nt {
+                            let base = a[t].qs.as_ptr();
+                            let off = b * QK_K + g * 64;
+                            let (q0, q1) = unsafe {
+                                (
+                                    _mm256_loadu_si256(base.add(off).cast()),
+                                    _mm256_loadu_si256(base.add(off + 32).cast()),
+                                )
+                            };
+                            // Weights are unsigned nibbles: no sign trick needed.
+                            let p0 = $mul_sum(lo, q0);
+                            let p1 = $mul_sum(hi, q1);
+                            let p = _mm256_add_epi32(
+                                _mm256_mullo_epi32(p0, s_lo),
+                                _mm256_mullo_epi32(p1, s_hi),
+                            );
+                            acc[t] = _mm256_add_epi32(acc[t], p);
+                        }
+                    }
+                    for t in 0..nt {
+                        let v = _mm256_cvtepi32_ps(acc[t]);
+                        let sum_q = unsafe { hsum(v) };
+                        let bs = &a[t].bsums[b * 16..b * 16 + 16];
+                        let mut sum_m = 0i32;
+                        for j in 0..8 {
+                            sum_m += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+                        }
+                        res[t] += a[t].d[b] * (d * sum_q - dmin * sum_m as f32);
+                    }
+                }
+                out[..nt].copy_from_slice(&res[..nt]);
+            }
+
+            /// Q6_K: unpack to int8 (−32…31) once per block, then per group of 16 an integer
+            /// dot scaled by the group's int8 scale.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q6_k_n(w: &[BlockQ6K], a: &[&Q8KRow], out: &mut [f32]) {
+                let nt = a.len();
+                let mut res = [0f32; 4];
+                for (b, wb) in w.iter().enumerate() {
+                    let v = super::super::scalar::q6_k_values(wb);
+                    let d = f16_le(wb.d);
+                    let mut acc = [_mm256_setzero_si256(); 4];
+                    for c in 0..8 {
+                        // 32 values = groups 2c and 2c+1 (scales per 16).
+                        let q = unsafe { _mm256_loadu_si256(v.as_ptr().add(c * 32).cast()) };
+                        let s = _mm256_setr_epi32(
+                            wb.scales[2 * c] as i8 as i32,
+                            wb.scales[2 * c] as i8 as i32,
+                            wb.scales[2 * c] as i8 as i32,
+                            wb.scales[2 * c] as i8 as i32,
+                            wb.scales[2 * c + 1] as i8 as i32,
+                            wb.scales[2 * c + 1] as i8 as i32,
+                            wb.scales[2 * c + 1] as i8 as i32,
+                            wb.scales[2 * c + 1] as i8 as i32,
+                        );
+                        for t in 0..nt {
+                            let qa = unsafe {
+                                _mm256_loadu_si256(a[t].qs.as_ptr().add(b * QK_K + c * 32).cast())
+                            };
+                            acc[t] =
+                                _mm256_add_epi32(acc[t], _mm256_mullo_epi32(mul_sum_i8(q, qa), s));
+                        }
+                    }
+                    for t in 0..nt {
+                        let sum = unsafe { hsum(_mm256_cvtepi32_ps(acc[t])) };
+                        res[t] += a[t].d[b] * d * sum;
+                    }
+                }
+                out[..nt].copy_from_slice(&res[..nt]);
+            }
+        }
+    };
+}
+
+/// AVX2: u8×i8 pairs summed to i16 (`vpmaddubsw`), then pairs of i16 to i32 (`vpmaddwd`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn mul_sum_avx2(ax: __m256i, sy: __m256i) -> __m256i {
+    let dot16 = _mm256_maddubs_epi16(ax, sy);
+    _mm256_madd_epi16(dot16, _mm256_set1_epi16(1))
+}
+
+/// AVX-512 VNNI: u8×i8 quads summed straight into i32 (`vpdpbusd`).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn mul_sum_vnni(ax: __m256i, sy: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy)
+}
+
+kernels!(avx2, "avx2,fma,f16c", mul_sum_avx2);
+kernels!(
+    vnni,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    mul_sum_vnni
+);

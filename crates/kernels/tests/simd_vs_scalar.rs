@@ -1,0 +1,157 @@
+//! Every SIMD dot-product kernel against its scalar twin, and the quantized dot products
+//! against the exact f32 dot product (ggml's test-quantize-fns bound on the dot error).
+
+use tuili_core::DType;
+use tuili_kernels::act::{Q8KRow, Q8Row};
+use tuili_kernels::cpu::Isa;
+use tuili_kernels::dequant::dequantize_row;
+use tuili_kernels::dot::{act_kind, dot_many, ActKind, ActRef};
+use tuili_kernels::ops;
+
+struct Lcg(u64);
+impl Lcg {
+    fn f(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn byte(&mut self) -> u8 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 56) as u8
+    }
+}
+
+/// Random weights of `n` elements in `dtype`: quantized from floats where tuili can quantize,
+/// random blocks with sane scales for K-quants.
+fn weights(dtype: DType, n: usize, rng: &mut Lcg) -> Vec<u8> {
+    let bytes = dtype.bytes_for(n as u64).unwrap() as usize;
+    let mut out = vec![0u8; bytes];
+    if tuili_kernels::quant::quantize_row(
+        dtype,
+        &(0..n).map(|_| rng.f()).collect::<Vec<_>>(),
+        &mut out,
+    )
+    .is_ok()
+    {
+        return out;
+    }
+    for b in out.iter_mut() {
+        *b = rng.byte();
+    }
+    let fields: &[usize] = match dtype {
+        DType::Q4_K | DType::Q5_K => &[0, 2],
+        DType::Q6_K => &[208],
+        DType::Q2_K => &[80, 82],
+        DType::Q3_K => &[108],
+        _ => &[],
+    };
+    let bb = dtype.block_bytes() as usize;
+    for blk in out.chunks_exact_mut(bb) {
+        for &o in fields {
+            blk[o..o + 2].copy_from_slice(
+                &half::f16::from_f32(0.01 + 0.01 * rng.f().abs())
+                    .to_bits()
+                    .to_le_bytes(),
+            );
+        }
+    }
+    out
+}
+
+const TYPES: [DType; 13] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q2_K,
+    DType::Q3_K,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+];
+
+#[test]
+fn simd_kernels_match_scalar_twins_and_exact_dots() {
+    let mut rng = Lcg(99);
+    for &n in &[256usize, 1024, 4096 + 256] {
+        for dtype in TYPES {
+            let w = weights(dtype, n, &mut rng);
+            let xs: Vec<Vec<f32>> = (0..5).map(|_| (0..n).map(|_| rng.f()).collect()).collect();
+            let q8: Vec<Q8Row> = xs
+                .iter()
+                .map(|x| {
+                    let mut r = Q8Row::default();
+                    r.quantize(x);
+                    r
+                })
+                .collect();
+            let q8k: Vec<Q8KRow> = xs
+                .iter()
+                .map(|x| {
+                    let mut r = Q8KRow::default();
+                    r.quantize(x);
+                    r
+                })
+                .collect();
+            let acts: Vec<ActRef> = (0..5)
+                .map(|i| match act_kind(dtype) {
+                    ActKind::F32 => ActRef::F32(&xs[i]),
+                    ActKind::Q8 => ActRef::Q8(&q8[i]),
+                    ActKind::Q8K => ActRef::Q8K(&q8k[i]),
+                })
+                .collect();
+            let mut tmp = vec![0f32; n];
+            let mut reference = vec![0f32; 5];
+            dot_many(Isa::Scalar, dtype, &w, &acts, &mut reference, &mut tmp);
+            // Exact: dequantized weights · f32 activations.
+            let mut wf = vec![0f32; n];
+            dequantize_row(dtype, &w, &mut wf).unwrap();
+            for (i, x) in xs.iter().enumerate() {
+                let exact = ops::dot(&wf, x);
+                let scale = wf.iter().map(|v| v.abs()).sum::<f32>() / n as f32 * (n as f32).sqrt();
+                let err = (reference[i] - exact).abs() / scale.max(1e-6);
+                assert!(
+                    err < 0.02,
+                    "{dtype} n={n}: quantized-activation dot off by {err} (relative)"
+                );
+            }
+            for isa in Isa::available() {
+                // One row at a time and several at once must both match the scalar twin.
+                for batch in [1usize, 3, 5] {
+                    let mut got = vec![0f32; 5];
+                    for start in (0..5).step_by(batch) {
+                        let end = (start + batch).min(5);
+                        dot_many(
+                            isa,
+                            dtype,
+                            &w,
+                            &acts[start..end],
+                            &mut got[start..end],
+                            &mut tmp,
+                        );
+                    }
+                    for i in 0..5 {
+                        let tol = 1e-5 * reference[i].abs().max(1.0) + 1e-4;
+                        assert!(
+                            (got[i] - reference[i]).abs() <= tol,
+                            "{dtype} n={n} {} batch {batch}: {} vs scalar {}",
+                            isa.name(),
+                            got[i],
+                            reference[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("ISAs tested: {:?}", Isa::available());
+}
