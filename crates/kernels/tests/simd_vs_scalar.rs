@@ -127,7 +127,7 @@ fn simd_kernels_match_scalar_twins_and_exact_dots() {
             for isa in Isa::available() {
                 // One row at a time and several at once must both match the scalar twin.
                 for batch in [1usize, 3, 5] {
-                    let mut got = vec![0f32; 5];
+                    let mut got = [0f32; 5];
                     for start in (0..5).step_by(batch) {
                         let end = (start + batch).min(5);
                         dot_many(
