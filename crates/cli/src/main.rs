@@ -1,6 +1,7 @@
 //! `tuili`: the command line. Parses arguments, calls the engine, prints. Errors are one line
 //! on stderr and a non-zero exit code.
 
+mod bench;
 mod inspect;
 
 use std::io::Write;
@@ -33,6 +34,10 @@ enum Cmd {
     Tokenize(TokenizeArgs),
     /// Print a GGUF file's metadata and tensors.
     Inspect(InspectArgs),
+    /// Measure prompt processing and generation speed (as llama-bench does).
+    Bench(bench::BenchArgs),
+    /// Write a random-weight Llama model of a real shape (for benchmarks).
+    Synth(bench::SynthArgs),
 }
 
 #[derive(clap::Args)]
@@ -122,6 +127,8 @@ enum CliError {
     Sample(#[from] tuili_sample::SampleError),
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+    #[error("{0}")]
+    Usage(String),
 }
 
 fn main() -> ExitCode {
@@ -130,6 +137,8 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run(a),
         Cmd::Tokenize(a) => tokenize(a),
         Cmd::Inspect(a) => inspect::inspect(&a.path, a.full),
+        Cmd::Bench(a) => bench::bench(a),
+        Cmd::Synth(a) => bench::synth(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -243,47 +243,105 @@ macro_rules! kernels {
                 $mul_sum(ax, sy)
             }
 
+            /// f16 → f32 with F16C.
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn q8_0_n(w: &[BlockQ8_0], a: &[&Q8Row], out: &mut [f32]) {
+            #[inline]
+            unsafe fn h2f(b: [u8; 2]) -> f32 {
+                _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(b) as i32)))
+            }
+
+            /// The shared loop of the 32-element block kernels: `unpack(b)` gives block b's
+            /// 32 weights as int8 and its scale. `U` blocks per iteration, each with its own
+            /// accumulators, so that the FMA latency chain does not bound a single-token
+            /// (decode) dot product; with several tokens the tokens provide the independence.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn blocks32<const U: usize>(
+                nb: usize,
+                unpack: impl Fn(usize) -> (__m256i, f32),
+                a: &[&Q8Row],
+                out: &mut [f32],
+            ) {
                 let nt = a.len();
-                let mut acc = [_mm256_setzero_ps(); 4];
-                for (b, wb) in w.iter().enumerate() {
-                    // SAFETY: a block holds 32 quants; activation rows hold 32 per block.
-                    let q = unsafe { _mm256_loadu_si256(wb.qs.as_ptr().cast()) };
-                    let dw = f16_le(wb.d);
-                    for t in 0..nt {
-                        let qa = unsafe { _mm256_loadu_si256(a[t].qs.as_ptr().add(b * QK).cast()) };
-                        let p = unsafe { _mm256_cvtepi32_ps(mul_sum_i8(q, qa)) };
-                        acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * a[t].d[b]), acc[t]);
+                let mut qa = [std::ptr::null::<i8>(); 4];
+                let mut da = [std::ptr::null::<f32>(); 4];
+                for t in 0..nt {
+                    qa[t] = a[t].qs.as_ptr();
+                    da[t] = a[t].d.as_ptr();
+                }
+                let mut acc = [[_mm256_setzero_ps(); 4]; U];
+                let mut b = 0;
+                while b + U <= nb {
+                    for u in 0..U {
+                        let (q, dw) = unpack(b + u);
+                        for t in 0..nt {
+                            // SAFETY: `dot_many` checked that every activation row covers the
+                            // weight row: block b + u exists in qs and d.
+                            unsafe {
+                                let y = _mm256_loadu_si256(qa[t].add((b + u) * QK).cast());
+                                let p = _mm256_cvtepi32_ps(mul_sum_i8(q, y));
+                                acc[u][t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * *da[t].add(b + u)), acc[u][t]);
+                            }
+                        }
                     }
+                    b += U;
+                }
+                while b < nb {
+                    let (q, dw) = unpack(b);
+                    for t in 0..nt {
+                        // SAFETY: as above.
+                        unsafe {
+                            let y = _mm256_loadu_si256(qa[t].add(b * QK).cast());
+                            let p = _mm256_cvtepi32_ps(mul_sum_i8(q, y));
+                            acc[0][t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * *da[t].add(b)), acc[0][t]);
+                        }
+                    }
+                    b += 1;
                 }
                 for t in 0..nt {
-                    out[t] = unsafe { hsum(acc[t]) };
+                    let mut v = acc[0][t];
+                    for u in 1..U {
+                        v = _mm256_add_ps(v, acc[u][t]);
+                    }
+                    out[t] = unsafe { hsum(v) };
+                }
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q8_0_n(w: &[BlockQ8_0], a: &[&Q8Row], out: &mut [f32]) {
+                let unpack = |b: usize| {
+                    let wb = &w[b];
+                    // SAFETY: a block holds 32 quants.
+                    (unsafe { _mm256_loadu_si256(wb.qs.as_ptr().cast()) }, unsafe { h2f(wb.d) })
+                };
+                unsafe {
+                    match a.len() {
+                        1 => blocks32::<4>(w.len(), unpack, a, out),
+                        2 => blocks32::<2>(w.len(), unpack, a, out),
+                        _ => blocks32::<1>(w.len(), unpack, a, out),
+                    }
                 }
             }
 
             #[target_feature(enable = $features)]
             pub(super) unsafe fn q4_0_n(w: &[BlockQ4_0], a: &[&Q8Row], out: &mut [f32]) {
-                let nt = a.len();
-                let mut acc = [_mm256_setzero_ps(); 4];
                 let m4 = _mm_set1_epi8(0x0F);
                 let eight = _mm256_set1_epi8(8);
-                for (b, wb) in w.iter().enumerate() {
+                let unpack = |b: usize| {
+                    let wb = &w[b];
                     // SAFETY: 16 bytes of nibbles per block.
                     let raw = unsafe { _mm_loadu_si128(wb.qs.as_ptr().cast()) };
                     let lo = _mm_and_si128(raw, m4);
                     let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
                     // Elements 0..16 are the low nibbles, 16..32 the high ones.
-                    let q = _mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight);
-                    let dw = f16_le(wb.d);
-                    for t in 0..nt {
-                        let qa = unsafe { _mm256_loadu_si256(a[t].qs.as_ptr().add(b * QK).cast()) };
-                        let p = unsafe { _mm256_cvtepi32_ps(mul_sum_i8(q, qa)) };
-                        acc[t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * a[t].d[b]), acc[t]);
+                    (_mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight), unsafe { h2f(wb.d) })
+                };
+                unsafe {
+                    match a.len() {
+                        1 => blocks32::<4>(w.len(), unpack, a, out),
+                        2 => blocks32::<2>(w.len(), unpack, a, out),
+                        _ => blocks32::<1>(w.len(), unpack, a, out),
                     }
-                }
-                for t in 0..nt {
-                    out[t] = unsafe { hsum(acc[t]) };
                 }
             }
 

@@ -1,0 +1,347 @@
+//! `tuili bench`: prompt processing (pp) and generation (tg) speed, as llama-bench measures
+//! them, and `--membw`: this machine's read bandwidth and the model's decode roofline.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tuili_core::{DType, ThreadPool};
+use tuili_formats::GgufFile;
+use tuili_model::{Llama, Logits, Scratch};
+
+use crate::CliError;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Model file (GGUF).
+    #[arg(short, long)]
+    pub model: PathBuf,
+    /// Prompt tokens per pp test (0 = skip pp).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    pub n_prompt: usize,
+    /// Generated tokens per tg test (0 = skip tg).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    pub n_gen: usize,
+    /// Thread counts to test, comma-separated.
+    #[arg(short = 't', long, value_delimiter = ',', default_values_t = vec![tuili_core::parallel::physical_cores()])]
+    pub threads: Vec<usize>,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long, default_value_t = 5)]
+    pub reps: usize,
+    /// Output format.
+    #[arg(short = 'o', long, default_value = "md", value_parser = ["md", "json"])]
+    pub output: String,
+    /// Also measure memory read bandwidth and print the decode roofline.
+    #[arg(long)]
+    pub membw: bool,
+}
+
+struct Result1 {
+    n_threads: usize,
+    n_prompt: usize,
+    n_gen: usize,
+    samples_ns: Vec<u64>,
+}
+
+impl Result1 {
+    fn tokens(&self) -> usize {
+        self.n_prompt + self.n_gen
+    }
+    fn samples_ts(&self) -> Vec<f64> {
+        self.samples_ns.iter().map(|&ns| self.tokens() as f64 * 1e9 / ns as f64).collect()
+    }
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let sd = if v.len() > 1 {
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    (m, sd)
+}
+
+/// The type most of the weight bytes are in ("Q4_0", "F16", …).
+fn dominant_type(f: &GgufFile) -> DType {
+    let mut by: Vec<(DType, u64)> = Vec::new();
+    for t in &f.tensors {
+        match by.iter_mut().find(|(d, _)| *d == t.dtype) {
+            Some(e) => e.1 += t.size,
+            None => by.push((t.dtype, t.size)),
+        }
+    }
+    by.into_iter().max_by_key(|e| e.1).map(|e| e.0).unwrap_or(DType::F32)
+}
+
+fn params_label(n: u64) -> String {
+    if n >= 1_000_000_000 {
+        format!("{:.1}B", n as f64 / 1e9)
+    } else {
+        format!("{}M", (n as f64 / 1e6).round())
+    }
+}
+
+/// Sustained read bandwidth (bytes/s): `threads` threads summing a 1 GiB buffer, best of 5.
+pub fn measure_membw(threads: usize) -> f64 {
+    let n = (1usize << 30) / 8;
+    let buf: Vec<u64> = (0..n as u64).collect();
+    let pool = ThreadPool::new(threads);
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let sums: Vec<std::sync::atomic::AtomicU64> = (0..threads).map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
+        let t = Instant::now();
+        pool.run(&|i, nt| {
+            let r = tuili_core::pool::split(n, i, nt, 64);
+            let mut acc = [0u64; 8];
+            for c in buf[r].chunks_exact(8) {
+                for k in 0..8 {
+                    acc[k] = acc[k].wrapping_add(c[k]);
+                }
+            }
+            sums[i].store(acc.iter().fold(0, |a, b| a.wrapping_add(*b)), std::sync::atomic::Ordering::Relaxed);
+        });
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(&sums);
+        best = best.max((n * 8) as f64 / secs);
+    }
+    best
+}
+
+fn run_test(model: &Llama, pool: &ThreadPool, n_prompt: usize, n_gen: usize) -> Result<u64, CliError> {
+    let n_vocab = model.config().n_vocab as u32;
+    let mut kv = model.new_cache(n_prompt + n_gen + 1).map_err(tuili_engine::EngineError::from)?;
+    let mut scratch = Scratch::new();
+    // Fixed pseudo-random tokens: speed does not depend on which.
+    let mut s = 0x1234_5678u64;
+    let mut tok = || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((s >> 33) % n_vocab as u64) as u32
+    };
+    let t = Instant::now();
+    if n_prompt > 0 {
+        let prompt: Vec<u32> = (0..n_prompt).map(|_| tok()).collect();
+        model.forward(&prompt, &mut kv, &mut scratch, Logits::Last, pool).map_err(tuili_engine::EngineError::from)?;
+    }
+    for _ in 0..n_gen {
+        let next = tok();
+        model.forward(&[next], &mut kv, &mut scratch, Logits::Last, pool).map_err(tuili_engine::EngineError::from)?;
+    }
+    Ok(t.elapsed().as_nanos() as u64)
+}
+
+pub fn bench(a: BenchArgs) -> Result<(), CliError> {
+    if a.reps == 0 {
+        return Err(CliError::Usage("--reps must be at least 1".into()));
+    }
+    if let Some(&bad) = a.threads.iter().find(|&&t| t == 0 || t > 1024) {
+        return Err(CliError::Usage(format!("--threads {bad}: must be between 1 and 1024")));
+    }
+    let file = Arc::new(GgufFile::open(&a.model)?);
+    let model_size: u64 = file.tensors.iter().map(|t| t.size).sum();
+    let n_params: u64 = file.tensors.iter().map(|t| t.n_elements()).sum();
+    let dtype = dominant_type(&file);
+    let model = Llama::load(Arc::clone(&file)).map_err(tuili_engine::EngineError::from)?;
+    let model_type = format!("{} {} {}", model.config().arch.name(), params_label(n_params), dtype);
+    let mut tests: Vec<(usize, usize)> = Vec::new();
+    if a.n_prompt > 0 {
+        tests.push((a.n_prompt, 0));
+    }
+    if a.n_gen > 0 {
+        tests.push((0, a.n_gen));
+    }
+    let mut results = Vec::new();
+    for &threads in &a.threads {
+        let pool = ThreadPool::new(threads);
+        for &(p, g) in &tests {
+            // One warm-up run (page in the weights, size the buffers), then the samples.
+            run_test(&model, &pool, p.min(16).max(if p > 0 { 1 } else { 0 }), g.min(4))?;
+            let mut samples = Vec::with_capacity(a.reps);
+            for _ in 0..a.reps {
+                samples.push(run_test(&model, &pool, p, g)?);
+            }
+            results.push(Result1 {
+                n_threads: threads,
+                n_prompt: p,
+                n_gen: g,
+                samples_ns: samples,
+            });
+        }
+    }
+    let bw = if a.membw {
+        Some(measure_membw(*a.threads.iter().max().unwrap_or(&1)))
+    } else {
+        None
+    };
+    let weight_bytes = model.weight_bytes_per_token() as f64;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let filename = a.model.display().to_string();
+    if a.output == "json" {
+        write_json(&mut out, &filename, &model_type, model_size, n_params, &results, model.isa().name())?;
+    } else {
+        writeln!(out, "| model | size | params | backend | threads | test | t/s |")?;
+        writeln!(out, "| --- | ---: | ---: | --- | ---: | ---: | ---: |")?;
+        for r in &results {
+            let (m, sd) = mean_sd(&r.samples_ts());
+            let test = if r.n_gen == 0 { format!("pp{}", r.n_prompt) } else { format!("tg{}", r.n_gen) };
+            writeln!(
+                out,
+                "| {model_type} | {:.2} MiB | {:.2} {} | CPU ({}) | {} | {test} | {m:.2} ± {sd:.2} |",
+                model_size as f64 / (1u64 << 20) as f64,
+                if n_params >= 1_000_000_000 { n_params as f64 / 1e9 } else { n_params as f64 / 1e6 },
+                if n_params >= 1_000_000_000 { "B" } else { "M" },
+                model.isa().name(),
+                r.n_threads,
+            )?;
+        }
+    }
+    if let Some(bw) = bw {
+        let roof = bw / weight_bytes;
+        let mut line = format!(
+            "memory read bandwidth: {:.2} GB/s; weights read per token: {:.1} MB; decode roofline: {:.2} tokens/s",
+            bw / 1e9,
+            weight_bytes / 1e6,
+            roof
+        );
+        if let Some(tg) = results.iter().filter(|r| r.n_gen > 0).map(|r| mean_sd(&r.samples_ts()).0).reduce(f64::max) {
+            line.push_str(&format!("; best tg = {:.0}% of roofline", 100.0 * tg / roof));
+        }
+        // On stderr for JSON output, so that stdout stays one JSON document.
+        if a.output == "json" {
+            eprintln!("{line}");
+        } else {
+            writeln!(out, "\n{line}")?;
+        }
+    }
+    Ok(())
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// llama-bench's JSON (an array of test records, same field names).
+fn write_json(
+    out: &mut impl Write,
+    filename: &str,
+    model_type: &str,
+    model_size: u64,
+    n_params: u64,
+    results: &[Result1],
+    isa: &str,
+) -> std::io::Result<()> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    writeln!(out, "[")?;
+    for (i, r) in results.iter().enumerate() {
+        let ns: Vec<f64> = r.samples_ns.iter().map(|&v| v as f64).collect();
+        let (avg_ns, sd_ns) = mean_sd(&ns);
+        let ts = r.samples_ts();
+        let (avg_ts, sd_ts) = mean_sd(&ts);
+        let list = |v: &[String]| v.join(", ");
+        writeln!(out, "  {{")?;
+        writeln!(out, "    \"build_commit\": {},", json_str(option_env!("TUILI_COMMIT").unwrap_or("unknown")))?;
+        writeln!(out, "    \"build_number\": 0,")?;
+        writeln!(out, "    \"cpu_info\": {},", json_str(&cpu_name()))?;
+        writeln!(out, "    \"gpu_info\": \"\",")?;
+        writeln!(out, "    \"backends\": {},", json_str(&format!("CPU ({isa})")))?;
+        writeln!(out, "    \"model_filename\": {},", json_str(filename))?;
+        writeln!(out, "    \"model_type\": {},", json_str(model_type))?;
+        writeln!(out, "    \"model_size\": {model_size},")?;
+        writeln!(out, "    \"model_n_params\": {n_params},")?;
+        writeln!(out, "    \"n_batch\": {},", r.n_prompt.max(1))?;
+        writeln!(out, "    \"n_ubatch\": {},", r.n_prompt.max(1))?;
+        writeln!(out, "    \"n_threads\": {},", r.n_threads)?;
+        writeln!(out, "    \"type_k\": \"f32\",")?;
+        writeln!(out, "    \"type_v\": \"f32\",")?;
+        writeln!(out, "    \"n_gpu_layers\": 0,")?;
+        writeln!(out, "    \"use_mmap\": true,")?;
+        writeln!(out, "    \"n_prompt\": {},", r.n_prompt)?;
+        writeln!(out, "    \"n_gen\": {},", r.n_gen)?;
+        writeln!(out, "    \"test_time\": \"{now}\",")?;
+        writeln!(out, "    \"avg_ns\": {},", avg_ns.round() as u64)?;
+        writeln!(out, "    \"stddev_ns\": {},", sd_ns.round() as u64)?;
+        writeln!(out, "    \"avg_ts\": {avg_ts:.6},")?;
+        writeln!(out, "    \"stddev_ts\": {sd_ts:.6},")?;
+        writeln!(out, "    \"samples_ns\": [ {} ],", list(&r.samples_ns.iter().map(|v| v.to_string()).collect::<Vec<_>>()))?;
+        writeln!(out, "    \"samples_ts\": [ {} ]", list(&ts.iter().map(|v| format!("{v:.6}")).collect::<Vec<_>>()))?;
+        writeln!(out, "  }}{}", if i + 1 < results.len() { "," } else { "" })?;
+    }
+    writeln!(out, "]")
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// Arguments of `tuili synth`: writes a random-weight model of a real shape.
+#[derive(clap::Args)]
+pub struct SynthArgs {
+    /// Shape: 125m (dim 768, 12 layers) or 1.1b (TinyLlama: dim 2048, 22 layers, GQA 32/4).
+    #[arg(long)]
+    pub shape: String,
+    /// Weight type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1 (K-quants: random blocks).
+    #[arg(long = "type")]
+    pub dtype: String,
+    /// Output file.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+pub fn synth(a: SynthArgs) -> Result<(), CliError> {
+    use tuili_model::synth::{synth_gguf, SynthSpec};
+    use tuili_model::Arch;
+    let dtype = DType::from_name(&a.dtype)
+        .filter(|d| d.is_dequantizable())
+        .ok_or_else(|| CliError::Usage(format!("--type {}: not a supported tensor type", a.dtype)))?;
+    let (n_embd, n_layer, n_head, n_head_kv, n_ff) = match a.shape.as_str() {
+        "125m" => (768, 12, 12, 12, 2048),
+        "1.1b" => (2048, 22, 32, 4, 5632),
+        other => return Err(CliError::Usage(format!("--shape {other}: use 125m or 1.1b"))),
+    };
+    let spec = SynthSpec {
+        arch: Arch::Llama,
+        name: format!("tuili-bench-{}-{}", a.shape, dtype.name().to_lowercase()),
+        n_vocab: 32000,
+        n_embd,
+        n_layer,
+        n_head,
+        n_head_kv,
+        n_ff,
+        n_ctx: 2048,
+        dtype,
+        embd_dtype: dtype,
+        tied: false,
+        seed: a.seed,
+    };
+    let t = Instant::now();
+    let w = synth_gguf(&spec).map_err(tuili_engine::EngineError::from)?;
+    write_atomically(&a.out, &w)?;
+    eprintln!("wrote {} in {:.1} s", a.out.display(), t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Writes to a temporary name and renames, so an interrupted run leaves no half file.
+fn write_atomically(path: &Path, w: &tuili_formats::GgufWriter) -> Result<(), CliError> {
+    let tmp = path.with_extension("gguf.partial");
+    w.write(&tmp).map_err(|e| CliError::Output(std::io::Error::other(e.to_string())))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
