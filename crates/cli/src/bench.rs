@@ -49,7 +49,10 @@ impl Result1 {
         self.n_prompt + self.n_gen
     }
     fn samples_ts(&self) -> Vec<f64> {
-        self.samples_ns.iter().map(|&ns| self.tokens() as f64 * 1e9 / ns as f64).collect()
+        self.samples_ns
+            .iter()
+            .map(|&ns| self.tokens() as f64 * 1e9 / ns as f64)
+            .collect()
     }
 }
 
@@ -73,7 +76,10 @@ fn dominant_type(f: &GgufFile) -> DType {
             None => by.push((t.dtype, t.size)),
         }
     }
-    by.into_iter().max_by_key(|e| e.1).map(|e| e.0).unwrap_or(DType::F32)
+    by.into_iter()
+        .max_by_key(|e| e.1)
+        .map(|e| e.0)
+        .unwrap_or(DType::F32)
 }
 
 fn params_label(n: u64) -> String {
@@ -91,7 +97,9 @@ pub fn measure_membw(threads: usize) -> f64 {
     let pool = ThreadPool::new(threads);
     let mut best = 0f64;
     for _ in 0..5 {
-        let sums: Vec<std::sync::atomic::AtomicU64> = (0..threads).map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
+        let sums: Vec<std::sync::atomic::AtomicU64> = (0..threads)
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect();
         let t = Instant::now();
         pool.run(&|i, nt| {
             let r = tuili_core::pool::split(n, i, nt, 64);
@@ -101,7 +109,10 @@ pub fn measure_membw(threads: usize) -> f64 {
                     acc[k] = acc[k].wrapping_add(c[k]);
                 }
             }
-            sums[i].store(acc.iter().fold(0, |a, b| a.wrapping_add(*b)), std::sync::atomic::Ordering::Relaxed);
+            sums[i].store(
+                acc.iter().fold(0, |a, b| a.wrapping_add(*b)),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         });
         let secs = t.elapsed().as_secs_f64();
         std::hint::black_box(&sums);
@@ -110,24 +121,37 @@ pub fn measure_membw(threads: usize) -> f64 {
     best
 }
 
-fn run_test(model: &Llama, pool: &ThreadPool, n_prompt: usize, n_gen: usize) -> Result<u64, CliError> {
+fn run_test(
+    model: &Llama,
+    pool: &ThreadPool,
+    n_prompt: usize,
+    n_gen: usize,
+) -> Result<u64, CliError> {
     let n_vocab = model.config().n_vocab as u32;
-    let mut kv = model.new_cache(n_prompt + n_gen + 1).map_err(tuili_engine::EngineError::from)?;
+    let mut kv = model
+        .new_cache(n_prompt + n_gen + 1)
+        .map_err(tuili_engine::EngineError::from)?;
     let mut scratch = Scratch::new();
     // Fixed pseudo-random tokens: speed does not depend on which.
     let mut s = 0x1234_5678u64;
     let mut tok = || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((s >> 33) % n_vocab as u64) as u32
     };
     let t = Instant::now();
     if n_prompt > 0 {
         let prompt: Vec<u32> = (0..n_prompt).map(|_| tok()).collect();
-        model.forward(&prompt, &mut kv, &mut scratch, Logits::Last, pool).map_err(tuili_engine::EngineError::from)?;
+        model
+            .forward(&prompt, &mut kv, &mut scratch, Logits::Last, pool)
+            .map_err(tuili_engine::EngineError::from)?;
     }
     for _ in 0..n_gen {
         let next = tok();
-        model.forward(&[next], &mut kv, &mut scratch, Logits::Last, pool).map_err(tuili_engine::EngineError::from)?;
+        model
+            .forward(&[next], &mut kv, &mut scratch, Logits::Last, pool)
+            .map_err(tuili_engine::EngineError::from)?;
     }
     Ok(t.elapsed().as_nanos() as u64)
 }
@@ -137,14 +161,21 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
         return Err(CliError::Usage("--reps must be at least 1".into()));
     }
     if let Some(&bad) = a.threads.iter().find(|&&t| t == 0 || t > 1024) {
-        return Err(CliError::Usage(format!("--threads {bad}: must be between 1 and 1024")));
+        return Err(CliError::Usage(format!(
+            "--threads {bad}: must be between 1 and 1024"
+        )));
     }
     let file = Arc::new(GgufFile::open(&a.model)?);
     let model_size: u64 = file.tensors.iter().map(|t| t.size).sum();
     let n_params: u64 = file.tensors.iter().map(|t| t.n_elements()).sum();
     let dtype = dominant_type(&file);
     let model = Llama::load(Arc::clone(&file)).map_err(tuili_engine::EngineError::from)?;
-    let model_type = format!("{} {} {}", model.config().arch.name(), params_label(n_params), dtype);
+    let model_type = format!(
+        "{} {} {}",
+        model.config().arch.name(),
+        params_label(n_params),
+        dtype
+    );
     let mut tests: Vec<(usize, usize)> = Vec::new();
     if a.n_prompt > 0 {
         tests.push((a.n_prompt, 0));
@@ -157,7 +188,12 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
         let pool = ThreadPool::new(threads);
         for &(p, g) in &tests {
             // One warm-up run (page in the weights, size the buffers), then the samples.
-            run_test(&model, &pool, p.min(16).max(if p > 0 { 1 } else { 0 }), g.min(4))?;
+            run_test(
+                &model,
+                &pool,
+                p.min(16).max(if p > 0 { 1 } else { 0 }),
+                g.min(4),
+            )?;
             let mut samples = Vec::with_capacity(a.reps);
             for _ in 0..a.reps {
                 samples.push(run_test(&model, &pool, p, g)?);
@@ -180,13 +216,28 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
     let mut out = stdout.lock();
     let filename = a.model.display().to_string();
     if a.output == "json" {
-        write_json(&mut out, &filename, &model_type, model_size, n_params, &results, model.isa().name())?;
+        write_json(
+            &mut out,
+            &filename,
+            &model_type,
+            model_size,
+            n_params,
+            &results,
+            model.isa().name(),
+        )?;
     } else {
-        writeln!(out, "| model | size | params | backend | threads | test | t/s |")?;
+        writeln!(
+            out,
+            "| model | size | params | backend | threads | test | t/s |"
+        )?;
         writeln!(out, "| --- | ---: | ---: | --- | ---: | ---: | ---: |")?;
         for r in &results {
             let (m, sd) = mean_sd(&r.samples_ts());
-            let test = if r.n_gen == 0 { format!("pp{}", r.n_prompt) } else { format!("tg{}", r.n_gen) };
+            let test = if r.n_gen == 0 {
+                format!("pp{}", r.n_prompt)
+            } else {
+                format!("tg{}", r.n_gen)
+            };
             writeln!(
                 out,
                 "| {model_type} | {:.2} MiB | {:.2} {} | CPU ({}) | {} | {test} | {m:.2} ± {sd:.2} |",
@@ -206,8 +257,16 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
             weight_bytes / 1e6,
             roof
         );
-        if let Some(tg) = results.iter().filter(|r| r.n_gen > 0).map(|r| mean_sd(&r.samples_ts()).0).reduce(f64::max) {
-            line.push_str(&format!("; best tg = {:.0}% of roofline", 100.0 * tg / roof));
+        if let Some(tg) = results
+            .iter()
+            .filter(|r| r.n_gen > 0)
+            .map(|r| mean_sd(&r.samples_ts()).0)
+            .reduce(f64::max)
+        {
+            line.push_str(&format!(
+                "; best tg = {:.0}% of roofline",
+                100.0 * tg / roof
+            ));
         }
         // On stderr for JSON output, so that stdout stays one JSON document.
         if a.output == "json" {
@@ -243,7 +302,10 @@ fn write_json(
     results: &[Result1],
     isa: &str,
 ) -> std::io::Result<()> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     writeln!(out, "[")?;
     for (i, r) in results.iter().enumerate() {
         let ns: Vec<f64> = r.samples_ns.iter().map(|&v| v as f64).collect();
@@ -252,11 +314,19 @@ fn write_json(
         let (avg_ts, sd_ts) = mean_sd(&ts);
         let list = |v: &[String]| v.join(", ");
         writeln!(out, "  {{")?;
-        writeln!(out, "    \"build_commit\": {},", json_str(option_env!("TUILI_COMMIT").unwrap_or("unknown")))?;
+        writeln!(
+            out,
+            "    \"build_commit\": {},",
+            json_str(option_env!("TUILI_COMMIT").unwrap_or("unknown"))
+        )?;
         writeln!(out, "    \"build_number\": 0,")?;
         writeln!(out, "    \"cpu_info\": {},", json_str(&cpu_name()))?;
         writeln!(out, "    \"gpu_info\": \"\",")?;
-        writeln!(out, "    \"backends\": {},", json_str(&format!("CPU ({isa})")))?;
+        writeln!(
+            out,
+            "    \"backends\": {},",
+            json_str(&format!("CPU ({isa})"))
+        )?;
         writeln!(out, "    \"model_filename\": {},", json_str(filename))?;
         writeln!(out, "    \"model_type\": {},", json_str(model_type))?;
         writeln!(out, "    \"model_size\": {model_size},")?;
@@ -275,8 +345,21 @@ fn write_json(
         writeln!(out, "    \"stddev_ns\": {},", sd_ns.round() as u64)?;
         writeln!(out, "    \"avg_ts\": {avg_ts:.6},")?;
         writeln!(out, "    \"stddev_ts\": {sd_ts:.6},")?;
-        writeln!(out, "    \"samples_ns\": [ {} ],", list(&r.samples_ns.iter().map(|v| v.to_string()).collect::<Vec<_>>()))?;
-        writeln!(out, "    \"samples_ts\": [ {} ]", list(&ts.iter().map(|v| format!("{v:.6}")).collect::<Vec<_>>()))?;
+        writeln!(
+            out,
+            "    \"samples_ns\": [ {} ],",
+            list(
+                &r.samples_ns
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+            )
+        )?;
+        writeln!(
+            out,
+            "    \"samples_ts\": [ {} ]",
+            list(&ts.iter().map(|v| format!("{v:.6}")).collect::<Vec<_>>())
+        )?;
         writeln!(out, "  }}{}", if i + 1 < results.len() { "," } else { "" })?;
     }
     writeln!(out, "]")
@@ -285,7 +368,12 @@ fn write_json(
 fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
@@ -310,11 +398,17 @@ pub fn synth(a: SynthArgs) -> Result<(), CliError> {
     use tuili_model::Arch;
     let dtype = DType::from_name(&a.dtype)
         .filter(|d| d.is_dequantizable())
-        .ok_or_else(|| CliError::Usage(format!("--type {}: not a supported tensor type", a.dtype)))?;
+        .ok_or_else(|| {
+            CliError::Usage(format!("--type {}: not a supported tensor type", a.dtype))
+        })?;
     let (n_embd, n_layer, n_head, n_head_kv, n_ff) = match a.shape.as_str() {
         "125m" => (768, 12, 12, 12, 2048),
         "1.1b" => (2048, 22, 32, 4, 5632),
-        other => return Err(CliError::Usage(format!("--shape {other}: use 125m or 1.1b"))),
+        other => {
+            return Err(CliError::Usage(format!(
+                "--shape {other}: use 125m or 1.1b"
+            )))
+        }
     };
     let spec = SynthSpec {
         arch: Arch::Llama,
@@ -334,14 +428,19 @@ pub fn synth(a: SynthArgs) -> Result<(), CliError> {
     let t = Instant::now();
     let w = synth_gguf(&spec).map_err(tuili_engine::EngineError::from)?;
     write_atomically(&a.out, &w)?;
-    eprintln!("wrote {} in {:.1} s", a.out.display(), t.elapsed().as_secs_f64());
+    eprintln!(
+        "wrote {} in {:.1} s",
+        a.out.display(),
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 /// Writes to a temporary name and renames, so an interrupted run leaves no half file.
 fn write_atomically(path: &Path, w: &tuili_formats::GgufWriter) -> Result<(), CliError> {
     let tmp = path.with_extension("gguf.partial");
-    w.write(&tmp).map_err(|e| CliError::Output(std::io::Error::other(e.to_string())))?;
+    w.write(&tmp)
+        .map_err(|e| CliError::Output(std::io::Error::other(e.to_string())))?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }

@@ -8,7 +8,7 @@ use tuili_formats::{GgufFile, TensorInfo};
 use tuili_kernels::act::{Q8KRow, Q8Row};
 use tuili_kernels::cpu::Isa;
 use tuili_kernels::dequant::dequantize_row;
-use tuili_kernels::dot::{act_kind, dot_many, ActKind, ActRef};
+use tuili_kernels::dot::{act_kind, dot_rows, ActKind, ActRef};
 
 use crate::ModelError;
 
@@ -290,35 +290,44 @@ pub fn matmul(
             tmp.resize(w.cols, 0.0);
         }
         let mut acts: [ActRef<'_>; 4] = [ActRef::F32(&[]); 4];
-        let mut res = [0f32; 4];
-        for r in split(w.rows, i, nt, 4) {
-            let wr = &data[r * rb..(r + 1) * rb];
-            let mut t0 = 0;
-            while t0 < n {
-                let m = (n - t0).min(4);
-                for (k, a) in acts.iter_mut().enumerate().take(m) {
-                    let t = t0 + k;
-                    *a = match kind {
-                        ActKind::F32 => ActRef::F32(&x[t * w.cols..(t + 1) * w.cols]),
-                        ActKind::Q8 => ActRef::Q8(&prep.q8[t]),
-                        ActKind::Q8K => ActRef::Q8K(&prep.q8k[t]),
-                    };
-                }
-                dot_many(
+        // Groups of rows per kernel call: dispatch and checks once per group.
+        const GROUP: usize = 16;
+        let mut res = [0f32; GROUP * 4];
+        let range = split(w.rows, i, nt, 4);
+        let mut t0 = 0;
+        while t0 < n {
+            let m = (n - t0).min(4);
+            for (k, a) in acts.iter_mut().enumerate().take(m) {
+                let t = t0 + k;
+                *a = match kind {
+                    ActKind::F32 => ActRef::F32(&x[t * w.cols..(t + 1) * w.cols]),
+                    ActKind::Q8 => ActRef::Q8(&prep.q8[t]),
+                    ActKind::Q8K => ActRef::Q8K(&prep.q8k[t]),
+                };
+            }
+            let mut r0 = range.start;
+            while r0 < range.end {
+                let g = (range.end - r0).min(GROUP);
+                let wr = &data[r0 * rb..(r0 + g) * rb];
+                dot_rows(
                     isa,
                     w.dtype,
                     wr,
+                    rb,
                     &acts[..m],
-                    &mut res[..m],
+                    &mut res[..g * m],
                     &mut tmp[..w.cols],
                 );
-                for (k, v) in res[..m].iter().enumerate() {
-                    // SAFETY: row r is in this worker's range only, so y[t, r] is written by
-                    // this thread alone.
-                    unsafe { out.write((t0 + k) * w.rows + r, *v) };
+                for r in 0..g {
+                    for k in 0..m {
+                        // SAFETY: rows r0..r0+g are in this worker's range only, so y[t, r] is
+                        // written by this thread alone.
+                        unsafe { out.write((t0 + k) * w.rows + r0 + r, res[r * m + k]) };
+                    }
                 }
-                t0 += m;
+                r0 += g;
             }
+            t0 += m;
         }
     });
 }

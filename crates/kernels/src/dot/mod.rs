@@ -63,3 +63,27 @@ pub fn dot_many(
     let _ = isa;
     scalar::dot_many(dtype, w, acts, out, tmp)
 }
+
+/// Several consecutive weight rows (`row_bytes` each) against the same activation rows:
+/// `out[r · acts.len() + t]`. The SIMD dispatch and checks happen once for the whole group.
+pub fn dot_rows(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    acts: &[ActRef<'_>],
+    out: &mut [f32],
+    tmp: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 && x86::dot_rows(isa, dtype, w, row_bytes, acts, out) {
+        return;
+    }
+    let nt = acts.len();
+    if row_bytes == 0 {
+        return;
+    }
+    for (r, wr) in w.chunks_exact(row_bytes).enumerate() {
+        scalar::dot_many(dtype, wr, acts, &mut out[r * nt..(r + 1) * nt], tmp);
+    }
+}

@@ -18,17 +18,36 @@ use tuili_core::DType;
 
 /// Runs the kernel for `dtype` if there is one for `isa`; `false` means "use the scalar path".
 pub fn dot_many(isa: Isa, dtype: DType, w: &[u8], acts: &[ActRef<'_>], out: &mut [f32]) -> bool {
-    if isa < Isa::Avx2 {
+    dot_rows(isa, dtype, w, w.len(), acts, out)
+}
+
+/// Several consecutive weight rows (`row_bytes` each) against the same activation rows:
+/// `out[r · acts.len() + t]` = row r · activation t. Checks and dispatch happen once for all
+/// the rows, not per row (rows are short: 2048 weights of Q4_0 are 64 blocks).
+pub fn dot_rows(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    acts: &[ActRef<'_>],
+    out: &mut [f32],
+) -> bool {
+    if isa < Isa::Avx2 || row_bytes == 0 || acts.is_empty() {
         return false;
     }
-    // The kernels read as many activations as the weight row has elements: check every row
-    // (a mismatch falls back to the scalar path, which never reads out of bounds).
+    // The kernels read as many activations as a weight row has elements: check every
+    // activation row (a mismatch falls back to the scalar path, which never reads out of
+    // bounds).
     let bl = dtype.block_len() as usize;
     let bb = dtype.block_bytes() as usize;
-    if !w.len().is_multiple_of(bb) {
+    if !row_bytes.is_multiple_of(bb) || !w.len().is_multiple_of(row_bytes) {
         return false;
     }
-    let n = w.len() / bb * bl;
+    let n_rows = w.len() / row_bytes;
+    if out.len() < n_rows * acts.len() {
+        return false;
+    }
+    let n = row_bytes / bb * bl;
     let fits = acts.iter().all(|a| match a {
         ActRef::F32(x) => x.len() == n,
         ActRef::Q8(q) => q.qs.len() >= n && q.d.len() * QK >= n,
@@ -38,76 +57,65 @@ pub fn dot_many(isa: Isa, dtype: DType, w: &[u8], acts: &[ActRef<'_>], out: &mut
         return false;
     }
     let vnni = isa >= Isa::Avx512Vnni;
+    let nt = acts.len();
     let mut done = 0;
-    while done < acts.len() {
-        let n = (acts.len() - done).min(4);
-        let chunk = &acts[done..done + n];
-        let o = &mut out[done..done + n];
+    while done < nt {
+        let m = (nt - done).min(4);
+        let chunk = &acts[done..done + m];
+        let mut res = [0f32; 4];
         // SAFETY: `isa` comes from run-time detection (`cpu::detect`), which reports Avx2 only
         // when AVX2, FMA and F16C are present and Avx512Vnni only when AVX512F/BW/VL and
         // AVX512-VNNI are too — the features each kernel below is compiled for.
         let ok = unsafe {
+            macro_rules! rows {
+                ($conv:ident, $blk:ty, $f:expr) => {
+                    $conv(chunk, |a| {
+                        for r in 0..n_rows {
+                            let wr = &w[r * row_bytes..(r + 1) * row_bytes];
+                            let b = as_blocks::<$blk>(wr).unwrap_or(&[]);
+                            $f(b, a, &mut res[..m]);
+                            for k in 0..m {
+                                out[r * nt + done + k] = res[k];
+                            }
+                        }
+                    })
+                };
+            }
+            macro_rules! frows {
+                ($f:expr) => {
+                    with_f32(chunk, |x| {
+                        for r in 0..n_rows {
+                            let wr = &w[r * row_bytes..(r + 1) * row_bytes];
+                            $f(wr, x, &mut res[..m]);
+                            for k in 0..m {
+                                out[r * nt + done + k] = res[k];
+                            }
+                        }
+                    })
+                };
+            }
             match dtype {
-                DType::F32 => with_f32(chunk, |x| {
-                    if vnni {
-                        vnni::f32_n(w, x, o)
-                    } else {
-                        avx2::f32_n(w, x, o)
-                    }
-                }),
-                DType::F16 => with_f32(chunk, |x| {
-                    if vnni {
-                        vnni::f16_n(w, x, o)
-                    } else {
-                        avx2::f16_n(w, x, o)
-                    }
-                }),
-                DType::BF16 => with_f32(chunk, |x| {
-                    if vnni {
-                        vnni::bf16_n(w, x, o)
-                    } else {
-                        avx2::bf16_n(w, x, o)
-                    }
-                }),
-                DType::Q8_0 => with_q8(chunk, |a| {
-                    let b = as_blocks::<BlockQ8_0>(w).unwrap_or(&[]);
-                    if vnni {
-                        vnni::q8_0_n(b, a, o)
-                    } else {
-                        avx2::q8_0_n(b, a, o)
-                    }
-                }),
-                DType::Q4_0 => with_q8(chunk, |a| {
-                    let b = as_blocks::<BlockQ4_0>(w).unwrap_or(&[]);
-                    if vnni {
-                        vnni::q4_0_n(b, a, o)
-                    } else {
-                        avx2::q4_0_n(b, a, o)
-                    }
-                }),
-                DType::Q4_K => with_q8k(chunk, |a| {
-                    let b = as_blocks::<BlockQ4K>(w).unwrap_or(&[]);
-                    if vnni {
-                        vnni::q4_k_n(b, a, o)
-                    } else {
-                        avx2::q4_k_n(b, a, o)
-                    }
-                }),
-                DType::Q6_K => with_q8k(chunk, |a| {
-                    let b = as_blocks::<BlockQ6K>(w).unwrap_or(&[]);
-                    if vnni {
-                        vnni::q6_k_n(b, a, o)
-                    } else {
-                        avx2::q6_k_n(b, a, o)
-                    }
-                }),
+                DType::F32 if vnni => frows!(vnni::f32_n),
+                DType::F32 => frows!(avx2::f32_n),
+                DType::F16 if vnni => frows!(vnni::f16_n),
+                DType::F16 => frows!(avx2::f16_n),
+                DType::BF16 if vnni => frows!(vnni::bf16_n),
+                DType::BF16 => frows!(avx2::bf16_n),
+                DType::Q8_0 if vnni => rows!(with_q8, BlockQ8_0, vnni::q8_0_n),
+                DType::Q8_0 => rows!(with_q8, BlockQ8_0, avx2::q8_0_n),
+                DType::Q4_0 if vnni => rows!(with_q8, BlockQ4_0, vnni::q4_0_n),
+                DType::Q4_0 => rows!(with_q8, BlockQ4_0, avx2::q4_0_n),
+                DType::Q4_K if vnni => rows!(with_q8k, BlockQ4K, vnni::q4_k_n),
+                DType::Q4_K => rows!(with_q8k, BlockQ4K, avx2::q4_k_n),
+                DType::Q6_K if vnni => rows!(with_q8k, BlockQ6K, vnni::q6_k_n),
+                DType::Q6_K => rows!(with_q8k, BlockQ6K, avx2::q6_k_n),
                 _ => false,
             }
         };
         if !ok {
             return false;
         }
-        done += n;
+        done += m;
     }
     true
 }
@@ -247,7 +255,9 @@ macro_rules! kernels {
             #[target_feature(enable = $features)]
             #[inline]
             unsafe fn h2f(b: [u8; 2]) -> f32 {
-                _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(b) as i32)))
+                _mm_cvtss_f32(_mm_cvtph_ps(
+                    _mm_cvtsi32_si128(u16::from_le_bytes(b) as i32),
+                ))
             }
 
             /// The shared loop of the 32-element block kernels: `unpack(b)` gives block b's
@@ -269,19 +279,20 @@ macro_rules! kernels {
                     qa[t] = a[t].qs.as_ptr();
                     da[t] = a[t].d.as_ptr();
                 }
+                let dot = |q: __m256i, t: usize, b: usize| -> __m256i {
+                    // SAFETY: `dot_rows` checked that block b exists in every activation row.
+                    unsafe { mul_sum_i8(q, _mm256_loadu_si256(qa[t].add(b * QK).cast())) }
+                };
                 let mut acc = [[_mm256_setzero_ps(); 4]; U];
                 let mut b = 0;
                 while b + U <= nb {
                     for u in 0..U {
                         let (q, dw) = unpack(b + u);
                         for t in 0..nt {
-                            // SAFETY: `dot_many` checked that every activation row covers the
-                            // weight row: block b + u exists in qs and d.
-                            unsafe {
-                                let y = _mm256_loadu_si256(qa[t].add((b + u) * QK).cast());
-                                let p = _mm256_cvtepi32_ps(mul_sum_i8(q, y));
-                                acc[u][t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * *da[t].add(b + u)), acc[u][t]);
-                            }
+                            let p = _mm256_cvtepi32_ps(dot(q, t, b + u));
+                            // SAFETY: block b + u exists in d (checked by `dot_many`).
+                            let s = dw * unsafe { *da[t].add(b + u) };
+                            acc[u][t] = _mm256_fmadd_ps(p, _mm256_set1_ps(s), acc[u][t]);
                         }
                     }
                     b += U;
@@ -289,12 +300,10 @@ macro_rules! kernels {
                 while b < nb {
                     let (q, dw) = unpack(b);
                     for t in 0..nt {
+                        let p = _mm256_cvtepi32_ps(dot(q, t, b));
                         // SAFETY: as above.
-                        unsafe {
-                            let y = _mm256_loadu_si256(qa[t].add(b * QK).cast());
-                            let p = _mm256_cvtepi32_ps(mul_sum_i8(q, y));
-                            acc[0][t] = _mm256_fmadd_ps(p, _mm256_set1_ps(dw * *da[t].add(b)), acc[0][t]);
-                        }
+                        let s = dw * unsafe { *da[t].add(b) };
+                        acc[0][t] = _mm256_fmadd_ps(p, _mm256_set1_ps(s), acc[0][t]);
                     }
                     b += 1;
                 }
@@ -312,7 +321,10 @@ macro_rules! kernels {
                 let unpack = |b: usize| {
                     let wb = &w[b];
                     // SAFETY: a block holds 32 quants.
-                    (unsafe { _mm256_loadu_si256(wb.qs.as_ptr().cast()) }, unsafe { h2f(wb.d) })
+                    (
+                        unsafe { _mm256_loadu_si256(wb.qs.as_ptr().cast()) },
+                        unsafe { h2f(wb.d) },
+                    )
                 };
                 unsafe {
                     match a.len() {
@@ -325,16 +337,19 @@ macro_rules! kernels {
 
             #[target_feature(enable = $features)]
             pub(super) unsafe fn q4_0_n(w: &[BlockQ4_0], a: &[&Q8Row], out: &mut [f32]) {
-                let m4 = _mm_set1_epi8(0x0F);
+                let m4 = _mm256_set1_epi8(0x0F);
                 let eight = _mm256_set1_epi8(8);
+                // Low 128 bits: the bytes as they are (low nibbles = elements 0..16); high 128
+                // bits: shifted right by 4 (high nibbles = elements 16..32).
+                let shifts = _mm256_setr_epi64x(0, 0, 4, 4);
                 let unpack = |b: usize| {
                     let wb = &w[b];
                     // SAFETY: 16 bytes of nibbles per block.
-                    let raw = unsafe { _mm_loadu_si128(wb.qs.as_ptr().cast()) };
-                    let lo = _mm_and_si128(raw, m4);
-                    let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
-                    // Elements 0..16 are the low nibbles, 16..32 the high ones.
-                    (_mm256_sub_epi8(_mm256_set_m128i(hi, lo), eight), unsafe { h2f(wb.d) })
+                    let raw = unsafe {
+                        _mm256_broadcastsi128_si256(_mm_loadu_si128(wb.qs.as_ptr().cast()))
+                    };
+                    let q = _mm256_and_si256(_mm256_srlv_epi64(raw, shifts), m4);
+                    (_mm256_sub_epi8(q, eight), unsafe { h2f(wb.d) })
                 };
                 unsafe {
                     match a.len() {
