@@ -1,54 +1,76 @@
-//! Kernel throughput on weights in cache vs streamed from memory (bytes of weights per second).
+//! Kernel throughput with the weights in L2 (bytes of weights per second, best of 7 runs):
+//! the compute cost of each kernel, apart from memory.
 //! cargo run --release -p tuili-kernels --example kernel_speed
 use std::time::Instant;
 use tuili_core::DType;
-use tuili_kernels::act::Q8Row;
-use tuili_kernels::cpu::{self, Isa};
-use tuili_kernels::dot::{dot_many, ActRef};
+use tuili_kernels::act::{Q8KRow, Q8Row};
+use tuili_kernels::cpu::Isa;
+use tuili_kernels::dot::{act_kind, dot_rows, ActKind, ActRef};
 
 fn main() {
-    let cols: usize = std::env::var("COLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2048);
-    for dtype in [DType::Q4_0, DType::Q8_0] {
+    let cols = 2048;
+    let rows = 128;
+    for dtype in [
+        DType::Q4_0,
+        DType::Q8_0,
+        DType::F16,
+        DType::Q4_K,
+        DType::Q6_K,
+    ] {
         let rb = dtype.bytes_for(cols as u64).unwrap() as usize;
-        let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
-        let mut q = Q8Row::default();
-        q.quantize(&x);
+        let mut w = vec![0u8; rows * rb];
+        for (i, b) in w.iter_mut().enumerate() {
+            *b = (i * 7 % 251) as u8 & 0x3B;
+        }
+        let xs: Vec<Vec<f32>> = (0..4)
+            .map(|t| (0..cols).map(|i| ((i + t) as f32 * 0.37).sin()).collect())
+            .collect();
+        let q8: Vec<Q8Row> = xs
+            .iter()
+            .map(|x| {
+                let mut q = Q8Row::default();
+                q.quantize(x);
+                q
+            })
+            .collect();
+        let q8k: Vec<Q8KRow> = xs
+            .iter()
+            .map(|x| {
+                let mut q = Q8KRow::default();
+                q.quantize(x);
+                q
+            })
+            .collect();
+        let acts: Vec<ActRef> = (0..4)
+            .map(|t| match act_kind(dtype) {
+                ActKind::F32 => ActRef::F32(&xs[t]),
+                ActKind::Q8 => ActRef::Q8(&q8[t]),
+                ActKind::Q8K => ActRef::Q8K(&q8k[t]),
+            })
+            .collect();
         let mut tmp = vec![0f32; cols];
-        for (label, rows) in [
-            ("in L2", 256 * 2048 / cols),
-            ("streamed", 262_144 * 2048 / cols),
-        ] {
-            let mut w = vec![0u8; rows * rb];
-            for (i, b) in w.iter_mut().enumerate() {
-                *b = (i * 7 % 251) as u8 & 0x3F;
-            }
-            for isa in [Isa::Avx2, cpu::detect()] {
-                let reps = if rows == 256 { 2000 } else { 3 };
-                let t = Instant::now();
-                let mut s = 0f32;
-                for _ in 0..reps {
-                    for r in 0..rows {
-                        let mut o = [0f32; 1];
-                        dot_many(
+        let mut out = vec![0f32; rows * 4];
+        for isa in Isa::available().into_iter().skip(1) {
+            for nt in [1usize, 4] {
+                let mut best = f64::MAX;
+                for _ in 0..7 {
+                    let t = Instant::now();
+                    for _ in 0..200 {
+                        dot_rows(
                             isa,
                             dtype,
-                            &w[r * rb..(r + 1) * rb],
-                            &[ActRef::Q8(&q)],
-                            &mut o,
+                            &w,
+                            rb,
+                            &acts[..nt],
+                            &mut out[..rows * nt],
                             &mut tmp,
                         );
-                        s += o[0];
                     }
+                    best = best.min(t.elapsed().as_secs_f64());
+                    std::hint::black_box(&out);
                 }
-                let secs = t.elapsed().as_secs_f64();
-                println!(
-                    "{dtype} {label:9} {:12}: {:6.2} GB/s of weights ({s:.1})",
-                    isa.name(),
-                    (rows * rb * reps) as f64 / secs / 1e9
-                );
+                let gbs = (rows * rb * 200) as f64 / best / 1e9;
+                println!("{dtype:5} {:12} tokens {nt}: {gbs:6.2} GB/s of weights, {:6.2} G weight·token/s", isa.name(), (rows * cols * 200 * nt) as f64 / best / 1e9);
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Weights as typed views into the model file, and the matrix products over them.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tuili_core::pool::split;
 use tuili_core::{DType, PerThread, ThreadPool};
@@ -211,7 +212,9 @@ impl Prepared {
                     self.q8.resize_with(n, Q8Row::default);
                 }
                 let rows = PerRow(self.q8.as_mut_ptr());
-                pool.run(&|i, nt| {
+                // A few tokens are quantized faster than workers wake up.
+                let threads = if n < 8 { 1 } else { pool.n_threads() };
+                pool.run_with(threads, &|i, nt| {
                     for t in split(n, i, nt, 1) {
                         // SAFETY: token t belongs to this worker's range only.
                         unsafe { rows.get(t) }.quantize(&x[t * cols..(t + 1) * cols]);
@@ -224,7 +227,8 @@ impl Prepared {
                     self.q8k.resize_with(n, Q8KRow::default);
                 }
                 let rows = PerRow(self.q8k.as_mut_ptr());
-                pool.run(&|i, nt| {
+                let threads = if n < 8 { 1 } else { pool.n_threads() };
+                pool.run_with(threads, &|i, nt| {
                     for t in split(n, i, nt, 1) {
                         // SAFETY: token t belongs to this worker's range only.
                         unsafe { rows.get(t) }.quantize(&x[t * cols..(t + 1) * cols]);
@@ -283,7 +287,10 @@ pub fn matmul(
     let out = SharedOut::new(y);
     // Below ~64K multiply-adds per worker, waking workers costs more than it saves.
     let threads = (w.rows * w.cols * n / 65_536).clamp(1, pool.n_threads());
-    pool.run_with(threads, &|i, nt| {
+    // Chunks: about eight per thread, in whole groups of rows.
+    let chunk = (w.rows / (threads * 8)).max(16).next_multiple_of(16);
+    let next = AtomicUsize::new(0);
+    pool.run_with(threads, &|i, _nt| {
         // SAFETY: worker i is the only user of slot i.
         let tmp = unsafe { tmp.get(i) };
         if tmp.len() < w.cols {
@@ -293,41 +300,51 @@ pub fn matmul(
         // Groups of rows per kernel call: dispatch and checks once per group.
         const GROUP: usize = 16;
         let mut res = [0f32; GROUP * 4];
-        let range = split(w.rows, i, nt, 4);
-        let mut t0 = 0;
-        while t0 < n {
-            let m = (n - t0).min(4);
-            for (k, a) in acts.iter_mut().enumerate().take(m) {
-                let t = t0 + k;
-                *a = match kind {
-                    ActKind::F32 => ActRef::F32(&x[t * w.cols..(t + 1) * w.cols]),
-                    ActKind::Q8 => ActRef::Q8(&prep.q8[t]),
-                    ActKind::Q8K => ActRef::Q8K(&prep.q8k[t]),
-                };
+        // Rows are claimed in chunks from a shared counter rather than split evenly up
+        // front: a worker that starts late (woken from sleep) or runs on a slower core does
+        // less, and nobody idles at the end of the region.
+        loop {
+            let start = next.fetch_add(chunk, Ordering::Relaxed);
+            if start >= w.rows {
+                break;
             }
-            let mut r0 = range.start;
-            while r0 < range.end {
-                let g = (range.end - r0).min(GROUP);
-                let wr = &data[r0 * rb..(r0 + g) * rb];
-                dot_rows(
-                    isa,
-                    w.dtype,
-                    wr,
-                    rb,
-                    &acts[..m],
-                    &mut res[..g * m],
-                    &mut tmp[..w.cols],
-                );
-                for r in 0..g {
-                    for k in 0..m {
-                        // SAFETY: rows r0..r0+g are in this worker's range only, so y[t, r] is
-                        // written by this thread alone.
-                        unsafe { out.write((t0 + k) * w.rows + r0 + r, res[r * m + k]) };
-                    }
+            let end = (start + chunk).min(w.rows);
+            let mut t0 = 0;
+            while t0 < n {
+                let m = (n - t0).min(4);
+                for (k, a) in acts.iter_mut().enumerate().take(m) {
+                    let t = t0 + k;
+                    *a = match kind {
+                        ActKind::F32 => ActRef::F32(&x[t * w.cols..(t + 1) * w.cols]),
+                        ActKind::Q8 => ActRef::Q8(&prep.q8[t]),
+                        ActKind::Q8K => ActRef::Q8K(&prep.q8k[t]),
+                    };
                 }
-                r0 += g;
+                let mut r0 = start;
+                while r0 < end {
+                    let g = (end - r0).min(GROUP);
+                    let wr = &data[r0 * rb..(r0 + g) * rb];
+                    dot_rows(
+                        isa,
+                        w.dtype,
+                        wr,
+                        rb,
+                        &acts[..m],
+                        &mut res[..g * m],
+                        &mut tmp[..w.cols],
+                    );
+                    for r in 0..g {
+                        for k in 0..m {
+                            // SAFETY: rows start..end were claimed by this worker alone (the
+                            // counter hands each chunk out once), so y[t, r] is written by
+                            // this thread only.
+                            unsafe { out.write((t0 + k) * w.rows + r0 + r, res[r * m + k]) };
+                        }
+                    }
+                    r0 += g;
+                }
+                t0 += m;
             }
-            t0 += m;
         }
     });
 }

@@ -251,24 +251,18 @@ macro_rules! kernels {
                 $mul_sum(ax, sy)
             }
 
-            /// f16 → f32 with F16C.
-            #[target_feature(enable = $features)]
-            #[inline]
-            unsafe fn h2f(b: [u8; 2]) -> f32 {
-                _mm_cvtss_f32(_mm_cvtph_ps(
-                    _mm_cvtsi32_si128(u16::from_le_bytes(b) as i32),
-                ))
-            }
-
             /// The shared loop of the 32-element block kernels: `unpack(b)` gives block b's
-            /// 32 weights as int8 and its scale. `U` blocks per iteration, each with its own
-            /// accumulators, so that the FMA latency chain does not bound a single-token
-            /// (decode) dot product; with several tokens the tokens provide the independence.
+            /// 32 weights as int8, `dbits(b)` its f16 scale. Blocks go eight at a time: the
+            /// eight weight scales are converted together and multiplied by the activation
+            /// scales as one vector, and each block takes its lane with one permute (instead
+            /// of a scalar convert–multiply–broadcast per block). `U` accumulators per token
+            /// keep the FMA latency chain from bounding a single-token (decode) product.
             #[target_feature(enable = $features)]
             #[inline]
             unsafe fn blocks32<const U: usize>(
                 nb: usize,
-                unpack: impl Fn(usize) -> (__m256i, f32),
+                unpack: impl Fn(usize) -> __m256i,
+                dbits: impl Fn(usize) -> u16,
                 a: &[&Q8Row],
                 out: &mut [f32],
             ) {
@@ -283,25 +277,34 @@ macro_rules! kernels {
                     // SAFETY: `dot_rows` checked that block b exists in every activation row.
                     unsafe { mul_sum_i8(q, _mm256_loadu_si256(qa[t].add(b * QK).cast())) }
                 };
+                let lanes: [__m256i; 8] = std::array::from_fn(|k| _mm256_set1_epi32(k as i32));
                 let mut acc = [[_mm256_setzero_ps(); 4]; U];
                 let mut b = 0;
-                while b + U <= nb {
-                    for u in 0..U {
-                        let (q, dw) = unpack(b + u);
+                while b + 8 <= nb {
+                    let h: [u16; 8] = std::array::from_fn(|k| dbits(b + k));
+                    // SAFETY: `h` is 16 bytes.
+                    let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(h.as_ptr().cast()) });
+                    let mut s8 = [_mm256_setzero_ps(); 4];
+                    for t in 0..nt {
+                        // SAFETY: blocks b..b+8 exist in d (checked by `dot_rows`).
+                        s8[t] = _mm256_mul_ps(dw, unsafe { _mm256_loadu_ps(da[t].add(b)) });
+                    }
+                    for k in 0..8 {
+                        let q = unpack(b + k);
                         for t in 0..nt {
-                            let p = _mm256_cvtepi32_ps(dot(q, t, b + u));
-                            // SAFETY: block b + u exists in d (checked by `dot_many`).
-                            let s = dw * unsafe { *da[t].add(b + u) };
-                            acc[u][t] = _mm256_fmadd_ps(p, _mm256_set1_ps(s), acc[u][t]);
+                            let p = _mm256_cvtepi32_ps(dot(q, t, b + k));
+                            let s = _mm256_permutevar8x32_ps(s8[t], lanes[k]);
+                            acc[k % U][t] = _mm256_fmadd_ps(p, s, acc[k % U][t]);
                         }
                     }
-                    b += U;
+                    b += 8;
                 }
                 while b < nb {
-                    let (q, dw) = unpack(b);
+                    let q = unpack(b);
+                    let dw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(dbits(b) as i32)));
                     for t in 0..nt {
                         let p = _mm256_cvtepi32_ps(dot(q, t, b));
-                        // SAFETY: as above.
+                        // SAFETY: block b exists in d.
                         let s = dw * unsafe { *da[t].add(b) };
                         acc[0][t] = _mm256_fmadd_ps(p, _mm256_set1_ps(s), acc[0][t]);
                     }
@@ -318,19 +321,14 @@ macro_rules! kernels {
 
             #[target_feature(enable = $features)]
             pub(super) unsafe fn q8_0_n(w: &[BlockQ8_0], a: &[&Q8Row], out: &mut [f32]) {
-                let unpack = |b: usize| {
-                    let wb = &w[b];
-                    // SAFETY: a block holds 32 quants.
-                    (
-                        unsafe { _mm256_loadu_si256(wb.qs.as_ptr().cast()) },
-                        unsafe { h2f(wb.d) },
-                    )
-                };
+                // SAFETY: a block holds 32 quants.
+                let unpack = |b: usize| unsafe { _mm256_loadu_si256(w[b].qs.as_ptr().cast()) };
+                let dbits = |b: usize| u16::from_le_bytes(w[b].d);
                 unsafe {
                     match a.len() {
-                        1 => blocks32::<4>(w.len(), unpack, a, out),
-                        2 => blocks32::<2>(w.len(), unpack, a, out),
-                        _ => blocks32::<1>(w.len(), unpack, a, out),
+                        1 => blocks32::<4>(w.len(), unpack, dbits, a, out),
+                        2 => blocks32::<2>(w.len(), unpack, dbits, a, out),
+                        _ => blocks32::<1>(w.len(), unpack, dbits, a, out),
                     }
                 }
             }
@@ -349,13 +347,14 @@ macro_rules! kernels {
                         _mm256_broadcastsi128_si256(_mm_loadu_si128(wb.qs.as_ptr().cast()))
                     };
                     let q = _mm256_and_si256(_mm256_srlv_epi64(raw, shifts), m4);
-                    (_mm256_sub_epi8(q, eight), unsafe { h2f(wb.d) })
+                    _mm256_sub_epi8(q, eight)
                 };
+                let dbits = |b: usize| u16::from_le_bytes(w[b].d);
                 unsafe {
                     match a.len() {
-                        1 => blocks32::<4>(w.len(), unpack, a, out),
-                        2 => blocks32::<2>(w.len(), unpack, a, out),
-                        _ => blocks32::<1>(w.len(), unpack, a, out),
+                        1 => blocks32::<4>(w.len(), unpack, dbits, a, out),
+                        2 => blocks32::<2>(w.len(), unpack, dbits, a, out),
+                        _ => blocks32::<1>(w.len(), unpack, dbits, a, out),
                     }
                 }
             }
