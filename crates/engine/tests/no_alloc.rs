@@ -1,0 +1,110 @@
+//! The decode loop allocates nothing: after a warm-up step, a forward pass of one token (the
+//! model, the thread pool, the KV cache) and the sampler run with zero heap allocations.
+//! This file holds a single test so that no other test's allocations are counted.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tuili_core::{DType, ThreadPool};
+use tuili_formats::GgufFile;
+use tuili_model::synth::{synth_gguf, SynthSpec};
+use tuili_model::{Llama, Logits, Scratch};
+use tuili_sample::{Sampler, SamplingParams};
+
+struct Counting;
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator; the counter has no effect on memory.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn check(model: &Llama, label: &str) {
+    let pool = ThreadPool::new(2);
+    let mut kv = model.new_cache(64).unwrap();
+    let mut scratch = Scratch::new();
+    let mut sampler = Sampler::new(SamplingParams {
+        temperature: 0.8,
+        top_k: 40,
+        top_p: 0.9,
+        min_p: 0.05,
+        seed: 1,
+    })
+    .unwrap();
+    // Prefill and one decode step size every buffer.
+    let logits = model
+        .forward(&[1, 5, 9], &mut kv, &mut scratch, Logits::Last, &pool)
+        .unwrap();
+    let mut next = sampler.sample(logits).unwrap();
+    let logits = model
+        .forward(&[next], &mut kv, &mut scratch, Logits::Last, &pool)
+        .unwrap();
+    next = sampler.sample(logits).unwrap();
+    ALLOCS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    for _ in 0..20 {
+        let logits = model
+            .forward(&[next], &mut kv, &mut scratch, Logits::Last, &pool)
+            .unwrap();
+        next = sampler.sample(logits).unwrap();
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    assert_eq!(
+        ALLOCS.load(Ordering::SeqCst),
+        0,
+        "{label}: the decode loop allocated"
+    );
+}
+
+#[test]
+fn decode_steps_do_not_allocate() {
+    // The counter sees allocations (so that a zero below means something).
+    COUNTING.store(true, Ordering::SeqCst);
+    let probe = std::hint::black_box(vec![1u8; 10]);
+    COUNTING.store(false, Ordering::SeqCst);
+    assert!(ALLOCS.load(Ordering::SeqCst) >= 1 && probe.len() == 10);
+    let stories = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures/models/stories260K/stories260K.gguf");
+    check(
+        &Llama::load(Arc::new(GgufFile::open(stories).unwrap())).unwrap(),
+        "stories260K (F32)",
+    );
+    for dtype in [
+        DType::Q4_0,
+        DType::Q8_0,
+        DType::Q4_K,
+        DType::Q6_K,
+        DType::Q5_K,
+        DType::F16,
+    ] {
+        let w = synth_gguf(&SynthSpec::tiny(dtype)).unwrap();
+        let model = Llama::load(Arc::new(
+            GgufFile::from_bytes("synth.gguf", w.to_bytes()).unwrap(),
+        ))
+        .unwrap();
+        check(&model, dtype.name());
+    }
+}
