@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 pub enum Isa {
     /// Portable reference code (the scalar twins every SIMD kernel is tested against).
     Scalar,
+    /// aarch64 Advanced SIMD (always present on aarch64).
+    Neon,
     /// AVX2 + FMA + F16C.
     Avx2,
     /// AVX2 kernels using AVX-512 VNNI's `vpdpbusd` on 256-bit vectors (AVX512F/BW/VL + VNNI).
@@ -17,6 +19,7 @@ impl Isa {
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
+            Isa::Neon => "NEON",
             Isa::Avx2 => "AVX2",
             Isa::Avx512Vnni => "AVX512-VNNI",
         }
@@ -25,10 +28,12 @@ impl Isa {
     /// Every ISA this CPU can run, slowest first.
     pub fn available() -> Vec<Isa> {
         let best = detect();
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
-            .into_iter()
-            .filter(|i| *i <= best)
-            .collect()
+        let all: &[Isa] = if cfg!(target_arch = "aarch64") {
+            &[Isa::Scalar, Isa::Neon]
+        } else {
+            &[Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
+        };
+        all.iter().copied().filter(|i| *i <= best).collect()
     }
 }
 
@@ -64,7 +69,12 @@ fn hardware() -> Isa {
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(target_arch = "aarch64")]
+fn hardware() -> Isa {
+    Isa::Neon
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn hardware() -> Isa {
     Isa::Scalar
 }

@@ -2,6 +2,8 @@
 //! inner loop of every matrix product. `scalar` holds the reference twins; `x86` the AVX2 and
 //! AVX-512 VNNI versions, chosen at run time through [`crate::cpu::Isa`].
 
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
@@ -60,6 +62,10 @@ pub fn dot_many(
     if isa >= Isa::Avx2 && x86::dot_many(isa, dtype, w, acts, out) {
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if isa == Isa::Neon && neon::dot_rows(dtype, w, w.len(), acts, out) {
+        return;
+    }
     let _ = isa;
     scalar::dot_many(dtype, w, acts, out, tmp)
 }
@@ -77,6 +83,10 @@ pub fn dot_rows(
 ) {
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 && x86::dot_rows(isa, dtype, w, row_bytes, acts, out) {
+        return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if isa == Isa::Neon && neon::dot_rows(dtype, w, row_bytes, acts, out) {
         return;
     }
     let nt = acts.len();
