@@ -44,6 +44,8 @@ static GLOBAL: Counting = Counting;
 
 fn check(model: &Llama, label: &str) {
     let pool = ThreadPool::new(2);
+    // Wait until the worker has started (its start-up allocates, on its own thread).
+    pool.run(&|_, _| {});
     let mut kv = model.new_cache(64).unwrap();
     let mut scratch = Scratch::new();
     let mut sampler = Sampler::new(SamplingParams {

@@ -15,6 +15,7 @@ pub mod blocks;
 pub mod cpu;
 pub mod dequant;
 pub mod dot;
+pub mod gemm;
 pub mod ops;
 pub mod quant;
 

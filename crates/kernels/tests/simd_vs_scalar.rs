@@ -155,3 +155,83 @@ fn simd_kernels_match_scalar_twins_and_exact_dots() {
     }
     eprintln!("ISAs tested: {:?}", Isa::available());
 }
+
+/// The token-lane matrix kernels against their scalar twin and against the dot kernels.
+#[test]
+fn gemm_rows_match_scalar_and_dot() {
+    use tuili_kernels::gemm::{gemm_rows, gemm_rows_scalar, supports, Q8Tiles, GROUP};
+    let mut rng = Lcg(5);
+    let cols = 512;
+    for dtype in [DType::Q4_0, DType::Q8_0] {
+        let rb = dtype.bytes_for(cols as u64).unwrap() as usize;
+        let rows = 6;
+        let mut w = Vec::new();
+        for _ in 0..rows {
+            w.extend(weights(dtype, cols, &mut rng));
+        }
+        for n_tok in [1usize, 7, 8, 13] {
+            let xs: Vec<Vec<f32>> = (0..n_tok)
+                .map(|_| (0..cols).map(|_| rng.f()).collect())
+                .collect();
+            let q8: Vec<Q8Row> = xs
+                .iter()
+                .map(|x| {
+                    let mut r = Q8Row::default();
+                    r.quantize(x);
+                    r
+                })
+                .collect();
+            let mut tiles = Q8Tiles::default();
+            tiles.build(&q8, cols / 32);
+            let width = tiles.n_groups * GROUP;
+            let mut bytes = vec![0u8; cols];
+            let mut scales = vec![0f32; cols / 32];
+            let mut want = vec![0f32; rows * width];
+            gemm_rows_scalar(dtype, &w, rb, &tiles, &mut want, &mut bytes, &mut scales);
+            // The scalar twin equals the dot kernels' scalar path.
+            let mut tmp = vec![0f32; cols];
+            for r in 0..rows {
+                for t in 0..n_tok {
+                    let mut o = [0f32; 1];
+                    dot_many(
+                        Isa::Scalar,
+                        dtype,
+                        &w[r * rb..(r + 1) * rb],
+                        &[ActRef::Q8(&q8[t])],
+                        &mut o,
+                        &mut tmp,
+                    );
+                    let g = want[r * width + t];
+                    assert!(
+                        (g - o[0]).abs() <= 1e-4 * o[0].abs().max(1.0),
+                        "{dtype} r{r} t{t}: {g} vs {}",
+                        o[0]
+                    );
+                }
+            }
+            for isa in Isa::available() {
+                if !supports(isa, dtype) {
+                    continue;
+                }
+                let mut got = vec![0f32; rows * width];
+                assert!(gemm_rows(
+                    isa,
+                    dtype,
+                    &w,
+                    rb,
+                    &tiles,
+                    &mut got,
+                    &mut bytes,
+                    &mut scales
+                ));
+                for i in 0..rows * width {
+                    assert!(
+                        (got[i] - want[i]).abs() <= 1e-4 * want[i].abs().max(1.0),
+                        "{dtype} {} {i}",
+                        isa.name()
+                    );
+                }
+            }
+        }
+    }
+}

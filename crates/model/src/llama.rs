@@ -99,13 +99,15 @@ impl Scratch {
         n_ctx: usize,
     ) {
         if self.tmp.as_ref().is_none_or(|t| t.len() < threads) {
-            self.tmp = Some(PerThread::new(threads, Vec::new));
+            self.tmp = Some(PerThread::new(threads, Default::default));
             self.scores = Some(PerThread::new(threads, Vec::new));
         }
         if let Some(sc) = self.scores.as_mut() {
+            // Scores of the query heads that share one KV head: [group, n_ctx].
+            let need = n_ctx * (cfg.n_head / cfg.n_head_kv);
             for v in sc.iter_mut() {
-                if v.len() < n_ctx {
-                    v.resize(n_ctx, 0.0);
+                if v.len() < need {
+                    v.resize(need, 0.0);
                 }
             }
         }
@@ -441,24 +443,36 @@ impl Llama {
         // As in `matmul`: only wake workers when each gets a worthwhile share.
         let work = cfg.n_head * n * total * hd;
         let threads = (work / 65_536).clamp(1, pool.n_threads());
+        // Work items: (KV head, token). The `group` query heads that share a KV head are done
+        // together, so each key and value row is read once for all of them.
+        let items = cfg.n_head_kv * n;
         pool.run_with(threads, &|wi, nt| {
             // SAFETY: worker wi is the only user of its slot.
             let scores = unsafe { scores.get(wi) };
-            for h in split(cfg.n_head, wi, nt, 1) {
-                let kvh = h / group;
-                for i in 0..n {
-                    let len = pos0 + i + 1; // causal: positions 0..=pos0+i
-                    let qh = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
-                    for (p, s) in scores[..len].iter_mut().enumerate() {
-                        *s = ops::dot(qh, &keys[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd])
-                            * scale;
+            for item in split(items, wi, nt, 1) {
+                let (kvh, i) = (item / n, item % n);
+                let len = pos0 + i + 1; // causal: positions 0..=pos0+i
+                let heads = kvh * group..(kvh + 1) * group;
+                // scores: [group, len]
+                for p in 0..len {
+                    let k = &keys[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
+                    for (g, h) in heads.clone().enumerate() {
+                        let qh = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
+                        scores[g * len + p] = ops::dot(qh, k) * scale;
                     }
-                    ops::softmax(&mut scores[..len]);
-                    // SAFETY: head h of token i is written by the worker that owns head h only.
-                    let o = unsafe { out.slice(i * qd + h * hd..i * qd + (h + 1) * hd) };
-                    o.fill(0.0);
-                    for (p, &s) in scores[..len].iter().enumerate() {
-                        ops::axpy(s, &values[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd], o);
+                }
+                for g in 0..group {
+                    ops::softmax(&mut scores[g * len..(g + 1) * len]);
+                }
+                // SAFETY: the heads of KV head kvh for token i are written by the worker that
+                // owns item (kvh, i) only; the range is contiguous (heads of a group are
+                // adjacent).
+                let o = unsafe { out.slice(i * qd + heads.start * hd..i * qd + heads.end * hd) };
+                o.fill(0.0);
+                for p in 0..len {
+                    let v = &values[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
+                    for g in 0..group {
+                        ops::axpy(scores[g * len + p], v, &mut o[g * hd..(g + 1) * hd]);
                     }
                 }
             }

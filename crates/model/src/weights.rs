@@ -10,6 +10,7 @@ use tuili_kernels::act::{Q8KRow, Q8Row};
 use tuili_kernels::cpu::Isa;
 use tuili_kernels::dequant::dequantize_row;
 use tuili_kernels::dot::{act_kind, dot_rows, ActKind, ActRef};
+use tuili_kernels::gemm::{self, Q8Tiles, GROUP};
 
 use crate::ModelError;
 
@@ -193,8 +194,11 @@ impl SharedOut {
 pub struct Prepared {
     q8: Vec<Q8Row>,
     q8k: Vec<Q8KRow>,
+    /// The Q8 rows interleaved by groups of eight tokens (for batches of prompt tokens).
+    tiles: Q8Tiles,
     q8_ready: bool,
     q8k_ready: bool,
+    tiles_ready: bool,
 }
 
 impl Prepared {
@@ -202,6 +206,14 @@ impl Prepared {
     pub fn invalidate(&mut self) {
         self.q8_ready = false;
         self.q8k_ready = false;
+        self.tiles_ready = false;
+    }
+
+    fn ensure_tiles(&mut self, n: usize, cols: usize) {
+        if !self.tiles_ready {
+            self.tiles.build(&self.q8[..n], cols / 32);
+            self.tiles_ready = true;
+        }
     }
 
     fn ensure(&mut self, kind: ActKind, x: &[f32], n: usize, cols: usize, pool: &ThreadPool) {
@@ -255,9 +267,20 @@ impl<T> PerRow<T> {
     }
 }
 
-/// Per-thread scratch of the matrix products: one dequantized row (for types without an
-/// integer kernel).
-pub type RowScratch = PerThread<Vec<f32>>;
+/// One worker's scratch for the matrix products.
+#[derive(Default)]
+pub struct ThreadScratch {
+    /// A dequantized row (types without an integer kernel).
+    row: Vec<f32>,
+    /// A row unpacked to bytes, and its block scales (token-lane matrix kernels).
+    bytes: Vec<u8>,
+    scales: Vec<f32>,
+    /// Results of a group of rows for every token.
+    tile: Vec<f32>,
+}
+
+/// Per-thread scratch of the matrix products.
+pub type RowScratch = PerThread<ThreadScratch>;
 
 /// y = x · Wᵀ for a batch: `x` is `[n, cols]`, `y` is `[n, rows]`.
 ///
@@ -281,6 +304,12 @@ pub fn matmul(
     debug_assert_eq!(y.len(), n * w.rows);
     let kind = act_kind(w.dtype);
     prep.ensure(kind, x, n, w.cols, pool);
+    // Batches of prompt tokens: the token-lane matrix kernels where they exist.
+    if n >= GROUP && gemm::supports(isa, w.dtype) {
+        prep.ensure_tiles(n, w.cols);
+        matmul_tiles(pool, isa, file, w, n, y, &prep.tiles, tmp);
+        return;
+    }
     let prep = &*prep;
     let data = w.data(file);
     let rb = w.row_bytes();
@@ -292,7 +321,7 @@ pub fn matmul(
     let next = AtomicUsize::new(0);
     pool.run_with(threads, &|i, _nt| {
         // SAFETY: worker i is the only user of slot i.
-        let tmp = unsafe { tmp.get(i) };
+        let tmp = &mut unsafe { tmp.get(i) }.row;
         if tmp.len() < w.cols {
             tmp.resize(w.cols, 0.0);
         }
@@ -344,6 +373,76 @@ pub fn matmul(
                     r0 += g;
                 }
                 t0 += m;
+            }
+        }
+    });
+}
+
+/// y = x · Wᵀ with the token-lane matrix kernels ([`gemm::gemm_rows`]): rows claimed in
+/// chunks as in [`matmul`], each chunk computed for every token and scattered into `y`.
+#[allow(clippy::too_many_arguments)]
+fn matmul_tiles(
+    pool: &ThreadPool,
+    isa: Isa,
+    file: &[u8],
+    w: &Matrix,
+    n: usize,
+    y: &mut [f32],
+    tiles: &Q8Tiles,
+    scratch: &RowScratch,
+) {
+    const ROWS: usize = 16;
+    let data = w.data(file);
+    let rb = w.row_bytes();
+    let width = tiles.n_groups * GROUP;
+    let out = SharedOut::new(y);
+    let chunk = (w.rows / (pool.n_threads() * 8))
+        .max(ROWS)
+        .next_multiple_of(ROWS);
+    let next = AtomicUsize::new(0);
+    pool.run(&|i, _nt| {
+        // SAFETY: worker i is the only user of slot i.
+        let s = unsafe { scratch.get(i) };
+        if s.bytes.len() < w.cols {
+            s.bytes.resize(w.cols, 0);
+            s.scales.resize(w.cols / 32, 0.0);
+        }
+        if s.tile.len() < ROWS * width {
+            s.tile.resize(ROWS * width, 0.0);
+        }
+        loop {
+            let start = next.fetch_add(chunk, Ordering::Relaxed);
+            if start >= w.rows {
+                break;
+            }
+            let end = (start + chunk).min(w.rows);
+            let mut r0 = start;
+            while r0 < end {
+                let g = (end - r0).min(ROWS);
+                let wr = &data[r0 * rb..(r0 + g) * rb];
+                let tile = &mut s.tile[..g * width];
+                if !gemm::gemm_rows(
+                    isa,
+                    w.dtype,
+                    wr,
+                    rb,
+                    tiles,
+                    tile,
+                    &mut s.bytes,
+                    &mut s.scales,
+                ) {
+                    // `supports` was checked by the caller and the sizes come from the same
+                    // matrix: unreachable in practice; NaN makes a violation visible.
+                    tile.fill(f32::NAN);
+                }
+                for r in 0..g {
+                    for t in 0..n {
+                        // SAFETY: rows start..end were claimed by this worker alone, so
+                        // y[t, r] is written by this thread only.
+                        unsafe { out.write(t * w.rows + r0 + r, tile[r * width + t]) };
+                    }
+                }
+                r0 += g;
             }
         }
     });

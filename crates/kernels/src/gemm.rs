@@ -1,0 +1,298 @@
+//! Matrix × matrix for prompt processing with Q4_0 / Q8_0 weights: weight rows against groups
+//! of eight tokens, with the tokens in the vector lanes.
+//!
+//! The dot-product kernels (`dot`) put the 32 elements of a block in the lanes, so every block
+//! of every (row, token) pair ends in a convert, a scale and a horizontal reduction. Here the
+//! activations of eight tokens are interleaved in groups of four bytes ([`Q8Tiles`]), so one
+//! `vpdpbusd` of a row's four weight bytes (broadcast) against a 32-byte load gives the partial
+//! sums of all eight tokens at once: 32 multiply-adds per instruction with nothing to reduce.
+//! Per block and row, the eight integer sums are corrected for the weight offset, converted,
+//! and scaled by d_w (broadcast) × d_a (one vector of the eight tokens' scales).
+//!
+//! Weights enter as unsigned bytes: Q4_0 nibbles u (= q + 8) and Q8_0 bytes q + 128; the offset
+//! is removed through the activation block sums: Σ(u − off)·a = Σ u·a − off·Σ a.
+//! Rows are unpacked to bytes once per call into a caller's buffer and reused for every token
+//! group. No weights are copied beyond that one row tile.
+
+use crate::act::Q8Row;
+use crate::blocks::{f16_le, BlockQ4_0, BlockQ8_0, QK};
+use crate::cpu::Isa;
+use tuili_core::DType;
+
+/// Tokens per group (vector lanes of f32 / i32 in 256 bits).
+pub const GROUP: usize = 8;
+
+/// Activations of up to `n_tok` tokens, interleaved for [`gemm_rows`]:
+/// `qs[g][b][k][t][4]`: token t's bytes 4k..4k+4 of block b, group g;
+/// `d[g][b][t]`, `isum[g][b][t]`: block scales and integer sums (0 for padding tokens).
+#[derive(Debug, Clone, Default)]
+pub struct Q8Tiles {
+    pub n_tok: usize,
+    pub n_groups: usize,
+    /// Blocks per row.
+    pub nb: usize,
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    isum: Vec<i32>,
+}
+
+impl Q8Tiles {
+    /// Interleaves `rows` (each `nb` blocks long); allocates only when growing.
+    pub fn build(&mut self, rows: &[Q8Row], nb: usize) {
+        let n = rows.len();
+        let ng = n.div_ceil(GROUP);
+        self.n_tok = n;
+        self.n_groups = ng;
+        self.nb = nb;
+        self.qs.resize(ng * nb * QK * GROUP, 0);
+        self.d.resize(ng * nb * GROUP, 0.0);
+        self.isum.resize(ng * nb * GROUP, 0);
+        for g in 0..ng {
+            for t in 0..GROUP {
+                let tok = g * GROUP + t;
+                for b in 0..nb {
+                    let base = (g * nb + b) * QK * GROUP;
+                    let sb = (g * nb + b) * GROUP + t;
+                    if tok < n {
+                        let src = &rows[tok].qs[b * QK..(b + 1) * QK];
+                        for k in 0..QK / 4 {
+                            let dst = base + (k * GROUP + t) * 4;
+                            self.qs[dst..dst + 4].copy_from_slice(&src[k * 4..k * 4 + 4]);
+                        }
+                        self.d[sb] = rows[tok].d[b];
+                        self.isum[sb] = rows[tok].isum[b];
+                    } else {
+                        for k in 0..QK / 4 {
+                            let dst = base + (k * GROUP + t) * 4;
+                            self.qs[dst..dst + 4].fill(0);
+                        }
+                        self.d[sb] = 0.0;
+                        self.isum[sb] = 0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether [`gemm_rows`] handles weights of `dtype` with `isa`.
+pub fn supports(isa: Isa, dtype: DType) -> bool {
+    // Q8_0's unsigned bytes (up to 255) would saturate AVX2's 16-bit pair sums: VNNI only.
+    cfg!(target_arch = "x86_64")
+        && match dtype {
+            DType::Q4_0 => isa >= Isa::Avx2,
+            DType::Q8_0 => isa >= Isa::Avx512Vnni,
+            _ => false,
+        }
+}
+
+/// Unpacks one row to unsigned bytes (Q4_0: nibble values; Q8_0: q + 128) in element order,
+/// and its block scales to f32. Returns the weight offset (8 or 128).
+fn unpack_row(dtype: DType, w: &[u8], bytes: &mut [u8], scales: &mut [f32]) -> i32 {
+    match dtype {
+        DType::Q4_0 => {
+            let blocks = crate::blocks::as_blocks::<BlockQ4_0>(w).unwrap_or(&[]);
+            for (b, blk) in blocks.iter().enumerate() {
+                scales[b] = f16_le(blk.d);
+                let o = &mut bytes[b * QK..(b + 1) * QK];
+                for j in 0..QK / 2 {
+                    o[j] = blk.qs[j] & 0x0F;
+                    o[j + QK / 2] = blk.qs[j] >> 4;
+                }
+            }
+            8
+        }
+        _ => {
+            let blocks = crate::blocks::as_blocks::<BlockQ8_0>(w).unwrap_or(&[]);
+            for (b, blk) in blocks.iter().enumerate() {
+                scales[b] = f16_le(blk.d);
+                for j in 0..QK {
+                    bytes[b * QK + j] = blk.qs[j] ^ 0x80;
+                }
+            }
+            128
+        }
+    }
+}
+
+/// Rows of `dtype` weights (`row_bytes` each) times every token of `tiles`:
+/// `out[r · n_groups·8 + t]`. `bytes` (≥ cols) and `scales` (≥ cols/32) are scratch.
+/// Returns false when the combination is not supported (the caller falls back to `dot`).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_rows(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    tiles: &Q8Tiles,
+    out: &mut [f32],
+    bytes: &mut [u8],
+    scales: &mut [f32],
+) -> bool {
+    if !supports(isa, dtype) || row_bytes == 0 || !w.len().is_multiple_of(row_bytes) {
+        return false;
+    }
+    let bb = dtype.block_bytes() as usize;
+    if !row_bytes.is_multiple_of(bb) || row_bytes / bb != tiles.nb {
+        return false;
+    }
+    let nb = tiles.nb;
+    let cols = nb * QK;
+    let n_rows = w.len() / row_bytes;
+    let width = tiles.n_groups * GROUP;
+    if bytes.len() < cols || scales.len() < nb || out.len() < n_rows * width {
+        return false;
+    }
+    for r in 0..n_rows {
+        let off = unpack_row(dtype, &w[r * row_bytes..(r + 1) * row_bytes], bytes, scales);
+        let o = &mut out[r * width..(r + 1) * width];
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: `supports` checked isa ≥ Avx2, which run-time detection grants only with
+            // AVX2/FMA/F16C (and Avx512Vnni only with AVX512F/BW/VL/VNNI); buffer sizes were
+            // checked above.
+            unsafe {
+                if isa >= Isa::Avx512Vnni {
+                    x86::row_vnni(&bytes[..cols], &scales[..nb], off, tiles, o);
+                } else {
+                    x86::row_avx2(&bytes[..cols], &scales[..nb], off, tiles, o);
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (off, o);
+            return false;
+        }
+    }
+    true
+}
+
+/// The scalar twin of [`gemm_rows`] (same layout, same integer arithmetic).
+pub fn gemm_rows_scalar(
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    tiles: &Q8Tiles,
+    out: &mut [f32],
+    bytes: &mut [u8],
+    scales: &mut [f32],
+) {
+    let width = tiles.n_groups * GROUP;
+    for (r, wr) in w.chunks_exact(row_bytes).enumerate() {
+        let off = unpack_row(dtype, wr, bytes, scales);
+        row_scalar(
+            bytes,
+            scales,
+            off,
+            tiles,
+            &mut out[r * width..(r + 1) * width],
+        );
+    }
+}
+
+fn row_scalar(bytes: &[u8], scales: &[f32], off: i32, tiles: &Q8Tiles, out: &mut [f32]) {
+    let nb = tiles.nb;
+    for g in 0..tiles.n_groups {
+        for t in 0..GROUP {
+            let mut acc = 0f32;
+            for b in 0..nb {
+                let base = (g * nb + b) * QK * GROUP;
+                let mut s = 0i32;
+                for k in 0..QK / 4 {
+                    for j in 0..4 {
+                        let a = tiles.qs[base + (k * GROUP + t) * 4 + j] as i32;
+                        s += bytes[b * QK + k * 4 + j] as i32 * a;
+                    }
+                }
+                let sb = (g * nb + b) * GROUP + t;
+                s -= off * tiles.isum[sb];
+                acc += scales[b] * tiles.d[sb] * s as f32;
+            }
+            out[g * GROUP + t] = acc;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    macro_rules! row_kernel {
+        ($name:ident, $features:literal, $dot:ident) => {
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name(
+                bytes: &[u8],
+                scales: &[f32],
+                off: i32,
+                tiles: &Q8Tiles,
+                out: &mut [f32],
+            ) {
+                let nb = tiles.nb;
+                let offv = _mm256_set1_epi32(-off);
+                for g in 0..tiles.n_groups {
+                    let mut acc = _mm256_setzero_ps();
+                    for b in 0..nb {
+                        let base = (g * nb + b) * QK * GROUP;
+                        // SAFETY: `build` sized qs/d/isum for n_groups × nb blocks of 8 tokens;
+                        // `bytes` holds nb·32 bytes.
+                        unsafe {
+                            let qa = tiles.qs.as_ptr().add(base);
+                            let wp = bytes.as_ptr().add(b * QK);
+                            let mut s0 = _mm256_setzero_si256();
+                            let mut s1 = _mm256_setzero_si256();
+                            for k in (0..QK / 4).step_by(2) {
+                                let w0 = _mm256_set1_epi32(std::ptr::read_unaligned(
+                                    wp.add(k * 4).cast::<i32>(),
+                                ));
+                                let w1 = _mm256_set1_epi32(std::ptr::read_unaligned(
+                                    wp.add(k * 4 + 4).cast::<i32>(),
+                                ));
+                                let a0 = _mm256_loadu_si256(qa.add(k * GROUP * 4).cast());
+                                let a1 = _mm256_loadu_si256(qa.add((k + 1) * GROUP * 4).cast());
+                                s0 = $dot(s0, w0, a0);
+                                s1 = $dot(s1, w1, a1);
+                            }
+                            let sb = (g * nb + b) * GROUP;
+                            let isum = _mm256_loadu_si256(tiles.isum.as_ptr().add(sb).cast());
+                            let s = _mm256_add_epi32(
+                                _mm256_add_epi32(s0, s1),
+                                _mm256_mullo_epi32(isum, offv),
+                            );
+                            let da = _mm256_loadu_ps(tiles.d.as_ptr().add(sb));
+                            let sc = _mm256_mul_ps(da, _mm256_set1_ps(scales[b]));
+                            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sc, acc);
+                        }
+                    }
+                    // SAFETY: out holds n_groups·8 values.
+                    unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(g * GROUP), acc) };
+                }
+            }
+        };
+    }
+
+    /// acc + Σ u8·i8 over each 4-byte group (`vpdpbusd`).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn dot_vnni(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, u, s)
+    }
+
+    /// acc + Σ u8·i8 over each 4-byte group, on AVX2: pairs to i16 (`vpmaddubsw`; with
+    /// u ≤ 255 and |s| ≤ 128 a pair can reach 65280 and saturate, so Q8_0 weights would be
+    /// wrong here — the caller only takes this path for Q4_0, u ≤ 15), then to i32.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn dot_avx2(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+        _mm256_add_epi32(acc, p)
+    }
+
+    row_kernel!(
+        row_vnni,
+        "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+        dot_vnni
+    );
+    row_kernel!(row_avx2, "avx2,fma,f16c", dot_avx2);
+}
