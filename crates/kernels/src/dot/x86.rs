@@ -159,9 +159,11 @@ fn with_q8k(acts: &[ActRef<'_>], f: impl FnOnce(&[&Q8KRow])) -> bool {
 }
 
 /// The kernels, written once and compiled twice: for AVX2 (`vpmaddubsw`) and for AVX-512
-/// VNNI (`vpdpbusd`). `$mul_sum` turns two vectors of 32 int8 into 8 int32 sums of products.
+/// VNNI (`vpdpbusd`). `$mul_sum` turns 32 unsigned × 32 signed bytes into 8 int32 sums of
+/// products; `$u8_ok` says whether it is exact for any unsigned byte (VNNI) or only for small
+/// ones (AVX2's 16-bit pair sums saturate above 127·255).
 macro_rules! kernels {
-    ($modname:ident, $features:literal, $mul_sum:ident) => {
+    ($modname:ident, $features:literal, $mul_sum:ident, $u8_ok:literal) => {
         mod $modname {
             use super::*;
 
@@ -259,7 +261,7 @@ macro_rules! kernels {
             /// keep the FMA latency chain from bounding a single-token (decode) product.
             #[target_feature(enable = $features)]
             #[inline]
-            unsafe fn blocks32<const U: usize>(
+            unsafe fn blocks32<const U: usize, const OFF: i32>(
                 nb: usize,
                 unpack: impl Fn(usize) -> __m256i,
                 dbits: impl Fn(usize) -> u16,
@@ -273,10 +275,20 @@ macro_rules! kernels {
                     qa[t] = a[t].qs.as_ptr();
                     da[t] = a[t].d.as_ptr();
                 }
+                // OFF = 0: signed weights (|w|·sign trick). OFF > 0: unsigned weights u = q + OFF
+                // straight into the u8×i8 product; the offset comes off once per eight blocks
+                // through the activation block sums (Σ s_b·(Σ u·a − OFF·Σa)).
                 let dot = |q: __m256i, t: usize, b: usize| -> __m256i {
                     // SAFETY: `dot_rows` checked that block b exists in every activation row.
-                    unsafe { mul_sum_i8(q, _mm256_loadu_si256(qa[t].add(b * QK).cast())) }
+                    let y = unsafe { _mm256_loadu_si256(qa[t].add(b * QK).cast()) };
+                    if OFF == 0 {
+                        mul_sum_i8(q, y)
+                    } else {
+                        $mul_sum(q, y)
+                    }
                 };
+                let mut corr = [_mm256_setzero_ps(); 4];
+                let mut corr_tail = [0f32; 4];
                 let lanes: [__m256i; 8] = std::array::from_fn(|k| _mm256_set1_epi32(k as i32));
                 let mut acc = [[_mm256_setzero_ps(); 4]; U];
                 let mut b = 0;
@@ -286,8 +298,13 @@ macro_rules! kernels {
                     let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(h.as_ptr().cast()) });
                     let mut s8 = [_mm256_setzero_ps(); 4];
                     for t in 0..nt {
-                        // SAFETY: blocks b..b+8 exist in d (checked by `dot_rows`).
+                        // SAFETY: blocks b..b+8 exist in d and isum (checked by `dot_rows`).
                         s8[t] = _mm256_mul_ps(dw, unsafe { _mm256_loadu_ps(da[t].add(b)) });
+                        if OFF != 0 {
+                            let is =
+                                unsafe { _mm256_loadu_si256(a[t].isum.as_ptr().add(b).cast()) };
+                            corr[t] = _mm256_fmadd_ps(s8[t], _mm256_cvtepi32_ps(is), corr[t]);
+                        }
                     }
                     for k in 0..8 {
                         let q = unpack(b + k);
@@ -307,6 +324,9 @@ macro_rules! kernels {
                         // SAFETY: block b exists in d.
                         let s = dw * unsafe { *da[t].add(b) };
                         acc[0][t] = _mm256_fmadd_ps(p, _mm256_set1_ps(s), acc[0][t]);
+                        if OFF != 0 {
+                            corr_tail[t] += s * a[t].isum[b] as f32;
+                        }
                     }
                     b += 1;
                 }
@@ -315,20 +335,44 @@ macro_rules! kernels {
                     for u in 1..U {
                         v = _mm256_add_ps(v, acc[u][t]);
                     }
-                    out[t] = unsafe { hsum(v) };
+                    let c = if OFF != 0 {
+                        (unsafe { hsum(corr[t]) }) + corr_tail[t]
+                    } else {
+                        0.0
+                    };
+                    out[t] = unsafe { hsum(v) } - OFF as f32 * c;
                 }
             }
 
             #[target_feature(enable = $features)]
             pub(super) unsafe fn q8_0_n(w: &[BlockQ8_0], a: &[&Q8Row], out: &mut [f32]) {
-                // SAFETY: a block holds 32 quants.
-                let unpack = |b: usize| unsafe { _mm256_loadu_si256(w[b].qs.as_ptr().cast()) };
                 let dbits = |b: usize| u16::from_le_bytes(w[b].d);
-                unsafe {
-                    match a.len() {
-                        1 => blocks32::<4>(w.len(), unpack, dbits, a, out),
-                        2 => blocks32::<2>(w.len(), unpack, dbits, a, out),
-                        _ => blocks32::<1>(w.len(), unpack, dbits, a, out),
+                if $u8_ok {
+                    // q + 128 as unsigned bytes (flip the sign bit): no sign trick needed.
+                    let flip = _mm256_set1_epi8(-128);
+                    // SAFETY: a block holds 32 quants.
+                    let unpack = |b: usize| {
+                        _mm256_xor_si256(
+                            unsafe { _mm256_loadu_si256(w[b].qs.as_ptr().cast()) },
+                            flip,
+                        )
+                    };
+                    unsafe {
+                        match a.len() {
+                            1 => blocks32::<4, 128>(w.len(), unpack, dbits, a, out),
+                            2 => blocks32::<2, 128>(w.len(), unpack, dbits, a, out),
+                            _ => blocks32::<1, 128>(w.len(), unpack, dbits, a, out),
+                        }
+                    }
+                } else {
+                    // SAFETY: a block holds 32 quants.
+                    let unpack = |b: usize| unsafe { _mm256_loadu_si256(w[b].qs.as_ptr().cast()) };
+                    unsafe {
+                        match a.len() {
+                            1 => blocks32::<4, 0>(w.len(), unpack, dbits, a, out),
+                            2 => blocks32::<2, 0>(w.len(), unpack, dbits, a, out),
+                            _ => blocks32::<1, 0>(w.len(), unpack, dbits, a, out),
+                        }
                     }
                 }
             }
@@ -336,7 +380,6 @@ macro_rules! kernels {
             #[target_feature(enable = $features)]
             pub(super) unsafe fn q4_0_n(w: &[BlockQ4_0], a: &[&Q8Row], out: &mut [f32]) {
                 let m4 = _mm256_set1_epi8(0x0F);
-                let eight = _mm256_set1_epi8(8);
                 // Low 128 bits: the bytes as they are (low nibbles = elements 0..16); high 128
                 // bits: shifted right by 4 (high nibbles = elements 16..32).
                 let shifts = _mm256_setr_epi64x(0, 0, 4, 4);
@@ -346,15 +389,16 @@ macro_rules! kernels {
                     let raw = unsafe {
                         _mm256_broadcastsi128_si256(_mm_loadu_si128(wb.qs.as_ptr().cast()))
                     };
-                    let q = _mm256_and_si256(_mm256_srlv_epi64(raw, shifts), m4);
-                    _mm256_sub_epi8(q, eight)
+                    // The nibbles u = q + 8 go in unsigned (u ≤ 15 cannot saturate AVX2's
+                    // 16-bit pair sums either).
+                    _mm256_and_si256(_mm256_srlv_epi64(raw, shifts), m4)
                 };
                 let dbits = |b: usize| u16::from_le_bytes(w[b].d);
                 unsafe {
                     match a.len() {
-                        1 => blocks32::<4>(w.len(), unpack, dbits, a, out),
-                        2 => blocks32::<2>(w.len(), unpack, dbits, a, out),
-                        _ => blocks32::<1>(w.len(), unpack, dbits, a, out),
+                        1 => blocks32::<4, 8>(w.len(), unpack, dbits, a, out),
+                        2 => blocks32::<2, 8>(w.len(), unpack, dbits, a, out),
+                        _ => blocks32::<1, 8>(w.len(), unpack, dbits, a, out),
                     }
                 }
             }
@@ -474,9 +518,10 @@ unsafe fn mul_sum_vnni(ax: __m256i, sy: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy)
 }
 
-kernels!(avx2, "avx2,fma,f16c", mul_sum_avx2);
+kernels!(avx2, "avx2,fma,f16c", mul_sum_avx2, false);
 kernels!(
     vnni,
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
-    mul_sum_vnni
+    mul_sum_vnni,
+    true
 );
