@@ -39,7 +39,7 @@ impl Q8Row {
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             let mut sum = 0i32;
             for (q, v) in self.qs[b * QK..(b + 1) * QK].iter_mut().zip(xb) {
-                let r = (v * id).round() as i32;
+                let r = nearest_int(v * id);
                 *q = r as i8;
                 sum += r;
             }
@@ -64,13 +64,33 @@ impl Q8KRow {
             let d = amax / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             for (q, v) in self.qs[b * QK_K..(b + 1) * QK_K].iter_mut().zip(xb) {
-                *q = (v * id).round() as i32 as i8;
+                *q = nearest_int(v * id) as i8;
             }
             self.d[b] = d;
             for g in 0..QK_K / 16 {
                 let s = &self.qs[b * QK_K + g * 16..b * QK_K + g * 16 + 16];
                 self.bsums[b * 16 + g] = s.iter().map(|&v| v as i32).sum();
             }
+        }
+    }
+}
+
+/// Rounds to the nearest integer (ties to even) for |x| < 2²²: adding 1.5·2²³ leaves the
+/// integer in the low mantissa bits (ggml's `nearest_int`); no libm call.
+#[inline]
+pub fn nearest_int(x: f32) -> i32 {
+    let v = x + 12_582_912.0;
+    (v.to_bits() & 0x007F_FFFF) as i32 - 0x0040_0000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_int_rounds() {
+        for (x, want) in [(0.0, 0), (0.4, 0), (0.6, 1), (-0.6, -1), (126.7, 127), (-127.2, -127), (2.5, 2), (3.5, 4)] {
+            assert_eq!(nearest_int(x), want, "{x}");
         }
     }
 }

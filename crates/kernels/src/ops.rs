@@ -156,3 +156,102 @@ mod tests {
         assert!((dot(&[1.0; 19], &[2.0; 19]) - 38.0).abs() < 1e-6);
     }
 }
+
+/// Causal attention of the query heads that share one KV head, for one token:
+/// for each head g, s = softmax(q_g · K[p]ᵀ · scale) over positions p < len, then
+/// out_g = Σ_p s[p] · V[p]. `q` is `[group, hd]`; `keys`/`values` are the cache rows
+/// (`row_stride` floats apart, this KV head's `hd` floats at `kv_off`); `scores` is scratch of
+/// at least `group · len`; `out` is `[group, hd]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_group(
+    isa: crate::cpu::Isa,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    row_stride: usize,
+    kv_off: usize,
+    hd: usize,
+    len: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= crate::cpu::Isa::Avx2 {
+        // SAFETY: Avx2 or better is reported by run-time detection only when AVX2 and FMA
+        // are present.
+        unsafe { attend_group_avx2(q, keys, values, row_stride, kv_off, hd, len, scale, scores, out) };
+        return;
+    }
+    let _ = isa;
+    attend_group_body(q, keys, values, row_stride, kv_off, hd, len, scale, scores, out)
+}
+
+/// The same code compiled with AVX2 and FMA enabled (the loops vectorize 8 wide with fused
+/// multiply-adds instead of the x86_64 baseline's 4-wide SSE2).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_group_avx2(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    row_stride: usize,
+    kv_off: usize,
+    hd: usize,
+    len: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend_group_body(q, keys, values, row_stride, kv_off, hd, len, scale, scores, out)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_group_body(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    row_stride: usize,
+    kv_off: usize,
+    hd: usize,
+    len: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let group = q.len() / hd;
+    for p in 0..len {
+        let k = &keys[p * row_stride + kv_off..p * row_stride + kv_off + hd];
+        for g in 0..group {
+            let qg = &q[g * hd..(g + 1) * hd];
+            let mut acc = [0f32; 8];
+            let chunks = hd / 8;
+            for c in 0..chunks {
+                for j in 0..8 {
+                    acc[j] += qg[c * 8 + j] * k[c * 8 + j];
+                }
+            }
+            let mut s: f32 = acc.iter().sum();
+            for i in chunks * 8..hd {
+                s += qg[i] * k[i];
+            }
+            scores[g * len + p] = s * scale;
+        }
+    }
+    for g in 0..group {
+        softmax(&mut scores[g * len..(g + 1) * len]);
+    }
+    out[..group * hd].fill(0.0);
+    for p in 0..len {
+        let v = &values[p * row_stride + kv_off..p * row_stride + kv_off + hd];
+        for g in 0..group {
+            let s = scores[g * len + p];
+            let o = &mut out[g * hd..(g + 1) * hd];
+            for (oi, vi) in o.iter_mut().zip(v) {
+                *oi += s * vi;
+            }
+        }
+    }
+}

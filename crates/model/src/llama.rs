@@ -453,28 +453,23 @@ impl Llama {
                 let (kvh, i) = (item / n, item % n);
                 let len = pos0 + i + 1; // causal: positions 0..=pos0+i
                 let heads = kvh * group..(kvh + 1) * group;
-                // scores: [group, len]
-                for p in 0..len {
-                    let k = &keys[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
-                    for (g, h) in heads.clone().enumerate() {
-                        let qh = &q[i * qd + h * hd..i * qd + (h + 1) * hd];
-                        scores[g * len + p] = ops::dot(qh, k) * scale;
-                    }
-                }
-                for g in 0..group {
-                    ops::softmax(&mut scores[g * len..(g + 1) * len]);
-                }
                 // SAFETY: the heads of KV head kvh for token i are written by the worker that
                 // owns item (kvh, i) only; the range is contiguous (heads of a group are
                 // adjacent).
                 let o = unsafe { out.slice(i * qd + heads.start * hd..i * qd + heads.end * hd) };
-                o.fill(0.0);
-                for p in 0..len {
-                    let v = &values[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
-                    for g in 0..group {
-                        ops::axpy(scores[g * len + p], v, &mut o[g * hd..(g + 1) * hd]);
-                    }
-                }
+                ops::attend_group(
+                    self.isa,
+                    &q[i * qd + heads.start * hd..i * qd + heads.end * hd],
+                    keys,
+                    values,
+                    kvd,
+                    kvh * hd,
+                    hd,
+                    len,
+                    scale,
+                    scores,
+                    o,
+                );
             }
         });
     }
