@@ -180,11 +180,17 @@ pub fn attend_group(
     if isa >= crate::cpu::Isa::Avx2 {
         // SAFETY: Avx2 or better is reported by run-time detection only when AVX2 and FMA
         // are present.
-        unsafe { attend_group_avx2(q, keys, values, row_stride, kv_off, hd, len, scale, scores, out) };
+        unsafe {
+            attend_group_avx2(
+                q, keys, values, row_stride, kv_off, hd, len, scale, scores, out,
+            )
+        };
         return;
     }
     let _ = isa;
-    attend_group_body(q, keys, values, row_stride, kv_off, hd, len, scale, scores, out)
+    attend_group_body(
+        q, keys, values, row_stride, kv_off, hd, len, scale, scores, out,
+    )
 }
 
 /// The same code compiled with AVX2 and FMA enabled (the loops vectorize 8 wide with fused
@@ -204,7 +210,9 @@ unsafe fn attend_group_avx2(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    attend_group_body(q, keys, values, row_stride, kv_off, hd, len, scale, scores, out)
+    attend_group_body(
+        q, keys, values, row_stride, kv_off, hd, len, scale, scores, out,
+    )
 }
 
 #[inline(always)]

@@ -183,38 +183,55 @@ macro_rules! kernels {
                 ($name:ident, $bytes:expr, $load:expr, $scalar:expr) => {
                     #[target_feature(enable = $features)]
                     pub(super) unsafe fn $name(w: &[u8], xs: &[&[f32]], out: &mut [f32]) {
-                        let n = xs[0].len();
-                        let nt = xs.len();
-                        let wp = w.as_ptr();
-                        let mut acc0 = [_mm256_setzero_ps(); 4];
-                        let mut acc1 = [_mm256_setzero_ps(); 4];
-                        let mut i = 0;
-                        while i + 16 <= n {
-                            // SAFETY: i + 16 ≤ n elements, and w holds n elements of $bytes.
-                            let w0: __m256 = unsafe { $load(wp.add(i * $bytes)) };
-                            let w1: __m256 = unsafe { $load(wp.add((i + 8) * $bytes)) };
-                            for t in 0..nt {
-                                let xp = xs[t].as_ptr();
-                                // SAFETY: every activation row has n elements.
-                                unsafe {
-                                    acc0[t] =
-                                        _mm256_fmadd_ps(w0, _mm256_loadu_ps(xp.add(i)), acc0[t]);
-                                    acc1[t] = _mm256_fmadd_ps(
-                                        w1,
-                                        _mm256_loadu_ps(xp.add(i + 8)),
-                                        acc1[t],
-                                    );
-                                }
+                        // The token count as a constant, so that the loops over tokens unroll
+                        // and the accumulators stay in registers.
+                        unsafe {
+                            match xs.len() {
+                                1 => inner::<1>(w, xs, out),
+                                2 => inner::<2>(w, xs, out),
+                                3 => inner::<3>(w, xs, out),
+                                _ => inner::<4>(w, xs, out),
                             }
-                            i += 16;
                         }
-                        for t in 0..nt {
-                            let mut s = unsafe { hsum(_mm256_add_ps(acc0[t], acc1[t])) };
-                            for j in i..n {
-                                let c = &w[j * $bytes..(j + 1) * $bytes];
-                                s += $scalar(c) * xs[t][j];
+
+                        #[target_feature(enable = $features)]
+                        unsafe fn inner<const N: usize>(w: &[u8], xs: &[&[f32]], out: &mut [f32]) {
+                            let n = xs[0].len();
+                            let nt = N;
+                            let wp = w.as_ptr();
+                            let mut acc0 = [_mm256_setzero_ps(); 4];
+                            let mut acc1 = [_mm256_setzero_ps(); 4];
+                            let mut i = 0;
+                            while i + 16 <= n {
+                                // SAFETY: i + 16 ≤ n elements, and w holds n elements of $bytes.
+                                let w0: __m256 = unsafe { $load(wp.add(i * $bytes)) };
+                                let w1: __m256 = unsafe { $load(wp.add((i + 8) * $bytes)) };
+                                for t in 0..nt {
+                                    let xp = xs[t].as_ptr();
+                                    // SAFETY: every activation row has n elements.
+                                    unsafe {
+                                        acc0[t] = _mm256_fmadd_ps(
+                                            w0,
+                                            _mm256_loadu_ps(xp.add(i)),
+                                            acc0[t],
+                                        );
+                                        acc1[t] = _mm256_fmadd_ps(
+                                            w1,
+                                            _mm256_loadu_ps(xp.add(i + 8)),
+                                            acc1[t],
+                                        );
+                                    }
+                                }
+                                i += 16;
                             }
-                            out[t] = s;
+                            for t in 0..nt {
+                                let mut s = unsafe { hsum(_mm256_add_ps(acc0[t], acc1[t])) };
+                                for j in i..n {
+                                    let c = &w[j * $bytes..(j + 1) * $bytes];
+                                    s += $scalar(c) * xs[t][j];
+                                }
+                                out[t] = s;
+                            }
                         }
                     }
                 };
@@ -261,14 +278,16 @@ macro_rules! kernels {
             /// keep the FMA latency chain from bounding a single-token (decode) product.
             #[target_feature(enable = $features)]
             #[inline]
-            unsafe fn blocks32<const U: usize, const OFF: i32>(
+            unsafe fn blocks32<const U: usize, const OFF: i32, const N: usize>(
                 nb: usize,
                 unpack: impl Fn(usize) -> __m256i,
                 dbits: impl Fn(usize) -> u16,
                 a: &[&Q8Row],
                 out: &mut [f32],
             ) {
-                let nt = a.len();
+                // The token count as a constant: loops over tokens unroll, accumulators stay
+                // in registers.
+                let nt = N;
                 let mut qa = [std::ptr::null::<i8>(); 4];
                 let mut da = [std::ptr::null::<f32>(); 4];
                 for t in 0..nt {
@@ -359,9 +378,10 @@ macro_rules! kernels {
                     };
                     unsafe {
                         match a.len() {
-                            1 => blocks32::<4, 128>(w.len(), unpack, dbits, a, out),
-                            2 => blocks32::<2, 128>(w.len(), unpack, dbits, a, out),
-                            _ => blocks32::<1, 128>(w.len(), unpack, dbits, a, out),
+                            1 => blocks32::<4, 128, 1>(w.len(), unpack, dbits, a, out),
+                            2 => blocks32::<2, 128, 2>(w.len(), unpack, dbits, a, out),
+                            3 => blocks32::<1, 128, 3>(w.len(), unpack, dbits, a, out),
+                            _ => blocks32::<1, 128, 4>(w.len(), unpack, dbits, a, out),
                         }
                     }
                 } else {
@@ -369,9 +389,10 @@ macro_rules! kernels {
                     let unpack = |b: usize| unsafe { _mm256_loadu_si256(w[b].qs.as_ptr().cast()) };
                     unsafe {
                         match a.len() {
-                            1 => blocks32::<4, 0>(w.len(), unpack, dbits, a, out),
-                            2 => blocks32::<2, 0>(w.len(), unpack, dbits, a, out),
-                            _ => blocks32::<1, 0>(w.len(), unpack, dbits, a, out),
+                            1 => blocks32::<4, 0, 1>(w.len(), unpack, dbits, a, out),
+                            2 => blocks32::<2, 0, 2>(w.len(), unpack, dbits, a, out),
+                            3 => blocks32::<1, 0, 3>(w.len(), unpack, dbits, a, out),
+                            _ => blocks32::<1, 0, 4>(w.len(), unpack, dbits, a, out),
                         }
                     }
                 }
@@ -396,9 +417,10 @@ macro_rules! kernels {
                 let dbits = |b: usize| u16::from_le_bytes(w[b].d);
                 unsafe {
                     match a.len() {
-                        1 => blocks32::<4, 8>(w.len(), unpack, dbits, a, out),
-                        2 => blocks32::<2, 8>(w.len(), unpack, dbits, a, out),
-                        _ => blocks32::<1, 8>(w.len(), unpack, dbits, a, out),
+                        1 => blocks32::<4, 8, 1>(w.len(), unpack, dbits, a, out),
+                        2 => blocks32::<2, 8, 2>(w.len(), unpack, dbits, a, out),
+                        3 => blocks32::<1, 8, 3>(w.len(), unpack, dbits, a, out),
+                        _ => blocks32::<1, 8, 4>(w.len(), unpack, dbits, a, out),
                     }
                 }
             }
