@@ -1,8 +1,8 @@
 //! `tuili-core`: the vocabulary every other crate shares.
 //!
-//! Owns: the tensor element types ([`DType`], GGML numbering and block geometry) and the
-//! data-parallel helper ([`parallel`]). May not touch: files, models, tokenizers — this crate
-//! depends on nothing of tuili's.
+//! Owns: the tensor element types ([`DType`], GGML numbering and block geometry), the thread
+//! pool ([`pool`]) and thread counts ([`parallel`]). May not touch: files, models, tokenizers —
+//! this crate depends on nothing of tuili's.
 
 pub mod dtype;
 pub mod parallel;

@@ -295,4 +295,200 @@ mod x86 {
         dot_vnni
     );
     row_kernel!(row_avx2, "avx2,fma,f16c", dot_avx2);
+
+    /// f16 → f32 for a row, eight at a time with F16C.
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn f16_row(src: &[u8], dst: &mut [f32]) {
+        let n = dst.len();
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: src holds n f16 (2n bytes), dst n f32.
+            unsafe {
+                _mm256_storeu_ps(
+                    dst.as_mut_ptr().add(i),
+                    _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(2 * i).cast())),
+                )
+            };
+            i += 8;
+        }
+        for j in i..n {
+            dst[j] = f16_le([src[2 * j], src[2 * j + 1]]);
+        }
+    }
+
+    /// Four f32 rows (`[4, cols]`) times one tile of eight tokens (`[cols, 8]`): res[j][t].
+    /// Two accumulators per row (even and odd k) keep eight FMA chains in flight.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn rows4_f(
+        rows: &[f32],
+        cols: usize,
+        tile: &[f32],
+        res: &mut [[f32; GROUP]; 4],
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        let rp = rows.as_ptr();
+        let tp = tile.as_ptr();
+        let mut k = 0;
+        while k + 2 <= cols {
+            // SAFETY: k + 1 < cols; rows holds 4·cols values and the tile cols·8.
+            unsafe {
+                let x0 = _mm256_loadu_ps(tp.add(k * GROUP));
+                let x1 = _mm256_loadu_ps(tp.add((k + 1) * GROUP));
+                for j in 0..4 {
+                    acc[j][0] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(*rp.add(j * cols + k)), x0, acc[j][0]);
+                    acc[j][1] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(*rp.add(j * cols + k + 1)), x1, acc[j][1]);
+                }
+            }
+            k += 2;
+        }
+        if k < cols {
+            // SAFETY: k < cols.
+            unsafe {
+                let x0 = _mm256_loadu_ps(tp.add(k * GROUP));
+                for j in 0..4 {
+                    acc[j][0] =
+                        _mm256_fmadd_ps(_mm256_set1_ps(*rp.add(j * cols + k)), x0, acc[j][0]);
+                }
+            }
+        }
+        for j in 0..4 {
+            // SAFETY: res[j] holds 8 floats.
+            unsafe { _mm256_storeu_ps(res[j].as_mut_ptr(), _mm256_add_ps(acc[j][0], acc[j][1])) };
+        }
+    }
+}
+
+/// f32 activations of up to `n_tok` tokens interleaved for [`gemm_rows_f`]: `x[g][k][t]`
+/// (eight tokens' element k side by side; zeros for padding tokens).
+#[derive(Debug, Clone, Default)]
+pub struct F32Tiles {
+    pub n_tok: usize,
+    pub n_groups: usize,
+    pub cols: usize,
+    x: Vec<f32>,
+}
+
+impl F32Tiles {
+    /// Interleaves `x` (`[n, cols]`); allocates only when growing.
+    pub fn build(&mut self, x: &[f32], n: usize, cols: usize) {
+        let ng = n.div_ceil(GROUP);
+        self.n_tok = n;
+        self.n_groups = ng;
+        self.cols = cols;
+        self.x.resize(ng * cols * GROUP, 0.0);
+        for g in 0..ng {
+            let tile = &mut self.x[g * cols * GROUP..(g + 1) * cols * GROUP];
+            for t in 0..GROUP {
+                let tok = g * GROUP + t;
+                if tok < n {
+                    for (k, v) in x[tok * cols..(tok + 1) * cols].iter().enumerate() {
+                        tile[k * GROUP + t] = *v;
+                    }
+                } else {
+                    for k in 0..cols {
+                        tile[k * GROUP + t] = 0.0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether [`gemm_rows_f`] handles `dtype` with `isa`.
+pub fn supports_f(isa: Isa, dtype: DType) -> bool {
+    cfg!(target_arch = "x86_64")
+        && isa >= Isa::Avx2
+        && matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// Rows of F32/F16/BF16 weights times every token of `tiles`: `out[r · n_groups·8 + t]`.
+/// Four rows at a time are converted to f32 into `rows_f32` (≥ 4·cols) and multiplied with
+/// each group of eight tokens: per element, one load of the eight tokens' values serves four
+/// rows' broadcast weights.
+pub fn gemm_rows_f(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    tiles: &F32Tiles,
+    out: &mut [f32],
+    rows_f32: &mut [f32],
+) -> bool {
+    let cols = tiles.cols;
+    if !supports_f(isa, dtype) || row_bytes == 0 || !w.len().is_multiple_of(row_bytes) {
+        return false;
+    }
+    if dtype.bytes_for(cols as u64).ok() != Some(row_bytes as u64) || rows_f32.len() < 4 * cols {
+        return false;
+    }
+    let n_rows = w.len() / row_bytes;
+    let width = tiles.n_groups * GROUP;
+    if out.len() < n_rows * width {
+        return false;
+    }
+    let mut r = 0;
+    while r < n_rows {
+        let m = (n_rows - r).min(4);
+        for j in 0..m {
+            let src = &w[(r + j) * row_bytes..(r + j + 1) * row_bytes];
+            let dst = &mut rows_f32[j * cols..(j + 1) * cols];
+            #[cfg(target_arch = "x86_64")]
+            if dtype == DType::F16 {
+                // SAFETY: isa ≥ Avx2 (checked by `supports_f`) implies F16C; src holds cols f16.
+                unsafe { x86::f16_row(src, dst) };
+                continue;
+            }
+            if crate::dequant::dequantize_row(dtype, src, dst).is_err() {
+                return false;
+            }
+        }
+        for j in m..4 {
+            rows_f32[j * cols..(j + 1) * cols].fill(0.0);
+        }
+        let mut res = [[0f32; GROUP]; 4];
+        for g in 0..tiles.n_groups {
+            let tile = &tiles.x[g * cols * GROUP..(g + 1) * cols * GROUP];
+            #[cfg(target_arch = "x86_64")]
+            {
+                // SAFETY: `supports_f` checked isa ≥ Avx2 (AVX2+FMA present); sizes checked.
+                unsafe { x86::rows4_f(&rows_f32[..4 * cols], cols, tile, &mut res) };
+            }
+            for j in 0..m {
+                out[(r + j) * width + g * GROUP..(r + j) * width + (g + 1) * GROUP]
+                    .copy_from_slice(&res[j]);
+            }
+        }
+        r += m;
+    }
+    true
+}
+
+/// The scalar twin of [`gemm_rows_f`].
+pub fn gemm_rows_f_scalar(
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    tiles: &F32Tiles,
+    out: &mut [f32],
+    row: &mut [f32],
+) {
+    let cols = tiles.cols;
+    let width = tiles.n_groups * GROUP;
+    for (r, src) in w.chunks_exact(row_bytes).enumerate() {
+        if crate::dequant::dequantize_row(dtype, src, &mut row[..cols]).is_err() {
+            out[r * width..(r + 1) * width].fill(f32::NAN);
+            continue;
+        }
+        for g in 0..tiles.n_groups {
+            for t in 0..GROUP {
+                let mut s = 0f32;
+                for k in 0..cols {
+                    s += row[k] * tiles.x[(g * cols + k) * GROUP + t];
+                }
+                out[r * width + g * GROUP + t] = s;
+            }
+        }
+    }
 }

@@ -110,53 +110,6 @@ pub fn rope(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn softmax_sums_to_one_and_handles_neg_inf() {
-        let mut x = [1.0, 2.0, f32::NEG_INFINITY, 3.0];
-        softmax(&mut x);
-        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert_eq!(x[2], 0.0);
-        assert!(x[3] > x[1] && x[1] > x[0]);
-    }
-
-    #[test]
-    fn rope_layouts_rotate_the_right_pairs() {
-        let mut inv = [0f32; 2];
-        rope_inv_freq(4, 10000.0, &mut inv);
-        assert_eq!(inv[0], 1.0);
-        assert!((inv[1] - 0.01).abs() < 1e-7);
-        // Interleaved: pair (0,1) by angle pos·1, pair (2,3) by pos·0.01.
-        let mut h = [1.0, 0.0, 1.0, 0.0, 5.0];
-        rope(&mut h, 4, 2, 1.0, &inv, RopeLayout::Interleaved);
-        assert!((h[0] - 2f32.cos()).abs() < 1e-6 && (h[1] - 2f32.sin()).abs() < 1e-6);
-        assert!((h[2] - 0.02f32.cos()).abs() < 1e-6 && (h[3] - 0.02f32.sin()).abs() < 1e-6);
-        assert_eq!(h[4], 5.0);
-        // NeoX: pair (0,2) by pos·1, (1,3) by pos·0.01.
-        let mut h = [1.0, 1.0, 0.0, 0.0];
-        rope(&mut h, 4, 2, 0.5, &inv, RopeLayout::NeoX);
-        assert!((h[0] - 1f32.cos()).abs() < 1e-6 && (h[2] - 1f32.sin()).abs() < 1e-6);
-        assert!((h[1] - 0.01f32.cos()).abs() < 1e-6 && (h[3] - 0.01f32.sin()).abs() < 1e-6);
-    }
-
-    #[test]
-    fn rms_norm_and_silu() {
-        let x = [3.0, 4.0];
-        let mut out = [0.0; 2];
-        rms_norm(&x, &[1.0, 2.0], 0.0, &mut out);
-        let r = (12.5f32).sqrt();
-        assert!((out[0] - 3.0 / r).abs() < 1e-6 && (out[1] - 8.0 / r).abs() < 1e-6);
-        let mut g = [0.0, 1.0];
-        silu_mul(&mut g, &[2.0, 2.0]);
-        assert_eq!(g[0], 0.0);
-        assert!((g[1] - 2.0 / (1.0 + (-1f32).exp())).abs() < 1e-6);
-        assert!((dot(&[1.0; 19], &[2.0; 19]) - 38.0).abs() < 1e-6);
-    }
-}
-
 /// Causal attention of the query heads that share one KV head, for one token:
 /// for each head g, s = softmax(q_g · K[p]ᵀ · scale) over positions p < len, then
 /// out_g = Σ_p s[p] · V[p]. `q` is `[group, hd]`; `keys`/`values` are the cache rows
@@ -261,5 +214,52 @@ fn attend_group_body(
                 *oi += s * vi;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_sums_to_one_and_handles_neg_inf() {
+        let mut x = [1.0, 2.0, f32::NEG_INFINITY, 3.0];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(x[2], 0.0);
+        assert!(x[3] > x[1] && x[1] > x[0]);
+    }
+
+    #[test]
+    fn rope_layouts_rotate_the_right_pairs() {
+        let mut inv = [0f32; 2];
+        rope_inv_freq(4, 10000.0, &mut inv);
+        assert_eq!(inv[0], 1.0);
+        assert!((inv[1] - 0.01).abs() < 1e-7);
+        // Interleaved: pair (0,1) by angle pos·1, pair (2,3) by pos·0.01.
+        let mut h = [1.0, 0.0, 1.0, 0.0, 5.0];
+        rope(&mut h, 4, 2, 1.0, &inv, RopeLayout::Interleaved);
+        assert!((h[0] - 2f32.cos()).abs() < 1e-6 && (h[1] - 2f32.sin()).abs() < 1e-6);
+        assert!((h[2] - 0.02f32.cos()).abs() < 1e-6 && (h[3] - 0.02f32.sin()).abs() < 1e-6);
+        assert_eq!(h[4], 5.0);
+        // NeoX: pair (0,2) by pos·1, (1,3) by pos·0.01.
+        let mut h = [1.0, 1.0, 0.0, 0.0];
+        rope(&mut h, 4, 2, 0.5, &inv, RopeLayout::NeoX);
+        assert!((h[0] - 1f32.cos()).abs() < 1e-6 && (h[2] - 1f32.sin()).abs() < 1e-6);
+        assert!((h[1] - 0.01f32.cos()).abs() < 1e-6 && (h[3] - 0.01f32.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rms_norm_and_silu() {
+        let x = [3.0, 4.0];
+        let mut out = [0.0; 2];
+        rms_norm(&x, &[1.0, 2.0], 0.0, &mut out);
+        let r = (12.5f32).sqrt();
+        assert!((out[0] - 3.0 / r).abs() < 1e-6 && (out[1] - 8.0 / r).abs() < 1e-6);
+        let mut g = [0.0, 1.0];
+        silu_mul(&mut g, &[2.0, 2.0]);
+        assert_eq!(g[0], 0.0);
+        assert!((g[1] - 2.0 / (1.0 + (-1f32).exp())).abs() < 1e-6);
+        assert!((dot(&[1.0; 19], &[2.0; 19]) - 38.0).abs() < 1e-6);
     }
 }

@@ -235,3 +235,64 @@ fn gemm_rows_match_scalar_and_dot() {
         }
     }
 }
+
+/// The float token-lane kernels against their scalar twin and the exact product.
+#[test]
+fn gemm_rows_f_match_scalar() {
+    use tuili_kernels::gemm::{gemm_rows_f, gemm_rows_f_scalar, supports_f, F32Tiles, GROUP};
+    let mut rng = Lcg(11);
+    for cols in [64usize, 333] {
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let rb = dtype.bytes_for(cols as u64).unwrap() as usize;
+            let rows = 7;
+            let mut w = Vec::new();
+            for _ in 0..rows {
+                w.extend(weights(dtype, cols, &mut rng));
+            }
+            for n_tok in [1usize, 8, 11] {
+                let x: Vec<f32> = (0..n_tok * cols).map(|_| rng.f()).collect();
+                let mut tiles = F32Tiles::default();
+                tiles.build(&x, n_tok, cols);
+                let width = tiles.n_groups * GROUP;
+                let mut want = vec![0f32; rows * width];
+                let mut row = vec![0f32; cols];
+                gemm_rows_f_scalar(dtype, &w, rb, &tiles, &mut want, &mut row);
+                for r in 0..rows {
+                    tuili_kernels::dequant::dequantize_row(
+                        dtype,
+                        &w[r * rb..(r + 1) * rb],
+                        &mut row,
+                    )
+                    .unwrap();
+                    for t in 0..n_tok {
+                        let exact = ops::dot(&row, &x[t * cols..(t + 1) * cols]);
+                        assert!((want[r * width + t] - exact).abs() <= 1e-4 * exact.abs().max(1.0));
+                    }
+                }
+                for isa in Isa::available() {
+                    if !supports_f(isa, dtype) {
+                        continue;
+                    }
+                    let mut got = vec![0f32; rows * width];
+                    let mut scratch = vec![0f32; 4 * cols];
+                    assert!(gemm_rows_f(
+                        isa,
+                        dtype,
+                        &w,
+                        rb,
+                        &tiles,
+                        &mut got,
+                        &mut scratch
+                    ));
+                    for i in 0..rows * width {
+                        assert!(
+                            (got[i] - want[i]).abs() <= 1e-4 * want[i].abs().max(1.0),
+                            "{dtype} {} {i}",
+                            isa.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

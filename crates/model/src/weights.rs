@@ -10,7 +10,7 @@ use tuili_kernels::act::{Q8KRow, Q8Row};
 use tuili_kernels::cpu::Isa;
 use tuili_kernels::dequant::dequantize_row;
 use tuili_kernels::dot::{act_kind, dot_rows, ActKind, ActRef};
-use tuili_kernels::gemm::{self, Q8Tiles, GROUP};
+use tuili_kernels::gemm::{self, F32Tiles, Q8Tiles, GROUP};
 
 use crate::ModelError;
 
@@ -149,7 +149,7 @@ pub(crate) struct SharedOut {
     len: usize,
 }
 
-// SAFETY: SharedOut is only handed to `parallel::for_each_chunk` workers, each of which writes
+// SAFETY: SharedOut is only handed to thread-pool workers, each of which writes
 // a disjoint set of indices (documented at every use); the buffer outlives the scope.
 unsafe impl Send for SharedOut {}
 // SAFETY: as above — shared references never write overlapping indices.
@@ -196,6 +196,9 @@ pub struct Prepared {
     q8k: Vec<Q8KRow>,
     /// The Q8 rows interleaved by groups of eight tokens (for batches of prompt tokens).
     tiles: Q8Tiles,
+    /// The f32 rows interleaved the same way (float weights).
+    ftiles: F32Tiles,
+    ftiles_ready: bool,
     q8_ready: bool,
     q8k_ready: bool,
     tiles_ready: bool,
@@ -207,6 +210,7 @@ impl Prepared {
         self.q8_ready = false;
         self.q8k_ready = false;
         self.tiles_ready = false;
+        self.ftiles_ready = false;
     }
 
     fn ensure_tiles(&mut self, n: usize, cols: usize) {
@@ -277,6 +281,8 @@ pub struct ThreadScratch {
     scales: Vec<f32>,
     /// Results of a group of rows for every token.
     tile: Vec<f32>,
+    /// Four rows converted to f32 (float token-lane kernels).
+    rows_f32: Vec<f32>,
 }
 
 /// Per-thread scratch of the matrix products.
@@ -307,7 +313,41 @@ pub fn matmul(
     // Batches of prompt tokens: the token-lane matrix kernels where they exist.
     if n >= GROUP && gemm::supports(isa, w.dtype) {
         prep.ensure_tiles(n, w.cols);
-        matmul_tiles(pool, isa, file, w, n, y, &prep.tiles, tmp);
+        let tiles = &prep.tiles;
+        let width = tiles.n_groups * GROUP;
+        let kernel = |wr: &[u8], out: &mut [f32], s: &mut ThreadScratch| {
+            if s.bytes.len() < w.cols {
+                s.bytes.resize(w.cols, 0);
+                s.scales.resize(w.cols / 32, 0.0);
+            }
+            gemm::gemm_rows(
+                isa,
+                w.dtype,
+                wr,
+                w.row_bytes(),
+                tiles,
+                out,
+                &mut s.bytes,
+                &mut s.scales,
+            )
+        };
+        matmul_tiles(pool, file, w, n, y, width, &kernel, tmp);
+        return;
+    }
+    if n >= GROUP && gemm::supports_f(isa, w.dtype) {
+        if !prep.ftiles_ready {
+            prep.ftiles.build(x, n, w.cols);
+            prep.ftiles_ready = true;
+        }
+        let tiles = &prep.ftiles;
+        let width = tiles.n_groups * GROUP;
+        let kernel = |wr: &[u8], out: &mut [f32], s: &mut ThreadScratch| {
+            if s.rows_f32.len() < 4 * w.cols {
+                s.rows_f32.resize(4 * w.cols, 0.0);
+            }
+            gemm::gemm_rows_f(isa, w.dtype, wr, w.row_bytes(), tiles, out, &mut s.rows_f32)
+        };
+        matmul_tiles(pool, file, w, n, y, width, &kernel, tmp);
         return;
     }
     let prep = &*prep;
@@ -378,23 +418,26 @@ pub fn matmul(
     });
 }
 
-/// y = x · Wᵀ with the token-lane matrix kernels ([`gemm::gemm_rows`]): rows claimed in
-/// chunks as in [`matmul`], each chunk computed for every token and scattered into `y`.
+/// The kernel of [`matmul_tiles`]: rows (bytes) → results for every token (`[rows, width]`).
+type TileKernel<'a> = dyn Fn(&[u8], &mut [f32], &mut ThreadScratch) -> bool + Sync + 'a;
+
+/// y = x · Wᵀ with a token-lane matrix kernel ([`gemm::gemm_rows`], [`gemm::gemm_rows_f`]):
+/// rows claimed in chunks as in [`matmul`], each chunk computed for every token and
+/// scattered into `y`.
 #[allow(clippy::too_many_arguments)]
 fn matmul_tiles(
     pool: &ThreadPool,
-    isa: Isa,
     file: &[u8],
     w: &Matrix,
     n: usize,
     y: &mut [f32],
-    tiles: &Q8Tiles,
+    width: usize,
+    kernel: &TileKernel<'_>,
     scratch: &RowScratch,
 ) {
     const ROWS: usize = 16;
     let data = w.data(file);
     let rb = w.row_bytes();
-    let width = tiles.n_groups * GROUP;
     let out = SharedOut::new(y);
     let chunk = (w.rows / (pool.n_threads() * 8))
         .max(ROWS)
@@ -403,13 +446,10 @@ fn matmul_tiles(
     pool.run(&|i, _nt| {
         // SAFETY: worker i is the only user of slot i.
         let s = unsafe { scratch.get(i) };
-        if s.bytes.len() < w.cols {
-            s.bytes.resize(w.cols, 0);
-            s.scales.resize(w.cols / 32, 0.0);
-        }
         if s.tile.len() < ROWS * width {
             s.tile.resize(ROWS * width, 0.0);
         }
+        let mut tile = std::mem::take(&mut s.tile);
         loop {
             let start = next.fetch_add(chunk, Ordering::Relaxed);
             if start >= w.rows {
@@ -420,30 +460,22 @@ fn matmul_tiles(
             while r0 < end {
                 let g = (end - r0).min(ROWS);
                 let wr = &data[r0 * rb..(r0 + g) * rb];
-                let tile = &mut s.tile[..g * width];
-                if !gemm::gemm_rows(
-                    isa,
-                    w.dtype,
-                    wr,
-                    rb,
-                    tiles,
-                    tile,
-                    &mut s.bytes,
-                    &mut s.scales,
-                ) {
-                    // `supports` was checked by the caller and the sizes come from the same
-                    // matrix: unreachable in practice; NaN makes a violation visible.
-                    tile.fill(f32::NAN);
+                let t = &mut tile[..g * width];
+                if !kernel(wr, t, s) {
+                    // The caller checked support and the sizes come from the same matrix:
+                    // unreachable in practice; NaN makes a violation visible.
+                    t.fill(f32::NAN);
                 }
                 for r in 0..g {
-                    for t in 0..n {
+                    for tok in 0..n {
                         // SAFETY: rows start..end were claimed by this worker alone, so
-                        // y[t, r] is written by this thread only.
-                        unsafe { out.write(t * w.rows + r0 + r, tile[r * width + t]) };
+                        // y[tok, r] is written by this thread only.
+                        unsafe { out.write(tok * w.rows + r0 + r, t[r * width + tok]) };
                     }
                 }
                 r0 += g;
             }
         }
+        s.tile = tile;
     });
 }
