@@ -235,6 +235,12 @@ impl Engine {
     pub fn prepare(&self, req: &GenerateRequest) -> Result<Vec<u32>, EngineError> {
         req.sampling.validate()?;
         let prompt = self.tokenize_prompt(&req.prompt, req.parse_special)?;
+        self.check_prompt(&prompt)?;
+        Ok(prompt)
+    }
+
+    /// A prompt must hold at least one token and fit in the context.
+    fn check_prompt(&self, prompt: &[u32]) -> Result<(), EngineError> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -244,7 +250,7 @@ impl Engine {
                 n_ctx: self.n_ctx,
             });
         }
-        Ok(prompt)
+        Ok(())
     }
 
     /// Generates from prompt ids that [`Engine::prepare`] produced for `req`.
@@ -255,15 +261,7 @@ impl Engine {
         on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<GenerationStats, EngineError> {
         let mut sampler = Sampler::new(req.sampling.clone())?;
-        if prompt.is_empty() {
-            return Err(EngineError::EmptyPrompt);
-        }
-        if prompt.len() > self.n_ctx {
-            return Err(EngineError::PromptTooLong {
-                n_prompt: prompt.len(),
-                n_ctx: self.n_ctx,
-            });
-        }
+        self.check_prompt(&prompt)?;
         let pool = &self.pool;
         let mut kv = self.model.new_cache(self.n_ctx)?;
         let mut scratch = Scratch::new();

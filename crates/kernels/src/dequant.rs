@@ -9,26 +9,11 @@ use tuili_core::DType;
 /// Dequantizes `dst.len()` elements of type `dtype` from `src` (exactly their bytes).
 pub fn dequantize_row(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<(), KernelError> {
     let n = dst.len();
-    let bl = dtype.block_len() as usize;
     if !dtype.is_dequantizable() {
         return Err(KernelError::Unsupported { dtype });
     }
-    if !n.is_multiple_of(bl) {
-        return Err(KernelError::NotBlockMultiple {
-            dtype,
-            n_elements: n,
-            block_len: bl,
-        });
-    }
-    let expected = n / bl * dtype.block_bytes() as usize;
-    if src.len() != expected {
-        return Err(KernelError::SizeMismatch {
-            dtype,
-            n_elements: n,
-            expected,
-            got: src.len(),
-        });
-    }
+    crate::check_row(dtype, n, src.len())?;
+    let expected = src.len();
     // The length checks above make every `as_blocks` below succeed; a failure would be a bug in
     // `DType::block_bytes`, which the compile-time size assertions in `blocks` rule out.
     let mismatch = || KernelError::SizeMismatch {

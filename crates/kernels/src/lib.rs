@@ -42,3 +42,25 @@ pub enum KernelError {
     #[error("tensor type {dtype} has no quantizer in tuili")]
     NoQuantizer { dtype: DType },
 }
+
+/// Checks that `n_bytes` hold exactly `n_elements` of `dtype` (whole blocks).
+pub fn check_row(dtype: DType, n_elements: usize, n_bytes: usize) -> Result<(), KernelError> {
+    let bl = dtype.block_len() as usize;
+    if !n_elements.is_multiple_of(bl) {
+        return Err(KernelError::NotBlockMultiple {
+            dtype,
+            n_elements,
+            block_len: bl,
+        });
+    }
+    let expected = n_elements / bl * dtype.block_bytes() as usize;
+    if n_bytes != expected {
+        return Err(KernelError::SizeMismatch {
+            dtype,
+            n_elements,
+            expected,
+            got: n_bytes,
+        });
+    }
+    Ok(())
+}

@@ -7,24 +7,8 @@ use tuili_core::DType;
 
 /// Quantizes `src` into `dst` (exactly the bytes `dtype` needs for `src.len()` elements).
 pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<(), KernelError> {
-    let n = src.len();
+    crate::check_row(dtype, src.len(), dst.len())?;
     let bl = dtype.block_len() as usize;
-    if !n.is_multiple_of(bl) {
-        return Err(KernelError::NotBlockMultiple {
-            dtype,
-            n_elements: n,
-            block_len: bl,
-        });
-    }
-    let expected = n / bl * dtype.block_bytes() as usize;
-    if dst.len() != expected {
-        return Err(KernelError::SizeMismatch {
-            dtype,
-            n_elements: n,
-            expected,
-            got: dst.len(),
-        });
-    }
     let bs = dtype.block_bytes() as usize;
     match dtype {
         DType::F32 => {
