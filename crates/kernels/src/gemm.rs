@@ -455,6 +455,13 @@ pub fn gemm_rows_f(
                 // SAFETY: `supports_f` checked isa ≥ Avx2 (AVX2+FMA present); sizes checked.
                 unsafe { x86::rows4_f(&rows_f32[..4 * cols], cols, tile, &mut res) };
             }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                // `supports_f` is false off x86_64: never reached.
+                let _ = (tile, &mut res);
+                return false;
+            }
+            #[allow(unreachable_code)]
             for j in 0..m {
                 out[(r + j) * width + g * GROUP..(r + j) * width + (g + 1) * GROUP]
                     .copy_from_slice(&res[j]);
