@@ -312,9 +312,16 @@ macro_rules! kernels {
                 let mut acc = [[_mm256_setzero_ps(); 4]; U];
                 let mut b = 0;
                 while b + 8 <= nb {
-                    let h: [u16; 8] = std::array::from_fn(|k| dbits(b + k));
-                    // SAFETY: `h` is 16 bytes.
-                    let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(h.as_ptr().cast()) });
+                    // The eight f16 scales packed in two general-purpose registers (integer
+                    // units, beside the vector work) rather than through a stack buffer, whose
+                    // eight small stores could not be forwarded to one 16-byte load.
+                    let pack = |o: usize| -> i64 {
+                        (dbits(b + o) as u64
+                            | (dbits(b + o + 1) as u64) << 16
+                            | (dbits(b + o + 2) as u64) << 32
+                            | (dbits(b + o + 3) as u64) << 48) as i64
+                    };
+                    let dw = _mm256_cvtph_ps(_mm_set_epi64x(pack(4), pack(0)));
                     let mut s8 = [_mm256_setzero_ps(); 4];
                     for t in 0..nt {
                         // SAFETY: blocks b..b+8 exist in d and isum (checked by `dot_rows`).
