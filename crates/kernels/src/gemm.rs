@@ -116,7 +116,8 @@ fn unpack_row(dtype: DType, w: &[u8], bytes: &mut [u8], scales: &mut [f32]) -> i
 }
 
 /// Rows of `dtype` weights (`row_bytes` each) times every token of `tiles`:
-/// `out[r · n_groups·8 + t]`. `bytes` (≥ cols) and `scales` (≥ cols/32) are scratch.
+/// `out[r · n_groups·8 + t]`, with room for the rows rounded up to four. `bytes` (≥ 4·cols)
+/// and `scales` (≥ 4·cols/32) are scratch.
 /// Returns false when the combination is not supported (the caller falls back to `dot`).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_rows(
@@ -140,29 +141,72 @@ pub fn gemm_rows(
     let cols = nb * QK;
     let n_rows = w.len() / row_bytes;
     let width = tiles.n_groups * GROUP;
-    if bytes.len() < cols || scales.len() < nb || out.len() < n_rows * width {
+    // Rows go four at a time: `out` has room for the rows rounded up to four (the padding
+    // rows' results are junk), `bytes` and `scales` for four unpacked rows.
+    if bytes.len() < 4 * cols
+        || scales.len() < 4 * nb
+        || out.len() < n_rows.next_multiple_of(4) * width
+    {
         return false;
     }
-    for r in 0..n_rows {
-        let off = unpack_row(dtype, &w[r * row_bytes..(r + 1) * row_bytes], bytes, scales);
-        let o = &mut out[r * width..(r + 1) * width];
+    let mut r = 0;
+    while r < n_rows {
+        let m = (n_rows - r).min(4);
+        let mut off = 8;
+        for j in 0..4 {
+            let (bj, sj) = (
+                &mut bytes[j * cols..(j + 1) * cols],
+                &mut scales[j * nb..(j + 1) * nb],
+            );
+            if j < m {
+                off = unpack_row(
+                    dtype,
+                    &w[(r + j) * row_bytes..(r + j + 1) * row_bytes],
+                    bj,
+                    sj,
+                );
+            } else {
+                bj.fill(0);
+                sj.fill(0.0);
+            }
+        }
         #[cfg(target_arch = "x86_64")]
         {
+            // Rows past m have zero bytes and scales; their results land in the padding.
+            let dst = &mut out[r * width..(r + 4) * width];
             // SAFETY: `supports` checked isa ≥ Avx2, which run-time detection grants only with
             // AVX2/FMA/F16C (and Avx512Vnni only with AVX512F/BW/VL/VNNI); buffer sizes were
             // checked above.
             unsafe {
                 if isa >= Isa::Avx512Vnni {
-                    x86::row_vnni(&bytes[..cols], &scales[..nb], off, tiles, o);
+                    x86::row_vnni(
+                        &bytes[..4 * cols],
+                        &scales[..4 * nb],
+                        off,
+                        tiles,
+                        dst,
+                        width,
+                    );
                 } else {
-                    x86::row_avx2(&bytes[..cols], &scales[..nb], off, tiles, o);
+                    x86::row_avx2(
+                        &bytes[..4 * cols],
+                        &scales[..4 * nb],
+                        off,
+                        tiles,
+                        dst,
+                        width,
+                    );
                 }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (off, o);
+            let _ = off;
             return false;
+        }
+        #[allow(unreachable_code)]
+        {
+            r += m;
         }
     }
     true
@@ -221,6 +265,9 @@ mod x86 {
 
     macro_rules! row_kernel {
         ($name:ident, $features:literal, $dot:ident) => {
+            /// Four unpacked rows (`bytes`: [4, cols], `scales`: [4, nb]) times every group of
+            /// eight tokens: `out[j · width + t]`. Each activation load serves the four rows;
+            /// two integer accumulators per row keep eight product chains in flight.
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $name(
                 bytes: &[u8],
@@ -228,45 +275,59 @@ mod x86 {
                 off: i32,
                 tiles: &Q8Tiles,
                 out: &mut [f32],
+                width: usize,
             ) {
                 let nb = tiles.nb;
-                let offv = _mm256_set1_epi32(-off);
+                let cols = nb * QK;
+                // −off·Σa = −(Σa << log2 off): off is 8 or 128.
+                let shift = _mm_cvtsi32_si128(off.trailing_zeros() as i32);
                 for g in 0..tiles.n_groups {
-                    let mut acc = _mm256_setzero_ps();
+                    let mut acc = [_mm256_setzero_ps(); 4];
                     for b in 0..nb {
                         let base = (g * nb + b) * QK * GROUP;
                         // SAFETY: `build` sized qs/d/isum for n_groups × nb blocks of 8 tokens;
-                        // `bytes` holds nb·32 bytes.
+                        // `bytes` holds 4·nb·32 bytes and `scales` 4·nb.
                         unsafe {
                             let qa = tiles.qs.as_ptr().add(base);
-                            let wp = bytes.as_ptr().add(b * QK);
-                            let mut s0 = _mm256_setzero_si256();
-                            let mut s1 = _mm256_setzero_si256();
+                            let mut s = [[_mm256_setzero_si256(); 2]; 4];
                             for k in (0..QK / 4).step_by(2) {
-                                let w0 = _mm256_set1_epi32(std::ptr::read_unaligned(
-                                    wp.add(k * 4).cast::<i32>(),
-                                ));
-                                let w1 = _mm256_set1_epi32(std::ptr::read_unaligned(
-                                    wp.add(k * 4 + 4).cast::<i32>(),
-                                ));
                                 let a0 = _mm256_loadu_si256(qa.add(k * GROUP * 4).cast());
                                 let a1 = _mm256_loadu_si256(qa.add((k + 1) * GROUP * 4).cast());
-                                s0 = $dot(s0, w0, a0);
-                                s1 = $dot(s1, w1, a1);
+                                for j in 0..4 {
+                                    let wp = bytes.as_ptr().add(j * cols + b * QK + k * 4);
+                                    let w0 = _mm256_set1_epi32(std::ptr::read_unaligned(
+                                        wp.cast::<i32>(),
+                                    ));
+                                    let w1 = _mm256_set1_epi32(std::ptr::read_unaligned(
+                                        wp.add(4).cast::<i32>(),
+                                    ));
+                                    s[j][0] = $dot(s[j][0], w0, a0);
+                                    s[j][1] = $dot(s[j][1], w1, a1);
+                                }
                             }
                             let sb = (g * nb + b) * GROUP;
                             let isum = _mm256_loadu_si256(tiles.isum.as_ptr().add(sb).cast());
-                            let s = _mm256_add_epi32(
-                                _mm256_add_epi32(s0, s1),
-                                _mm256_mullo_epi32(isum, offv),
+                            let corr = _mm256_sub_epi32(
+                                _mm256_setzero_si256(),
+                                _mm256_sll_epi32(isum, shift),
                             );
                             let da = _mm256_loadu_ps(tiles.d.as_ptr().add(sb));
-                            let sc = _mm256_mul_ps(da, _mm256_set1_ps(scales[b]));
-                            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sc, acc);
+                            for j in 0..4 {
+                                let v = _mm256_add_epi32(_mm256_add_epi32(s[j][0], s[j][1]), corr);
+                                let sc = _mm256_mul_ps(
+                                    da,
+                                    _mm256_set1_ps(*scales.get_unchecked(j * nb + b)),
+                                );
+                                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), sc, acc[j]);
+                            }
                         }
                     }
-                    // SAFETY: out holds n_groups·8 values.
-                    unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(g * GROUP), acc) };
+                    for j in 0..4 {
+                        // SAFETY: out holds 4 rows of `width` ≥ n_groups·8 values.
+                        unsafe {
+                            _mm256_storeu_ps(out.as_mut_ptr().add(j * width + g * GROUP), acc[j])
+                        };
+                    }
                 }
             }
         };

@@ -184,9 +184,9 @@ fn gemm_rows_match_scalar_and_dot() {
             let mut tiles = Q8Tiles::default();
             tiles.build(&q8, cols / 32);
             let width = tiles.n_groups * GROUP;
-            let mut bytes = vec![0u8; cols];
-            let mut scales = vec![0f32; cols / 32];
-            let mut want = vec![0f32; rows * width];
+            let mut bytes = vec![0u8; 4 * cols];
+            let mut scales = vec![0f32; 4 * cols / 32];
+            let mut want = vec![0f32; rows.next_multiple_of(4) * width];
             gemm_rows_scalar(dtype, &w, rb, &tiles, &mut want, &mut bytes, &mut scales);
             // The scalar twin equals the dot kernels' scalar path.
             let mut tmp = vec![0f32; cols];

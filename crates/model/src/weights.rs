@@ -316,9 +316,9 @@ pub fn matmul(
         let tiles = &prep.tiles;
         let width = tiles.n_groups * GROUP;
         let kernel = |wr: &[u8], out: &mut [f32], s: &mut ThreadScratch| {
-            if s.bytes.len() < w.cols {
-                s.bytes.resize(w.cols, 0);
-                s.scales.resize(w.cols / 32, 0.0);
+            if s.bytes.len() < 4 * w.cols {
+                s.bytes.resize(4 * w.cols, 0);
+                s.scales.resize(4 * w.cols / 32, 0.0);
             }
             gemm::gemm_rows(
                 isa,
@@ -460,7 +460,8 @@ fn matmul_tiles(
             while r0 < end {
                 let g = (end - r0).min(ROWS);
                 let wr = &data[r0 * rb..(r0 + g) * rb];
-                let t = &mut tile[..g * width];
+                // Room for the rows rounded up to four (the matrix kernels work in fours).
+                let t = &mut tile[..g.next_multiple_of(4) * width];
                 if !kernel(wr, t, s) {
                     // The caller checked support and the sizes come from the same matrix:
                     // unreachable in practice; NaN makes a violation visible.
