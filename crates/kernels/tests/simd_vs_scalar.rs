@@ -164,7 +164,7 @@ fn gemm_rows_match_scalar_and_dot() {
     let cols = 512;
     for dtype in [DType::Q4_0, DType::Q8_0] {
         let rb = dtype.bytes_for(cols as u64).unwrap() as usize;
-        let rows = 6;
+        let rows: usize = 6;
         let mut w = Vec::new();
         for _ in 0..rows {
             w.extend(weights(dtype, cols, &mut rng));
@@ -213,7 +213,7 @@ fn gemm_rows_match_scalar_and_dot() {
                 if !supports(isa, dtype) {
                     continue;
                 }
-                let mut got = vec![0f32; rows * width];
+                let mut got = vec![0f32; rows.next_multiple_of(4) * width];
                 assert!(gemm_rows(
                     isa,
                     dtype,
@@ -273,7 +273,7 @@ fn gemm_rows_f_match_scalar() {
                     if !supports_f(isa, dtype) {
                         continue;
                     }
-                    let mut got = vec![0f32; rows * width];
+                    let mut got = vec![0f32; rows.next_multiple_of(4) * width];
                     let mut scratch = vec![0f32; 4 * cols];
                     assert!(gemm_rows_f(
                         isa,
