@@ -1,5 +1,6 @@
-//! Matrix × matrix for prompt processing with Q4_0 / Q8_0 weights: weight rows against groups
-//! of eight tokens, with the tokens in the vector lanes.
+//! Matrix × matrix for prompt processing: weight rows against groups of eight tokens, with the
+//! tokens in the vector lanes — Q4_0 / Q8_0 weights with int8 activations ([`gemm_rows`]) and
+//! F32 / F16 / BF16 weights with f32 activations ([`gemm_rows_f`]).
 //!
 //! The dot-product kernels (`dot`) put the 32 elements of a block in the lanes, so every block
 //! of every (row, token) pair ends in a convert, a scale and a horizontal reduction. Here the
@@ -11,8 +12,9 @@
 //!
 //! Weights enter as unsigned bytes: Q4_0 nibbles u (= q + 8) and Q8_0 bytes q + 128; the offset
 //! is removed through the activation block sums: Σ(u − off)·a = Σ u·a − off·Σ a.
-//! Rows are unpacked to bytes once per call into a caller's buffer and reused for every token
-//! group. No weights are copied beyond that one row tile.
+//! Four rows at a time are unpacked (to bytes, or to f32 for the float path) into a caller's
+//! buffer and reused for every token group, each activation load serving the four rows. No
+//! weights are copied beyond those four rows.
 
 use crate::act::Q8Row;
 use crate::blocks::{f16_le, BlockQ4_0, BlockQ8_0, QK};

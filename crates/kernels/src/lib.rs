@@ -1,10 +1,13 @@
 //! `tuili-kernels`: pure functions over slices.
 //!
 //! Owns: the byte layout of every GGML quant block ([`blocks`]), dequantization to f32 and the
-//! reference quantizers ([`dequant`], [`quant`]), and the float operations of a Transformer
-//! layer ([`ops`]). May not: allocate, do I/O, or start threads — callers hand in every buffer,
-//! and parallelism belongs to the caller. Each function here is the scalar reference; the SIMD
-//! twins (chosen at run time) are added beside them and tested against them.
+//! reference quantizers ([`dequant`], [`quant`]), activation quantization ([`act`]), the dot
+//! products ([`dot`]) and matrix kernels ([`gemm`]) with their run-time instruction-set choice
+//! ([`cpu`]), and the float operations of a Transformer layer ([`ops`]).
+//!
+//! May not: allocate (a few grow-only activation buffers aside, owned by the caller's
+//! structures), do I/O, or start threads — callers hand in every buffer, and parallelism belongs
+//! to the caller. Every SIMD kernel has a scalar twin beside it, and the tests compare them.
 
 // The kernels index arrays as the ggml formulas they mirror do; iterator chains would hide
 // the correspondence that the tests and reviewers check.
