@@ -151,6 +151,38 @@ pub fn gemm_rows(
     {
         return false;
     }
+    // `supports` is false off x86_64, so the loop below only runs there.
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (w, tiles, bytes, scales, out, n_rows, cols, width);
+        false
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        rows4_loop(
+            isa, dtype, w, row_bytes, tiles, out, bytes, scales, n_rows, nb, width,
+        );
+        true
+    }
+}
+
+/// The x86_64 body of [`gemm_rows`] (sizes already checked there).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn rows4_loop(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    tiles: &Q8Tiles,
+    out: &mut [f32],
+    bytes: &mut [u8],
+    scales: &mut [f32],
+    n_rows: usize,
+    nb: usize,
+    width: usize,
+) {
+    let cols = nb * QK;
     let mut r = 0;
     while r < n_rows {
         let m = (n_rows - r).min(4);
@@ -172,7 +204,6 @@ pub fn gemm_rows(
                 sj.fill(0.0);
             }
         }
-        #[cfg(target_arch = "x86_64")]
         {
             // Rows past m have zero bytes and scales; their results land in the padding.
             let dst = &mut out[r * width..(r + 4) * width];
@@ -201,17 +232,8 @@ pub fn gemm_rows(
                 }
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = off;
-            return false;
-        }
-        #[allow(unreachable_code)]
-        {
-            r += m;
-        }
+        r += m;
     }
-    true
 }
 
 /// The scalar twin of [`gemm_rows`] (same layout, same integer arithmetic).

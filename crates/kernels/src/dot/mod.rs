@@ -97,3 +97,25 @@ pub fn dot_rows(
         scalar::dot_many(dtype, wr, acts, &mut out[r * nt..(r + 1) * nt], tmp);
     }
 }
+
+/// The shape of a group of weight rows: `(n_rows, elements per row)`, or `None` when the bytes
+/// are not whole rows of whole blocks or `out` cannot hold `n_rows × nt` results. The SIMD
+/// paths check this once per group before reading anything.
+pub(crate) fn row_geometry(
+    dtype: DType,
+    w: &[u8],
+    row_bytes: usize,
+    nt: usize,
+    out_len: usize,
+) -> Option<(usize, usize)> {
+    let bl = dtype.block_len() as usize;
+    let bb = dtype.block_bytes() as usize;
+    if row_bytes == 0 || !row_bytes.is_multiple_of(bb) || !w.len().is_multiple_of(row_bytes) {
+        return None;
+    }
+    let n_rows = w.len() / row_bytes;
+    if out_len < n_rows * nt {
+        return None;
+    }
+    Some((n_rows, row_bytes / bb * bl))
+}

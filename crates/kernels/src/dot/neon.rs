@@ -18,17 +18,10 @@ pub fn dot_rows(
     acts: &[ActRef<'_>],
     out: &mut [f32],
 ) -> bool {
-    let bl = dtype.block_len() as usize;
-    let bb = dtype.block_bytes() as usize;
-    if row_bytes == 0 || !row_bytes.is_multiple_of(bb) || !w.len().is_multiple_of(row_bytes) {
-        return false;
-    }
-    let n = row_bytes / bb * bl;
-    let n_rows = w.len() / row_bytes;
     let nt = acts.len();
-    if out.len() < n_rows * nt {
+    let Some((n_rows, n)) = super::row_geometry(dtype, w, row_bytes, nt, out.len()) else {
         return false;
-    }
+    };
     for r in 0..n_rows {
         let wr = &w[r * row_bytes..(r + 1) * row_bytes];
         for (t, a) in acts.iter().enumerate() {

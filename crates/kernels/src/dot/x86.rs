@@ -38,16 +38,9 @@ pub fn dot_rows(
     // The kernels read as many activations as a weight row has elements: check every
     // activation row (a mismatch falls back to the scalar path, which never reads out of
     // bounds).
-    let bl = dtype.block_len() as usize;
-    let bb = dtype.block_bytes() as usize;
-    if !row_bytes.is_multiple_of(bb) || !w.len().is_multiple_of(row_bytes) {
+    let Some((n_rows, n)) = super::row_geometry(dtype, w, row_bytes, acts.len(), out.len()) else {
         return false;
-    }
-    let n_rows = w.len() / row_bytes;
-    if out.len() < n_rows * acts.len() {
-        return false;
-    }
-    let n = row_bytes / bb * bl;
+    };
     let fits = acts.iter().all(|a| match a {
         ActRef::F32(x) => x.len() == n,
         ActRef::Q8(q) => q.qs.len() >= n && q.d.len() * QK >= n,
