@@ -201,11 +201,3 @@ pub fn as_blocks<B: Block>(bytes: &[u8]) -> Option<&[B]> {
     // length is a whole number of blocks, so the new slice covers exactly the same bytes.
     Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<B>(), bytes.len() / size) })
 }
-
-/// Views blocks as mutable bytes.
-pub fn as_bytes_mut<B: Block>(blocks: &mut [B]) -> &mut [u8] {
-    let len = std::mem::size_of_val(blocks);
-    // SAFETY: B is plain bytes with alignment 1 (the `Block` contract); the slice covers the
-    // same memory and the borrow of `blocks` is carried over.
-    unsafe { std::slice::from_raw_parts_mut(blocks.as_mut_ptr().cast::<u8>(), len) }
-}

@@ -11,6 +11,22 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+fn id_list(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
 fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;
     for (i, x) in v.iter().enumerate() {
@@ -35,24 +51,9 @@ fn stories260k_matches_llama_cpp() {
     assert!(cases.len() >= 5);
     for threads in [1, 2] {
         for case in cases {
-            let ids: Vec<u32> = case["prompt_ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-                .collect();
-            let want_logits: Vec<f32> = case["first_logits"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect();
-            let want_ids: Vec<u32> = case["greedy_ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-                .collect();
+            let ids: Vec<u32> = id_list(&case["prompt_ids"]);
+            let want_logits: Vec<f32> = floats(&case["first_logits"]);
+            let want_ids: Vec<u32> = id_list(&case["greedy_ids"]);
             let mut kv = model.new_cache(512).unwrap();
             let mut scratch = Scratch::new();
             let logits = model
@@ -105,18 +106,8 @@ fn stories260k_matches_float64_reference_for_256_tokens() {
         .unwrap(),
     )
     .unwrap();
-    let want: Vec<u32> = r["generated_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
-    let want_logits: Vec<f32> = r["logits_after_bos_full"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap() as f32)
-        .collect();
+    let want: Vec<u32> = id_list(&r["generated_ids"]);
+    let want_logits: Vec<f32> = floats(&r["logits_after_bos_full"]);
     let mut kv = model.new_cache(512).unwrap();
     let mut scratch = Scratch::new();
     let logits = model

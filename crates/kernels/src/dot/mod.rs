@@ -40,14 +40,6 @@ pub enum ActRef<'a> {
     Q8K(&'a Q8KRow),
 }
 
-/// Σ w·x over one row. `w` holds the row's bytes in `dtype`; `act` is in `act_kind(dtype)`
-/// form; `tmp` (row length) is scratch for types that are dequantized first.
-pub fn dot(isa: Isa, dtype: DType, w: &[u8], act: ActRef<'_>, tmp: &mut [f32]) -> f32 {
-    let mut out = [0f32; 1];
-    dot_many(isa, dtype, w, &[act], &mut out, tmp);
-    out[0]
-}
-
 /// Σ w·xₜ for several activation rows at once (the weight row is unpacked once per block and
 /// used for every row: the matrix-matrix case).
 pub fn dot_many(
