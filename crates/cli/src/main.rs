@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tuili_engine::{Engine, EngineConfig, GenerateRequest};
+use tuili_engine::{BeamParams, EarlyStopping, Engine, EngineConfig, GenerateRequest};
 use tuili_formats::GgufFile;
-use tuili_sample::SamplingParams;
+use tuili_sample::{SamplingParams, Stage, DEFAULT_ORDER};
 use tuili_tokenizer::Tokenizer;
 
 #[derive(Parser)]
@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Generate text from a prompt.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the token ids (and pieces) of a text, as llama.cpp's llama-tokenize does.
     Tokenize(TokenizeArgs),
     /// Print a GGUF file's metadata and tensors.
@@ -48,24 +48,38 @@ struct RunArgs {
     /// Prompt text.
     #[arg(short, long)]
     prompt: String,
-    /// Maximum number of tokens to generate.
+    /// Maximum number of tokens to generate (per completion).
     #[arg(short = 'n', long, default_value_t = 128)]
     max_tokens: usize,
-    /// Sampling temperature; 0 = greedy.
-    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
-    temperature: f32,
-    /// Keep only the K most likely tokens (0 = all).
-    #[arg(long, default_value_t = 40)]
-    top_k: usize,
-    /// Nucleus sampling: keep the most likely tokens up to probability P (1 = off).
-    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
-    top_p: f32,
-    /// Drop tokens less likely than P × the most likely one (0 = off).
-    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
-    min_p: f32,
-    /// Random seed (default: a fresh one, printed on stderr).
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Stop where this string appears (repeatable; not printed).
     #[arg(long)]
-    seed: Option<u64>,
+    stop: Vec<String>,
+    /// Number of completions (sampling: independent samples sharing the prompt's prefill;
+    /// beam search: the best N beams).
+    #[arg(
+        short = 'N',
+        long = "n-completions",
+        alias = "num-return-sequences",
+        default_value_t = 1
+    )]
+    n_completions: usize,
+    /// Print each token's log-probability and the K most likely alternatives.
+    #[arg(long, value_name = "K")]
+    logprobs: Option<usize>,
+    /// Print, for each step, the top candidates before and after each processor, and the pick.
+    #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "5")]
+    explain: Option<usize>,
+    /// Beam search with this many beams (prints the beams with their scores).
+    #[arg(long, value_name = "N")]
+    beams: Option<usize>,
+    /// Beam search: exponent of the length dividing a beam's log-probability.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    length_penalty: f32,
+    /// Beam search: true, false or never (Hugging Face semantics).
+    #[arg(long, default_value = "false")]
+    early_stopping: String,
     /// Worker threads (default: physical cores).
     #[arg(short, long)]
     threads: Option<usize>,
@@ -84,6 +98,106 @@ struct RunArgs {
     /// Treat control-token text in the prompt (e.g. "<s>") as plain text.
     #[arg(long)]
     no_parse_special: bool,
+}
+
+/// The sampling chain's options (see the README for the order they apply in).
+#[derive(clap::Args)]
+struct SamplingArgs {
+    /// Sampling temperature; 0 = greedy.
+    #[arg(
+        long,
+        alias = "temp",
+        default_value_t = 0.8,
+        allow_negative_numbers = true
+    )]
+    temperature: f32,
+    /// Keep only the K most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Nucleus sampling: keep the most likely tokens up to probability P (1 = off).
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
+    top_p: f32,
+    /// Drop tokens less likely than P × the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
+    min_p: f32,
+    /// Locally typical sampling with mass P (1 = off).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    typical_p: f32,
+    /// Repetition penalty for tokens in the window (1 = off).
+    #[arg(
+        long,
+        alias = "repetition-penalty",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
+    repeat_penalty: f32,
+    /// Presence penalty (OpenAI): subtracted once for each token in the window.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    presence_penalty: f32,
+    /// Frequency penalty (OpenAI): subtracted for each occurrence in the window.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    frequency_penalty: f32,
+    /// Penalty window: the last N tokens of prompt and output (-1 = all, 0 = penalties off).
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
+    repeat_last_n: i64,
+    /// Add BIAS to a token's logit: ID=BIAS (repeatable; BIAS may be -inf to ban the token).
+    #[arg(long, value_name = "ID=BIAS", allow_negative_numbers = true)]
+    logit_bias: Vec<String>,
+    /// Never repeat an n-gram of this size (0 = off).
+    #[arg(long, default_value_t = 0)]
+    no_repeat_ngram_size: usize,
+    /// Order of the stages, e.g. "top_k;typical_p;top_p;min_p;temperature" (the default).
+    #[arg(long)]
+    samplers: Option<String>,
+    /// Random seed (default: a fresh one, printed on stderr).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    fn params(&self, seed: u64) -> Result<SamplingParams, CliError> {
+        let mut logit_bias = Vec::new();
+        for b in &self.logit_bias {
+            let parsed = b.split_once(['=', ':']).and_then(|(id, v)| {
+                let v = v.trim();
+                let bias = if v.eq_ignore_ascii_case("-inf") {
+                    Some(f32::NEG_INFINITY)
+                } else {
+                    v.parse::<f32>().ok()
+                };
+                Some((id.trim().parse::<u32>().ok()?, bias?))
+            });
+            match parsed {
+                Some(p) => logit_bias.push(p),
+                None => {
+                    return Err(CliError::Usage(format!(
+                        "invalid --logit-bias {b:?}: expected ID=BIAS, e.g. 13=-2.5 or 2=-inf"
+                    )))
+                }
+            }
+        }
+        let order = match &self.samplers {
+            Some(s) => Stage::parse_order(s)?,
+            None => DEFAULT_ORDER.to_vec(),
+        };
+        let p = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            typical_p: self.typical_p,
+            repetition_penalty: self.repeat_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            penalty_last_n: self.repeat_last_n,
+            logit_bias,
+            no_repeat_ngram_size: self.no_repeat_ngram_size,
+            order,
+            seed,
+        };
+        p.validate()?;
+        Ok(p)
+    }
 }
 
 #[derive(clap::Args)]
@@ -134,7 +248,7 @@ enum CliError {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Run(a) => run(a),
+        Cmd::Run(a) => run(*a),
         Cmd::Tokenize(a) => tokenize(a),
         Cmd::Inspect(a) => inspect::inspect(&a.path, a.full),
         Cmd::Bench(a) => bench::bench(a),
@@ -169,16 +283,22 @@ fn fresh_seed() -> u64 {
 }
 
 fn run(a: RunArgs) -> Result<(), CliError> {
-    let seed = a.seed.unwrap_or_else(fresh_seed);
-    let sampling = SamplingParams {
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        min_p: a.min_p,
-        seed,
-    };
+    let seed = a.sampling.seed.unwrap_or_else(fresh_seed);
     // Refuse nonsense before the model is loaded.
-    sampling.validate()?;
+    let sampling = a.sampling.params(seed)?;
+    let beam = match a.beams {
+        Some(num_beams) => Some(BeamParams {
+            num_beams,
+            length_penalty: a.length_penalty,
+            early_stopping: EarlyStopping::parse(&a.early_stopping).ok_or_else(|| {
+                CliError::Usage(format!(
+                    "invalid --early-stopping {:?}: expected true, false or never",
+                    a.early_stopping
+                ))
+            })?,
+        }),
+        None => None,
+    };
     let threads = a
         .threads
         .unwrap_or_else(tuili_core::parallel::physical_cores);
@@ -202,46 +322,157 @@ fn run(a: RunArgs) -> Result<(), CliError> {
         t_load.elapsed().as_secs_f64() * 1e3
     );
     let req = GenerateRequest {
-        prompt: a.prompt.clone(),
-        max_tokens: a.max_tokens,
-        sampling,
         parse_special: !a.no_parse_special,
         ignore_eos: a.ignore_eos,
+        stop: a.stop.clone(),
+        n: a.n_completions,
+        logprobs: a.logprobs,
+        beam,
+        explain: a.explain.filter(|_| a.beams.is_none()),
+        ..GenerateRequest::new(a.prompt.clone(), a.max_tokens, sampling)
     };
     let prompt = engine.prepare(&req)?;
+    let tok = engine.tokenizer();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    if !a.no_echo {
-        out.write_all(a.prompt.as_bytes())?;
-        out.flush()?;
-    }
+    let plain = req.beam.is_none() && req.explain.is_none();
     let mut write_err = None;
-    let stats = engine.generate_from(prompt, &req, &mut |text| match out
-        .write_all(text.as_bytes())
-        .and_then(|_| out.flush())
-    {
-        Ok(()) => ControlFlow::Continue(()),
-        Err(e) => {
-            write_err = Some(e);
-            ControlFlow::Break(())
+    let mut current = usize::MAX;
+    let mut step = 0usize;
+    let stats = engine.generate_from(prompt, &req, &mut |ev| {
+        let r = (|| -> std::io::Result<()> {
+            if plain {
+                if ev.index != current {
+                    current = ev.index;
+                    if req.n > 1 {
+                        writeln!(
+                            out,
+                            "{}--- completion {} ---",
+                            if ev.index > 0 { "\n" } else { "" },
+                            ev.index
+                        )?;
+                    }
+                    if !a.no_echo {
+                        out.write_all(a.prompt.as_bytes())?;
+                    }
+                }
+                out.write_all(ev.text.as_bytes())?;
+                return out.flush();
+            }
+            if let (Some(ex), Some(t)) = (ev.explain, ev.token) {
+                if ev.index != current {
+                    current = ev.index;
+                    step = 0;
+                    if req.n > 1 {
+                        writeln!(out, "=== completion {} ===", ev.index)?;
+                    }
+                }
+                step += 1;
+                writeln!(out, "step {step}: picked {} (id {t})", show(tok, t))?;
+                let w = ex.stages.iter().map(|s| s.name.len()).max().unwrap_or(0);
+                for st in &ex.stages {
+                    let top: Vec<String> = st
+                        .top
+                        .iter()
+                        .map(|&(id, p)| {
+                            let mark = if id == t { "*" } else { "" };
+                            format!("{mark}{} {:.4}", show(tok, id), p)
+                        })
+                        .collect();
+                    writeln!(
+                        out,
+                        "  {:<w$} {:>6} left | {}",
+                        st.name,
+                        st.n_candidates,
+                        top.join("  ")
+                    )?;
+                }
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                write_err = Some(e);
+                ControlFlow::Break(())
+            }
         }
     })?;
     if let Some(e) = write_err {
         return Err(e.into());
     }
-    writeln!(out)?;
+    if plain {
+        writeln!(out)?;
+    }
+    for c in &stats.completions {
+        if req.beam.is_some() {
+            writeln!(
+                out,
+                "beam {} | score {:.4} | {} tokens | {}\n{}{}\n",
+                c.index,
+                c.beam_score.unwrap_or(f64::NAN),
+                c.tokens.len(),
+                c.stop,
+                if a.no_echo { "" } else { a.prompt.as_str() },
+                c.text
+            )?;
+        } else if req.explain.is_some() {
+            writeln!(
+                out,
+                "--- completion {} ({}) ---\n{}{}",
+                c.index,
+                c.stop,
+                if a.no_echo { "" } else { a.prompt.as_str() },
+                c.text
+            )?;
+        }
+        if req.logprobs.is_some() {
+            writeln!(out, "--- logprobs of completion {} ---", c.index)?;
+            for lp in &c.logprobs {
+                let alts: Vec<String> = lp
+                    .top
+                    .iter()
+                    .map(|t| format!("{} {:.4}", show(tok, t.token), t.logprob))
+                    .collect();
+                writeln!(
+                    out,
+                    "{:>24} {:>9.4} | {}",
+                    show(tok, lp.chosen.token),
+                    lp.chosen.logprob,
+                    alts.join("  ")
+                )?;
+            }
+        }
+    }
+    let stops: Vec<String> = stats
+        .completions
+        .iter()
+        .map(|c| c.stop.to_string())
+        .collect();
     eprintln!(
         "prompt: {} tokens in {:.1} ms ({:.1} tokens/s) | generation: {} tokens, {} decode steps in {:.1} ms ({:.1} tokens/s) | stop: {}",
         stats.prompt_tokens.len(),
         stats.prompt_time.as_secs_f64() * 1e3,
         stats.prompt_tps(),
-        stats.tokens.len(),
+        stats.completions.iter().map(|c| c.tokens.len()).sum::<usize>(),
         stats.decode_steps,
         stats.gen_time.as_secs_f64() * 1e3,
         stats.gen_tps(),
-        stats.stop
+        stops.join(", ")
     );
     Ok(())
+}
+
+/// A token as readable text: its decoded string quoted (escapes visible), or its stored piece
+/// when it is part of a multi-byte character.
+fn show(tok: &Tokenizer, id: u32) -> String {
+    match tok.decode(&[id], false) {
+        Ok(t) if !t.contains('\u{FFFD}') => format!("{t:?}"),
+        _ => tok
+            .piece(id)
+            .map(|p| format!("{p:?}"))
+            .unwrap_or_else(|_| format!("<{id}>")),
+    }
 }
 
 fn load_tokenizer(path: &Path) -> Result<Tokenizer, CliError> {

@@ -10,11 +10,18 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod beam;
+mod stop;
+
 use tuili_core::ThreadPool;
 use tuili_formats::GgufFile;
+use tuili_kv::KvCache;
 use tuili_model::{Llama, Logits, Scratch};
-use tuili_sample::{Sampler, SamplingParams};
+use tuili_sample::{Explain, Sampler, SamplingParams, StepLogprobs};
 use tuili_tokenizer::Tokenizer;
+
+pub use beam::{BeamBackend, BeamParams, EarlyStopping, Hypothesis};
+pub use stop::{Matched, StopMatcher};
 
 /// Errors of the engine, each one line a user can act on.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +38,8 @@ pub enum EngineError {
     PromptTooLong { n_prompt: usize, n_ctx: usize },
     #[error("the prompt is empty and the model adds no BOS token: nothing to start from")]
     EmptyPrompt,
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     #[error("invalid setting {name} = {value}: {reason}")]
     BadSetting {
         name: &'static str,
@@ -64,19 +73,58 @@ impl Default for EngineConfig {
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
     pub prompt: String,
+    /// Tokens to generate at most (per completion).
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     /// Recognise control-token text (e.g. `<|im_start|>`) in the prompt.
     pub parse_special: bool,
     /// Keep going past end-of-generation tokens.
     pub ignore_eos: bool,
+    /// Stop strings: generation of a completion ends where one appears (found across token
+    /// boundaries); the string itself and what follows are not emitted.
+    pub stop: Vec<String>,
+    /// Independent completions of the prompt (sampling: each from its own RNG stream, all
+    /// sharing the prompt's prefill); with beam search, the number of beams returned.
+    pub n: usize,
+    /// Record the chosen token's log-probability and the `k` most likely alternatives' at
+    /// each step (`Some(0)`: the chosen token's only).
+    pub logprobs: Option<usize>,
+    /// Beam search instead of sampling.
+    pub beam: Option<BeamParams>,
+    /// Trace the sampler's stages at each step, keeping the `k` most likely candidates.
+    pub explain: Option<usize>,
 }
+
+impl GenerateRequest {
+    /// A request with one completion and every option off.
+    pub fn new(prompt: impl Into<String>, max_tokens: usize, sampling: SamplingParams) -> Self {
+        GenerateRequest {
+            prompt: prompt.into(),
+            max_tokens,
+            sampling,
+            parse_special: true,
+            ignore_eos: false,
+            stop: Vec::new(),
+            n: 1,
+            logprobs: None,
+            beam: None,
+            explain: None,
+        }
+    }
+}
+
+/// Largest `n` and `num_beams` accepted.
+pub const MAX_N: usize = 128;
+/// Largest number of alternatives per step in `logprobs` (OpenAI's limit).
+pub const MAX_LOGPROBS: usize = 20;
 
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
     /// The model produced an end-of-generation token.
     Eos,
+    /// A stop string (index into the request's list) appeared.
+    StopString(usize),
     MaxTokens,
     /// The context filled up.
     ContextFull,
@@ -88,6 +136,7 @@ impl std::fmt::Display for StopReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             StopReason::Eos => "end of text",
+            StopReason::StopString(_) => "stop string",
             StopReason::MaxTokens => "max tokens",
             StopReason::ContextFull => "context full",
             StopReason::Cancelled => "cancelled",
@@ -95,14 +144,29 @@ impl std::fmt::Display for StopReason {
     }
 }
 
+/// One completion of a prompt.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// Its place among the request's `n` (beam search: 0 is the best).
+    pub index: usize,
+    /// Generated ids (an end-of-generation token that stopped it not included; the token
+    /// that completed a stop string included).
+    pub tokens: Vec<u32>,
+    /// The generated text, a stop string and what followed it cut off.
+    pub text: String,
+    pub stop: StopReason,
+    /// One entry per token of `tokens` when the request asked for logprobs.
+    pub logprobs: Vec<StepLogprobs>,
+    /// Beam search: the hypothesis' score, `sum_logprobs / len^length_penalty`.
+    pub beam_score: Option<f64>,
+}
+
 /// What a generation did, and how fast.
 #[derive(Debug, Clone)]
 pub struct GenerationStats {
     pub prompt_tokens: Vec<u32>,
-    /// Generated ids (an end-of-generation token that stopped the run not included).
-    pub tokens: Vec<u32>,
-    pub text: String,
-    pub stop: StopReason,
+    /// The completions, in index order.
+    pub completions: Vec<Completion>,
     pub prompt_time: Duration,
     /// Time of the decode steps (one forward pass per generated token after the first).
     pub gen_time: Duration,
@@ -117,6 +181,26 @@ impl GenerationStats {
     pub fn gen_tps(&self) -> f64 {
         self.decode_steps as f64 / self.gen_time.as_secs_f64().max(1e-9)
     }
+
+    /// The first (for beam search: the best) completion.
+    pub fn first(&self) -> &Completion {
+        // Invariant: a successful generation has n ≥ 1 completions.
+        &self.completions[0]
+    }
+}
+
+/// What the callback of [`Engine::generate`] sees after each generated token.
+#[derive(Debug)]
+pub struct TokenEvent<'a> {
+    /// Which completion.
+    pub index: usize,
+    /// The token, or `None` for the text held back until the end of a completion (the tail
+    /// of a split character or of a possible stop string), or for a finished beam.
+    pub token: Option<u32>,
+    /// Text that became final with this token (whole characters; may be empty).
+    pub text: &'a str,
+    pub logprobs: Option<&'a StepLogprobs>,
+    pub explain: Option<&'a Explain>,
 }
 
 /// A loaded model and tokenizer, ready to generate.
@@ -219,24 +303,77 @@ impl Engine {
         Ok(self.tokenizer.encode(prompt, true, parse_special)?)
     }
 
-    /// Generates a continuation of `req.prompt`. `on_text` receives the text as it is
-    /// produced (whole UTF-8 characters only) and may return `ControlFlow::Break(())` to stop.
+    /// Generates continuations of `req.prompt`. `on_token` sees each generated token with the
+    /// text it made final, and may return `ControlFlow::Break(())` to stop (the completion
+    /// being generated ends as `Cancelled`, and no further completion is started).
     pub fn generate(
         &self,
         req: &GenerateRequest,
-        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        on_token: &mut dyn FnMut(&TokenEvent) -> ControlFlow<()>,
     ) -> Result<GenerationStats, EngineError> {
         let prompt = self.prepare(req)?;
-        self.generate_from(prompt, req, on_text)
+        self.generate_from(prompt, req, on_token)
     }
 
-    /// Checks a request (sampling parameters, prompt length) and tokenizes its prompt,
-    /// without running the model: what can be refused is refused here.
+    /// Checks a request (sampling and beam parameters, `n`, prompt length) and tokenizes its
+    /// prompt, without running the model: what can be refused is refused here.
     pub fn prepare(&self, req: &GenerateRequest) -> Result<Vec<u32>, EngineError> {
-        req.sampling.validate()?;
+        self.check_request(req)?;
         let prompt = self.tokenize_prompt(&req.prompt, req.parse_special)?;
         self.check_prompt(&prompt)?;
         Ok(prompt)
+    }
+
+    fn check_request(&self, req: &GenerateRequest) -> Result<(), EngineError> {
+        let bad = |name: &'static str, value: String, reason: String| {
+            Err(EngineError::BadSetting {
+                name,
+                value,
+                reason,
+            })
+        };
+        req.sampling.validate_vocab(self.model.config().n_vocab)?;
+        if req.n == 0 || req.n > MAX_N {
+            return bad("n", req.n.to_string(), format!("must be 1 to {MAX_N}"));
+        }
+        if let Some(k) = req.logprobs {
+            if k > MAX_LOGPROBS {
+                return bad(
+                    "logprobs",
+                    k.to_string(),
+                    format!("at most {MAX_LOGPROBS} alternatives per token"),
+                );
+            }
+        }
+        if let Some(k) = req.explain {
+            if k == 0 || k > 100 {
+                return bad("explain", k.to_string(), "must be 1 to 100".into());
+            }
+        }
+        if let Some(b) = &req.beam {
+            if b.num_beams < 2 || b.num_beams > MAX_N {
+                return bad(
+                    "num_beams",
+                    b.num_beams.to_string(),
+                    format!("must be 2 to {MAX_N} (one beam is greedy decoding: temperature 0)"),
+                );
+            }
+            if req.n > b.num_beams {
+                return bad(
+                    "n",
+                    req.n.to_string(),
+                    format!("beam search returns at most num_beams = {}", b.num_beams),
+                );
+            }
+            if !b.length_penalty.is_finite() {
+                return bad(
+                    "length_penalty",
+                    b.length_penalty.to_string(),
+                    "must be a finite number".into(),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// A prompt must hold at least one token and fit in the context.
@@ -258,74 +395,327 @@ impl Engine {
         &self,
         prompt: Vec<u32>,
         req: &GenerateRequest,
-        on_text: &mut dyn FnMut(&str) -> ControlFlow<()>,
+        on_token: &mut dyn FnMut(&TokenEvent) -> ControlFlow<()>,
     ) -> Result<GenerationStats, EngineError> {
-        let mut sampler = Sampler::new(req.sampling.clone())?;
+        self.check_request(req)?;
         self.check_prompt(&prompt)?;
-        let pool = &self.pool;
-        let mut kv = self.model.new_cache(self.n_ctx)?;
+        let cfg = self.model.config();
         let mut scratch = Scratch::new();
 
+        // Prefill once, into a cache of exactly the prompt's size, frozen and shared by every
+        // completion (or beam), which owns only the rows it appends.
         let t0 = Instant::now();
+        let mut kv = KvCache::new(cfg.n_layer, prompt.len(), cfg.kv_dim())
+            .map_err(tuili_model::ModelError::from)?;
+        let mut first = Vec::new();
         let chunks: Vec<&[u32]> = prompt.chunks(self.cfg.n_batch).collect();
-        let mut next = 0u32;
         for (i, chunk) in chunks.iter().enumerate() {
             let last = i + 1 == chunks.len();
             let which = if last { Logits::Last } else { Logits::None };
             let logits = self
                 .model
-                .forward(chunk, &mut kv, &mut scratch, which, pool)?;
+                .forward(chunk, &mut kv, &mut scratch, which, &self.pool)?;
             if last {
-                next = sampler.sample(logits)?;
+                first = logits.to_vec();
             }
         }
+        let prefix = Arc::new(kv);
         let prompt_time = t0.elapsed();
+        // Room each completion needs after the prompt: the last sampled token needs no slot.
+        let extra = req
+            .max_tokens
+            .saturating_sub(1)
+            .min(self.n_ctx - prompt.len());
 
-        let mut stream = self.tokenizer.stream(&prompt)?;
-        let mut tokens = Vec::new();
-        let mut text = String::new();
-        let mut decode_steps = 0;
         let t1 = Instant::now();
+        let mut run = Run {
+            engine: self,
+            req,
+            prompt: &prompt,
+            prefix: &prefix,
+            extra,
+            first: &first,
+            scratch,
+            decode_steps: 0,
+        };
+        let completions = match &req.beam {
+            Some(bp) => run.beams(bp, on_token)?,
+            None => {
+                let mut out = Vec::with_capacity(req.n);
+                for index in 0..req.n {
+                    let c = run.sample(index, on_token)?;
+                    let cancelled = c.stop == StopReason::Cancelled;
+                    out.push(c);
+                    if cancelled {
+                        break;
+                    }
+                }
+                out
+            }
+        };
+        Ok(GenerationStats {
+            prompt_tokens: prompt.clone(),
+            completions,
+            prompt_time,
+            gen_time: t1.elapsed(),
+            decode_steps: run.decode_steps,
+        })
+    }
+}
+
+/// The state of one request's decoding after its prefill.
+struct Run<'a> {
+    engine: &'a Engine,
+    req: &'a GenerateRequest,
+    prompt: &'a [u32],
+    /// The prompt's keys and values, shared.
+    prefix: &'a Arc<KvCache>,
+    /// Positions each completion may append.
+    extra: usize,
+    /// Logits after the prompt.
+    first: &'a [f32],
+    scratch: Scratch,
+    decode_steps: usize,
+}
+
+impl Run<'_> {
+    /// One sampled completion, from stream `index` of the seed.
+    fn sample(
+        &mut self,
+        index: usize,
+        on_token: &mut dyn FnMut(&TokenEvent) -> ControlFlow<()>,
+    ) -> Result<Completion, EngineError> {
+        let (e, req) = (self.engine, self.req);
+        let n_vocab = e.model.config().n_vocab;
+        let mut sampler = Sampler::with_stream(req.sampling.clone(), n_vocab, index as u64)?;
+        sampler.reserve(self.prompt.len() + req.max_tokens.min(e.n_ctx));
+        sampler.accept_all(self.prompt);
+        let mut kv =
+            KvCache::fork(self.prefix, self.extra).map_err(tuili_model::ModelError::from)?;
+        let mut stream = e.tokenizer.stream(self.prompt)?;
+        let mut stops = StopMatcher::new(&req.stop);
+        let mut explain = Explain::default();
+        let mut c = Completion {
+            index,
+            tokens: Vec::new(),
+            text: String::new(),
+            stop: StopReason::MaxTokens,
+            logprobs: Vec::new(),
+            beam_score: None,
+        };
+        let mut logits: &[f32] = self.first;
         let stop = loop {
             if req.max_tokens == 0 {
                 break StopReason::MaxTokens;
             }
-            if !req.ignore_eos && self.tokenizer.is_eog(next) {
+            let next = match req.explain {
+                Some(k) => sampler.sample_explained(logits, k, &mut explain)?,
+                None => sampler.sample(logits)?,
+            };
+            if !req.ignore_eos && e.tokenizer.is_eog(next) {
                 break StopReason::Eos;
             }
-            tokens.push(next);
-            if let Some(piece) = stream.step(next)? {
-                text.push_str(&piece);
-                if on_text(&piece).is_break() {
-                    break StopReason::Cancelled;
-                }
+            sampler.accept(next);
+            c.tokens.push(next);
+            if let Some(k) = req.logprobs {
+                c.logprobs.push(tuili_sample::logprobs(logits, next, k));
             }
-            if tokens.len() >= req.max_tokens {
+            let piece = stream.step(next)?.unwrap_or_default();
+            let (emit, stopped) = match stops.push(&piece) {
+                Matched::Emit(t) => (t, None),
+                Matched::Stop { index, emit } => (emit, Some(index)),
+            };
+            c.text.push_str(&emit);
+            let ev = TokenEvent {
+                index,
+                token: Some(next),
+                text: &emit,
+                logprobs: c.logprobs.last().filter(|_| req.logprobs.is_some()),
+                explain: req.explain.map(|_| &explain),
+            };
+            if on_token(&ev).is_break() {
+                break StopReason::Cancelled;
+            }
+            if let Some(i) = stopped {
+                break StopReason::StopString(i);
+            }
+            if c.tokens.len() >= req.max_tokens {
                 break StopReason::MaxTokens;
             }
-            if kv.len() >= self.n_ctx {
+            if kv.len() >= e.n_ctx {
                 break StopReason::ContextFull;
             }
-            let logits = self
+            logits = e
                 .model
-                .forward(&[next], &mut kv, &mut scratch, Logits::Last, pool)?;
-            decode_steps += 1;
-            next = sampler.sample(logits)?;
+                .forward(&[next], &mut kv, &mut self.scratch, Logits::Last, &e.pool)?;
+            self.decode_steps += 1;
         };
-        if stop != StopReason::Cancelled {
-            if let Some(rest) = stream.flush()? {
-                text.push_str(&rest);
-                let _ = on_text(&rest);
+        c.stop = stop;
+        if !matches!(stop, StopReason::Cancelled | StopReason::StopString(_)) {
+            let mut rest = stream.flush()?.unwrap_or_default();
+            match stops.push(&rest) {
+                Matched::Emit(t) => rest = t + &stops.flush(),
+                Matched::Stop { index, emit } => {
+                    rest = emit;
+                    c.stop = StopReason::StopString(index);
+                }
+            }
+            if !rest.is_empty() {
+                c.text.push_str(&rest);
+                let _ = on_token(&TokenEvent {
+                    index,
+                    token: None,
+                    text: &rest,
+                    logprobs: None,
+                    explain: None,
+                });
             }
         }
-        Ok(GenerationStats {
-            prompt_tokens: prompt,
-            tokens,
-            text,
-            stop,
-            prompt_time,
-            gen_time: t1.elapsed(),
-            decode_steps,
-        })
+        Ok(c)
+    }
+
+    /// Beam search; every beam is a fork of the prompt's cache.
+    fn beams(
+        &mut self,
+        bp: &BeamParams,
+        on_token: &mut dyn FnMut(&TokenEvent) -> ControlFlow<()>,
+    ) -> Result<Vec<Completion>, EngineError> {
+        let (e, req) = (self.engine, self.req);
+        let max_new = req.max_tokens.min(e.n_ctx - self.prompt.len() + 1);
+        if max_new == 0 {
+            return Ok(vec![Completion {
+                index: 0,
+                tokens: Vec::new(),
+                text: String::new(),
+                stop: StopReason::MaxTokens,
+                logprobs: Vec::new(),
+                beam_score: None,
+            }]);
+        }
+        let eos: Vec<u32> = if req.ignore_eos {
+            Vec::new()
+        } else {
+            e.tokenizer.eog_ids().to_vec()
+        };
+        let mut backend = KvBeams {
+            engine: e,
+            caches: (0..bp.num_beams)
+                .map(|_| KvCache::fork(self.prefix, self.extra))
+                .collect::<Result<_, _>>()
+                .map_err(tuili_model::ModelError::from)?,
+            scratch: &mut self.scratch,
+            steps: 0,
+        };
+        let hyps = beam::beam_search(
+            &mut backend,
+            self.first,
+            self.prompt,
+            &eos,
+            bp,
+            &req.sampling,
+            max_new,
+            req.n,
+        )?;
+        self.decode_steps += backend.steps;
+        let mut out = Vec::with_capacity(hyps.len());
+        for (index, h) in hyps.into_iter().enumerate() {
+            let mut stream = e.tokenizer.stream(self.prompt)?;
+            let mut raw = String::new();
+            for &t in &h.tokens {
+                raw.push_str(&stream.step(t)?.unwrap_or_default());
+            }
+            raw.push_str(&stream.flush()?.unwrap_or_default());
+            // Stop strings cut the finished text (they do not steer the search).
+            let mut stops = StopMatcher::new(&req.stop);
+            let (text, stop) = match stops.push(&raw) {
+                Matched::Stop { index, emit } => (emit, StopReason::StopString(index)),
+                Matched::Emit(t) => (
+                    t + &stops.flush(),
+                    if h.finished {
+                        StopReason::Eos
+                    } else if h.tokens.len() >= req.max_tokens {
+                        StopReason::MaxTokens
+                    } else {
+                        StopReason::ContextFull
+                    },
+                ),
+            };
+            let logprobs = Vec::new();
+            let _ = on_token(&TokenEvent {
+                index,
+                token: None,
+                text: &text,
+                logprobs: None,
+                explain: None,
+            });
+            out.push(Completion {
+                index,
+                tokens: h.tokens,
+                text,
+                stop,
+                logprobs,
+                beam_score: Some(h.score),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The model as a beam-search backend: one forked cache per beam.
+struct KvBeams<'a> {
+    engine: &'a Engine,
+    caches: Vec<KvCache>,
+    scratch: &'a mut Scratch,
+    steps: usize,
+}
+
+impl BeamBackend for KvBeams<'_> {
+    type Error = EngineError;
+
+    fn step(
+        &mut self,
+        parents: &[usize],
+        tokens: &[u32],
+        out: &mut [f32],
+    ) -> Result<(), EngineError> {
+        let e = self.engine;
+        let nv = e.model.config().n_vocab;
+        // Reorder: the first child of a parent takes its cache as it is; any further child
+        // copies the parent's own rows into the cache of a beam nobody continues.
+        let mut old: Vec<Option<KvCache>> = std::mem::take(&mut self.caches)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut taken: Vec<Option<usize>> = vec![None; old.len()];
+        let mut new: Vec<Option<KvCache>> = (0..parents.len()).map(|_| None).collect();
+        for (i, &p) in parents.iter().enumerate() {
+            if taken[p].is_none() {
+                new[i] = old[p].take();
+                taken[p] = Some(i);
+            }
+        }
+        let mut spare = old.into_iter().flatten();
+        for (i, &p) in parents.iter().enumerate() {
+            if new[i].is_none() {
+                // Invariant: as many caches are unused as there are extra children.
+                let mut c = spare
+                    .next()
+                    .ok_or(EngineError::Internal("beam cache pool exhausted"))?;
+                let src = taken[p]
+                    .and_then(|j| new[j].as_ref())
+                    .ok_or(EngineError::Internal("beam parent lost"))?;
+                c.copy_from(src).map_err(tuili_model::ModelError::from)?;
+                new[i] = Some(c);
+            }
+        }
+        self.caches = new.into_iter().flatten().collect();
+        for (i, (&t, kv)) in tokens.iter().zip(self.caches.iter_mut()).enumerate() {
+            let logits = e
+                .model
+                .forward(&[t], kv, self.scratch, Logits::Last, &e.pool)?;
+            out[i * nv..(i + 1) * nv].copy_from_slice(logits);
+        }
+        self.steps += 1;
+        Ok(())
     }
 }

@@ -24,13 +24,7 @@ fn engine(n_ctx: usize) -> Engine {
 }
 
 fn req(prompt: &str, max_tokens: usize, sampling: SamplingParams) -> GenerateRequest {
-    GenerateRequest {
-        prompt: prompt.into(),
-        max_tokens,
-        sampling,
-        parse_special: true,
-        ignore_eos: false,
-    }
+    GenerateRequest::new(prompt, max_tokens, sampling)
 }
 
 /// Tokenization, greedy ids and text equal llama.cpp's for every golden prompt (prefill in
@@ -60,8 +54,8 @@ fn greedy_generation_matches_llama_cpp() {
         let stats = e
             .generate(
                 &req(prompt, want.len(), SamplingParams::greedy()),
-                &mut |t| {
-                    streamed.push_str(t);
+                &mut |ev| {
+                    streamed.push_str(ev.text);
                     ControlFlow::Continue(())
                 },
             )
@@ -70,14 +64,14 @@ fn greedy_generation_matches_llama_cpp() {
             stats.prompt_tokens, want_prompt,
             "tokenization of {prompt:?}"
         );
-        assert_eq!(stats.tokens, want, "greedy ids for {prompt:?}");
-        assert_eq!(stats.stop, StopReason::MaxTokens);
-        assert_eq!(stats.text, streamed);
+        assert_eq!(stats.first().tokens, want, "greedy ids for {prompt:?}");
+        assert_eq!(stats.first().stop, StopReason::MaxTokens);
+        assert_eq!(stats.first().text, streamed);
         let want_text = case["greedy_text"].as_str().unwrap();
         // llama.cpp's detokenize keeps the first piece's leading space; the stream after a
         // prompt keeps it too, and after a BOS-only prompt drops it.
         assert_eq!(
-            stats.text.trim_start(),
+            stats.first().text.trim_start(),
             want_text.trim_start(),
             "text for {prompt:?}"
         );
@@ -93,13 +87,16 @@ fn sampling_is_reproducible_by_seed() {
         top_p: 0.95,
         min_p: 0.0,
         seed,
+        ..SamplingParams::default()
     };
     let run = |seed| {
         e.generate(&req("Once upon a time", 40, sampling(seed)), &mut |_| {
             ControlFlow::Continue(())
         })
         .unwrap()
+        .first()
         .tokens
+        .clone()
     };
     let a = run(1);
     assert_eq!(a, run(1));
@@ -119,9 +116,9 @@ fn stops_and_errors() {
             &mut |_| ControlFlow::Continue(()),
         )
         .unwrap();
-    assert_eq!(stats.stop, StopReason::ContextFull);
+    assert_eq!(stats.first().stop, StopReason::ContextFull);
     assert_eq!(
-        stats.prompt_tokens.len() + stats.tokens.len(),
+        stats.prompt_tokens.len() + stats.first().tokens.len(),
         17,
         "the last sampled token needs no cache slot"
     );
@@ -140,8 +137,8 @@ fn stops_and_errors() {
             },
         )
         .unwrap();
-    assert_eq!(stats.stop, StopReason::Cancelled);
-    assert_eq!(stats.tokens.len(), 3);
+    assert_eq!(stats.first().stop, StopReason::Cancelled);
+    assert_eq!(stats.first().tokens.len(), 3);
     // Too long a prompt is refused before any work.
     let long = "Once upon a time ".repeat(20);
     match e.generate(&req(&long, 1, SamplingParams::greedy()), &mut |_| {
@@ -168,7 +165,7 @@ fn stops_and_errors() {
             ControlFlow::Continue(())
         })
         .unwrap();
-    assert!(stats.tokens.is_empty());
+    assert!(stats.first().tokens.is_empty());
     // Settings.
     let bad_cfg = EngineConfig {
         n_ctx: 8,
@@ -230,8 +227,8 @@ fn stops_at_eos() {
             ControlFlow::Continue(())
         })
         .unwrap();
-    assert_eq!(stats.stop, StopReason::Eos);
-    assert!(stats.tokens.is_empty() && stats.text.is_empty());
+    assert_eq!(stats.first().stop, StopReason::Eos);
+    assert!(stats.first().tokens.is_empty() && stats.first().text.is_empty());
     let stats = e
         .generate(
             &GenerateRequest {
@@ -241,6 +238,6 @@ fn stops_at_eos() {
             &mut |_| ControlFlow::Continue(()),
         )
         .unwrap();
-    assert_eq!(stats.stop, StopReason::MaxTokens);
-    assert_eq!(stats.tokens[0], 2);
+    assert_eq!(stats.first().stop, StopReason::MaxTokens);
+    assert_eq!(stats.first().tokens[0], 2);
 }

@@ -48,23 +48,34 @@ fn check(model: &Llama, label: &str) {
     pool.run(&|_, _| {});
     let mut kv = model.new_cache(64).unwrap();
     let mut scratch = Scratch::new();
-    let mut sampler = Sampler::new(SamplingParams {
-        temperature: 0.8,
-        top_k: 40,
-        top_p: 0.9,
-        min_p: 0.05,
-        seed: 1,
-    })
+    // The default chain plus every per-token processor.
+    let mut sampler = Sampler::new(
+        SamplingParams {
+            top_p: 0.9,
+            repetition_penalty: 1.1,
+            presence_penalty: 0.2,
+            frequency_penalty: 0.1,
+            logit_bias: vec![(3, -1.0)],
+            no_repeat_ngram_size: 3,
+            seed: 1,
+            ..SamplingParams::default()
+        },
+        model.config().n_vocab,
+    )
     .unwrap();
+    sampler.reserve(64);
+    sampler.accept_all(&[1, 5, 9]);
     // Prefill and one decode step size every buffer.
     let logits = model
         .forward(&[1, 5, 9], &mut kv, &mut scratch, Logits::Last, &pool)
         .unwrap();
     let mut next = sampler.sample(logits).unwrap();
+    sampler.accept(next);
     let logits = model
         .forward(&[next], &mut kv, &mut scratch, Logits::Last, &pool)
         .unwrap();
     next = sampler.sample(logits).unwrap();
+    sampler.accept(next);
     ALLOCS.store(0, Ordering::SeqCst);
     COUNTING.store(true, Ordering::SeqCst);
     for _ in 0..20 {
@@ -72,6 +83,7 @@ fn check(model: &Llama, label: &str) {
             .forward(&[next], &mut kv, &mut scratch, Logits::Last, &pool)
             .unwrap();
         next = sampler.sample(logits).unwrap();
+        sampler.accept(next);
     }
     COUNTING.store(false, Ordering::SeqCst);
     assert_eq!(

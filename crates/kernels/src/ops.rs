@@ -112,15 +112,18 @@ pub fn rope(
 
 /// Causal attention of the query heads that share one KV head, for one token:
 /// for each head g, s = softmax(q_g · K[p]ᵀ · scale) over positions p < len, then
-/// out_g = Σ_p s[p] · V[p]. `q` is `[group, hd]`; `keys`/`values` are the cache rows
-/// (`row_stride` floats apart, this KV head's `hd` floats at `kv_off`); `scores` is scratch of
-/// at least `group · len`; `out` is `[group, hd]`.
+/// out_g = Σ_p s[p] · V[p]. `q` is `[group, hd]`; the cache rows come in two segments
+/// (a shared prefix and a sequence's own rows): positions `0..split` are rows of `keys[0]` /
+/// `values[0]`, positions `split..len` rows of `keys[1]` / `values[1]` (rows `row_stride`
+/// floats apart, this KV head's `hd` floats at `kv_off`); `scores` is scratch of at least
+/// `group · len`; `out` is `[group, hd]`.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_group(
     isa: crate::cpu::Isa,
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: [&[f32]; 2],
+    values: [&[f32]; 2],
+    split: usize,
     row_stride: usize,
     kv_off: usize,
     hd: usize,
@@ -135,14 +138,14 @@ pub fn attend_group(
         // are present.
         unsafe {
             attend_group_avx2(
-                q, keys, values, row_stride, kv_off, hd, len, scale, scores, out,
+                q, keys, values, split, row_stride, kv_off, hd, len, scale, scores, out,
             )
         };
         return;
     }
     let _ = isa;
     attend_group_body(
-        q, keys, values, row_stride, kv_off, hd, len, scale, scores, out,
+        q, keys, values, split, row_stride, kv_off, hd, len, scale, scores, out,
     )
 }
 
@@ -153,8 +156,9 @@ pub fn attend_group(
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend_group_avx2(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: [&[f32]; 2],
+    values: [&[f32]; 2],
+    split: usize,
     row_stride: usize,
     kv_off: usize,
     hd: usize,
@@ -164,7 +168,7 @@ unsafe fn attend_group_avx2(
     out: &mut [f32],
 ) {
     attend_group_body(
-        q, keys, values, row_stride, kv_off, hd, len, scale, scores, out,
+        q, keys, values, split, row_stride, kv_off, hd, len, scale, scores, out,
     )
 }
 
@@ -172,8 +176,9 @@ unsafe fn attend_group_avx2(
 #[allow(clippy::too_many_arguments)]
 fn attend_group_body(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: [&[f32]; 2],
+    values: [&[f32]; 2],
+    split: usize,
     row_stride: usize,
     kv_off: usize,
     hd: usize,
@@ -183,8 +188,26 @@ fn attend_group_body(
     out: &mut [f32],
 ) {
     let group = q.len() / hd;
+    // Row p of a segmented cache (the branch is taken the same way for long runs of p).
+    // Row p of a segmented cache (the branch goes the same way for long runs of p).
+    #[inline(always)]
+    fn row(
+        seg: [&[f32]; 2],
+        split: usize,
+        p: usize,
+        stride: usize,
+        off: usize,
+        hd: usize,
+    ) -> &[f32] {
+        let (s, r) = if p < split {
+            (seg[0], p)
+        } else {
+            (seg[1], p - split)
+        };
+        &s[r * stride + off..r * stride + off + hd]
+    }
     for p in 0..len {
-        let k = &keys[p * row_stride + kv_off..p * row_stride + kv_off + hd];
+        let k = row(keys, split, p, row_stride, kv_off, hd);
         for g in 0..group {
             let qg = &q[g * hd..(g + 1) * hd];
             let mut acc = [0f32; 8];
@@ -206,7 +229,7 @@ fn attend_group_body(
     }
     out[..group * hd].fill(0.0);
     for p in 0..len {
-        let v = &values[p * row_stride + kv_off..p * row_stride + kv_off + hd];
+        let v = row(values, split, p, row_stride, kv_off, hd);
         for g in 0..group {
             let s = scores[g * len + p];
             let o = &mut out[g * hd..(g + 1) * hd];

@@ -436,8 +436,7 @@ impl Llama {
         let (hd, qd, kvd) = (cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
         let group = cfg.n_head / cfg.n_head_kv;
         let total = pos0 + n;
-        let keys = kv.keys(layer, total);
-        let values = kv.values(layer, total);
+        let rows = kv.layer(layer, total);
         let scale = 1.0 / (hd as f32).sqrt();
         let out = SharedOut::new(att);
         // As in `matmul`: only wake workers when each gets a worthwhile share.
@@ -460,8 +459,9 @@ impl Llama {
                 ops::attend_group(
                     self.isa,
                     &q[i * qd + heads.start * hd..i * qd + heads.end * hd],
-                    keys,
-                    values,
+                    rows.keys,
+                    rows.values,
+                    rows.split,
                     kvd,
                     kvh * hd,
                     hd,
