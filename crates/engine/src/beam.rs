@@ -426,4 +426,72 @@ mod tests {
         // With length penalty 0, "never" is exact up to beam pruning: never worse than 2 beams.
         assert!(run(2, EarlyStopping::Never)[0].score <= wide[0].score + 1e-9);
     }
+
+    /// The same searches as Hugging Face's beam search (a numpy re-implementation of its
+    /// scorer and loop, `scripts/golden-beam.py`) over a grid of beams, length penalties,
+    /// stopping rules, n-gram bans and repetition penalties: the same sequences in the same
+    /// order, the same scores.
+    #[test]
+    fn matches_hugging_face_semantics() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/golden/beam-hf.json"
+        );
+        let golden: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let ids = |v: &serde_json::Value| -> Vec<u32> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect()
+        };
+        let cases = golden["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), 288);
+        for (ci, c) in cases.iter().enumerate() {
+            let prompt = ids(&c["prompt"]);
+            let nv = c["n_vocab"].as_u64().unwrap() as usize;
+            let bias = c["eos_bias"].as_f64().unwrap();
+            let nb = c["num_beams"].as_u64().unwrap() as usize;
+            let params = BeamParams {
+                num_beams: nb,
+                length_penalty: c["length_penalty"].as_f64().unwrap() as f32,
+                early_stopping: EarlyStopping::parse(c["early_stopping"].as_str().unwrap())
+                    .unwrap(),
+            };
+            let proc = SamplingParams {
+                no_repeat_ngram_size: c["no_repeat_ngram_size"].as_u64().unwrap() as usize,
+                repetition_penalty: c["repetition_penalty"].as_f64().unwrap() as f32,
+                penalty_last_n: -1,
+                ..SamplingParams::greedy()
+            };
+            let mut toy = Toy {
+                nv,
+                eos_bias: bias,
+                beams: vec![prompt.clone(); nb],
+            };
+            let got = beam_search(
+                &mut toy,
+                &logits(&prompt, nv, bias),
+                &prompt,
+                &[0],
+                &params,
+                &proc,
+                c["max_new_tokens"].as_u64().unwrap() as usize,
+                nb,
+            )
+            .unwrap();
+            let want: Vec<Vec<u32>> = c["sequences"].as_array().unwrap().iter().map(ids).collect();
+            let got_seqs: Vec<Vec<u32>> = got.iter().map(|h| h.tokens.clone()).collect();
+            assert_eq!(got_seqs, want, "case {ci}: {c}");
+            for (h, w) in got.iter().zip(c["scores"].as_array().unwrap()) {
+                let w = w.as_f64().unwrap();
+                assert!(
+                    (h.score - w).abs() <= 1e-4 * w.abs().max(1.0),
+                    "case {ci}: score {} vs {w}",
+                    h.score
+                );
+            }
+        }
+    }
 }

@@ -53,7 +53,8 @@ pub fn apply_penalties(
 /// as Hugging Face's `NoRepeatNGramLogitsProcessor` does: the n-grams are those of the whole
 /// context, and the candidate n-gram is the last n − 1 tokens followed by the next one.
 pub fn ban_repeated_ngrams(scores: &mut [f32], history: &[u32], n: usize) {
-    if n == 0 || history.len() + 1 < n {
+    // Fewer than n tokens hold no complete n-gram to repeat.
+    if n == 0 || history.len() < n {
         return;
     }
     let prefix = &history[history.len() + 1 - n..];
@@ -118,9 +119,11 @@ mod tests {
         assert_eq!(s[4], f32::NEG_INFINITY);
         assert_eq!(s[0], 0.0);
         // Too short a history bans nothing.
-        let mut s = vec![0.0f32; 5];
-        ban_repeated_ngrams(&mut s, &[1], 3);
-        assert!(s.iter().all(|&x| x == 0.0));
+        for (h, n) in [(&[1u32][..], 3), (&[1], 2), (&[], 1)] {
+            let mut s = vec![0.0f32; 5];
+            ban_repeated_ngrams(&mut s, h, n);
+            assert!(s.iter().all(|&x| x == 0.0));
+        }
         // n = 2: history 1 2 1 → bigram (1, 2) exists, 2 is banned after 1.
         let mut s = vec![0.0f32; 5];
         ban_repeated_ngrams(&mut s, &[1, 2, 1], 2);
