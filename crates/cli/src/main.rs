@@ -299,6 +299,17 @@ fn run(a: RunArgs) -> Result<(), CliError> {
         }),
         None => None,
     };
+    let req = GenerateRequest {
+        parse_special: !a.no_parse_special,
+        ignore_eos: a.ignore_eos,
+        stop: a.stop.clone(),
+        n: a.n_completions,
+        logprobs: a.logprobs,
+        beam,
+        explain: a.explain.filter(|_| a.beams.is_none()),
+        ..GenerateRequest::new(a.prompt.clone(), a.max_tokens, sampling)
+    };
+    req.validate()?;
     let threads = a
         .threads
         .unwrap_or_else(tuili_core::parallel::physical_cores);
@@ -321,18 +332,9 @@ fn run(a: RunArgs) -> Result<(), CliError> {
         threads,
         t_load.elapsed().as_secs_f64() * 1e3
     );
-    let req = GenerateRequest {
-        parse_special: !a.no_parse_special,
-        ignore_eos: a.ignore_eos,
-        stop: a.stop.clone(),
-        n: a.n_completions,
-        logprobs: a.logprobs,
-        beam,
-        explain: a.explain.filter(|_| a.beams.is_none()),
-        ..GenerateRequest::new(a.prompt.clone(), a.max_tokens, sampling)
-    };
     let prompt = engine.prepare(&req)?;
     let tok = engine.tokenizer();
+
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let plain = req.beam.is_none() && req.explain.is_none();

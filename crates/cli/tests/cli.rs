@@ -167,3 +167,79 @@ fn errors_are_one_line() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The decoding options of `tuili run`: --explain, --beams, -N, --stop, --logprobs, and clear
+/// errors for nonsense values.
+#[test]
+fn run_decoding_options() {
+    let m = stories();
+    let m = m.to_str().unwrap();
+    let base = [
+        "run",
+        "-m",
+        m,
+        "-p",
+        "Once upon a time",
+        "-n",
+        "6",
+        "--seed",
+        "5",
+    ];
+    let with = |extra: &[&str]| {
+        let mut a: Vec<&str> = base.to_vec();
+        a.extend_from_slice(extra);
+        tuili(&a)
+    };
+    let out = with(&["--explain", "3", "--repeat-penalty", "1.1", "--top-k", "20"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert_eq!(s.matches("step ").count(), 6, "{s}");
+    for stage in [
+        "model",
+        "penalties(repeat=1.1,last_n=64)",
+        "top_k=20",
+        "top_p=0.95",
+        "min_p=0.05",
+        "temperature=0.8",
+    ] {
+        assert!(s.contains(stage), "{stage} missing in {s}");
+    }
+    let out = with(&["--beams", "3", "-N", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("beam 0 | score") && s.contains("beam 1 | score"),
+        "{s}"
+    );
+    assert!(!s.contains("beam 2"));
+    let out = with(&["-N", "3", "--stop", "zzz", "--logprobs", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("--- completion 2 ---") && s.contains("--- logprobs of completion 2 ---"),
+        "{s}"
+    );
+    for (args, needle) in [
+        (&["--logit-bias", "abc"][..], "--logit-bias"),
+        (&["--samplers", "top_k;nope"][..], "samplers"),
+        (&["--typical-p", "0"][..], "typical_p"),
+        (&["--beams", "1"][..], "num_beams"),
+        (
+            &["--early-stopping", "maybe", "--beams", "2"][..],
+            "--early-stopping",
+        ),
+        (&["--logit-bias", "99999=1"][..], "outside the vocabulary"),
+    ] {
+        let out = with(args);
+        assert!(!out.status.success(), "{args:?}");
+        // One error line (after the load line when the check needs the model's vocabulary).
+        let e = text(&out.stderr);
+        let last = e.lines().last().unwrap_or("");
+        assert!(
+            last.starts_with("error: ") && last.contains(needle),
+            "{args:?}: {e}"
+        );
+        assert_eq!(e.matches("error").count(), 1, "{e}");
+        assert!(!e.contains("panicked"), "{e}");
+    }
+}

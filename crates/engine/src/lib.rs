@@ -111,6 +111,61 @@ impl GenerateRequest {
             explain: None,
         }
     }
+
+    /// Checks every setting that does not depend on the model (the sampling parameters, `n`,
+    /// logprobs, explain, beams); the engine also checks token ids against its vocabulary.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let req = self;
+        let bad = |name: &'static str, value: String, reason: String| {
+            Err(EngineError::BadSetting {
+                name,
+                value,
+                reason,
+            })
+        };
+        req.sampling.validate()?;
+        if req.n == 0 || req.n > MAX_N {
+            return bad("n", req.n.to_string(), format!("must be 1 to {MAX_N}"));
+        }
+        if let Some(k) = req.logprobs {
+            if k > MAX_LOGPROBS {
+                return bad(
+                    "logprobs",
+                    k.to_string(),
+                    format!("at most {MAX_LOGPROBS} alternatives per token"),
+                );
+            }
+        }
+        if let Some(k) = req.explain {
+            if k == 0 || k > 100 {
+                return bad("explain", k.to_string(), "must be 1 to 100".into());
+            }
+        }
+        if let Some(b) = &req.beam {
+            if b.num_beams < 2 || b.num_beams > MAX_N {
+                return bad(
+                    "num_beams",
+                    b.num_beams.to_string(),
+                    format!("must be 2 to {MAX_N} (one beam is greedy decoding: temperature 0)"),
+                );
+            }
+            if req.n > b.num_beams {
+                return bad(
+                    "n",
+                    req.n.to_string(),
+                    format!("beam search returns at most num_beams = {}", b.num_beams),
+                );
+            }
+            if !b.length_penalty.is_finite() {
+                return bad(
+                    "length_penalty",
+                    b.length_penalty.to_string(),
+                    "must be a finite number".into(),
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Largest `n` and `num_beams` accepted.
@@ -325,54 +380,8 @@ impl Engine {
     }
 
     fn check_request(&self, req: &GenerateRequest) -> Result<(), EngineError> {
-        let bad = |name: &'static str, value: String, reason: String| {
-            Err(EngineError::BadSetting {
-                name,
-                value,
-                reason,
-            })
-        };
+        req.validate()?;
         req.sampling.validate_vocab(self.model.config().n_vocab)?;
-        if req.n == 0 || req.n > MAX_N {
-            return bad("n", req.n.to_string(), format!("must be 1 to {MAX_N}"));
-        }
-        if let Some(k) = req.logprobs {
-            if k > MAX_LOGPROBS {
-                return bad(
-                    "logprobs",
-                    k.to_string(),
-                    format!("at most {MAX_LOGPROBS} alternatives per token"),
-                );
-            }
-        }
-        if let Some(k) = req.explain {
-            if k == 0 || k > 100 {
-                return bad("explain", k.to_string(), "must be 1 to 100".into());
-            }
-        }
-        if let Some(b) = &req.beam {
-            if b.num_beams < 2 || b.num_beams > MAX_N {
-                return bad(
-                    "num_beams",
-                    b.num_beams.to_string(),
-                    format!("must be 2 to {MAX_N} (one beam is greedy decoding: temperature 0)"),
-                );
-            }
-            if req.n > b.num_beams {
-                return bad(
-                    "n",
-                    req.n.to_string(),
-                    format!("beam search returns at most num_beams = {}", b.num_beams),
-                );
-            }
-            if !b.length_penalty.is_finite() {
-                return bad(
-                    "length_penalty",
-                    b.length_penalty.to_string(),
-                    "must be a finite number".into(),
-                );
-            }
-        }
         Ok(())
     }
 

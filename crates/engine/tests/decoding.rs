@@ -207,7 +207,13 @@ fn bad_requests_are_refused_before_any_work() {
         Err(EngineError::Sample(s)) => panic!("{s}"),
         other => panic!("{other:?}"),
     };
-    assert_eq!(refused(GenerateRequest { n: 0, ..base.clone() }), "n");
+    assert_eq!(
+        refused(GenerateRequest {
+            n: 0,
+            ..base.clone()
+        }),
+        "n"
+    );
     assert_eq!(
         refused(GenerateRequest {
             logprobs: Some(1000),
