@@ -52,6 +52,7 @@ fn check(model: &Llama, label: &str) {
     let mut sampler = Sampler::new(
         SamplingParams {
             top_p: 0.9,
+            typical_p: 0.95,
             repetition_penalty: 1.1,
             presence_penalty: 0.2,
             frequency_penalty: 0.1,

@@ -133,6 +133,9 @@ pub struct Sampler {
     sorted: bool,
     /// Probabilities of `cand`.
     probs: Vec<f32>,
+    /// Typical-p scratch: (|surprise − entropy|, index into `cand`), then the kept candidates.
+    typ: Vec<(f64, usize)>,
+    kept: Vec<(f32, u32)>,
 }
 
 impl Sampler {
@@ -159,6 +162,8 @@ impl Sampler {
             cand: Vec::new(),
             sorted: false,
             probs: Vec::new(),
+            typ: Vec::new(),
+            kept: Vec::new(),
         })
     }
 
@@ -431,28 +436,28 @@ impl Sampler {
                     .filter(|&&pr| pr > 0.0)
                     .map(|&pr| -(pr as f64) * (pr as f64).ln())
                     .sum();
-                let mut order: Vec<(f64, usize)> = self
-                    .probs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &pr)| ((-(pr as f64).ln() - ent).abs(), i))
-                    .collect();
-                order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                self.typ.clear();
+                self.typ.extend(
+                    self.probs
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &pr)| ((-(pr as f64).ln() - ent).abs(), i)),
+                );
+                self.typ
+                    .sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
                 let mut cum = 0.0f64;
-                let mut keep = order.len();
-                for (j, &(_, i)) in order.iter().enumerate() {
+                let mut keep = self.typ.len();
+                for (j, &(_, i)) in self.typ.iter().enumerate() {
                     cum += self.probs[i] as f64;
                     if cum >= mass as f64 {
                         keep = j + 1;
                         break;
                     }
                 }
-                let kept: Vec<(f32, u32)> = order[..keep.max(1)]
-                    .iter()
-                    .map(|&(_, i)| self.cand[i])
-                    .collect();
-                self.cand.clear();
-                self.cand.extend(kept);
+                self.kept.clear();
+                self.kept
+                    .extend(self.typ[..keep.max(1)].iter().map(|&(_, i)| self.cand[i]));
+                std::mem::swap(&mut self.cand, &mut self.kept);
                 self.sorted = false;
             }
             Stage::Temperature => {
