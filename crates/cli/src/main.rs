@@ -3,6 +3,7 @@
 
 mod bench;
 mod inspect;
+mod perplexity;
 
 use std::io::Write;
 use std::ops::ControlFlow;
@@ -36,6 +37,9 @@ enum Cmd {
     Inspect(InspectArgs),
     /// Measure prompt processing and generation speed (as llama-bench does).
     Bench(bench::BenchArgs),
+    /// Perplexity of a model on a text file (as llama-perplexity computes it), and KL
+    /// divergence against a base model.
+    Perplexity(perplexity::PerplexityArgs),
     /// Write a random-weight Llama model of a real shape (for benchmarks).
     Synth(bench::SynthArgs),
 }
@@ -253,6 +257,7 @@ fn main() -> ExitCode {
         Cmd::Inspect(a) => inspect::inspect(&a.path, a.full),
         Cmd::Bench(a) => bench::bench(a),
         Cmd::Synth(a) => bench::synth(a),
+        Cmd::Perplexity(a) => perplexity::perplexity(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod beam;
+mod perplexity;
 mod stop;
 
 use tuili_core::ThreadPool;
@@ -21,6 +22,7 @@ use tuili_sample::{Explain, Sampler, SamplingParams, StepLogprobs};
 use tuili_tokenizer::Tokenizer;
 
 pub use beam::{BeamBackend, BeamParams, EarlyStopping, Hypothesis};
+pub use perplexity::{ChunkProgress, KlBase, KlStats, PerplexityParams, PerplexityResult};
 pub use stop::{Matched, StopMatcher};
 
 /// Errors of the engine, each one line a user can act on.
@@ -38,6 +40,8 @@ pub enum EngineError {
     PromptTooLong { n_prompt: usize, n_ctx: usize },
     #[error("the prompt is empty and the model adds no BOS token: nothing to start from")]
     EmptyPrompt,
+    #[error("{0}")]
+    Io(String),
     #[error("internal error: {0}")]
     Internal(&'static str),
     #[error("invalid setting {name} = {value}: {reason}")]

@@ -19,6 +19,7 @@ pub mod cpu;
 pub mod dequant;
 pub mod dot;
 pub mod gemm;
+mod kquant;
 pub mod ops;
 pub mod quant;
 

@@ -51,6 +51,18 @@ pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<(), Ker
                 q5_1_block(x, d);
             }
         }
+        DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K => {
+            let f = match dtype {
+                DType::Q2_K => crate::kquant::q2_k_block,
+                DType::Q3_K => crate::kquant::q3_k_block,
+                DType::Q4_K => crate::kquant::q4_k_block,
+                DType::Q5_K => crate::kquant::q5_k_block,
+                _ => crate::kquant::q6_k_block,
+            };
+            for (d, x) in dst.chunks_exact_mut(bs).zip(src.chunks_exact(bl)) {
+                f(x, d);
+            }
+        }
         DType::Q8_K => {
             for (d, x) in dst.chunks_exact_mut(bs).zip(src.chunks_exact(bl)) {
                 q8_k_block(x, d);
