@@ -380,7 +380,8 @@ fn cpu_name() -> String {
 /// Arguments of `tuili synth`: writes a random-weight model of a real shape.
 #[derive(clap::Args)]
 pub struct SynthArgs {
-    /// Shape: 125m (dim 768, 12 layers) or 1.1b (TinyLlama: dim 2048, 22 layers, GQA 32/4).
+    /// Shape: 125m (dim 768, 12 layers), 1.1b (TinyLlama: dim 2048, 22 layers, GQA 32/4) or
+    /// test (dim 256, 8 layers, GQA 4/1, vocabulary 512).
     #[arg(long)]
     pub shape: String,
     /// Weight type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1 (K-quants: random blocks).
@@ -395,36 +396,13 @@ pub struct SynthArgs {
 
 pub fn synth(a: SynthArgs) -> Result<(), CliError> {
     use tuili_model::synth::{synth_gguf, SynthSpec};
-    use tuili_model::Arch;
     let dtype = DType::from_name(&a.dtype)
         .filter(|d| d.is_dequantizable())
         .ok_or_else(|| {
             CliError::Usage(format!("--type {}: not a supported tensor type", a.dtype))
         })?;
-    let (n_embd, n_layer, n_head, n_head_kv, n_ff) = match a.shape.as_str() {
-        "125m" => (768, 12, 12, 12, 2048),
-        "1.1b" => (2048, 22, 32, 4, 5632),
-        other => {
-            return Err(CliError::Usage(format!(
-                "--shape {other}: use 125m or 1.1b"
-            )))
-        }
-    };
-    let spec = SynthSpec {
-        arch: Arch::Llama,
-        name: format!("tuili-bench-{}-{}", a.shape, dtype.name().to_lowercase()),
-        n_vocab: 32000,
-        n_embd,
-        n_layer,
-        n_head,
-        n_head_kv,
-        n_ff,
-        n_ctx: 2048,
-        dtype,
-        embd_dtype: dtype,
-        tied: false,
-        seed: a.seed,
-    };
+    let spec = SynthSpec::named(&a.shape, dtype, a.seed)
+        .ok_or_else(|| CliError::Usage(format!("--shape {}: use 125m, 1.1b or test", a.shape)))?;
     let t = Instant::now();
     let w = synth_gguf(&spec).map_err(tuili_engine::EngineError::from)?;
     write_atomically(&a.out, &w)?;

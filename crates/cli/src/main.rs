@@ -4,6 +4,7 @@
 mod bench;
 mod inspect;
 mod perplexity;
+mod quantize;
 
 use std::io::Write;
 use std::ops::ControlFlow;
@@ -37,6 +38,8 @@ enum Cmd {
     Inspect(InspectArgs),
     /// Measure prompt processing and generation speed (as llama-bench does).
     Bench(bench::BenchArgs),
+    /// Quantize a GGUF model (llama.cpp's types and per-tensor recipes).
+    Quantize(quantize::QuantizeArgs),
     /// Perplexity of a model on a text file (as llama-perplexity computes it), and KL
     /// divergence against a base model.
     Perplexity(perplexity::PerplexityArgs),
@@ -258,6 +261,7 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => bench::bench(a),
         Cmd::Synth(a) => bench::synth(a),
         Cmd::Perplexity(a) => perplexity::perplexity(a),
+        Cmd::Quantize(a) => quantize::quantize(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -33,7 +33,11 @@ struct PendingTensor {
     name: String,
     dtype: DType,
     shape: Vec<u64>,
-    data: Vec<u8>,
+    /// Encoded size in bytes.
+    size: u64,
+    /// `None` for a tensor declared with [`GgufWriter::declare_tensor`], whose bytes come at
+    /// write time.
+    data: Option<Vec<u8>>,
 }
 
 /// Collects metadata and tensors, then writes a GGUF v3 file.
@@ -78,6 +82,47 @@ impl GgufWriter {
         shape: &[u64],
         data: Vec<u8>,
     ) -> Result<&mut Self, WriteError> {
+        let expected = self.check_tensor(name, dtype, shape)?;
+        if expected != data.len() as u64 {
+            return Err(WriteError::TensorSize {
+                name: name.into(),
+                dtype,
+                shape: shape.to_vec(),
+                expected,
+                got: data.len() as u64,
+            });
+        }
+        self.tensors.push(PendingTensor {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+            size: expected,
+            data: Some(data),
+        });
+        Ok(self)
+    }
+
+    /// Declares a tensor whose bytes [`GgufWriter::write_streaming`] asks for when it gets
+    /// there, so that a large file never has to be held in memory.
+    pub fn declare_tensor(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[u64],
+    ) -> Result<&mut Self, WriteError> {
+        let size = self.check_tensor(name, dtype, shape)?;
+        self.tensors.push(PendingTensor {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+            size,
+            data: None,
+        });
+        Ok(self)
+    }
+
+    /// Validates a tensor's name, shape and type; returns its size in bytes.
+    fn check_tensor(&self, name: &str, dtype: DType, shape: &[u64]) -> Result<u64, WriteError> {
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(WriteError::Duplicate {
                 what: "tensor",
@@ -104,22 +149,7 @@ impl GgufWriter {
                 ),
             });
         }
-        if expected != data.len() as u64 {
-            return Err(WriteError::TensorSize {
-                name: name.into(),
-                dtype,
-                shape: shape.to_vec(),
-                expected,
-                got: data.len() as u64,
-            });
-        }
-        self.tensors.push(PendingTensor {
-            name: name.into(),
-            dtype,
-            shape: shape.to_vec(),
-            data,
-        });
-        Ok(self)
+        Ok(expected)
     }
 
     fn alignment(&self) -> u64 {
@@ -131,8 +161,23 @@ impl GgufWriter {
             .unwrap_or(DEFAULT_ALIGNMENT)
     }
 
-    /// Serializes the whole file into `w`.
+    /// Serializes the whole file into `w` (every tensor must have been added with its data).
     pub fn write_to(&self, w: &mut impl Write) -> io::Result<()> {
+        self.write_streaming(w, &mut |i, _| {
+            Err(io::Error::other(format!(
+                "tensor {:?} was declared without data",
+                self.tensors[i].name
+            )))
+        })
+    }
+
+    /// Serializes the file into `w`; `fill(i, buf)` puts the bytes of the i-th declared tensor
+    /// (in declaration order) into `buf` when the writer reaches it.
+    pub fn write_streaming(
+        &self,
+        w: &mut impl Write,
+        fill: &mut dyn FnMut(usize, &mut Vec<u8>) -> io::Result<()>,
+    ) -> io::Result<()> {
         let align = self.alignment();
         let mut header = Vec::new();
         header.extend_from_slice(b"GGUF");
@@ -145,7 +190,6 @@ impl GgufWriter {
             write_value(&mut header, v);
         }
         let mut offset = 0u64;
-        let mut offsets = Vec::with_capacity(self.tensors.len());
         for t in &self.tensors {
             write_string(&mut header, &t.name);
             header.extend_from_slice(&(t.shape.len() as u32).to_le_bytes());
@@ -154,21 +198,32 @@ impl GgufWriter {
             }
             header.extend_from_slice(&t.dtype.id().to_le_bytes());
             header.extend_from_slice(&offset.to_le_bytes());
-            offsets.push(offset);
-            offset = (offset + t.data.len() as u64).div_ceil(align) * align;
+            offset = (offset + t.size).div_ceil(align) * align;
         }
         let pad = |p: u64| (p.div_ceil(align) * align - p) as usize;
         let head_pad = pad(header.len() as u64);
         header.resize(header.len() + head_pad, 0);
         w.write_all(&header)?;
-        let mut data_pos = 0u64;
-        for (t, off) in self.tensors.iter().zip(offsets) {
-            debug_assert_eq!(data_pos, off);
-            w.write_all(&t.data)?;
-            data_pos += t.data.len() as u64;
-            let p = pad(data_pos);
-            w.write_all(&vec![0u8; p])?;
-            data_pos += p as u64;
+        let mut buf = Vec::new();
+        for (i, t) in self.tensors.iter().enumerate() {
+            let data = match &t.data {
+                Some(d) => d,
+                None => {
+                    buf.clear();
+                    fill(i, &mut buf)?;
+                    if buf.len() as u64 != t.size {
+                        return Err(io::Error::other(format!(
+                            "tensor {:?}: {} bytes produced, {} declared",
+                            t.name,
+                            buf.len(),
+                            t.size
+                        )));
+                    }
+                    &buf
+                }
+            };
+            w.write_all(data)?;
+            w.write_all(&vec![0u8; pad(t.size)])?;
         }
         Ok(())
     }

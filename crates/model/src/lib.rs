@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod llama;
+pub mod quantize;
 pub mod synth;
 pub mod weights;
 
@@ -57,6 +58,10 @@ pub enum ModelError {
         layers: usize,
         dim: usize,
     },
+    #[error("quantizing {tensor:?}: {reason}")]
+    Quantize { tensor: String, reason: String },
+    #[error("writing {path}: {reason}")]
+    Io { path: String, reason: String },
     #[error(transparent)]
     Kv(#[from] tuili_kv::KvError),
     #[error(transparent)]

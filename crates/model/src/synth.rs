@@ -52,6 +52,36 @@ impl SynthSpec {
     }
 }
 
+impl SynthSpec {
+    /// The named shapes of `tuili synth --shape`: `125m` (dim 768, 12 layers, 12 heads, FFN
+    /// 2048, vocabulary 32000), `1.1b` (TinyLlama: dim 2048, 22 layers, 32 heads, 4 KV heads,
+    /// FFN 5632, vocabulary 32000) and `test` (dim 256, 8 layers, 4 heads, 1 KV head, FFN 512,
+    /// vocabulary 512: small, every dimension a multiple of 256, GQA 4).
+    pub fn named(shape: &str, dtype: DType, seed: u64) -> Option<SynthSpec> {
+        let (n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab) = match shape {
+            "125m" => (768, 12, 12, 12, 2048, 32000),
+            "1.1b" => (2048, 22, 32, 4, 5632, 32000),
+            "test" => (256, 8, 4, 1, 512, 512),
+            _ => return None,
+        };
+        Some(SynthSpec {
+            arch: Arch::Llama,
+            name: format!("tuili-bench-{shape}-{}", dtype.name().to_lowercase()),
+            n_vocab,
+            n_embd,
+            n_layer,
+            n_head,
+            n_head_kv,
+            n_ff,
+            n_ctx: 2048,
+            dtype,
+            embd_dtype: dtype,
+            tied: false,
+            seed,
+        })
+    }
+}
+
 /// SplitMix64: a small, well-mixed deterministic generator for weights.
 pub struct SplitMix(pub u64);
 
