@@ -20,7 +20,9 @@ use tuili_kernels::ops;
 use tuili_kv::KvCache;
 
 use crate::config::{Arch, ModelConfig};
-use crate::weights::{matmul, vector, vector_opt, Matrix, Prepared, RowScratch, SharedOut};
+use crate::weights::{
+    matmul, vector, vector_opt, GgufSource, Matrix, Prepared, RowScratch, SharedOut, WeightSource,
+};
 use crate::ModelError;
 
 struct Layer {
@@ -42,7 +44,8 @@ struct Layer {
 
 /// A loaded Llama-family model: configuration plus views of its weights in the mapped file.
 pub struct Llama {
-    file: Arc<GgufFile>,
+    /// The file or folder the weights come from.
+    label: String,
     cfg: ModelConfig,
     tok_embd: Matrix, // [n_vocab, n_embd]
     layers: Vec<Layer>,
@@ -129,7 +132,7 @@ impl Scratch {
 }
 
 impl Llama {
-    /// Binds every tensor of the model, checking names, shapes and types.
+    /// Binds every tensor of a GGUF model, checking names, shapes and types.
     pub fn load(file: Arc<GgufFile>) -> Result<Llama, ModelError> {
         if file.tensors.is_empty() {
             return Err(ModelError::NoWeights {
@@ -137,7 +140,16 @@ impl Llama {
             });
         }
         let cfg = ModelConfig::from_gguf(&file)?;
-        let f = &*file;
+        Llama::from_source(cfg, &GgufSource(file), None)
+    }
+
+    /// Binds every tensor of a model from any source (GGUF names). `rope_factors` divide the
+    /// RoPE frequencies (Llama 3.1's scaling; a GGUF carries them as `rope_freqs.weight`).
+    pub fn from_source(
+        cfg: ModelConfig,
+        f: &dyn WeightSource,
+        rope_factors: Option<Vec<f32>>,
+    ) -> Result<Llama, ModelError> {
         let (e, q, kv, ff, nv) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff, cfg.n_vocab);
         let tok_embd = Matrix::bind(f, "token_embd.weight", nv, e)?;
         let output =
@@ -177,8 +189,25 @@ impl Llama {
         }
         let mut inv_freq = vec![0f32; cfg.n_rot / 2];
         ops::rope_inv_freq(cfg.n_rot, cfg.rope_freq_base, &mut inv_freq);
+        let factors = match rope_factors {
+            Some(v) => Some(v),
+            None => vector_opt(f, "rope_freqs.weight", cfg.n_rot / 2)?,
+        };
+        if let Some(fac) = factors {
+            if fac.len() != inv_freq.len() || fac.iter().any(|&x| !(x.is_finite() && x > 0.0)) {
+                return Err(ModelError::BadHyperParam {
+                    path: f.label(),
+                    key: "rope frequency factors".into(),
+                    value: format!("{} values", fac.len()),
+                    reason: format!("expected {} positive factors", inv_freq.len()),
+                });
+            }
+            for (w, x) in inv_freq.iter_mut().zip(&fac) {
+                *w /= x;
+            }
+        }
         Ok(Llama {
-            file,
+            label: f.label(),
             cfg,
             tok_embd,
             layers,
@@ -204,8 +233,9 @@ impl Llama {
         &self.cfg
     }
 
-    pub fn file(&self) -> &GgufFile {
-        &self.file
+    /// The file or folder the weights come from.
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
     /// A KV cache sized for this model and `n_ctx` positions.
@@ -265,13 +295,12 @@ impl Llama {
         };
         scratch.ensure(cfg, n, n_logits, pool.n_threads(), kv.capacity());
         let isa = self.isa;
-        let fb = self.file.bytes();
         let (e, qd, kvd, ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
         let pos0 = kv.len();
 
         for (i, &t) in tokens.iter().enumerate() {
             self.tok_embd
-                .row(fb, t as usize, &mut scratch.x[i * e..(i + 1) * e])?;
+                .row(t as usize, &mut scratch.x[i * e..(i + 1) * e])?;
         }
 
         for (li, layer) in self.layers.iter().enumerate() {
@@ -308,9 +337,9 @@ impl Llama {
                 );
             }
             prep.invalidate();
-            matmul(pool, isa, fb, &layer.wq, h, n, q, prep, tmp);
-            matmul(pool, isa, fb, &layer.wk, h, n, k, prep, tmp);
-            matmul(pool, isa, fb, &layer.wv, h, n, v, prep, tmp);
+            matmul(pool, isa, &layer.wq, h, n, q, prep, tmp);
+            matmul(pool, isa, &layer.wk, h, n, k, prep, tmp);
+            matmul(pool, isa, &layer.wv, h, n, v, prep, tmp);
             for (buf, bias, width) in [
                 (&mut *q, &layer.bq, qd),
                 (&mut *k, &layer.bk, kvd),
@@ -353,7 +382,7 @@ impl Llama {
             }
             self.attention(kv, li, pos0, n, q, att, pool, scores);
             prep.invalidate();
-            matmul(pool, isa, fb, &layer.wo, att, n, h, prep, tmp);
+            matmul(pool, isa, &layer.wo, att, n, h, prep, tmp);
             for (xi, hi) in x.iter_mut().zip(h.iter()) {
                 *xi += hi;
             }
@@ -367,11 +396,11 @@ impl Llama {
             }
             let (gate, up) = (&mut gate[..n * ff], &mut up[..n * ff]);
             prep.invalidate();
-            matmul(pool, isa, fb, &layer.gate, h, n, gate, prep, tmp);
-            matmul(pool, isa, fb, &layer.up, h, n, up, prep, tmp);
+            matmul(pool, isa, &layer.gate, h, n, gate, prep, tmp);
+            matmul(pool, isa, &layer.up, h, n, up, prep, tmp);
             ops::silu_mul(gate, up);
             prep.invalidate();
-            matmul(pool, isa, fb, &layer.down, gate, n, h, prep, tmp);
+            matmul(pool, isa, &layer.down, gate, n, h, prep, tmp);
             for (xi, hi) in x.iter_mut().zip(h.iter()) {
                 *xi += hi;
             }
@@ -407,7 +436,6 @@ impl Llama {
         matmul(
             pool,
             isa,
-            fb,
             &self.output,
             &h[..n_logits * e],
             n_logits,

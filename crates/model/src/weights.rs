@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tuili_core::pool::split;
 use tuili_core::{DType, PerThread, ThreadPool};
-use tuili_formats::{GgufFile, TensorInfo};
+use std::sync::Arc;
+
+use tuili_formats::safetensors::Shard;
+use tuili_formats::GgufFile;
 use tuili_kernels::act::{Q8KRow, Q8Row};
 use tuili_kernels::cpu::Isa;
 use tuili_kernels::dequant::dequantize_row;
@@ -14,22 +17,86 @@ use tuili_kernels::gemm::{self, F32Tiles, Q8Tiles, GROUP};
 
 use crate::ModelError;
 
+/// The memory a weight lives in: a GGUF file's map, or one safetensors shard's.
+#[derive(Debug, Clone)]
+pub enum Backing {
+    Gguf(Arc<GgufFile>),
+    Shard(Arc<Shard>),
+}
+
+impl Backing {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Gguf(f) => f.bytes(),
+            Backing::Shard(s) => s.bytes(),
+        }
+    }
+}
+
+/// One tensor as a source presents it: GGUF name, type, ne0-first shape, and where its bytes
+/// are.
+#[derive(Debug, Clone)]
+pub struct WeightInfo {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub backing: Backing,
+    pub range: Range<usize>,
+}
+
+impl WeightInfo {
+    pub fn data(&self) -> &[u8] {
+        &self.backing.bytes()[self.range.clone()]
+    }
+
+    fn n_elements(&self) -> u64 {
+        self.shape.iter().product()
+    }
+}
+
+/// Where a model's tensors come from, under GGUF's tensor names (`blk.0.attn_q.weight`…).
+pub trait WeightSource {
+    /// The file or folder, for error messages.
+    fn label(&self) -> String;
+    fn get(&self, name: &str) -> Option<WeightInfo>;
+}
+
+/// A GGUF file as a weight source.
+pub struct GgufSource(pub Arc<GgufFile>);
+
+impl WeightSource for GgufSource {
+    fn label(&self) -> String {
+        self.0.path().display().to_string()
+    }
+
+    fn get(&self, name: &str) -> Option<WeightInfo> {
+        let info = self.0.tensor_info(name)?;
+        Some(WeightInfo {
+            name: name.to_string(),
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+            backing: Backing::Gguf(self.0.clone()),
+            range: self.0.tensor_range(info),
+        })
+    }
+}
+
 /// A 2-D weight `[rows, cols]` (GGUF shape `[cols, rows]`: ne0 = cols is contiguous), stored
-/// in the file in any supported type. Holds a byte range, not the bytes: the model owns the
-/// file, and views are taken per use.
+/// in any supported type. Holds its backing map and a byte range, not a copy of the bytes.
 #[derive(Debug, Clone)]
 pub struct Matrix {
     pub name: String,
     pub dtype: DType,
     pub rows: usize,
     pub cols: usize,
+    backing: Backing,
     range: Range<usize>,
 }
 
-fn check_type(f: &GgufFile, info: &TensorInfo) -> Result<(), ModelError> {
+fn check_type(src: &dyn WeightSource, info: &WeightInfo) -> Result<(), ModelError> {
     if !info.dtype.is_dequantizable() {
         return Err(ModelError::UnsupportedType {
-            path: f.path().display().to_string(),
+            path: src.label(),
             name: info.name.clone(),
             dtype: info.dtype,
         });
@@ -37,17 +104,16 @@ fn check_type(f: &GgufFile, info: &TensorInfo) -> Result<(), ModelError> {
     Ok(())
 }
 
-fn find<'a>(f: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {
-    f.tensor_info(name)
-        .ok_or_else(|| ModelError::MissingTensor {
-            path: f.path().display().to_string(),
-            name: name.to_string(),
-        })
+fn find(src: &dyn WeightSource, name: &str) -> Result<WeightInfo, ModelError> {
+    src.get(name).ok_or_else(|| ModelError::MissingTensor {
+        path: src.label(),
+        name: name.to_string(),
+    })
 }
 
-fn bad_shape(f: &GgufFile, info: &TensorInfo, expected: Vec<u64>) -> ModelError {
+fn bad_shape(src: &dyn WeightSource, info: &WeightInfo, expected: Vec<u64>) -> ModelError {
     ModelError::BadShape {
-        path: f.path().display().to_string(),
+        path: src.label(),
         name: info.name.clone(),
         got: info.shape.clone(),
         expected,
@@ -56,27 +122,32 @@ fn bad_shape(f: &GgufFile, info: &TensorInfo, expected: Vec<u64>) -> ModelError 
 
 impl Matrix {
     /// Binds tensor `name`, which must have `cols` columns (ne0) and `rows` rows (ne1).
-    pub fn bind(f: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Matrix, ModelError> {
-        let info = find(f, name)?;
-        Self::from_info(f, info, rows, cols)
+    pub fn bind(
+        src: &dyn WeightSource,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Matrix, ModelError> {
+        let info = find(src, name)?;
+        Self::from_info(src, info, rows, cols)
     }
 
     /// Binds tensor `name` if present.
     pub fn bind_opt(
-        f: &GgufFile,
+        src: &dyn WeightSource,
         name: &str,
         rows: usize,
         cols: usize,
     ) -> Result<Option<Matrix>, ModelError> {
-        match f.tensor_info(name) {
+        match src.get(name) {
             None => Ok(None),
-            Some(info) => Self::from_info(f, info, rows, cols).map(Some),
+            Some(info) => Self::from_info(src, info, rows, cols).map(Some),
         }
     }
 
     fn from_info(
-        f: &GgufFile,
-        info: &TensorInfo,
+        src: &dyn WeightSource,
+        info: WeightInfo,
         rows: usize,
         cols: usize,
     ) -> Result<Matrix, ModelError> {
@@ -87,15 +158,16 @@ impl Matrix {
             && s[1] == rows as u64
             && s[2..].iter().all(|&d| d == 1);
         if !ok {
-            return Err(bad_shape(f, info, expected));
+            return Err(bad_shape(src, &info, expected));
         }
-        check_type(f, info)?;
+        check_type(src, &info)?;
         Ok(Matrix {
-            name: info.name.clone(),
+            name: info.name,
             dtype: info.dtype,
             rows,
             cols,
-            range: f.tensor_range(info),
+            backing: info.backing,
+            range: info.range,
         })
     }
 
@@ -104,15 +176,15 @@ impl Matrix {
         self.range.len() / self.rows
     }
 
-    /// This matrix's bytes within the file's bytes.
-    pub fn data<'a>(&self, file: &'a [u8]) -> &'a [u8] {
-        &file[self.range.clone()]
+    /// This matrix's bytes (in the memory map).
+    pub fn data(&self) -> &[u8] {
+        &self.backing.bytes()[self.range.clone()]
     }
 
     /// Dequantizes row `r` into `out` (`cols` floats).
-    pub fn row(&self, file: &[u8], r: usize, out: &mut [f32]) -> Result<(), ModelError> {
+    pub fn row(&self, r: usize, out: &mut [f32]) -> Result<(), ModelError> {
         let rb = self.row_bytes();
-        let data = self.data(file);
+        let data = self.data();
         dequantize_row(self.dtype, &data[r * rb..(r + 1) * rb], out)?;
         Ok(())
     }
@@ -124,22 +196,26 @@ impl Matrix {
 }
 
 /// Reads a 1-D f32 vector (norm weights, biases) of length `n`, in any supported type.
-pub fn vector(f: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
-    let info = find(f, name)?;
+pub fn vector(src: &dyn WeightSource, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
+    let info = find(src, name)?;
     if info.n_elements() != n as u64 || info.shape[0] != n as u64 {
-        return Err(bad_shape(f, info, vec![n as u64]));
+        return Err(bad_shape(src, &info, vec![n as u64]));
     }
-    check_type(f, info)?;
+    check_type(src, &info)?;
     let mut out = vec![0f32; n];
-    dequantize_row(info.dtype, &f.bytes()[f.tensor_range(info)], &mut out)?;
+    dequantize_row(info.dtype, info.data(), &mut out)?;
     Ok(out)
 }
 
-pub fn vector_opt(f: &GgufFile, name: &str, n: usize) -> Result<Option<Vec<f32>>, ModelError> {
-    if f.tensor_info(name).is_none() {
+pub fn vector_opt(
+    src: &dyn WeightSource,
+    name: &str,
+    n: usize,
+) -> Result<Option<Vec<f32>>, ModelError> {
+    if src.get(name).is_none() {
         return Ok(None);
     }
-    vector(f, name, n).map(Some)
+    vector(src, name, n).map(Some)
 }
 
 /// A raw pointer that worker threads use to write disjoint parts of one output buffer.
@@ -298,7 +374,6 @@ pub type RowScratch = PerThread<ThreadScratch>;
 pub fn matmul(
     pool: &ThreadPool,
     isa: Isa,
-    file: &[u8],
     w: &Matrix,
     x: &[f32],
     n: usize,
@@ -331,7 +406,7 @@ pub fn matmul(
                 &mut s.scales,
             )
         };
-        matmul_tiles(pool, file, w, n, y, width, &kernel, tmp);
+        matmul_tiles(pool, w, n, y, width, &kernel, tmp);
         return;
     }
     if n >= GROUP && gemm::supports_f(isa, w.dtype) {
@@ -347,11 +422,11 @@ pub fn matmul(
             }
             gemm::gemm_rows_f(isa, w.dtype, wr, w.row_bytes(), tiles, out, &mut s.rows_f32)
         };
-        matmul_tiles(pool, file, w, n, y, width, &kernel, tmp);
+        matmul_tiles(pool, w, n, y, width, &kernel, tmp);
         return;
     }
     let prep = &*prep;
-    let data = w.data(file);
+    let data = w.data();
     let rb = w.row_bytes();
     let out = SharedOut::new(y);
     // Below ~64K multiply-adds per worker, waking workers costs more than it saves.
@@ -427,7 +502,6 @@ type TileKernel<'a> = dyn Fn(&[u8], &mut [f32], &mut ThreadScratch) -> bool + Sy
 #[allow(clippy::too_many_arguments)]
 fn matmul_tiles(
     pool: &ThreadPool,
-    file: &[u8],
     w: &Matrix,
     n: usize,
     y: &mut [f32],
@@ -436,7 +510,7 @@ fn matmul_tiles(
     scratch: &RowScratch,
 ) {
     const ROWS: usize = 16;
-    let data = w.data(file);
+    let data = w.data();
     let rb = w.row_bytes();
     let out = SharedOut::new(y);
     let chunk = (w.rows / (pool.n_threads() * 8))
