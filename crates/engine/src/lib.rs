@@ -262,6 +262,15 @@ pub struct TokenEvent<'a> {
     pub explain: Option<&'a Explain>,
 }
 
+/// Sampling defaults from a model's own files; `None` where they say nothing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationDefaults {
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+}
+
 /// A loaded model and tokenizer, ready to generate.
 pub struct Engine {
     model: Llama,
@@ -269,15 +278,52 @@ pub struct Engine {
     cfg: EngineConfig,
     n_ctx: usize,
     pool: ThreadPool,
+    defaults: GenerationDefaults,
 }
 
 impl Engine {
-    /// Opens a GGUF model file (memory-mapped) with the tokenizer it carries.
+    /// Opens a model: a GGUF file (memory-mapped) with the tokenizer it carries, or a Hugging
+    /// Face folder (`config.json`, safetensors shards memory-mapped, `tokenizer.json`,
+    /// `tokenizer_config.json`, `generation_config.json`).
     pub fn load(path: impl AsRef<Path>, cfg: EngineConfig) -> Result<Engine, EngineError> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            let (model, extras) = tuili_model::hf::load_hf(path)?;
+            let mut tokenizer = Tokenizer::from_tokenizer_json(path.join("tokenizer.json"))?;
+            for &id in &extras.eos_ids {
+                tokenizer.add_eog(id);
+            }
+            let mut cfg = cfg;
+            // Mistral's sliding window: contexts up to the window are computed exactly.
+            if let Some(w) = extras.sliding_window {
+                let want = if cfg.n_ctx == 0 {
+                    model.config().n_ctx_train.min(4096)
+                } else {
+                    cfg.n_ctx
+                };
+                cfg.n_ctx = want.min(w);
+            }
+            let mut e = Engine::new(model, tokenizer, cfg)?;
+            e.defaults = GenerationDefaults {
+                temperature: match extras.do_sample {
+                    Some(false) => Some(0.0),
+                    _ => extras.temperature,
+                },
+                top_k: extras.top_k,
+                top_p: extras.top_p,
+                repetition_penalty: extras.repetition_penalty,
+            };
+            return Ok(e);
+        }
         let file = Arc::new(GgufFile::open(path)?);
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let model = Llama::load(file)?;
         Engine::new(model, tokenizer, cfg)
+    }
+
+    /// Sampling defaults the model's files suggest (a Hugging Face `generation_config.json`).
+    pub fn defaults(&self) -> &GenerationDefaults {
+        &self.defaults
     }
 
     pub fn new(
@@ -330,6 +376,7 @@ impl Engine {
             cfg,
             n_ctx,
             pool,
+            defaults: GenerationDefaults::default(),
         })
     }
 

@@ -18,7 +18,9 @@ pub enum SafetensorsError {
     Io { path: String, reason: String },
     #[error("{path}: not a valid safetensors file: {reason}")]
     Header { path: String, reason: String },
-    #[error("{path}: tensor {name:?} has type {dtype}, which tuili does not read (F32, F16, BF16 are)")]
+    #[error(
+        "{path}: tensor {name:?} has type {dtype}, which tuili does not read (F32, F16, BF16 are)"
+    )]
     UnsupportedType {
         path: String,
         name: String,

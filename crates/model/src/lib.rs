@@ -1,11 +1,13 @@
 //! `tuili-model`: Transformer decoders.
 //!
-//! Owns: reading an architecture's hyper-parameters from metadata ([`config`]), binding its
-//! tensors as views into the memory-mapped file ([`weights`]), and the forward pass, one file
+//! Owns: reading an architecture's hyper-parameters from GGUF metadata ([`config`]) or a
+//! Hugging Face folder ([`hf`]), binding its tensors as views into the memory maps
+//! ([`weights`]), and the forward pass, one file
 //! per architecture family ([`llama`]). Holds no per-request state: the KV cache and the
 //! scratch buffers are the caller's. May not: tokenize, sample, or schedule requests.
 
 pub mod config;
+pub mod hf;
 pub mod llama;
 pub mod quantize;
 pub mod synth;

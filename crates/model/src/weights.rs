@@ -3,9 +3,9 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::sync::Arc;
 use tuili_core::pool::split;
 use tuili_core::{DType, PerThread, ThreadPool};
-use std::sync::Arc;
 
 use tuili_formats::safetensors::Shard;
 use tuili_formats::GgufFile;

@@ -203,6 +203,13 @@ impl Tokenizer {
         self.eog.contains(&id)
     }
 
+    /// Adds an end-of-generation id (e.g. from a model's generation_config.json).
+    pub fn add_eog(&mut self, id: u32) {
+        if (id as usize) < self.pieces.len() && !self.eog.contains(&id) {
+            self.eog.push(id);
+        }
+    }
+
     pub fn eog_ids(&self) -> &[u32] {
         &self.eog
     }

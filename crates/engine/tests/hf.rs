@@ -1,0 +1,153 @@
+//! Hugging Face folders: the real TinyStories-656K checkpoint (config.json, safetensors with a
+//! tied lm_head and no embedding tensor, tokenizer.json) against the fixtures' float64
+//! reference (HF Llama semantics): prompt ids, last-prompt logits, 65 greedy tokens and the
+//! perplexity of a text.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use tuili_engine::{Engine, EngineConfig, GenerateRequest};
+use tuili_model::{Logits, Scratch};
+use tuili_sample::SamplingParams;
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures/models/tinystories-656k-hf")
+}
+
+fn json(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir().join(name)).unwrap()).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn engine() -> Engine {
+    Engine::load(
+        dir(),
+        EngineConfig {
+            n_ctx: 512,
+            n_batch: 32,
+            threads: 2,
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn matches_the_float64_reference() {
+    let r = json("reference_greedy.json");
+    let e = engine();
+    let prompt = e
+        .tokenize_prompt(r["prompt"].as_str().unwrap(), true)
+        .unwrap();
+    assert_eq!(prompt, ids(&r["prompt_ids"]));
+    // Logits after the prompt.
+    let m = e.model();
+    let mut kv = m.new_cache(64).unwrap();
+    let mut s = Scratch::new();
+    let logits = m
+        .forward(&prompt, &mut kv, &mut s, Logits::Last, e.pool())
+        .unwrap();
+    let want: Vec<f64> = r["last_prompt_logits_full"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let max_err = logits
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0.0, f64::max);
+    assert!(max_err < 1e-4, "max |Δlogit| = {max_err}");
+    // Greedy continuation.
+    let want_ids = ids(&r["generated_ids"]);
+    let stats = e
+        .generate(
+            &GenerateRequest::new(
+                r["prompt"].as_str().unwrap(),
+                want_ids.len(),
+                SamplingParams::greedy(),
+            ),
+            &mut |_| ControlFlow::Continue(()),
+        )
+        .unwrap();
+    assert_eq!(stats.first().tokens, want_ids);
+    assert!(r["decoded"]
+        .as_str()
+        .unwrap()
+        .contains(stats.first().text.trim()));
+}
+
+/// The fixture's protocol: chunks of 128 ids from position 0, every id but the first of each
+/// chunk predicted.
+#[test]
+fn perplexity_matches_the_reference() {
+    let r = json("reference_ppl_tinystories_sample.json");
+    let e = engine();
+    let text = std::fs::read_to_string(dir().join("../../text/tinystories_sample.txt")).unwrap();
+    let all = e.tokenizer().encode(&text, true, false).unwrap();
+    assert_eq!(all.len() as u64, r["n_ids"].as_u64().unwrap());
+    let m = e.model();
+    let nv = m.config().n_vocab;
+    let (mut nll, mut count) = (0f64, 0usize);
+    for chunk in all.chunks(128) {
+        let mut kv = m.new_cache(128).unwrap();
+        let mut s = Scratch::new();
+        let logits = m
+            .forward(chunk, &mut kv, &mut s, Logits::All, e.pool())
+            .unwrap();
+        for i in 0..chunk.len() - 1 {
+            let row = &logits[i * nv..(i + 1) * nv];
+            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            nll += lse - row[chunk[i + 1] as usize] as f64;
+            count += 1;
+        }
+    }
+    assert_eq!(count as u64, r["n_predicted"].as_u64().unwrap());
+    let ppl = (nll / count as f64).exp();
+    let want = r["ppl"].as_f64().unwrap();
+    assert!((ppl - want).abs() / want < 1e-4, "ppl {ppl} vs {want}");
+}
+
+#[test]
+fn bad_folders_are_clear_errors() {
+    let tmp = std::env::temp_dir().join(format!("tuili-hf-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let err = |what: &str| {
+        let e = Engine::load(&tmp, EngineConfig::default())
+            .err()
+            .expect(what)
+            .to_string();
+        assert!(!e.is_empty());
+        e
+    };
+    assert!(err("no config").contains("config.json"));
+    std::fs::copy(dir().join("config.json"), tmp.join("config.json")).unwrap();
+    assert!(err("no weights").contains("safetensors"));
+    // A truncated checkpoint.
+    let st = std::fs::read(dir().join("model.safetensors")).unwrap();
+    std::fs::write(tmp.join("model.safetensors"), &st[..st.len() / 2]).unwrap();
+    err("truncated");
+    std::fs::write(
+        tmp.join("model.safetensors"),
+        b"\x08\x00\x00\x00\x00\x00\x00\x00{}",
+    )
+    .unwrap();
+    err("garbage header");
+    std::fs::write(tmp.join("config.json"), r#"{"model_type": "t5"}"#).unwrap();
+    assert!(err("unsupported").contains("t5"));
+    std::fs::remove_dir_all(&tmp).unwrap();
+}

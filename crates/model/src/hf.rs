@@ -1,0 +1,331 @@
+//! Hugging Face model folders (`config.json` + safetensors) for the Llama family: Llama 2/3/3.1
+//! (`llama`, with linear and llama3 RoPE scaling), Mistral (`mistral`), Qwen2 (`qwen2`) and
+//! Qwen3 (`qwen3`). The weights stay in the memory maps of the shards; HF tensor names are
+//! presented to the forward pass under GGUF's names. HF checkpoints keep Q and K unpermuted and
+//! rotate halves of each head (NeoX layout), where GGUF's `llama` permutes them for adjacent
+//! pairs; the config says which.
+
+use std::path::Path;
+
+use serde_json::Value;
+use tuili_formats::Safetensors;
+use tuili_kernels::ops::RopeLayout;
+
+use crate::config::{Arch, ModelConfig};
+use crate::weights::{Backing, WeightInfo, WeightSource};
+use crate::{Llama, ModelError};
+
+/// A safetensors checkpoint seen through GGUF tensor names.
+pub struct HfSource {
+    st: Safetensors,
+}
+
+/// The HF name of a GGUF tensor name.
+fn hf_name(gguf: &str) -> Option<String> {
+    let top = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(t) = top {
+        return Some(t.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, t) = rest.split_once('.')?;
+    let (base, suffix) = t.rsplit_once('.')?;
+    let hf = match base {
+        "attn_norm" => "input_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
+        "ffn_norm" => "post_attention_layernorm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+}
+
+impl WeightSource for HfSource {
+    fn label(&self) -> String {
+        self.st.dir.display().to_string()
+    }
+
+    fn get(&self, name: &str) -> Option<WeightInfo> {
+        let hf = hf_name(name)?;
+        // Tied checkpoints may keep only one of the two matrices (a 656K TinyStories model
+        // stores lm_head.weight and no embedding).
+        let t = self.st.tensors.get(&hf).or_else(|| match name {
+            "token_embd.weight" => self.st.tensors.get("lm_head.weight"),
+            _ => None,
+        })?;
+        Some(WeightInfo {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            backing: Backing::Shard(t.shard.clone()),
+            range: t.range.clone(),
+        })
+    }
+}
+
+/// What `config.json` and `generation_config.json` say beyond the shape.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HfExtras {
+    /// Llama 3.1 RoPE scaling, as factors dividing each frequency.
+    pub rope_factors: Option<Vec<f32>>,
+    /// Mistral's sliding attention window (contexts up to it are exact).
+    pub sliding_window: Option<usize>,
+    /// End-of-sequence ids from the configs.
+    pub eos_ids: Vec<u32>,
+    /// Default sampling settings of `generation_config.json`.
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub do_sample: Option<bool>,
+}
+
+fn read_json(path: &Path) -> Result<Option<Value>, ModelError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => serde_json::from_str(&s)
+            .map(Some)
+            .map_err(|e| ModelError::BadHyperParam {
+                path: path.display().to_string(),
+                key: "json".into(),
+                value: String::new(),
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ModelError::Io {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    match v {
+        Value::Number(n) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Reads `config.json` into a [`ModelConfig`] and the extras.
+pub fn config_from_hf(dir: &Path) -> Result<(ModelConfig, HfExtras), ModelError> {
+    let path = dir.join("config.json");
+    let c = read_json(&path)?.ok_or_else(|| ModelError::Io {
+        path: path.display().to_string(),
+        reason: "not found (a Hugging Face model folder needs config.json)".into(),
+    })?;
+    let p = path.display().to_string();
+    let bad = |key: &str, value: String, reason: &str| ModelError::BadHyperParam {
+        path: p.clone(),
+        key: key.into(),
+        value,
+        reason: reason.into(),
+    };
+    let model_type = c["model_type"].as_str().unwrap_or("");
+    let arch = match model_type {
+        "llama" | "mistral" => Arch::Llama,
+        "qwen2" => Arch::Qwen2,
+        "qwen3" => Arch::Qwen3,
+        other => {
+            return Err(ModelError::UnsupportedArch {
+                path: p.clone(),
+                arch: other.to_string(),
+            })
+        }
+    };
+    let req = |key: &str| -> Result<usize, ModelError> {
+        c[key]
+            .as_u64()
+            .filter(|&v| v > 0 && v < (1 << 31))
+            .map(|v| v as usize)
+            .ok_or_else(|| bad(key, c[key].to_string(), "missing or not a positive integer"))
+    };
+    let n_embd = req("hidden_size")?;
+    let n_head = req("num_attention_heads")?;
+    let n_head_kv = c["num_key_value_heads"]
+        .as_u64()
+        .map(|v| v as usize)
+        .unwrap_or(n_head);
+    let head_dim = c["head_dim"]
+        .as_u64()
+        .map(|v| v as usize)
+        .unwrap_or(n_embd / n_head);
+    if n_head_kv == 0 || n_head % n_head_kv != 0 || head_dim == 0 || head_dim % 2 != 0 {
+        return Err(bad(
+            "num_key_value_heads",
+            n_head_kv.to_string(),
+            "must divide num_attention_heads, with an even head size",
+        ));
+    }
+    let rope_theta = c["rope_theta"].as_f64().unwrap_or(10_000.0) as f32;
+    let n_ctx_train = c["max_position_embeddings"].as_u64().unwrap_or(2048) as usize;
+    let mut extras = HfExtras::default();
+    let mut freq_scale = 1.0f32;
+    if let Some(rs) = c["rope_scaling"].as_object() {
+        let kind = rs
+            .get("rope_type")
+            .or_else(|| rs.get("type"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("default");
+        let factor = rs.get("factor").and_then(|v| v.as_f64()).unwrap_or(1.0);
+        match kind {
+            "default" => {}
+            "linear" => freq_scale = (1.0 / factor) as f32,
+            "llama3" => {
+                let low = rs
+                    .get("low_freq_factor")
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(1.0);
+                let high = rs
+                    .get("high_freq_factor")
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(4.0);
+                let old = rs
+                    .get("original_max_position_embeddings")
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(8192.0);
+                extras.rope_factors = Some(llama3_factors(
+                    head_dim,
+                    rope_theta as f64,
+                    factor,
+                    low,
+                    high,
+                    old,
+                ));
+            }
+            other => {
+                return Err(bad(
+                    "rope_scaling",
+                    other.to_string(),
+                    "supported: linear, llama3",
+                ))
+            }
+        }
+    }
+    if let Some(w) = c["sliding_window"].as_u64() {
+        if c["use_sliding_window"].as_bool() != Some(false) {
+            extras.sliding_window = Some(w as usize);
+        }
+    }
+    extras.eos_ids = ids(&c["eos_token_id"]);
+    if let Some(g) = read_json(&dir.join("generation_config.json"))? {
+        for id in ids(&g["eos_token_id"]) {
+            if !extras.eos_ids.contains(&id) {
+                extras.eos_ids.push(id);
+            }
+        }
+        extras.temperature = g["temperature"].as_f64().map(|v| v as f32);
+        extras.top_k = g["top_k"].as_u64().map(|v| v as usize);
+        extras.top_p = g["top_p"].as_f64().map(|v| v as f32);
+        extras.repetition_penalty = g["repetition_penalty"].as_f64().map(|v| v as f32);
+        extras.do_sample = g["do_sample"].as_bool();
+    }
+    let cfg = ModelConfig {
+        arch,
+        name: c["_name_or_path"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .unwrap_or_else(|| {
+                dir.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            }),
+        n_vocab: req("vocab_size")?,
+        n_embd,
+        n_layer: req("num_hidden_layers")?,
+        n_head,
+        n_head_kv,
+        head_dim,
+        n_ff: req("intermediate_size")?,
+        n_ctx_train,
+        rms_eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32,
+        n_rot: head_dim,
+        rope_freq_base: rope_theta,
+        rope_freq_scale: freq_scale,
+        rope_layout: RopeLayout::NeoX,
+    };
+    Ok((cfg, extras))
+}
+
+/// Llama 3.1's frequency-dependent RoPE scaling (transformers' `_compute_llama3_parameters`),
+/// as factors that divide each inverse frequency: long wavelengths are slowed by `factor`,
+/// short ones kept, and those between interpolated smoothly.
+fn llama3_factors(
+    head_dim: usize,
+    theta: f64,
+    factor: f64,
+    low: f64,
+    high: f64,
+    old_ctx: f64,
+) -> Vec<f32> {
+    let (low_wavelen, high_wavelen) = (old_ctx / low, old_ctx / high);
+    (0..head_dim / 2)
+        .map(|i| {
+            let inv = 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / inv;
+            let new = if wavelen < high_wavelen {
+                inv
+            } else if wavelen > low_wavelen {
+                inv / factor
+            } else {
+                let smooth = (old_ctx / wavelen - low) / (high - low);
+                (1.0 - smooth) * inv / factor + smooth * inv
+            };
+            (inv / new) as f32
+        })
+        .collect()
+}
+
+/// Loads a Hugging Face model folder.
+pub fn load_hf(dir: &Path) -> Result<(Llama, HfExtras), ModelError> {
+    let (cfg, extras) = config_from_hf(dir)?;
+    let st = Safetensors::open_dir(dir).map_err(|e| ModelError::Io {
+        path: dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let src = HfSource { st };
+    let model = Llama::from_source(cfg, &src, extras.rope_factors.clone())?;
+    Ok((model, extras))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_llama3_factors() {
+        assert_eq!(
+            hf_name("blk.3.attn_q.bias").as_deref(),
+            Some("model.layers.3.self_attn.q_proj.bias")
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_down.weight").as_deref(),
+            Some("model.layers.0.mlp.down_proj.weight")
+        );
+        assert_eq!(hf_name("output.weight").as_deref(), Some("lm_head.weight"));
+        assert_eq!(hf_name("blk.0.nonsense.weight"), None);
+        // Llama 3.1 8B: factor 8, low 1, high 4, original context 8192, head 128, θ 500000.
+        let f = llama3_factors(128, 500_000.0, 8.0, 1.0, 4.0, 8192.0);
+        assert_eq!(f[0], 1.0, "the fastest frequencies are kept");
+        assert!(
+            (f[63] - 8.0).abs() < 1e-5,
+            "the slowest are divided by the factor"
+        );
+        assert!(f.windows(2).all(|w| w[0] <= w[1] + 1e-6));
+    }
+}
