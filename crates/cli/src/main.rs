@@ -2,6 +2,7 @@
 //! on stderr and a non-zero exit code.
 
 mod bench;
+mod chat;
 mod inspect;
 mod perplexity;
 mod quantize;
@@ -32,6 +33,8 @@ struct Cli {
 enum Cmd {
     /// Generate text from a prompt.
     Run(Box<RunArgs>),
+    /// Chat with a model in the terminal (multi-turn; the conversation stays in the KV cache).
+    Chat(Box<chat::ChatArgs>),
     /// Print the token ids (and pieces) of a text, as llama.cpp's llama-tokenize does.
     Tokenize(TokenizeArgs),
     /// Print a GGUF file's metadata and tensors.
@@ -109,35 +112,26 @@ struct RunArgs {
 
 /// The sampling chain's options (see the README for the order they apply in).
 #[derive(clap::Args)]
-struct SamplingArgs {
-    /// Sampling temperature; 0 = greedy.
-    #[arg(
-        long,
-        alias = "temp",
-        default_value_t = 0.8,
-        allow_negative_numbers = true
-    )]
-    temperature: f32,
-    /// Keep only the K most likely tokens (0 = all).
-    #[arg(long, default_value_t = 40)]
-    top_k: usize,
-    /// Nucleus sampling: keep the most likely tokens up to probability P (1 = off).
-    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
-    top_p: f32,
+pub(crate) struct SamplingArgs {
+    /// Sampling temperature; 0 = greedy. Default: the model's generation_config, else 0.8.
+    #[arg(long, alias = "temp", allow_negative_numbers = true)]
+    temperature: Option<f32>,
+    /// Keep only the K most likely tokens (0 = all). Default: the model's, else 40.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Nucleus sampling: keep the most likely tokens up to probability P (1 = off). Default:
+    /// the model's, else 0.95.
+    #[arg(long, allow_negative_numbers = true)]
+    top_p: Option<f32>,
     /// Drop tokens less likely than P × the most likely one (0 = off).
     #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     min_p: f32,
     /// Locally typical sampling with mass P (1 = off).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     typical_p: f32,
-    /// Repetition penalty for tokens in the window (1 = off).
-    #[arg(
-        long,
-        alias = "repetition-penalty",
-        default_value_t = 1.0,
-        allow_negative_numbers = true
-    )]
-    repeat_penalty: f32,
+    /// Repetition penalty for tokens in the window (1 = off). Default: the model's, else 1.
+    #[arg(long, alias = "repetition-penalty", allow_negative_numbers = true)]
+    repeat_penalty: Option<f32>,
     /// Presence penalty (OpenAI): subtracted once for each token in the window.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     presence_penalty: f32,
@@ -158,11 +152,18 @@ struct SamplingArgs {
     samplers: Option<String>,
     /// Random seed (default: a fresh one, printed on stderr).
     #[arg(long)]
-    seed: Option<u64>,
+    pub(crate) seed: Option<u64>,
 }
 
 impl SamplingArgs {
-    fn params(&self, seed: u64) -> Result<SamplingParams, CliError> {
+    /// The parameters: what the user gave, else the model's defaults (`defaults`), else
+    /// llama.cpp's.
+    pub(crate) fn params(
+        &self,
+        seed: u64,
+        defaults: Option<&tuili_engine::GenerationDefaults>,
+    ) -> Result<SamplingParams, CliError> {
+        let d = defaults.cloned().unwrap_or_default();
         let mut logit_bias = Vec::new();
         for b in &self.logit_bias {
             let parsed = b.split_once(['=', ':']).and_then(|(id, v)| {
@@ -188,12 +189,12 @@ impl SamplingArgs {
             None => DEFAULT_ORDER.to_vec(),
         };
         let p = SamplingParams {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
+            temperature: self.temperature.or(d.temperature).unwrap_or(0.8),
+            top_k: self.top_k.or(d.top_k).unwrap_or(40),
+            top_p: self.top_p.or(d.top_p).unwrap_or(0.95),
             min_p: self.min_p,
             typical_p: self.typical_p,
-            repetition_penalty: self.repeat_penalty,
+            repetition_penalty: self.repeat_penalty.or(d.repetition_penalty).unwrap_or(1.0),
             presence_penalty: self.presence_penalty,
             frequency_penalty: self.frequency_penalty,
             penalty_last_n: self.repeat_last_n,
@@ -256,6 +257,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Run(a) => run(*a),
+        Cmd::Chat(a) => chat::chat(*a),
         Cmd::Tokenize(a) => tokenize(a),
         Cmd::Inspect(a) => inspect::inspect(&a.path, a.full),
         Cmd::Bench(a) => bench::bench(a),
@@ -283,7 +285,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn fresh_seed() -> u64 {
+pub(crate) fn fresh_seed() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -294,7 +296,7 @@ fn fresh_seed() -> u64 {
 fn run(a: RunArgs) -> Result<(), CliError> {
     let seed = a.sampling.seed.unwrap_or_else(fresh_seed);
     // Refuse nonsense before the model is loaded.
-    let sampling = a.sampling.params(seed)?;
+    let sampling = a.sampling.params(seed, None)?;
     let beam = match a.beams {
         Some(num_beams) => Some(BeamParams {
             num_beams,
@@ -308,7 +310,7 @@ fn run(a: RunArgs) -> Result<(), CliError> {
         }),
         None => None,
     };
-    let req = GenerateRequest {
+    let mut req = GenerateRequest {
         parse_special: !a.no_parse_special,
         ignore_eos: a.ignore_eos,
         stop: a.stop.clone(),
@@ -341,6 +343,8 @@ fn run(a: RunArgs) -> Result<(), CliError> {
         threads,
         t_load.elapsed().as_secs_f64() * 1e3
     );
+    // What the user left unset comes from the model's generation_config, if it has one.
+    req.sampling = a.sampling.params(seed, Some(engine.defaults()))?;
     let prompt = engine.prepare(&req)?;
     let tok = engine.tokenizer();
 

@@ -243,3 +243,51 @@ fn run_decoding_options() {
         assert!(!e.contains("panicked"), "{e}");
     }
 }
+
+/// `tuili chat`: turns read from stdin, the cache reused on the second turn, /reset, /exit.
+#[test]
+fn chat_repl() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let model = root().join("../shared/fixtures/models/tinystories-656k-hf");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tuili"))
+        .args([
+            "chat",
+            "-m",
+            model.to_str().unwrap(),
+            "--chat-template",
+            "chatml",
+            "-n",
+            "8",
+            "--temperature",
+            "0",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Hi there\nTell me more\n/reset\nHello\n/exit\nnever read\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    let reused: Vec<usize> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix('(').or_else(|| l.strip_prefix("> (")))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(reused.len(), 3, "{err}");
+    assert_eq!(reused[0], 0);
+    assert!(reused[1] > 10, "the second turn reuses the first: {err}");
+    assert_eq!(reused[2], 0, "after /reset nothing is reused");
+    assert!(err.contains("(conversation reset)"));
+    // No template, no --chat-template: a clear error.
+    let out = tuili(&["chat", "-m", model.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no chat template"));
+}

@@ -523,6 +523,122 @@ impl Engine {
     }
 }
 
+/// A conversation kept in its own KV cache: each turn only the tokens after the longest
+/// prefix the cache already holds are processed.
+pub struct Session {
+    kv: KvCache,
+    /// The tokens whose keys and values the cache holds, in order.
+    tokens: Vec<u32>,
+}
+
+impl Session {
+    /// Tokens held in the cache.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Forgets everything.
+    pub fn reset(&mut self) {
+        self.kv.clear();
+        self.tokens.clear();
+    }
+}
+
+/// What one turn of a session did.
+#[derive(Debug, Clone)]
+pub struct TurnStats {
+    pub stats: GenerationStats,
+    /// Tokens of the prompt found in the cache and not processed again.
+    pub reused: usize,
+}
+
+impl Engine {
+    /// A new conversation with a cache of the engine's context size.
+    pub fn new_session(&self) -> Result<Session, EngineError> {
+        let c = self.model.config();
+        Ok(Session {
+            kv: KvCache::new(c.n_layer, self.n_ctx, c.kv_dim())
+                .map_err(tuili_model::ModelError::from)?,
+            tokens: Vec::new(),
+        })
+    }
+
+    /// Continues a session: `prompt` is the whole context to be (e.g. the rendered
+    /// conversation so far); the cache keeps its longest common prefix with what it holds and
+    /// processes the rest, then generates as `req` asks (one completion, sampling: `n`,
+    /// `beam` are refused here).
+    pub fn generate_in_session(
+        &self,
+        session: &mut Session,
+        prompt: Vec<u32>,
+        req: &GenerateRequest,
+        on_token: &mut dyn FnMut(&TokenEvent) -> ControlFlow<()>,
+    ) -> Result<TurnStats, EngineError> {
+        self.check_request(req)?;
+        self.check_prompt(&prompt)?;
+        if req.n != 1 || req.beam.is_some() {
+            return Err(EngineError::BadSetting {
+                name: "n",
+                value: req.n.to_string(),
+                reason: "a conversation turn makes one sampled completion".into(),
+            });
+        }
+        // At least the last prompt token is run again: its logits start the reply.
+        let common = session
+            .tokens
+            .iter()
+            .zip(&prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len() - 1);
+        session
+            .kv
+            .truncate(common)
+            .map_err(tuili_model::ModelError::from)?;
+        session.tokens.truncate(common);
+        let mut scratch = Scratch::new();
+        let t0 = Instant::now();
+        let mut first = Vec::new();
+        let new = &prompt[common..];
+        let chunks: Vec<&[u32]> = new.chunks(self.cfg.n_batch).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            let which = if last { Logits::Last } else { Logits::None };
+            let logits =
+                self.model
+                    .forward(chunk, &mut session.kv, &mut scratch, which, &self.pool)?;
+            session.tokens.extend_from_slice(chunk);
+            if last {
+                first = logits.to_vec();
+            }
+        }
+        let prompt_time = t0.elapsed();
+        let t1 = Instant::now();
+        let dummy = Arc::new(KvCache::new(0, 0, 0).map_err(tuili_model::ModelError::from)?);
+        let mut run = Run {
+            engine: self,
+            req,
+            prompt: &prompt,
+            prefix: &dummy,
+            extra: 0,
+            first: &first,
+            scratch,
+            decode_steps: 0,
+        };
+        let c = run.decode(0, &mut session.kv, on_token, Some(&mut session.tokens))?;
+        Ok(TurnStats {
+            reused: common,
+            stats: GenerationStats {
+                prompt_tokens: new.to_vec(),
+                completions: vec![c],
+                prompt_time,
+                gen_time: t1.elapsed(),
+                decode_steps: run.decode_steps,
+            },
+        })
+    }
+}
+
 /// The state of one request's decoding after its prefill.
 struct Run<'a> {
     engine: &'a Engine,
@@ -539,19 +655,32 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// One sampled completion, from stream `index` of the seed.
+    /// One sampled completion, from stream `index` of the seed, in a fork of the prompt's
+    /// cache.
     fn sample(
         &mut self,
         index: usize,
         on_token: &mut dyn FnMut(&TokenEvent) -> ControlFlow<()>,
+    ) -> Result<Completion, EngineError> {
+        let mut kv =
+            KvCache::fork(self.prefix, self.extra).map_err(tuili_model::ModelError::from)?;
+        self.decode(index, &mut kv, on_token, None)
+    }
+
+    /// The decode loop: samples from `first`, then feeds each token to the model in `kv`
+    /// (recording it in `fed` when given) until a stop condition.
+    fn decode(
+        &mut self,
+        index: usize,
+        kv: &mut KvCache,
+        on_token: &mut dyn FnMut(&TokenEvent) -> ControlFlow<()>,
+        mut fed: Option<&mut Vec<u32>>,
     ) -> Result<Completion, EngineError> {
         let (e, req) = (self.engine, self.req);
         let n_vocab = e.model.config().n_vocab;
         let mut sampler = Sampler::with_stream(req.sampling.clone(), n_vocab, index as u64)?;
         sampler.reserve(self.prompt.len() + req.max_tokens.min(e.n_ctx));
         sampler.accept_all(self.prompt);
-        let mut kv =
-            KvCache::fork(self.prefix, self.extra).map_err(tuili_model::ModelError::from)?;
         let mut stream = e.tokenizer.stream(self.prompt)?;
         let mut stops = StopMatcher::new(&req.stop);
         let mut explain = Explain::default();
@@ -607,7 +736,10 @@ impl Run<'_> {
             }
             logits = e
                 .model
-                .forward(&[next], &mut kv, &mut self.scratch, Logits::Last, &e.pool)?;
+                .forward(&[next], kv, &mut self.scratch, Logits::Last, &e.pool)?;
+            if let Some(f) = fed.as_mut() {
+                f.push(next);
+            }
             self.decode_steps += 1;
         };
         c.stop = stop;

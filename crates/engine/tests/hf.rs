@@ -151,3 +151,49 @@ fn bad_folders_are_clear_errors() {
     assert!(err("unsupported").contains("t5"));
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+/// A session keeps the conversation in its cache: a second turn processes only what is new,
+/// and greedy output equals a fresh run on the whole context (so the reused keys and values
+/// are right).
+#[test]
+fn sessions_reuse_the_cache() {
+    let e = engine();
+    let tok = e.tokenizer();
+    let mut s = e.new_session().unwrap();
+    let req = GenerateRequest::new("", 20, SamplingParams::greedy());
+    let p1 = tok.encode("Once upon a time", true, true).unwrap();
+    let t1 = e
+        .generate_in_session(&mut s, p1.clone(), &req, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(t1.reused, 0);
+    let reply = t1.stats.first().tokens.clone();
+    // The cache holds the prompt and every reply token but the last (never fed back).
+    assert_eq!(s.tokens().len(), p1.len() + reply.len() - 1);
+    // Turn 2: the whole context so far plus new text.
+    let mut p2 = p1.clone();
+    p2.extend_from_slice(&reply);
+    p2.extend(tok.encode(" The end. Then", false, true).unwrap());
+    let t2 = e
+        .generate_in_session(&mut s, p2.clone(), &req, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(t2.reused, p1.len() + reply.len() - 1);
+    assert_eq!(t2.stats.prompt_tokens.len(), p2.len() - t2.reused);
+    // The same as a fresh generation from the full context.
+    let fresh = e
+        .generate_from(p2.clone(), &req, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(t2.stats.first().tokens, fresh.first().tokens);
+    // A context that diverges early: truncated to the common prefix, still right.
+    let mut p3 = p1[..3].to_vec();
+    p3.extend(tok.encode(" a dog", false, true).unwrap());
+    let t3 = e
+        .generate_in_session(&mut s, p3.clone(), &req, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(t3.reused, 3);
+    let fresh = e
+        .generate_from(p3, &req, &mut |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_eq!(t3.stats.first().tokens, fresh.first().tokens);
+    s.reset();
+    assert!(s.tokens().is_empty());
+}

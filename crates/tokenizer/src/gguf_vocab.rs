@@ -461,5 +461,6 @@ pub(crate) fn build(file: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         add_bos,
         add_eos,
         strip_prefix: kind == VocabKind::Spm && spm_add_prefix(file),
+        chat_template: None,
     })
 }

@@ -6,6 +6,7 @@
 //! ids end generation); decoding, including streaming decoding that never splits a UTF-8
 //! character. May not: touch model weights or sampling.
 
+pub mod chat;
 mod gguf_vocab;
 mod pretok;
 
@@ -21,6 +22,8 @@ pub use gguf_vocab::TokenType;
 /// Errors of the tokenizer crate.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
+    #[error("chat template: {reason}")]
+    Template { reason: String },
     #[error("{path}: {reason}")]
     BadVocab { path: String, reason: String },
     #[error("{path}: tokenizer model {model:?} is not supported (llama, gpt2 and bert are)")]
@@ -73,6 +76,8 @@ pub struct Tokenizer {
     add_eos: bool,
     /// Whether decoding a whole text drops one leading space (SPM's dummy prefix).
     strip_prefix: bool,
+    /// The model's Jinja chat template, if it ships one.
+    chat_template: Option<String>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -89,7 +94,33 @@ impl std::fmt::Debug for Tokenizer {
 impl Tokenizer {
     /// Builds the tokenizer that a GGUF file's `tokenizer.ggml.*` metadata describes.
     pub fn from_gguf(file: &GgufFile) -> Result<Tokenizer, TokenizerError> {
-        gguf_vocab::build(file)
+        let mut t = gguf_vocab::build(file)?;
+        t.chat_template = file
+            .get_str("tokenizer.chat_template")
+            .ok()
+            .flatten()
+            .map(String::from);
+        Ok(t)
+    }
+
+    /// The model's chat template, compiled (with its BOS and EOS texts), if it has one.
+    pub fn chat_template(&self) -> Option<Result<chat::ChatTemplate, TokenizerError>> {
+        let src = self.chat_template.as_deref()?;
+        let text = |id: Option<u32>| {
+            id.and_then(|i| self.pieces.get(i as usize))
+                .cloned()
+                .unwrap_or_default()
+        };
+        Some(chat::ChatTemplate::new(
+            src,
+            &text(self.bos),
+            &text(self.eos),
+        ))
+    }
+
+    /// Replaces the chat template (e.g. one given on the command line).
+    pub fn set_chat_template(&mut self, source: Option<String>) {
+        self.chat_template = source;
     }
 
     /// Loads a Hugging Face `tokenizer.json` (with `tokenizer_config.json` beside it, when
@@ -139,6 +170,17 @@ impl Tokenizer {
             let s = v.as_str().or_else(|| v["content"].as_str())?;
             hf.token_to_id(s)
         };
+        // A string, or a list of named templates (the "default" one, else the first).
+        let chat_template = match &cfg["chat_template"] {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(list) => list
+                .iter()
+                .find(|t| t["name"] == "default")
+                .or_else(|| list.first())
+                .and_then(|t| t["template"].as_str())
+                .map(String::from),
+            _ => None,
+        };
         let bos = tok_of("bos_token");
         let eos = tok_of("eos_token");
         // A post-processor (TemplateProcessing) adds BOS itself when asked for special
@@ -174,6 +216,7 @@ impl Tokenizer {
             add_bos,
             add_eos,
             strip_prefix: false,
+            chat_template,
         })
     }
 

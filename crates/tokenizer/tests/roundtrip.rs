@@ -150,3 +150,39 @@ fn tokenizer_json_tinystories() {
     );
     assert!(Tokenizer::from_tokenizer_json("/nonexistent/tokenizer.json").is_err());
 }
+
+/// The chat template shipped in a real tokenizer_config.json (Phi-3 mini) renders as the model
+/// expects.
+#[test]
+fn phi3_chat_template_from_tokenizer_config() {
+    use tuili_tokenizer::chat::Message;
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures/tokenizers/phi-3-mini");
+    let tok = tuili_tokenizer::Tokenizer::from_tokenizer_json(dir.join("tokenizer.json")).unwrap();
+    let t = tok
+        .chat_template()
+        .expect("phi-3 ships a template")
+        .unwrap();
+    let msgs = [
+        Message::new("system", "Be kind."),
+        Message::new("user", "Hi"),
+    ];
+    assert_eq!(
+        t.render(&msgs, true).unwrap(),
+        "<|system|>\nBe kind.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n"
+    );
+    assert_eq!(
+        t.render(&msgs[1..], false).unwrap(),
+        "<|user|>\nHi<|end|>\n<|endoftext|>"
+    );
+    // The GGUF of the same family carries its (older) template as tokenizer.chat_template: it
+    // starts with BOS and drops system messages.
+    let gguf =
+        tuili_formats::GgufFile::open(dir.join("../../vocab/ggml-vocab-phi-3.gguf")).unwrap();
+    let g = tuili_tokenizer::Tokenizer::from_gguf(&gguf).unwrap();
+    let gt = g.chat_template().expect("the GGUF has a template").unwrap();
+    assert_eq!(
+        gt.render(&msgs, true).unwrap(),
+        "<s><|user|>\nHi<|end|>\n<|assistant|>\n"
+    );
+}

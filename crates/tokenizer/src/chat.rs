@@ -1,0 +1,160 @@
+//! Chat templates: the Jinja template a model ships (`tokenizer.chat_template` in GGUF,
+//! `chat_template` in tokenizer_config.json) rendered with minijinja, with Python string
+//! methods (`.strip()`, `.startswith()` …) as Hugging Face's Jinja environment has them, and
+//! its globals: `messages`, `add_generation_prompt`, `bos_token`, `eos_token`,
+//! `raise_exception`, `strftime_now`.
+
+use minijinja::{Environment, Error, ErrorKind, Value};
+use serde::Serialize;
+
+use crate::TokenizerError;
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Message {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// A compiled chat template.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos: String,
+    eos: String,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate").finish_non_exhaustive()
+    }
+}
+
+fn raise_exception(msg: String) -> Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, msg))
+}
+
+fn strftime_now(fmt: String) -> String {
+    // Days since the epoch → civil date (UTC); only the date formats templates use.
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    fmt.replace("%Y", &y.to_string())
+        .replace("%m", &format!("{m:02}"))
+        .replace("%d", &format!("{d:02}"))
+        .replace("%B", MONTHS[(m - 1) as usize])
+        .replace("%b", &MONTHS[(m - 1) as usize][..3])
+}
+
+impl ChatTemplate {
+    /// Compiles `source`; `bos` and `eos` are the token texts the template may use.
+    pub fn new(source: &str, bos: &str, eos: &str) -> Result<ChatTemplate, TokenizerError> {
+        let mut env = Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| TokenizerError::Template {
+                reason: e.to_string(),
+            })?;
+        Ok(ChatTemplate {
+            env,
+            bos: bos.into(),
+            eos: eos.into(),
+        })
+    }
+
+    /// Renders a conversation; `add_generation_prompt` appends the opening of the assistant's
+    /// turn.
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        let t = self
+            .env
+            .get_template("chat")
+            .map_err(|e| TokenizerError::Template {
+                reason: e.to_string(),
+            })?;
+        t.render(minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos,
+            eos_token => &self.eos,
+        })
+        .map_err(|e| TokenizerError::Template {
+            reason: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_common_templates() {
+        let msgs = [
+            Message::new("system", "Be brief."),
+            Message::new("user", "  Hi!  "),
+        ];
+        // ChatML (Qwen2), with a Python string method.
+        let chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content.strip() }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+        let t = ChatTemplate::new(chatml, "", "<|im_end|>").unwrap();
+        assert_eq!(
+            t.render(&msgs, true).unwrap(),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"
+        );
+        // Llama 3 style: bos_token, trim filter, loop.first.
+        let llama3 = "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}";
+        let t = ChatTemplate::new(llama3, "<|begin_of_text|>", "<|eot_id|>").unwrap();
+        assert_eq!(
+            t.render(&msgs[1..], false).unwrap(),
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|>"
+        );
+        // raise_exception surfaces as an error, not a panic.
+        let strict = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation roles must alternate') }}{% endif %}ok";
+        let t = ChatTemplate::new(strict, "", "").unwrap();
+        assert!(t
+            .render(&msgs, false)
+            .unwrap_err()
+            .to_string()
+            .contains("alternate"));
+        assert!(ChatTemplate::new("{% for %}", "", "").is_err());
+        let d = strftime_now("%d %B %Y".into());
+        assert!(d.len() >= 10 && d.contains("20"));
+    }
+}
