@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod beam;
+pub mod hub;
 mod perplexity;
 mod stop;
 
@@ -282,11 +283,20 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens a model: a GGUF file (memory-mapped) with the tokenizer it carries, or a Hugging
+    /// Opens a model: a GGUF file (memory-mapped) with the tokenizer it carries, a Hugging
     /// Face folder (`config.json`, safetensors shards memory-mapped, `tokenizer.json`,
-    /// `tokenizer_config.json`, `generation_config.json`).
+    /// `tokenizer_config.json`, `generation_config.json`), or a hub id `org/name[@rev]`
+    /// (fetched into the Hugging Face cache first; see [`hub`]).
     pub fn load(path: impl AsRef<Path>, cfg: EngineConfig) -> Result<Engine, EngineError> {
         let path = path.as_ref();
+        if let Some(s) = path.to_str().filter(|s| hub::looks_like_hub_id(s)) {
+            let opts = hub::HubOptions {
+                progress: true,
+                ..Default::default()
+            };
+            let dir = hub::fetch(s, &opts)?;
+            return Engine::load(dir, cfg);
+        }
         if path.is_dir() {
             let (model, extras) = tuili_model::hf::load_hf(path)?;
             let mut tokenizer = Tokenizer::from_tokenizer_json(path.join("tokenizer.json"))?;
