@@ -5,13 +5,15 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use tuili_formats::GgufFile;
-use tuili_model::quantize::{quantize as run_quantize, summary, FileType, QuantizeOptions};
+use tuili_model::quantize::{
+    quantize as run_quantize, summary, FileType, QuantInput, QuantizeOptions,
+};
 
 use crate::CliError;
 
 #[derive(clap::Args)]
 pub struct QuantizeArgs {
-    /// Input model (GGUF with F32, F16 or BF16 weights).
+    /// Input model: a GGUF with F32, F16 or BF16 weights, or a Hugging Face folder.
     input: PathBuf,
     /// Output GGUF (written under a temporary name, renamed when complete).
     output: PathBuf,
@@ -42,13 +44,21 @@ pub fn quantize(a: QuantizeArgs) -> Result<(), CliError> {
             names.join(", ")
         ))
     })?;
-    if a.input.is_dir() {
-        return Err(CliError::Usage(format!(
-            "{}: Hugging Face folders are not supported yet; convert to GGUF first",
-            a.input.display()
-        )));
-    }
-    let file = GgufFile::open(&a.input)?;
+    // A GGUF file, or a Hugging Face folder converted on the way.
+    let (file, st) = if a.input.is_dir() {
+        let st = tuili_formats::Safetensors::open_dir(&a.input)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        (None, Some(st))
+    } else {
+        (Some(GgufFile::open(&a.input)?), None)
+    };
+    let input = match (&file, &st) {
+        (Some(f), _) => QuantInput::from_gguf(f),
+        (None, Some(st)) => {
+            tuili_model::convert::hf_input(&a.input, st).map_err(tuili_engine::EngineError::from)?
+        }
+        (None, None) => unreachable!("one of the two is set above"),
+    };
     let opts = QuantizeOptions {
         ftype,
         pure: a.pure,
@@ -57,7 +67,9 @@ pub fn quantize(a: QuantizeArgs) -> Result<(), CliError> {
             .threads
             .unwrap_or_else(tuili_core::parallel::physical_cores),
     };
-    let total: u64 = file.tensor_views().map(|t| t.data.len() as u64).sum();
+    let sizes: Vec<u64> = input.tensors.iter().map(|t| t.data.len() as u64).collect();
+    let names: Vec<String> = input.tensors.iter().map(|t| t.name.clone()).collect();
+    let total: u64 = sizes.iter().sum();
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {elapsed}/{eta} | {msg}")
@@ -65,9 +77,7 @@ pub fn quantize(a: QuantizeArgs) -> Result<(), CliError> {
     );
     let t0 = Instant::now();
     let mut lines = Vec::new();
-    let sizes: Vec<u64> = file.tensor_views().map(|t| t.data.len() as u64).collect();
-    let names: Vec<String> = file.tensor_views().map(|t| t.info.name.clone()).collect();
-    let r = run_quantize(&file, &a.output, &opts, &mut |i, p| {
+    let r = run_quantize(&input, &a.output, &opts, &mut |i, p| {
         // Advance by the tensors before this one (the bar shows input bytes consumed).
         bar.set_position(sizes[..i].iter().sum());
         bar.set_message(format!("{} → {}", p.name, p.to));

@@ -197,3 +197,44 @@ fn sessions_reuse_the_cache() {
     s.reset();
     assert!(s.tokens().is_empty());
 }
+
+/// `tuili quantize` from a folder: the GGUF it writes (F32, so nothing is lost) tokenizes as
+/// tokenizer.json does and computes the same logits (the Q/K rows were permuted for GGUF's
+/// RoPE layout and the tokenizer's merges became scores); llama.cpp reads it too (the README
+/// has its perplexity next to tuili's).
+#[test]
+fn converts_to_gguf() {
+    use tuili_model::quantize::{quantize, FileType, QuantizeOptions};
+    let st = tuili_formats::Safetensors::open_dir(dir()).unwrap();
+    let input = tuili_model::convert::hf_input(&dir(), &st).unwrap();
+    let out = std::env::temp_dir().join(format!("tuili-convert-{}.gguf", std::process::id()));
+    let opts = QuantizeOptions {
+        ftype: FileType::F32,
+        pure: false,
+        allow_requantize: false,
+        threads: 2,
+    };
+    quantize(&input, &out, &opts, &mut |_, _| {}).unwrap();
+    let cfg = EngineConfig {
+        n_ctx: 256,
+        n_batch: 32,
+        threads: 2,
+    };
+    let (hf, gg) = (engine(), Engine::load(&out, cfg).unwrap());
+    let text = std::fs::read_to_string(dir().join("../../text/tinystories_sample.txt")).unwrap();
+    let a = hf.tokenizer().encode(&text, true, false).unwrap();
+    assert_eq!(a, gg.tokenizer().encode(&text, true, false).unwrap());
+    assert_eq!(hf.tokenizer().adds_bos(), gg.tokenizer().adds_bos());
+    let logits = |e: &Engine| {
+        let m = e.model();
+        let mut kv = m.new_cache(64).unwrap();
+        let mut s = Scratch::new();
+        m.forward(&a[..40], &mut kv, &mut s, Logits::All, e.pool())
+            .unwrap()
+            .to_vec()
+    };
+    let (x, y) = (logits(&hf), logits(&gg));
+    let max = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+    assert!(max < 1e-4, "max |Δlogit| = {max}");
+    std::fs::remove_file(&out).unwrap();
+}

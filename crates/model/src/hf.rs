@@ -21,7 +21,7 @@ pub struct HfSource {
 }
 
 /// The HF name of a GGUF tensor name.
-fn hf_name(gguf: &str) -> Option<String> {
+pub(crate) fn hf_name(gguf: &str) -> Option<String> {
     let top = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),

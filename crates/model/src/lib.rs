@@ -7,6 +7,7 @@
 //! scratch buffers are the caller's. May not: tokenize, sample, or schedule requests.
 
 pub mod config;
+pub mod convert;
 pub mod hf;
 pub mod llama;
 pub mod quantize;

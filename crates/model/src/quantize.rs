@@ -21,6 +21,7 @@
 //! type's block does not divide falls back: Q2_K/Q3_K → Q4_0, Q4_K → Q5_0, Q5_K → Q5_1,
 //! Q6_K → Q8_0, then F16 if that does not fit either.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -213,37 +214,86 @@ fn fallback(ne0: u64, t: DType) -> (DType, bool) {
     }
 }
 
+/// One tensor to be written: its GGUF name, type, ne0-first shape and bytes.
+pub struct InputTensor<'a> {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub data: Cow<'a, [u8]>,
+}
+
+/// What `quantize` reads: metadata and tensors under GGUF's names, from a GGUF file or from a
+/// converted Hugging Face folder ([`crate::convert`]).
+pub struct QuantInput<'a> {
+    pub label: String,
+    pub metadata: Vec<(String, MetaValue)>,
+    pub tensors: Vec<InputTensor<'a>>,
+    /// Bytes of the input, for the report.
+    pub bytes: u64,
+}
+
+impl<'a> QuantInput<'a> {
+    /// A GGUF file's metadata and tensors, zero-copy.
+    pub fn from_gguf(f: &'a GgufFile) -> QuantInput<'a> {
+        QuantInput {
+            label: f.path().display().to_string(),
+            metadata: f
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            tensors: f
+                .tensor_views()
+                .map(|t| InputTensor {
+                    name: t.info.name.clone(),
+                    dtype: t.info.dtype,
+                    shape: t.info.shape.clone(),
+                    data: Cow::Borrowed(t.data),
+                })
+                .collect(),
+            bytes: f.file_size(),
+        }
+    }
+
+    fn meta(&self, key: &str) -> Option<&MetaValue> {
+        self.metadata.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
 /// Chooses every tensor's type.
-pub fn plan(file: &GgufFile, opts: &QuantizeOptions) -> Result<Vec<TensorPlan>, ModelError> {
+pub fn plan(input: &QuantInput, opts: &QuantizeOptions) -> Result<Vec<TensorPlan>, ModelError> {
     use FileType as F;
     let ft = opts.ftype;
     let base = ft.base();
-    let arch = file
-        .get_str("general.architecture")?
+    let arch = input
+        .meta("general.architecture")
+        .and_then(|v| v.as_str())
         .unwrap_or("llama")
         .to_string();
-    let n_head = file
-        .get_u64(&format!("{arch}.attention.head_count"))?
+    let n_head = input
+        .meta(&format!("{arch}.attention.head_count"))
+        .and_then(|v| v.as_u64())
         .unwrap_or(1)
         .max(1);
-    let n_head_kv = file
-        .get_u64(&format!("{arch}.attention.head_count_kv"))?
+    let n_head_kv = input
+        .meta(&format!("{arch}.attention.head_count_kv"))
+        .and_then(|v| v.as_u64())
         .unwrap_or(n_head)
         .max(1);
     let n_gqa = n_head / n_head_kv;
-    let infos: Vec<_> = file.tensor_views().map(|t| t.info.clone()).collect();
+    let infos = &input.tensors;
     let tied = !infos.iter().any(|t| t.name == "output.weight");
     let count = |pat: &str| infos.iter().filter(|t| t.name.contains(pat)).count();
     let (n_attn_v, n_ffn_down) = (count("attn_v.weight"), count("ffn_down"));
     let (mut i_attn_v, mut i_ffn_down) = (0usize, 0usize);
     let quantized_base = base != DType::F32 && base != DType::F16 && base != DType::BF16;
     let mut out = Vec::with_capacity(infos.len());
-    for t in &infos {
+    for t in infos {
         let (name, shape) = (t.name.as_str(), &t.shape);
         if !is_quantizable(name, shape) {
             out.push(TensorPlan {
                 name: name.into(),
-                shape: shape.clone(),
+                shape: shape.to_vec(),
                 from: t.dtype,
                 to: t.dtype,
                 fallback: false,
@@ -332,7 +382,7 @@ pub fn plan(file: &GgufFile, opts: &QuantizeOptions) -> Result<Vec<TensorPlan>, 
         }
         out.push(TensorPlan {
             name: name.into(),
-            shape: shape.clone(),
+            shape: shape.to_vec(),
             from: t.dtype,
             to,
             fallback: fell,
@@ -351,18 +401,12 @@ pub struct QuantizeReport {
 
 /// Encodes one tensor into `out` (rows converted in parallel).
 fn convert(
-    file: &GgufFile,
+    t: &InputTensor,
     p: &TensorPlan,
     threads: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), ModelError> {
-    let info = file
-        .tensor_info(&p.name)
-        .ok_or_else(|| ModelError::MissingTensor {
-            path: file.path().display().to_string(),
-            name: p.name.clone(),
-        })?;
-    let src = &file.bytes()[file.tensor_range(info)];
+    let src: &[u8] = &t.data;
     if p.from == p.to {
         out.extend_from_slice(src);
         return Ok(());
@@ -422,14 +466,14 @@ pub fn partial_path(out: &Path) -> PathBuf {
 /// directory and renamed when complete, so an interrupted run never leaves a half-written
 /// file under `out`. `on_tensor(i, plan)` is called before each tensor is converted.
 pub fn quantize(
-    file: &GgufFile,
+    input: &QuantInput,
     out: &Path,
     opts: &QuantizeOptions,
     on_tensor: &mut dyn FnMut(usize, &TensorPlan),
 ) -> Result<QuantizeReport, ModelError> {
-    let plans = plan(file, opts)?;
+    let plans = plan(input, opts)?;
     let mut w = GgufWriter::new();
-    for (k, v) in &file.metadata {
+    for (k, v) in &input.metadata {
         w.set(k, v.clone());
     }
     w.set("general.file_type", MetaValue::U32(opts.ftype.llama_id()));
@@ -449,7 +493,7 @@ pub fn quantize(
         let mut failure = None;
         let r = w.write_streaming(&mut bw, &mut |i, buf| {
             on_tensor(i, &plans[i]);
-            convert(file, &plans[i], opts.threads, buf).map_err(|e| {
+            convert(&input.tensors[i], &plans[i], opts.threads, buf).map_err(|e| {
                 let msg = e.to_string();
                 failure = Some(e);
                 std::io::Error::other(msg)
@@ -468,7 +512,7 @@ pub fn quantize(
     match result {
         Ok(bytes_out) => Ok(QuantizeReport {
             plans,
-            bytes_in: file.file_size(),
+            bytes_in: input.bytes,
             bytes_out,
         }),
         Err(e) => {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tuili_core::{DType, ThreadPool};
 use tuili_formats::GgufFile;
-use tuili_model::quantize::{partial_path, quantize, FileType, QuantizeOptions};
+use tuili_model::quantize::{partial_path, quantize, FileType, QuantInput, QuantizeOptions};
 use tuili_model::synth::{synth_gguf, SynthSpec};
 use tuili_model::{Llama, Logits, ModelError, Scratch};
 
@@ -57,10 +57,15 @@ fn every_file_type_equals_llama_quantize() {
         let ft = FileType::parse(name).unwrap();
         let out = dir.join(format!("{name}.gguf"));
         let mut seen = 0;
-        let report = quantize(&src, &out, &opts(ft), &mut |i, _| {
-            assert_eq!(i, seen);
-            seen += 1;
-        })
+        let report = quantize(
+            &QuantInput::from_gguf(&src),
+            &out,
+            &opts(ft),
+            &mut |i, _| {
+                assert_eq!(i, seen);
+                seen += 1;
+            },
+        )
         .unwrap();
         assert_eq!(seen, report.plans.len());
         assert!(!partial_path(&out).exists());
@@ -118,7 +123,12 @@ fn refusals_leave_no_file() {
         .unwrap();
     let src = GgufFile::open(&input).unwrap();
     let out = dir.join("q8.gguf");
-    match quantize(&src, &out, &opts(FileType::Q8_0), &mut |_, _| {}) {
+    match quantize(
+        &QuantInput::from_gguf(&src),
+        &out,
+        &opts(FileType::Q8_0),
+        &mut |_, _| {},
+    ) {
         Err(ModelError::Quantize { reason, .. }) => assert!(reason.contains("--allow-requantize")),
         other => panic!("{other:?}"),
     }
@@ -126,11 +136,11 @@ fn refusals_leave_no_file() {
     // Allowed on request.
     let mut o = opts(FileType::Q8_0);
     o.allow_requantize = true;
-    quantize(&src, &out, &o, &mut |_, _| {}).unwrap();
+    quantize(&QuantInput::from_gguf(&src), &out, &o, &mut |_, _| {}).unwrap();
     assert!(out.exists());
     // An output directory that does not exist: an error naming the path.
     let bad = dir.join("no/such/dir/x.gguf");
-    match quantize(&src, &bad, &o, &mut |_, _| {}) {
+    match quantize(&QuantInput::from_gguf(&src), &bad, &o, &mut |_, _| {}) {
         Err(ModelError::Io { path, .. }) => assert!(path.contains("no/such/dir")),
         other => panic!("{other:?}"),
     }

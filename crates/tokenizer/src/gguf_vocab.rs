@@ -459,6 +459,7 @@ pub(crate) fn build(file: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         eos,
         eog,
         add_bos,
+        bos_by_template: false,
         add_eos,
         strip_prefix: kind == VocabKind::Spm && spm_add_prefix(file),
         chat_template: None,

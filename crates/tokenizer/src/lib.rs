@@ -73,6 +73,8 @@ pub struct Tokenizer {
     /// Every id that ends generation (EOS, EOT, end-of-message tokens…).
     eog: Vec<u32>,
     add_bos: bool,
+    /// The tokenizer's own post-processor puts BOS first (tokenizer.json templates).
+    bos_by_template: bool,
     add_eos: bool,
     /// Whether decoding a whole text drops one leading space (SPM's dummy prefix).
     strip_prefix: bool,
@@ -189,6 +191,13 @@ impl Tokenizer {
             && hf.get_post_processor().is_none();
         let add_eos =
             cfg["add_eos_token"].as_bool().unwrap_or(false) && hf.get_post_processor().is_none();
+        let bos_by_template = bos.is_some()
+            && hf.get_post_processor().is_some()
+            && hf
+                .encode("a", true)
+                .ok()
+                .and_then(|e| e.get_ids().first().copied())
+                == bos;
         let mut eog: Vec<u32> = eos.into_iter().collect();
         for name in [
             "<|eot_id|>",
@@ -214,6 +223,7 @@ impl Tokenizer {
             eos,
             eog,
             add_bos,
+            bos_by_template,
             add_eos,
             strip_prefix: false,
             chat_template,
@@ -238,7 +248,7 @@ impl Tokenizer {
 
     /// Whether `encode(.., add_special = true)` puts BOS first.
     pub fn adds_bos(&self) -> bool {
-        self.add_bos && self.bos.is_some()
+        (self.add_bos || self.bos_by_template) && self.bos.is_some()
     }
 
     /// Whether a token ends generation.

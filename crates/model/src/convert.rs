@@ -1,0 +1,358 @@
+//! Hugging Face folder → GGUF, as llama.cpp's `convert_hf_to_gguf.py` lays it out, for
+//! `tuili quantize`: `{arch}.*` hyper-parameters, the tokenizer as `tokenizer.ggml.*`, the chat
+//! template, and the tensors under GGUF names. For the `llama` architecture the Q and K rows of
+//! each head are permuted from HF's rotate-half order to the adjacent-pair order GGUF's `llama`
+//! expects; Llama 3.1 RoPE scaling becomes a `rope_freqs.weight` tensor.
+//!
+//! Tokenizers: SentencePiece-style BPE (`tokenizer.json` with byte fallback and `▁` for
+//! spaces, as Llama 2, Mistral and TinyLlama ship) becomes a `llama` vocabulary whose scores
+//! rank each token by the merge that makes it (score = −rank), so that llama.cpp's
+//! score-driven merging reproduces the BPE merges.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::Value;
+use tuili_core::DType;
+use tuili_formats::{MetaArray, MetaValue, Safetensors};
+
+use crate::config::Arch;
+use crate::hf::{config_from_hf, hf_name};
+use crate::quantize::{InputTensor, QuantInput};
+use crate::ModelError;
+
+fn bad(path: &Path, reason: impl ToString) -> ModelError {
+    ModelError::Io {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// GGUF token types.
+const NORMAL: i32 = 1;
+const UNKNOWN: i32 = 2;
+const CONTROL: i32 = 3;
+const USER_DEFINED: i32 = 4;
+const BYTE: i32 = 6;
+
+/// `tokenizer.ggml.*` metadata from a SentencePiece-style `tokenizer.json`.
+fn tokenizer_metadata(dir: &Path) -> Result<Vec<(String, MetaValue)>, ModelError> {
+    let path = dir.join("tokenizer.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| bad(&path, e))?;
+    let t: Value = serde_json::from_str(&text).map_err(|e| bad(&path, e))?;
+    let model = &t["model"];
+    let spm_like = model["type"] == "BPE" && model["byte_fallback"] == true && text.contains('▁');
+    if !spm_like {
+        return Err(bad(
+            &path,
+            "only SentencePiece-style BPE tokenizers (byte fallback, ▁ for spaces) convert to GGUF so far; byte-level BPE (GPT-2, Llama 3, Qwen) does not yet",
+        ));
+    }
+    let vocab = model["vocab"]
+        .as_object()
+        .ok_or_else(|| bad(&path, "model.vocab is not an object"))?;
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    let mut n = 0usize;
+    for (piece, id) in vocab {
+        let id =
+            id.as_u64()
+                .ok_or_else(|| bad(&path, "a vocabulary id is not a number"))? as usize;
+        ids.insert(piece.as_str(), id);
+        n = n.max(id + 1);
+    }
+    let added = t["added_tokens"].as_array().cloned().unwrap_or_default();
+    for a in &added {
+        if let Some(id) = a["id"].as_u64() {
+            n = n.max(id as usize + 1);
+        }
+    }
+    if n > 1 << 24 {
+        return Err(bad(&path, "vocabulary too large"));
+    }
+    let mut tokens = vec![String::new(); n];
+    for (piece, &id) in &ids {
+        tokens[id] = piece.to_string();
+    }
+    let mut types = vec![NORMAL; n];
+    let mut scores = vec![0f32; n];
+    // Score of a token = −(rank of the first merge that makes it).
+    let merges = model["merges"].as_array().cloned().unwrap_or_default();
+    let mut made = vec![false; n];
+    for (rank, m) in merges.iter().enumerate() {
+        let (a, b) = match m {
+            Value::String(s) => match s.split_once(' ') {
+                Some((a, b)) => (a.to_string(), b.to_string()),
+                None => continue,
+            },
+            Value::Array(p) if p.len() == 2 => (
+                p[0].as_str().unwrap_or("").to_string(),
+                p[1].as_str().unwrap_or("").to_string(),
+            ),
+            _ => continue,
+        };
+        if let Some(&id) = ids.get(format!("{a}{b}").as_str()) {
+            if !made[id] {
+                made[id] = true;
+                scores[id] = -(rank as f32) - 1.0;
+            }
+        }
+    }
+    for (i, p) in tokens.iter().enumerate() {
+        if p.len() == 6 && p.starts_with("<0x") && p.ends_with('>') {
+            types[i] = BYTE;
+        }
+    }
+    if let Some(unk) = model["unk_token"].as_str().and_then(|u| ids.get(u)) {
+        types[*unk] = UNKNOWN;
+    }
+    for a in &added {
+        let (Some(id), Some(content)) = (a["id"].as_u64(), a["content"].as_str()) else {
+            continue;
+        };
+        let id = id as usize;
+        tokens[id] = content.to_string();
+        if types[id] != UNKNOWN {
+            types[id] = if a["special"] == true {
+                CONTROL
+            } else {
+                USER_DEFINED
+            };
+        }
+        scores[id] = 0.0;
+    }
+    let mut md = vec![
+        (
+            "tokenizer.ggml.model".to_string(),
+            MetaValue::String("llama".into()),
+        ),
+        (
+            "tokenizer.ggml.tokens".into(),
+            MetaValue::Array(MetaArray::String(tokens.clone())),
+        ),
+        (
+            "tokenizer.ggml.scores".into(),
+            MetaValue::Array(MetaArray::F32(scores)),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            MetaValue::Array(MetaArray::I32(types)),
+        ),
+    ];
+    // A Prepend("▁") normalizer (or a Metaspace with prepend) is SentencePiece's dummy prefix.
+    let prefix = text.contains("\"Prepend\"") || t["pre_tokenizer"]["prepend_scheme"] == "always";
+    md.push((
+        "tokenizer.ggml.add_space_prefix".into(),
+        MetaValue::Bool(prefix),
+    ));
+    let cfg_path = dir.join("tokenizer_config.json");
+    let cfg: Value = std::fs::read_to_string(&cfg_path)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null);
+    let id_of = |key: &str| -> Option<u32> {
+        let v = &cfg[key];
+        let s = v.as_str().or_else(|| v["content"].as_str())?;
+        tokens.iter().position(|t| t == s).map(|i| i as u32)
+    };
+    for (key, gguf) in [
+        ("bos_token", "tokenizer.ggml.bos_token_id"),
+        ("eos_token", "tokenizer.ggml.eos_token_id"),
+        ("unk_token", "tokenizer.ggml.unknown_token_id"),
+        ("pad_token", "tokenizer.ggml.padding_token_id"),
+    ] {
+        if let Some(id) = id_of(key) {
+            md.push((gguf.into(), MetaValue::U32(id)));
+        }
+    }
+    for (key, gguf) in [
+        ("add_bos_token", "tokenizer.ggml.add_bos_token"),
+        ("add_eos_token", "tokenizer.ggml.add_eos_token"),
+    ] {
+        if let Some(b) = cfg[key].as_bool() {
+            md.push((gguf.into(), MetaValue::Bool(b)));
+        }
+    }
+    let template = match &cfg["chat_template"] {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(list) => list
+            .iter()
+            .find(|t| t["name"] == "default")
+            .or_else(|| list.first())
+            .and_then(|t| t["template"].as_str())
+            .map(String::from),
+        _ => None,
+    };
+    if let Some(t) = template {
+        md.push(("tokenizer.chat_template".into(), MetaValue::String(t)));
+    }
+    Ok(md)
+}
+
+/// Rows of a `[n_head · head_dim, cols]` projection reordered from rotate-half (HF) to
+/// adjacent pairs (GGUF `llama`): within each head, row h·d + s·d/2 + i moves to h·d + 2i + s.
+fn permute_rows(data: &[u8], n_head: usize, rows: usize, row_bytes: usize) -> Vec<u8> {
+    let d = rows / n_head;
+    let half = d / 2;
+    let mut out = vec![0u8; data.len()];
+    for h in 0..n_head {
+        for s in 0..2 {
+            for i in 0..half {
+                let src = h * d + s * half + i;
+                let dst = h * d + 2 * i + s;
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    out
+}
+
+/// A Hugging Face folder as quantizer input (tensors borrowed from `st`'s maps where they are
+/// not permuted).
+pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, ModelError> {
+    let (cfg, extras) = config_from_hf(dir)?;
+    let arch = cfg.arch.name();
+    let k = |s: &str| format!("{arch}.{s}");
+    let mut md: Vec<(String, MetaValue)> = vec![
+        (
+            "general.architecture".into(),
+            MetaValue::String(arch.into()),
+        ),
+        ("general.name".into(), MetaValue::String(cfg.name.clone())),
+        (k("context_length"), MetaValue::U32(cfg.n_ctx_train as u32)),
+        (k("embedding_length"), MetaValue::U32(cfg.n_embd as u32)),
+        (k("block_count"), MetaValue::U32(cfg.n_layer as u32)),
+        (k("feed_forward_length"), MetaValue::U32(cfg.n_ff as u32)),
+        (k("attention.head_count"), MetaValue::U32(cfg.n_head as u32)),
+        (
+            k("attention.head_count_kv"),
+            MetaValue::U32(cfg.n_head_kv as u32),
+        ),
+        (k("rope.dimension_count"), MetaValue::U32(cfg.n_rot as u32)),
+        (k("rope.freq_base"), MetaValue::F32(cfg.rope_freq_base)),
+        (
+            k("attention.layer_norm_rms_epsilon"),
+            MetaValue::F32(cfg.rms_eps),
+        ),
+    ];
+    if cfg.head_dim * cfg.n_head != cfg.n_embd {
+        md.push((
+            k("attention.key_length"),
+            MetaValue::U32(cfg.head_dim as u32),
+        ));
+        md.push((
+            k("attention.value_length"),
+            MetaValue::U32(cfg.head_dim as u32),
+        ));
+    }
+    if cfg.rope_freq_scale != 1.0 {
+        md.push((k("rope.scaling.type"), MetaValue::String("linear".into())));
+        md.push((
+            k("rope.scaling.factor"),
+            MetaValue::F32(1.0 / cfg.rope_freq_scale),
+        ));
+    }
+    md.extend(tokenizer_metadata(dir)?);
+
+    let mut names = vec![
+        "token_embd.weight".to_string(),
+        "output_norm.weight".to_string(),
+    ];
+    if st.tensors.contains_key("lm_head.weight")
+        && st.tensors.contains_key("model.embed_tokens.weight")
+    {
+        names.push("output.weight".into());
+    }
+    for i in 0..cfg.n_layer {
+        for t in [
+            "attn_norm.weight",
+            "attn_q.weight",
+            "attn_q.bias",
+            "attn_k.weight",
+            "attn_k.bias",
+            "attn_v.weight",
+            "attn_v.bias",
+            "attn_output.weight",
+            "attn_q_norm.weight",
+            "attn_k_norm.weight",
+            "ffn_norm.weight",
+            "ffn_gate.weight",
+            "ffn_up.weight",
+            "ffn_down.weight",
+        ] {
+            names.push(format!("blk.{i}.{t}"));
+        }
+    }
+    let mut tensors = Vec::new();
+    let mut bytes = 0u64;
+    for name in names {
+        let hf = hf_name(&name).unwrap_or_default();
+        let t = match st.tensors.get(&hf) {
+            Some(t) => t,
+            // Tied checkpoints that keep only lm_head.
+            None if name == "token_embd.weight" => st
+                .tensors
+                .get("lm_head.weight")
+                .ok_or_else(|| bad(dir, "no model.embed_tokens.weight nor lm_head.weight"))?,
+            // Optional per architecture: Qwen2's biases, Qwen3's head norms.
+            None if name.ends_with(".bias")
+                || name.ends_with("attn_q_norm.weight")
+                || name.ends_with("attn_k_norm.weight") =>
+            {
+                continue
+            }
+            None => return Err(bad(dir, format!("tensor {hf} is missing"))),
+        };
+        bytes += t.data().len() as u64;
+        let permute = cfg.arch == Arch::Llama
+            && (name.ends_with("attn_q.weight") || name.ends_with("attn_k.weight"));
+        let data = if permute {
+            let heads = if name.ends_with("attn_q.weight") {
+                cfg.n_head
+            } else {
+                cfg.n_head_kv
+            };
+            let rows = t.shape.get(1).copied().unwrap_or(1) as usize;
+            let row_bytes = t.data().len() / rows.max(1);
+            Cow::Owned(permute_rows(t.data(), heads, rows, row_bytes))
+        } else {
+            Cow::Borrowed(t.data())
+        };
+        tensors.push(InputTensor {
+            name,
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            data,
+        });
+    }
+    if let Some(f) = &extras.rope_factors {
+        tensors.push(InputTensor {
+            name: "rope_freqs.weight".into(),
+            dtype: DType::F32,
+            shape: vec![f.len() as u64],
+            data: Cow::Owned(f.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        });
+    }
+    Ok(QuantInput {
+        label: dir.display().to_string(),
+        metadata: md,
+        tensors,
+        bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutation_pairs_the_halves() {
+        // One head of 4 rows (1 byte each): HF [a0 a1 b0 b1] → GGUF [a0 b0 a1 b1].
+        assert_eq!(permute_rows(&[0, 1, 2, 3], 1, 4, 1), vec![0, 2, 1, 3]);
+        assert_eq!(
+            permute_rows(&[0, 1, 2, 3, 4, 5, 6, 7], 2, 8, 1),
+            vec![0, 2, 1, 3, 4, 6, 5, 7]
+        );
+    }
+}
