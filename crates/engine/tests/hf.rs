@@ -234,7 +234,52 @@ fn converts_to_gguf() {
             .to_vec()
     };
     let (x, y) = (logits(&hf), logits(&gg));
-    let max = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+    let max = x
+        .iter()
+        .zip(&y)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0f32, f32::max);
     assert!(max < 1e-4, "max |Δlogit| = {max}");
     std::fs::remove_file(&out).unwrap();
+}
+
+/// Tokenizer conversion to GGUF metadata, checked on real tokenizer.json files: the GGUF
+/// vocabulary tokenizes the vocab test texts exactly as tokenizer.json does (GPT-2 byte-level
+/// BPE; Phi-3's SentencePiece-style BPE).
+#[test]
+fn tokenizers_convert_to_gguf() {
+    let fixtures = dir().join("../../tokenizers");
+    let texts: Vec<String> = ["gpt-2", "phi-3", "llama-spm"]
+        .iter()
+        .filter_map(|n| {
+            std::fs::read_to_string(dir().join(format!("../../vocab/ggml-vocab-{n}.gguf.inp"))).ok()
+        })
+        .flat_map(|s| {
+            s.split("\n__ggml_vocab_test__\n")
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(texts.len() > 20);
+    for name in ["gpt2", "phi-3-mini"] {
+        let d = fixtures.join(name);
+        let md = tuili_model::convert::tokenizer_metadata(&d).unwrap();
+        let mut w = tuili_formats::GgufWriter::new();
+        w.set_str("general.architecture", "llama");
+        for (k, v) in md {
+            w.set(&k, v);
+        }
+        let f = tuili_formats::GgufFile::from_bytes("vocab.gguf", w.to_bytes()).unwrap();
+        let from_gguf = tuili_tokenizer::Tokenizer::from_gguf(&f).unwrap();
+        let from_json =
+            tuili_tokenizer::Tokenizer::from_tokenizer_json(d.join("tokenizer.json")).unwrap();
+        let mut same = 0;
+        for t in &texts {
+            let a = from_gguf.encode(t, false, false).unwrap();
+            let b = from_json.encode(t, false, false).unwrap();
+            assert_eq!(a, b, "{name}: {t:?}");
+            same += 1;
+        }
+        assert_eq!(same, texts.len());
+    }
 }

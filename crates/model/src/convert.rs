@@ -36,18 +36,51 @@ const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
 const BYTE: i32 = 6;
 
-/// `tokenizer.ggml.*` metadata from a SentencePiece-style `tokenizer.json`.
-fn tokenizer_metadata(dir: &Path) -> Result<Vec<(String, MetaValue)>, ModelError> {
+/// The `tokenizer.ggml.pre` name of a byte-level BPE pre-tokenizer, recognised by its split
+/// pattern (the patterns of GPT-2, Llama 3 and Qwen2 as their tokenizer.json files write them).
+fn byte_level_pre(t: &Value) -> Option<&'static str> {
+    let pre = &t["pre_tokenizer"];
+    if pre["type"] == "ByteLevel" && pre["use_regex"] != false {
+        return Some("gpt-2");
+    }
+    let pattern = pre["pretokenizers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["type"] == "Split")?["pattern"]["Regex"]
+        .as_str()?;
+    const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    if pattern == LLAMA3 {
+        Some("llama-bpe")
+    } else if pattern == QWEN2 {
+        Some("qwen2")
+    } else {
+        None
+    }
+}
+
+/// `tokenizer.ggml.*` metadata (and the chat template) from a folder's `tokenizer.json` and
+/// `tokenizer_config.json`: SentencePiece-style BPE becomes a `llama` vocabulary with merge
+/// ranks as scores; byte-level BPE (GPT-2, Llama 3, Qwen2 pre-tokenizers) a `gpt2` one with
+/// its merges.
+pub fn tokenizer_metadata(dir: &Path) -> Result<Vec<(String, MetaValue)>, ModelError> {
     let path = dir.join("tokenizer.json");
     let text = std::fs::read_to_string(&path).map_err(|e| bad(&path, e))?;
     let t: Value = serde_json::from_str(&text).map_err(|e| bad(&path, e))?;
     let model = &t["model"];
     let spm_like = model["type"] == "BPE" && model["byte_fallback"] == true && text.contains('▁');
-    if !spm_like {
-        return Err(bad(
-            &path,
-            "only SentencePiece-style BPE tokenizers (byte fallback, ▁ for spaces) convert to GGUF so far; byte-level BPE (GPT-2, Llama 3, Qwen) does not yet",
-        ));
+    let byte_pre = if spm_like || model["type"] != "BPE" {
+        None
+    } else {
+        Some(byte_level_pre(&t).ok_or_else(|| {
+            bad(
+                &path,
+                "this tokenizer's pre-tokenizer is not one tuili can name for GGUF (GPT-2, Llama 3 and Qwen2 byte-level BPE, and SentencePiece-style BPE, are)",
+            )
+        })?)
+    };
+    if !spm_like && byte_pre.is_none() {
+        return Err(bad(&path, "only BPE tokenizers convert to GGUF so far"));
     }
     let vocab = model["vocab"]
         .as_object()
@@ -79,6 +112,7 @@ fn tokenizer_metadata(dir: &Path) -> Result<Vec<(String, MetaValue)>, ModelError
     // Score of a token = −(rank of the first merge that makes it).
     let merges = model["merges"].as_array().cloned().unwrap_or_default();
     let mut made = vec![false; n];
+    let mut merge_strings: Vec<String> = Vec::with_capacity(merges.len());
     for (rank, m) in merges.iter().enumerate() {
         let (a, b) = match m {
             Value::String(s) => match s.split_once(' ') {
@@ -91,6 +125,7 @@ fn tokenizer_metadata(dir: &Path) -> Result<Vec<(String, MetaValue)>, ModelError
             ),
             _ => continue,
         };
+        merge_strings.push(format!("{a} {b}"));
         if let Some(&id) = ids.get(format!("{a}{b}").as_str()) {
             if !made[id] {
                 made[id] = true;
@@ -121,29 +156,44 @@ fn tokenizer_metadata(dir: &Path) -> Result<Vec<(String, MetaValue)>, ModelError
         }
         scores[id] = 0.0;
     }
-    let mut md = vec![
-        (
-            "tokenizer.ggml.model".to_string(),
-            MetaValue::String("llama".into()),
-        ),
-        (
-            "tokenizer.ggml.tokens".into(),
-            MetaValue::Array(MetaArray::String(tokens.clone())),
-        ),
-        (
-            "tokenizer.ggml.scores".into(),
-            MetaValue::Array(MetaArray::F32(scores)),
-        ),
-        (
-            "tokenizer.ggml.token_type".into(),
-            MetaValue::Array(MetaArray::I32(types)),
-        ),
-    ];
-    // A Prepend("▁") normalizer (or a Metaspace with prepend) is SentencePiece's dummy prefix.
-    let prefix = text.contains("\"Prepend\"") || t["pre_tokenizer"]["prepend_scheme"] == "always";
+    let mut md = vec![(
+        "tokenizer.ggml.tokens".to_string(),
+        MetaValue::Array(MetaArray::String(tokens.clone())),
+    )];
+    match byte_pre {
+        None => {
+            md.push((
+                "tokenizer.ggml.model".into(),
+                MetaValue::String("llama".into()),
+            ));
+            md.push((
+                "tokenizer.ggml.scores".into(),
+                MetaValue::Array(MetaArray::F32(scores)),
+            ));
+            // A Prepend("▁") normalizer (or a Metaspace with prepend) is SentencePiece's
+            // dummy prefix.
+            let prefix =
+                text.contains("\"Prepend\"") || t["pre_tokenizer"]["prepend_scheme"] == "always";
+            md.push((
+                "tokenizer.ggml.add_space_prefix".into(),
+                MetaValue::Bool(prefix),
+            ));
+        }
+        Some(pre) => {
+            md.push((
+                "tokenizer.ggml.model".into(),
+                MetaValue::String("gpt2".into()),
+            ));
+            md.push(("tokenizer.ggml.pre".into(), MetaValue::String(pre.into())));
+            md.push((
+                "tokenizer.ggml.merges".into(),
+                MetaValue::Array(MetaArray::String(merge_strings)),
+            ));
+        }
+    }
     md.push((
-        "tokenizer.ggml.add_space_prefix".into(),
-        MetaValue::Bool(prefix),
+        "tokenizer.ggml.token_type".into(),
+        MetaValue::Array(MetaArray::I32(types)),
     ));
     let cfg_path = dir.join("tokenizer_config.json");
     let cfg: Value = std::fs::read_to_string(&cfg_path)
@@ -172,6 +222,20 @@ fn tokenizer_metadata(dir: &Path) -> Result<Vec<(String, MetaValue)>, ModelError
         if let Some(b) = cfg[key].as_bool() {
             md.push((gguf.into(), MetaValue::Bool(b)));
         }
+    }
+    // A template post-processor that puts BOS first (Llama 3) means add_bos.
+    if cfg["add_bos_token"].is_null() {
+        let adds = t["post_processor"]["single"]
+            .as_array()
+            .and_then(|s| s.first())
+            .and_then(|f| f["SpecialToken"]["id"].as_str())
+            .is_some_and(|tok| {
+                Some(tok)
+                    == cfg["bos_token"]
+                        .as_str()
+                        .or(cfg["bos_token"]["content"].as_str())
+            });
+        md.push(("tokenizer.ggml.add_bos_token".into(), MetaValue::Bool(adds)));
     }
     let template = match &cfg["chat_template"] {
         Value::String(s) => Some(s.clone()),
