@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Reference logits of tiny random Hugging Face models, for tests/golden/hf-archs.json.
+
+torch (and so transformers) does not install on the CI machines, so the forward pass is a
+numpy float64 re-implementation that follows transformers' modeling code line by line
+(models/llama/modeling_llama.py: LlamaRMSNorm, rotate_half / apply_rotary_pos_emb,
+repeat_kv, eager attention with a causal mask, LlamaMLP; Mistral is Llama's code; Qwen2 adds
+the q/k/v biases; Qwen3 adds q_norm / k_norm on each head before RoPE and an explicit head_dim).
+
+The weights are not stored: every value comes from an integer generator (FNV-1a of the tensor
+name, then SplitMix64 per element, 20-bit uniforms — exact in f32) that the Rust test
+reproduces to write the same safetensors checkpoint.
+
+    python3 scripts/golden-hf-archs.py > tests/golden/hf-archs.json
+"""
+import json
+import sys
+
+import numpy as np
+
+M64 = (1 << 64) - 1
+
+
+def splitmix(z):
+    z = (z + 0x9E3779B97F4A7C15) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def fnv1a(s):
+    h = 0xCBF29CE484222325
+    for b in s.encode():
+        h ^= b
+        h = (h * 0x100000001B3) & M64
+    return h
+
+
+def tensor(name, shape, norm=False):
+    n = int(np.prod(shape))
+    h = fnv1a(name)
+    u = np.array([(splitmix(h ^ ((i * 0x9E3779B97F4A7C15) & M64)) >> 44) / float(1 << 20) for i in range(n)])
+    v = 0.5 + u * 0.5 if norm else (u - 0.5) * 0.25
+    return v.astype(np.float32).astype(np.float64).reshape(shape)
+
+
+CONFIGS = {
+    "llama": dict(model_type="llama", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, vocab_size=128, rms_norm_eps=1e-5,
+                  rope_theta=10000.0, max_position_embeddings=256, tie_word_embeddings=False),
+    "mistral": dict(model_type="mistral", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=1, vocab_size=128, rms_norm_eps=1e-6,
+                    rope_theta=1000000.0, max_position_embeddings=256, sliding_window=128,
+                    tie_word_embeddings=False),
+    "qwen2": dict(model_type="qwen2", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, vocab_size=128, rms_norm_eps=1e-6,
+                  rope_theta=1000000.0, max_position_embeddings=256, tie_word_embeddings=True),
+    "qwen3": dict(model_type="qwen3", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=128,
+                  rms_norm_eps=1e-6, rope_theta=1000000.0, max_position_embeddings=256,
+                  tie_word_embeddings=True),
+}
+TOKENS = [1, 5, 9, 23, 42, 7, 100, 3]
+
+
+def shapes(c):
+    """HF tensor name → shape, as transformers' state_dict has them."""
+    hd = c.get("head_dim", c["hidden_size"] // c["num_attention_heads"])
+    e, f, v = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
+    q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
+    out = {"model.embed_tokens.weight": ([v, e], False), "model.norm.weight": ([e], True)}
+    if not c["tie_word_embeddings"]:
+        out["lm_head.weight"] = ([v, e], False)
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        out[p + "input_layernorm.weight"] = ([e], True)
+        out[p + "post_attention_layernorm.weight"] = ([e], True)
+        out[p + "self_attn.q_proj.weight"] = ([q, e], False)
+        out[p + "self_attn.k_proj.weight"] = ([kv, e], False)
+        out[p + "self_attn.v_proj.weight"] = ([kv, e], False)
+        out[p + "self_attn.o_proj.weight"] = ([e, q], False)
+        out[p + "mlp.gate_proj.weight"] = ([f, e], False)
+        out[p + "mlp.up_proj.weight"] = ([f, e], False)
+        out[p + "mlp.down_proj.weight"] = ([e, f], False)
+        if c["model_type"] == "qwen2":
+            out[p + "self_attn.q_proj.bias"] = ([q], False)
+            out[p + "self_attn.k_proj.bias"] = ([kv], False)
+            out[p + "self_attn.v_proj.bias"] = ([kv], False)
+        if c["model_type"] == "qwen3":
+            out[p + "self_attn.q_norm.weight"] = ([hd], True)
+            out[p + "self_attn.k_norm.weight"] = ([hd], True)
+    return out
+
+
+def rms_norm(x, w, eps):
+    # LlamaRMSNorm: hidden * rsqrt(mean(hidden², -1) + eps), then weight *.
+    var = np.mean(x * x, axis=-1, keepdims=True)
+    return w * (x / np.sqrt(var + eps))
+
+
+def rotate_half(x):
+    h = x.shape[-1] // 2
+    return np.concatenate([-x[..., h:], x[..., :h]], axis=-1)
+
+
+def forward(c, W, ids):
+    hd = c.get("head_dim", c["hidden_size"] // c["num_attention_heads"])
+    nh, nkv, eps = c["num_attention_heads"], c["num_key_value_heads"], c["rms_norm_eps"]
+    T = len(ids)
+    x = W["model.embed_tokens.weight"][ids]                      # [T, e]
+    inv_freq = 1.0 / (c["rope_theta"] ** (np.arange(0, hd, 2) / hd))
+    freqs = np.outer(np.arange(T), inv_freq)                     # [T, hd/2]
+    emb = np.concatenate([freqs, freqs], axis=-1)
+    cos, sin = np.cos(emb), np.sin(emb)
+    mask = np.triu(np.full((T, T), -np.inf), 1)
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        h = rms_norm(x, W[p + "input_layernorm.weight"], eps)
+        lin = lambda name, inp: inp @ W[p + name + ".weight"].T + (W[p + name + ".bias"] if p + name + ".bias" in W else 0)
+        q = lin("self_attn.q_proj", h).reshape(T, nh, hd).transpose(1, 0, 2)
+        k = lin("self_attn.k_proj", h).reshape(T, nkv, hd).transpose(1, 0, 2)
+        v = lin("self_attn.v_proj", h).reshape(T, nkv, hd).transpose(1, 0, 2)
+        if c["model_type"] == "qwen3":
+            q = rms_norm(q, W[p + "self_attn.q_norm.weight"], eps)
+            k = rms_norm(k, W[p + "self_attn.k_norm.weight"], eps)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k = np.repeat(k, nh // nkv, axis=0)                        # repeat_kv
+        v = np.repeat(v, nh // nkv, axis=0)
+        s = q @ k.transpose(0, 2, 1) / np.sqrt(hd) + mask
+        s = np.exp(s - s.max(-1, keepdims=True))
+        s = s / s.sum(-1, keepdims=True)
+        a = (s @ v).transpose(1, 0, 2).reshape(T, nh * hd)
+        x = x + a @ W[p + "self_attn.o_proj.weight"].T
+        h = rms_norm(x, W[p + "post_attention_layernorm.weight"], eps)
+        g = h @ W[p + "mlp.gate_proj.weight"].T
+        u = h @ W[p + "mlp.up_proj.weight"].T
+        x = x + ((g / (1 + np.exp(-g))) * u) @ W[p + "mlp.down_proj.weight"].T
+    x = rms_norm(x, W["model.norm.weight"], eps)
+    head = W["lm_head.weight"] if "lm_head.weight" in W else W["model.embed_tokens.weight"]
+    return x @ head.T
+
+
+def main():
+    out = {"generator": "scripts/golden-hf-archs.py", "tokens": TOKENS, "models": {}}
+    for name, c in CONFIGS.items():
+        W = {k: tensor(k, s, norm) for k, (s, norm) in shapes(c).items()}
+        logits = forward(c, W, TOKENS)
+        out["models"][name] = {"config": c, "logits": [[round(float(v), 9) for v in row] for row in logits]}
+    json.dump(out, sys.stdout, separators=(",", ":"))
+    print()
+
+
+if __name__ == "__main__":
+    main()
