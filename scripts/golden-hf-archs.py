@@ -5,7 +5,8 @@ torch (and so transformers) does not install on the CI machines, so the forward 
 numpy float64 re-implementation that follows transformers' modeling code line by line
 (models/llama/modeling_llama.py: LlamaRMSNorm, rotate_half / apply_rotary_pos_emb,
 repeat_kv, eager attention with a causal mask, LlamaMLP; Mistral is Llama's code; Qwen2 adds
-the q/k/v biases; Qwen3 adds q_norm / k_norm on each head before RoPE and an explicit head_dim).
+the q/k/v biases; Qwen3 adds q_norm / k_norm on each head before RoPE and an explicit head_dim;
+Phi-3 fuses qkv_proj and gate_up_proj and may rotate only part of each head).
 
 The weights are not stored: every value comes from an integer generator (FNV-1a of the tensor
 name, then SplitMix64 per element, 20-bit uniforms — exact in f32) that the Rust test
@@ -59,6 +60,10 @@ CONFIGS = {
                   num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=128,
                   rms_norm_eps=1e-6, rope_theta=1000000.0, max_position_embeddings=256,
                   tie_word_embeddings=True),
+    "phi3": dict(model_type="phi3", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, vocab_size=128, rms_norm_eps=1e-5,
+                 rope_theta=10000.0, max_position_embeddings=256, partial_rotary_factor=0.5,
+                 tie_word_embeddings=False),
 }
 TOKENS = [1, 5, 9, 23, 42, 7, 100, 3]
 
@@ -75,12 +80,16 @@ def shapes(c):
         p = f"model.layers.{i}."
         out[p + "input_layernorm.weight"] = ([e], True)
         out[p + "post_attention_layernorm.weight"] = ([e], True)
-        out[p + "self_attn.q_proj.weight"] = ([q, e], False)
-        out[p + "self_attn.k_proj.weight"] = ([kv, e], False)
-        out[p + "self_attn.v_proj.weight"] = ([kv, e], False)
+        if c["model_type"] == "phi3":
+            out[p + "self_attn.qkv_proj.weight"] = ([q + 2 * kv, e], False)
+            out[p + "mlp.gate_up_proj.weight"] = ([2 * f, e], False)
+        else:
+            out[p + "self_attn.q_proj.weight"] = ([q, e], False)
+            out[p + "self_attn.k_proj.weight"] = ([kv, e], False)
+            out[p + "self_attn.v_proj.weight"] = ([kv, e], False)
+            out[p + "mlp.gate_proj.weight"] = ([f, e], False)
+            out[p + "mlp.up_proj.weight"] = ([f, e], False)
         out[p + "self_attn.o_proj.weight"] = ([e, q], False)
-        out[p + "mlp.gate_proj.weight"] = ([f, e], False)
-        out[p + "mlp.up_proj.weight"] = ([f, e], False)
         out[p + "mlp.down_proj.weight"] = ([e, f], False)
         if c["model_type"] == "qwen2":
             out[p + "self_attn.q_proj.bias"] = ([q], False)
@@ -108,7 +117,8 @@ def forward(c, W, ids):
     nh, nkv, eps = c["num_attention_heads"], c["num_key_value_heads"], c["rms_norm_eps"]
     T = len(ids)
     x = W["model.embed_tokens.weight"][ids]                      # [T, e]
-    inv_freq = 1.0 / (c["rope_theta"] ** (np.arange(0, hd, 2) / hd))
+    rot = int(hd * c.get("partial_rotary_factor", 1.0))   # rotary_dim
+    inv_freq = 1.0 / (c["rope_theta"] ** (np.arange(0, rot, 2) / rot))
     freqs = np.outer(np.arange(T), inv_freq)                     # [T, hd/2]
     emb = np.concatenate([freqs, freqs], axis=-1)
     cos, sin = np.cos(emb), np.sin(emb)
@@ -117,14 +127,21 @@ def forward(c, W, ids):
         p = f"model.layers.{i}."
         h = rms_norm(x, W[p + "input_layernorm.weight"], eps)
         lin = lambda name, inp: inp @ W[p + name + ".weight"].T + (W[p + name + ".bias"] if p + name + ".bias" in W else 0)
-        q = lin("self_attn.q_proj", h).reshape(T, nh, hd).transpose(1, 0, 2)
-        k = lin("self_attn.k_proj", h).reshape(T, nkv, hd).transpose(1, 0, 2)
-        v = lin("self_attn.v_proj", h).reshape(T, nkv, hd).transpose(1, 0, 2)
+        if c["model_type"] == "phi3":
+            qkv = lin("self_attn.qkv_proj", h)
+            qp, kp = nh * hd, nh * hd + nkv * hd
+            q, k, v = qkv[:, :qp], qkv[:, qp:kp], qkv[:, kp:]
+        else:
+            q, k, v = lin("self_attn.q_proj", h), lin("self_attn.k_proj", h), lin("self_attn.v_proj", h)
+        q = q.reshape(T, nh, hd).transpose(1, 0, 2)
+        k = k.reshape(T, nkv, hd).transpose(1, 0, 2)
+        v = v.reshape(T, nkv, hd).transpose(1, 0, 2)
         if c["model_type"] == "qwen3":
             q = rms_norm(q, W[p + "self_attn.q_norm.weight"], eps)
             k = rms_norm(k, W[p + "self_attn.k_norm.weight"], eps)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        # apply_rotary_pos_emb on the first rotary_dim dims (Phi-3: partial_rotary_factor).
+        q = np.concatenate([q[..., :rot] * cos + rotate_half(q[..., :rot]) * sin, q[..., rot:]], -1)
+        k = np.concatenate([k[..., :rot] * cos + rotate_half(k[..., :rot]) * sin, k[..., rot:]], -1)
         k = np.repeat(k, nh // nkv, axis=0)                        # repeat_kv
         v = np.repeat(v, nh // nkv, axis=0)
         s = q @ k.transpose(0, 2, 1) / np.sqrt(hd) + mask
@@ -133,8 +150,12 @@ def forward(c, W, ids):
         a = (s @ v).transpose(1, 0, 2).reshape(T, nh * hd)
         x = x + a @ W[p + "self_attn.o_proj.weight"].T
         h = rms_norm(x, W[p + "post_attention_layernorm.weight"], eps)
-        g = h @ W[p + "mlp.gate_proj.weight"].T
-        u = h @ W[p + "mlp.up_proj.weight"].T
+        if c["model_type"] == "phi3":
+            gu = h @ W[p + "mlp.gate_up_proj.weight"].T        # gate, up = chunk(2, dim=-1)
+            g, u = gu[:, :c["intermediate_size"]], gu[:, c["intermediate_size"]:]
+        else:
+            g = h @ W[p + "mlp.gate_proj.weight"].T
+            u = h @ W[p + "mlp.up_proj.weight"].T
         x = x + ((g / (1 + np.exp(-g))) * u) @ W[p + "mlp.down_proj.weight"].T
     x = rms_norm(x, W["model.norm.weight"], eps)
     head = W["lm_head.weight"] if "lm_head.weight" in W else W["model.embed_tokens.weight"]

@@ -1,5 +1,6 @@
 //! Each Llama-family architecture read from a Hugging Face folder (llama, mistral, qwen2 with
-//! Q/K/V biases, qwen3 with Q/K head norms, an explicit head_dim and tied embeddings) against
+//! Q/K/V biases, qwen3 with Q/K head norms, an explicit head_dim and tied embeddings, phi3
+//! with fused Q/K/V and gate/up projections and half-rotary heads) against
 //! `scripts/golden-hf-archs.py`, a numpy re-implementation of transformers' modeling code on
 //! the same random weights: every position's logits within 1e-4.
 
@@ -66,12 +67,17 @@ fn shapes(c: &serde_json::Value) -> Vec<(String, Vec<usize>, bool)> {
         let p = |s: &str| format!("model.layers.{i}.{s}");
         out.push((p("input_layernorm.weight"), vec![e], true));
         out.push((p("post_attention_layernorm.weight"), vec![e], true));
-        out.push((p("self_attn.q_proj.weight"), vec![q, e], false));
-        out.push((p("self_attn.k_proj.weight"), vec![kv, e], false));
-        out.push((p("self_attn.v_proj.weight"), vec![kv, e], false));
+        if ty == "phi3" {
+            out.push((p("self_attn.qkv_proj.weight"), vec![q + 2 * kv, e], false));
+            out.push((p("mlp.gate_up_proj.weight"), vec![2 * f, e], false));
+        } else {
+            out.push((p("self_attn.q_proj.weight"), vec![q, e], false));
+            out.push((p("self_attn.k_proj.weight"), vec![kv, e], false));
+            out.push((p("self_attn.v_proj.weight"), vec![kv, e], false));
+            out.push((p("mlp.gate_proj.weight"), vec![f, e], false));
+            out.push((p("mlp.up_proj.weight"), vec![f, e], false));
+        }
         out.push((p("self_attn.o_proj.weight"), vec![e, q], false));
-        out.push((p("mlp.gate_proj.weight"), vec![f, e], false));
-        out.push((p("mlp.up_proj.weight"), vec![f, e], false));
         out.push((p("mlp.down_proj.weight"), vec![e, f], false));
         if ty == "qwen2" {
             out.push((p("self_attn.q_proj.bias"), vec![q], false));
@@ -104,7 +110,7 @@ fn every_architecture_matches_the_reference() {
         .collect();
     let pool = ThreadPool::new(2);
     let models = golden["models"].as_object().unwrap();
-    assert_eq!(models.len(), 4);
+    assert_eq!(models.len(), 5);
     for (name, m) in models {
         let cfg = &m["config"];
         let dir = std::env::temp_dir().join(format!("tuili-hf-{name}-{}", std::process::id()));
@@ -150,6 +156,42 @@ fn every_architecture_matches_the_reference() {
             .map(|(a, b)| (*a as f64 - b).abs())
             .fold(0.0, f64::max);
         assert!(max < 1e-4, "{name}: max |Δlogit| = {max}");
+        // Converted to GGUF (F32, with any tokenizer.json beside it): the same logits, which
+        // checks the Q/K permutation for llama and mistral and the fused tensors of phi3.
+        std::fs::copy(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../../shared/fixtures/models/tinystories-656k-hf/tokenizer.json"
+            ),
+            dir.join("tokenizer.json"),
+        )
+        .unwrap();
+        let st = tuili_formats::Safetensors::open_dir(&dir).unwrap();
+        let input = tuili_model::convert::hf_input(&dir, &st).unwrap();
+        let out = dir.join("model.gguf");
+        let opts = tuili_model::quantize::QuantizeOptions {
+            ftype: tuili_model::quantize::FileType::F32,
+            pure: false,
+            allow_requantize: false,
+            threads: 1,
+        };
+        tuili_model::quantize::quantize(&input, &out, &opts, &mut |_, _| {}).unwrap();
+        let gguf = tuili_model::Llama::load(std::sync::Arc::new(
+            tuili_formats::GgufFile::open(&out).unwrap(),
+        ))
+        .unwrap();
+        assert_eq!(gguf.config().arch, model.config().arch);
+        let mut kv = gguf.new_cache(16).unwrap();
+        let mut s2 = Scratch::new();
+        let again = gguf
+            .forward(&tokens, &mut kv, &mut s2, Logits::All, &pool)
+            .unwrap();
+        let conv = got
+            .iter()
+            .zip(again)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(conv < 1e-5, "{name}: GGUF max |Δlogit| = {conv}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

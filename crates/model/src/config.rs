@@ -14,6 +14,8 @@ pub enum Arch {
     Qwen2,
     /// Qwen3: NeoX RoPE, RMSNorm of each Q and K head.
     Qwen3,
+    /// Phi-3 / Phi-3.5 mini: NeoX RoPE, fused Q/K/V and fused gate/up projections.
+    Phi3,
 }
 
 impl Arch {
@@ -22,6 +24,7 @@ impl Arch {
             "llama" => Some(Arch::Llama),
             "qwen2" => Some(Arch::Qwen2),
             "qwen3" => Some(Arch::Qwen3),
+            "phi3" => Some(Arch::Phi3),
             _ => None,
         }
     }
@@ -31,13 +34,14 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Phi3 => "phi3",
         }
     }
 
     pub fn rope_layout(self) -> RopeLayout {
         match self {
             Arch::Llama => RopeLayout::Interleaved,
-            Arch::Qwen2 | Arch::Qwen3 => RopeLayout::NeoX,
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 => RopeLayout::NeoX,
         }
     }
 }

@@ -284,6 +284,7 @@ pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, M
             MetaValue::String(arch.into()),
         ),
         ("general.name".into(), MetaValue::String(cfg.name.clone())),
+        (k("vocab_size"), MetaValue::U32(cfg.n_vocab as u32)),
         (k("context_length"), MetaValue::U32(cfg.n_ctx_train as u32)),
         (k("embedding_length"), MetaValue::U32(cfg.n_embd as u32)),
         (k("block_count"), MetaValue::U32(cfg.n_layer as u32)),
@@ -328,30 +329,48 @@ pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, M
     {
         names.push("output.weight".into());
     }
+    // Phi-3 keeps Q/K/V and gate/up fused, as GGUF's phi3 does.
+    let fused_qkv = st
+        .tensors
+        .contains_key("model.layers.0.self_attn.qkv_proj.weight");
+    let fused_ffn = st
+        .tensors
+        .contains_key("model.layers.0.mlp.gate_up_proj.weight");
     for i in 0..cfg.n_layer {
-        for t in [
-            "attn_norm.weight",
-            "attn_q.weight",
-            "attn_q.bias",
-            "attn_k.weight",
-            "attn_k.bias",
-            "attn_v.weight",
-            "attn_v.bias",
+        let mut list = vec!["attn_norm.weight"];
+        if fused_qkv {
+            list.push("attn_qkv.weight");
+        } else {
+            list.extend([
+                "attn_q.weight",
+                "attn_q.bias",
+                "attn_k.weight",
+                "attn_k.bias",
+                "attn_v.weight",
+                "attn_v.bias",
+            ]);
+        }
+        list.extend([
             "attn_output.weight",
             "attn_q_norm.weight",
             "attn_k_norm.weight",
-            "ffn_norm.weight",
-            "ffn_gate.weight",
-            "ffn_up.weight",
-            "ffn_down.weight",
-        ] {
+        ]);
+        list.push("ffn_norm.weight");
+        if !fused_ffn {
+            list.push("ffn_gate.weight");
+        }
+        list.extend(["ffn_up.weight", "ffn_down.weight"]);
+        for t in list {
             names.push(format!("blk.{i}.{t}"));
         }
     }
     let mut tensors = Vec::new();
     let mut bytes = 0u64;
     for name in names {
-        let hf = hf_name(&name).unwrap_or_default();
+        let mut hf = hf_name(&name).unwrap_or_default();
+        if fused_ffn && name.ends_with("ffn_up.weight") {
+            hf = hf.replace("mlp.up_proj", "mlp.gate_up_proj");
+        }
         let t = match st.tensors.get(&hf) {
             Some(t) => t,
             // Tied checkpoints that keep only lm_head.

@@ -1,6 +1,6 @@
 //! Hugging Face model folders (`config.json` + safetensors) for the Llama family: Llama 2/3/3.1
-//! (`llama`, with linear and llama3 RoPE scaling), Mistral (`mistral`), Qwen2 (`qwen2`) and
-//! Qwen3 (`qwen3`). The weights stay in the memory maps of the shards; HF tensor names are
+//! (`llama`, with linear and llama3 RoPE scaling), Mistral (`mistral`), Qwen2 (`qwen2`),
+//! Qwen3 (`qwen3`) and Phi-3 (`phi3`, fused Q/K/V and gate/up). The weights stay in the memory maps of the shards; HF tensor names are
 //! presented to the forward pass under GGUF's names. HF checkpoints keep Q and K unpermuted and
 //! rotate halves of each head (NeoX layout), where GGUF's `llama` permutes them for adjacent
 //! pairs; the config says which.
@@ -40,6 +40,7 @@ pub(crate) fn hf_name(gguf: &str) -> Option<String> {
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
         "attn_output" => "self_attn.o_proj",
+        "attn_qkv" => "self_attn.qkv_proj",
         "attn_q_norm" => "self_attn.q_norm",
         "attn_k_norm" => "self_attn.k_norm",
         "ffn_norm" => "post_attention_layernorm",
@@ -62,6 +63,11 @@ impl WeightSource for HfSource {
         // stores lm_head.weight and no embedding).
         let t = self.st.tensors.get(&hf).or_else(|| match name {
             "token_embd.weight" => self.st.tensors.get("lm_head.weight"),
+            // Phi-3's fused gate/up projection stands for GGUF's 2·n_ff-row ffn_up.
+            _ if name.ends_with("ffn_up.weight") => self
+                .st
+                .tensors
+                .get(&hf.replace("mlp.up_proj", "mlp.gate_up_proj")),
             _ => None,
         })?;
         Some(WeightInfo {
@@ -140,6 +146,7 @@ pub fn config_from_hf(dir: &Path) -> Result<(ModelConfig, HfExtras), ModelError>
         "llama" | "mistral" => Arch::Llama,
         "qwen2" => Arch::Qwen2,
         "qwen3" => Arch::Qwen3,
+        "phi3" => Arch::Phi3,
         other => {
             return Err(ModelError::UnsupportedArch {
                 path: p.clone(),
@@ -254,7 +261,19 @@ pub fn config_from_hf(dir: &Path) -> Result<(ModelConfig, HfExtras), ModelError>
         n_ff: req("intermediate_size")?,
         n_ctx_train,
         rms_eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32,
-        n_rot: head_dim,
+        // Phi-3.5/4 style partial rotary embeddings rotate the first dims of each head.
+        n_rot: {
+            let f = c["partial_rotary_factor"].as_f64().unwrap_or(1.0);
+            let r = ((head_dim as f64 * f) as usize) & !1;
+            if r == 0 || r > head_dim {
+                return Err(bad(
+                    "partial_rotary_factor",
+                    f.to_string(),
+                    "must be in (0, 1]",
+                ));
+            }
+            r
+        },
         rope_freq_base: rope_theta,
         rope_freq_scale: freq_scale,
         rope_layout: RopeLayout::NeoX,

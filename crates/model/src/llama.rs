@@ -170,11 +170,36 @@ impl Llama {
                 ),
                 _ => (None, None),
             };
+            // Fused projections (Phi-3; any GGUF with attn_qkv / a 2·n_ff ffn_up) are bound
+            // as row views of one matrix.
+            let (wq, wk, wv) = if f.get(&n("attn_qkv.weight")).is_some() {
+                let m = Matrix::bind(f, &n("attn_qkv.weight"), q + 2 * kv, e)?;
+                (
+                    m.rows_view(0, q),
+                    m.rows_view(q, kv),
+                    m.rows_view(q + kv, kv),
+                )
+            } else {
+                (
+                    Matrix::bind(f, &n("attn_q.weight"), q, e)?,
+                    Matrix::bind(f, &n("attn_k.weight"), kv, e)?,
+                    Matrix::bind(f, &n("attn_v.weight"), kv, e)?,
+                )
+            };
+            let (gate, up) = if f.get(&n("ffn_gate.weight")).is_some() {
+                (
+                    Matrix::bind(f, &n("ffn_gate.weight"), ff, e)?,
+                    Matrix::bind(f, &n("ffn_up.weight"), ff, e)?,
+                )
+            } else {
+                let m = Matrix::bind(f, &n("ffn_up.weight"), 2 * ff, e)?;
+                (m.rows_view(0, ff), m.rows_view(ff, ff))
+            };
             layers.push(Layer {
                 attn_norm: vector(f, &n("attn_norm.weight"), e)?,
-                wq: Matrix::bind(f, &n("attn_q.weight"), q, e)?,
-                wk: Matrix::bind(f, &n("attn_k.weight"), kv, e)?,
-                wv: Matrix::bind(f, &n("attn_v.weight"), kv, e)?,
+                wq,
+                wk,
+                wv,
                 wo: Matrix::bind(f, &n("attn_output.weight"), e, q)?,
                 bq,
                 bk,
@@ -182,8 +207,8 @@ impl Llama {
                 q_norm,
                 k_norm,
                 ffn_norm: vector(f, &n("ffn_norm.weight"), e)?,
-                gate: Matrix::bind(f, &n("ffn_gate.weight"), ff, e)?,
-                up: Matrix::bind(f, &n("ffn_up.weight"), ff, e)?,
+                gate,
+                up,
                 down: Matrix::bind(f, &n("ffn_down.weight"), e, ff)?,
             });
         }

@@ -171,6 +171,21 @@ impl Matrix {
         })
     }
 
+    /// Rows `start..start + n` as a matrix of their own (a view of the same bytes): the parts
+    /// of a fused projection (Phi-3's Q/K/V, gate/up).
+    pub fn rows_view(&self, start: usize, n: usize) -> Matrix {
+        let rb = self.row_bytes();
+        let b = self.range.start + start * rb;
+        Matrix {
+            name: format!("{}[{start}..{}]", self.name, start + n),
+            dtype: self.dtype,
+            rows: n,
+            cols: self.cols,
+            backing: self.backing.clone(),
+            range: b..b + n * rb,
+        }
+    }
+
     /// Bytes of one row.
     pub fn row_bytes(&self) -> usize {
         self.range.len() / self.rows
