@@ -6,7 +6,9 @@ numpy float64 re-implementation that follows transformers' modeling code line by
 (models/llama/modeling_llama.py: LlamaRMSNorm, rotate_half / apply_rotary_pos_emb,
 repeat_kv, eager attention with a causal mask, LlamaMLP; Mistral is Llama's code; Qwen2 adds
 the q/k/v biases; Qwen3 adds q_norm / k_norm on each head before RoPE and an explicit head_dim;
-Phi-3 fuses qkv_proj and gate_up_proj and may rotate only part of each head).
+Phi-3 fuses qkv_proj and gate_up_proj and may rotate only part of each head;
+models/gemma, models/gemma2: √hidden embedding scale, (1 + w) RMSNorm, tanh-GELU gate,
+Gemma 2's sandwich norms, query_pre_attn_scalar and soft-capping of scores and logits).
 
 The weights are not stored: every value comes from an integer generator (FNV-1a of the tensor
 name, then SplitMix64 per element, 20-bit uniforms — exact in f32) that the Rust test
@@ -64,6 +66,16 @@ CONFIGS = {
                  num_attention_heads=4, num_key_value_heads=2, vocab_size=128, rms_norm_eps=1e-5,
                  rope_theta=10000.0, max_position_embeddings=256, partial_rotary_factor=0.5,
                  tie_word_embeddings=False),
+    "gemma": dict(model_type="gemma", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=1, head_dim=32, vocab_size=128,
+                  rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=256,
+                  hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True),
+    "gemma2": dict(model_type="gemma2", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=128,
+                   rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=256,
+                   query_pre_attn_scalar=24, attn_logit_softcapping=1.0,
+                   final_logit_softcapping=2.0, sliding_window=64,
+                   hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True),
 }
 TOKENS = [1, 5, 9, 23, 42, 7, 100, 3]
 
@@ -98,13 +110,21 @@ def shapes(c):
         if c["model_type"] == "qwen3":
             out[p + "self_attn.q_norm.weight"] = ([hd], True)
             out[p + "self_attn.k_norm.weight"] = ([hd], True)
+        if c["model_type"] == "gemma2":
+            out[p + "pre_feedforward_layernorm.weight"] = ([e], True)
+            out[p + "post_feedforward_layernorm.weight"] = ([e], True)
     return out
 
 
-def rms_norm(x, w, eps):
-    # LlamaRMSNorm: hidden * rsqrt(mean(hidden², -1) + eps), then weight *.
+def rms_norm(x, w, eps, gemma=False):
+    # LlamaRMSNorm: hidden * rsqrt(mean(hidden², -1) + eps), then weight *;
+    # GemmaRMSNorm multiplies by (1 + weight).
     var = np.mean(x * x, axis=-1, keepdims=True)
-    return w * (x / np.sqrt(var + eps))
+    return ((1.0 + w) if gemma else w) * (x / np.sqrt(var + eps))
+
+
+def gelu_tanh(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
 def rotate_half(x):
@@ -116,7 +136,12 @@ def forward(c, W, ids):
     hd = c.get("head_dim", c["hidden_size"] // c["num_attention_heads"])
     nh, nkv, eps = c["num_attention_heads"], c["num_key_value_heads"], c["rms_norm_eps"]
     T = len(ids)
+    ty = c["model_type"]
+    gemma = ty in ("gemma", "gemma2")
+    norm = lambda x, w: rms_norm(x, w, eps, gemma)
     x = W["model.embed_tokens.weight"][ids]                      # [T, e]
+    if gemma:
+        x = x * np.float64(np.float32(c["hidden_size"] ** 0.5))  # normalizer, in the dtype
     rot = int(hd * c.get("partial_rotary_factor", 1.0))   # rotary_dim
     inv_freq = 1.0 / (c["rope_theta"] ** (np.arange(0, rot, 2) / rot))
     freqs = np.outer(np.arange(T), inv_freq)                     # [T, hd/2]
@@ -125,7 +150,7 @@ def forward(c, W, ids):
     mask = np.triu(np.full((T, T), -np.inf), 1)
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        h = rms_norm(x, W[p + "input_layernorm.weight"], eps)
+        h = norm(x, W[p + "input_layernorm.weight"])
         lin = lambda name, inp: inp @ W[p + name + ".weight"].T + (W[p + name + ".bias"] if p + name + ".bias" in W else 0)
         if c["model_type"] == "phi3":
             qkv = lin("self_attn.qkv_proj", h)
@@ -144,22 +169,40 @@ def forward(c, W, ids):
         k = np.concatenate([k[..., :rot] * cos + rotate_half(k[..., :rot]) * sin, k[..., rot:]], -1)
         k = np.repeat(k, nh // nkv, axis=0)                        # repeat_kv
         v = np.repeat(v, nh // nkv, axis=0)
-        s = q @ k.transpose(0, 2, 1) / np.sqrt(hd) + mask
+        scaling = c["query_pre_attn_scalar"] ** -0.5 if ty == "gemma2" else hd ** -0.5
+        s = q @ k.transpose(0, 2, 1) * scaling
+        if c.get("attn_logit_softcapping"):
+            cap = c["attn_logit_softcapping"]
+            s = np.tanh(s / cap) * cap
+        s = s + mask
         s = np.exp(s - s.max(-1, keepdims=True))
         s = s / s.sum(-1, keepdims=True)
         a = (s @ v).transpose(1, 0, 2).reshape(T, nh * hd)
-        x = x + a @ W[p + "self_attn.o_proj.weight"].T
-        h = rms_norm(x, W[p + "post_attention_layernorm.weight"], eps)
+        o = a @ W[p + "self_attn.o_proj.weight"].T
+        if ty == "gemma2":                                        # sandwich norms
+            x = x + norm(o, W[p + "post_attention_layernorm.weight"])
+            h = norm(x, W[p + "pre_feedforward_layernorm.weight"])
+        else:
+            x = x + o
+            h = norm(x, W[p + "post_attention_layernorm.weight"])
         if c["model_type"] == "phi3":
             gu = h @ W[p + "mlp.gate_up_proj.weight"].T        # gate, up = chunk(2, dim=-1)
             g, u = gu[:, :c["intermediate_size"]], gu[:, c["intermediate_size"]:]
         else:
             g = h @ W[p + "mlp.gate_proj.weight"].T
             u = h @ W[p + "mlp.up_proj.weight"].T
-        x = x + ((g / (1 + np.exp(-g))) * u) @ W[p + "mlp.down_proj.weight"].T
-    x = rms_norm(x, W["model.norm.weight"], eps)
+        act = gelu_tanh(g) if gemma else g / (1 + np.exp(-g))
+        d = (act * u) @ W[p + "mlp.down_proj.weight"].T
+        if ty == "gemma2":
+            d = norm(d, W[p + "post_feedforward_layernorm.weight"])
+        x = x + d
+    x = norm(x, W["model.norm.weight"])
     head = W["lm_head.weight"] if "lm_head.weight" in W else W["model.embed_tokens.weight"]
-    return x @ head.T
+    logits = x @ head.T
+    if c.get("final_logit_softcapping"):
+        cap = c["final_logit_softcapping"]
+        logits = np.tanh(logits / cap) * cap
+    return logits
 
 
 def main():

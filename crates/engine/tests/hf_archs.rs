@@ -88,6 +88,10 @@ fn shapes(c: &serde_json::Value) -> Vec<(String, Vec<usize>, bool)> {
             out.push((p("self_attn.q_norm.weight"), vec![hd], true));
             out.push((p("self_attn.k_norm.weight"), vec![hd], true));
         }
+        if ty == "gemma2" {
+            out.push((p("pre_feedforward_layernorm.weight"), vec![e], true));
+            out.push((p("post_feedforward_layernorm.weight"), vec![e], true));
+        }
     }
     out
 }
@@ -110,7 +114,7 @@ fn every_architecture_matches_the_reference() {
         .collect();
     let pool = ThreadPool::new(2);
     let models = golden["models"].as_object().unwrap();
-    assert_eq!(models.len(), 5);
+    assert_eq!(models.len(), 7);
     for (name, m) in models {
         let cfg = &m["config"];
         let dir = std::env::temp_dir().join(format!("tuili-hf-{name}-{}", std::process::id()));

@@ -69,6 +69,23 @@ pub fn silu_mul(g: &mut [f32], u: &[f32]) {
     }
 }
 
+/// GELU(g) ⊙ u with the tanh approximation (Gemma's GeGLU, PyTorch's `gelu(approximate="tanh")`):
+/// g ← ½·g·(1 + tanh(√(2/π)·(g + 0.044715·g³)))·u.
+pub fn gelu_tanh_mul(g: &mut [f32], u: &[f32]) {
+    const C: f32 = 0.797_884_6; // √(2/π)
+    for (gi, ui) in g.iter_mut().zip(u) {
+        let x = *gi;
+        *gi = 0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh()) * ui;
+    }
+}
+
+/// c·tanh(x/c) for every element (Gemma 2's soft-capping of scores and logits).
+pub fn softcap(x: &mut [f32], c: f32) {
+    for v in x.iter_mut() {
+        *v = c * (*v / c).tanh();
+    }
+}
+
 /// How RoPE pairs the dimensions of a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RopeLayout {
@@ -115,7 +132,8 @@ pub fn rope(
 /// out_g = Σ_p s[p] · V[p]. `q` is `[group, hd]`; the cache rows come in two segments
 /// (a shared prefix and a sequence's own rows): positions `0..split` are rows of `keys[0]` /
 /// `values[0]`, positions `split..len` rows of `keys[1]` / `values[1]` (rows `row_stride`
-/// floats apart, this KV head's `hd` floats at `kv_off`); `scores` is scratch of at least
+/// floats apart, this KV head's `hd` floats at `kv_off`); `softcap` > 0 replaces each scaled
+/// score s by softcap·tanh(s/softcap) (Gemma 2); `scores` is scratch of at least
 /// `group · len`; `out` is `[group, hd]`.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_group(
@@ -129,6 +147,7 @@ pub fn attend_group(
     hd: usize,
     len: usize,
     scale: f32,
+    softcap: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
@@ -138,14 +157,14 @@ pub fn attend_group(
         // are present.
         unsafe {
             attend_group_avx2(
-                q, keys, values, split, row_stride, kv_off, hd, len, scale, scores, out,
+                q, keys, values, split, row_stride, kv_off, hd, len, scale, softcap, scores, out,
             )
         };
         return;
     }
     let _ = isa;
     attend_group_body(
-        q, keys, values, split, row_stride, kv_off, hd, len, scale, scores, out,
+        q, keys, values, split, row_stride, kv_off, hd, len, scale, softcap, scores, out,
     )
 }
 
@@ -164,11 +183,12 @@ unsafe fn attend_group_avx2(
     hd: usize,
     len: usize,
     scale: f32,
+    softcap: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     attend_group_body(
-        q, keys, values, split, row_stride, kv_off, hd, len, scale, scores, out,
+        q, keys, values, split, row_stride, kv_off, hd, len, scale, softcap, scores, out,
     )
 }
 
@@ -184,11 +204,11 @@ fn attend_group_body(
     hd: usize,
     len: usize,
     scale: f32,
+    softcap: f32,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     let group = q.len() / hd;
-    // Row p of a segmented cache (the branch is taken the same way for long runs of p).
     // Row p of a segmented cache (the branch goes the same way for long runs of p).
     #[inline(always)]
     fn row(
@@ -221,7 +241,13 @@ fn attend_group_body(
             for i in chunks * 8..hd {
                 s += qg[i] * k[i];
             }
-            scores[g * len + p] = s * scale;
+            let s = s * scale;
+            // Gemma 2 caps the scores: c·tanh(s/c) (0 = off).
+            scores[g * len + p] = if softcap > 0.0 {
+                softcap * (s / softcap).tanh()
+            } else {
+                s
+            };
         }
     }
     for g in 0..group {

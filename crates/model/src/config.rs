@@ -16,6 +16,11 @@ pub enum Arch {
     Qwen3,
     /// Phi-3 / Phi-3.5 mini: NeoX RoPE, fused Q/K/V and fused gate/up projections.
     Phi3,
+    /// Gemma: embeddings scaled by √n_embd, GeGLU (tanh GELU), NeoX RoPE.
+    Gemma,
+    /// Gemma 2: Gemma plus sandwich norms around attention and MLP, soft-capped attention
+    /// scores and logits, and a query scale of its own.
+    Gemma2,
 }
 
 impl Arch {
@@ -25,6 +30,8 @@ impl Arch {
             "qwen2" => Some(Arch::Qwen2),
             "qwen3" => Some(Arch::Qwen3),
             "phi3" => Some(Arch::Phi3),
+            "gemma" => Some(Arch::Gemma),
+            "gemma2" => Some(Arch::Gemma2),
             _ => None,
         }
     }
@@ -35,13 +42,15 @@ impl Arch {
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
             Arch::Phi3 => "phi3",
+            Arch::Gemma => "gemma",
+            Arch::Gemma2 => "gemma2",
         }
     }
 
     pub fn rope_layout(self) -> RopeLayout {
         match self {
             Arch::Llama => RopeLayout::Interleaved,
-            Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 => RopeLayout::NeoX,
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 | Arch::Gemma | Arch::Gemma2 => RopeLayout::NeoX,
         }
     }
 }
@@ -67,6 +76,24 @@ pub struct ModelConfig {
     /// Position multiplier: 1/factor for linear scaling.
     pub rope_freq_scale: f32,
     pub rope_layout: RopeLayout,
+    /// Gemma 2: attention scores become c·tanh(s/c) before the softmax.
+    pub attn_softcap: Option<f32>,
+    /// Gemma 2: logits become c·tanh(l/c).
+    pub final_softcap: Option<f32>,
+    /// Attention scale when it is not 1/√head_dim (Gemma 2's query_pre_attn_scalar^-½).
+    pub attn_scale: Option<f32>,
+}
+
+impl ModelConfig {
+    /// Whether the feed-forward gate uses tanh GELU (Gemma) rather than SiLU.
+    pub fn gelu_gate(&self) -> bool {
+        matches!(self.arch, Arch::Gemma | Arch::Gemma2)
+    }
+
+    /// Gemma multiplies the token embeddings by √n_embd.
+    pub fn embd_scale(&self) -> Option<f32> {
+        matches!(self.arch, Arch::Gemma | Arch::Gemma2).then(|| (self.n_embd as f32).sqrt())
+    }
 }
 
 impl ModelConfig {
@@ -219,6 +246,20 @@ impl ModelConfig {
             },
         };
         let name = f.get_str("general.name")?.unwrap_or(arch_name).to_string();
+        let positive = |k: &str| -> Result<Option<f32>, ModelError> {
+            match f.get_f64(&key(k))? {
+                Some(v) if v.is_finite() && v > 0.0 => Ok(Some(v as f32)),
+                Some(v) => Err(bad(&key(k), v.to_string(), "must be a positive number")),
+                None => Ok(None),
+            }
+        };
+        let (attn_softcap, final_softcap) = match arch {
+            Arch::Gemma2 => (
+                positive("attn_logit_softcapping")?,
+                positive("final_logit_softcapping")?,
+            ),
+            _ => (None, None),
+        };
         Ok(ModelConfig {
             arch,
             name,
@@ -235,6 +276,15 @@ impl ModelConfig {
             rope_freq_base,
             rope_freq_scale,
             rope_layout: arch.rope_layout(),
+            attn_softcap,
+            final_softcap,
+            // `{arch}.attention.scale` when given; llama.cpp's Gemma 2 graph scales queries by
+            // 1/√head_dim, except for the 27B model (46 layers): 1/√(n_embd/n_head).
+            attn_scale: match positive("attention.scale")? {
+                Some(s) => Some(s),
+                None => (arch == Arch::Gemma2 && n_layer == 46)
+                    .then(|| 1.0 / ((n_embd / n_head) as f32).sqrt()),
+            },
         })
     }
 

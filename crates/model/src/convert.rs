@@ -18,7 +18,7 @@ use tuili_core::DType;
 use tuili_formats::{MetaArray, MetaValue, Safetensors};
 
 use crate::config::Arch;
-use crate::hf::{config_from_hf, hf_name};
+use crate::hf::{config_from_hf, hf_name_for};
 use crate::quantize::{InputTensor, QuantInput};
 use crate::ModelError;
 
@@ -311,6 +311,18 @@ pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, M
             MetaValue::U32(cfg.head_dim as u32),
         ));
     }
+    if let Some(c) = cfg.attn_softcap {
+        md.push((k("attn_logit_softcapping"), MetaValue::F32(c)));
+    }
+    if let Some(c) = cfg.final_softcap {
+        md.push((k("final_logit_softcapping"), MetaValue::F32(c)));
+    }
+    if let Some(w) = extras.sliding_window {
+        md.push((k("attention.sliding_window"), MetaValue::U32(w as u32)));
+    }
+    if let Some(sc) = cfg.attn_scale {
+        md.push((k("attention.scale"), MetaValue::F32(sc)));
+    }
     if cfg.rope_freq_scale != 1.0 {
         md.push((k("rope.scaling.type"), MetaValue::String("linear".into())));
         md.push((
@@ -356,6 +368,9 @@ pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, M
             "attn_k_norm.weight",
         ]);
         list.push("ffn_norm.weight");
+        if cfg.arch == Arch::Gemma2 {
+            list.extend(["post_attention_norm.weight", "post_ffw_norm.weight"]);
+        }
         if !fused_ffn {
             list.push("ffn_gate.weight");
         }
@@ -367,7 +382,7 @@ pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, M
     let mut tensors = Vec::new();
     let mut bytes = 0u64;
     for name in names {
-        let mut hf = hf_name(&name).unwrap_or_default();
+        let mut hf = hf_name_for(&name, cfg.arch == Arch::Gemma2).unwrap_or_default();
         if fused_ffn && name.ends_with("ffn_up.weight") {
             hf = hf.replace("mlp.up_proj", "mlp.gate_up_proj");
         }
@@ -390,6 +405,20 @@ pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, M
         bytes += t.data().len() as u64;
         let permute = cfg.arch == Arch::Llama
             && (name.ends_with("attn_q.weight") || name.ends_with("attn_k.weight"));
+        // GGUF's Gemma norms hold 1 + w (HF's RMSNorm multiplies by 1 + w).
+        let gemma_norm =
+            matches!(cfg.arch, Arch::Gemma | Arch::Gemma2) && name.ends_with("norm.weight");
+        if gemma_norm {
+            let mut v = vec![0f32; t.shape.iter().product::<u64>() as usize];
+            tuili_kernels::dequant::dequantize_row(t.dtype, t.data(), &mut v)?;
+            tensors.push(InputTensor {
+                name,
+                dtype: DType::F32,
+                shape: t.shape.clone(),
+                data: Cow::Owned(v.iter().flat_map(|x| (x + 1.0).to_le_bytes()).collect()),
+            });
+            continue;
+        }
         let data = if permute {
             let heads = if name.ends_with("attn_q.weight") {
                 cfg.n_head

@@ -18,10 +18,16 @@ use crate::{Llama, ModelError};
 /// A safetensors checkpoint seen through GGUF tensor names.
 pub struct HfSource {
     st: Safetensors,
+    /// Gemma 2's norm names.
+    sandwich: bool,
+    /// Gemma's RMSNorm weights are stored as w − 1.
+    norm_offset: f32,
 }
 
 /// The HF name of a GGUF tensor name.
-pub(crate) fn hf_name(gguf: &str) -> Option<String> {
+/// `sandwich` for Gemma 2, whose `post_attention_layernorm` follows attention (GGUF
+/// `post_attention_norm`) and whose `pre_feedforward_layernorm` is the FFN input norm.
+pub(crate) fn hf_name_for(gguf: &str, sandwich: bool) -> Option<String> {
     let top = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -43,7 +49,10 @@ pub(crate) fn hf_name(gguf: &str) -> Option<String> {
         "attn_qkv" => "self_attn.qkv_proj",
         "attn_q_norm" => "self_attn.q_norm",
         "attn_k_norm" => "self_attn.k_norm",
+        "ffn_norm" if sandwich => "pre_feedforward_layernorm",
         "ffn_norm" => "post_attention_layernorm",
+        "post_attention_norm" => "post_attention_layernorm",
+        "post_ffw_norm" => "post_feedforward_layernorm",
         "ffn_gate" => "mlp.gate_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
@@ -57,8 +66,12 @@ impl WeightSource for HfSource {
         self.st.dir.display().to_string()
     }
 
+    fn norm_offset(&self) -> f32 {
+        self.norm_offset
+    }
+
     fn get(&self, name: &str) -> Option<WeightInfo> {
-        let hf = hf_name(name)?;
+        let hf = hf_name_for(name, self.sandwich)?;
         // Tied checkpoints may keep only one of the two matrices (a 656K TinyStories model
         // stores lm_head.weight and no embedding).
         let t = self.st.tensors.get(&hf).or_else(|| match name {
@@ -147,6 +160,8 @@ pub fn config_from_hf(dir: &Path) -> Result<(ModelConfig, HfExtras), ModelError>
         "qwen2" => Arch::Qwen2,
         "qwen3" => Arch::Qwen3,
         "phi3" => Arch::Phi3,
+        "gemma" => Arch::Gemma,
+        "gemma2" => Arch::Gemma2,
         other => {
             return Err(ModelError::UnsupportedArch {
                 path: p.clone(),
@@ -277,6 +292,18 @@ pub fn config_from_hf(dir: &Path) -> Result<(ModelConfig, HfExtras), ModelError>
         rope_freq_base: rope_theta,
         rope_freq_scale: freq_scale,
         rope_layout: RopeLayout::NeoX,
+        attn_softcap: c["attn_logit_softcapping"]
+            .as_f64()
+            .filter(|v| *v > 0.0)
+            .map(|v| v as f32),
+        final_softcap: c["final_logit_softcapping"]
+            .as_f64()
+            .filter(|v| *v > 0.0)
+            .map(|v| v as f32),
+        attn_scale: c["query_pre_attn_scalar"]
+            .as_f64()
+            .filter(|v| *v > 0.0)
+            .map(|v| (1.0 / v.sqrt()) as f32),
     };
     Ok((cfg, extras))
 }
@@ -317,7 +344,15 @@ pub fn load_hf(dir: &Path) -> Result<(Llama, HfExtras), ModelError> {
         path: dir.display().to_string(),
         reason: e.to_string(),
     })?;
-    let src = HfSource { st };
+    let src = HfSource {
+        st,
+        sandwich: cfg.arch == Arch::Gemma2,
+        norm_offset: if matches!(cfg.arch, Arch::Gemma | Arch::Gemma2) {
+            1.0
+        } else {
+            0.0
+        },
+    };
     let model = Llama::from_source(cfg, &src, extras.rope_factors.clone())?;
     Ok((model, extras))
 }
@@ -329,15 +364,15 @@ mod tests {
     #[test]
     fn names_and_llama3_factors() {
         assert_eq!(
-            hf_name("blk.3.attn_q.bias").as_deref(),
+            hf_name_for("blk.3.attn_q.bias", false).as_deref(),
             Some("model.layers.3.self_attn.q_proj.bias")
         );
         assert_eq!(
-            hf_name("blk.0.ffn_down.weight").as_deref(),
+            hf_name_for("blk.0.ffn_down.weight", false).as_deref(),
             Some("model.layers.0.mlp.down_proj.weight")
         );
-        assert_eq!(hf_name("output.weight").as_deref(), Some("lm_head.weight"));
-        assert_eq!(hf_name("blk.0.nonsense.weight"), None);
+        assert_eq!(hf_name_for("output.weight", false).as_deref(), Some("lm_head.weight"));
+        assert_eq!(hf_name_for("blk.0.nonsense.weight", false), None);
         // Llama 3.1 8B: factor 8, low 1, high 4, original context 8192, head 128, θ 500000.
         let f = llama3_factors(128, 500_000.0, 8.0, 1.0, 4.0, 8192.0);
         assert_eq!(f[0], 1.0, "the fastest frequencies are kept");

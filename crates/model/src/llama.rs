@@ -37,6 +37,9 @@ struct Layer {
     q_norm: Option<Vec<f32>>, // [head_dim]
     k_norm: Option<Vec<f32>>, // [head_dim]
     ffn_norm: Vec<f32>,       // [n_embd]
+    /// Gemma 2's sandwich norms: on the attention output and on the MLP output.
+    post_attn_norm: Option<Vec<f32>>, // [n_embd]
+    post_ffw_norm: Option<Vec<f32>>, // [n_embd]
     gate: Matrix,             // [n_ff, n_embd]
     up: Matrix,               // [n_ff, n_embd]
     down: Matrix,             // [n_embd, n_ff]
@@ -151,10 +154,18 @@ impl Llama {
         rope_factors: Option<Vec<f32>>,
     ) -> Result<Llama, ModelError> {
         let (e, q, kv, ff, nv) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff, cfg.n_vocab);
+        // Norm weights as the forward pass uses them: HF Gemma stores w − 1 (its RMSNorm
+        // multiplies by 1 + w); GGUF stores w.
+        let off = f.norm_offset();
+        let norm = |name: &str, n: usize| -> Result<Vec<f32>, ModelError> {
+            let mut v = vector(f, name, n)?;
+            v.iter_mut().for_each(|x| *x += off);
+            Ok(v)
+        };
         let tok_embd = Matrix::bind(f, "token_embd.weight", nv, e)?;
         let output =
             Matrix::bind_opt(f, "output.weight", nv, e)?.unwrap_or_else(|| tok_embd.clone());
-        let output_norm = vector(f, "output_norm.weight", e)?;
+        let output_norm = norm("output_norm.weight", e)?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let n = |s: &str| format!("blk.{i}.{s}");
@@ -165,8 +176,8 @@ impl Llama {
             );
             let (q_norm, k_norm) = match cfg.arch {
                 Arch::Qwen3 => (
-                    Some(vector(f, &n("attn_q_norm.weight"), cfg.head_dim)?),
-                    Some(vector(f, &n("attn_k_norm.weight"), cfg.head_dim)?),
+                    Some(norm(&n("attn_q_norm.weight"), cfg.head_dim)?),
+                    Some(norm(&n("attn_k_norm.weight"), cfg.head_dim)?),
                 ),
                 _ => (None, None),
             };
@@ -196,7 +207,7 @@ impl Llama {
                 (m.rows_view(0, ff), m.rows_view(ff, ff))
             };
             layers.push(Layer {
-                attn_norm: vector(f, &n("attn_norm.weight"), e)?,
+                attn_norm: norm(&n("attn_norm.weight"), e)?,
                 wq,
                 wk,
                 wv,
@@ -206,7 +217,16 @@ impl Llama {
                 bv,
                 q_norm,
                 k_norm,
-                ffn_norm: vector(f, &n("ffn_norm.weight"), e)?,
+                ffn_norm: norm(&n("ffn_norm.weight"), e)?,
+                // Only Gemma 2 has them (HF names would alias other norms elsewhere).
+                post_attn_norm: match cfg.arch {
+                    Arch::Gemma2 => Some(norm(&n("post_attention_norm.weight"), e)?),
+                    _ => None,
+                },
+                post_ffw_norm: match cfg.arch {
+                    Arch::Gemma2 => Some(norm(&n("post_ffw_norm.weight"), e)?),
+                    _ => None,
+                },
                 gate,
                 up,
                 down: Matrix::bind(f, &n("ffn_down.weight"), e, ff)?,
@@ -324,8 +344,11 @@ impl Llama {
         let pos0 = kv.len();
 
         for (i, &t) in tokens.iter().enumerate() {
-            self.tok_embd
-                .row(t as usize, &mut scratch.x[i * e..(i + 1) * e])?;
+            let row = &mut scratch.x[i * e..(i + 1) * e];
+            self.tok_embd.row(t as usize, row)?;
+            if let Some(s) = cfg.embd_scale() {
+                row.iter_mut().for_each(|v| *v *= s);
+            }
         }
 
         for (li, layer) in self.layers.iter().enumerate() {
@@ -408,6 +431,11 @@ impl Llama {
             self.attention(kv, li, pos0, n, q, att, pool, scores);
             prep.invalidate();
             matmul(pool, isa, &layer.wo, att, n, h, prep, tmp);
+            if let Some(w) = &layer.post_attn_norm {
+                for hi in h.chunks_exact_mut(e) {
+                    ops::rms_norm_inplace(hi, w, cfg.rms_eps);
+                }
+            }
             for (xi, hi) in x.iter_mut().zip(h.iter()) {
                 *xi += hi;
             }
@@ -423,9 +451,18 @@ impl Llama {
             prep.invalidate();
             matmul(pool, isa, &layer.gate, h, n, gate, prep, tmp);
             matmul(pool, isa, &layer.up, h, n, up, prep, tmp);
-            ops::silu_mul(gate, up);
+            if cfg.gelu_gate() {
+                ops::gelu_tanh_mul(gate, up);
+            } else {
+                ops::silu_mul(gate, up);
+            }
             prep.invalidate();
             matmul(pool, isa, &layer.down, gate, n, h, prep, tmp);
+            if let Some(w) = &layer.post_ffw_norm {
+                for hi in h.chunks_exact_mut(e) {
+                    ops::rms_norm_inplace(hi, w, cfg.rms_eps);
+                }
+            }
             for (xi, hi) in x.iter_mut().zip(h.iter()) {
                 *xi += hi;
             }
@@ -468,6 +505,9 @@ impl Llama {
             prep,
             tmp,
         );
+        if let Some(c) = cfg.final_softcap {
+            ops::softcap(&mut scratch.logits[..n_logits * cfg.n_vocab], c);
+        }
         Ok(&scratch.logits[..n_logits * cfg.n_vocab])
     }
 
@@ -490,7 +530,8 @@ impl Llama {
         let group = cfg.n_head / cfg.n_head_kv;
         let total = pos0 + n;
         let rows = kv.layer(layer, total);
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = cfg.attn_scale.unwrap_or(1.0 / (hd as f32).sqrt());
+        let softcap = cfg.attn_softcap.unwrap_or(0.0);
         let out = SharedOut::new(att);
         // As in `matmul`: only wake workers when each gets a worthwhile share.
         let work = cfg.n_head * n * total * hd;
@@ -520,6 +561,7 @@ impl Llama {
                     hd,
                     len,
                     scale,
+                    softcap,
                     scores,
                     o,
                 );

@@ -59,6 +59,11 @@ pub trait WeightSource {
     /// The file or folder, for error messages.
     fn label(&self) -> String;
     fn get(&self, name: &str) -> Option<WeightInfo>;
+    /// Added to every norm weight as it is loaded: 1 for Hugging Face Gemma checkpoints,
+    /// whose RMSNorm multiplies by 1 + w (GGUF files store 1 + w already).
+    fn norm_offset(&self) -> f32 {
+        0.0
+    }
 }
 
 /// A GGUF file as a weight source.
