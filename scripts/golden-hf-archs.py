@@ -51,6 +51,11 @@ CONFIGS = {
     "llama": dict(model_type="llama", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, vocab_size=128, rms_norm_eps=1e-5,
                   rope_theta=10000.0, max_position_embeddings=256, tie_word_embeddings=False),
+    "llama31": dict(model_type="llama", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, vocab_size=128, rms_norm_eps=1e-5,
+                    rope_theta=500000.0, max_position_embeddings=256, tie_word_embeddings=False,
+                    rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                      high_freq_factor=4.0, original_max_position_embeddings=32)),
     "mistral": dict(model_type="mistral", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=1, vocab_size=128, rms_norm_eps=1e-6,
                     rope_theta=1000000.0, max_position_embeddings=256, sliding_window=128,
@@ -144,6 +149,17 @@ def forward(c, W, ids):
         x = x * np.float64(np.float32(c["hidden_size"] ** 0.5))  # normalizer, in the dtype
     rot = int(hd * c.get("partial_rotary_factor", 1.0))   # rotary_dim
     inv_freq = 1.0 / (c["rope_theta"] ** (np.arange(0, rot, 2) / rot))
+    rs = c.get("rope_scaling")
+    if rs and rs.get("rope_type") == "llama3":                   # _compute_llama3_parameters
+        factor, low, high = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+        old = rs["original_max_position_embeddings"]
+        low_wavelen, high_wavelen = old / low, old / high
+        wavelen = 2 * np.pi / inv_freq
+        inv_llama = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * inv_llama / factor + smooth * inv_llama
+        is_medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+        inv_freq = np.where(is_medium, smoothed, inv_llama)
     freqs = np.outer(np.arange(T), inv_freq)                     # [T, hd/2]
     emb = np.concatenate([freqs, freqs], axis=-1)
     cos, sin = np.cos(emb), np.sin(emb)

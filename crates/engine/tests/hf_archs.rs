@@ -1,4 +1,5 @@
-//! Each Llama-family architecture read from a Hugging Face folder (llama, mistral, qwen2 with
+//! Each Llama-family architecture read from a Hugging Face folder (llama, llama with Llama 3.1
+//! RoPE scaling, mistral, qwen2 with
 //! Q/K/V biases, qwen3 with Q/K head norms, an explicit head_dim and tied embeddings, phi3
 //! with fused Q/K/V and gate/up projections and half-rotary heads) against
 //! `scripts/golden-hf-archs.py`, a numpy re-implementation of transformers' modeling code on
@@ -114,7 +115,7 @@ fn every_architecture_matches_the_reference() {
         .collect();
     let pool = ThreadPool::new(2);
     let models = golden["models"].as_object().unwrap();
-    assert_eq!(models.len(), 7);
+    assert_eq!(models.len(), 8);
     for (name, m) in models {
         let cfg = &m["config"];
         let dir = std::env::temp_dir().join(format!("tuili-hf-{name}-{}", std::process::id()));
