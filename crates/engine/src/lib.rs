@@ -18,7 +18,7 @@ mod stop;
 use tuili_core::ThreadPool;
 use tuili_formats::GgufFile;
 use tuili_kv::KvCache;
-use tuili_model::{Llama, Logits, Scratch};
+use tuili_model::{Logits, Model, Scratch};
 use tuili_sample::{Explain, Sampler, SamplingParams, StepLogprobs};
 use tuili_tokenizer::Tokenizer;
 
@@ -274,7 +274,7 @@ pub struct GenerationDefaults {
 
 /// A loaded model and tokenizer, ready to generate.
 pub struct Engine {
-    model: Llama,
+    model: Model,
     tokenizer: Tokenizer,
     cfg: EngineConfig,
     n_ctx: usize,
@@ -327,7 +327,7 @@ impl Engine {
         }
         let file = Arc::new(GgufFile::open(path)?);
         let tokenizer = Tokenizer::from_gguf(&file)?;
-        let model = Llama::load(file)?;
+        let model = Model::load(file)?;
         Engine::new(model, tokenizer, cfg)
     }
 
@@ -337,10 +337,11 @@ impl Engine {
     }
 
     pub fn new(
-        model: Llama,
+        model: impl Into<Model>,
         tokenizer: Tokenizer,
         cfg: EngineConfig,
     ) -> Result<Engine, EngineError> {
+        let model = model.into();
         if cfg.n_batch == 0 {
             return Err(EngineError::BadSetting {
                 name: "batch size",
@@ -390,7 +391,7 @@ impl Engine {
         })
     }
 
-    pub fn model(&self) -> &Llama {
+    pub fn model(&self) -> &Model {
         &self.model
     }
 

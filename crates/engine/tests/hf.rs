@@ -283,3 +283,55 @@ fn tokenizers_convert_to_gguf() {
         assert_eq!(same, texts.len());
     }
 }
+
+/// GPT-2 from a folder (tiny-random-gpt2: Conv1D weights, learned positions, LayerNorm,
+/// gelu_new, tied head) against the fixtures' float64 reference: the prompt's tokens, every
+/// position's logits, and 16 greedy tokens.
+#[test]
+fn gpt2_matches_the_float64_reference() {
+    let d = dir().join("../tiny-random-gpt2-hf");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("reference_logits.json")).unwrap())
+            .unwrap();
+    let e = Engine::load(
+        &d,
+        EngineConfig {
+            n_ctx: 64,
+            n_batch: 8,
+            threads: 2,
+        },
+    )
+    .unwrap();
+    let prompt = e
+        .tokenize_prompt(r["prompt"].as_str().unwrap(), true)
+        .unwrap();
+    assert_eq!(prompt, ids(&r["prompt_ids"]));
+    let m = e.model();
+    let nv = m.config().n_vocab;
+    let mut kv = m.new_cache(64).unwrap();
+    let mut s = Scratch::new();
+    let got = m
+        .forward(&prompt, &mut kv, &mut s, Logits::All, e.pool())
+        .unwrap();
+    let want: Vec<f64> = r["logits_all_positions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+        .collect();
+    assert_eq!(want.len(), prompt.len() * nv);
+    let max = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0.0, f64::max);
+    assert!(max < 1e-4, "max |Δlogit| = {max}");
+    let stats = e
+        .generate_from(
+            prompt,
+            &GenerateRequest::new("", 16, SamplingParams::greedy()),
+            &mut |_| ControlFlow::Continue(()),
+        )
+        .unwrap();
+    assert_eq!(stats.first().tokens, ids(&r["greedy_16_ids"]));
+}

@@ -45,6 +45,26 @@ pub fn rms_norm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
     }
 }
 
+/// LayerNorm: out = (x − mean) / sqrt(var + eps) ⊙ w + b (GPT-2).
+pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    for (((o, xi), wi), bi) in out.iter_mut().zip(x).zip(w).zip(b) {
+        *o = (xi - mean) * inv * wi + bi;
+    }
+}
+
+/// GELU with the tanh approximation, in place (GPT-2's `gelu_new`).
+pub fn gelu_tanh(x: &mut [f32]) {
+    const C: f32 = 0.797_884_6; // √(2/π)
+    for v in x.iter_mut() {
+        let t = *v;
+        *v = 0.5 * t * (1.0 + (C * (t + 0.044_715 * t * t * t)).tanh());
+    }
+}
+
 /// In-place softmax: x ← exp(x − max) / Σ exp(x − max). Entries of −∞ become 0.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);

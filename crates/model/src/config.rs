@@ -21,6 +21,8 @@ pub enum Arch {
     /// Gemma 2: Gemma plus sandwich norms around attention and MLP, soft-capped attention
     /// scores and logits, and a query scale of its own.
     Gemma2,
+    /// GPT-2: learned positions, LayerNorm, GELU MLP, biases (`gpt2.rs`).
+    Gpt2,
 }
 
 impl Arch {
@@ -32,6 +34,7 @@ impl Arch {
             "phi3" => Some(Arch::Phi3),
             "gemma" => Some(Arch::Gemma),
             "gemma2" => Some(Arch::Gemma2),
+            "gpt2" => Some(Arch::Gpt2),
             _ => None,
         }
     }
@@ -44,13 +47,16 @@ impl Arch {
             Arch::Phi3 => "phi3",
             Arch::Gemma => "gemma",
             Arch::Gemma2 => "gemma2",
+            Arch::Gpt2 => "gpt2",
         }
     }
 
     pub fn rope_layout(self) -> RopeLayout {
         match self {
             Arch::Llama => RopeLayout::Interleaved,
-            Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 | Arch::Gemma | Arch::Gemma2 => RopeLayout::NeoX,
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 | Arch::Gemma | Arch::Gemma2 | Arch::Gpt2 => {
+                RopeLayout::NeoX
+            }
         }
     }
 }
@@ -183,8 +189,10 @@ impl ModelConfig {
                 "must be even and at most the head size",
             ));
         }
+        // RMSNorm's epsilon, or LayerNorm's (GPT-2).
         let rms_eps = f
             .get_f64(&key("attention.layer_norm_rms_epsilon"))?
+            .or(f.get_f64(&key("attention.layer_norm_epsilon"))?)
             .unwrap_or(1e-5) as f32;
         if !(rms_eps.is_finite() && rms_eps >= 0.0) {
             return Err(bad(

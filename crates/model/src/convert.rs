@@ -276,6 +276,12 @@ fn permute_rows(data: &[u8], n_head: usize, rows: usize, row_bytes: usize) -> Ve
 /// not permuted).
 pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, ModelError> {
     let (cfg, extras) = config_from_hf(dir)?;
+    if cfg.arch == Arch::Gpt2 {
+        return Err(bad(
+            dir,
+            "converting GPT-2 folders to GGUF is not supported yet (they run from the folder)",
+        ));
+    }
     let arch = cfg.arch.name();
     let k = |s: &str| format!("{arch}.{s}");
     let mut md: Vec<(String, MetaValue)> = vec![

@@ -13,7 +13,7 @@ use tuili_kernels::ops::RopeLayout;
 
 use crate::config::{Arch, ModelConfig};
 use crate::weights::{Backing, WeightInfo, WeightSource};
-use crate::{Llama, ModelError};
+use crate::{Gpt2, Llama, Model, ModelError};
 
 /// A safetensors checkpoint seen through GGUF tensor names.
 pub struct HfSource {
@@ -93,6 +93,82 @@ impl WeightSource for HfSource {
     }
 }
 
+/// A GPT-2 checkpoint under GGUF's `gpt2` names. Its Conv1D weights are stored `[in, out]`;
+/// they are transposed once, here, into `[out, in]` rows (the only weights tuili copies).
+struct Gpt2Source {
+    st: Safetensors,
+}
+
+impl Gpt2Source {
+    fn hf(name: &str) -> Option<(String, bool)> {
+        let top = match name {
+            "token_embd.weight" => Some("wte.weight"),
+            "position_embd.weight" => Some("wpe.weight"),
+            "output_norm.weight" => Some("ln_f.weight"),
+            "output_norm.bias" => Some("ln_f.bias"),
+            _ => None,
+        };
+        if let Some(t) = top {
+            return Some((t.to_string(), false));
+        }
+        let rest = name.strip_prefix("blk.")?;
+        let (layer, t) = rest.split_once('.')?;
+        let (base, suffix) = t.rsplit_once('.')?;
+        let hf = match base {
+            "attn_norm" => "ln_1",
+            "attn_qkv" => "attn.c_attn",
+            "attn_output" => "attn.c_proj",
+            "ffn_norm" => "ln_2",
+            "ffn_up" => "mlp.c_fc",
+            "ffn_down" => "mlp.c_proj",
+            _ => return None,
+        };
+        let conv = suffix == "weight" && base != "attn_norm" && base != "ffn_norm";
+        Some((format!("h.{layer}.{hf}.{suffix}"), conv))
+    }
+}
+
+impl WeightSource for Gpt2Source {
+    fn label(&self) -> String {
+        self.st.dir.display().to_string()
+    }
+
+    fn get(&self, name: &str) -> Option<WeightInfo> {
+        let (hf, conv) = Gpt2Source::hf(name)?;
+        let t = self
+            .st
+            .tensors
+            .get(&format!("transformer.{hf}"))
+            .or_else(|| self.st.tensors.get(&hf))?;
+        if !conv {
+            return Some(WeightInfo {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                backing: Backing::Shard(t.shard.clone()),
+                range: t.range.clone(),
+            });
+        }
+        // Conv1D: safetensors [in, out] (our ne0-first shape [out, in]) → rows of `in`.
+        let (out, inp) = (*t.shape.first()? as usize, *t.shape.get(1)? as usize);
+        let mut src = vec![0f32; out * inp];
+        tuili_kernels::dequant::dequantize_row(t.dtype, t.data(), &mut src).ok()?;
+        let mut dst = Vec::with_capacity(out * inp * 4);
+        for o in 0..out {
+            for i in 0..inp {
+                dst.extend_from_slice(&src[i * out + o].to_le_bytes());
+            }
+        }
+        Some(WeightInfo {
+            name: t.name.clone(),
+            dtype: tuili_core::DType::F32,
+            shape: vec![inp as u64, out as u64],
+            range: 0..dst.len(),
+            backing: Backing::Owned(std::sync::Arc::new(dst)),
+        })
+    }
+}
+
 /// What `config.json` and `generation_config.json` say beyond the shape.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct HfExtras {
@@ -155,6 +231,44 @@ pub fn config_from_hf(dir: &Path) -> Result<(ModelConfig, HfExtras), ModelError>
         reason: reason.into(),
     };
     let model_type = c["model_type"].as_str().unwrap_or("");
+    if model_type == "gpt2" {
+        let g = |k: &str| -> Result<usize, ModelError> {
+            c[k].as_u64()
+                .filter(|&v| v > 0 && v < (1 << 31))
+                .map(|v| v as usize)
+                .ok_or_else(|| bad(k, c[k].to_string(), "missing or not a positive integer"))
+        };
+        let (e, nh) = (g("n_embd")?, g("n_head")?);
+        if e % nh != 0 {
+            return Err(bad("n_head", nh.to_string(), "must divide n_embd"));
+        }
+        let extras = HfExtras {
+            eos_ids: ids(&c["eos_token_id"]),
+            ..HfExtras::default()
+        };
+        let cfg = ModelConfig {
+            arch: Arch::Gpt2,
+            name: c["_name_or_path"].as_str().unwrap_or("gpt2").to_string(),
+            n_vocab: g("vocab_size")?,
+            n_embd: e,
+            n_layer: g("n_layer")?,
+            n_head: nh,
+            n_head_kv: nh,
+            head_dim: e / nh,
+            // `n_inner` null means 4·n_embd (`intermediate_size` is not read by GPT2Model).
+            n_ff: c["n_inner"].as_u64().map(|v| v as usize).unwrap_or(4 * e),
+            n_ctx_train: g("n_positions")?,
+            rms_eps: c["layer_norm_epsilon"].as_f64().unwrap_or(1e-5) as f32,
+            n_rot: 0,
+            rope_freq_base: 10_000.0,
+            rope_freq_scale: 1.0,
+            rope_layout: RopeLayout::NeoX,
+            attn_softcap: None,
+            final_softcap: None,
+            attn_scale: None,
+        };
+        return Ok((cfg, extras));
+    }
     let arch = match model_type {
         "llama" | "mistral" => Arch::Llama,
         "qwen2" => Arch::Qwen2,
@@ -338,12 +452,16 @@ fn llama3_factors(
 }
 
 /// Loads a Hugging Face model folder.
-pub fn load_hf(dir: &Path) -> Result<(Llama, HfExtras), ModelError> {
+pub fn load_hf(dir: &Path) -> Result<(Model, HfExtras), ModelError> {
     let (cfg, extras) = config_from_hf(dir)?;
     let st = Safetensors::open_dir(dir).map_err(|e| ModelError::Io {
         path: dir.display().to_string(),
         reason: e.to_string(),
     })?;
+    if cfg.arch == Arch::Gpt2 {
+        let m = Gpt2::from_source(cfg, &Gpt2Source { st })?;
+        return Ok((Model::Gpt2(m), extras));
+    }
     let src = HfSource {
         st,
         sandwich: cfg.arch == Arch::Gemma2,
@@ -354,7 +472,7 @@ pub fn load_hf(dir: &Path) -> Result<(Llama, HfExtras), ModelError> {
         },
     };
     let model = Llama::from_source(cfg, &src, extras.rope_factors.clone())?;
-    Ok((model, extras))
+    Ok((Model::Llama(model), extras))
 }
 
 #[cfg(test)]
@@ -371,7 +489,10 @@ mod tests {
             hf_name_for("blk.0.ffn_down.weight", false).as_deref(),
             Some("model.layers.0.mlp.down_proj.weight")
         );
-        assert_eq!(hf_name_for("output.weight", false).as_deref(), Some("lm_head.weight"));
+        assert_eq!(
+            hf_name_for("output.weight", false).as_deref(),
+            Some("lm_head.weight")
+        );
         assert_eq!(hf_name_for("blk.0.nonsense.weight", false), None);
         // Llama 3.1 8B: factor 8, low 1, high 4, original context 8192, head 128, θ 500000.
         let f = llama3_factors(128, 500_000.0, 8.0, 1.0, 4.0, 8192.0);

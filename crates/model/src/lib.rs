@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod convert;
+pub mod gpt2;
 pub mod hf;
 pub mod llama;
 pub mod quantize;
@@ -15,7 +16,102 @@ pub mod synth;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};
+pub use gpt2::Gpt2;
 pub use llama::{Llama, Logits, Scratch};
+
+use std::sync::Arc;
+use tuili_formats::GgufFile;
+use tuili_kernels::cpu::Isa;
+use tuili_kv::KvCache;
+
+/// A loaded model of any supported architecture: the Llama family (one decoder,
+/// `llama.rs`, parameterized by the config) or GPT-2 (`gpt2.rs`).
+pub enum Model {
+    Llama(Llama),
+    Gpt2(Gpt2),
+}
+
+impl From<Llama> for Model {
+    fn from(m: Llama) -> Model {
+        Model::Llama(m)
+    }
+}
+
+impl Model {
+    /// Binds a GGUF model of any supported architecture.
+    pub fn load(file: Arc<GgufFile>) -> Result<Model, ModelError> {
+        if file.get_str("general.architecture")? == Some("gpt2") {
+            if file.tensors.is_empty() {
+                return Err(ModelError::NoWeights {
+                    path: file.path().display().to_string(),
+                });
+            }
+            let cfg = ModelConfig::from_gguf(&file)?;
+            return Ok(Model::Gpt2(Gpt2::from_source(
+                cfg,
+                &weights::GgufSource(file),
+            )?));
+        }
+        Ok(Model::Llama(Llama::load(file)?))
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            Model::Llama(m) => m.config(),
+            Model::Gpt2(m) => m.config(),
+        }
+    }
+
+    pub fn label(&self) -> &str {
+        match self {
+            Model::Llama(m) => m.label(),
+            Model::Gpt2(m) => m.label(),
+        }
+    }
+
+    pub fn isa(&self) -> Isa {
+        match self {
+            Model::Llama(m) => m.isa(),
+            Model::Gpt2(m) => m.isa(),
+        }
+    }
+
+    pub fn set_isa(&mut self, isa: Isa) {
+        match self {
+            Model::Llama(m) => m.set_isa(isa),
+            Model::Gpt2(m) => m.set_isa(isa),
+        }
+    }
+
+    pub fn new_cache(&self, n_ctx: usize) -> Result<KvCache, ModelError> {
+        match self {
+            Model::Llama(m) => m.new_cache(n_ctx),
+            Model::Gpt2(m) => m.new_cache(n_ctx),
+        }
+    }
+
+    pub fn weight_bytes_per_token(&self) -> usize {
+        match self {
+            Model::Llama(m) => m.weight_bytes_per_token(),
+            Model::Gpt2(m) => m.weight_bytes_per_token(),
+        }
+    }
+
+    /// Runs `tokens` through the model (see [`Llama::forward`]).
+    pub fn forward<'s>(
+        &self,
+        tokens: &[u32],
+        kv: &mut KvCache,
+        scratch: &'s mut Scratch,
+        which: Logits,
+        pool: &tuili_core::ThreadPool,
+    ) -> Result<&'s [f32], ModelError> {
+        match self {
+            Model::Llama(m) => m.forward(tokens, kv, scratch, which, pool),
+            Model::Gpt2(m) => m.forward(tokens, kv, scratch, which, pool),
+        }
+    }
+}
 
 use tuili_core::DType;
 
@@ -24,7 +120,7 @@ use tuili_core::DType;
 pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] tuili_formats::GgufError),
-    #[error("{path}: architecture {arch:?} is not supported (llama, qwen2 and qwen3 are)")]
+    #[error("{path}: architecture {arch:?} is not supported (llama, mistral, qwen2, qwen3, phi3, gemma, gemma2 and gpt2 are)")]
     UnsupportedArch { path: String, arch: String },
     #[error("{path}: {key} = {value}: {reason}")]
     BadHyperParam {

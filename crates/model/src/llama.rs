@@ -74,21 +74,21 @@ pub enum Logits {
 /// decode loop does not allocate them per token.
 #[derive(Default)]
 pub struct Scratch {
-    cap: usize,
-    x: Vec<f32>,      // [cap, n_embd] residual stream
-    h: Vec<f32>,      // [cap, n_embd] normed input / projection output
-    q: Vec<f32>,      // [cap, q_dim]
-    k: Vec<f32>,      // [cap, kv_dim]
-    v: Vec<f32>,      // [cap, kv_dim]
-    att: Vec<f32>,    // [cap, q_dim]
-    gate: Vec<f32>,   // [cap, n_ff]
-    up: Vec<f32>,     // [cap, n_ff]
-    logits: Vec<f32>, // [cap or 1, n_vocab]
-    prep: Prepared,
+    pub(crate) cap: usize,
+    pub(crate) x: Vec<f32>,      // [cap, n_embd] residual stream
+    pub(crate) h: Vec<f32>,      // [cap, n_embd] normed input / projection output
+    pub(crate) q: Vec<f32>,      // [cap, q_dim]
+    pub(crate) k: Vec<f32>,      // [cap, kv_dim]
+    pub(crate) v: Vec<f32>,      // [cap, kv_dim]
+    pub(crate) att: Vec<f32>,    // [cap, q_dim]
+    pub(crate) gate: Vec<f32>,   // [cap, n_ff]
+    pub(crate) up: Vec<f32>,     // [cap, n_ff]
+    pub(crate) logits: Vec<f32>, // [cap or 1, n_vocab]
+    pub(crate) prep: Prepared,
     /// Per worker: a dequantized weight row.
-    tmp: Option<RowScratch>,
+    pub(crate) tmp: Option<RowScratch>,
     /// Per worker: attention scores over the context.
-    scores: Option<PerThread<Vec<f32>>>,
+    pub(crate) scores: Option<PerThread<Vec<f32>>>,
 }
 
 impl Scratch {
@@ -96,7 +96,7 @@ impl Scratch {
         Scratch::default()
     }
 
-    fn ensure(
+    pub(crate) fn ensure(
         &mut self,
         cfg: &ModelConfig,
         n: usize,
@@ -428,7 +428,7 @@ impl Llama {
                 kc.copy_from_slice(k);
                 vc.copy_from_slice(v);
             }
-            self.attention(kv, li, pos0, n, q, att, pool, scores);
+            causal_attention(cfg, self.isa, kv, li, pos0, n, q, att, pool, scores);
             prep.invalidate();
             matmul(pool, isa, &layer.wo, att, n, h, prep, tmp);
             if let Some(w) = &layer.post_attn_norm {
@@ -510,64 +510,64 @@ impl Llama {
         }
         Ok(&scratch.logits[..n_logits * cfg.n_vocab])
     }
+}
 
-    /// Causal attention of the batch's queries against the cache (which already holds this
-    /// batch's keys and values). Heads are split across the pool's threads.
-    #[allow(clippy::too_many_arguments)]
-    fn attention(
-        &self,
-        kv: &KvCache,
-        layer: usize,
-        pos0: usize,
-        n: usize,
-        q: &[f32],
-        att: &mut [f32],
-        pool: &ThreadPool,
-        scores: &PerThread<Vec<f32>>,
-    ) {
-        let cfg = &self.cfg;
-        let (hd, qd, kvd) = (cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
-        let group = cfg.n_head / cfg.n_head_kv;
-        let total = pos0 + n;
-        let rows = kv.layer(layer, total);
-        let scale = cfg.attn_scale.unwrap_or(1.0 / (hd as f32).sqrt());
-        let softcap = cfg.attn_softcap.unwrap_or(0.0);
-        let out = SharedOut::new(att);
-        // As in `matmul`: only wake workers when each gets a worthwhile share.
-        let work = cfg.n_head * n * total * hd;
-        let threads = (work / 65_536).clamp(1, pool.n_threads());
-        // Work items: (KV head, token). The `group` query heads that share a KV head are done
-        // together, so each key and value row is read once for all of them.
-        let items = cfg.n_head_kv * n;
-        pool.run_with(threads, &|wi, nt| {
-            // SAFETY: worker wi is the only user of its slot.
-            let scores = unsafe { scores.get(wi) };
-            for item in split(items, wi, nt, 1) {
-                let (kvh, i) = (item / n, item % n);
-                let len = pos0 + i + 1; // causal: positions 0..=pos0+i
-                let heads = kvh * group..(kvh + 1) * group;
-                // SAFETY: the heads of KV head kvh for token i are written by the worker that
-                // owns item (kvh, i) only; the range is contiguous (heads of a group are
-                // adjacent).
-                let o = unsafe { out.slice(i * qd + heads.start * hd..i * qd + heads.end * hd) };
-                ops::attend_group(
-                    self.isa,
-                    &q[i * qd + heads.start * hd..i * qd + heads.end * hd],
-                    rows.keys,
-                    rows.values,
-                    rows.split,
-                    kvd,
-                    kvh * hd,
-                    hd,
-                    len,
-                    scale,
-                    softcap,
-                    scores,
-                    o,
-                );
-            }
-        });
-    }
+/// Causal attention of the batch's queries against the cache (which already holds this
+/// batch's keys and values). Heads are split across the pool's threads.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn causal_attention(
+    cfg: &ModelConfig,
+    isa: Isa,
+    kv: &KvCache,
+    layer: usize,
+    pos0: usize,
+    n: usize,
+    q: &[f32],
+    att: &mut [f32],
+    pool: &ThreadPool,
+    scores: &PerThread<Vec<f32>>,
+) {
+    let (hd, qd, kvd) = (cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
+    let group = cfg.n_head / cfg.n_head_kv;
+    let total = pos0 + n;
+    let rows = kv.layer(layer, total);
+    let scale = cfg.attn_scale.unwrap_or(1.0 / (hd as f32).sqrt());
+    let softcap = cfg.attn_softcap.unwrap_or(0.0);
+    let out = SharedOut::new(att);
+    // As in `matmul`: only wake workers when each gets a worthwhile share.
+    let work = cfg.n_head * n * total * hd;
+    let threads = (work / 65_536).clamp(1, pool.n_threads());
+    // Work items: (KV head, token). The `group` query heads that share a KV head are done
+    // together, so each key and value row is read once for all of them.
+    let items = cfg.n_head_kv * n;
+    pool.run_with(threads, &|wi, nt| {
+        // SAFETY: worker wi is the only user of its slot.
+        let scores = unsafe { scores.get(wi) };
+        for item in split(items, wi, nt, 1) {
+            let (kvh, i) = (item / n, item % n);
+            let len = pos0 + i + 1; // causal: positions 0..=pos0+i
+            let heads = kvh * group..(kvh + 1) * group;
+            // SAFETY: the heads of KV head kvh for token i are written by the worker that
+            // owns item (kvh, i) only; the range is contiguous (heads of a group are
+            // adjacent).
+            let o = unsafe { out.slice(i * qd + heads.start * hd..i * qd + heads.end * hd) };
+            ops::attend_group(
+                isa,
+                &q[i * qd + heads.start * hd..i * qd + heads.end * hd],
+                rows.keys,
+                rows.values,
+                rows.split,
+                kvd,
+                kvh * hd,
+                hd,
+                len,
+                scale,
+                softcap,
+                scores,
+                o,
+            );
+        }
+    });
 }
 
 impl std::fmt::Debug for Llama {

@@ -22,6 +22,8 @@ use crate::ModelError;
 pub enum Backing {
     Gguf(Arc<GgufFile>),
     Shard(Arc<Shard>),
+    /// Bytes made at load time (GPT-2's Conv1D weights, transposed from a safetensors file).
+    Owned(Arc<Vec<u8>>),
 }
 
 impl Backing {
@@ -29,6 +31,7 @@ impl Backing {
         match self {
             Backing::Gguf(f) => f.bytes(),
             Backing::Shard(s) => s.bytes(),
+            Backing::Owned(v) => v,
         }
     }
 }
