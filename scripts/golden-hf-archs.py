@@ -58,7 +58,7 @@ CONFIGS = {
                                       high_freq_factor=4.0, original_max_position_embeddings=32)),
     "mistral": dict(model_type="mistral", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=1, vocab_size=128, rms_norm_eps=1e-6,
-                    rope_theta=1000000.0, max_position_embeddings=256, sliding_window=128,
+                    rope_theta=1000000.0, max_position_embeddings=256, sliding_window=3,
                     tie_word_embeddings=False),
     "qwen2": dict(model_type="qwen2", hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, vocab_size=128, rms_norm_eps=1e-6,
@@ -79,7 +79,7 @@ CONFIGS = {
                    num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=128,
                    rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=256,
                    query_pre_attn_scalar=24, attn_logit_softcapping=1.0,
-                   final_logit_softcapping=2.0, sliding_window=64,
+                   final_logit_softcapping=2.0, sliding_window=3,
                    hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True),
 }
 TOKENS = [1, 5, 9, 23, 42, 7, 100, 3]
@@ -190,6 +190,12 @@ def forward(c, W, ids):
         if c.get("attn_logit_softcapping"):
             cap = c["attn_logit_softcapping"]
             s = np.tanh(s / cap) * cap
+        # Sliding window (Mistral: every layer; Gemma 2: layers 0, 2, …): position j is
+        # visible from i when i − j < sliding_window.
+        w = c.get("sliding_window")
+        if w and (ty == "mistral" or (ty == "gemma2" and i % 2 == 0)):
+            jj, ii = np.meshgrid(np.arange(T), np.arange(T))
+            s = np.where(ii - jj >= w, -np.inf, s)
         s = s + mask
         s = np.exp(s - s.max(-1, keepdims=True))
         s = s / s.sum(-1, keepdims=True)

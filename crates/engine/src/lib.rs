@@ -303,16 +303,6 @@ impl Engine {
             for &id in &extras.eos_ids {
                 tokenizer.add_eog(id);
             }
-            let mut cfg = cfg;
-            // Mistral's sliding window: contexts up to the window are computed exactly.
-            if let Some(w) = extras.sliding_window {
-                let want = if cfg.n_ctx == 0 {
-                    model.config().n_ctx_train.min(4096)
-                } else {
-                    cfg.n_ctx
-                };
-                cfg.n_ctx = want.min(w);
-            }
             let mut e = Engine::new(model, tokenizer, cfg)?;
             e.defaults = GenerationDefaults {
                 temperature: match extras.do_sample {

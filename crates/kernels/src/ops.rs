@@ -149,7 +149,8 @@ pub fn rope(
 
 /// Causal attention of the query heads that share one KV head, for one token:
 /// for each head g, s = softmax(q_g · K[p]ᵀ · scale) over positions p < len, then
-/// out_g = Σ_p s[p] · V[p]. `q` is `[group, hd]`; the cache rows come in two segments
+/// out_g = Σ_p s[p] · V[p], over positions `start..len` (`start` > 0 for a sliding window).
+/// `q` is `[group, hd]`; the cache rows come in two segments
 /// (a shared prefix and a sequence's own rows): positions `0..split` are rows of `keys[0]` /
 /// `values[0]`, positions `split..len` rows of `keys[1]` / `values[1]` (rows `row_stride`
 /// floats apart, this KV head's `hd` floats at `kv_off`); `softcap` > 0 replaces each scaled
@@ -165,6 +166,7 @@ pub fn attend_group(
     row_stride: usize,
     kv_off: usize,
     hd: usize,
+    start: usize,
     len: usize,
     scale: f32,
     softcap: f32,
@@ -177,14 +179,15 @@ pub fn attend_group(
         // are present.
         unsafe {
             attend_group_avx2(
-                q, keys, values, split, row_stride, kv_off, hd, len, scale, softcap, scores, out,
+                q, keys, values, split, row_stride, kv_off, hd, start, len, scale, softcap, scores,
+                out,
             )
         };
         return;
     }
     let _ = isa;
     attend_group_body(
-        q, keys, values, split, row_stride, kv_off, hd, len, scale, softcap, scores, out,
+        q, keys, values, split, row_stride, kv_off, hd, start, len, scale, softcap, scores, out,
     )
 }
 
@@ -201,6 +204,7 @@ unsafe fn attend_group_avx2(
     row_stride: usize,
     kv_off: usize,
     hd: usize,
+    start: usize,
     len: usize,
     scale: f32,
     softcap: f32,
@@ -208,7 +212,7 @@ unsafe fn attend_group_avx2(
     out: &mut [f32],
 ) {
     attend_group_body(
-        q, keys, values, split, row_stride, kv_off, hd, len, scale, softcap, scores, out,
+        q, keys, values, split, row_stride, kv_off, hd, start, len, scale, softcap, scores, out,
     )
 }
 
@@ -222,6 +226,7 @@ fn attend_group_body(
     row_stride: usize,
     kv_off: usize,
     hd: usize,
+    start: usize,
     len: usize,
     scale: f32,
     softcap: f32,
@@ -229,6 +234,8 @@ fn attend_group_body(
     out: &mut [f32],
 ) {
     let group = q.len() / hd;
+    // Positions start..len take part (a sliding window starts after 0); scores are [group, m].
+    let m = len - start;
     // Row p of a segmented cache (the branch goes the same way for long runs of p).
     #[inline(always)]
     fn row(
@@ -246,7 +253,7 @@ fn attend_group_body(
         };
         &s[r * stride + off..r * stride + off + hd]
     }
-    for p in 0..len {
+    for p in start..len {
         let k = row(keys, split, p, row_stride, kv_off, hd);
         for g in 0..group {
             let qg = &q[g * hd..(g + 1) * hd];
@@ -263,7 +270,7 @@ fn attend_group_body(
             }
             let s = s * scale;
             // Gemma 2 caps the scores: c·tanh(s/c) (0 = off).
-            scores[g * len + p] = if softcap > 0.0 {
+            scores[g * m + p - start] = if softcap > 0.0 {
                 softcap * (s / softcap).tanh()
             } else {
                 s
@@ -271,13 +278,13 @@ fn attend_group_body(
         }
     }
     for g in 0..group {
-        softmax(&mut scores[g * len..(g + 1) * len]);
+        softmax(&mut scores[g * m..(g + 1) * m]);
     }
     out[..group * hd].fill(0.0);
-    for p in 0..len {
+    for p in start..len {
         let v = row(values, split, p, row_stride, kv_off, hd);
         for g in 0..group {
-            let s = scores[g * len + p];
+            let s = scores[g * m + p - start];
             let o = &mut out[g * hd..(g + 1) * hd];
             for (oi, vi) in o.iter_mut().zip(v) {
                 *oi += s * vi;

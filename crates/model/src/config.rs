@@ -88,12 +88,23 @@ pub struct ModelConfig {
     pub final_softcap: Option<f32>,
     /// Attention scale when it is not 1/√head_dim (Gemma 2's query_pre_attn_scalar^-½).
     pub attn_scale: Option<f32>,
+    /// Sliding-window attention: each query sees the last `w` positions (itself included) —
+    /// in every layer (Mistral) or in every other layer starting with the first (Gemma 2).
+    pub sliding_window: Option<usize>,
 }
 
 impl ModelConfig {
     /// Whether the feed-forward gate uses tanh GELU (Gemma) rather than SiLU.
     pub fn gelu_gate(&self) -> bool {
         matches!(self.arch, Arch::Gemma | Arch::Gemma2)
+    }
+
+    /// Whether layer `l` uses the sliding window.
+    pub fn layer_slides(&self, l: usize) -> bool {
+        match self.arch {
+            Arch::Gemma2 => l.is_multiple_of(2),
+            _ => true,
+        }
     }
 
     /// Gemma multiplies the token embeddings by √n_embd.
@@ -286,6 +297,10 @@ impl ModelConfig {
             rope_layout: arch.rope_layout(),
             attn_softcap,
             final_softcap,
+            sliding_window: match f.get_u64(&key("attention.sliding_window"))? {
+                Some(w) => Some(dim(&key("attention.sliding_window"), w)?),
+                None => None,
+            },
             // `{arch}.attention.scale` when given; llama.cpp's Gemma 2 graph scales queries by
             // 1/√head_dim, except for the 27B model (46 layers): 1/√(n_embd/n_head).
             attn_scale: match positive("attention.scale")? {

@@ -266,6 +266,7 @@ pub fn config_from_hf(dir: &Path) -> Result<(ModelConfig, HfExtras), ModelError>
             attn_softcap: None,
             final_softcap: None,
             attn_scale: None,
+            sliding_window: None,
         };
         return Ok((cfg, extras));
     }
@@ -414,6 +415,7 @@ pub fn config_from_hf(dir: &Path) -> Result<(ModelConfig, HfExtras), ModelError>
             .as_f64()
             .filter(|v| *v > 0.0)
             .map(|v| v as f32),
+        sliding_window: extras.sliding_window,
         attn_scale: c["query_pre_attn_scalar"]
             .as_f64()
             .filter(|v| *v > 0.0)

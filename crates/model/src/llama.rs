@@ -546,6 +546,11 @@ pub(crate) fn causal_attention(
         for item in split(items, wi, nt, 1) {
             let (kvh, i) = (item / n, item % n);
             let len = pos0 + i + 1; // causal: positions 0..=pos0+i
+                                    // A sliding window keeps the last `w` of them (this layer's, if it slides).
+            let start = match cfg.sliding_window {
+                Some(w) if cfg.layer_slides(layer) => len.saturating_sub(w),
+                _ => 0,
+            };
             let heads = kvh * group..(kvh + 1) * group;
             // SAFETY: the heads of KV head kvh for token i are written by the worker that
             // owns item (kvh, i) only; the range is contiguous (heads of a group are
@@ -560,6 +565,7 @@ pub(crate) fn causal_attention(
                 kvd,
                 kvh * hd,
                 hd,
+                start,
                 len,
                 scale,
                 softcap,
