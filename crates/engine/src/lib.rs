@@ -294,7 +294,9 @@ impl Engine {
                 progress: true,
                 ..Default::default()
             };
-            let dir = hub::fetch(s, &opts)?;
+            let dir = hub::fetch(s, &opts).map_err(|e| {
+                EngineError::Io(format!("{s}: no such file or folder here, so tried the hub: {e}"))
+            })?;
             return Engine::load(dir, cfg);
         }
         if path.is_dir() {
@@ -349,6 +351,9 @@ impl Engine {
         let train = model.config().n_ctx_train;
         let n_ctx = if cfg.n_ctx == 0 {
             train.min(4096)
+        } else if model.config().arch == tuili_model::Arch::Gpt2 {
+            // Learned positions end at the trained length.
+            cfg.n_ctx.min(train)
         } else {
             cfg.n_ctx
         };
