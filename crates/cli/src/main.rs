@@ -41,7 +41,7 @@ enum Cmd {
     Inspect(InspectArgs),
     /// Measure prompt processing and generation speed (as llama-bench does).
     Bench(bench::BenchArgs),
-    /// Quantize a GGUF model (llama.cpp's types and per-tensor recipes).
+    /// Quantize a GGUF model or a Hugging Face folder into a GGUF (llama.cpp's types and recipes).
     Quantize(quantize::QuantizeArgs),
     /// Perplexity of a model on a text file (as llama-perplexity computes it), and KL
     /// divergence against a base model.
