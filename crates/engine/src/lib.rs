@@ -295,7 +295,9 @@ impl Engine {
                 ..Default::default()
             };
             let dir = hub::fetch(s, &opts).map_err(|e| {
-                EngineError::Io(format!("{s}: no such file or folder here, so tried the hub: {e}"))
+                EngineError::Io(format!(
+                    "{s}: no such file or folder here, so tried the hub: {e}"
+                ))
             })?;
             return Engine::load(dir, cfg);
         }
