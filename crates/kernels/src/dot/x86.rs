@@ -98,6 +98,8 @@ pub fn dot_rows(
                 DType::Q8_0 => rows!(with_q8, BlockQ8_0, avx2::q8_0_n),
                 DType::Q4_0 if vnni => rows!(with_q8, BlockQ4_0, vnni::q4_0_n),
                 DType::Q4_0 => rows!(with_q8, BlockQ4_0, avx2::q4_0_n),
+                DType::Q5_0 if vnni => rows!(with_q8, BlockQ5_0, vnni::q5_0_n),
+                DType::Q5_0 => rows!(with_q8, BlockQ5_0, avx2::q5_0_n),
                 DType::Q4_K if vnni => rows!(with_q8k, BlockQ4K, vnni::q4_k_n),
                 DType::Q4_K => rows!(with_q8k, BlockQ4K, avx2::q4_k_n),
                 DType::Q6_K if vnni => rows!(with_q8k, BlockQ6K, vnni::q6_k_n),
@@ -421,6 +423,42 @@ macro_rules! kernels {
                         2 => blocks32::<2, 8, 2>(w.len(), unpack, dbits, a, out),
                         3 => blocks32::<1, 8, 3>(w.len(), unpack, dbits, a, out),
                         _ => blocks32::<1, 8, 4>(w.len(), unpack, dbits, a, out),
+                    }
+                }
+            }
+
+            /// Q5_0: the nibbles as in Q4_0, plus the fifth bit of element j from bit j of
+            /// `qh`: each byte of the vector picks qh's byte j/8 and tests bit j%8. u = q + 16
+            /// (≤ 31) goes in unsigned.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q5_0_n(w: &[BlockQ5_0], a: &[&Q8Row], out: &mut [f32]) {
+                let m4 = _mm256_set1_epi8(0x0F);
+                let shifts = _mm256_setr_epi64x(0, 0, 4, 4);
+                let spread = _mm256_setr_epi8(
+                    0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
+                    3, 3, 3, 3, 3, 3,
+                );
+                let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+                let sixteen = _mm256_set1_epi8(16);
+                let unpack = |b: usize| {
+                    let wb = &w[b];
+                    // SAFETY: 16 bytes of nibbles per block.
+                    let raw = unsafe {
+                        _mm256_broadcastsi128_si256(_mm_loadu_si128(wb.qs.as_ptr().cast()))
+                    };
+                    let lo = _mm256_and_si256(_mm256_srlv_epi64(raw, shifts), m4);
+                    let qh = _mm256_set1_epi32(u32::from_le_bytes(wb.qh) as i32);
+                    let hb = _mm256_and_si256(_mm256_shuffle_epi8(qh, spread), bit);
+                    let hi = _mm256_and_si256(_mm256_cmpeq_epi8(hb, bit), sixteen);
+                    _mm256_or_si256(lo, hi)
+                };
+                let dbits = |b: usize| u16::from_le_bytes(w[b].d);
+                unsafe {
+                    match a.len() {
+                        1 => blocks32::<4, 16, 1>(w.len(), unpack, dbits, a, out),
+                        2 => blocks32::<2, 16, 2>(w.len(), unpack, dbits, a, out),
+                        3 => blocks32::<1, 16, 3>(w.len(), unpack, dbits, a, out),
+                        _ => blocks32::<1, 16, 4>(w.len(), unpack, dbits, a, out),
                     }
                 }
             }
