@@ -1,7 +1,9 @@
 //! `tuili-engine`: from a request to generated text.
 //!
-//! Owns: loading a model file together with its tokenizer, the generation loop (prompt →
-//! tokens → chunked prefill → decode loop → stop), stop conditions and timing. May not: know
+//! Owns: loading a model (file, folder or hub id) together with its tokenizer, the generation
+//! loop (prompt → tokens → one prefill shared by every completion → decode loops → stop), `n`
+//! completions, the beam-search driver ([`beam`]), stop strings, conversation sessions,
+//! perplexity, and timing. May not: know
 //! an architecture's internals (that is `model`'s), or how logits become a token (`sample`'s).
 //! Continuous batching and the request scheduler will live here, as pure bookkeeping.
 
