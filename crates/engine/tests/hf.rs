@@ -334,4 +334,43 @@ fn gpt2_matches_the_float64_reference() {
         )
         .unwrap();
     assert_eq!(stats.first().tokens, ids(&r["greedy_16_ids"]));
+    // Converted to a GGUF (gpt2 names, Conv1D transposed, byte-level BPE vocabulary): the same
+    // tokens and logits through the GGUF path.
+    let st = tuili_formats::Safetensors::open_dir(&d).unwrap();
+    let input = tuili_model::convert::hf_input(&d, &st).unwrap();
+    let out = std::env::temp_dir().join(format!("tuili-gpt2-{}.gguf", std::process::id()));
+    let opts = tuili_model::quantize::QuantizeOptions {
+        ftype: tuili_model::quantize::FileType::F32,
+        pure: false,
+        allow_requantize: false,
+        threads: 1,
+    };
+    tuili_model::quantize::quantize(&input, &out, &opts, &mut |_, _| {}).unwrap();
+    let g = Engine::load(
+        &out,
+        EngineConfig {
+            n_ctx: 64,
+            n_batch: 8,
+            threads: 2,
+        },
+    )
+    .unwrap();
+    assert_eq!(g.model().config().arch, tuili_model::Arch::Gpt2);
+    let gp = g
+        .tokenize_prompt(r["prompt"].as_str().unwrap(), true)
+        .unwrap();
+    assert_eq!(gp, ids(&r["prompt_ids"]));
+    let mut kv = g.model().new_cache(64).unwrap();
+    let mut s2 = Scratch::new();
+    let again = g
+        .model()
+        .forward(&gp, &mut kv, &mut s2, Logits::All, g.pool())
+        .unwrap();
+    let conv = again
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0.0, f64::max);
+    assert!(conv < 1e-4, "GGUF max |Δlogit| = {conv}");
+    std::fs::remove_file(&out).unwrap();
 }

@@ -277,10 +277,7 @@ fn permute_rows(data: &[u8], n_head: usize, rows: usize, row_bytes: usize) -> Ve
 pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, ModelError> {
     let (cfg, extras) = config_from_hf(dir)?;
     if cfg.arch == Arch::Gpt2 {
-        return Err(bad(
-            dir,
-            "converting GPT-2 folders to GGUF is not supported yet (they run from the folder)",
-        ));
+        return gpt2_input(dir, st, &cfg);
     }
     let arch = cfg.arch.name();
     let k = |s: &str| format!("{arch}.{s}");
@@ -450,6 +447,78 @@ pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, M
             dtype: DType::F32,
             shape: vec![f.len() as u64],
             data: Cow::Owned(f.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        });
+    }
+    Ok(QuantInput {
+        label: dir.display().to_string(),
+        metadata: md,
+        tensors,
+        bytes,
+    })
+}
+
+/// GPT-2 folders: `gpt2.*` keys, the byte-level BPE vocabulary, and the tensors under GGUF's
+/// `gpt2` names with the Conv1D weights transposed (as llama.cpp's converter does).
+fn gpt2_input<'a>(
+    dir: &Path,
+    st: &'a Safetensors,
+    cfg: &crate::ModelConfig,
+) -> Result<QuantInput<'a>, ModelError> {
+    use crate::weights::WeightSource;
+    let k = |s: &str| format!("gpt2.{s}");
+    let mut md: Vec<(String, MetaValue)> = vec![
+        (
+            "general.architecture".into(),
+            MetaValue::String("gpt2".into()),
+        ),
+        ("general.name".into(), MetaValue::String(cfg.name.clone())),
+        (k("vocab_size"), MetaValue::U32(cfg.n_vocab as u32)),
+        (k("context_length"), MetaValue::U32(cfg.n_ctx_train as u32)),
+        (k("embedding_length"), MetaValue::U32(cfg.n_embd as u32)),
+        (k("block_count"), MetaValue::U32(cfg.n_layer as u32)),
+        (k("feed_forward_length"), MetaValue::U32(cfg.n_ff as u32)),
+        (k("attention.head_count"), MetaValue::U32(cfg.n_head as u32)),
+        (
+            k("attention.layer_norm_epsilon"),
+            MetaValue::F32(cfg.rms_eps),
+        ),
+    ];
+    md.extend(tokenizer_metadata(dir)?);
+    // The source transposes the Conv1D weights; the tensors it hands out are copied here.
+    let src = crate::hf::Gpt2Source { st };
+    let mut names = vec![
+        "token_embd.weight".to_string(),
+        "position_embd.weight".to_string(),
+        "output_norm.weight".to_string(),
+        "output_norm.bias".to_string(),
+    ];
+    for i in 0..cfg.n_layer {
+        for t in [
+            "attn_norm",
+            "attn_qkv",
+            "attn_output",
+            "ffn_norm",
+            "ffn_up",
+            "ffn_down",
+        ] {
+            for s in ["weight", "bias"] {
+                names.push(format!("blk.{i}.{t}.{s}"));
+            }
+        }
+    }
+    let mut tensors = Vec::with_capacity(names.len());
+    let mut bytes = 0u64;
+    for name in names {
+        let t = src
+            .get(&name)
+            .ok_or_else(|| bad(dir, format!("tensor for {name} is missing")))?;
+        let data = t.data().to_vec();
+        bytes += data.len() as u64;
+        tensors.push(InputTensor {
+            name,
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            data: Cow::Owned(data),
         });
     }
     Ok(QuantInput {

@@ -95,11 +95,11 @@ impl WeightSource for HfSource {
 
 /// A GPT-2 checkpoint under GGUF's `gpt2` names. Its Conv1D weights are stored `[in, out]`;
 /// they are transposed once, here, into `[out, in]` rows (the only weights tuili copies).
-struct Gpt2Source {
-    st: Safetensors,
+pub(crate) struct Gpt2Source<'a> {
+    pub(crate) st: &'a Safetensors,
 }
 
-impl Gpt2Source {
+impl Gpt2Source<'_> {
     fn hf(name: &str) -> Option<(String, bool)> {
         let top = match name {
             "token_embd.weight" => Some("wte.weight"),
@@ -128,7 +128,7 @@ impl Gpt2Source {
     }
 }
 
-impl WeightSource for Gpt2Source {
+impl WeightSource for Gpt2Source<'_> {
     fn label(&self) -> String {
         self.st.dir.display().to_string()
     }
@@ -461,7 +461,7 @@ pub fn load_hf(dir: &Path) -> Result<(Model, HfExtras), ModelError> {
         reason: e.to_string(),
     })?;
     if cfg.arch == Arch::Gpt2 {
-        let m = Gpt2::from_source(cfg, &Gpt2Source { st })?;
+        let m = Gpt2::from_source(cfg, &Gpt2Source { st: &st })?;
         return Ok((Model::Gpt2(m), extras));
     }
     let src = HfSource {
