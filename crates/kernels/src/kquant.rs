@@ -8,6 +8,7 @@
 
 use crate::act::nearest_int;
 use crate::blocks::{f16_le, f16_to_le, QK_K};
+use crate::quant::signed_absmax;
 
 /// Below this, a group counts as all zeros.
 const GROUP_MAX_EPS: f32 = 1e-15;
@@ -15,14 +16,8 @@ const GROUP_MAX_EPS: f32 = 1e-15;
 /// Symmetric quantization of `x` to `[-nmax, nmax)` with the scale refined on a grid (weights
 /// x², ggml's `make_qx_quants` with rmse_type 1); `l` receives q + nmax. Returns the scale.
 fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    if amax < GROUP_MAX_EPS {
+    let max = signed_absmax(x);
+    if max.abs() < GROUP_MAX_EPS {
         l.fill(0);
         return 0.0;
     }
@@ -65,14 +60,8 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
 /// that lowers the x²-weighted error (ggml's `make_q3_quants` with do_rmse); `l` receives
 /// q + nmax.
 fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    if amax < GROUP_MAX_EPS {
+    let max = signed_absmax(x);
+    if max.abs() < GROUP_MAX_EPS {
         l.fill(0);
         return 0.0;
     }

@@ -73,8 +73,8 @@ pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<(), Ker
     Ok(())
 }
 
-/// The element of largest magnitude, with its sign.
-fn signed_absmax(x: &[f32]) -> f32 {
+/// The element of largest magnitude, with its sign (the first of equals, as ggml's loops).
+pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
     let mut m = 0f32;
     for &v in x {
         if v.abs() > m.abs() {

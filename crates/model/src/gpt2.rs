@@ -9,7 +9,7 @@ use tuili_kernels::ops;
 use tuili_kv::KvCache;
 
 use crate::config::ModelConfig;
-use crate::llama::{causal_attention, Logits, Scratch};
+use crate::llama::{causal_attention, check_batch, Logits, Scratch};
 use crate::weights::{matmul, vector, Matrix, WeightSource};
 use crate::ModelError;
 
@@ -136,24 +136,7 @@ impl Gpt2 {
     ) -> Result<&'s [f32], ModelError> {
         let cfg = &self.cfg;
         let n = tokens.len();
-        if n == 0 {
-            return Err(ModelError::EmptyBatch);
-        }
-        if kv.n_layer() != cfg.n_layer || kv.kv_dim() != cfg.kv_dim() {
-            return Err(ModelError::CacheMismatch {
-                cache_layers: kv.n_layer(),
-                cache_dim: kv.kv_dim(),
-                layers: cfg.n_layer,
-                dim: cfg.kv_dim(),
-            });
-        }
-        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= cfg.n_vocab) {
-            return Err(ModelError::BadToken {
-                id,
-                n_vocab: cfg.n_vocab,
-            });
-        }
-        kv.reserve(n)?;
+        check_batch(cfg, tokens, kv)?;
         let pos0 = kv.len();
         if pos0 + n > cfg.n_ctx_train {
             return Err(ModelError::Kv(tuili_kv::KvError::Full {

@@ -315,24 +315,7 @@ impl Llama {
     ) -> Result<&'s [f32], ModelError> {
         let cfg = &self.cfg;
         let n = tokens.len();
-        if n == 0 {
-            return Err(ModelError::EmptyBatch);
-        }
-        if kv.n_layer() != cfg.n_layer || kv.kv_dim() != cfg.kv_dim() {
-            return Err(ModelError::CacheMismatch {
-                cache_layers: kv.n_layer(),
-                cache_dim: kv.kv_dim(),
-                layers: cfg.n_layer,
-                dim: cfg.kv_dim(),
-            });
-        }
-        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= cfg.n_vocab) {
-            return Err(ModelError::BadToken {
-                id,
-                n_vocab: cfg.n_vocab,
-            });
-        }
-        kv.reserve(n)?;
+        check_batch(cfg, tokens, kv)?;
         let n_logits = match which {
             Logits::All => n,
             Logits::Last => 1,
@@ -510,6 +493,34 @@ impl Llama {
         }
         Ok(&scratch.logits[..n_logits * cfg.n_vocab])
     }
+}
+
+/// What every forward pass checks first: a non-empty batch of ids in the vocabulary, and a
+/// cache of this model's shape with room for it.
+pub(crate) fn check_batch(
+    cfg: &ModelConfig,
+    tokens: &[u32],
+    kv: &KvCache,
+) -> Result<(), ModelError> {
+    if tokens.is_empty() {
+        return Err(ModelError::EmptyBatch);
+    }
+    if kv.n_layer() != cfg.n_layer || kv.kv_dim() != cfg.kv_dim() {
+        return Err(ModelError::CacheMismatch {
+            cache_layers: kv.n_layer(),
+            cache_dim: kv.kv_dim(),
+            layers: cfg.n_layer,
+            dim: cfg.kv_dim(),
+        });
+    }
+    if let Some(&id) = tokens.iter().find(|&&t| t as usize >= cfg.n_vocab) {
+        return Err(ModelError::BadToken {
+            id,
+            n_vocab: cfg.n_vocab,
+        });
+    }
+    kv.reserve(tokens.len())?;
+    Ok(())
 }
 
 /// Causal attention of the batch's queries against the cache (which already holds this
