@@ -24,6 +24,18 @@ fn restricted(l: &[f64], support: &[usize], t: f64) -> Vec<f64> {
     softmax(&masked)
 }
 
+/// The length of the shortest prefix of `order` whose probability mass reaches `p`.
+fn prefix_reaching(probs: &[f64], order: &[usize], p: f64) -> usize {
+    let mut cum = 0.0;
+    for (n, &i) in order.iter().enumerate() {
+        cum += probs[i];
+        if cum >= p {
+            return n + 1;
+        }
+    }
+    order.len()
+}
+
 /// Ids by descending logit.
 fn ranked(l: &[f64]) -> Vec<usize> {
     let mut ids: Vec<usize> = (0..l.len()).collect();
@@ -191,15 +203,7 @@ fn top_p_keeps_the_minimal_nucleus() {
     for top_p in [0.3, 0.6, 0.85, 0.99] {
         // The smallest prefix of the ranked tokens whose mass reaches p.
         let order = ranked(&l);
-        let mut cum = 0.0;
-        let mut n = 0;
-        for &i in &order {
-            cum += probs[i];
-            n += 1;
-            if cum >= top_p {
-                break;
-            }
-        }
+        let n = prefix_reaching(&probs, &order, top_p);
         // Minimal: one token fewer does not reach p.
         let without_last: f64 = order[..n - 1].iter().map(|&i| probs[i]).sum();
         assert!(without_last < top_p);
@@ -248,15 +252,7 @@ fn typical_p() {
                 .abs()
                 .total_cmp(&(-probs[b].ln() - ent).abs())
         });
-        let mut cum = 0.0;
-        let mut n = 0;
-        for &i in &order {
-            cum += probs[i];
-            n += 1;
-            if cum >= mass {
-                break;
-            }
-        }
+        let n = prefix_reaching(&probs, &order, mass);
         let p = SamplingParams {
             typical_p: mass as f32,
             ..off(6)
@@ -330,15 +326,7 @@ fn the_default_chain_and_a_custom_order() {
     // llama.cpp's defaults: top-k 40 (all 10) → top-p 0.95 → min-p 0.05 → temperature 0.8.
     let probs = softmax(&l);
     let order = ranked(&l);
-    let mut cum = 0.0;
-    let mut n = 0;
-    for &i in &order {
-        cum += probs[i];
-        n += 1;
-        if cum >= 0.95 {
-            break;
-        }
-    }
+    let n = prefix_reaching(&probs, &order, 0.95);
     let nucleus = &order[..n];
     let sub = restricted(&l, nucleus, 1.0);
     let pmax = sub.iter().cloned().fold(0.0, f64::max);
@@ -357,15 +345,7 @@ fn the_default_chain_and_a_custom_order() {
     let sharp: Vec<f64> = l.iter().map(|x| x / t).collect();
     let sp = softmax(&sharp);
     let order = ranked(&sharp);
-    let mut cum = 0.0;
-    let mut n = 0;
-    for &i in &order {
-        cum += sp[i];
-        n += 1;
-        if cum >= 0.9 {
-            break;
-        }
-    }
+    let n = prefix_reaching(&sp, &order, 0.9);
     let p = SamplingParams {
         temperature: t as f32,
         top_p: 0.9,
