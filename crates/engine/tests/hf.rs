@@ -208,12 +208,7 @@ fn converts_to_gguf() {
     let st = tuili_formats::Safetensors::open_dir(dir()).unwrap();
     let input = tuili_model::convert::hf_input(&dir(), &st).unwrap();
     let out = std::env::temp_dir().join(format!("tuili-convert-{}.gguf", std::process::id()));
-    let opts = QuantizeOptions {
-        ftype: FileType::F32,
-        pure: false,
-        allow_requantize: false,
-        threads: 2,
-    };
+    let opts = QuantizeOptions::new(FileType::F32, 2);
     quantize(&input, &out, &opts, &mut |_, _| {}).unwrap();
     let cfg = EngineConfig {
         n_ctx: 256,
@@ -339,12 +334,7 @@ fn gpt2_matches_the_float64_reference() {
     let st = tuili_formats::Safetensors::open_dir(&d).unwrap();
     let input = tuili_model::convert::hf_input(&d, &st).unwrap();
     let out = std::env::temp_dir().join(format!("tuili-gpt2-{}.gguf", std::process::id()));
-    let opts = tuili_model::quantize::QuantizeOptions {
-        ftype: tuili_model::quantize::FileType::F32,
-        pure: false,
-        allow_requantize: false,
-        threads: 1,
-    };
+    let opts = tuili_model::quantize::QuantizeOptions::new(tuili_model::quantize::FileType::F32, 1);
     tuili_model::quantize::quantize(&input, &out, &opts, &mut |_, _| {}).unwrap();
     let g = Engine::load(
         &out,

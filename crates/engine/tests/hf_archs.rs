@@ -174,12 +174,8 @@ fn every_architecture_matches_the_reference() {
         let st = tuili_formats::Safetensors::open_dir(&dir).unwrap();
         let input = tuili_model::convert::hf_input(&dir, &st).unwrap();
         let out = dir.join("model.gguf");
-        let opts = tuili_model::quantize::QuantizeOptions {
-            ftype: tuili_model::quantize::FileType::F32,
-            pure: false,
-            allow_requantize: false,
-            threads: 1,
-        };
+        let opts =
+            tuili_model::quantize::QuantizeOptions::new(tuili_model::quantize::FileType::F32, 1);
         tuili_model::quantize::quantize(&input, &out, &opts, &mut |_, _| {}).unwrap();
         let gguf = tuili_model::Llama::load(std::sync::Arc::new(
             tuili_formats::GgufFile::open(&out).unwrap(),

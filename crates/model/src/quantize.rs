@@ -175,6 +175,18 @@ pub struct QuantizeOptions {
     pub threads: usize,
 }
 
+impl QuantizeOptions {
+    /// llama.cpp's recipe for `ftype`, quantized input refused.
+    pub fn new(ftype: FileType, threads: usize) -> QuantizeOptions {
+        QuantizeOptions {
+            ftype,
+            pure: false,
+            allow_requantize: false,
+            threads,
+        }
+    }
+}
+
 /// What happens to one tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorPlan {

@@ -18,12 +18,7 @@ fn tmp_dir() -> PathBuf {
 }
 
 fn opts(ftype: FileType) -> QuantizeOptions {
-    QuantizeOptions {
-        ftype,
-        pure: false,
-        allow_requantize: false,
-        threads: 2,
-    }
+    QuantizeOptions::new(ftype, 2)
 }
 
 fn logits(m: &Llama) -> Vec<f32> {
