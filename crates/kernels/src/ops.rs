@@ -147,23 +147,90 @@ pub fn rope(
     }
 }
 
+/// Where one layer's cached key and value rows live, position by position: a sequence's
+/// rows may sit in two segments (a shared prompt prefix and its own rows) or in fixed-size
+/// blocks of a paged pool. Each row is `kv_dim` floats (every KV head).
+pub trait KvRows {
+    fn key(&self, p: usize) -> &[f32];
+    fn value(&self, p: usize) -> &[f32];
+}
+
+/// Rows in up to two segments: positions `0..split` are rows of `keys[0]` / `values[0]` (the
+/// shared prefix), the rest rows of `keys[1]` / `values[1]`; rows are `stride` floats apart.
+#[derive(Debug, Clone, Copy)]
+pub struct Segmented<'a> {
+    pub keys: [&'a [f32]; 2],
+    pub values: [&'a [f32]; 2],
+    pub split: usize,
+    pub stride: usize,
+}
+
+impl KvRows for Segmented<'_> {
+    #[inline(always)]
+    fn key(&self, p: usize) -> &[f32] {
+        seg_row(self.keys, self.split, self.stride, p)
+    }
+    #[inline(always)]
+    fn value(&self, p: usize) -> &[f32] {
+        seg_row(self.values, self.split, self.stride, p)
+    }
+}
+
+#[inline(always)]
+fn seg_row(seg: [&[f32]; 2], split: usize, stride: usize, p: usize) -> &[f32] {
+    // The branch goes the same way for long runs of p.
+    let (s, r) = if p < split {
+        (seg[0], p)
+    } else {
+        (seg[1], p - split)
+    };
+    &s[r * stride..(r + 1) * stride]
+}
+
+/// Rows in a paged pool: position p is row `p mod B` of block `table[p / B]`, B =
+/// 2^`block_shift` rows per block; `keys`/`values` are one layer's whole pool,
+/// `[n_blocks, B, stride]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Paged<'a> {
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub table: &'a [u32],
+    pub block_shift: u32,
+    pub stride: usize,
+}
+
+impl Paged<'_> {
+    #[inline(always)]
+    fn offset(&self, p: usize) -> usize {
+        let b = self.table[p >> self.block_shift] as usize;
+        ((b << self.block_shift) + (p & ((1 << self.block_shift) - 1))) * self.stride
+    }
+}
+
+impl KvRows for Paged<'_> {
+    #[inline(always)]
+    fn key(&self, p: usize) -> &[f32] {
+        let o = self.offset(p);
+        &self.keys[o..o + self.stride]
+    }
+    #[inline(always)]
+    fn value(&self, p: usize) -> &[f32] {
+        let o = self.offset(p);
+        &self.values[o..o + self.stride]
+    }
+}
+
 /// Causal attention of the query heads that share one KV head, for one token:
 /// for each head g, s = softmax(q_g · K[p]ᵀ · scale) over positions p < len, then
 /// out_g = Σ_p s[p] · V[p], over positions `start..len` (`start` > 0 for a sliding window).
-/// `q` is `[group, hd]`; the cache rows come in two segments
-/// (a shared prefix and a sequence's own rows): positions `0..split` are rows of `keys[0]` /
-/// `values[0]`, positions `split..len` rows of `keys[1]` / `values[1]` (rows `row_stride`
-/// floats apart, this KV head's `hd` floats at `kv_off`); `softcap` > 0 replaces each scaled
-/// score s by softcap·tanh(s/softcap) (Gemma 2); `scores` is scratch of at least
-/// `group · len`; `out` is `[group, hd]`.
+/// `q` is `[group, hd]`; `rows` gives the cached rows by position (this KV head's `hd` floats
+/// at `kv_off` of each); `softcap` > 0 replaces each scaled score s by softcap·tanh(s/softcap)
+/// (Gemma 2); `scores` is scratch of at least `group · (len − start)`; `out` is `[group, hd]`.
 #[allow(clippy::too_many_arguments)]
-pub fn attend_group(
+pub fn attend_group<R: KvRows>(
     isa: crate::cpu::Isa,
     q: &[f32],
-    keys: [&[f32]; 2],
-    values: [&[f32]; 2],
-    split: usize,
-    row_stride: usize,
+    rows: &R,
     kv_off: usize,
     hd: usize,
     start: usize,
@@ -177,18 +244,11 @@ pub fn attend_group(
     if isa >= crate::cpu::Isa::Avx2 {
         // SAFETY: Avx2 or better is reported by run-time detection only when AVX2 and FMA
         // are present.
-        unsafe {
-            attend_group_avx2(
-                q, keys, values, split, row_stride, kv_off, hd, start, len, scale, softcap, scores,
-                out,
-            )
-        };
+        unsafe { attend_group_avx2(q, rows, kv_off, hd, start, len, scale, softcap, scores, out) };
         return;
     }
     let _ = isa;
-    attend_group_body(
-        q, keys, values, split, row_stride, kv_off, hd, start, len, scale, softcap, scores, out,
-    )
+    attend_group_body(q, rows, kv_off, hd, start, len, scale, softcap, scores, out)
 }
 
 /// The same code compiled with AVX2 and FMA enabled (the loops vectorize 8 wide with fused
@@ -196,12 +256,9 @@ pub fn attend_group(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_group_avx2(
+unsafe fn attend_group_avx2<R: KvRows>(
     q: &[f32],
-    keys: [&[f32]; 2],
-    values: [&[f32]; 2],
-    split: usize,
-    row_stride: usize,
+    rows: &R,
     kv_off: usize,
     hd: usize,
     start: usize,
@@ -211,19 +268,14 @@ unsafe fn attend_group_avx2(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    attend_group_body(
-        q, keys, values, split, row_stride, kv_off, hd, start, len, scale, softcap, scores, out,
-    )
+    attend_group_body(q, rows, kv_off, hd, start, len, scale, softcap, scores, out)
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn attend_group_body(
+fn attend_group_body<R: KvRows>(
     q: &[f32],
-    keys: [&[f32]; 2],
-    values: [&[f32]; 2],
-    split: usize,
-    row_stride: usize,
+    rows: &R,
     kv_off: usize,
     hd: usize,
     start: usize,
@@ -236,25 +288,8 @@ fn attend_group_body(
     let group = q.len() / hd;
     // Positions start..len take part (a sliding window starts after 0); scores are [group, m].
     let m = len - start;
-    // Row p of a segmented cache (the branch goes the same way for long runs of p).
-    #[inline(always)]
-    fn row(
-        seg: [&[f32]; 2],
-        split: usize,
-        p: usize,
-        stride: usize,
-        off: usize,
-        hd: usize,
-    ) -> &[f32] {
-        let (s, r) = if p < split {
-            (seg[0], p)
-        } else {
-            (seg[1], p - split)
-        };
-        &s[r * stride + off..r * stride + off + hd]
-    }
     for p in start..len {
-        let k = row(keys, split, p, row_stride, kv_off, hd);
+        let k = &rows.key(p)[kv_off..kv_off + hd];
         for g in 0..group {
             let qg = &q[g * hd..(g + 1) * hd];
             let mut acc = [0f32; 8];
@@ -282,7 +317,7 @@ fn attend_group_body(
     }
     out[..group * hd].fill(0.0);
     for p in start..len {
-        let v = row(values, split, p, row_stride, kv_off, hd);
+        let v = &rows.value(p)[kv_off..kv_off + hd];
         for g in 0..group {
             let s = scores[g * m + p - start];
             let o = &mut out[g * hd..(g + 1) * hd];

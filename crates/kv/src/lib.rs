@@ -7,10 +7,13 @@
 //! A cache is contiguous per sequence, optionally behind a shared, frozen prefix: the prompt's
 //! keys and values are computed once, frozen in an `Arc`, and every beam or sample of that
 //! prompt forks from it, owning only the rows it appends. Copying a beam copies only those
-//! rows. (The paged block pool of the continuous-batching issue will sit behind the same
-//! row-level API.)
+//! rows. The server's many sequences live instead in the paged pool of [`paged`]: fixed-size
+//! blocks, block tables, reference counts, copy-on-write and prefix caching.
 
 use std::sync::Arc;
+
+pub mod paged;
+pub use paged::{BlockAllocator, BlockCopy, BlockTable, OutOfBlocks, PagedBatch, PagedKv};
 
 /// Errors of the KV cache.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use tuili_kernels::cpu::{self, Isa};
 use tuili_kernels::ops;
 use tuili_kv::KvCache;
 
+use crate::batch::{check_spans, Contiguous, KvTarget, OutRows, SeqSpan};
 use crate::config::ModelConfig;
 use crate::llama::{causal_attention, check_batch, Logits, Scratch};
 use crate::weights::{matmul, vector, Matrix, WeightSource};
@@ -134,29 +135,62 @@ impl Gpt2 {
         which: Logits,
         pool: &ThreadPool,
     ) -> Result<&'s [f32], ModelError> {
-        let cfg = &self.cfg;
+        check_batch(&self.cfg, tokens, kv)?;
         let n = tokens.len();
-        check_batch(cfg, tokens, kv)?;
-        let pos0 = kv.len();
-        if pos0 + n > cfg.n_ctx_train {
+        let spans = [SeqSpan {
+            start: 0,
+            len: n,
+            pos0: kv.len(),
+        }];
+        let ctx = kv.capacity();
+        let logits = self.forward_spans(
+            tokens,
+            &spans,
+            &mut Contiguous(kv),
+            ctx,
+            scratch,
+            which.rows(n),
+            pool,
+        )?;
+        kv.commit(n)?;
+        Ok(logits)
+    }
+
+    /// As [`crate::Llama::forward_spans`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_spans<'s, C: KvTarget + Sync>(
+        &self,
+        tokens: &[u32],
+        spans: &[SeqSpan],
+        cache: &mut C,
+        max_ctx: usize,
+        scratch: &'s mut Scratch,
+        out: OutRows,
+        pool: &ThreadPool,
+    ) -> Result<&'s [f32], ModelError> {
+        let cfg = &self.cfg;
+        let ctx = check_spans(cfg, tokens, spans, &out)?;
+        cache.check(cfg, spans)?;
+        // Learned positions end at the training context.
+        if ctx > cfg.n_ctx_train {
             return Err(ModelError::Kv(tuili_kv::KvError::Full {
-                needed: pos0 + n,
+                needed: ctx,
                 capacity: cfg.n_ctx_train,
             }));
         }
-        let n_logits = match which {
-            Logits::All => n,
-            Logits::Last => 1,
-            Logits::None => 0,
-        };
-        scratch.ensure(cfg, n, n_logits, pool.n_threads(), kv.capacity());
+        let n = tokens.len();
+        let n_logits = out.len();
+        scratch.ensure(cfg, n, n_logits, pool.n_threads(), max_ctx.max(ctx));
         let (isa, e, ff) = (self.isa, cfg.n_embd, cfg.n_ff);
-        for (i, &t) in tokens.iter().enumerate() {
-            let row = &mut scratch.x[i * e..(i + 1) * e];
-            self.wte.row(t as usize, row)?;
-            let p = &self.wpe[(pos0 + i) * e..(pos0 + i + 1) * e];
-            for (x, y) in row.iter_mut().zip(p) {
-                *x += y;
+        for s in spans {
+            for (j, &t) in tokens[s.start..s.start + s.len].iter().enumerate() {
+                let (i, pos) = (s.start + j, s.pos0 + j);
+                let row = &mut scratch.x[i * e..(i + 1) * e];
+                self.wte.row(t as usize, row)?;
+                let p = &self.wpe[pos * e..(pos + 1) * e];
+                for (x, y) in row.iter_mut().zip(p) {
+                    *x += y;
+                }
             }
         }
         for (li, b) in self.blocks.iter().enumerate() {
@@ -200,12 +234,11 @@ impl Gpt2 {
             add_bias(q, &b.qkv_b[..e]);
             add_bias(k, &b.qkv_b[e..2 * e]);
             add_bias(v, &b.qkv_b[2 * e..]);
-            {
-                let (kc, vc) = kv.rows_mut(li, pos0, n);
-                kc.copy_from_slice(k);
-                vc.copy_from_slice(v);
+            for (si, s) in spans.iter().enumerate() {
+                let r = s.start * e..(s.start + s.len) * e;
+                cache.write(li, si, s.pos0, &k[r.clone()], &v[r]);
             }
-            causal_attention(cfg, isa, kv, li, pos0, n, q, att, pool, scores);
+            causal_attention(cfg, isa, &*cache, li, spans, q, att, pool, scores);
             prep.invalidate();
             matmul(pool, isa, &b.out, att, n, h, prep, tmp);
             add_bias(h, &b.out_b);
@@ -233,11 +266,9 @@ impl Gpt2 {
                 *xi += hi;
             }
         }
-        kv.commit(n)?;
         if n_logits == 0 {
             return Ok(&scratch.logits[..0]);
         }
-        let first = n - n_logits;
         let Scratch {
             x,
             h,
@@ -250,7 +281,7 @@ impl Gpt2 {
             unreachable!("Scratch::ensure fills it")
         };
         for i in 0..n_logits {
-            let r = first + i;
+            let r = out.get(i);
             ops::layer_norm(
                 &x[r * e..(r + 1) * e],
                 &self.ln_f_w,
@@ -259,7 +290,7 @@ impl Gpt2 {
                 &mut h[i * e..(i + 1) * e],
             );
         }
-        let out = &mut logits[..n_logits * cfg.n_vocab];
+        let lo = &mut logits[..n_logits * cfg.n_vocab];
         prep.invalidate();
         matmul(
             pool,
@@ -267,7 +298,7 @@ impl Gpt2 {
             &self.output,
             &h[..n_logits * e],
             n_logits,
-            out,
+            lo,
             prep,
             tmp,
         );

@@ -8,6 +8,7 @@
 //! per-request state: the KV cache and the scratch buffers are the caller's. May not:
 //! tokenize, sample, or schedule requests.
 
+pub mod batch;
 pub mod config;
 pub mod convert;
 pub mod gpt2;
@@ -17,6 +18,7 @@ pub mod quantize;
 pub mod synth;
 pub mod weights;
 
+pub use batch::{Contiguous, KvTarget, OutRows, SeqSpan};
 pub use config::{Arch, ModelConfig};
 pub use gpt2::Gpt2;
 pub use llama::{Llama, Logits, Scratch};
@@ -113,6 +115,24 @@ impl Model {
             Model::Gpt2(m) => m.forward(tokens, kv, scratch, which, pool),
         }
     }
+
+    /// Runs a batch of several sequences (see [`Llama::forward_spans`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_spans<'s, C: KvTarget + Sync>(
+        &self,
+        tokens: &[u32],
+        spans: &[SeqSpan],
+        cache: &mut C,
+        max_ctx: usize,
+        scratch: &'s mut Scratch,
+        out: OutRows,
+        pool: &tuili_core::ThreadPool,
+    ) -> Result<&'s [f32], ModelError> {
+        match self {
+            Model::Llama(m) => m.forward_spans(tokens, spans, cache, max_ctx, scratch, out, pool),
+            Model::Gpt2(m) => m.forward_spans(tokens, spans, cache, max_ctx, scratch, out, pool),
+        }
+    }
 }
 
 use tuili_core::DType;
@@ -152,6 +172,8 @@ pub enum ModelError {
     BadToken { id: u32, n_vocab: usize },
     #[error("empty batch: a forward pass needs at least one token")]
     EmptyBatch,
+    #[error("malformed batch: {0}")]
+    BadBatch(String),
     #[error("KV cache was made for {cache_layers} layers × {cache_dim}, the model needs {layers} × {dim}")]
     CacheMismatch {
         cache_layers: usize,

@@ -19,6 +19,7 @@ use tuili_kernels::cpu::{self, Isa};
 use tuili_kernels::ops;
 use tuili_kv::KvCache;
 
+use crate::batch::{check_spans, span_of, Contiguous, KvTarget, OutRows, SeqSpan};
 use crate::config::{Arch, ModelConfig};
 use crate::weights::{
     matmul, vector, vector_opt, GgufSource, Matrix, Prepared, RowScratch, SharedOut, WeightSource,
@@ -313,18 +314,44 @@ impl Llama {
         which: Logits,
         pool: &ThreadPool,
     ) -> Result<&'s [f32], ModelError> {
-        let cfg = &self.cfg;
+        check_batch(&self.cfg, tokens, kv)?;
         let n = tokens.len();
-        check_batch(cfg, tokens, kv)?;
-        let n_logits = match which {
-            Logits::All => n,
-            Logits::Last => 1,
-            Logits::None => 0,
-        };
-        scratch.ensure(cfg, n, n_logits, pool.n_threads(), kv.capacity());
+        let spans = [SeqSpan {
+            start: 0,
+            len: n,
+            pos0: kv.len(),
+        }];
+        let out = which.rows(n);
+        let ctx = kv.capacity();
+        let logits =
+            self.forward_spans(tokens, &spans, &mut Contiguous(kv), ctx, scratch, out, pool)?;
+        kv.commit(n)?;
+        Ok(logits)
+    }
+
+    /// Runs a batch of several sequences' tokens (`spans` say whose and at which positions)
+    /// through the model: every weight matrix is read once for the whole batch. Keys and
+    /// values go to `cache`; returns the logits of the `out` tokens (`[out.len(), n_vocab]`).
+    /// `max_ctx` bounds the positions any sequence reaches (scratch sizing).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_spans<'s, C: KvTarget + Sync>(
+        &self,
+        tokens: &[u32],
+        spans: &[SeqSpan],
+        cache: &mut C,
+        max_ctx: usize,
+        scratch: &'s mut Scratch,
+        out: OutRows,
+        pool: &ThreadPool,
+    ) -> Result<&'s [f32], ModelError> {
+        let cfg = &self.cfg;
+        let ctx = check_spans(cfg, tokens, spans, &out)?;
+        cache.check(cfg, spans)?;
+        let n = tokens.len();
+        let n_logits = out.len();
+        scratch.ensure(cfg, n, n_logits, pool.n_threads(), max_ctx.max(ctx));
         let isa = self.isa;
         let (e, qd, kvd, ff) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff);
-        let pos0 = kv.len();
 
         for (i, &t) in tokens.iter().enumerate() {
             let row = &mut scratch.x[i * e..(i + 1) * e];
@@ -385,33 +412,34 @@ impl Llama {
                 }
             }
             let hd = cfg.head_dim;
-            for i in 0..n {
-                let pos = pos0 + i;
-                for (buf, width, norm) in
-                    [(&mut *q, qd, &layer.q_norm), (&mut *k, kvd, &layer.k_norm)]
-                {
-                    for head in buf[i * width..(i + 1) * width].chunks_exact_mut(hd) {
-                        if let Some(w) = norm {
-                            // Per-head RMSNorm of q and k before RoPE (Qwen3).
-                            ops::rms_norm_inplace(head, w, cfg.rms_eps);
+            for s in spans {
+                for i in s.start..s.start + s.len {
+                    let pos = s.pos0 + i - s.start;
+                    for (buf, width, norm) in
+                        [(&mut *q, qd, &layer.q_norm), (&mut *k, kvd, &layer.k_norm)]
+                    {
+                        for head in buf[i * width..(i + 1) * width].chunks_exact_mut(hd) {
+                            if let Some(w) = norm {
+                                // Per-head RMSNorm of q and k before RoPE (Qwen3).
+                                ops::rms_norm_inplace(head, w, cfg.rms_eps);
+                            }
+                            ops::rope(
+                                head,
+                                cfg.n_rot,
+                                pos,
+                                cfg.rope_freq_scale,
+                                &self.inv_freq,
+                                cfg.rope_layout,
+                            );
                         }
-                        ops::rope(
-                            head,
-                            cfg.n_rot,
-                            pos,
-                            cfg.rope_freq_scale,
-                            &self.inv_freq,
-                            cfg.rope_layout,
-                        );
                     }
                 }
             }
-            {
-                let (kc, vc) = kv.rows_mut(li, pos0, n);
-                kc.copy_from_slice(k);
-                vc.copy_from_slice(v);
+            for (si, s) in spans.iter().enumerate() {
+                let r = s.start * kvd..(s.start + s.len) * kvd;
+                cache.write(li, si, s.pos0, &k[r.clone()], &v[r]);
             }
-            causal_attention(cfg, self.isa, kv, li, pos0, n, q, att, pool, scores);
+            causal_attention(cfg, self.isa, &*cache, li, spans, q, att, pool, scores);
             prep.invalidate();
             matmul(pool, isa, &layer.wo, att, n, h, prep, tmp);
             if let Some(w) = &layer.post_attn_norm {
@@ -450,12 +478,10 @@ impl Llama {
                 *xi += hi;
             }
         }
-        kv.commit(n)?;
 
         if n_logits == 0 {
             return Ok(&scratch.logits[..0]);
         }
-        let first = n - n_logits;
         let Scratch {
             x,
             h,
@@ -468,7 +494,7 @@ impl Llama {
             unreachable!("Scratch::ensure fills it")
         };
         for i in 0..n_logits {
-            let r = first + i;
+            let r = out.get(i);
             ops::rms_norm(
                 &x[r * e..(r + 1) * e],
                 &self.output_norm,
@@ -476,7 +502,7 @@ impl Llama {
                 &mut h[i * e..(i + 1) * e],
             );
         }
-        let out = &mut logits[..n_logits * cfg.n_vocab];
+        let lo = &mut logits[..n_logits * cfg.n_vocab];
         prep.invalidate();
         matmul(
             pool,
@@ -484,7 +510,7 @@ impl Llama {
             &self.output,
             &h[..n_logits * e],
             n_logits,
-            out,
+            lo,
             prep,
             tmp,
         );
@@ -492,6 +518,17 @@ impl Llama {
             ops::softcap(&mut scratch.logits[..n_logits * cfg.n_vocab], c);
         }
         Ok(&scratch.logits[..n_logits * cfg.n_vocab])
+    }
+}
+
+impl Logits {
+    /// The batch rows whose logits this asks for, in a batch of `n`.
+    pub fn rows(self, n: usize) -> OutRows<'static> {
+        OutRows::Range(match self {
+            Logits::All => 0..n,
+            Logits::Last => n - 1..n,
+            Logits::None => n..n,
+        })
     }
 }
 
@@ -524,29 +561,29 @@ pub(crate) fn check_batch(
 }
 
 /// Causal attention of the batch's queries against the cache (which already holds this
-/// batch's keys and values). Heads are split across the pool's threads.
+/// batch's keys and values): token i of span s, at position p, attends to positions 0..=p of
+/// its own sequence. Work is split across the pool's threads.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn causal_attention(
+pub(crate) fn causal_attention<C: KvTarget + Sync>(
     cfg: &ModelConfig,
     isa: Isa,
-    kv: &KvCache,
+    cache: &C,
     layer: usize,
-    pos0: usize,
-    n: usize,
+    spans: &[SeqSpan],
     q: &[f32],
     att: &mut [f32],
     pool: &ThreadPool,
     scores: &PerThread<Vec<f32>>,
 ) {
-    let (hd, qd, kvd) = (cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
+    let (hd, qd) = (cfg.head_dim, cfg.q_dim());
     let group = cfg.n_head / cfg.n_head_kv;
-    let total = pos0 + n;
-    let rows = kv.layer(layer, total);
+    let n: usize = spans.iter().map(|s| s.len).sum();
     let scale = cfg.attn_scale.unwrap_or(1.0 / (hd as f32).sqrt());
     let softcap = cfg.attn_softcap.unwrap_or(0.0);
     let out = SharedOut::new(att);
     // As in `matmul`: only wake workers when each gets a worthwhile share.
-    let work = cfg.n_head * n * total * hd;
+    let ctx: usize = spans.iter().map(|s| s.len * (s.pos0 + s.len)).sum();
+    let work = cfg.n_head * ctx * hd;
     let threads = (work / 65_536).clamp(1, pool.n_threads());
     // Work items: (KV head, token). The `group` query heads that share a KV head are done
     // together, so each key and value row is read once for all of them.
@@ -556,12 +593,15 @@ pub(crate) fn causal_attention(
         let scores = unsafe { scores.get(wi) };
         for item in split(items, wi, nt, 1) {
             let (kvh, i) = (item / n, item % n);
-            let len = pos0 + i + 1; // causal: positions 0..=pos0+i
-                                    // A sliding window keeps the last `w` of them (this layer's, if it slides).
+            let si = span_of(spans, i);
+            let s = spans[si];
+            let len = s.pos0 + (i - s.start) + 1; // causal: positions 0..=p
+                                                  // A sliding window keeps the last `w` of them (this layer's, if it slides).
             let start = match cfg.sliding_window {
                 Some(w) if cfg.layer_slides(layer) => len.saturating_sub(w),
                 _ => 0,
             };
+            let rows = cache.rows(layer, si, s.pos0 + s.len);
             let heads = kvh * group..(kvh + 1) * group;
             // SAFETY: the heads of KV head kvh for token i are written by the worker that
             // owns item (kvh, i) only; the range is contiguous (heads of a group are
@@ -570,10 +610,7 @@ pub(crate) fn causal_attention(
             ops::attend_group(
                 isa,
                 &q[i * qd + heads.start * hd..i * qd + heads.end * hd],
-                rows.keys,
-                rows.values,
-                rows.split,
-                kvd,
+                &rows,
                 kvh * hd,
                 hd,
                 start,

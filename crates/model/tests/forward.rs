@@ -297,3 +297,101 @@ fn pool(n: usize) -> &'static tuili_core::ThreadPool {
         [OnceLock::new(), OnceLock::new(), OnceLock::new()];
     POOLS[n.min(2)].get_or_init(|| tuili_core::ThreadPool::new(n))
 }
+
+/// Several sequences in one batch through a paged cache — prompts in chunks next to other
+/// sequences' decode steps, blocks handed out interleaved, a copy-on-write fork — give the
+/// logits that each sequence run alone in a contiguous cache gives.
+#[test]
+fn paged_batches_equal_each_sequence_alone() {
+    use tuili_kv::{BlockAllocator, BlockTable, PagedBatch, PagedKv};
+    use tuili_model::{OutRows, SeqSpan};
+    let model = Llama::load(Arc::new(GgufFile::open(stories_path()).unwrap())).unwrap();
+    let cfg = model.config().clone();
+    let nv = cfg.n_vocab;
+    let seqs: [&[u32]; 4] = [
+        &[1, 300, 17, 42, 511, 260, 5, 9, 77, 78],
+        &[1, 12, 13, 14, 15, 16, 17, 18],
+        &[1, 300, 17, 42, 99, 98, 97, 96, 95, 94, 93, 92, 91],
+        // Continues sequence 0's first 7 tokens: forked from it.
+        &[1, 300, 17, 42, 511, 260, 5, 200, 201],
+    ];
+    let alone: Vec<Vec<f32>> = seqs.iter().map(|s| logits(&model, s, Logits::All)).collect();
+
+    let bs = 4;
+    let mut alloc = BlockAllocator::new(32, bs);
+    let mut store = PagedKv::new(cfg.n_layer, 32, bs, cfg.kv_dim()).unwrap();
+    let mut tables = vec![BlockTable::new(); 4];
+    let mut done = [0usize; 4];
+    let mut scratch = Scratch::new();
+    // Each step: (sequence, tokens to run).
+    let plan: &[&[(usize, usize)]] = &[
+        &[(0, 5), (1, 3)],
+        &[(1, 3), (0, 2), (2, 4)],
+        &[(0, 1), (2, 7), (1, 0)],
+        &[(3, 0)], // fork 3 from 0 at 7 (no tokens run)
+        &[(3, 1), (0, 1), (2, 0)],
+        &[(3, 1), (0, 0), (1, 0), (2, 0)],
+    ];
+    for (step, items) in plan.iter().enumerate() {
+        let mut tokens = Vec::new();
+        let mut spans = Vec::new();
+        let mut flat = Vec::new();
+        let mut offsets = vec![0];
+        let mut out = Vec::new();
+        let mut expect = Vec::new();
+        for &(s, n) in items.iter() {
+            if step == 3 {
+                tables[3] = alloc.fork(&tables[0]);
+                alloc.truncate(&mut tables[3], 7);
+                done[3] = 7;
+                continue;
+            }
+            // A decode step when n is 0: one token.
+            let n = if n == 0 { 1 } else { n };
+            let pos0 = done[s];
+            alloc.grow(&mut tables[s], pos0 + n).unwrap();
+            let copies = alloc.make_writable(&mut tables[s], pos0, pos0 + n).unwrap();
+            store.copy_blocks(&copies);
+            spans.push(SeqSpan {
+                start: tokens.len(),
+                len: n,
+                pos0,
+            });
+            tokens.extend_from_slice(&seqs[s][pos0..pos0 + n]);
+            flat.extend_from_slice(&tables[s].blocks);
+            offsets.push(flat.len());
+            out.push(tokens.len() - 1);
+            expect.push((s, pos0 + n - 1));
+            done[s] += n;
+        }
+        if tokens.is_empty() {
+            continue;
+        }
+        let mut batch = PagedBatch {
+            store: &mut store,
+            tables: &flat,
+            offsets: &offsets,
+        };
+        let l = model
+            .forward_spans(
+                &tokens,
+                &spans,
+                &mut batch,
+                64,
+                &mut scratch,
+                OutRows::List(&out),
+                pool(2),
+            )
+            .unwrap();
+        for (j, &(s, p)) in expect.iter().enumerate() {
+            let want = &alone[s][p * nv..(p + 1) * nv];
+            let got = &l[j * nv..(j + 1) * nv];
+            assert!(max_rel(got, want) < 1e-5, "step {step}, sequence {s}, position {p}");
+        }
+    }
+    assert_eq!(done, [10, 8, 13, 9]);
+    for t in tables.iter_mut() {
+        alloc.free(t);
+    }
+    assert_eq!(alloc.n_used(), 0);
+}
