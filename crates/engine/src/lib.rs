@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 pub mod beam;
 pub mod hub;
 mod perplexity;
+pub mod sched;
 mod stop;
 
 use tuili_core::ThreadPool;

@@ -315,7 +315,10 @@ fn paged_batches_equal_each_sequence_alone() {
         // Continues sequence 0's first 7 tokens: forked from it.
         &[1, 300, 17, 42, 511, 260, 5, 200, 201],
     ];
-    let alone: Vec<Vec<f32>> = seqs.iter().map(|s| logits(&model, s, Logits::All)).collect();
+    let alone: Vec<Vec<f32>> = seqs
+        .iter()
+        .map(|s| logits(&model, s, Logits::All))
+        .collect();
 
     let bs = 4;
     let mut alloc = BlockAllocator::new(32, bs);
@@ -386,7 +389,10 @@ fn paged_batches_equal_each_sequence_alone() {
         for (j, &(s, p)) in expect.iter().enumerate() {
             let want = &alone[s][p * nv..(p + 1) * nv];
             let got = &l[j * nv..(j + 1) * nv];
-            assert!(max_rel(got, want) < 1e-5, "step {step}, sequence {s}, position {p}");
+            assert!(
+                max_rel(got, want) < 1e-5,
+                "step {step}, sequence {s}, position {p}"
+            );
         }
     }
     assert_eq!(done, [10, 8, 13, 9]);
