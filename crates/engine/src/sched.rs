@@ -582,7 +582,7 @@ mod tests {
         while finished < 40 {
             steps += 1;
             assert!(steps < 20_000, "stuck");
-            if !pending.is_empty() && next() % 3 == 0 {
+            if !pending.is_empty() && next().is_multiple_of(3) {
                 let id = pending.remove(0);
                 let plen = 1 + (next() % 30) as usize;
                 let total = plen + 1 + (next() % 40) as usize;
@@ -590,7 +590,7 @@ mod tests {
                 // Some prompts share a prefix.
                 let prompt: Vec<u32> = (0..plen)
                     .map(|i| {
-                        if id % 2 == 0 {
+                        if id.is_multiple_of(2) {
                             i as u32
                         } else {
                             (id * 100 + i as u64) as u32
