@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod beam;
+mod decoder;
 pub mod hub;
 mod perplexity;
 pub mod sched;
@@ -21,8 +22,10 @@ mod stop;
 use tuili_core::ThreadPool;
 use tuili_formats::GgufFile;
 use tuili_kv::KvCache;
+
+use decoder::Decoder;
 use tuili_model::{Logits, Model, Scratch};
-use tuili_sample::{Explain, Sampler, SamplingParams, StepLogprobs};
+use tuili_sample::{Explain, SamplingParams, StepLogprobs};
 use tuili_tokenizer::Tokenizer;
 
 pub use beam::{BeamBackend, BeamParams, EarlyStopping, Hypothesis};
@@ -689,62 +692,31 @@ impl Run<'_> {
     ) -> Result<Completion, EngineError> {
         let (e, req) = (self.engine, self.req);
         let n_vocab = e.model.config().n_vocab;
-        let mut sampler = Sampler::with_stream(req.sampling.clone(), n_vocab, index as u64)?;
-        sampler.reserve(self.prompt.len() + req.max_tokens.min(e.n_ctx));
-        sampler.accept_all(self.prompt);
-        let mut stream = e.tokenizer.stream(self.prompt)?;
-        let mut stops = StopMatcher::new(&req.stop);
-        let mut explain = Explain::default();
-        let mut c = Completion {
-            index,
-            tokens: Vec::new(),
-            text: String::new(),
-            stop: StopReason::MaxTokens,
-            logprobs: Vec::new(),
-            beam_score: None,
-        };
+        let max_len = self.prompt.len() + req.max_tokens.min(e.n_ctx);
+        let mut dec = Decoder::new(&e.tokenizer, req, self.prompt, n_vocab, index, max_len)?;
         let mut logits: &[f32] = self.first;
         let stop = loop {
-            if req.max_tokens == 0 {
-                break StopReason::MaxTokens;
+            let st = dec.step(logits)?;
+            if let Some(next) = st.token {
+                let ev = TokenEvent {
+                    index,
+                    token: Some(next),
+                    text: &st.emit,
+                    logprobs: dec.last_logprobs(),
+                    explain: req.explain.map(|_| &dec.explain),
+                };
+                if on_token(&ev).is_break() {
+                    break StopReason::Cancelled;
+                }
             }
-            let next = match req.explain {
-                Some(k) => sampler.sample_explained(logits, k, &mut explain)?,
-                None => sampler.sample(logits)?,
-            };
-            if !req.ignore_eos && e.tokenizer.is_eog(next) {
-                break StopReason::Eos;
-            }
-            sampler.accept(next);
-            c.tokens.push(next);
-            if let Some(k) = req.logprobs {
-                c.logprobs.push(tuili_sample::logprobs(logits, next, k));
-            }
-            let piece = stream.step(next)?.unwrap_or_default();
-            let (emit, stopped) = match stops.push(&piece) {
-                Matched::Emit(t) => (t, None),
-                Matched::Stop { index, emit } => (emit, Some(index)),
-            };
-            c.text.push_str(&emit);
-            let ev = TokenEvent {
-                index,
-                token: Some(next),
-                text: &emit,
-                logprobs: c.logprobs.last().filter(|_| req.logprobs.is_some()),
-                explain: req.explain.map(|_| &explain),
-            };
-            if on_token(&ev).is_break() {
-                break StopReason::Cancelled;
-            }
-            if let Some(i) = stopped {
-                break StopReason::StopString(i);
-            }
-            if c.tokens.len() >= req.max_tokens {
-                break StopReason::MaxTokens;
+            if let Some(stop) = st.stop {
+                break stop;
             }
             if kv.len() >= e.n_ctx {
                 break StopReason::ContextFull;
             }
+            // Invariant: a step without a stop reason sampled a token.
+            let next = st.token.expect("a token when not stopped");
             logits = e
                 .model
                 .forward(&[next], kv, &mut self.scratch, Logits::Last, &e.pool)?;
@@ -753,28 +725,17 @@ impl Run<'_> {
             }
             self.decode_steps += 1;
         };
-        c.stop = stop;
-        if !matches!(stop, StopReason::Cancelled | StopReason::StopString(_)) {
-            let mut rest = stream.flush()?.unwrap_or_default();
-            match stops.push(&rest) {
-                Matched::Emit(t) => rest = t + &stops.flush(),
-                Matched::Stop { index, emit } => {
-                    rest = emit;
-                    c.stop = StopReason::StopString(index);
-                }
-            }
-            if !rest.is_empty() {
-                c.text.push_str(&rest);
-                let _ = on_token(&TokenEvent {
-                    index,
-                    token: None,
-                    text: &rest,
-                    logprobs: None,
-                    explain: None,
-                });
-            }
+        let rest = dec.finish(stop)?;
+        if !rest.is_empty() {
+            let _ = on_token(&TokenEvent {
+                index,
+                token: None,
+                text: &rest,
+                logprobs: None,
+                explain: None,
+            });
         }
-        Ok(c)
+        Ok(dec.c)
     }
 
     /// Beam search; every beam is a fork of the prompt's cache.
