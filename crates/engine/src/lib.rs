@@ -17,6 +17,7 @@ mod decoder;
 pub mod hub;
 mod perplexity;
 pub mod sched;
+pub mod serve;
 mod stop;
 
 use tuili_core::ThreadPool;

@@ -1,0 +1,221 @@
+//! The serving loop with the real stories260K model: many requests at once through the
+//! paged cache, each with the output it has alone.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tuili_engine::sched::SchedConfig;
+use tuili_engine::serve::{Event, Rejection, ServeConfig, Server, Submission};
+use tuili_engine::{Engine, EngineConfig, GenerateRequest, StopReason};
+use tuili_sample::SamplingParams;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn engine(n_ctx: usize) -> Arc<Engine> {
+    let cfg = EngineConfig {
+        n_ctx,
+        n_batch: 64,
+        threads: 2,
+    };
+    Arc::new(
+        Engine::load(
+            root().join("../shared/fixtures/models/stories260K/stories260K.gguf"),
+            cfg,
+        )
+        .unwrap(),
+    )
+}
+
+/// Bytes of a pool of `positions` for stories260K (5 layers × 64-wide keys and values).
+fn pool_bytes(e: &Engine, positions: usize) -> usize {
+    let c = e.model().config();
+    positions * 2 * 4 * c.n_layer * c.kv_dim()
+}
+
+#[derive(Debug, Default, Clone)]
+struct Outcome {
+    accepted: bool,
+    rejected: Option<Rejection>,
+    /// Per completion: tokens, text, stop.
+    tokens: HashMap<usize, Vec<u32>>,
+    text: HashMap<usize, String>,
+    stop: HashMap<usize, StopReason>,
+    finished: bool,
+}
+
+/// Submits and returns a receiver of the events.
+fn submit(s: &Server, req: GenerateRequest) -> (mpsc::Receiver<Event>, Arc<AtomicBool>) {
+    let prompt = s.engine().prepare(&req).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    s.submit(Submission {
+        req,
+        prompt,
+        sink: Box::new(move |ev| tx.send(ev).is_ok()),
+        cancel: cancel.clone(),
+    });
+    (rx, cancel)
+}
+
+fn collect(rx: mpsc::Receiver<Event>) -> Outcome {
+    let mut o = Outcome::default();
+    while let Ok(ev) = rx.recv_timeout(Duration::from_secs(60)) {
+        match ev {
+            Event::Accepted => o.accepted = true,
+            Event::Rejected(r) => {
+                o.rejected = Some(r);
+                break;
+            }
+            Event::Token {
+                index, token, text, ..
+            } => {
+                o.tokens.entry(index).or_default().push(token);
+                o.text.entry(index).or_default().push_str(&text);
+            }
+            Event::Text { index, text } => o.text.entry(index).or_default().push_str(&text),
+            Event::Done { index, reason, .. } => {
+                o.stop.insert(index, reason);
+            }
+            Event::Finished { .. } => {
+                o.finished = true;
+                break;
+            }
+            Event::Failed(e) => panic!("failed: {e}"),
+        }
+    }
+    o
+}
+
+fn alone(e: &Engine, req: &GenerateRequest) -> Vec<(Vec<u32>, String, StopReason)> {
+    let st = e.generate(req, &mut |_| ControlFlow::Continue(())).unwrap();
+    st.completions
+        .into_iter()
+        .map(|c| (c.tokens, c.text, c.stop))
+        .collect()
+}
+
+const PROMPTS: &[&str] = &[
+    "Once upon a time",
+    "Lily and Ben went to the park",
+    "The little dog",
+    "One day, a big bird",
+    "Tom had a red ball. He",
+    "Sue liked to sing",
+];
+
+/// Twenty requests at once, greedy and seeded sampling (some with n = 2 and stop strings),
+/// through a pool that holds only two contexts — so sequences are preempted and recomputed
+/// — give exactly what each gives run alone by the one-request engine; every block is free
+/// at the end.
+#[test]
+fn concurrent_requests_equal_each_alone() {
+    let e = engine(96);
+    let server = Server::start(
+        e.clone(),
+        ServeConfig {
+            kv_memory: pool_bytes(&e, 2 * 96),
+            block_size: 16,
+            sched: SchedConfig {
+                max_batch_tokens: 48,
+                max_seqs: 16,
+                max_queue: 64,
+            },
+        },
+    )
+    .unwrap();
+    let mut reqs = Vec::new();
+    for i in 0..20 {
+        let p = PROMPTS[i % PROMPTS.len()];
+        let mut r = if i % 3 == 0 {
+            let mut s = SamplingParams::default();
+            s.temperature = 0.9;
+            s.seed = 1000 + i as u64;
+            let mut r = GenerateRequest::new(p, 40, s);
+            r.n = 1 + i % 2;
+            r
+        } else {
+            GenerateRequest::new(p, 30 + i, SamplingParams::greedy())
+        };
+        if i % 4 == 1 {
+            r.stop = vec![".".into()];
+        }
+        if i % 5 == 2 {
+            r.logprobs = Some(2);
+        }
+        reqs.push(r);
+    }
+    let rxs: Vec<_> = reqs.iter().map(|r| submit(&server, r.clone()).0).collect();
+    let outs: Vec<Outcome> = rxs.into_iter().map(collect).collect();
+    for (r, o) in reqs.iter().zip(&outs) {
+        assert!(o.accepted && o.finished, "{o:?}");
+        let want = alone(&e, r);
+        assert_eq!(want.len(), r.n);
+        for (i, (toks, text, stop)) in want.into_iter().enumerate() {
+            assert_eq!(o.tokens.get(&i).cloned().unwrap_or_default(), toks, "{r:?}");
+            assert_eq!(o.text.get(&i).cloned().unwrap_or_default(), text);
+            assert_eq!(o.stop[&i], stop);
+        }
+    }
+    let m = server.metrics();
+    // Let the loop publish its last state.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(m.kv_blocks_used.load(Ordering::Relaxed), 0);
+    assert_eq!(m.running.load(Ordering::Relaxed), 0);
+    assert!(m.preemptions.load(Ordering::Relaxed) > 0, "the pool was meant to be short");
+    assert!(m.prefix_hits.load(Ordering::Relaxed) > 0, "prompts repeat");
+    assert_eq!(m.requests_finished.load(Ordering::Relaxed), 20);
+    server.shutdown();
+}
+
+/// A cancelled request stops and frees its blocks; the queue bound refuses the excess as
+/// busy.
+#[test]
+fn cancel_and_refusals() {
+    let e = engine(64);
+    let server = Server::start(
+        e.clone(),
+        ServeConfig {
+            kv_memory: pool_bytes(&e, 64),
+            block_size: 16,
+            sched: SchedConfig {
+                max_batch_tokens: 16,
+                max_seqs: 1,
+                max_queue: 1,
+            },
+        },
+    )
+    .unwrap();
+    let mut r = GenerateRequest::new("Once upon a time", 10_000, SamplingParams::greedy());
+    r.ignore_eos = true;
+    let (rx, cancel) = submit(&server, r.clone());
+    assert!(matches!(rx.recv().unwrap(), Event::Accepted));
+    // Wait for tokens to flow, then cancel.
+    assert!(matches!(rx.recv().unwrap(), Event::Token { .. }));
+    // While it runs, one more can wait and the next is refused.
+    let (rx2, c2) = submit(&server, r.clone());
+    let (rx3, _) = submit(&server, r.clone());
+    assert!(matches!(rx2.recv().unwrap(), Event::Accepted));
+    match rx3.recv().unwrap() {
+        Event::Rejected(Rejection::Busy(m)) => assert!(m.contains("queue"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    cancel.store(true, Ordering::Relaxed);
+    c2.store(true, Ordering::Relaxed);
+    // The channels close without Finished.
+    while let Ok(ev) = rx.recv_timeout(Duration::from_secs(10)) {
+        assert!(!matches!(ev, Event::Finished { .. }));
+    }
+    drop(rx2);
+    std::thread::sleep(Duration::from_millis(200));
+    let m = server.metrics();
+    assert_eq!(m.kv_blocks_used.load(Ordering::Relaxed), 0);
+    assert_eq!(m.requests_cancelled.load(Ordering::Relaxed), 2);
+    server.shutdown();
+}
