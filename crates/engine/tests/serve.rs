@@ -134,9 +134,11 @@ fn concurrent_requests_equal_each_alone() {
     for i in 0..20 {
         let p = PROMPTS[i % PROMPTS.len()];
         let mut r = if i % 3 == 0 {
-            let mut s = SamplingParams::default();
-            s.temperature = 0.9;
-            s.seed = 1000 + i as u64;
+            let s = SamplingParams {
+                temperature: 0.9,
+                seed: 1000 + i as u64,
+                ..Default::default()
+            };
             let mut r = GenerateRequest::new(p, 40, s);
             r.n = 1 + i % 2;
             r
