@@ -38,6 +38,30 @@ pub struct ChatArgs {
     ctx_size: usize,
 }
 
+/// The chat template: `chatml`, a Jinja file, or the model's own (`None` when it has none).
+pub(crate) fn load_template(
+    tok: &tuili_tokenizer::Tokenizer,
+    arg: Option<&str>,
+) -> Result<Option<ChatTemplate>, CliError> {
+    Ok(Some(match arg {
+        Some("chatml") => ChatTemplate::new(CHATML, "", "<|im_end|>")?,
+        Some(path) => {
+            let src = std::fs::read_to_string(path)
+                .map_err(|e| CliError::Usage(format!("cannot read --chat-template {path}: {e}")))?;
+            let text = |id: Option<u32>| {
+                id.and_then(|i| tok.piece(i).ok())
+                    .map(String::from)
+                    .unwrap_or_default()
+            };
+            ChatTemplate::new(&src, &text(tok.bos()), &text(tok.eos()))?
+        }
+        None => match tok.chat_template() {
+            Some(t) => t?,
+            None => return Ok(None),
+        },
+    }))
+}
+
 pub fn chat(a: ChatArgs) -> Result<(), CliError> {
     let seed = a.sampling.seed.unwrap_or_else(crate::fresh_seed);
     a.sampling.params(seed, None)?;
@@ -54,28 +78,12 @@ pub fn chat(a: ChatArgs) -> Result<(), CliError> {
     )?;
     let sampling = a.sampling.params(seed, Some(engine.defaults()))?;
     let tok = engine.tokenizer();
-    let template = match a.chat_template.as_deref() {
-        Some("chatml") => ChatTemplate::new(CHATML, "", "<|im_end|>")?,
-        Some(path) => {
-            let src = std::fs::read_to_string(path)
-                .map_err(|e| CliError::Usage(format!("cannot read --chat-template {path}: {e}")))?;
-            let text = |id: Option<u32>| {
-                id.and_then(|i| tok.piece(i).ok())
-                    .map(String::from)
-                    .unwrap_or_default()
-            };
-            ChatTemplate::new(&src, &text(tok.bos()), &text(tok.eos()))?
-        }
-        None => match tok.chat_template() {
-            Some(t) => t?,
-            None => {
-                return Err(CliError::Usage(format!(
-                    "{} has no chat template; pass --chat-template FILE or --chat-template chatml",
-                    a.model.display()
-                )))
-            }
-        },
-    };
+    let template = load_template(tok, a.chat_template.as_deref())?.ok_or_else(|| {
+        CliError::Usage(format!(
+            "{} has no chat template; pass --chat-template FILE or --chat-template chatml",
+            a.model.display()
+        ))
+    })?;
     let bos_text = tok
         .bos()
         .and_then(|b| tok.piece(b).ok())

@@ -6,6 +6,7 @@ mod chat;
 mod inspect;
 mod perplexity;
 mod quantize;
+mod serve;
 
 use std::io::Write;
 use std::ops::ControlFlow;
@@ -46,6 +47,8 @@ enum Cmd {
     /// Perplexity of a model on a text file (as llama-perplexity computes it), and KL
     /// divergence against a base model.
     Perplexity(perplexity::PerplexityArgs),
+    /// Serve the model over HTTP with OpenAI's API (continuous batching, paged KV cache).
+    Serve(Box<serve::ServeArgs>),
     /// Write a random-weight Llama model of a real shape (for benchmarks).
     Synth(bench::SynthArgs),
 }
@@ -264,6 +267,7 @@ fn main() -> ExitCode {
         Cmd::Synth(a) => bench::synth(a),
         Cmd::Perplexity(a) => perplexity::perplexity(a),
         Cmd::Quantize(a) => quantize::quantize(a),
+        Cmd::Serve(a) => serve::serve(*a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -170,7 +170,10 @@ fn concurrent_requests_equal_each_alone() {
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(m.kv_blocks_used.load(Ordering::Relaxed), 0);
     assert_eq!(m.running.load(Ordering::Relaxed), 0);
-    assert!(m.preemptions.load(Ordering::Relaxed) > 0, "the pool was meant to be short");
+    assert!(
+        m.preemptions.load(Ordering::Relaxed) > 0,
+        "the pool was meant to be short"
+    );
     assert!(m.prefix_hits.load(Ordering::Relaxed) > 0, "prompts repeat");
     assert_eq!(m.requests_finished.load(Ordering::Relaxed), 20);
     server.shutdown();

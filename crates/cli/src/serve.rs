@@ -1,0 +1,172 @@
+//! `tuili serve`: the OpenAI-compatible server (see `tuili-server`) on a model.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tuili_engine::sched::SchedConfig;
+use tuili_engine::serve::{ServeConfig, Server};
+use tuili_engine::{Engine, EngineConfig};
+use tuili_server::{router, AppState, HttpConfig};
+
+use crate::CliError;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Model: a GGUF file, a Hugging Face folder, or a hub id `org/name[@rev]`.
+    #[arg(short, long)]
+    model: PathBuf,
+    /// Address to listen on (loopback by default; 0.0.0.0 exposes the server).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1/* (also from TUILI_API_KEY).
+    #[arg(long, env = "TUILI_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The model name clients use (default: the file or folder name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Context size per sequence (0 = the model's, at most 4096).
+    #[arg(short = 'c', long, default_value_t = 0)]
+    ctx_size: usize,
+    /// Worker threads (default: physical cores).
+    #[arg(short, long)]
+    threads: Option<usize>,
+    /// Memory for the paged KV cache (e.g. 512MiB, 2GiB); must hold one whole context.
+    #[arg(long, default_value = "1GiB")]
+    kv_memory: String,
+    /// Positions per KV block (a power of two).
+    #[arg(long, default_value_t = 16)]
+    block_size: usize,
+    /// Tokens per forward pass (decodes and prompt chunks together).
+    #[arg(long, default_value_t = 512)]
+    max_batch_tokens: usize,
+    /// Sequences running at once.
+    #[arg(long, default_value_t = 64)]
+    max_seqs: usize,
+    /// Requests waiting; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// Largest request body (e.g. 8MiB).
+    #[arg(long, default_value = "8MiB")]
+    max_body: String,
+    /// A Jinja chat template file, or `chatml`, instead of the model's.
+    #[arg(long)]
+    chat_template: Option<String>,
+}
+
+/// Parses `123`, `64KiB`, `512MiB`, `2GiB` (also KB/MB/GB as powers of 1000, K/M/G as 1024).
+pub(crate) fn parse_size(name: &str, s: &str) -> Result<usize, CliError> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        _ => f64::NAN,
+    };
+    match num.parse::<f64>() {
+        Ok(v) if mult.is_finite() && v >= 0.0 => Ok((v * mult) as usize),
+        _ => Err(CliError::Usage(format!(
+            "--{name} {s:?}: expected a size such as 512MiB or 2GiB"
+        ))),
+    }
+}
+
+pub fn serve(a: ServeArgs) -> Result<(), CliError> {
+    let kv_memory = parse_size("kv-memory", &a.kv_memory)?;
+    let max_body = parse_size("max-body", &a.max_body)?;
+    let threads = a
+        .threads
+        .unwrap_or_else(tuili_core::parallel::physical_cores);
+    let engine = Engine::load(
+        &a.model,
+        EngineConfig {
+            n_ctx: a.ctx_size,
+            n_batch: a.max_batch_tokens,
+            threads,
+        },
+    )?;
+    let template = crate::chat::load_template(engine.tokenizer(), a.chat_template.as_deref())?;
+    let model_name = a.served_model_name.clone().unwrap_or_else(|| {
+        let s = a.model.to_string_lossy();
+        let s = s.trim_end_matches('/');
+        let base = s.rsplit('/').next().unwrap_or(s);
+        if s.contains('/') && !a.model.exists() {
+            s.to_string() // a hub id keeps its org/
+        } else {
+            base.trim_end_matches(".gguf").to_string()
+        }
+    });
+    let n_ctx = engine.n_ctx();
+    let server = Server::start(
+        Arc::new(engine),
+        ServeConfig {
+            kv_memory,
+            block_size: a.block_size,
+            sched: SchedConfig {
+                max_batch_tokens: a.max_batch_tokens,
+                max_seqs: a.max_seqs,
+                max_queue: a.max_queue,
+            },
+        },
+    )?;
+    let blocks = server
+        .metrics()
+        .kv_blocks_total
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let state = Arc::new(AppState::new(
+        server,
+        HttpConfig {
+            model_name: model_name.clone(),
+            api_key: a.api_key.clone().filter(|k| !k.is_empty()),
+            max_body,
+        },
+        template,
+    ));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let addr = format!("{}:{}", a.host, a.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| CliError::Usage(format!("cannot listen on {addr}: {e}")))?;
+        let local = listener.local_addr()?;
+        eprintln!(
+            "tuili serve: {model_name} ({n_ctx} context, {threads} threads, {blocks} KV blocks of {}); listening on http://{local}{}",
+            a.block_size,
+            if a.api_key.is_some() { " (API key required)" } else { "" }
+        );
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        Ok::<(), CliError>(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("x", "512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("x", "2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("x", "1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_size("x", "1000").unwrap(), 1000);
+        assert_eq!(parse_size("x", "1MB").unwrap(), 1_000_000);
+        assert!(parse_size("x", "lots").is_err());
+        assert!(parse_size("x", "5 parsecs").is_err());
+    }
+}

@@ -1,0 +1,783 @@
+//! `tuili-server`: the OpenAI-compatible HTTP server.
+//!
+//! Owns: HTTP (axum), OpenAI's request and response shapes, server-sent events, the API key,
+//! the body limit and the Prometheus text of `/metrics`. May not: touch the model, the KV
+//! cache or the scheduler — every request goes to the engine's serving loop
+//! ([`tuili_engine::serve::Server`]) as a message, and its events come back on a channel.
+//!
+//! Endpoints: `POST /v1/completions`, `POST /v1/chat/completions` (both streaming or not),
+//! `GET /v1/models`, `GET /health`, `GET /metrics`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tuili_engine::serve::{Event, Rejection, Server, Submission};
+use tuili_engine::{Engine, GenerateRequest};
+use tuili_sample::StepLogprobs;
+use tuili_tokenizer::chat::{ChatTemplate, Message};
+
+pub mod metrics;
+pub mod openai;
+
+use openai::{Body, Kind, Prompt};
+
+/// Settings of the HTTP side.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// The name `/v1/models` lists and responses carry.
+    pub model_name: String,
+    /// Bearer key required on `/v1/*` when set.
+    pub api_key: Option<String>,
+    /// Largest request body, bytes.
+    pub max_body: usize,
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub server: Server,
+    pub http: HttpConfig,
+    /// The chat template, when the model has one (or one was given).
+    pub template: Option<ChatTemplate>,
+    created: u64,
+    next_id: AtomicU64,
+    /// HTTP error responses by status code.
+    errors: Mutex<BTreeMap<u16, u64>>,
+}
+
+impl AppState {
+    pub fn new(server: Server, http: HttpConfig, template: Option<ChatTemplate>) -> AppState {
+        AppState {
+            server,
+            http,
+            template,
+            created: now(),
+            next_id: AtomicU64::new(1),
+            errors: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn engine(&self) -> &Engine {
+        self.server.engine()
+    }
+
+    fn count_error(&self, status: StatusCode) {
+        *self
+            .errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(status.as_u16())
+            .or_default() += 1;
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// An error as OpenAI returns it: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+    /// Seconds for a Retry-After header.
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: param.map(String::from),
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    fn busy(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: Some("overloaded"),
+            retry_after: Some(1),
+        }
+    }
+
+    fn internal(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(self.json())).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
+    }
+}
+
+/// The application: routes, API key check, body limit.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.http.max_body;
+    let v1 = Router::new()
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .merge(v1)
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), count_errors))
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: format!("no route {} {}", req.method(), req.uri().path()),
+        kind: "invalid_request_error",
+        param: None,
+        code: Some("not_found"),
+        retry_after: None,
+    }
+}
+
+async fn count_errors(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let r = next.run(req).await;
+    if r.status().is_client_error() || r.status().is_server_error() {
+        st.count_error(r.status());
+    }
+    r
+}
+
+/// Constant-time comparison of the presented key with the configured one.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &st.http.api_key {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same(presented.trim().as_bytes(), key.as_bytes()) {
+            return ApiError {
+                status: StatusCode::UNAUTHORIZED,
+                message: "invalid or missing API key (Authorization: Bearer …)".into(),
+                kind: "invalid_request_error",
+                param: None,
+                code: Some("invalid_api_key"),
+                retry_after: None,
+            }
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn models(State(st): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [{
+        "id": st.http.model_name,
+        "object": "model",
+        "created": st.created,
+        "owned_by": "tuili",
+        "max_model_len": st.engine().n_ctx(),
+    }]}))
+}
+
+async fn metrics_text(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+    let errors = st.errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics::render(st.server.metrics(), &errors),
+    )
+}
+
+/// Parses a JSON body, naming the field a type error is about.
+fn parse(body: Result<Bytes, BytesRejection>) -> Result<Body, ApiError> {
+    let body = body.map_err(|r| ApiError {
+        status: r.status(),
+        message: r.body_text(),
+        kind: "invalid_request_error",
+        param: None,
+        code: None,
+        retry_after: None,
+    })?;
+    let de = &mut serde_json::Deserializer::from_slice(&body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let param = (path != ".").then_some(path.as_str());
+        ApiError::invalid(format!("invalid JSON body: {e}"), param)
+    })
+}
+
+/// A seed for requests that give none (different each time).
+fn fresh_seed(st: &AppState) -> u64 {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ st
+        .next_id
+        .load(Ordering::Relaxed)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Sets the cancel flag when dropped: the client went away (or the response is complete,
+/// when it no longer matters).
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A request handed to the serving loop, accepted.
+struct Running {
+    rx: UnboundedReceiver<Event>,
+    _cancel: CancelOnDrop,
+}
+
+/// Submits and waits for the loop's answer (accepted, or why not).
+async fn start(st: &AppState, req: GenerateRequest, prompt: Vec<u32>) -> Result<Running, ApiError> {
+    let (tx, mut rx) = unbounded_channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    st.server.submit(Submission {
+        req,
+        prompt,
+        sink: Box::new(move |ev| tx.send(ev).is_ok()),
+        cancel: cancel.clone(),
+    });
+    let guard = CancelOnDrop(cancel);
+    match rx.recv().await {
+        Some(Event::Accepted) => Ok(Running { rx, _cancel: guard }),
+        Some(Event::Rejected(Rejection::Busy(m))) => Err(ApiError::busy(m)),
+        Some(Event::Rejected(Rejection::Invalid(m))) => Err(ApiError::invalid(m, None)),
+        Some(Event::Failed(m)) => Err(ApiError::internal(m)),
+        _ => Err(ApiError::internal("the serving loop stopped")),
+    }
+}
+
+/// The prompt, the engine request and what the response needs to know.
+struct Prepared {
+    req: GenerateRequest,
+    prompt: Vec<u32>,
+    /// Completions with `echo`: the prompt text to put before each completion.
+    echo: Option<String>,
+    stream: bool,
+    include_usage: bool,
+}
+
+fn prepare(st: &AppState, body: &Body, kind: Kind) -> Result<Prepared, ApiError> {
+    if let Some(m) = &body.model {
+        if m != &st.http.model_name {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: format!(
+                    "the model {m:?} does not exist; this server serves {:?}",
+                    st.http.model_name
+                ),
+                kind: "invalid_request_error",
+                param: Some("model".into()),
+                code: Some("model_not_found"),
+                retry_after: None,
+            });
+        }
+    }
+    let (mut req, max_tokens) = body.to_request(kind, fresh_seed(st))?;
+    let e = st.engine();
+    let tok = e.tokenizer();
+    let engine_err = |err: tuili_engine::EngineError, param: &str| {
+        let name = match &err {
+            tuili_engine::EngineError::BadSetting { name, .. } => Some(name.to_string()),
+            tuili_engine::EngineError::Sample(tuili_sample::SampleError::BadParam {
+                name, ..
+            }) => Some(name.to_string()),
+            tuili_engine::EngineError::Sample(tuili_sample::SampleError::BadToken { .. }) => {
+                Some("logit_bias".into())
+            }
+            _ => None,
+        };
+        ApiError::invalid(err.to_string(), Some(name.as_deref().unwrap_or(param)))
+    };
+    let (prompt, echo) = match kind {
+        Kind::Completion => {
+            let p = body
+                .prompt
+                .as_ref()
+                .ok_or_else(|| ApiError::invalid("prompt is required", Some("prompt")))?;
+            let ids = match p {
+                Prompt::Text(t) => {
+                    req.prompt = t.clone();
+                    tok.encode(t, true, true)
+                        .map_err(|err| ApiError::invalid(err.to_string(), Some("prompt")))?
+                }
+                Prompt::Texts(v) if v.len() == 1 => {
+                    req.prompt = v[0].clone();
+                    tok.encode(&v[0], true, true)
+                        .map_err(|err| ApiError::invalid(err.to_string(), Some("prompt")))?
+                }
+                Prompt::Ids(ids) => ids.clone(),
+                Prompt::IdLists(v) if v.len() == 1 => v[0].clone(),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "one prompt per request (send a request per prompt)",
+                        Some("prompt"),
+                    ))
+                }
+            };
+            if let Some(&id) = ids.iter().find(|&&i| i as usize >= tok.n_vocab()) {
+                return Err(ApiError::invalid(
+                    format!(
+                        "token id {id} is outside the vocabulary of {}",
+                        tok.n_vocab()
+                    ),
+                    Some("prompt"),
+                ));
+            }
+            let echo = body.echo.then(|| {
+                if req.prompt.is_empty() {
+                    tok.decode_text(&ids).unwrap_or_default()
+                } else {
+                    req.prompt.clone()
+                }
+            });
+            (ids, echo)
+        }
+        Kind::Chat => {
+            let msgs = body
+                .messages
+                .as_ref()
+                .filter(|m| !m.is_empty())
+                .ok_or_else(|| ApiError::invalid("messages is required", Some("messages")))?;
+            let template = st.template.as_ref().ok_or_else(|| {
+                ApiError::invalid(
+                    "the model has no chat template (start the server with --chat-template)",
+                    Some("messages"),
+                )
+            })?;
+            let mut conv = Vec::with_capacity(msgs.len());
+            for (i, m) in msgs.iter().enumerate() {
+                let text = match &m.content {
+                    None => String::new(),
+                    Some(openai::Content::Text(t)) => t.clone(),
+                    Some(openai::Content::Parts(parts)) => {
+                        let mut s = String::new();
+                        for p in parts {
+                            match (p.kind.as_str(), &p.text) {
+                                ("text", Some(t)) => s.push_str(t),
+                                _ => {
+                                    return Err(ApiError::invalid(
+                                        format!(
+                                            "only text content parts are supported, got {:?}",
+                                            p.kind
+                                        ),
+                                        Some(&format!("messages[{i}].content")),
+                                    ))
+                                }
+                            }
+                        }
+                        s
+                    }
+                };
+                if !matches!(
+                    m.role.as_str(),
+                    "system" | "user" | "assistant" | "developer" | "tool"
+                ) {
+                    return Err(ApiError::invalid(
+                        format!("unknown role {:?}", m.role),
+                        Some(&format!("messages[{i}].role")),
+                    ));
+                }
+                conv.push(Message::new(&m.role, &text));
+            }
+            let text = template
+                .render(&conv, true)
+                .map_err(|err| ApiError::invalid(err.to_string(), Some("messages")))?;
+            // The template writes the BOS token itself when the model wants one.
+            let bos = tok.bos().and_then(|b| tok.piece(b).ok()).unwrap_or("");
+            let add_bos = bos.is_empty() || !text.starts_with(bos);
+            let ids = tok
+                .encode(&text, add_bos, true)
+                .map_err(|err| ApiError::invalid(err.to_string(), Some("messages")))?;
+            (ids, None)
+        }
+    };
+    if prompt.is_empty() {
+        return Err(ApiError::invalid("the prompt is empty", Some("prompt")));
+    }
+    let n_ctx = e.n_ctx();
+    let param = if kind == Kind::Chat {
+        "messages"
+    } else {
+        "prompt"
+    };
+    if prompt.len() >= n_ctx {
+        return Err(ApiError::invalid(
+            format!(
+                "the prompt is {} tokens long; this model's context holds {n_ctx}",
+                prompt.len()
+            ),
+            Some(param),
+        ));
+    }
+    req.max_tokens = match max_tokens {
+        Some(m) if prompt.len() + m > n_ctx => {
+            return Err(ApiError::invalid(
+                format!(
+                    "this model's context holds {n_ctx} tokens; the prompt has {} and max_tokens asks for {m} more",
+                    prompt.len()
+                ),
+                Some("max_tokens"),
+            ))
+        }
+        Some(m) => m,
+        None => n_ctx - prompt.len(),
+    };
+    // The engine's own checks (sampling values, ids in the vocabulary, beams).
+    req.validate().map_err(|err| engine_err(err, param))?;
+    req.sampling
+        .validate_vocab(e.model().config().n_vocab)
+        .map_err(|err| engine_err(err.into(), "logit_bias"))?;
+    Ok(Prepared {
+        req,
+        prompt,
+        echo,
+        stream: body.stream,
+        include_usage: body
+            .stream_options
+            .as_ref()
+            .is_some_and(|o| o.include_usage),
+    })
+}
+
+async fn completions(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = parse(body)?;
+    respond(st, &body, Kind::Completion).await
+}
+
+async fn chat_completions(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = parse(body)?;
+    respond(st, &body, Kind::Chat).await
+}
+
+/// One completion's result, gathered from events.
+#[derive(Default)]
+struct Choice {
+    text: String,
+    logprobs: Vec<StepLogprobs>,
+    finish: Option<&'static str>,
+}
+
+async fn respond(st: Arc<AppState>, body: &Body, kind: Kind) -> Result<Response, ApiError> {
+    let p = prepare(&st, body, kind)?;
+    let n = p.req.n;
+    let id_num = st.next_id.fetch_add(1, Ordering::Relaxed);
+    let id = match kind {
+        Kind::Completion => format!("cmpl-{id_num:016x}"),
+        Kind::Chat => format!("chatcmpl-{id_num:016x}"),
+    };
+    let (stream, include_usage, echo) = (p.stream, p.include_usage, p.echo.clone());
+    let mut running = start(&st, p.req, p.prompt).await?;
+    if stream {
+        return Ok(sse(st, running, kind, id, n, include_usage, echo));
+    }
+    let mut choices: Vec<Choice> = (0..n).map(|_| Choice::default()).collect();
+    let usage = loop {
+        match running.rx.recv().await {
+            Some(Event::Token {
+                index,
+                text,
+                logprobs,
+                ..
+            }) => {
+                if let Some(c) = choices.get_mut(index) {
+                    c.text.push_str(&text);
+                    c.logprobs.extend(logprobs);
+                }
+            }
+            Some(Event::Text { index, text }) => {
+                if let Some(c) = choices.get_mut(index) {
+                    c.text.push_str(&text);
+                }
+            }
+            Some(Event::Done { index, reason, .. }) => {
+                if let Some(c) = choices.get_mut(index) {
+                    c.finish = Some(openai::finish_reason(reason));
+                }
+            }
+            Some(Event::Finished {
+                prompt_tokens,
+                completion_tokens,
+            }) => {
+                break (prompt_tokens, completion_tokens);
+            }
+            Some(Event::Failed(m)) => return Err(ApiError::internal(m)),
+            Some(Event::Accepted | Event::Rejected(_)) => {}
+            None => return Err(ApiError::internal("the serving loop stopped")),
+        }
+    };
+    let tok = st.engine().tokenizer();
+    let logprobs_on = body
+        .logprobs
+        .as_ref()
+        .is_some_and(|v| !v.is_null() && v != &json!(false));
+    let choices: Vec<Value> = choices
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| match kind {
+            Kind::Completion => {
+                let pre = echo.clone().unwrap_or_default();
+                let lp = logprobs_on
+                    .then(|| openai::completion_logprobs(tok, &c.logprobs, pre.chars().count()));
+                json!({"index": i, "text": pre + &c.text, "logprobs": lp,
+                       "finish_reason": c.finish.unwrap_or("stop")})
+            }
+            Kind::Chat => {
+                let lp = logprobs_on.then(|| openai::chat_logprobs(tok, &c.logprobs));
+                json!({"index": i,
+                       "message": {"role": "assistant", "content": c.text},
+                       "logprobs": lp,
+                       "finish_reason": c.finish.unwrap_or("stop")})
+            }
+        })
+        .collect();
+    let object = match kind {
+        Kind::Completion => "text_completion",
+        Kind::Chat => "chat.completion",
+    };
+    Ok(Json(json!({
+        "id": id,
+        "object": object,
+        "created": now(),
+        "model": st.http.model_name,
+        "choices": choices,
+        "usage": {"prompt_tokens": usage.0, "completion_tokens": usage.1,
+                  "total_tokens": usage.0 + usage.1},
+    }))
+    .into_response())
+}
+
+/// Server-sent events: one chunk per token (and per held-back text), a last chunk per
+/// choice with its finish_reason, the usage when asked, then `[DONE]`. Dropping the stream
+/// (the client went away) cancels the request.
+#[allow(clippy::too_many_arguments)]
+fn sse(
+    st: Arc<AppState>,
+    running: Running,
+    kind: Kind,
+    id: String,
+    n: usize,
+    include_usage: bool,
+    echo: Option<String>,
+) -> Response {
+    struct S {
+        st: Arc<AppState>,
+        running: Running,
+        kind: Kind,
+        id: String,
+        created: u64,
+        /// Per choice: the role delta (chat) or echo sent, and the text offset so far.
+        started: Vec<bool>,
+        offsets: Vec<usize>,
+        include_usage: bool,
+        echo: Option<String>,
+        done: bool,
+    }
+    impl S {
+        fn chunk(&self, choices: Value, usage: Option<Value>) -> SseEvent {
+            let object = match self.kind {
+                Kind::Completion => "text_completion",
+                Kind::Chat => "chat.completion.chunk",
+            };
+            let mut v = json!({"id": self.id, "object": object, "created": self.created,
+                               "model": self.st.http.model_name, "choices": choices});
+            if let Some(u) = usage {
+                v["usage"] = u;
+            }
+            SseEvent::default().data(v.to_string())
+        }
+
+        /// A choice's delta of `text` (with logprobs) or its end.
+        fn delta(
+            &mut self,
+            index: usize,
+            text: &str,
+            lp: Option<&StepLogprobs>,
+            finish: Option<&str>,
+        ) -> Vec<SseEvent> {
+            let mut out = Vec::new();
+            let tok = self.st.engine().tokenizer();
+            if index >= self.started.len() {
+                return out;
+            }
+            match self.kind {
+                Kind::Completion => {
+                    let mut t = String::new();
+                    if !self.started[index] {
+                        self.started[index] = true;
+                        if let Some(e) = &self.echo {
+                            t.push_str(e);
+                            self.offsets[index] += e.chars().count();
+                        }
+                    }
+                    t.push_str(text);
+                    let lp = lp.map(|l| {
+                        openai::completion_logprobs(
+                            tok,
+                            std::slice::from_ref(l),
+                            self.offsets[index],
+                        )
+                    });
+                    self.offsets[index] += text.chars().count();
+                    out.push(self.chunk(
+                        json!([{"index": index, "text": t, "logprobs": lp, "finish_reason": finish}]),
+                        None,
+                    ));
+                }
+                Kind::Chat => {
+                    if !self.started[index] {
+                        self.started[index] = true;
+                        out.push(self.chunk(
+                            json!([{"index": index, "delta": {"role": "assistant", "content": ""},
+                                    "logprobs": null, "finish_reason": null}]),
+                            None,
+                        ));
+                    }
+                    let lp = lp.map(|l| openai::chat_logprobs(tok, std::slice::from_ref(l)));
+                    let delta = if finish.is_some() && text.is_empty() {
+                        json!({})
+                    } else {
+                        json!({"content": text})
+                    };
+                    out.push(self.chunk(
+                        json!([{"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}]),
+                        None,
+                    ));
+                }
+            }
+            out
+        }
+    }
+    let state = S {
+        st,
+        running,
+        kind,
+        id,
+        created: now(),
+        started: vec![false; n],
+        offsets: vec![0; n],
+        include_usage,
+        echo,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut s| async move {
+        if s.done {
+            return None;
+        }
+        let events: Vec<SseEvent> = match s.running.rx.recv().await {
+            Some(Event::Token {
+                index,
+                text,
+                logprobs,
+                ..
+            }) => s.delta(index, &text, logprobs.as_ref(), None),
+            Some(Event::Text { index, text }) => s.delta(index, &text, None, None),
+            Some(Event::Done { index, reason, .. }) => {
+                s.delta(index, "", None, Some(openai::finish_reason(reason)))
+            }
+            Some(Event::Finished {
+                prompt_tokens,
+                completion_tokens,
+            }) => {
+                s.done = true;
+                let mut v = Vec::new();
+                if s.include_usage {
+                    v.push(s.chunk(
+                        json!([]),
+                        Some(json!({"prompt_tokens": prompt_tokens,
+                                    "completion_tokens": completion_tokens,
+                                    "total_tokens": prompt_tokens + completion_tokens})),
+                    ));
+                }
+                v.push(SseEvent::default().data("[DONE]"));
+                v
+            }
+            Some(Event::Failed(m)) => {
+                s.done = true;
+                vec![SseEvent::default().data(ApiError::internal(m).json().to_string())]
+            }
+            Some(Event::Accepted | Event::Rejected(_)) => Vec::new(),
+            None => {
+                s.done = true;
+                vec![SseEvent::default().data(
+                    ApiError::internal("the serving loop stopped")
+                        .json()
+                        .to_string(),
+                )]
+            }
+        };
+        let items: Vec<Result<SseEvent, std::convert::Infallible>> =
+            events.into_iter().map(Ok).collect();
+        Some((futures_util::stream::iter(items), s))
+    });
+    use futures_util::StreamExt;
+    Sse::new(stream.flatten())
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
