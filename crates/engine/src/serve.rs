@@ -750,13 +750,14 @@ impl<'e> Loop<'e> {
         r.seqs[index] = None;
         if r.seqs.iter().all(Option::is_none) && r.forked {
             let (p, c) = (r.prompt.len(), r.completion_tokens);
+            // Counted before the client hears of it.
+            self.metrics
+                .requests_finished
+                .fetch_add(1, Ordering::Relaxed);
             (r.sink)(Event::Finished {
                 prompt_tokens: p,
                 completion_tokens: c,
             });
-            self.metrics
-                .requests_finished
-                .fetch_add(1, Ordering::Relaxed);
             self.reqs.remove(&rid);
         }
         Ok(())
