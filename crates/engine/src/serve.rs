@@ -595,28 +595,40 @@ impl<'e> Loop<'e> {
             offsets: &self.offsets,
         };
         let e = self.e;
-        let logits = e.model.forward_spans(
+        // The scratch is taken out for the step so that its logits can be read while the
+        // decoders (in `self`) are updated; put back after.
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let res = e.model.forward_spans(
             &self.tokens,
             &self.spans,
             &mut batch,
             e.n_ctx(),
-            &mut self.scratch,
+            &mut scratch,
             OutRows::List(&self.out),
             &e.pool,
-        )?;
+        );
+        let logits = match res {
+            Ok(l) => l,
+            Err(err) => {
+                self.scratch = scratch;
+                return Err(err.into());
+            }
+        };
         self.sched.commit(&plan);
         self.metrics.steps.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .batch_tokens
             .fetch_add(self.tokens.len() as u64, Ordering::Relaxed);
         let nv = e.model.config().n_vocab;
-        // The logits are in scratch: take them out of the borrow (one row per sampled item,
-        // copied once; small next to the forward pass).
-        let logits = logits.to_vec();
+        let mut res = Ok(());
         for (j, it) in plan.items.iter().filter(|i| i.sample).enumerate() {
-            self.sampled(it.id, &logits[j * nv..(j + 1) * nv])?;
+            res = self.sampled(it.id, &logits[j * nv..(j + 1) * nv]);
+            if res.is_err() {
+                break;
+            }
         }
-        Ok(())
+        self.scratch = scratch;
+        res
     }
 
     /// Fills the batch buffers for `plan`.

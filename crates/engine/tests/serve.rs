@@ -93,6 +93,17 @@ fn collect(rx: mpsc::Receiver<Event>) -> Outcome {
     o
 }
 
+/// Waits up to 10 s for a condition the serving loop will make true.
+fn eventually(cond: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("condition not reached in 10 s");
+}
+
 fn alone(e: &Engine, req: &GenerateRequest) -> Vec<(Vec<u32>, String, StopReason)> {
     let st = e.generate(req, &mut |_| ControlFlow::Continue(())).unwrap();
     st.completions
@@ -166,9 +177,8 @@ fn concurrent_requests_equal_each_alone() {
         }
     }
     let m = server.metrics();
-    // Let the loop publish its last state.
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(m.kv_blocks_used.load(Ordering::Relaxed), 0);
+    // The loop publishes its state after each step.
+    eventually(|| m.kv_blocks_used.load(Ordering::Relaxed) == 0);
     assert_eq!(m.running.load(Ordering::Relaxed), 0);
     assert!(
         m.preemptions.load(Ordering::Relaxed) > 0,
@@ -218,9 +228,8 @@ fn cancel_and_refusals() {
         assert!(!matches!(ev, Event::Finished { .. }));
     }
     drop(rx2);
-    std::thread::sleep(Duration::from_millis(200));
     let m = server.metrics();
-    assert_eq!(m.kv_blocks_used.load(Ordering::Relaxed), 0);
-    assert_eq!(m.requests_cancelled.load(Ordering::Relaxed), 2);
+    eventually(|| m.requests_cancelled.load(Ordering::Relaxed) == 2);
+    eventually(|| m.kv_blocks_used.load(Ordering::Relaxed) == 0);
     server.shutdown();
 }
