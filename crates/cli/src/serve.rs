@@ -141,6 +141,10 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
             .await
             .map_err(|e| CliError::Usage(format!("cannot listen on {addr}: {e}")))?;
         let local = listener.local_addr()?;
+        // Each token is a small write: send it now, not when Nagle's algorithm agrees.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         eprintln!(
             "tuili serve: {model_name} ({n_ctx} context, {threads} threads, {blocks} KV blocks of {}); listening on http://{local}{}",
             a.block_size,

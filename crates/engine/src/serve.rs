@@ -248,7 +248,7 @@ impl Server {
                 reason: "must be at least 1".into(),
             });
         }
-        let store = PagedKv::new(c.n_layer, n_blocks, cfg.block_size, c.kv_dim())
+        let store = PagedKv::new(c.n_layer, n_blocks, cfg.block_size, c.n_head_kv, c.head_dim)
             .map_err(tuili_model::ModelError::from)?;
         let sched = Scheduler::new(cfg.sched, BlockAllocator::new(n_blocks, cfg.block_size));
         let metrics = Arc::new(Metrics::new());

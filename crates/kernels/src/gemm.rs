@@ -88,8 +88,28 @@ pub fn supports(isa: Isa, dtype: DType) -> bool {
         }
 }
 
+/// [`unpack_row`] compiled for AVX2 (its byte loops vectorize 32 wide instead of SSE2's 16,
+/// and the scales convert with F16C): unpacking is a third of a small batch's time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn unpack_row_avx2(dtype: DType, w: &[u8], bytes: &mut [u8], scales: &mut [f32]) -> i32 {
+    unpack_row(dtype, w, bytes, scales)
+}
+
+/// Unpacks with the best code for `isa` (the token-lane kernels only run with AVX2 or better).
+#[cfg(target_arch = "x86_64")]
+fn unpack(isa: Isa, dtype: DType, w: &[u8], bytes: &mut [u8], scales: &mut [f32]) -> i32 {
+    if isa >= Isa::Avx2 {
+        // SAFETY: Avx2 or better is reported by run-time detection only with AVX2 and F16C.
+        unsafe { unpack_row_avx2(dtype, w, bytes, scales) }
+    } else {
+        unpack_row(dtype, w, bytes, scales)
+    }
+}
+
 /// Unpacks one row to unsigned bytes (Q4_0: nibble values; Q8_0: q + 128) in element order,
 /// and its block scales to f32. Returns the weight offset (8 or 128).
+#[inline(always)]
 fn unpack_row(dtype: DType, w: &[u8], bytes: &mut [u8], scales: &mut [f32]) -> i32 {
     match dtype {
         DType::Q4_0 => {
@@ -193,7 +213,8 @@ fn rows4_loop(
                 &mut scales[j * nb..(j + 1) * nb],
             );
             if j < m {
-                off = unpack_row(
+                off = unpack(
+                    isa,
                     dtype,
                     &w[(r + j) * row_bytes..(r + j + 1) * row_bytes],
                     bj,

@@ -147,91 +147,97 @@ pub fn rope(
     }
 }
 
-/// Where one layer's cached key and value rows live, position by position: a sequence's
-/// rows may sit in two segments (a shared prompt prefix and its own rows) or in fixed-size
-/// blocks of a paged pool. Each row is `kv_dim` floats (every KV head).
+/// Where one layer's cached keys and values live, position by position: a sequence's rows may
+/// sit in two segments (a shared prompt prefix and its own rows) or in fixed-size blocks of a
+/// paged pool. `key(p, h)` is KV head h's `head_dim` floats at position p.
 pub trait KvRows {
-    fn key(&self, p: usize) -> &[f32];
-    fn value(&self, p: usize) -> &[f32];
+    fn key(&self, p: usize, head: usize) -> &[f32];
+    fn value(&self, p: usize, head: usize) -> &[f32];
 }
 
 /// Rows in up to two segments: positions `0..split` are rows of `keys[0]` / `values[0]` (the
-/// shared prefix), the rest rows of `keys[1]` / `values[1]`; rows are `stride` floats apart.
+/// shared prefix), the rest rows of `keys[1]` / `values[1]`; rows are `stride` floats apart
+/// (every KV head's `hd` floats in turn).
 #[derive(Debug, Clone, Copy)]
 pub struct Segmented<'a> {
     pub keys: [&'a [f32]; 2],
     pub values: [&'a [f32]; 2],
     pub split: usize,
     pub stride: usize,
+    pub hd: usize,
+}
+
+impl Segmented<'_> {
+    #[inline(always)]
+    fn at<'s>(&self, seg: [&'s [f32]; 2], p: usize, head: usize) -> &'s [f32] {
+        // The branch goes the same way for long runs of p.
+        let (s, r) = if p < self.split {
+            (seg[0], p)
+        } else {
+            (seg[1], p - self.split)
+        };
+        let o = r * self.stride + head * self.hd;
+        &s[o..o + self.hd]
+    }
 }
 
 impl KvRows for Segmented<'_> {
     #[inline(always)]
-    fn key(&self, p: usize) -> &[f32] {
-        seg_row(self.keys, self.split, self.stride, p)
+    fn key(&self, p: usize, head: usize) -> &[f32] {
+        self.at(self.keys, p, head)
     }
     #[inline(always)]
-    fn value(&self, p: usize) -> &[f32] {
-        seg_row(self.values, self.split, self.stride, p)
+    fn value(&self, p: usize, head: usize) -> &[f32] {
+        self.at(self.values, p, head)
     }
 }
 
-#[inline(always)]
-fn seg_row(seg: [&[f32]; 2], split: usize, stride: usize, p: usize) -> &[f32] {
-    // The branch goes the same way for long runs of p.
-    let (s, r) = if p < split {
-        (seg[0], p)
-    } else {
-        (seg[1], p - split)
-    };
-    &s[r * stride..(r + 1) * stride]
-}
-
-/// Rows in a paged pool: position p is row `p mod B` of block `table[p / B]`, B =
-/// 2^`block_shift` rows per block; `keys`/`values` are one layer's whole pool,
-/// `[n_blocks, B, stride]`.
+/// Rows in a paged pool, head-major inside each block so that one head's positions are
+/// contiguous (`[n_blocks, n_kv_head, B, hd]`, B = 2^`block_shift`): position p of head h is
+/// row `p mod B` of head h in block `table[p / B]`. `keys` / `values` are one layer's pool.
 #[derive(Debug, Clone, Copy)]
 pub struct Paged<'a> {
     pub keys: &'a [f32],
     pub values: &'a [f32],
     pub table: &'a [u32],
     pub block_shift: u32,
-    pub stride: usize,
+    pub n_kv_head: usize,
+    pub hd: usize,
 }
 
 impl Paged<'_> {
     #[inline(always)]
-    fn offset(&self, p: usize) -> usize {
+    fn offset(&self, p: usize, head: usize) -> usize {
         let b = self.table[p >> self.block_shift] as usize;
-        ((b << self.block_shift) + (p & ((1 << self.block_shift) - 1))) * self.stride
+        (((b * self.n_kv_head + head) << self.block_shift) + (p & ((1 << self.block_shift) - 1)))
+            * self.hd
     }
 }
 
 impl KvRows for Paged<'_> {
     #[inline(always)]
-    fn key(&self, p: usize) -> &[f32] {
-        let o = self.offset(p);
-        &self.keys[o..o + self.stride]
+    fn key(&self, p: usize, head: usize) -> &[f32] {
+        let o = self.offset(p, head);
+        &self.keys[o..o + self.hd]
     }
     #[inline(always)]
-    fn value(&self, p: usize) -> &[f32] {
-        let o = self.offset(p);
-        &self.values[o..o + self.stride]
+    fn value(&self, p: usize, head: usize) -> &[f32] {
+        let o = self.offset(p, head);
+        &self.values[o..o + self.hd]
     }
 }
 
 /// Causal attention of the query heads that share one KV head, for one token:
 /// for each head g, s = softmax(q_g · K[p]ᵀ · scale) over positions p < len, then
 /// out_g = Σ_p s[p] · V[p], over positions `start..len` (`start` > 0 for a sliding window).
-/// `q` is `[group, hd]`; `rows` gives the cached rows by position (this KV head's `hd` floats
-/// at `kv_off` of each); `softcap` > 0 replaces each scaled score s by softcap·tanh(s/softcap)
+/// `q` is `[group, hd]`; `rows` gives KV head `head`'s cached rows by position; `softcap` > 0 replaces each scaled score s by softcap·tanh(s/softcap)
 /// (Gemma 2); `scores` is scratch of at least `group · (len − start)`; `out` is `[group, hd]`.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_group<R: KvRows>(
     isa: crate::cpu::Isa,
     q: &[f32],
     rows: &R,
-    kv_off: usize,
+    head: usize,
     hd: usize,
     start: usize,
     len: usize,
@@ -244,11 +250,11 @@ pub fn attend_group<R: KvRows>(
     if isa >= crate::cpu::Isa::Avx2 {
         // SAFETY: Avx2 or better is reported by run-time detection only when AVX2 and FMA
         // are present.
-        unsafe { attend_group_avx2(q, rows, kv_off, hd, start, len, scale, softcap, scores, out) };
+        unsafe { attend_group_avx2(q, rows, head, hd, start, len, scale, softcap, scores, out) };
         return;
     }
     let _ = isa;
-    attend_group_body(q, rows, kv_off, hd, start, len, scale, softcap, scores, out)
+    attend_group_body::<false, R>(q, rows, head, hd, start, len, scale, softcap, scores, out)
 }
 
 /// The same code compiled with AVX2 and FMA enabled (the loops vectorize 8 wide with fused
@@ -259,7 +265,7 @@ pub fn attend_group<R: KvRows>(
 unsafe fn attend_group_avx2<R: KvRows>(
     q: &[f32],
     rows: &R,
-    kv_off: usize,
+    head: usize,
     hd: usize,
     start: usize,
     len: usize,
@@ -268,15 +274,15 @@ unsafe fn attend_group_avx2<R: KvRows>(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    attend_group_body(q, rows, kv_off, hd, start, len, scale, softcap, scores, out)
+    attend_group_body::<true, R>(q, rows, head, hd, start, len, scale, softcap, scores, out)
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn attend_group_body<R: KvRows>(
+fn attend_group_body<const AVX: bool, R: KvRows>(
     q: &[f32],
     rows: &R,
-    kv_off: usize,
+    head: usize,
     hd: usize,
     start: usize,
     len: usize,
@@ -288,36 +294,54 @@ fn attend_group_body<R: KvRows>(
     let group = q.len() / hd;
     // Positions start..len take part (a sliding window starts after 0); scores are [group, m].
     let m = len - start;
-    for p in start..len {
-        let k = &rows.key(p)[kv_off..kv_off + hd];
+    let cap = |s: f32| {
+        let s = s * scale;
+        // Gemma 2 caps the scores: c·tanh(s/c) (0 = off).
+        if softcap > 0.0 {
+            softcap * (s / softcap).tanh()
+        } else {
+            s
+        }
+    };
+    // Scores, four positions at a time: four independent chains of fused multiply-adds
+    // instead of one (a single accumulator waits on each FMA's latency).
+    let mut p = start;
+    while p + 4 <= len {
+        let ks: [&[f32]; 4] = std::array::from_fn(|i| rows.key(p + i, head));
         for g in 0..group {
             let qg = &q[g * hd..(g + 1) * hd];
-            let mut acc = [0f32; 8];
-            let chunks = hd / 8;
-            for c in 0..chunks {
-                for j in 0..8 {
-                    acc[j] += qg[c * 8 + j] * k[c * 8 + j];
-                }
+            let d = dot4_x::<AVX>(qg, ks);
+            for (i, v) in d.into_iter().enumerate() {
+                scores[g * m + p + i - start] = cap(v);
             }
-            let mut s: f32 = acc.iter().sum();
-            for i in chunks * 8..hd {
-                s += qg[i] * k[i];
-            }
-            let s = s * scale;
-            // Gemma 2 caps the scores: c·tanh(s/c) (0 = off).
-            scores[g * m + p - start] = if softcap > 0.0 {
-                softcap * (s / softcap).tanh()
-            } else {
-                s
-            };
         }
+        p += 4;
+    }
+    while p < len {
+        let k = rows.key(p, head);
+        for g in 0..group {
+            let qg = &q[g * hd..(g + 1) * hd];
+            scores[g * m + p - start] = cap(dot4_x::<AVX>(qg, [k, k, k, k])[0]);
+        }
+        p += 1;
     }
     for g in 0..group {
         softmax(&mut scores[g * m..(g + 1) * m]);
     }
     out[..group * hd].fill(0.0);
-    for p in start..len {
-        let v = &rows.value(p)[kv_off..kv_off + hd];
+    // Values, four positions per pass over the output: a quarter of the loads and stores.
+    let mut p = start;
+    while p + 4 <= len {
+        let vs: [&[f32]; 4] = std::array::from_fn(|i| rows.value(p + i, head));
+        for g in 0..group {
+            let i = g * m + p - start;
+            let s = [scores[i], scores[i + 1], scores[i + 2], scores[i + 3]];
+            axpy4_x::<AVX>(&mut out[g * hd..(g + 1) * hd], s, vs);
+        }
+        p += 4;
+    }
+    while p < len {
+        let v = rows.value(p, head);
         for g in 0..group {
             let s = scores[g * m + p - start];
             let o = &mut out[g * hd..(g + 1) * hd];
@@ -325,7 +349,135 @@ fn attend_group_body<R: KvRows>(
                 *oi += s * vi;
             }
         }
+        p += 1;
     }
+}
+
+/// [`dot4`], with AVX2/FMA when `AVX` (only inside functions compiled with those features).
+#[inline(always)]
+fn dot4_x<const AVX: bool>(q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: AVX is true only in `attend_group_avx2`, run when the CPU has AVX2 and FMA.
+        return unsafe { x86::dot4(q, k) };
+    }
+    dot4(q, k)
+}
+
+/// o += Σᵢ s[i]·v[i] over four rows, with AVX2/FMA when `AVX`.
+#[inline(always)]
+fn axpy4_x<const AVX: bool>(o: &mut [f32], s: [f32; 4], v: [&[f32]; 4]) {
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: as in `dot4_x`.
+        return unsafe { x86::axpy4(o, s, v) };
+    }
+    // The same fused steps as the AVX2 twin, lane by lane.
+    let n = o.len();
+    let (v0, v1, v2, v3) = (&v[0][..n], &v[1][..n], &v[2][..n], &v[3][..n]);
+    let body = n / 8 * 8;
+    for (i, oi) in o[..body].iter_mut().enumerate() {
+        let a = s[0].mul_add(v0[i], *oi);
+        let a = s[1].mul_add(v1[i], a);
+        let a = s[2].mul_add(v2[i], a);
+        *oi = s[3].mul_add(v3[i], a);
+    }
+    for i in body..n {
+        o[i] += s[0] * v0[i] + s[1] * v1[i] + s[2] * v2[i] + s[3] * v3[i];
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Horizontal sum of eight lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// q·k for four rows: four independent FMA chains.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot4(q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
+        let n = q.len();
+        assert!(k.iter().all(|r| r.len() >= n));
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let chunks = n / 8;
+        for c in 0..chunks {
+            // SAFETY: c·8 + 8 ≤ n ≤ every row's length (asserted).
+            unsafe {
+                let qv = _mm256_loadu_ps(q.as_ptr().add(c * 8));
+                for r in 0..4 {
+                    let kv = _mm256_loadu_ps(k[r].as_ptr().add(c * 8));
+                    acc[r] = _mm256_fmadd_ps(qv, kv, acc[r]);
+                }
+            }
+        }
+        let mut out = [0f32; 4];
+        for r in 0..4 {
+            out[r] = unsafe { hsum(acc[r]) };
+            for i in chunks * 8..n {
+                out[r] += q[i] * k[r][i];
+            }
+        }
+        out
+    }
+
+    /// o += Σᵣ s[r]·v[r].
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn axpy4(o: &mut [f32], s: [f32; 4], v: [&[f32]; 4]) {
+        let n = o.len();
+        assert!(v.iter().all(|r| r.len() >= n));
+        let sv = s.map(|x| _mm256_set1_ps(x));
+        let chunks = n / 8;
+        for c in 0..chunks {
+            // SAFETY: c·8 + 8 ≤ n ≤ every row's length (asserted).
+            unsafe {
+                let p = o.as_mut_ptr().add(c * 8);
+                let mut acc = _mm256_loadu_ps(p);
+                for r in 0..4 {
+                    acc = _mm256_fmadd_ps(sv[r], _mm256_loadu_ps(v[r].as_ptr().add(c * 8)), acc);
+                }
+                _mm256_storeu_ps(p, acc);
+            }
+        }
+        for i in chunks * 8..n {
+            o[i] += s[0] * v[0][i] + s[1] * v[1][i] + s[2] * v[2][i] + s[3] * v[3][i];
+        }
+    }
+}
+
+/// q·k for four key rows (each as long as q): eight lanes per row with fused multiply-adds,
+/// summed as the AVX2 twin sums its register (lanes j and j+4, then pairs), so that both give
+/// the same bits (an int8-quantized activation downstream would amplify any difference).
+#[inline(always)]
+fn dot4(q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
+    let n = q.len();
+    let mut out = [0f32; 4];
+    let chunks = n / 8;
+    for (r, o) in out.iter_mut().enumerate() {
+        let kr = &k[r][..n];
+        let mut acc = [0f32; 8];
+        for c in 0..chunks {
+            for j in 0..8 {
+                acc[j] = q[c * 8 + j].mul_add(kr[c * 8 + j], acc[j]);
+            }
+        }
+        let h: [f32; 4] = std::array::from_fn(|j| acc[j] + acc[j + 4]);
+        let (a, b) = (h[0] + h[2], h[1] + h[3]);
+        *o = a + b;
+        for i in chunks * 8..n {
+            *o += q[i] * kr[i];
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -372,5 +524,75 @@ mod tests {
         assert_eq!(g[0], 0.0);
         assert!((g[1] - 2.0 / (1.0 + (-1f32).exp())).abs() < 1e-6);
         assert!((dot(&[1.0; 19], &[2.0; 19]) - 38.0).abs() < 1e-6);
+    }
+}
+
+#[cfg(test)]
+mod attention_twins {
+    use super::*;
+    use crate::cpu::{detect, Isa};
+
+    /// The AVX2 attention kernel gives the scalar twin's bits (same fused steps, same
+    /// reduction order), over segmented and paged rows, with and without a window and cap.
+    #[test]
+    fn attend_group_simd_equals_scalar_bitwise() {
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let (n_kv, hd, group, len) = (3, 72, 2, 45);
+        let keys: Vec<f32> = (0..len * n_kv * hd).map(|_| rnd()).collect();
+        let values: Vec<f32> = (0..len * n_kv * hd).map(|_| rnd()).collect();
+        let q: Vec<f32> = (0..group * hd).map(|_| rnd()).collect();
+        let seg = Segmented {
+            keys: [&keys[..10 * n_kv * hd], &keys[10 * n_kv * hd..]],
+            values: [&values[..10 * n_kv * hd], &values[10 * n_kv * hd..]],
+            split: 10,
+            stride: n_kv * hd,
+            hd,
+        };
+        // The same rows in a paged layout: blocks of 4, in a scrambled order.
+        let nb = len.div_ceil(4);
+        let table: Vec<u32> = (0..nb as u32).map(|b| (b * 7) % nb as u32).collect();
+        let mut pk = vec![0f32; nb * n_kv * 4 * hd];
+        let mut pv = pk.clone();
+        for p in 0..len {
+            for h in 0..n_kv {
+                let o = ((table[p / 4] as usize * n_kv + h) * 4 + p % 4) * hd;
+                let src = (p * n_kv + h) * hd;
+                pk[o..o + hd].copy_from_slice(&keys[src..src + hd]);
+                pv[o..o + hd].copy_from_slice(&values[src..src + hd]);
+            }
+        }
+        let paged = Paged {
+            keys: &pk,
+            values: &pv,
+            table: &table,
+            block_shift: 2,
+            n_kv_head: n_kv,
+            hd,
+        };
+        for (start, cap) in [(0, 0.0), (13, 0.0), (0, 5.0)] {
+            for head in 0..n_kv {
+                let mut outs = Vec::new();
+                for isa in [Isa::Scalar, detect()] {
+                    let mut sc = vec![0f32; group * len];
+                    let mut a = vec![0f32; group * hd];
+                    let mut b = vec![0f32; group * hd];
+                    attend_group(
+                        isa, &q, &seg, head, hd, start, len, 0.125, cap, &mut sc, &mut a,
+                    );
+                    attend_group(
+                        isa, &q, &paged, head, hd, start, len, 0.125, cap, &mut sc, &mut b,
+                    );
+                    assert_eq!(a, b, "segmented and paged rows differ");
+                    outs.push(a);
+                }
+                assert_eq!(outs[0], outs[1], "scalar and {:?} differ", detect());
+            }
+        }
     }
 }

@@ -5,8 +5,10 @@
 //! - [`BlockAllocator`] owns which block is whose — reference counts, the free list, and the
 //!   prefix index (a chained hash of every full block's tokens → the block that holds their
 //!   keys and values). It never touches a float.
-//! - [`PagedKv`] owns the floats: `[n_layer, n_blocks, block_size, kv_dim]` keys and the same
-//!   for values; position p of a sequence is row `p mod B` of block `table[p / B]`.
+//! - [`PagedKv`] owns the floats: `[n_layer, n_blocks, n_kv_head, block_size, head_dim]` keys
+//!   and the same for values; position p of a sequence is row `p mod B` of block
+//!   `table[p / B]`. Head-major inside a block: attention reads one head's positions, which
+//!   are then contiguous (streams, and the prefetcher follows).
 //!
 //! Prefix caching (as vLLM's): block i of a sequence is identified by
 //! h_i = H(h_{i−1}, tokens[iB..(i+1)B]) once all its B positions are computed. A new sequence
@@ -292,14 +294,15 @@ impl BlockAllocator {
     }
 }
 
-/// The floats of a paged pool: `[n_layer, n_blocks, block_size, kv_dim]` keys, the same for
-/// values.
+/// The floats of a paged pool: `[n_layer, n_blocks, n_kv_head, block_size, head_dim]` keys,
+/// the same for values.
 #[derive(Debug)]
 pub struct PagedKv {
     n_layer: usize,
     n_blocks: usize,
     block_shift: u32,
-    kv_dim: usize,
+    n_kv_head: usize,
+    head_dim: usize,
     k: Vec<f32>,
     v: Vec<f32>,
 }
@@ -310,24 +313,26 @@ impl PagedKv {
         n_layer: usize,
         n_blocks: usize,
         block_size: usize,
-        kv_dim: usize,
+        n_kv_head: usize,
+        head_dim: usize,
     ) -> Result<PagedKv, crate::KvError> {
         assert!(
             block_size.is_power_of_two(),
             "block size must be a power of two"
         );
-        let n = crate::alloc(n_layer, n_blocks * block_size, kv_dim)?;
+        let n = crate::alloc(n_layer, n_blocks * block_size, n_kv_head * head_dim)?;
         Ok(PagedKv {
             n_layer,
             n_blocks,
             block_shift: block_size.trailing_zeros(),
-            kv_dim,
+            n_kv_head,
+            head_dim,
             k: vec![0.0; n],
             v: vec![0.0; n],
         })
     }
 
-    /// Blocks that fit in `bytes` (F32 keys and values).
+    /// Blocks that fit in `bytes` (F32 keys and values; `kv_dim` = n_kv_head · head_dim).
     pub fn blocks_in(bytes: usize, n_layer: usize, block_size: usize, kv_dim: usize) -> usize {
         bytes / (2 * 4 * n_layer * block_size * kv_dim).max(1)
     }
@@ -336,7 +341,13 @@ impl PagedKv {
         self.n_layer
     }
     pub fn kv_dim(&self) -> usize {
-        self.kv_dim
+        self.n_kv_head * self.head_dim
+    }
+    pub fn n_kv_head(&self) -> usize {
+        self.n_kv_head
+    }
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
     }
     pub fn n_blocks(&self) -> usize {
         self.n_blocks
@@ -352,11 +363,17 @@ impl PagedKv {
         (self.k.len() + self.v.len()) * 4
     }
 
-    fn layer_len(&self) -> usize {
-        self.n_blocks * self.block_size() * self.kv_dim
+    /// Floats per block (every head).
+    fn block_len(&self) -> usize {
+        self.block_size() * self.kv_dim()
     }
 
-    /// One layer's whole pool: keys and values, `[n_blocks, block_size, kv_dim]` each.
+    fn layer_len(&self) -> usize {
+        self.n_blocks * self.block_len()
+    }
+
+    /// One layer's whole pool: keys and values, `[n_blocks, n_kv_head, block_size, head_dim]`
+    /// each.
     pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
         let n = self.layer_len();
         (
@@ -365,23 +382,26 @@ impl PagedKv {
         )
     }
 
-    /// Writes key and value rows (`[n, kv_dim]` each) at positions `pos..pos + n` of the
-    /// sequence whose blocks are `table`.
+    /// Writes key and value rows (`[n, kv_dim]` each, heads in turn) at positions
+    /// `pos..pos + n` of the sequence whose blocks are `table`.
     pub fn write(&mut self, layer: usize, table: &[u32], pos: usize, k: &[f32], v: &[f32]) {
-        let (d, shift, n_layer_len) = (self.kv_dim, self.block_shift, self.layer_len());
+        let (hd, shift, base) = (self.head_dim, self.block_shift, layer * self.layer_len());
         let mask = (1usize << shift) - 1;
+        let d = self.kv_dim();
         for (i, (kr, vr)) in k.chunks_exact(d).zip(v.chunks_exact(d)).enumerate() {
             let p = pos + i;
-            let row = ((table[p >> shift] as usize) << shift) + (p & mask);
-            let o = layer * n_layer_len + row * d;
-            self.k[o..o + d].copy_from_slice(kr);
-            self.v[o..o + d].copy_from_slice(vr);
+            let b = table[p >> shift] as usize;
+            for h in 0..self.n_kv_head {
+                let o = base + (((b * self.n_kv_head + h) << shift) + (p & mask)) * hd;
+                self.k[o..o + hd].copy_from_slice(&kr[h * hd..(h + 1) * hd]);
+                self.v[o..o + hd].copy_from_slice(&vr[h * hd..(h + 1) * hd]);
+            }
         }
     }
 
     /// Carries out copy-on-write copies (every layer).
     pub fn copy_blocks(&mut self, copies: &[BlockCopy]) {
-        let (n, bl) = (self.layer_len(), self.block_size() * self.kv_dim);
+        let (n, bl) = (self.layer_len(), self.block_len());
         for c in copies {
             for l in 0..self.n_layer {
                 let (s, d) = (l * n + c.src as usize * bl, l * n + c.dst as usize * bl);
@@ -495,18 +515,20 @@ mod tests {
 
     #[test]
     fn store_writes_through_tables_and_copies_blocks() {
-        let mut s = PagedKv::new(2, 4, 2, 3).unwrap();
+        // 2 layers, 4 blocks of 2 positions, 3 heads of 1 float.
+        let mut s = PagedKv::new(2, 4, 2, 3, 1).unwrap();
         let table = [3u32, 1];
         let k: Vec<f32> = (0..9).map(|x| x as f32).collect();
         let v: Vec<f32> = (0..9).map(|x| -(x as f32)).collect();
         s.write(1, &table, 0, &k, &v);
         let (lk, lv) = s.layer(1);
-        // Position 0, 1 → block 3 rows 0, 1; position 2 → block 1 row 0.
-        assert_eq!(&lk[3 * 6..3 * 6 + 6], &k[..6]);
-        assert_eq!(&lk[6..9], &k[6..9]);
-        assert_eq!(&lv[6..9], &v[6..9]);
+        // Block 3 holds positions 0, 1, head-major: [h0p0, h0p1, h1p0, h1p1, h2p0, h2p1].
+        assert_eq!(&lk[18..24], &[0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+        // Position 2 → block 1, row 0 of each head.
+        assert_eq!([lk[6], lk[8], lk[10]], [6.0, 7.0, 8.0]);
+        assert_eq!([lv[6], lv[8], lv[10]], [-6.0, -7.0, -8.0]);
         assert!(s.layer(0).0.iter().all(|&x| x == 0.0));
         s.copy_blocks(&[BlockCopy { src: 3, dst: 0 }]);
-        assert_eq!(&s.layer(1).0[..6], &k[..6]);
+        assert_eq!(&s.layer(1).0[..6], &[0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
     }
 }

@@ -70,7 +70,11 @@ pub trait KvTarget {
 }
 
 /// One contiguous (possibly forked) cache, for a batch of one sequence.
-pub struct Contiguous<'a>(pub &'a mut KvCache);
+pub struct Contiguous<'a> {
+    pub kv: &'a mut KvCache,
+    /// KV heads per row (the cache knows only the row width).
+    pub n_kv_head: usize,
+}
 
 impl KvTarget for Contiguous<'_> {
     type Rows<'b>
@@ -79,8 +83,11 @@ impl KvTarget for Contiguous<'_> {
         Self: 'b;
 
     fn check(&self, cfg: &ModelConfig, spans: &[SeqSpan]) -> Result<(), ModelError> {
-        let kv = &*self.0;
-        if kv.n_layer() != cfg.n_layer || kv.kv_dim() != cfg.kv_dim() {
+        let kv = &*self.kv;
+        if kv.n_layer() != cfg.n_layer
+            || kv.kv_dim() != cfg.kv_dim()
+            || self.n_kv_head != cfg.n_head_kv
+        {
             return Err(cache_mismatch(kv.n_layer(), kv.kv_dim(), cfg));
         }
         match spans {
@@ -92,18 +99,19 @@ impl KvTarget for Contiguous<'_> {
     }
 
     fn write(&mut self, layer: usize, _seq: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let (kc, vc) = self.0.rows_mut(layer, pos, k.len() / self.0.kv_dim());
+        let (kc, vc) = self.kv.rows_mut(layer, pos, k.len() / self.kv.kv_dim());
         kc.copy_from_slice(k);
         vc.copy_from_slice(v);
     }
 
     fn rows(&self, layer: usize, _seq: usize, len: usize) -> Segmented<'_> {
-        let r = self.0.layer(layer, len);
+        let r = self.kv.layer(layer, len);
         Segmented {
             keys: r.keys,
             values: r.values,
             split: r.split,
-            stride: self.0.kv_dim(),
+            stride: self.kv.kv_dim(),
+            hd: self.kv.kv_dim() / self.n_kv_head,
         }
     }
 }
@@ -115,7 +123,10 @@ impl KvTarget for PagedBatch<'_> {
         Self: 'b;
 
     fn check(&self, cfg: &ModelConfig, spans: &[SeqSpan]) -> Result<(), ModelError> {
-        if self.store.n_layer() != cfg.n_layer || self.store.kv_dim() != cfg.kv_dim() {
+        if self.store.n_layer() != cfg.n_layer
+            || self.store.kv_dim() != cfg.kv_dim()
+            || self.store.head_dim() != cfg.head_dim
+        {
             return Err(cache_mismatch(
                 self.store.n_layer(),
                 self.store.kv_dim(),
@@ -158,7 +169,8 @@ impl KvTarget for PagedBatch<'_> {
             values,
             table: self.table(seq),
             block_shift: self.store.block_shift(),
-            stride: self.store.kv_dim(),
+            n_kv_head: self.store.n_kv_head(),
+            hd: self.store.head_dim(),
         }
     }
 }

@@ -146,7 +146,10 @@ impl Gpt2 {
         let logits = self.forward_spans(
             tokens,
             &spans,
-            &mut Contiguous(kv),
+            &mut Contiguous {
+                kv,
+                n_kv_head: self.cfg.n_head_kv,
+            },
             ctx,
             scratch,
             which.rows(n),

@@ -323,8 +323,18 @@ impl Llama {
         }];
         let out = which.rows(n);
         let ctx = kv.capacity();
-        let logits =
-            self.forward_spans(tokens, &spans, &mut Contiguous(kv), ctx, scratch, out, pool)?;
+        let logits = self.forward_spans(
+            tokens,
+            &spans,
+            &mut Contiguous {
+                kv,
+                n_kv_head: self.cfg.n_head_kv,
+            },
+            ctx,
+            scratch,
+            out,
+            pool,
+        )?;
         kv.commit(n)?;
         Ok(logits)
     }
@@ -611,7 +621,7 @@ pub(crate) fn causal_attention<C: KvTarget + Sync>(
                 isa,
                 &q[i * qd + heads.start * hd..i * qd + heads.end * hd],
                 &rows,
-                kvh * hd,
+                kvh,
                 hd,
                 start,
                 len,

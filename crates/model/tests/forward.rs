@@ -77,8 +77,15 @@ fn every_weight_type_matches_its_f32_dequantization_and_scalar_path() {
             "{dtype}: non-finite logits"
         );
         let simd_err = max_rel(&fast, &scalar);
+        // With int8 activations a last-bit difference between twins (summation order) can
+        // move one activation to the next quantization step in a later layer, a jump of up
+        // to half a step; with float activations the paths agree to rounding.
+        let simd_bound = match tuili_kernels::dot::act_kind(dtype) {
+            tuili_kernels::dot::ActKind::F32 => 1e-4,
+            _ => 1e-2,
+        };
         assert!(
-            simd_err < 1e-4,
+            simd_err < simd_bound,
             "{dtype}: fastest kernels vs scalar twins: relative error {simd_err}"
         );
         let quant_err = max_rel(&fast, &f32_model);
@@ -322,7 +329,7 @@ fn paged_batches_equal_each_sequence_alone() {
 
     let bs = 4;
     let mut alloc = BlockAllocator::new(32, bs);
-    let mut store = PagedKv::new(cfg.n_layer, 32, bs, cfg.kv_dim()).unwrap();
+    let mut store = PagedKv::new(cfg.n_layer, 32, bs, cfg.n_head_kv, cfg.head_dim).unwrap();
     let mut tables = vec![BlockTable::new(); 4];
     let mut done = [0usize; 4];
     let mut scratch = Scratch::new();
