@@ -88,12 +88,47 @@ pub fn supports(isa: Isa, dtype: DType) -> bool {
         }
 }
 
-/// [`unpack_row`] compiled for AVX2 (its byte loops vectorize 32 wide instead of SSE2's 16,
-/// and the scales convert with F16C): unpacking is a third of a small batch's time.
+/// [`unpack_row`] with explicit vector code: a row is unpacked for every batch, so for
+/// batches of a few tokens this is a large share of the work.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn unpack_row_avx2(dtype: DType, w: &[u8], bytes: &mut [u8], scales: &mut [f32]) -> i32 {
-    unpack_row(dtype, w, bytes, scales)
+    use std::arch::x86_64::*;
+    match dtype {
+        DType::Q4_0 => {
+            let blocks = crate::blocks::as_blocks::<BlockQ4_0>(w).unwrap_or(&[]);
+            assert!(bytes.len() >= blocks.len() * QK && scales.len() >= blocks.len());
+            let m4 = _mm_set1_epi8(0x0F);
+            for (b, blk) in blocks.iter().enumerate() {
+                scales[b] = f16_le(blk.d);
+                // SAFETY: 16 bytes of nibbles per block; 32 output bytes per block (asserted).
+                unsafe {
+                    let q = _mm_loadu_si128(blk.qs.as_ptr().cast());
+                    let o = bytes.as_mut_ptr().add(b * QK);
+                    _mm_storeu_si128(o.cast(), _mm_and_si128(q, m4));
+                    _mm_storeu_si128(o.add(16).cast(), _mm_and_si128(_mm_srli_epi16(q, 4), m4));
+                }
+            }
+            8
+        }
+        _ => {
+            let blocks = crate::blocks::as_blocks::<BlockQ8_0>(w).unwrap_or(&[]);
+            assert!(bytes.len() >= blocks.len() * QK && scales.len() >= blocks.len());
+            let flip = _mm256_set1_epi8(-128);
+            for (b, blk) in blocks.iter().enumerate() {
+                scales[b] = f16_le(blk.d);
+                // SAFETY: 32 quants per block; 32 output bytes per block (asserted).
+                unsafe {
+                    let q = _mm256_loadu_si256(blk.qs.as_ptr().cast());
+                    _mm256_storeu_si256(
+                        bytes.as_mut_ptr().add(b * QK).cast(),
+                        _mm256_xor_si256(q, flip),
+                    );
+                }
+            }
+            128
+        }
+    }
 }
 
 /// Unpacks with the best code for `isa` (the token-lane kernels only run with AVX2 or better).
@@ -109,7 +144,6 @@ fn unpack(isa: Isa, dtype: DType, w: &[u8], bytes: &mut [u8], scales: &mut [f32]
 
 /// Unpacks one row to unsigned bytes (Q4_0: nibble values; Q8_0: q + 128) in element order,
 /// and its block scales to f32. Returns the weight offset (8 or 128).
-#[inline(always)]
 fn unpack_row(dtype: DType, w: &[u8], bytes: &mut [u8], scales: &mut [f32]) -> i32 {
     match dtype {
         DType::Q4_0 => {

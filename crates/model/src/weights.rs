@@ -567,11 +567,12 @@ fn matmul_tiles(
                     // unreachable in practice; NaN makes a violation visible.
                     t.fill(f32::NAN);
                 }
-                for r in 0..g {
-                    for tok in 0..n {
-                        // SAFETY: rows start..end were claimed by this worker alone, so
-                        // y[tok, r] is written by this thread only.
-                        unsafe { out.write(tok * w.rows + r0 + r, t[r * width + tok]) };
+                for tok in 0..n {
+                    // SAFETY: rows start..end were claimed by this worker alone, so
+                    // y[tok, r0..r0 + g] is written by this thread only; a contiguous run.
+                    let dst = unsafe { out.slice(tok * w.rows + r0..tok * w.rows + r0 + g) };
+                    for (r, d) in dst.iter_mut().enumerate() {
+                        *d = t[r * width + tok];
                     }
                 }
                 r0 += g;
