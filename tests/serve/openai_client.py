@@ -206,7 +206,7 @@ def _():
     before = metrics()['tuili_requests_total{outcome="cancelled"}']
     u = urllib.parse.urlparse(BASE)
     s = socket.create_connection((u.hostname, u.port))
-    body = json.dumps({"model": MODEL, "prompt": "Once", "max_tokens": 1500, "stream": True,
+    body = json.dumps({"model": MODEL, "prompt": "Once", "max_tokens": 2000, "stream": True,
                        "ignore_eos": True}).encode()
     s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
               + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tuili_engine::sched::SchedConfig;
-use tuili_engine::serve::{ServeConfig, Server};
+use tuili_engine::serve::{KvType, ServeConfig, Server};
 use tuili_engine::{Engine, EngineConfig};
 use tuili_server::{router, AppState, HttpConfig};
 
@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// Memory for the paged KV cache (e.g. 512MiB, 2GiB); must hold one whole context.
     #[arg(long, default_value = "1GiB")]
     kv_memory: String,
+    /// Element type of the KV cache: f16 (half the memory and reads) or f32.
+    #[arg(long, default_value = "f16")]
+    kv_type: String,
     /// Positions per KV block (a power of two).
     #[arg(long, default_value_t = 16)]
     block_size: usize,
@@ -82,6 +85,8 @@ pub(crate) fn parse_size(name: &str, s: &str) -> Result<usize, CliError> {
 
 pub fn serve(a: ServeArgs) -> Result<(), CliError> {
     let kv_memory = parse_size("kv-memory", &a.kv_memory)?;
+    let kv_type = KvType::parse(&a.kv_type)
+        .ok_or_else(|| CliError::Usage(format!("--kv-type {:?}: f16 or f32", a.kv_type)))?;
     let max_body = parse_size("max-body", &a.max_body)?;
     let threads = a
         .threads
@@ -110,6 +115,7 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
         Arc::new(engine),
         ServeConfig {
             kv_memory,
+            kv_type,
             block_size: a.block_size,
             sched: SchedConfig {
                 max_batch_tokens: a.max_batch_tokens,
@@ -146,7 +152,8 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
             let _ = tcp.set_nodelay(true);
         });
         eprintln!(
-            "tuili serve: {model_name} ({n_ctx} context, {threads} threads, {blocks} KV blocks of {}); listening on http://{local}{}",
+            "tuili serve: {model_name} ({n_ctx} context, {threads} threads, {blocks} {} KV blocks of {}); listening on http://{local}{}",
+            a.kv_type.to_ascii_uppercase(),
             a.block_size,
             if a.api_key.is_some() { " (API key required)" } else { "" }
         );

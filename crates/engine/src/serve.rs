@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use half::f16;
 use tuili_kv::{BlockAllocator, PagedBatch, PagedKv};
 use tuili_model::{OutRows, Scratch, SeqSpan};
 use tuili_sample::StepLogprobs;
@@ -28,11 +29,46 @@ use crate::{Engine, EngineError, GenerateRequest, StopReason};
 /// Beam-search requests running at once; more are refused as busy.
 pub const MAX_BEAM_JOBS: usize = 2;
 
+/// The element type of the paged KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvType {
+    F32,
+    /// Half the bytes of F32 (llama.cpp's default): twice the sequences in the same memory,
+    /// and half the cache reads per decode step.
+    F16,
+}
+
+impl KvType {
+    pub fn parse(s: &str) -> Option<KvType> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Some(KvType::F32),
+            "f16" => Some(KvType::F16),
+            _ => None,
+        }
+    }
+}
+
+/// The pool's storage, of either element type.
+enum Store {
+    F32(PagedKv<f32>),
+    F16(PagedKv<f16>),
+}
+
+impl Store {
+    fn copy_blocks(&mut self, copies: &[tuili_kv::BlockCopy]) {
+        match self {
+            Store::F32(s) => s.copy_blocks(copies),
+            Store::F16(s) => s.copy_blocks(copies),
+        }
+    }
+}
+
 /// Settings of the serving loop.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// Bytes of keys and values in the paged pool (F32).
+    /// Bytes of keys and values in the paged pool.
     pub kv_memory: usize,
+    pub kv_type: KvType,
     /// Positions per block (a power of two).
     pub block_size: usize,
     pub sched: SchedConfig,
@@ -42,6 +78,7 @@ impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             kv_memory: 1 << 30,
+            kv_type: KvType::F16,
             block_size: 16,
             sched: SchedConfig::default(),
         }
@@ -227,12 +264,16 @@ impl Server {
                 reason: "must be a power of two".into(),
             });
         }
-        let n_blocks = PagedKv::blocks_in(cfg.kv_memory, c.n_layer, cfg.block_size, c.kv_dim());
+        let elem = match cfg.kv_type {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        };
+        let n_blocks = cfg.kv_memory / (2 * elem * c.n_layer * cfg.block_size * c.kv_dim()).max(1);
         if n_blocks * cfg.block_size < engine.n_ctx() {
             let need = engine.n_ctx().div_ceil(cfg.block_size)
                 * cfg.block_size
                 * 2
-                * 4
+                * elem
                 * c.n_layer
                 * c.kv_dim();
             return Err(bad(format!(
@@ -248,8 +289,12 @@ impl Server {
                 reason: "must be at least 1".into(),
             });
         }
-        let store = PagedKv::new(c.n_layer, n_blocks, cfg.block_size, c.n_head_kv, c.head_dim)
-            .map_err(tuili_model::ModelError::from)?;
+        let (l, bs, h, d) = (c.n_layer, cfg.block_size, c.n_head_kv, c.head_dim);
+        let store = match cfg.kv_type {
+            KvType::F32 => PagedKv::new(l, n_blocks, bs, h, d).map(Store::F32),
+            KvType::F16 => PagedKv::new(l, n_blocks, bs, h, d).map(Store::F16),
+        }
+        .map_err(tuili_model::ModelError::from)?;
         let sched = Scheduler::new(cfg.sched, BlockAllocator::new(n_blocks, cfg.block_size));
         let metrics = Arc::new(Metrics::new());
         metrics.kv_blocks_total.store(n_blocks, Ordering::Relaxed);
@@ -338,7 +383,7 @@ struct Loop<'e> {
     e: &'e Engine,
     arc: &'e Arc<Engine>,
     sched: Scheduler,
-    store: PagedKv,
+    store: Store,
     metrics: Arc<Metrics>,
     scratch: Scratch,
     reqs: HashMap<u64, Req>,
@@ -354,7 +399,7 @@ struct Loop<'e> {
 }
 
 impl<'e> Loop<'e> {
-    fn new(arc: &'e Arc<Engine>, sched: Scheduler, store: PagedKv, metrics: Arc<Metrics>) -> Self {
+    fn new(arc: &'e Arc<Engine>, sched: Scheduler, store: Store, metrics: Arc<Metrics>) -> Self {
         Loop {
             e: arc,
             arc,
@@ -589,24 +634,40 @@ impl<'e> Loop<'e> {
         }
         self.store.copy_blocks(&plan.copies);
         self.assemble(&plan);
-        let mut batch = PagedBatch {
-            store: &mut self.store,
-            tables: &self.tables,
-            offsets: &self.offsets,
-        };
         let e = self.e;
         // The scratch is taken out for the step so that its logits can be read while the
         // decoders (in `self`) are updated; put back after.
         let mut scratch = std::mem::take(&mut self.scratch);
-        let res = e.model.forward_spans(
-            &self.tokens,
-            &self.spans,
-            &mut batch,
-            e.n_ctx(),
-            &mut scratch,
-            OutRows::List(&self.out),
-            &e.pool,
-        );
+        let (tables, offsets) = (&self.tables[..], &self.offsets[..]);
+        let (tokens, spans, out) = (&self.tokens[..], &self.spans[..], &self.out[..]);
+        let res = match &mut self.store {
+            Store::F32(store) => e.model.forward_spans(
+                tokens,
+                spans,
+                &mut PagedBatch {
+                    store,
+                    tables,
+                    offsets,
+                },
+                e.n_ctx(),
+                &mut scratch,
+                OutRows::List(out),
+                &e.pool,
+            ),
+            Store::F16(store) => e.model.forward_spans(
+                tokens,
+                spans,
+                &mut PagedBatch {
+                    store,
+                    tables,
+                    offsets,
+                },
+                e.n_ctx(),
+                &mut scratch,
+                OutRows::List(out),
+                &e.pool,
+            ),
+        };
         let logits = match res {
             Ok(l) => l,
             Err(err) => {

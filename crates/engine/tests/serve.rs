@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tuili_engine::sched::SchedConfig;
-use tuili_engine::serve::{Event, Rejection, ServeConfig, Server, Submission};
+use tuili_engine::serve::{Event, KvType, Rejection, ServeConfig, Server, Submission};
 use tuili_engine::{Engine, EngineConfig, GenerateRequest, StopReason};
 use tuili_sample::SamplingParams;
 
@@ -33,7 +33,7 @@ fn engine(n_ctx: usize) -> Arc<Engine> {
     )
 }
 
-/// Bytes of a pool of `positions` for stories260K (5 layers × 64-wide keys and values).
+/// Bytes of an F32 pool of `positions` for stories260K.
 fn pool_bytes(e: &Engine, positions: usize) -> usize {
     let c = e.model().config();
     positions * 2 * 4 * c.n_layer * c.kv_dim()
@@ -133,6 +133,7 @@ fn concurrent_requests_equal_each_alone() {
         ServeConfig {
             kv_memory: pool_bytes(&e, 2 * 96),
             block_size: 16,
+            kv_type: KvType::F32,
             sched: SchedConfig {
                 max_batch_tokens: 48,
                 max_seqs: 16,
@@ -199,6 +200,7 @@ fn cancel_and_refusals() {
         ServeConfig {
             kv_memory: pool_bytes(&e, 64),
             block_size: 16,
+            kv_type: KvType::F32,
             sched: SchedConfig {
                 max_batch_tokens: 16,
                 max_seqs: 1,
@@ -209,27 +211,48 @@ fn cancel_and_refusals() {
     .unwrap();
     let mut r = GenerateRequest::new("Once upon a time", 10_000, SamplingParams::greedy());
     r.ignore_eos = true;
-    let (rx, cancel) = submit(&server, r.clone());
+    // The first request's sink holds the loop at its first token until the test has queued
+    // the others and cancelled: the order of events is then fixed.
+    let (tx, rx) = mpsc::channel();
+    let (gate_tx, gate_rx) = mpsc::channel::<()>();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut held = false;
+    server.submit(Submission {
+        req: r.clone(),
+        prompt: server.engine().prepare(&r).unwrap(),
+        sink: Box::new(move |ev| {
+            let token = matches!(ev, Event::Token { .. });
+            let _ = tx.send(ev);
+            if token && !held {
+                held = true;
+                let _ = gate_rx.recv();
+            }
+            true
+        }),
+        cancel: cancel.clone(),
+    });
     assert!(matches!(rx.recv().unwrap(), Event::Accepted));
-    // Wait for tokens to flow, then cancel.
     assert!(matches!(rx.recv().unwrap(), Event::Token { .. }));
-    // While it runs, one more can wait and the next is refused.
+    // While it runs (max_seqs 1), one more can wait and the next is refused.
     let (rx2, c2) = submit(&server, r.clone());
     let (rx3, _) = submit(&server, r.clone());
+    cancel.store(true, Ordering::Relaxed);
+    c2.store(true, Ordering::Relaxed);
+    gate_tx.send(()).unwrap();
     assert!(matches!(rx2.recv().unwrap(), Event::Accepted));
     match rx3.recv().unwrap() {
         Event::Rejected(Rejection::Busy(m)) => assert!(m.contains("queue"), "{m}"),
         other => panic!("{other:?}"),
     }
-    cancel.store(true, Ordering::Relaxed);
-    c2.store(true, Ordering::Relaxed);
-    // The channels close without Finished.
-    while let Ok(ev) = rx.recv_timeout(Duration::from_secs(10)) {
-        assert!(!matches!(ev, Event::Finished { .. }));
+    // Both channels close without Finished: the requests were dropped.
+    for rx in [rx, rx2] {
+        while let Ok(ev) = rx.recv_timeout(Duration::from_secs(10)) {
+            assert!(!matches!(ev, Event::Finished { .. }), "{ev:?}");
+        }
     }
-    drop(rx2);
     let m = server.metrics();
     eventually(|| m.requests_cancelled.load(Ordering::Relaxed) == 2);
     eventually(|| m.kv_blocks_used.load(Ordering::Relaxed) == 0);
+    assert_eq!(m.requests_finished.load(Ordering::Relaxed), 0);
     server.shutdown();
 }

@@ -14,6 +14,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod act;
+pub mod attn;
 pub mod blocks;
 pub mod cpu;
 pub mod dequant;

@@ -19,6 +19,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 
+use tuili_kernels::attn::KvElem;
+
 /// A sequence's blocks, in position order, and the chained hashes of its full, computed
 /// blocks (for prefix caching).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -294,20 +296,20 @@ impl BlockAllocator {
     }
 }
 
-/// The floats of a paged pool: `[n_layer, n_blocks, n_kv_head, block_size, head_dim]` keys,
-/// the same for values.
+/// The elements of a paged pool (F32 or F16): `[n_layer, n_blocks, n_kv_head, block_size,
+/// head_dim]` keys, the same for values.
 #[derive(Debug)]
-pub struct PagedKv {
+pub struct PagedKv<T> {
     n_layer: usize,
     n_blocks: usize,
     block_shift: u32,
     n_kv_head: usize,
     head_dim: usize,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: Vec<T>,
+    v: Vec<T>,
 }
 
-impl PagedKv {
+impl<T: KvElem> PagedKv<T> {
     /// A pool of `n_blocks` blocks of `block_size` (a power of two) positions.
     pub fn new(
         n_layer: usize,
@@ -315,7 +317,7 @@ impl PagedKv {
         block_size: usize,
         n_kv_head: usize,
         head_dim: usize,
-    ) -> Result<PagedKv, crate::KvError> {
+    ) -> Result<PagedKv<T>, crate::KvError> {
         assert!(
             block_size.is_power_of_two(),
             "block size must be a power of two"
@@ -327,14 +329,14 @@ impl PagedKv {
             block_shift: block_size.trailing_zeros(),
             n_kv_head,
             head_dim,
-            k: vec![0.0; n],
-            v: vec![0.0; n],
+            k: vec![T::default(); n],
+            v: vec![T::default(); n],
         })
     }
 
-    /// Blocks that fit in `bytes` (F32 keys and values; `kv_dim` = n_kv_head · head_dim).
+    /// Blocks that fit in `bytes` (keys and values; `kv_dim` = n_kv_head · head_dim).
     pub fn blocks_in(bytes: usize, n_layer: usize, block_size: usize, kv_dim: usize) -> usize {
-        bytes / (2 * 4 * n_layer * block_size * kv_dim).max(1)
+        bytes / (2 * T::BYTES * n_layer * block_size * kv_dim).max(1)
     }
 
     pub fn n_layer(&self) -> usize {
@@ -360,7 +362,7 @@ impl PagedKv {
     }
     /// Bytes of keys and values.
     pub fn bytes(&self) -> usize {
-        (self.k.len() + self.v.len()) * 4
+        (self.k.len() + self.v.len()) * T::BYTES
     }
 
     /// Floats per block (every head).
@@ -374,7 +376,7 @@ impl PagedKv {
 
     /// One layer's whole pool: keys and values, `[n_blocks, n_kv_head, block_size, head_dim]`
     /// each.
-    pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
+    pub fn layer(&self, layer: usize) -> (&[T], &[T]) {
         let n = self.layer_len();
         (
             &self.k[layer * n..(layer + 1) * n],
@@ -383,7 +385,7 @@ impl PagedKv {
     }
 
     /// Writes key and value rows (`[n, kv_dim]` each, heads in turn) at positions
-    /// `pos..pos + n` of the sequence whose blocks are `table`.
+    /// `pos..pos + n` of the sequence whose blocks are `table` (rounded to T).
     pub fn write(&mut self, layer: usize, table: &[u32], pos: usize, k: &[f32], v: &[f32]) {
         let (hd, shift, base) = (self.head_dim, self.block_shift, layer * self.layer_len());
         let mask = (1usize << shift) - 1;
@@ -393,8 +395,12 @@ impl PagedKv {
             let b = table[p >> shift] as usize;
             for h in 0..self.n_kv_head {
                 let o = base + (((b * self.n_kv_head + h) << shift) + (p & mask)) * hd;
-                self.k[o..o + hd].copy_from_slice(&kr[h * hd..(h + 1) * hd]);
-                self.v[o..o + hd].copy_from_slice(&vr[h * hd..(h + 1) * hd]);
+                for (d, x) in self.k[o..o + hd].iter_mut().zip(&kr[h * hd..(h + 1) * hd]) {
+                    *d = T::from_f32(*x);
+                }
+                for (d, x) in self.v[o..o + hd].iter_mut().zip(&vr[h * hd..(h + 1) * hd]) {
+                    *d = T::from_f32(*x);
+                }
             }
         }
     }
@@ -414,13 +420,13 @@ impl PagedKv {
 
 /// One forward pass's view of the pool: the store and the block table of each sequence of
 /// the batch (sequence i's blocks are `tables[offsets[i]..offsets[i + 1]]`).
-pub struct PagedBatch<'a> {
-    pub store: &'a mut PagedKv,
+pub struct PagedBatch<'a, T> {
+    pub store: &'a mut PagedKv<T>,
     pub tables: &'a [u32],
     pub offsets: &'a [usize],
 }
 
-impl PagedBatch<'_> {
+impl<T> PagedBatch<'_, T> {
     /// Sequence i's blocks.
     pub fn table(&self, i: usize) -> &[u32] {
         &self.tables[self.offsets[i]..self.offsets[i + 1]]
@@ -516,7 +522,7 @@ mod tests {
     #[test]
     fn store_writes_through_tables_and_copies_blocks() {
         // 2 layers, 4 blocks of 2 positions, 3 heads of 1 float.
-        let mut s = PagedKv::new(2, 4, 2, 3, 1).unwrap();
+        let mut s = PagedKv::<f32>::new(2, 4, 2, 3, 1).unwrap();
         let table = [3u32, 1];
         let k: Vec<f32> = (0..9).map(|x| x as f32).collect();
         let v: Vec<f32> = (0..9).map(|x| -(x as f32)).collect();

@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use tuili_kernels::ops::{KvRows, Paged, Segmented};
+use tuili_kernels::attn::{KvElem, KvRows, Paged, Segmented};
 use tuili_kv::{KvCache, PagedBatch};
 
 use crate::config::ModelConfig;
@@ -116,9 +116,9 @@ impl KvTarget for Contiguous<'_> {
     }
 }
 
-impl KvTarget for PagedBatch<'_> {
+impl<T: KvElem> KvTarget for PagedBatch<'_, T> {
     type Rows<'b>
-        = Paged<'b>
+        = Paged<'b, T>
     where
         Self: 'b;
 
@@ -162,7 +162,7 @@ impl KvTarget for PagedBatch<'_> {
         self.store.write(layer, t, pos, k, v);
     }
 
-    fn rows(&self, layer: usize, seq: usize, _len: usize) -> Paged<'_> {
+    fn rows(&self, layer: usize, seq: usize, _len: usize) -> Paged<'_, T> {
         let (keys, values) = self.store.layer(layer);
         Paged {
             keys,

@@ -329,7 +329,7 @@ fn paged_batches_equal_each_sequence_alone() {
 
     let bs = 4;
     let mut alloc = BlockAllocator::new(32, bs);
-    let mut store = PagedKv::new(cfg.n_layer, 32, bs, cfg.n_head_kv, cfg.head_dim).unwrap();
+    let mut store = PagedKv::<f32>::new(cfg.n_layer, 32, bs, cfg.n_head_kv, cfg.head_dim).unwrap();
     let mut tables = vec![BlockTable::new(); 4];
     let mut done = [0usize; 4];
     let mut scratch = Scratch::new();

@@ -9,7 +9,7 @@ use axum::http::{Request, StatusCode};
 use serde_json::Value;
 use tower::ServiceExt;
 use tuili_engine::sched::SchedConfig;
-use tuili_engine::serve::{ServeConfig, Server};
+use tuili_engine::serve::{KvType, ServeConfig, Server};
 use tuili_engine::{Engine, EngineConfig};
 use tuili_server::{router, AppState, HttpConfig};
 
@@ -30,6 +30,7 @@ fn app(max_queue: usize, api_key: Option<&str>, max_body: usize) -> axum::Router
         ServeConfig {
             kv_memory: 4 << 20,
             block_size: 16,
+            kv_type: KvType::F16,
             sched: SchedConfig {
                 max_batch_tokens: 64,
                 max_seqs: 4,
