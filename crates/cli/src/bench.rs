@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use tuili_kv::{BlockAllocator, BlockTable, PagedBatch, PagedKv};
+use tuili_model::{OutRows, SeqSpan};
+
 use tuili_core::{DType, ThreadPool};
 use tuili_formats::GgufFile;
 use tuili_model::{Llama, Logits, Scratch};
@@ -35,6 +38,13 @@ pub struct BenchArgs {
     /// Also measure memory read bandwidth and print the decode roofline.
     #[arg(long)]
     pub membw: bool,
+    /// Batched decoding: for each B, B sequences of --batch-ctx tokens decode n-gen steps
+    /// together through the paged F16 KV cache (what `tuili serve` runs); aggregate tokens/s.
+    #[arg(short = 'b', long = "batch", value_delimiter = ',')]
+    pub batch: Vec<usize>,
+    /// Context each batched sequence starts from.
+    #[arg(long, default_value_t = 64)]
+    pub batch_ctx: usize,
 }
 
 struct Result1 {
@@ -156,6 +166,94 @@ fn run_test(
     Ok(t.elapsed().as_nanos() as u64)
 }
 
+/// B sequences of `ctx` random tokens (prefilled together), then `n_gen` decode steps of one
+/// token per sequence, all through a paged F16 cache; returns the decode steps' time.
+fn run_batched(
+    model: &Llama,
+    pool: &ThreadPool,
+    b: usize,
+    ctx: usize,
+    n_gen: usize,
+) -> Result<u64, CliError> {
+    let cfg = model.config();
+    let err = |e: tuili_model::ModelError| CliError::from(tuili_engine::EngineError::from(e));
+    let bs = 16;
+    let per_seq = (ctx + n_gen).div_ceil(bs);
+    let mut alloc = BlockAllocator::new(b * per_seq, bs);
+    let mut store =
+        PagedKv::<half::f16>::new(cfg.n_layer, b * per_seq, bs, cfg.n_head_kv, cfg.head_dim)
+            .map_err(|e| err(e.into()))?;
+    let mut flat = Vec::new();
+    let mut offsets = vec![0];
+    for _ in 0..b {
+        let mut t = BlockTable::new();
+        alloc
+            .grow(&mut t, ctx + n_gen)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        flat.extend_from_slice(&t.blocks);
+        offsets.push(flat.len());
+    }
+    let n_vocab = cfg.n_vocab as u64;
+    let mut s = 0x9E37_79B9u64;
+    let mut tok = || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((s >> 33) % n_vocab) as u32
+    };
+    let mut scratch = Scratch::new();
+    let mut batch = PagedBatch {
+        store: &mut store,
+        tables: &flat,
+        offsets: &offsets,
+    };
+    if ctx > 0 {
+        let tokens: Vec<u32> = (0..b * ctx).map(|_| tok()).collect();
+        let spans: Vec<SeqSpan> = (0..b)
+            .map(|i| SeqSpan {
+                start: i * ctx,
+                len: ctx,
+                pos0: 0,
+            })
+            .collect();
+        model
+            .forward_spans(
+                &tokens,
+                &spans,
+                &mut batch,
+                ctx + n_gen,
+                &mut scratch,
+                OutRows::Range(0..0),
+                pool,
+            )
+            .map_err(err)?;
+    }
+    let rows: Vec<usize> = (0..b).collect();
+    let t = Instant::now();
+    for step in 0..n_gen {
+        let tokens: Vec<u32> = (0..b).map(|_| tok()).collect();
+        let spans: Vec<SeqSpan> = (0..b)
+            .map(|i| SeqSpan {
+                start: i,
+                len: 1,
+                pos0: ctx + step,
+            })
+            .collect();
+        model
+            .forward_spans(
+                &tokens,
+                &spans,
+                &mut batch,
+                ctx + n_gen,
+                &mut scratch,
+                OutRows::List(&rows),
+                pool,
+            )
+            .map_err(err)?;
+    }
+    Ok(t.elapsed().as_nanos() as u64)
+}
+
 pub fn bench(a: BenchArgs) -> Result<(), CliError> {
     if a.reps == 0 {
         return Err(CliError::Usage("--reps must be at least 1".into()));
@@ -206,6 +304,24 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
             });
         }
     }
+    if a.batch.iter().any(|&b| b == 0 || b > 1024) {
+        return Err(CliError::Usage("--batch sizes must be 1 to 1024".into()));
+    }
+    // Batched decoding rows: (threads, B, samples of the decode time).
+    let mut batched = Vec::new();
+    for &threads in &a.threads {
+        let pool = ThreadPool::new(threads);
+        for &b in &a.batch {
+            run_batched(&model, &pool, b, a.batch_ctx, a.n_gen.min(4))?;
+            let samples: Vec<f64> = (0..a.reps)
+                .map(|_| {
+                    run_batched(&model, &pool, b, a.batch_ctx, a.n_gen)
+                        .map(|ns| (b * a.n_gen) as f64 * 1e9 / ns as f64)
+                })
+                .collect::<Result<_, _>>()?;
+            batched.push((threads, b, samples));
+        }
+    }
     let bw = if a.membw {
         Some(measure_membw(*a.threads.iter().max().unwrap_or(&1)))
     } else {
@@ -246,6 +362,27 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
                 if n_params >= 1_000_000_000 { "B" } else { "M" },
                 model.isa().name(),
                 r.n_threads,
+            )?;
+        }
+    }
+    if !batched.is_empty() {
+        writeln!(
+            out,
+            "\n| model | threads | sequences | context | test | aggregate t/s | × 1 sequence |"
+        )?;
+        writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")?;
+        for (threads, b, samples) in &batched {
+            let (m, sd) = mean_sd(samples);
+            let one = batched
+                .iter()
+                .find(|(t, b1, _)| t == threads && *b1 == 1)
+                .map(|(_, _, s)| mean_sd(s).0);
+            writeln!(
+                out,
+                "| {model_type} | {threads} | {b} | {} | tg{} | {m:.2} ± {sd:.2} | {} |",
+                a.batch_ctx,
+                a.n_gen,
+                one.map_or("-".into(), |o| format!("{:.2}", m / o))
             )?;
         }
     }

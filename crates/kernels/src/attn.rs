@@ -11,7 +11,11 @@ use crate::cpu::Isa;
 use crate::ops::softmax;
 
 /// An element type of a KV cache.
-pub trait KvElem: Copy + Default + Send + Sync + 'static {
+///
+/// # Safety
+/// Implementors are plain floats: every bit pattern, the all-zero one (= 0.0) included, is a
+/// valid value, so pools may be allocated zeroed (lazily, by the OS) rather than written.
+pub unsafe trait KvElem: Copy + Default + Send + Sync + 'static {
     fn from_f32(x: f32) -> Self;
     fn to_f32(self) -> f32;
     /// Bytes per element.
@@ -22,7 +26,8 @@ pub trait KvElem: Copy + Default + Send + Sync + 'static {
     fn axpy4<const AVX: bool>(o: &mut [f32], s: [f32; 4], v: [&[Self]; 4]);
 }
 
-impl KvElem for f32 {
+// SAFETY: f32 is a plain float; all-zero bits are 0.0.
+unsafe impl KvElem for f32 {
     const BYTES: usize = 4;
     #[inline(always)]
     fn from_f32(x: f32) -> f32 {
@@ -53,7 +58,8 @@ impl KvElem for f32 {
     }
 }
 
-impl KvElem for f16 {
+// SAFETY: f16 is a plain 16-bit float; all-zero bits are 0.0.
+unsafe impl KvElem for f16 {
     const BYTES: usize = 2;
     #[inline(always)]
     fn from_f32(x: f32) -> f16 {
@@ -279,9 +285,11 @@ fn attend_group_body<const AVX: bool, R: KvRows>(
     }
 }
 
-/// q·k for four key rows (each as long as q): eight lanes per row with fused multiply-adds,
-/// summed as the AVX2 twin sums its register (lanes j and j+4, then pairs), so that both give
-/// the same bits (an int8-quantized activation downstream would amplify any difference).
+/// q·k for four key rows (each as long as q): eight lanes per row and two accumulators per
+/// row (even and odd chunks of eight: eight independent FMA chains in all, enough to keep
+/// both FMA units busy), summed as the AVX2 twin sums its registers (even + odd, then lanes j
+/// and j+4, then pairs), so that both give the same bits (an int8-quantized activation
+/// downstream would amplify any difference).
 #[inline(always)]
 fn dot4_scalar<T: KvElem>(q: &[f32], k: [&[T]; 4]) -> [f32; 4] {
     let n = q.len();
@@ -289,13 +297,15 @@ fn dot4_scalar<T: KvElem>(q: &[f32], k: [&[T]; 4]) -> [f32; 4] {
     let chunks = n / 8;
     for (r, o) in out.iter_mut().enumerate() {
         let kr = &k[r][..n];
-        let mut acc = [0f32; 8];
+        let mut acc = [[0f32; 8]; 2];
         for c in 0..chunks {
+            let a = &mut acc[c & 1];
             for j in 0..8 {
-                acc[j] = q[c * 8 + j].mul_add(kr[c * 8 + j].to_f32(), acc[j]);
+                a[j] = q[c * 8 + j].mul_add(kr[c * 8 + j].to_f32(), a[j]);
             }
         }
-        let h: [f32; 4] = std::array::from_fn(|j| acc[j] + acc[j + 4]);
+        let l: [f32; 8] = std::array::from_fn(|j| acc[0][j] + acc[1][j]);
+        let h: [f32; 4] = std::array::from_fn(|j| l[j] + l[j + 4]);
         let (a, b) = (h[0] + h[2], h[1] + h[3]);
         *o = a + b;
         for i in chunks * 8..n {
@@ -371,20 +381,22 @@ mod x86 {
     fn dot4<T: Load8>(q: &[f32], k: [&[T]; 4]) -> [f32; 4] {
         let n = q.len();
         assert!(k.iter().all(|r| r.len() >= n));
-        let mut acc = [_mm256_setzero_ps(); 4];
+        // Two accumulators per row (even and odd chunks): eight independent chains.
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
         let chunks = n / 8;
         for c in 0..chunks {
             // SAFETY: c·8 + 8 ≤ n ≤ every row's length (asserted); features enabled here.
             unsafe {
                 let qv = _mm256_loadu_ps(q.as_ptr().add(c * 8));
                 for r in 0..4 {
-                    acc[r] = _mm256_fmadd_ps(qv, T::load8(k[r].as_ptr().add(c * 8)), acc[r]);
+                    let a = &mut acc[r][c & 1];
+                    *a = _mm256_fmadd_ps(qv, T::load8(k[r].as_ptr().add(c * 8)), *a);
                 }
             }
         }
         let mut out = [0f32; 4];
         for r in 0..4 {
-            out[r] = hsum(acc[r]);
+            out[r] = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
             for i in chunks * 8..n {
                 out[r] += q[i] * k[r][i].to_f32();
             }

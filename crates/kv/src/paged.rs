@@ -329,8 +329,8 @@ impl<T: KvElem> PagedKv<T> {
             block_shift: block_size.trailing_zeros(),
             n_kv_head,
             head_dim,
-            k: vec![T::default(); n],
-            v: vec![T::default(); n],
+            k: zeroed(n),
+            v: zeroed(n),
         })
     }
 
@@ -415,6 +415,29 @@ impl<T: KvElem> PagedKv<T> {
                 self.v.copy_within(s..s + bl, d);
             }
         }
+    }
+}
+
+/// `n` zeros, allocated zeroed: the OS hands out zero pages on first touch, so a large pool
+/// costs memory only as its blocks come into use.
+fn zeroed<T: KvElem>(n: usize) -> Vec<T> {
+    if n == 0 || std::mem::size_of::<T>() == 0 {
+        return Vec::new();
+    }
+    let layout = match std::alloc::Layout::array::<T>(n) {
+        Ok(l) => l,
+        // Unreachable: `alloc` bounded n · kv_dim by isize::MAX / 8 bytes.
+        Err(_) => return vec![T::default(); n],
+    };
+    // SAFETY: the layout has non-zero size; the pointer is checked for null; KvElem
+    // guarantees all-zero bytes are valid values, so the n elements are initialized; the
+    // Vec takes ownership with the same layout (capacity n of T).
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout).cast::<T>();
+        if p.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Vec::from_raw_parts(p, n, n)
     }
 }
 

@@ -408,11 +408,10 @@ pub fn matmul(
     debug_assert_eq!(y.len(), n * w.rows);
     let kind = act_kind(w.dtype);
     prep.ensure(kind, x, n, w.cols, pool);
-    // Batches of prompt tokens: the token-lane matrix kernels where they exist and the
-    // batch is large enough for them to beat four-token dot products (measured: Q4_0 from 8
-    // tokens; Q8_0, whose unpacked rows are twice the bytes, only from about 64).
-    let min_tokens = if w.dtype == DType::Q8_0 { 64 } else { GROUP };
-    if n >= min_tokens && gemm::supports(isa, w.dtype) {
+    // Batches of prompt tokens, or of many sequences' decode steps: the token-lane matrix
+    // kernels where they exist (from 8 tokens they beat four-token dot products: measured
+    // with `tuili bench -b`).
+    if n >= GROUP && gemm::supports(isa, w.dtype) {
         prep.ensure_tiles(n, w.cols);
         let tiles = &prep.tiles;
         let width = tiles.n_groups * GROUP;
