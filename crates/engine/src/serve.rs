@@ -146,7 +146,8 @@ pub struct Submission {
 }
 
 enum Msg {
-    Submit(Box<Submission>),
+    /// A request and when it was handed over (time to first token counts from there).
+    Submit(Box<Submission>, Instant),
     Shutdown,
 }
 
@@ -323,7 +324,9 @@ impl Server {
     /// Hands a request to the loop; its sink hears back (`Accepted` or `Rejected` first).
     pub fn submit(&self, sub: Submission) {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(mpsc::SendError(Msg::Submit(mut s))) = tx.send(Msg::Submit(Box::new(sub))) {
+        if let Err(mpsc::SendError(Msg::Submit(mut s, _))) =
+            tx.send(Msg::Submit(Box::new(sub), Instant::now()))
+        {
             (s.sink)(Event::Rejected(Rejection::Busy(
                 "the server is shutting down".into(),
             )));
@@ -436,7 +439,7 @@ impl<'e> Loop<'e> {
                 .chain(std::iter::from_fn(|| rx.try_recv().ok()))
             {
                 match msg {
-                    Msg::Submit(s) => self.admit(*s),
+                    Msg::Submit(s, at) => self.admit(*s, at),
                     Msg::Shutdown => shutdown = true,
                 }
             }
@@ -464,10 +467,10 @@ impl<'e> Loop<'e> {
         m.prefix_hits.store(a.hits, Ordering::Relaxed);
     }
 
-    fn admit(&mut self, mut s: Submission) {
+    fn admit(&mut self, mut s: Submission, arrived: Instant) {
         let m = &self.metrics;
         if s.req.beam.is_some() {
-            self.spawn_beam(s);
+            self.spawn_beam(s, arrived);
             return;
         }
         let id = self.next_req;
@@ -518,7 +521,7 @@ impl<'e> Loop<'e> {
                 cancel: s.cancel,
                 seqs,
                 completion_tokens: 0,
-                arrived: Instant::now(),
+                arrived,
                 first_token: None,
                 last_token: vec![None; n],
                 gone,
@@ -527,69 +530,36 @@ impl<'e> Loop<'e> {
     }
 
     /// Beam search on a thread of its own with the one-request driver.
-    fn spawn_beam(&mut self, mut s: Submission) {
+    fn spawn_beam(&mut self, s: Submission, arrived: Instant) {
         let m = self.metrics.clone();
+        let reject = |mut s: Submission, why: String| {
+            m.requests_rejected.fetch_add(1, Ordering::Relaxed);
+            (s.sink)(Event::Rejected(Rejection::Busy(why)));
+        };
         if m.beam_jobs.fetch_add(1, Ordering::SeqCst) >= MAX_BEAM_JOBS {
             m.beam_jobs.fetch_sub(1, Ordering::SeqCst);
-            m.requests_rejected.fetch_add(1, Ordering::Relaxed);
-            (s.sink)(Event::Rejected(Rejection::Busy(format!(
-                "{MAX_BEAM_JOBS} beam searches are running"
-            ))));
+            reject(s, format!("{MAX_BEAM_JOBS} beam searches are running"));
             return;
         }
-        m.requests_accepted.fetch_add(1, Ordering::Relaxed);
-        let e = self.arc.clone();
-        std::thread::spawn(move || {
-            let m2 = m.clone();
-            let _guard = BeamGuard(m2);
-            if !(s.sink)(Event::Accepted) {
-                return;
-            }
-            let cancel = s.cancel.clone();
-            let t0 = Instant::now();
-            let mut first = true;
-            let res = e.generate_from(s.prompt.clone(), &s.req, &mut |ev| {
-                if first && ev.token.is_some() {
-                    first = false;
-                    Metrics::observe(&m.ttft, t0.elapsed().as_secs_f64());
-                }
-                if cancel.load(Ordering::Relaxed) {
-                    std::ops::ControlFlow::Break(())
-                } else {
-                    std::ops::ControlFlow::Continue(())
+        // Shared with the thread, so that the request can still be refused when the thread
+        // cannot be started.
+        let slot = Arc::new(Mutex::new(Some(s)));
+        let (e, m2, slot2) = (self.arc.clone(), m.clone(), slot.clone());
+        let started = std::thread::Builder::new()
+            .name("tuili-beam".into())
+            .spawn(move || {
+                let _guard = BeamGuard(m2.clone());
+                let job = slot2.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(s) = job {
+                    run_beam(&e, s, &m2, arrived);
                 }
             });
-            match res {
-                Ok(st) => {
-                    let mut total = 0;
-                    for c in &st.completions {
-                        total += c.tokens.len();
-                        if !c.text.is_empty() {
-                            (s.sink)(Event::Text {
-                                index: c.index,
-                                text: c.text.clone(),
-                            });
-                        }
-                        (s.sink)(Event::Done {
-                            index: c.index,
-                            reason: c.stop,
-                            tokens: c.tokens.len(),
-                            beam_score: c.beam_score,
-                        });
-                    }
-                    m.generated_tokens
-                        .fetch_add(total as u64, Ordering::Relaxed);
-                    m.requests_finished.fetch_add(1, Ordering::Relaxed);
-                    (s.sink)(Event::Finished {
-                        prompt_tokens: st.prompt_tokens.len(),
-                        completion_tokens: total,
-                    });
-                }
-                Err(err) => {
-                    (s.sink)(Event::Failed(err.to_string()));
-                }
+        if let Err(err) = started {
+            m.beam_jobs.fetch_sub(1, Ordering::SeqCst);
+            if let Some(s) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                reject(s, format!("cannot start a beam-search thread: {err}"));
             }
-        });
+        }
     }
 
     fn reap_cancelled(&mut self) {
@@ -834,6 +804,57 @@ impl<'e> Loop<'e> {
             self.reqs.remove(&rid);
         }
         Ok(())
+    }
+}
+
+/// Runs a beam-search request to its end, reporting through its sink.
+fn run_beam(e: &Engine, mut s: Submission, m: &Metrics, arrived: Instant) {
+    m.requests_accepted.fetch_add(1, Ordering::Relaxed);
+    if !(s.sink)(Event::Accepted) {
+        return;
+    }
+    let cancel = s.cancel.clone();
+    let mut first = true;
+    let res = e.generate_from(s.prompt.clone(), &s.req, &mut |ev| {
+        if first && ev.token.is_some() {
+            first = false;
+            Metrics::observe(&m.ttft, arrived.elapsed().as_secs_f64());
+        }
+        if cancel.load(Ordering::Relaxed) {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    });
+    match res {
+        Ok(st) => {
+            let mut total = 0;
+            for c in &st.completions {
+                total += c.tokens.len();
+                if !c.text.is_empty() {
+                    (s.sink)(Event::Text {
+                        index: c.index,
+                        text: c.text.clone(),
+                    });
+                }
+                (s.sink)(Event::Done {
+                    index: c.index,
+                    reason: c.stop,
+                    tokens: c.tokens.len(),
+                    beam_score: c.beam_score,
+                });
+            }
+            m.generated_tokens
+                .fetch_add(total as u64, Ordering::Relaxed);
+            m.requests_finished.fetch_add(1, Ordering::Relaxed);
+            (s.sink)(Event::Finished {
+                prompt_tokens: st.prompt_tokens.len(),
+                completion_tokens: total,
+            });
+        }
+        Err(err) => {
+            (s.sink)(Event::Failed(err.to_string()));
+        }
     }
 }
 
