@@ -11,7 +11,7 @@ use tuili_model::{OutRows, SeqSpan};
 
 use tuili_core::{DType, ThreadPool};
 use tuili_formats::GgufFile;
-use tuili_model::{Llama, Logits, Scratch};
+use tuili_model::{Llama, Logits, Scratch, SpanForward};
 
 use crate::CliError;
 

@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use half::f16;
+use tuili_kernels::attn::KvElem;
 use tuili_kv::{BlockAllocator, PagedBatch, PagedKv};
 use tuili_model::{OutRows, Scratch, SeqSpan};
 use tuili_sample::StepLogprobs;
@@ -608,35 +609,16 @@ impl<'e> Loop<'e> {
         // The scratch is taken out for the step so that its logits can be read while the
         // decoders (in `self`) are updated; put back after.
         let mut scratch = std::mem::take(&mut self.scratch);
-        let (tables, offsets) = (&self.tables[..], &self.offsets[..]);
-        let (tokens, spans, out) = (&self.tokens[..], &self.spans[..], &self.out[..]);
+        let b = Batch {
+            tokens: &self.tokens,
+            spans: &self.spans,
+            tables: &self.tables,
+            offsets: &self.offsets,
+            out: &self.out,
+        };
         let res = match &mut self.store {
-            Store::F32(store) => e.model.forward_spans(
-                tokens,
-                spans,
-                &mut PagedBatch {
-                    store,
-                    tables,
-                    offsets,
-                },
-                e.n_ctx(),
-                &mut scratch,
-                OutRows::List(out),
-                &e.pool,
-            ),
-            Store::F16(store) => e.model.forward_spans(
-                tokens,
-                spans,
-                &mut PagedBatch {
-                    store,
-                    tables,
-                    offsets,
-                },
-                e.n_ctx(),
-                &mut scratch,
-                OutRows::List(out),
-                &e.pool,
-            ),
+            Store::F32(store) => b.run(e, store, &mut scratch),
+            Store::F16(store) => b.run(e, store, &mut scratch),
         };
         let logits = match res {
             Ok(l) => l,
@@ -804,6 +786,41 @@ impl<'e> Loop<'e> {
             self.reqs.remove(&rid);
         }
         Ok(())
+    }
+}
+
+/// One step's batch, assembled.
+struct Batch<'a> {
+    tokens: &'a [u32],
+    spans: &'a [SeqSpan],
+    tables: &'a [u32],
+    offsets: &'a [usize],
+    /// Batch rows whose logits are sampled.
+    out: &'a [usize],
+}
+
+impl Batch<'_> {
+    /// The forward pass over a pool of element `T`.
+    fn run<'s, T: KvElem>(
+        &self,
+        e: &Engine,
+        store: &mut PagedKv<T>,
+        scratch: &'s mut Scratch,
+    ) -> Result<&'s [f32], tuili_model::ModelError> {
+        let mut cache = PagedBatch {
+            store,
+            tables: self.tables,
+            offsets: self.offsets,
+        };
+        e.model.forward_spans(
+            self.tokens,
+            self.spans,
+            &mut cache,
+            e.n_ctx(),
+            scratch,
+            OutRows::List(self.out),
+            &e.pool,
+        )
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use tuili_core::ThreadPool;
-use tuili_model::{Logits, Scratch};
+use tuili_model::{Logits, Scratch, SpanForward};
 
 fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tuili_core::{DType, ThreadPool};
 use tuili_formats::GgufFile;
 use tuili_model::synth::{synth_gguf, SynthSpec};
-use tuili_model::{Llama, Logits, Scratch};
+use tuili_model::{Llama, Logits, Scratch, SpanForward};
 use tuili_sample::{Sampler, SamplingParams};
 
 struct Counting;

@@ -26,6 +26,32 @@ pub unsafe trait KvElem: Copy + Default + Send + Sync + 'static {
     fn axpy4<const AVX: bool>(o: &mut [f32], s: [f32; 4], v: [&[Self]; 4]);
 }
 
+/// The kernels of an element type: the AVX2 versions where `AVX` (checked by the caller),
+/// the scalar twins otherwise.
+macro_rules! kv_elem_kernels {
+    ($dot:ident, $axpy:ident) => {
+        #[inline(always)]
+        fn dot4<const AVX: bool>(q: &[f32], k: [&[Self]; 4]) -> [f32; 4] {
+            #[cfg(target_arch = "x86_64")]
+            if AVX {
+                // SAFETY: AVX is true only in `attend_group_avx2`, run when the CPU has AVX2,
+                // FMA and F16C.
+                return unsafe { x86::$dot(q, k) };
+            }
+            dot4_scalar(q, k)
+        }
+        #[inline(always)]
+        fn axpy4<const AVX: bool>(o: &mut [f32], s: [f32; 4], v: [&[Self]; 4]) {
+            #[cfg(target_arch = "x86_64")]
+            if AVX {
+                // SAFETY: as in `dot4`.
+                return unsafe { x86::$axpy(o, s, v) };
+            }
+            axpy4_scalar(o, s, v)
+        }
+    };
+}
+
 // SAFETY: f32 is a plain float; all-zero bits are 0.0.
 unsafe impl KvElem for f32 {
     const BYTES: usize = 4;
@@ -37,25 +63,7 @@ unsafe impl KvElem for f32 {
     fn to_f32(self) -> f32 {
         self
     }
-    #[inline(always)]
-    fn dot4<const AVX: bool>(q: &[f32], k: [&[f32]; 4]) -> [f32; 4] {
-        #[cfg(target_arch = "x86_64")]
-        if AVX {
-            // SAFETY: AVX is true only in `attend_group_avx2`, run when the CPU has AVX2, FMA
-            // and F16C.
-            return unsafe { x86::dot4_f32(q, k) };
-        }
-        dot4_scalar(q, k)
-    }
-    #[inline(always)]
-    fn axpy4<const AVX: bool>(o: &mut [f32], s: [f32; 4], v: [&[f32]; 4]) {
-        #[cfg(target_arch = "x86_64")]
-        if AVX {
-            // SAFETY: as in `dot4`.
-            return unsafe { x86::axpy4_f32(o, s, v) };
-        }
-        axpy4_scalar(o, s, v)
-    }
+    kv_elem_kernels!(dot4_f32, axpy4_f32);
 }
 
 // SAFETY: f16 is a plain 16-bit float; all-zero bits are 0.0.
@@ -69,24 +77,7 @@ unsafe impl KvElem for f16 {
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
     }
-    #[inline(always)]
-    fn dot4<const AVX: bool>(q: &[f32], k: [&[f16]; 4]) -> [f32; 4] {
-        #[cfg(target_arch = "x86_64")]
-        if AVX {
-            // SAFETY: as for f32.
-            return unsafe { x86::dot4_f16(q, k) };
-        }
-        dot4_scalar(q, k)
-    }
-    #[inline(always)]
-    fn axpy4<const AVX: bool>(o: &mut [f32], s: [f32; 4], v: [&[f16]; 4]) {
-        #[cfg(target_arch = "x86_64")]
-        if AVX {
-            // SAFETY: as for f32.
-            return unsafe { x86::axpy4_f16(o, s, v) };
-        }
-        axpy4_scalar(o, s, v)
-    }
+    kv_elem_kernels!(dot4_f16, axpy4_f16);
 }
 
 /// Where one layer's cached keys and values live, position by position: a sequence's rows may

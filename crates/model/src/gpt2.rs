@@ -8,9 +8,9 @@ use tuili_kernels::cpu::{self, Isa};
 use tuili_kernels::ops;
 use tuili_kv::KvCache;
 
-use crate::batch::{check_spans, Contiguous, KvTarget, OutRows, SeqSpan};
+use crate::batch::{check_spans, KvTarget, OutRows, SeqSpan, SpanForward};
 use crate::config::ModelConfig;
-use crate::llama::{causal_attention, check_batch, Logits, Scratch};
+use crate::llama::{causal_attention, Scratch};
 use crate::weights::{matmul, vector, Matrix, WeightSource};
 use crate::ModelError;
 
@@ -125,43 +125,14 @@ impl Gpt2 {
             .sum::<usize>()
             + self.output.bytes()
     }
+}
 
-    /// As [`crate::Llama::forward`].
-    pub fn forward<'s>(
-        &self,
-        tokens: &[u32],
-        kv: &mut KvCache,
-        scratch: &'s mut Scratch,
-        which: Logits,
-        pool: &ThreadPool,
-    ) -> Result<&'s [f32], ModelError> {
-        check_batch(&self.cfg, tokens, kv)?;
-        let n = tokens.len();
-        let spans = [SeqSpan {
-            start: 0,
-            len: n,
-            pos0: kv.len(),
-        }];
-        let ctx = kv.capacity();
-        let logits = self.forward_spans(
-            tokens,
-            &spans,
-            &mut Contiguous {
-                kv,
-                n_kv_head: self.cfg.n_head_kv,
-            },
-            ctx,
-            scratch,
-            which.rows(n),
-            pool,
-        )?;
-        kv.commit(n)?;
-        Ok(logits)
+impl SpanForward for Gpt2 {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
     }
 
-    /// As [`crate::Llama::forward_spans`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_spans<'s, C: KvTarget + Sync>(
+    fn forward_spans<'s, C: KvTarget + Sync>(
         &self,
         tokens: &[u32],
         spans: &[SeqSpan],

@@ -18,7 +18,7 @@ pub mod quantize;
 pub mod synth;
 pub mod weights;
 
-pub use batch::{Contiguous, KvTarget, OutRows, SeqSpan};
+pub use batch::{Contiguous, KvTarget, OutRows, SeqSpan, SpanForward};
 pub use config::{Arch, ModelConfig};
 pub use gpt2::Gpt2;
 pub use llama::{Llama, Logits, Scratch};

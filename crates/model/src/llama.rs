@@ -19,7 +19,7 @@ use tuili_kernels::cpu::{self, Isa};
 use tuili_kernels::ops;
 use tuili_kv::KvCache;
 
-use crate::batch::{check_spans, span_of, Contiguous, KvTarget, OutRows, SeqSpan};
+use crate::batch::{check_spans, span_of, KvTarget, OutRows, SeqSpan, SpanForward};
 use crate::config::{Arch, ModelConfig};
 use crate::weights::{
     matmul, vector, vector_opt, GgufSource, Matrix, Prepared, RowScratch, SharedOut, WeightSource,
@@ -303,48 +303,14 @@ impl Llama {
             .sum();
         per_layer + self.output.bytes()
     }
+}
 
-    /// Runs `tokens` at positions `kv.len()…` through the model, appends their keys and
-    /// values to `kv`, and returns the requested logits (`[n_out, n_vocab]`).
-    pub fn forward<'s>(
-        &self,
-        tokens: &[u32],
-        kv: &mut KvCache,
-        scratch: &'s mut Scratch,
-        which: Logits,
-        pool: &ThreadPool,
-    ) -> Result<&'s [f32], ModelError> {
-        check_batch(&self.cfg, tokens, kv)?;
-        let n = tokens.len();
-        let spans = [SeqSpan {
-            start: 0,
-            len: n,
-            pos0: kv.len(),
-        }];
-        let out = which.rows(n);
-        let ctx = kv.capacity();
-        let logits = self.forward_spans(
-            tokens,
-            &spans,
-            &mut Contiguous {
-                kv,
-                n_kv_head: self.cfg.n_head_kv,
-            },
-            ctx,
-            scratch,
-            out,
-            pool,
-        )?;
-        kv.commit(n)?;
-        Ok(logits)
+impl SpanForward for Llama {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
     }
 
-    /// Runs a batch of several sequences' tokens (`spans` say whose and at which positions)
-    /// through the model: every weight matrix is read once for the whole batch. Keys and
-    /// values go to `cache`; returns the logits of the `out` tokens (`[out.len(), n_vocab]`).
-    /// `max_ctx` bounds the positions any sequence reaches (scratch sizing).
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_spans<'s, C: KvTarget + Sync>(
+    fn forward_spans<'s, C: KvTarget + Sync>(
         &self,
         tokens: &[u32],
         spans: &[SeqSpan],

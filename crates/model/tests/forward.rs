@@ -8,7 +8,7 @@ use tuili_core::DType;
 use tuili_formats::{GgufFile, GgufWriter, MetaValue};
 use tuili_kernels::dequant::dequantize_row;
 use tuili_model::synth::{synth_gguf, SynthSpec};
-use tuili_model::{Llama, Logits, ModelError, Scratch};
+use tuili_model::{Llama, Logits, ModelError, Scratch, SpanForward};
 
 fn stories_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

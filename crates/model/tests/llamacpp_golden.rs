@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tuili_formats::GgufFile;
-use tuili_model::{Llama, Logits, Scratch};
+use tuili_model::{Llama, Logits, Scratch, SpanForward};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -9,7 +9,7 @@ use tuili_core::{DType, ThreadPool};
 use tuili_formats::GgufFile;
 use tuili_model::quantize::{partial_path, quantize, FileType, QuantInput, QuantizeOptions};
 use tuili_model::synth::{synth_gguf, SynthSpec};
-use tuili_model::{Llama, Logits, ModelError, Scratch};
+use tuili_model::{Llama, Logits, ModelError, Scratch, SpanForward};
 
 fn tmp_dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("tuili-quantize-test-{}", std::process::id()));
