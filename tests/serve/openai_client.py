@@ -64,6 +64,18 @@ def complete(prompt, **kw):
     return client.completions.create(model=MODEL, prompt=prompt, **kw)
 
 
+def expect_error(status, param, f):
+    try:
+        f()
+    except openai.APIStatusError as e:
+        assert e.status_code == status, (e.status_code, e.body)
+        if param is not None:
+            assert e.body.get("param") == param, e.body
+        assert e.body.get("message"), e.body
+        return
+    raise AssertionError("no error")
+
+
 @check("completions: greedy, usage, finish_reason length, deterministic")
 def _():
     r = complete("Once upon a time", max_tokens=20, temperature=0)
@@ -147,6 +159,27 @@ def _():
     assert r.choices[0].finish_reason == "stop"
 
 
+@check("llama.cpp's repeat_last_n and samplers; a bad stage name is a 400")
+def _():
+    r = complete("One day", max_tokens=8, temperature=0.7, seed=3,
+                 extra_body={"repeat_last_n": 16, "repetition_penalty": 1.3,
+                             "samplers": ["top_k", "temperature"], "top_k": 5})
+    assert r.usage.completion_tokens >= 1
+    expect_error(400, "samplers", lambda: complete("x", extra_body={"samplers": ["warp_drive"]}))
+    expect_error(400, "penalty_last_n", lambda: complete("x", extra_body={"repeat_last_n": -5}))
+
+
+@check("prefix cache: a repeated system prompt is not computed again")
+def _():
+    system = "You are a storyteller. " * 20
+    msgs = lambda q: [{"role": "system", "content": system}, {"role": "user", "content": q}]
+    client.chat.completions.create(model=MODEL, messages=msgs("A cat?"), max_tokens=2, temperature=0)
+    before = metrics()["tuili_prefix_cache_hits_total"]
+    client.chat.completions.create(model=MODEL, messages=msgs("A dog?"), max_tokens=2, temperature=0)
+    hits = metrics()["tuili_prefix_cache_hits_total"] - before
+    assert hits >= 4, hits  # the system prompt spans several 16-token blocks
+
+
 @check("n and seed")
 def _():
     a = complete("One day", max_tokens=12, temperature=1.0, n=3, seed=7)
@@ -168,18 +201,6 @@ def _():
                  extra_body={"use_beam_search": True, "best_of": 3, "length_penalty": 1.0})
     assert len(r.choices) == 2
     assert all(len(ch.text) > 0 for ch in r.choices)
-
-
-def expect_error(status, param, f):
-    try:
-        f()
-    except openai.APIStatusError as e:
-        assert e.status_code == status, (e.status_code, e.body)
-        if param is not None:
-            assert e.body.get("param") == param, e.body
-        assert e.body.get("message"), e.body
-        return
-    raise AssertionError("no error")
 
 
 @check("errors name the field")
@@ -231,7 +252,7 @@ PROMPTS = ["Once upon a time", "Lily and Ben went to the park", "The little dog"
 def _():
     reqs = [(PROMPTS[i % len(PROMPTS)], 16 + (i * 7) % 48) for i in range(32)]
     alone = {r: complete(r[0], max_tokens=r[1], temperature=0).choices[0].text for r in set(reqs)}
-    wait_idle()
+    before = wait_idle()
     start = threading.Barrier(32)
 
     def stream(r):
@@ -252,6 +273,10 @@ def _():
         assert text == alone[r], (r, text, alone[r])
     m = wait_idle()
     assert m["tuili_kv_blocks_used"] == 0
+    # Batching happened: many sequences' tokens per forward pass on average.
+    steps = m["tuili_steps_total"] - before["tuili_steps_total"]
+    toks = m["tuili_batch_tokens_total"] - before["tuili_batch_tokens_total"]
+    assert toks / steps > 2, (toks, steps)
 
 
 print("all openai-client checks passed", flush=True)

@@ -95,6 +95,10 @@ pub struct Body {
     pub typical_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
     pub no_repeat_ngram_size: Option<usize>,
+    /// llama.cpp server's names: the penalty window (-1 = the whole context) and the order
+    /// of the filter stages.
+    pub repeat_last_n: Option<i64>,
+    pub samplers: Option<Vec<String>>,
     #[serde(default)]
     pub ignore_eos: bool,
     #[serde(default)]
@@ -206,18 +210,25 @@ impl Body {
             repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
             presence_penalty: self.presence_penalty.unwrap_or(0.0),
             frequency_penalty: self.frequency_penalty.unwrap_or(0.0),
-            // The whole context, prompt and output.
-            penalty_last_n: -1,
+            // The whole context, prompt and output, unless told otherwise.
+            penalty_last_n: self.repeat_last_n.unwrap_or(-1),
             logit_bias,
             no_repeat_ngram_size: self.no_repeat_ngram_size.unwrap_or(0),
-            // vLLM's order: temperature scales the logits before the filters.
-            order: vec![
-                Stage::Temperature,
-                Stage::TopK,
-                Stage::TopP,
-                Stage::MinP,
-                Stage::TypicalP,
-            ],
+            // vLLM's order by default: temperature scales the logits before the filters.
+            order: match &self.samplers {
+                None => vec![
+                    Stage::Temperature,
+                    Stage::TopK,
+                    Stage::TopP,
+                    Stage::MinP,
+                    Stage::TypicalP,
+                ],
+                Some(names) => names
+                    .iter()
+                    .map(|n| Stage::parse(n))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| invalid("samplers", e.to_string()))?,
+            },
             seed,
         };
         for (name, v) in [
