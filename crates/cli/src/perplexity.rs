@@ -35,6 +35,10 @@ pub struct PerplexityArgs {
     /// Report KL divergence and top-1 agreement against a base saved with --save-logits.
     #[arg(long, value_name = "F")]
     kl_base: Option<PathBuf>,
+    /// Run through the paged KV cache of this type (f16 or f32), as `tuili serve` does,
+    /// instead of the contiguous F32 cache: the perplexity cost of a cache type.
+    #[arg(long)]
+    kv_type: Option<String>,
 }
 
 pub fn perplexity(a: PerplexityArgs) -> Result<(), CliError> {
@@ -79,9 +83,17 @@ pub fn perplexity(a: PerplexityArgs) -> Result<(), CliError> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut running = String::new();
+    let kv_type = match a.kv_type.as_deref() {
+        None => None,
+        Some(t) => Some(
+            tuili_engine::serve::KvType::parse(t)
+                .ok_or_else(|| CliError::Usage(format!("--kv-type {t:?}: f16 or f32")))?,
+        ),
+    };
     let params = PerplexityParams {
         n_ctx: a.ctx,
         n_chunks: a.chunks,
+        kv_type,
     };
     let result = engine.perplexity(
         &text,

@@ -15,7 +15,10 @@ use std::io::{Read, Write};
 
 use half::f16;
 use tuili_kv::KvCache;
-use tuili_model::{Logits, Scratch};
+use tuili_kv::{PagedBatch, PagedKv};
+use tuili_model::{Logits, Scratch, SeqSpan};
+
+use crate::serve::KvType;
 
 use crate::{Engine, EngineError};
 
@@ -28,6 +31,95 @@ pub struct PerplexityParams {
     pub n_ctx: usize,
     /// Score at most this many windows (`None`: all that fit).
     pub n_chunks: Option<usize>,
+    /// Keys and values in the paged cache of this type (what `tuili serve` uses), instead of
+    /// the contiguous F32 cache: measures a cache type's cost in perplexity.
+    pub kv_type: Option<KvType>,
+}
+
+/// The cache one window runs through.
+enum WindowCache {
+    Contiguous(KvCache),
+    /// A paged pool holding one window, and its block table (blocks 0, 1, …).
+    Paged(Box<dyn PagedWindow>),
+}
+
+/// A paged pool of some element type, for one sequence.
+trait PagedWindow {
+    fn forward<'s>(
+        &mut self,
+        model: &tuili_model::Model,
+        tokens: &[u32],
+        pos0: usize,
+        which: Logits,
+        scratch: &'s mut Scratch,
+        pool: &tuili_core::ThreadPool,
+    ) -> Result<&'s [f32], tuili_model::ModelError>;
+}
+
+struct OneSequence<T> {
+    store: PagedKv<T>,
+    table: Vec<u32>,
+    n_ctx: usize,
+}
+
+impl<T: tuili_kernels::attn::KvElem> PagedWindow for OneSequence<T> {
+    fn forward<'s>(
+        &mut self,
+        model: &tuili_model::Model,
+        tokens: &[u32],
+        pos0: usize,
+        which: Logits,
+        scratch: &'s mut Scratch,
+        pool: &tuili_core::ThreadPool,
+    ) -> Result<&'s [f32], tuili_model::ModelError> {
+        let spans = [SeqSpan {
+            start: 0,
+            len: tokens.len(),
+            pos0,
+        }];
+        let offsets = [0, self.table.len()];
+        let mut batch = PagedBatch {
+            store: &mut self.store,
+            tables: &self.table,
+            offsets: &offsets,
+        };
+        model.forward_spans(
+            tokens,
+            &spans,
+            &mut batch,
+            self.n_ctx,
+            scratch,
+            which.rows(tokens.len()),
+            pool,
+        )
+    }
+}
+
+impl WindowCache {
+    fn new(
+        cfg: &tuili_model::ModelConfig,
+        n_ctx: usize,
+        kv_type: Option<KvType>,
+    ) -> Result<Self, EngineError> {
+        let err = |e: tuili_kv::KvError| EngineError::from(tuili_model::ModelError::from(e));
+        let bs = 16;
+        let nb = n_ctx.div_ceil(bs);
+        let table: Vec<u32> = (0..nb as u32).collect();
+        let (l, h, d) = (cfg.n_layer, cfg.n_head_kv, cfg.head_dim);
+        Ok(match kv_type {
+            None => WindowCache::Contiguous(KvCache::new(l, n_ctx, cfg.kv_dim()).map_err(err)?),
+            Some(KvType::F32) => WindowCache::Paged(Box::new(OneSequence::<f32> {
+                store: PagedKv::new(l, nb, bs, h, d).map_err(err)?,
+                table,
+                n_ctx,
+            })),
+            Some(KvType::F16) => WindowCache::Paged(Box::new(OneSequence::<half::f16> {
+                store: PagedKv::new(l, nb, bs, h, d).map_err(err)?,
+                table,
+                n_ctx,
+            })),
+        })
+    }
 }
 
 /// Running totals after a window.
@@ -191,8 +283,7 @@ impl Engine {
         };
 
         let mut scratch = Scratch::new();
-        let mut kv = KvCache::new(cfg.n_layer, n_ctx, cfg.kv_dim())
-            .map_err(tuili_model::ModelError::from)?;
+        let mut cache = WindowCache::new(cfg, n_ctx, params.kv_type)?;
         let n_batch = self.cfg.n_batch.min(n_ctx);
         let (mut nll, mut nll2, mut count) = (0f64, 0f64, 0usize);
         let (mut kld_sum, mut kld2, mut same_top, mut nll_base) = (0f64, 0f64, 0usize, 0f64);
@@ -208,7 +299,9 @@ impl Engine {
             if let (true, Some(bos)) = (self.tokenizer.adds_bos(), self.tokenizer.bos()) {
                 window[0] = bos;
             }
-            kv.clear();
+            if let WindowCache::Contiguous(kv) = &mut cache {
+                kv.clear();
+            }
             rows.clear();
             for b0 in (0..n_ctx).step_by(n_batch) {
                 let b1 = (b0 + n_batch).min(n_ctx);
@@ -219,13 +312,16 @@ impl Engine {
                 } else {
                     Logits::All
                 };
-                let logits = self.model.forward(
-                    &window[b0..b1],
-                    &mut kv,
-                    &mut scratch,
-                    which,
-                    &self.pool,
-                )?;
+                let chunk = &window[b0..b1];
+                let logits = match &mut cache {
+                    WindowCache::Contiguous(kv) => {
+                        self.model
+                            .forward(chunk, kv, &mut scratch, which, &self.pool)?
+                    }
+                    WindowCache::Paged(p) => {
+                        p.forward(&self.model, chunk, b0, which, &mut scratch, &self.pool)?
+                    }
+                };
                 if which == Logits::All {
                     for p in b0.max(first)..b1.min(n_ctx - 1) {
                         rows.extend_from_slice(&logits[(p - b0) * nv..(p - b0 + 1) * nv]);

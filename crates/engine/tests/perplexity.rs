@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use tuili_engine::serve::KvType;
 use tuili_engine::{Engine, EngineConfig, EngineError, KlBase, PerplexityParams};
 
 fn fixtures() -> PathBuf {
@@ -45,6 +46,7 @@ fn matches_llama_perplexity() {
                 &PerplexityParams {
                     n_ctx: ctx,
                     n_chunks: (chunks > 0).then_some(chunks as usize),
+                    kv_type: None,
                 },
                 None,
                 None,
@@ -77,6 +79,7 @@ fn kl_divergence_against_a_saved_base() {
     let p = PerplexityParams {
         n_ctx: 128,
         n_chunks: Some(4),
+        kv_type: None,
     };
     let mut saved = Vec::new();
     let base = e
@@ -103,6 +106,7 @@ fn kl_divergence_against_a_saved_base() {
     let two = PerplexityParams {
         n_ctx: 128,
         n_chunks: Some(2),
+        kv_type: None,
     };
     assert!(e
         .perplexity(
@@ -118,6 +122,7 @@ fn kl_divergence_against_a_saved_base() {
     let other = PerplexityParams {
         n_ctx: 64,
         n_chunks: Some(4),
+        kv_type: None,
     };
     assert!(matches!(
         e64.perplexity(
@@ -152,4 +157,33 @@ fn kl_divergence_against_a_saved_base() {
         e.perplexity("Once upon a time", &p, None, None, &mut |_| {}),
         Err(EngineError::BadSetting { name: "ctx", .. })
     ));
+}
+
+/// The paged cache computes what the contiguous one does (F32, to rounding); F16 keys and
+/// values cost little perplexity (here, and in the README's table).
+#[test]
+fn paged_cache_types() {
+    let text = std::fs::read_to_string(fixtures().join("text/tinystories_sample.txt")).unwrap();
+    let e = engine(128);
+    let run = |kv_type| {
+        e.perplexity(
+            &text,
+            &PerplexityParams {
+                n_ctx: 128,
+                n_chunks: Some(6),
+                kv_type,
+            },
+            None,
+            None,
+            &mut |_| {},
+        )
+        .unwrap()
+        .ppl
+    };
+    let base = run(None);
+    let f32p = run(Some(KvType::F32));
+    let f16p = run(Some(KvType::F16));
+    assert!((f32p - base).abs() / base < 1e-5, "{f32p} vs {base}");
+    assert!((f16p - base).abs() / base < 1e-2, "{f16p} vs {base}");
+    assert_ne!(f16p, base, "F16 rounding must show");
 }
