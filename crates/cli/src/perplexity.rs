@@ -35,7 +35,7 @@ pub struct PerplexityArgs {
     /// Report KL divergence and top-1 agreement against a base saved with --save-logits.
     #[arg(long, value_name = "F")]
     kl_base: Option<PathBuf>,
-    /// Run through the paged KV cache of this type (f16 or f32), as `tuili serve` does,
+    /// Run through the paged KV cache of this type (f16, q8_0 or f32), as `tuili serve` does,
     /// instead of the contiguous F32 cache: the perplexity cost of a cache type.
     #[arg(long)]
     kv_type: Option<String>,
@@ -87,7 +87,7 @@ pub fn perplexity(a: PerplexityArgs) -> Result<(), CliError> {
         None => None,
         Some(t) => Some(
             tuili_engine::serve::KvType::parse(t)
-                .ok_or_else(|| CliError::Usage(format!("--kv-type {t:?}: f16 or f32")))?,
+                .ok_or_else(|| CliError::Usage(format!("--kv-type {t:?}: f16, q8_0 or f32")))?,
         ),
     };
     let params = PerplexityParams {

@@ -35,7 +35,8 @@ pub struct ServeArgs {
     /// Memory for the paged KV cache (e.g. 512MiB, 2GiB); must hold one whole context.
     #[arg(long, default_value = "1GiB")]
     kv_memory: String,
-    /// Element type of the KV cache: f16 (half the memory and reads) or f32.
+    /// Element type of the KV cache: f16 (half the memory and reads of f32), q8_0 (a little
+    /// over a quarter; head dimension a multiple of 32) or f32.
     #[arg(long, default_value = "f16")]
     kv_type: String,
     /// Positions per KV block (a power of two).
@@ -86,7 +87,7 @@ pub(crate) fn parse_size(name: &str, s: &str) -> Result<usize, CliError> {
 pub fn serve(a: ServeArgs) -> Result<(), CliError> {
     let kv_memory = parse_size("kv-memory", &a.kv_memory)?;
     let kv_type = KvType::parse(&a.kv_type)
-        .ok_or_else(|| CliError::Usage(format!("--kv-type {:?}: f16 or f32", a.kv_type)))?;
+        .ok_or_else(|| CliError::Usage(format!("--kv-type {:?}: f16, q8_0 or f32", a.kv_type)))?;
     let max_body = parse_size("max-body", &a.max_body)?;
     let threads = a
         .threads

@@ -118,6 +118,13 @@ impl WindowCache {
                 table,
                 n_ctx,
             })),
+            Some(KvType::Q8_0) => {
+                WindowCache::Paged(Box::new(OneSequence::<tuili_kernels::blocks::BlockQ8_0> {
+                    store: PagedKv::new(l, nb, bs, h, d).map_err(err)?,
+                    table,
+                    n_ctx,
+                }))
+            }
         })
     }
 }

@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use half::f16;
 use tuili_kernels::attn::KvElem;
+use tuili_kernels::blocks::BlockQ8_0;
 use tuili_kv::{BlockAllocator, PagedBatch, PagedKv};
 use tuili_model::{OutRows, Scratch, SeqSpan};
 use tuili_sample::StepLogprobs;
@@ -37,6 +38,9 @@ pub enum KvType {
     /// Half the bytes of F32 (llama.cpp's default): twice the sequences in the same memory,
     /// and half the cache reads per decode step.
     F16,
+    /// llama.cpp's Q8_0 blocks (34 bytes per 32 values): a little over a quarter of F32;
+    /// needs a head dimension that is a multiple of 32.
+    Q8_0,
 }
 
 impl KvType {
@@ -44,6 +48,7 @@ impl KvType {
         match s.to_ascii_lowercase().as_str() {
             "f32" => Some(KvType::F32),
             "f16" => Some(KvType::F16),
+            "q8_0" => Some(KvType::Q8_0),
             _ => None,
         }
     }
@@ -53,6 +58,7 @@ impl KvType {
 enum Store {
     F32(PagedKv<f32>),
     F16(PagedKv<f16>),
+    Q8_0(PagedKv<BlockQ8_0>),
 }
 
 impl Store {
@@ -60,7 +66,20 @@ impl Store {
         match self {
             Store::F32(s) => s.copy_blocks(copies),
             Store::F16(s) => s.copy_blocks(copies),
+            Store::Q8_0(s) => s.copy_blocks(copies),
         }
+    }
+}
+
+impl KvType {
+    /// Bytes of one position's keys and values in every layer.
+    pub fn bytes_per_position(self, n_layer: usize, kv_dim: usize) -> usize {
+        let row = match self {
+            KvType::F32 => PagedKv::<f32>::row_bytes(kv_dim),
+            KvType::F16 => PagedKv::<f16>::row_bytes(kv_dim),
+            KvType::Q8_0 => PagedKv::<BlockQ8_0>::row_bytes(kv_dim),
+        };
+        2 * n_layer * row
     }
 }
 
@@ -266,18 +285,10 @@ impl Server {
                 reason: "must be a power of two".into(),
             });
         }
-        let elem = match cfg.kv_type {
-            KvType::F32 => 4,
-            KvType::F16 => 2,
-        };
-        let n_blocks = cfg.kv_memory / (2 * elem * c.n_layer * cfg.block_size * c.kv_dim()).max(1);
+        let per_pos = cfg.kv_type.bytes_per_position(c.n_layer, c.kv_dim());
+        let n_blocks = cfg.kv_memory / (per_pos * cfg.block_size).max(1);
         if n_blocks * cfg.block_size < engine.n_ctx() {
-            let need = engine.n_ctx().div_ceil(cfg.block_size)
-                * cfg.block_size
-                * 2
-                * elem
-                * c.n_layer
-                * c.kv_dim();
+            let need = engine.n_ctx().div_ceil(cfg.block_size) * cfg.block_size * per_pos;
             return Err(bad(format!(
                 "holds {} positions, less than one context of {} ({need} bytes needed)",
                 n_blocks * cfg.block_size,
@@ -295,8 +306,13 @@ impl Server {
         let store = match cfg.kv_type {
             KvType::F32 => PagedKv::new(l, n_blocks, bs, h, d).map(Store::F32),
             KvType::F16 => PagedKv::new(l, n_blocks, bs, h, d).map(Store::F16),
+            KvType::Q8_0 => PagedKv::new(l, n_blocks, bs, h, d).map(Store::Q8_0),
         }
-        .map_err(tuili_model::ModelError::from)?;
+        .map_err(|e| EngineError::BadSetting {
+            name: "kv-type",
+            value: format!("{:?}", cfg.kv_type),
+            reason: e.to_string(),
+        })?;
         let sched = Scheduler::new(cfg.sched, BlockAllocator::new(n_blocks, cfg.block_size));
         let metrics = Arc::new(Metrics::new());
         metrics.kv_blocks_total.store(n_blocks, Ordering::Relaxed);
@@ -619,6 +635,7 @@ impl<'e> Loop<'e> {
         let res = match &mut self.store {
             Store::F32(store) => b.run(e, store, &mut scratch),
             Store::F16(store) => b.run(e, store, &mut scratch),
+            Store::Q8_0(store) => b.run(e, store, &mut scratch),
         };
         let logits = match res {
             Ok(l) => l,

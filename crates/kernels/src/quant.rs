@@ -85,7 +85,7 @@ pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
 }
 
 /// d = amax/127, q = round(x/d).
-fn q8_0_block(x: &[f32], out: &mut [u8]) {
+pub(crate) fn q8_0_block(x: &[f32], out: &mut [u8]) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };

@@ -38,6 +38,8 @@ pub enum KvError {
     NestedPrefix,
     #[error("cannot copy a cache of a different shape or prefix, or longer than the target holds")]
     CopyMismatch,
+    #[error("head dimension {head_dim} is not a multiple of {per}, the values per element of this KV cache type")]
+    HeadDim { head_dim: usize, per: usize },
 }
 
 /// One sequence's keys and values.

@@ -296,8 +296,8 @@ impl BlockAllocator {
     }
 }
 
-/// The elements of a paged pool (F32 or F16): `[n_layer, n_blocks, n_kv_head, block_size,
-/// head_dim]` keys, the same for values.
+/// The elements of a paged pool (F32, F16 or Q8_0 blocks): `[n_layer, n_blocks, n_kv_head,
+/// block_size, row]` keys, the same for values; `row` = head_dim / T::PER elements.
 #[derive(Debug)]
 pub struct PagedKv<T> {
     n_layer: usize,
@@ -322,7 +322,17 @@ impl<T: KvElem> PagedKv<T> {
             block_size.is_power_of_two(),
             "block size must be a power of two"
         );
-        let n = crate::alloc(n_layer, n_blocks * block_size, n_kv_head * head_dim)?;
+        if !head_dim.is_multiple_of(T::PER) {
+            return Err(crate::KvError::HeadDim {
+                head_dim,
+                per: T::PER,
+            });
+        }
+        let n = crate::alloc(
+            n_layer,
+            n_blocks * block_size,
+            n_kv_head * head_dim / T::PER,
+        )?;
         Ok(PagedKv {
             n_layer,
             n_blocks,
@@ -336,7 +346,17 @@ impl<T: KvElem> PagedKv<T> {
 
     /// Blocks that fit in `bytes` (keys and values; `kv_dim` = n_kv_head · head_dim).
     pub fn blocks_in(bytes: usize, n_layer: usize, block_size: usize, kv_dim: usize) -> usize {
-        bytes / (2 * T::BYTES * n_layer * block_size * kv_dim).max(1)
+        bytes / (2 * n_layer * block_size * Self::row_bytes(kv_dim)).max(1)
+    }
+
+    /// Bytes of one position's keys (or values) of one layer.
+    pub fn row_bytes(kv_dim: usize) -> usize {
+        kv_dim.div_ceil(T::PER) * T::BYTES
+    }
+
+    /// Elements per head row.
+    pub fn row(&self) -> usize {
+        self.head_dim / T::PER
     }
 
     pub fn n_layer(&self) -> usize {
@@ -365,16 +385,16 @@ impl<T: KvElem> PagedKv<T> {
         (self.k.len() + self.v.len()) * T::BYTES
     }
 
-    /// Floats per block (every head).
+    /// Elements per block (every head).
     fn block_len(&self) -> usize {
-        self.block_size() * self.kv_dim()
+        self.block_size() * self.n_kv_head * self.row()
     }
 
     fn layer_len(&self) -> usize {
         self.n_blocks * self.block_len()
     }
 
-    /// One layer's whole pool: keys and values, `[n_blocks, n_kv_head, block_size, head_dim]`
+    /// One layer's whole pool: keys and values, `[n_blocks, n_kv_head, block_size, row]`
     /// each.
     pub fn layer(&self, layer: usize) -> (&[T], &[T]) {
         let n = self.layer_len();
@@ -387,20 +407,17 @@ impl<T: KvElem> PagedKv<T> {
     /// Writes key and value rows (`[n, kv_dim]` each, heads in turn) at positions
     /// `pos..pos + n` of the sequence whose blocks are `table` (rounded to T).
     pub fn write(&mut self, layer: usize, table: &[u32], pos: usize, k: &[f32], v: &[f32]) {
-        let (hd, shift, base) = (self.head_dim, self.block_shift, layer * self.layer_len());
+        let (hd, row) = (self.head_dim, self.row());
+        let (shift, base) = (self.block_shift, layer * self.layer_len());
         let mask = (1usize << shift) - 1;
         let d = self.kv_dim();
         for (i, (kr, vr)) in k.chunks_exact(d).zip(v.chunks_exact(d)).enumerate() {
             let p = pos + i;
             let b = table[p >> shift] as usize;
             for h in 0..self.n_kv_head {
-                let o = base + (((b * self.n_kv_head + h) << shift) + (p & mask)) * hd;
-                for (d, x) in self.k[o..o + hd].iter_mut().zip(&kr[h * hd..(h + 1) * hd]) {
-                    *d = T::from_f32(*x);
-                }
-                for (d, x) in self.v[o..o + hd].iter_mut().zip(&vr[h * hd..(h + 1) * hd]) {
-                    *d = T::from_f32(*x);
-                }
+                let o = base + (((b * self.n_kv_head + h) << shift) + (p & mask)) * row;
+                T::store_row(&kr[h * hd..(h + 1) * hd], &mut self.k[o..o + row]);
+                T::store_row(&vr[h * hd..(h + 1) * hd], &mut self.v[o..o + row]);
             }
         }
     }
@@ -426,8 +443,8 @@ fn zeroed<T: KvElem>(n: usize) -> Vec<T> {
     }
     let layout = match std::alloc::Layout::array::<T>(n) {
         Ok(l) => l,
-        // Unreachable: `alloc` bounded n · kv_dim by isize::MAX / 8 bytes.
-        Err(_) => return vec![T::default(); n],
+        // Unreachable: `alloc` bounded the element count by isize::MAX / 8.
+        Err(_) => std::alloc::handle_alloc_error(std::alloc::Layout::new::<T>()),
     };
     // SAFETY: the layout has non-zero size; the pointer is checked for null; KvElem
     // guarantees all-zero bytes are valid values, so the n elements are initialized; the

@@ -227,7 +227,7 @@ impl<T: KvElem> KvTarget for PagedBatch<'_, T> {
             table: self.table(seq),
             block_shift: self.store.block_shift(),
             n_kv_head: self.store.n_kv_head(),
-            hd: self.store.head_dim(),
+            row: self.store.row(),
         }
     }
 }

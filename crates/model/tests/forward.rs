@@ -408,3 +408,57 @@ fn paged_batches_equal_each_sequence_alone() {
     }
     assert_eq!(alloc.n_used(), 0);
 }
+
+/// F16 and Q8_0 paged caches change the logits by about their precision; Q8_0 needs a head
+/// dimension that is a multiple of 32 (refused otherwise).
+#[test]
+fn quantized_paged_caches() {
+    use tuili_kernels::blocks::BlockQ8_0;
+    use tuili_kv::{KvError, PagedBatch, PagedKv};
+    use tuili_model::{OutRows, SeqSpan};
+    let spec = SynthSpec::named("test", DType::F32, 7).unwrap();
+    let model = load(&synth_gguf(&spec).unwrap());
+    let cfg = model.config().clone();
+    assert_eq!(cfg.head_dim % 32, 0);
+    let want = logits(&model, PROMPT, Logits::All);
+    fn paged<T: tuili_kernels::attn::KvElem>(model: &Llama, max_err: f32, want: &[f32]) {
+        let cfg = model.config();
+        let mut store = PagedKv::<T>::new(cfg.n_layer, 4, 16, cfg.n_head_kv, cfg.head_dim).unwrap();
+        let mut s = Scratch::new();
+        let spans = [SeqSpan {
+            start: 0,
+            len: PROMPT.len(),
+            pos0: 0,
+        }];
+        let mut batch = PagedBatch {
+            store: &mut store,
+            tables: &[2, 0],
+            offsets: &[0, 2],
+        };
+        let got = model
+            .forward_spans(
+                PROMPT,
+                &spans,
+                &mut batch,
+                32,
+                &mut s,
+                OutRows::Range(0..PROMPT.len()),
+                pool(2),
+            )
+            .unwrap();
+        let err = max_rel(got, want);
+        assert!(
+            err > 0.0 && err < max_err,
+            "{}: {err}",
+            std::any::type_name::<T>()
+        );
+    }
+    paged::<half::f16>(&model, 2e-3, &want);
+    paged::<BlockQ8_0>(&model, 3e-2, &want);
+    let stories = Llama::load(Arc::new(GgufFile::open(stories_path()).unwrap())).unwrap();
+    let c = stories.config();
+    assert!(matches!(
+        PagedKv::<BlockQ8_0>::new(c.n_layer, 4, 16, c.n_head_kv, c.head_dim),
+        Err(KvError::HeadDim { .. })
+    ));
+}
