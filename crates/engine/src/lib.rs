@@ -3,9 +3,10 @@
 //! Owns: loading a model (file, folder or hub id) together with its tokenizer, the generation
 //! loop (prompt → tokens → one prefill shared by every completion → decode loops → stop), `n`
 //! completions, the beam-search driver ([`beam`]), stop strings, conversation sessions,
-//! perplexity, and timing. May not: know
-//! an architecture's internals (that is `model`'s), or how logits become a token (`sample`'s).
-//! Continuous batching and the request scheduler will live here, as pure bookkeeping.
+//! perplexity, and timing; for serving, the continuous-batching scheduler ([`sched`], pure
+//! bookkeeping) and the serving loop that owns the paged KV pool ([`serve`]). May not: know
+//! an architecture's internals (that is `model`'s), how logits become a token (`sample`'s),
+//! or HTTP (`server`'s).
 
 use std::ops::ControlFlow;
 use std::path::Path;

@@ -3,7 +3,8 @@
 //! Owns: reading an architecture's hyper-parameters from GGUF metadata ([`config`]) or a
 //! Hugging Face folder ([`hf`]), binding its tensors as views into the memory maps
 //! ([`weights`]), the forward pass — [`llama`] for the Llama family (llama, mistral, qwen2,
-//! qwen3, phi3, gemma, gemma2: one decoder driven by the config), [`gpt2`] for GPT-2 —, the
+//! qwen3, phi3, gemma, gemma2: one decoder driven by the config), [`gpt2`] for GPT-2 —, for
+//! one sequence or a batch of many through any KV store ([`batch`]), the
 //! quantization recipes ([`quantize`]) and HF → GGUF conversion ([`convert`]). Holds no
 //! per-request state: the KV cache and the scratch buffers are the caller's. May not:
 //! tokenize, sample, or schedule requests.
