@@ -650,15 +650,19 @@ impl<'e> Loop<'e> {
             .batch_tokens
             .fetch_add(self.tokens.len() as u64, Ordering::Relaxed);
         let nv = e.model.config().n_vocab;
-        let mut res = Ok(());
         for (j, it) in plan.items.iter().filter(|i| i.sample).enumerate() {
-            res = self.sampled(it.id, &logits[j * nv..(j + 1) * nv]);
-            if res.is_err() {
-                break;
+            // A sequence whose sampling fails (non-finite logits, say) fails its own request
+            // only.
+            if let Err(err) = self.sampled(it.id, &logits[j * nv..(j + 1) * nv]) {
+                if let Some(rid) = self.live.get(&it.id).map(|l| l.req) {
+                    if let Some(mut r) = self.drop_req(rid) {
+                        (r.sink)(Event::Failed(err.to_string()));
+                    }
+                }
             }
         }
         self.scratch = scratch;
-        res
+        Ok(())
     }
 
     /// Fills the batch buffers for `plan`.
