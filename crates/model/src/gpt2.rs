@@ -10,7 +10,7 @@ use tuili_kv::KvCache;
 
 use crate::batch::{check_spans, KvTarget, OutRows, SeqSpan, SpanForward};
 use crate::config::ModelConfig;
-use crate::llama::{causal_attention, Scratch};
+use crate::llama::{causal_attention, output_logits, Scratch};
 use crate::weights::{matmul, vector, Matrix, WeightSource};
 use crate::ModelError;
 
@@ -240,42 +240,15 @@ impl SpanForward for Gpt2 {
                 *xi += hi;
             }
         }
-        if n_logits == 0 {
-            return Ok(&scratch.logits[..0]);
-        }
-        let Scratch {
-            x,
-            h,
-            logits,
-            prep,
-            tmp,
-            ..
-        } = &mut *scratch;
-        let Some(tmp) = tmp.as_ref() else {
-            unreachable!("Scratch::ensure fills it")
-        };
-        for i in 0..n_logits {
-            let r = out.get(i);
-            ops::layer_norm(
-                &x[r * e..(r + 1) * e],
-                &self.ln_f_w,
-                &self.ln_f_b,
-                cfg.rms_eps,
-                &mut h[i * e..(i + 1) * e],
-            );
-        }
-        let lo = &mut logits[..n_logits * cfg.n_vocab];
-        prep.invalidate();
-        matmul(
-            pool,
+        let (w, b) = (&self.ln_f_w, &self.ln_f_b);
+        Ok(output_logits(
+            cfg,
             isa,
+            pool,
+            scratch,
+            &out,
             &self.output,
-            &h[..n_logits * e],
-            n_logits,
-            lo,
-            prep,
-            tmp,
-        );
-        Ok(&scratch.logits[..n_logits * cfg.n_vocab])
+            |x, h| ops::layer_norm(x, w, b, cfg.rms_eps, h),
+        ))
     }
 }

@@ -455,46 +455,65 @@ impl SpanForward for Llama {
             }
         }
 
-        if n_logits == 0 {
-            return Ok(&scratch.logits[..0]);
-        }
-        let Scratch {
-            x,
-            h,
-            logits,
-            prep,
-            tmp,
-            ..
-        } = &mut *scratch;
-        let Some(tmp) = tmp.as_ref() else {
-            unreachable!("Scratch::ensure fills it")
-        };
-        for i in 0..n_logits {
-            let r = out.get(i);
-            ops::rms_norm(
-                &x[r * e..(r + 1) * e],
-                &self.output_norm,
-                cfg.rms_eps,
-                &mut h[i * e..(i + 1) * e],
-            );
-        }
-        let lo = &mut logits[..n_logits * cfg.n_vocab];
-        prep.invalidate();
-        matmul(
-            pool,
+        let w = &self.output_norm;
+        Ok(output_logits(
+            cfg,
             isa,
+            pool,
+            scratch,
+            &out,
             &self.output,
-            &h[..n_logits * e],
-            n_logits,
-            lo,
-            prep,
-            tmp,
-        );
-        if let Some(c) = cfg.final_softcap {
-            ops::softcap(&mut scratch.logits[..n_logits * cfg.n_vocab], c);
-        }
-        Ok(&scratch.logits[..n_logits * cfg.n_vocab])
+            |x, h| ops::rms_norm(x, w, cfg.rms_eps, h),
+        ))
     }
+}
+
+/// The final norm of the `out` rows of the residual stream, then the output matrix (and
+/// Gemma 2's soft-cap): `[out.len(), n_vocab]` logits.
+pub(crate) fn output_logits<'s>(
+    cfg: &ModelConfig,
+    isa: Isa,
+    pool: &ThreadPool,
+    scratch: &'s mut Scratch,
+    out: &OutRows,
+    output: &Matrix,
+    norm: impl Fn(&[f32], &mut [f32]),
+) -> &'s [f32] {
+    let (e, nv, n_logits) = (cfg.n_embd, cfg.n_vocab, out.len());
+    if n_logits == 0 {
+        return &scratch.logits[..0];
+    }
+    let Scratch {
+        x,
+        h,
+        logits,
+        prep,
+        tmp,
+        ..
+    } = &mut *scratch;
+    let Some(tmp) = tmp.as_ref() else {
+        unreachable!("Scratch::ensure fills it")
+    };
+    for i in 0..n_logits {
+        let r = out.get(i);
+        norm(&x[r * e..(r + 1) * e], &mut h[i * e..(i + 1) * e]);
+    }
+    let lo = &mut logits[..n_logits * nv];
+    prep.invalidate();
+    matmul(
+        pool,
+        isa,
+        output,
+        &h[..n_logits * e],
+        n_logits,
+        lo,
+        prep,
+        tmp,
+    );
+    if let Some(c) = cfg.final_softcap {
+        ops::softcap(lo, c);
+    }
+    &scratch.logits[..n_logits * nv]
 }
 
 impl Logits {
