@@ -344,11 +344,6 @@ impl<T: KvElem> PagedKv<T> {
         })
     }
 
-    /// Blocks that fit in `bytes` (keys and values; `kv_dim` = n_kv_head · head_dim).
-    pub fn blocks_in(bytes: usize, n_layer: usize, block_size: usize, kv_dim: usize) -> usize {
-        bytes / (2 * n_layer * block_size * Self::row_bytes(kv_dim)).max(1)
-    }
-
     /// Bytes of one position's keys (or values) of one layer.
     pub fn row_bytes(kv_dim: usize) -> usize {
         kv_dim.div_ceil(T::PER) * T::BYTES
@@ -379,10 +374,6 @@ impl<T: KvElem> PagedKv<T> {
     }
     pub fn block_shift(&self) -> u32 {
         self.block_shift
-    }
-    /// Bytes of keys and values.
-    pub fn bytes(&self) -> usize {
-        (self.k.len() + self.v.len()) * T::BYTES
     }
 
     /// Elements per block (every head).
