@@ -16,6 +16,9 @@ use crate::blocks::*;
 use crate::cpu::Isa;
 use tuili_core::DType;
 
+/// How far ahead (bytes) the one-token kernels ask for weights.
+const PF: usize = 256;
+
 /// Runs the kernel for `dtype` if there is one for `isa`; `false` means "use the scalar path".
 pub fn dot_many(isa: Isa, dtype: DType, w: &[u8], acts: &[ActRef<'_>], out: &mut [f32]) -> bool {
     dot_rows(isa, dtype, w, w.len(), acts, out)
@@ -180,47 +183,65 @@ macro_rules! kernels {
                     pub(super) unsafe fn $name(w: &[u8], xs: &[&[f32]], out: &mut [f32]) {
                         // The token count as a constant, so that the loops over tokens unroll
                         // and the accumulators stay in registers.
+                        // One token: eight independent FMA chains (64 weights a pass), since
+                        // with two the 4-cycle FMA latency, not the loads, bounded decode.
                         unsafe {
                             match xs.len() {
-                                1 => inner::<1>(w, xs, out),
-                                2 => inner::<2>(w, xs, out),
-                                3 => inner::<3>(w, xs, out),
-                                _ => inner::<4>(w, xs, out),
+                                1 => inner::<1, 4>(w, xs, out),
+                                2 => inner::<2, 2>(w, xs, out),
+                                3 => inner::<3, 1>(w, xs, out),
+                                _ => inner::<4, 1>(w, xs, out),
                             }
                         }
 
+                        /// `N` tokens, `2K` accumulators per token, 16K weights per pass.
                         #[target_feature(enable = $features)]
-                        unsafe fn inner<const N: usize>(w: &[u8], xs: &[&[f32]], out: &mut [f32]) {
+                        unsafe fn inner<const N: usize, const K: usize>(
+                            w: &[u8],
+                            xs: &[&[f32]],
+                            out: &mut [f32],
+                        ) {
                             let n = xs[0].len();
-                            let nt = N;
                             let wp = w.as_ptr();
-                            let mut acc0 = [_mm256_setzero_ps(); 4];
-                            let mut acc1 = [_mm256_setzero_ps(); 4];
+                            let mut acc = [[_mm256_setzero_ps(); N]; 8];
                             let mut i = 0;
-                            while i + 16 <= n {
-                                // SAFETY: i + 16 ≤ n elements, and w holds n elements of $bytes.
-                                let w0: __m256 = unsafe { $load(wp.add(i * $bytes)) };
-                                let w1: __m256 = unsafe { $load(wp.add((i + 8) * $bytes)) };
-                                for t in 0..nt {
-                                    let xp = xs[t].as_ptr();
-                                    // SAFETY: every activation row has n elements.
-                                    unsafe {
-                                        acc0[t] = _mm256_fmadd_ps(
-                                            w0,
-                                            _mm256_loadu_ps(xp.add(i)),
-                                            acc0[t],
-                                        );
-                                        acc1[t] = _mm256_fmadd_ps(
-                                            w1,
-                                            _mm256_loadu_ps(xp.add(i + 8)),
-                                            acc1[t],
+                            while i + 16 * K <= n {
+                                if N == 1 {
+                                    for l in 0..(16 * K * $bytes).div_ceil(64) {
+                                        _mm_prefetch::<_MM_HINT_T0>(
+                                            wp.wrapping_add(i * $bytes + PF + 64 * l).cast(),
                                         );
                                     }
                                 }
-                                i += 16;
+                                for k in 0..2 * K {
+                                    // SAFETY: i + 16K ≤ n elements, and w holds n elements
+                                    // of $bytes.
+                                    let wv: __m256 = unsafe { $load(wp.add((i + 8 * k) * $bytes)) };
+                                    for t in 0..N {
+                                        // SAFETY: every activation row has n elements.
+                                        let xv = unsafe {
+                                            _mm256_loadu_ps(xs[t].as_ptr().add(i + 8 * k))
+                                        };
+                                        acc[k][t] = _mm256_fmadd_ps(wv, xv, acc[k][t]);
+                                    }
+                                }
+                                i += 16 * K;
                             }
-                            for t in 0..nt {
-                                let mut s = unsafe { hsum(_mm256_add_ps(acc0[t], acc1[t])) };
+                            while i + 8 <= n {
+                                // SAFETY: as above, for 8 elements.
+                                let wv: __m256 = unsafe { $load(wp.add(i * $bytes)) };
+                                for t in 0..N {
+                                    let xv = unsafe { _mm256_loadu_ps(xs[t].as_ptr().add(i)) };
+                                    acc[0][t] = _mm256_fmadd_ps(wv, xv, acc[0][t]);
+                                }
+                                i += 8;
+                            }
+                            for t in 0..N {
+                                let mut v = acc[0][t];
+                                for k in 1..2 * K {
+                                    v = _mm256_add_ps(v, acc[k][t]);
+                                }
+                                let mut s = unsafe { hsum(v) };
                                 for j in i..n {
                                     let c = &w[j * $bytes..(j + 1) * $bytes];
                                     s += $scalar(c) * xs[t][j];
