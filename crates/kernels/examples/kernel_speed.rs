@@ -8,8 +8,15 @@ use tuili_kernels::cpu::Isa;
 use tuili_kernels::dot::{act_kind, dot_rows, ActKind, ActRef};
 
 fn main() {
-    let cols = 2048;
-    let rows = 128;
+    let cols: usize = std::env::var("TUILI_COLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048);
+    // TUILI_ROWS=32768 streams the weights from memory instead of L2.
+    let rows: usize = std::env::var("TUILI_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128);
     for dtype in [
         DType::Q4_0,
         DType::Q8_0,
@@ -50,12 +57,13 @@ fn main() {
             .collect();
         let mut tmp = vec![0f32; cols];
         let mut out = vec![0f32; rows * 4];
+        let reps = (200 * 128 / rows).max(2);
         for isa in Isa::available().into_iter().skip(1) {
             for nt in [1usize, 4] {
                 let mut best = f64::MAX;
                 for _ in 0..7 {
                     let t = Instant::now();
-                    for _ in 0..200 {
+                    for _ in 0..reps {
                         dot_rows(
                             isa,
                             dtype,
@@ -69,8 +77,8 @@ fn main() {
                     best = best.min(t.elapsed().as_secs_f64());
                     std::hint::black_box(&out);
                 }
-                let gbs = (rows * rb * 200) as f64 / best / 1e9;
-                println!("{dtype:5} {:12} tokens {nt}: {gbs:6.2} GB/s of weights, {:6.2} G weight·token/s", isa.name(), (rows * cols * 200 * nt) as f64 / best / 1e9);
+                let gbs = (rows * rb * reps) as f64 / best / 1e9;
+                println!("{dtype:5} {:12} tokens {nt}: {gbs:6.2} GB/s of weights, {:6.2} G weight·token/s", isa.name(), (rows * cols * reps * nt) as f64 / best / 1e9);
             }
         }
     }

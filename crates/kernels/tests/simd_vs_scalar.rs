@@ -5,7 +5,7 @@ use tuili_core::DType;
 use tuili_kernels::act::{Q8KRow, Q8Row};
 use tuili_kernels::cpu::Isa;
 use tuili_kernels::dequant::dequantize_row;
-use tuili_kernels::dot::{act_kind, dot_many, ActKind, ActRef};
+use tuili_kernels::dot::{act_kind, dot_many, dot_rows, ActKind, ActRef};
 use tuili_kernels::ops;
 
 struct Lcg(u64);
@@ -145,6 +145,75 @@ fn simd_kernels_match_scalar_twins_and_exact_dots() {
         }
     }
     eprintln!("ISAs tested: {:?}", Isa::available());
+}
+
+/// Groups of rows (the decode path: one call per group, multi-row kernels such as Q4_0's
+/// eight-row one, with leftover rows) against the scalar twin row by row, for one to five
+/// tokens. 19 rows = two groups of eight and three left over.
+#[test]
+fn row_groups_match_scalar_twins() {
+    let mut rng = Lcg(7);
+    for &n in &[256usize, 2048 + 256] {
+        for dtype in types() {
+            let rows = 19;
+            let w: Vec<u8> = (0..rows)
+                .flat_map(|_| weights(dtype, n, &mut rng))
+                .collect();
+            let rb = w.len() / rows;
+            let xs: Vec<Vec<f32>> = (0..5).map(|_| (0..n).map(|_| rng.f()).collect()).collect();
+            let q8: Vec<Q8Row> = xs
+                .iter()
+                .map(|x| {
+                    let mut r = Q8Row::default();
+                    r.quantize(x);
+                    r
+                })
+                .collect();
+            let q8k: Vec<Q8KRow> = xs
+                .iter()
+                .map(|x| {
+                    let mut r = Q8KRow::default();
+                    r.quantize(x);
+                    r
+                })
+                .collect();
+            let acts: Vec<ActRef> = (0..5)
+                .map(|i| match act_kind(dtype) {
+                    ActKind::F32 => ActRef::F32(&xs[i]),
+                    ActKind::Q8 => ActRef::Q8(&q8[i]),
+                    ActKind::Q8K => ActRef::Q8K(&q8k[i]),
+                })
+                .collect();
+            let mut tmp = vec![0f32; n];
+            for nt in 1..=5 {
+                let mut reference = vec![0f32; rows * nt];
+                for r in 0..rows {
+                    dot_many(
+                        Isa::Scalar,
+                        dtype,
+                        &w[r * rb..(r + 1) * rb],
+                        &acts[..nt],
+                        &mut reference[r * nt..(r + 1) * nt],
+                        &mut tmp,
+                    );
+                }
+                for isa in Isa::available() {
+                    let mut got = vec![f32::NAN; rows * nt];
+                    dot_rows(isa, dtype, &w, rb, &acts[..nt], &mut got, &mut tmp);
+                    for (i, (g, r)) in got.iter().zip(&reference).enumerate() {
+                        let tol = 1e-5 * r.abs().max(1.0) + 1e-4;
+                        assert!(
+                            (g - r).abs() <= tol,
+                            "{dtype} n={n} {} {nt} tokens, row {} token {}: {g} vs scalar {r}",
+                            isa.name(),
+                            i / nt,
+                            i % nt
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The token-lane matrix kernels against their scalar twin and against the dot kernels.
