@@ -25,10 +25,21 @@ fn main() {
         DType::Q6_K,
     ] {
         let rb = dtype.bytes_for(cols as u64).unwrap() as usize;
-        let mut w = vec![0u8; rows * rb];
-        for (i, b) in w.iter_mut().enumerate() {
+        let mut owned = vec![0u8; rows * rb];
+        for (i, b) in owned.iter_mut().enumerate() {
             *b = (i * 7 % 251) as u8 & 0x3B;
         }
+        // TUILI_MAP=file: the weights are the file's bytes through a memory map (as a model's
+        // are), from a 64 KiB offset; only meaningful for dtypes whose any bytes are valid.
+        let map = std::env::var("TUILI_MAP").ok().map(|f| {
+            let file = std::fs::File::open(f).expect("open TUILI_MAP");
+            // SAFETY: a read-only benchmark over a file nobody writes meanwhile.
+            unsafe { memmap2::Mmap::map(&file) }.expect("map")
+        });
+        let w: &[u8] = match &map {
+            Some(m) if dtype == DType::F16 => &m[65536..65536 + rows * rb],
+            _ => &owned,
+        };
         let xs: Vec<Vec<f32>> = (0..4)
             .map(|t| (0..cols).map(|i| ((i + t) as f32 * 0.37).sin()).collect())
             .collect();
@@ -67,7 +78,7 @@ fn main() {
                         dot_rows(
                             isa,
                             dtype,
-                            &w,
+                            w,
                             rb,
                             &acts[..nt],
                             &mut out[..rows * nt],
