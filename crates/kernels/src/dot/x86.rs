@@ -682,104 +682,205 @@ macro_rules! kernels {
                 }
             }
 
-            /// Q4_K: per 64-element group, the low nibbles form sub-block 2g and the high ones
-            /// 2g+1; integer sums per sub-block are scaled by the 6-bit scale, and the mins are
-            /// applied through the activation's group sums.
+            /// Q4_K: per 64-element group the low nibbles form sub-block 2g and the high
+            /// ones 2g+1. Nibbles × activations into 16-bit pair sums (`vpmaddubsw`; 15·127·2
+            /// cannot saturate), then × the sub-block's 6-bit scale into 32-bit sums
+            /// (`vpmaddwd`). The twelve scale bytes are unpacked with word operations (eight
+            /// scales and eight mins, 6 bits each); the mins are applied through the
+            /// activation's group sums.
             #[target_feature(enable = $features)]
             pub(super) unsafe fn q4_k_n(w: &[BlockQ4K], a: &[&Q8KRow], out: &mut [f32]) {
                 let nt = a.len();
                 let mut res = [0f32; 4];
                 let m4 = _mm256_set1_epi8(0x0F);
+                // Byte masks that broadcast i16 word j to every lane.
+                let word: [__m256i; 8] =
+                    std::array::from_fn(|j| _mm256_set1_epi16(((2 * j + 1) << 8 | 2 * j) as i16));
+                let mut facc = [_mm256_setzero_ps(); 4];
                 for (b, wb) in w.iter().enumerate() {
                     let (d, dmin) = (f16_le(wb.d), f16_le(wb.dmin));
-                    let mut sc = [0i32; 8];
-                    let mut mn = [0i32; 8];
-                    for j in 0..8 {
-                        let (s, m) = crate::dequant::k4_scale_min(j, &wb.scales);
-                        sc[j] = s as i32;
-                        mn[j] = m as i32;
-                    }
+                    let (sc, mn) = k4_unpack(&wb.scales);
+                    let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(
+                        sc as i64,
+                    )));
                     let mut acc = [_mm256_setzero_si256(); 4];
                     for g in 0..4 {
                         // SAFETY: 32 bytes of nibbles per group.
                         let raw = unsafe { _mm256_loadu_si256(wb.qs.as_ptr().add(g * 32).cast()) };
                         let lo = _mm256_and_si256(raw, m4);
                         let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-                        let s_lo = _mm256_set1_epi32(sc[2 * g]);
-                        let s_hi = _mm256_set1_epi32(sc[2 * g + 1]);
+                        let s_lo = _mm256_shuffle_epi8(sc16, word[2 * g]);
+                        let s_hi = _mm256_shuffle_epi8(sc16, word[2 * g + 1]);
                         for t in 0..nt {
                             let base = a[t].qs.as_ptr();
                             let off = b * QK_K + g * 64;
+                            // SAFETY: the activation row holds the block's 256 quants.
                             let (q0, q1) = unsafe {
                                 (
                                     _mm256_loadu_si256(base.add(off).cast()),
                                     _mm256_loadu_si256(base.add(off + 32).cast()),
                                 )
                             };
-                            // Weights are unsigned nibbles: no sign trick needed.
-                            let p0 = $mul_sum(lo, q0);
-                            let p1 = $mul_sum(hi, q1);
-                            let p = _mm256_add_epi32(
-                                _mm256_mullo_epi32(p0, s_lo),
-                                _mm256_mullo_epi32(p1, s_hi),
-                            );
-                            acc[t] = _mm256_add_epi32(acc[t], p);
+                            let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, q0), s_lo);
+                            let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, q1), s_hi);
+                            acc[t] = _mm256_add_epi32(acc[t], _mm256_add_epi32(p0, p1));
                         }
                     }
+                    // Σ_j m_j·(bsum_2j + bsum_2j+1) in vectors: the pair sums come out of
+                    // `vphaddd` as pairs [0 1 4 5 | 2 3 6 7], so the mins go in that order.
+                    let mins = _mm256_permutevar8x32_epi32(
+                        _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(mn as i64)),
+                        _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7),
+                    );
                     for t in 0..nt {
-                        let v = _mm256_cvtepi32_ps(acc[t]);
-                        let sum_q = unsafe { hsum(v) };
-                        let bs = &a[t].bsums[b * 16..b * 16 + 16];
-                        let mut sum_m = 0i32;
-                        for j in 0..8 {
-                            sum_m += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
-                        }
-                        res[t] += a[t].d[b] * (d * sum_q - dmin * sum_m as f32);
+                        // SAFETY: 16 group sums per block.
+                        let (b0, b1) = unsafe {
+                            let p = a[t].bsums.as_ptr().add(b * 16);
+                            (
+                                _mm256_loadu_si256(p.cast()),
+                                _mm256_loadu_si256(p.add(8).cast()),
+                            )
+                        };
+                        let sum_m = _mm256_mullo_epi32(_mm256_hadd_epi32(b0, b1), mins);
+                        let da = a[t].d[b];
+                        facc[t] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(acc[t]),
+                            _mm256_set1_ps(da * d),
+                            facc[t],
+                        );
+                        facc[t] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(sum_m),
+                            _mm256_set1_ps(-da * dmin),
+                            facc[t],
+                        );
                     }
+                }
+                for t in 0..nt {
+                    res[t] = unsafe { hsum(facc[t]) };
                 }
                 out[..nt].copy_from_slice(&res[..nt]);
             }
 
-            /// Q6_K: unpack to int8 (−32…31) once per block, then per group of 16 an integer
-            /// dot scaled by the group's int8 scale.
+            /// Q6_K, unpacked in vectors: per half super-block (128 weights) the low nibbles
+            /// `ql` (64 bytes) and the 2-bit high parts `qh` (32 bytes) give four vectors of 32
+            /// unsigned 6-bit values u = q + 32 (elements 0..32, 32..64, 64..96, 96..128 of the
+            /// half). Each is multiplied by the activations into 16-bit pair sums (`vpmaddubsw`;
+            /// 63·127·2 cannot saturate) and those by the groups' scales into 32-bit sums
+            /// (`vpmaddwd`) — the scale multiply and the widening in one instruction. The offset
+            /// comes off once per super-block: 32·Σ_g sc_g·bsum_g.
             #[target_feature(enable = $features)]
             pub(super) unsafe fn q6_k_n(w: &[BlockQ6K], a: &[&Q8KRow], out: &mut [f32]) {
                 let nt = a.len();
                 let mut res = [0f32; 4];
+                let m4 = _mm256_set1_epi8(0x0F);
+                let m3 = _mm256_set1_epi8(3);
+                // For vector k (groups 2k, 2k+1): scale 2k in the low 128 bits, 2k+1 in the
+                // high ones, as i16. `vpermd` puts the dword holding both in every lane, the
+                // byte shuffle picks word 0 (low lane) or word 1 (high lane).
+                let pick = _mm256_setr_epi8(
+                    0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
+                    2, 3, 2, 3, 2, 3,
+                );
+                let mut facc = [_mm256_setzero_ps(); 4];
                 for (b, wb) in w.iter().enumerate() {
-                    let v = super::super::scalar::q6_k_values(wb);
                     let d = f16_le(wb.d);
+                    // SAFETY: 16 scale bytes per block.
+                    let sc8 = unsafe { _mm_loadu_si128(wb.scales.as_ptr().cast()) };
+                    let sc16 = _mm256_cvtepi8_epi16(sc8);
                     let mut acc = [_mm256_setzero_si256(); 4];
-                    for c in 0..8 {
-                        // 32 values = groups 2c and 2c+1 (scales per 16).
-                        let q = unsafe { _mm256_loadu_si256(v.as_ptr().add(c * 32).cast()) };
-                        let s = _mm256_setr_epi32(
-                            wb.scales[2 * c] as i8 as i32,
-                            wb.scales[2 * c] as i8 as i32,
-                            wb.scales[2 * c] as i8 as i32,
-                            wb.scales[2 * c] as i8 as i32,
-                            wb.scales[2 * c + 1] as i8 as i32,
-                            wb.scales[2 * c + 1] as i8 as i32,
-                            wb.scales[2 * c + 1] as i8 as i32,
-                            wb.scales[2 * c + 1] as i8 as i32,
-                        );
-                        for t in 0..nt {
-                            let qa = unsafe {
-                                _mm256_loadu_si256(a[t].qs.as_ptr().add(b * QK_K + c * 32).cast())
+                    for half in 0..2 {
+                        // SAFETY: 64 bytes of ql and 32 of qh per half.
+                        let (l0, l1, h) = unsafe {
+                            (
+                                _mm256_loadu_si256(wb.ql.as_ptr().add(64 * half).cast()),
+                                _mm256_loadu_si256(wb.ql.as_ptr().add(64 * half + 32).cast()),
+                                _mm256_loadu_si256(wb.qh.as_ptr().add(32 * half).cast()),
+                            )
+                        };
+                        let hi = |shift: i32| {
+                            // Bits shift..shift+2 of qh moved to bits 4..6.
+                            let v = match shift {
+                                0 => h,
+                                2 => _mm256_srli_epi16(h, 2),
+                                4 => _mm256_srli_epi16(h, 4),
+                                _ => _mm256_srli_epi16(h, 6),
                             };
-                            acc[t] =
-                                _mm256_add_epi32(acc[t], _mm256_mullo_epi32(mul_sum_i8(q, qa), s));
+                            _mm256_slli_epi16(_mm256_and_si256(v, m3), 4)
+                        };
+                        let u = [
+                            _mm256_or_si256(_mm256_and_si256(l0, m4), hi(0)),
+                            _mm256_or_si256(_mm256_and_si256(l1, m4), hi(2)),
+                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), hi(4)),
+                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), hi(6)),
+                        ];
+                        for (j, &uj) in u.iter().enumerate() {
+                            let k = 4 * half + j;
+                            let sk = _mm256_shuffle_epi8(
+                                _mm256_permutevar8x32_epi32(sc16, _mm256_set1_epi32(k as i32)),
+                                pick,
+                            );
+                            for t in 0..nt {
+                                // SAFETY: the activation row holds the block's 256 quants.
+                                let qa = unsafe {
+                                    _mm256_loadu_si256(
+                                        a[t].qs.as_ptr().add(b * QK_K + 32 * k).cast(),
+                                    )
+                                };
+                                let p16 = _mm256_maddubs_epi16(uj, qa);
+                                acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(p16, sk));
+                            }
                         }
                     }
+                    // 32·Σ_g sc_g·bsum_g: the offset of u.
+                    let sc_lo = _mm256_cvtepi8_epi32(sc8);
+                    let sc_hi = _mm256_cvtepi8_epi32(_mm_unpackhi_epi64(sc8, sc8));
                     for t in 0..nt {
-                        let sum = unsafe { hsum(_mm256_cvtepi32_ps(acc[t])) };
-                        res[t] += a[t].d[b] * d * sum;
+                        // SAFETY: 16 group sums per block.
+                        let (b0, b1) = unsafe {
+                            let p = a[t].bsums.as_ptr().add(b * 16);
+                            (
+                                _mm256_loadu_si256(p.cast()),
+                                _mm256_loadu_si256(p.add(8).cast()),
+                            )
+                        };
+                        let off = _mm256_add_epi32(
+                            _mm256_mullo_epi32(sc_lo, b0),
+                            _mm256_mullo_epi32(sc_hi, b1),
+                        );
+                        let v = _mm256_sub_epi32(acc[t], _mm256_slli_epi32(off, 5));
+                        facc[t] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(v),
+                            _mm256_set1_ps(a[t].d[b] * d),
+                            facc[t],
+                        );
                     }
+                }
+                for t in 0..nt {
+                    res[t] = unsafe { hsum(facc[t]) };
                 }
                 out[..nt].copy_from_slice(&res[..nt]);
             }
         }
     };
+}
+
+/// The twelve scale bytes of a Q4_K/Q5_K block as (eight scales, eight mins), one byte each
+/// (`dequant::k4_scale_min` for all eight at once): for j < 4, sc_j = s_j & 63 and
+/// m_j = s_{j+4} & 63; for j ≥ 4, sc_j = (s_{j+4} & 15) | (s_{j−4} >> 6) << 4 and
+/// m_j = (s_{j+4} >> 4) | (s_j >> 6) << 4.
+#[inline]
+fn k4_unpack(s: &[u8; 12]) -> (u64, u64) {
+    let w = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (w0, w1, w2) = (w(0), w(1), w(2));
+    const LOW6: u32 = 0x3F3F_3F3F;
+    const LOW4: u32 = 0x0F0F_0F0F;
+    const TOP2: u32 = 0x0303_0303;
+    let sc_hi = (w2 & LOW4) | ((w0 >> 6) & TOP2) << 4;
+    let mn_hi = ((w2 >> 4) & LOW4) | ((w1 >> 6) & TOP2) << 4;
+    (
+        (w0 & LOW6) as u64 | (sc_hi as u64) << 32,
+        (w1 & LOW6) as u64 | (mn_hi as u64) << 32,
+    )
 }
 
 /// AVX2: u8×i8 pairs summed to i16 (`vpmaddubsw`), then pairs of i16 to i32 (`vpmaddwd`).
