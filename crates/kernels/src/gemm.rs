@@ -17,7 +17,7 @@
 //! weights are copied beyond those four rows.
 
 use crate::act::Q8Row;
-use crate::blocks::{f16_le, BlockQ4_0, BlockQ8_0, QK};
+use crate::blocks::{f16_le, BlockQ4K, BlockQ4_0, BlockQ8_0, QK, QK_K};
 use crate::cpu::Isa;
 use tuili_core::DType;
 
@@ -26,7 +26,8 @@ pub const GROUP: usize = 8;
 
 /// Activations of up to `n_tok` tokens, interleaved for [`gemm_rows`]:
 /// `qs[g][b][k][t][4]`: token t's bytes 4k..4k+4 of block b, group g;
-/// `d[g][b][t]`, `isum[g][b][t]`: block scales and integer sums (0 for padding tokens).
+/// `d[g][b][t]`, `isum[g][b][t]`: block scales and integer sums (0 for padding tokens);
+/// `dsum[g][b][t]` = d·isum, the block's activation sum (for weights with separate mins).
 #[derive(Debug, Clone, Default)]
 pub struct Q8Tiles {
     pub n_tok: usize,
@@ -36,6 +37,7 @@ pub struct Q8Tiles {
     qs: Vec<i8>,
     d: Vec<f32>,
     isum: Vec<i32>,
+    dsum: Vec<f32>,
 }
 
 impl Q8Tiles {
@@ -49,6 +51,7 @@ impl Q8Tiles {
         self.qs.resize(ng * nb * QK * GROUP, 0);
         self.d.resize(ng * nb * GROUP, 0.0);
         self.isum.resize(ng * nb * GROUP, 0);
+        self.dsum.resize(ng * nb * GROUP, 0.0);
         for g in 0..ng {
             for t in 0..GROUP {
                 let tok = g * GROUP + t;
@@ -63,6 +66,7 @@ impl Q8Tiles {
                         }
                         self.d[sb] = rows[tok].d[b];
                         self.isum[sb] = rows[tok].isum[b];
+                        self.dsum[sb] = rows[tok].d[b] * rows[tok].isum[b] as f32;
                     } else {
                         for k in 0..QK / 4 {
                             let dst = base + (k * GROUP + t) * 4;
@@ -70,6 +74,7 @@ impl Q8Tiles {
                         }
                         self.d[sb] = 0.0;
                         self.isum[sb] = 0;
+                        self.dsum[sb] = 0.0;
                     }
                 }
             }
@@ -82,7 +87,7 @@ pub fn supports(isa: Isa, dtype: DType) -> bool {
     // Q8_0's unsigned bytes (up to 255) would saturate AVX2's 16-bit pair sums: VNNI only.
     cfg!(target_arch = "x86_64")
         && match dtype {
-            DType::Q4_0 => isa >= Isa::Avx2,
+            DType::Q4_0 | DType::Q4_K => isa >= Isa::Avx2,
             DType::Q8_0 => isa >= Isa::Avx512Vnni,
             _ => false,
         }
@@ -92,9 +97,42 @@ pub fn supports(isa: Isa, dtype: DType) -> bool {
 /// batches of a few tokens this is a large share of the work.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn unpack_row_avx2(dtype: DType, w: &[u8], bytes: &mut [u8], scales: &mut [f32]) -> i32 {
+unsafe fn unpack_row_avx2(
+    dtype: DType,
+    w: &[u8],
+    bytes: &mut [u8],
+    scales: &mut [f32],
+    mins: &mut [f32],
+) -> i32 {
     use std::arch::x86_64::*;
     match dtype {
+        DType::Q4_K => {
+            let blocks = crate::blocks::as_blocks::<BlockQ4K>(w).unwrap_or(&[]);
+            assert!(bytes.len() >= blocks.len() * QK_K && scales.len() >= blocks.len() * 8);
+            assert!(mins.len() >= blocks.len() * 8);
+            let m4 = _mm256_set1_epi8(0x0F);
+            for (b, blk) in blocks.iter().enumerate() {
+                k4_scales(
+                    blk,
+                    &mut scales[b * 8..b * 8 + 8],
+                    &mut mins[b * 8..b * 8 + 8],
+                );
+                for g in 0..4 {
+                    // SAFETY: 32 bytes of nibbles per group; 64 output bytes per group
+                    // (asserted above).
+                    unsafe {
+                        let q = _mm256_loadu_si256(blk.qs.as_ptr().add(32 * g).cast());
+                        let o = bytes.as_mut_ptr().add(b * QK_K + 64 * g);
+                        _mm256_storeu_si256(o.cast(), _mm256_and_si256(q, m4));
+                        _mm256_storeu_si256(
+                            o.add(32).cast(),
+                            _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
+                        );
+                    }
+                }
+            }
+            0
+        }
         DType::Q4_0 => {
             let blocks = crate::blocks::as_blocks::<BlockQ4_0>(w).unwrap_or(&[]);
             assert!(bytes.len() >= blocks.len() * QK && scales.len() >= blocks.len());
@@ -133,19 +171,67 @@ unsafe fn unpack_row_avx2(dtype: DType, w: &[u8], bytes: &mut [u8], scales: &mut
 
 /// Unpacks with the best code for `isa` (the token-lane kernels only run with AVX2 or better).
 #[cfg(target_arch = "x86_64")]
-fn unpack(isa: Isa, dtype: DType, w: &[u8], bytes: &mut [u8], scales: &mut [f32]) -> i32 {
+fn unpack(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    bytes: &mut [u8],
+    scales: &mut [f32],
+    mins: &mut [f32],
+) -> i32 {
     if isa >= Isa::Avx2 {
         // SAFETY: Avx2 or better is reported by run-time detection only with AVX2 and F16C.
-        unsafe { unpack_row_avx2(dtype, w, bytes, scales) }
+        unsafe { unpack_row_avx2(dtype, w, bytes, scales, mins) }
     } else {
-        unpack_row(dtype, w, bytes, scales)
+        unpack_row(dtype, w, bytes, scales, mins)
     }
 }
 
-/// Unpacks one row to unsigned bytes (Q4_0: nibble values; Q8_0: q + 128) in element order,
-/// and its block scales to f32. Returns the weight offset (8 or 128).
-fn unpack_row(dtype: DType, w: &[u8], bytes: &mut [u8], scales: &mut [f32]) -> i32 {
+/// A Q4_K block's eight sub-block scales d·sc_j and mins dmin·m_j.
+fn k4_scales(blk: &BlockQ4K, scales: &mut [f32], mins: &mut [f32]) {
+    let (d, dmin) = (f16_le(blk.d), f16_le(blk.dmin));
+    for j in 0..8 {
+        let (sc, m) = crate::dequant::k4_scale_min(j, &blk.scales);
+        scales[j] = d * sc as f32;
+        mins[j] = dmin * m as f32;
+    }
+}
+
+/// Whether `dtype`'s blocks have a min term (x = s·q − m) rather than an integer offset.
+fn has_mins(dtype: DType) -> bool {
+    dtype == DType::Q4_K
+}
+
+/// Unpacks one row to unsigned bytes (Q4_0: nibble values; Q8_0: q + 128; Q4_K: nibbles) in
+/// element order, and its 32-element block scales to f32 (Q4_K: d·sc of each sub-block, and
+/// dmin·m into `mins`). Returns the integer weight offset (8, 128, or 0 for Q4_K, whose mins
+/// are applied separately).
+fn unpack_row(
+    dtype: DType,
+    w: &[u8],
+    bytes: &mut [u8],
+    scales: &mut [f32],
+    mins: &mut [f32],
+) -> i32 {
     match dtype {
+        DType::Q4_K => {
+            let blocks = crate::blocks::as_blocks::<BlockQ4K>(w).unwrap_or(&[]);
+            for (b, blk) in blocks.iter().enumerate() {
+                k4_scales(
+                    blk,
+                    &mut scales[b * 8..b * 8 + 8],
+                    &mut mins[b * 8..b * 8 + 8],
+                );
+                for g in 0..4 {
+                    let o = &mut bytes[b * QK_K + 64 * g..b * QK_K + 64 * g + 64];
+                    for l in 0..32 {
+                        o[l] = blk.qs[32 * g + l] & 0x0F;
+                        o[l + 32] = blk.qs[32 * g + l] >> 4;
+                    }
+                }
+            }
+            0
+        }
         DType::Q4_0 => {
             let blocks = crate::blocks::as_blocks::<BlockQ4_0>(w).unwrap_or(&[]);
             for (b, blk) in blocks.iter().enumerate() {
@@ -190,7 +276,8 @@ pub fn gemm_rows(
         return false;
     }
     let bb = dtype.block_bytes() as usize;
-    if !row_bytes.is_multiple_of(bb) || row_bytes / bb != tiles.nb {
+    let bl = dtype.block_len() as usize;
+    if !row_bytes.is_multiple_of(bb) || row_bytes / bb * bl != tiles.nb * QK {
         return false;
     }
     let nb = tiles.nb;
@@ -198,9 +285,10 @@ pub fn gemm_rows(
     let n_rows = w.len() / row_bytes;
     let width = tiles.n_groups * GROUP;
     // Rows go four at a time: `out` has room for the rows rounded up to four (the padding
-    // rows' results are junk), `bytes` and `scales` for four unpacked rows.
+    // rows' results are junk), `bytes` for four unpacked rows, `scales` for their scales
+    // and (after those) mins.
     if bytes.len() < 4 * cols
-        || scales.len() < 4 * nb
+        || scales.len() < 8 * nb
         || out.len() < n_rows.next_multiple_of(4) * width
     {
         return false;
@@ -237,14 +325,17 @@ fn rows4_loop(
     width: usize,
 ) {
     let cols = nb * QK;
+    let (scales, mins) = scales.split_at_mut(4 * nb);
+    let mins_used = has_mins(dtype);
     let mut r = 0;
     while r < n_rows {
         let m = (n_rows - r).min(4);
         let mut off = 8;
         for j in 0..4 {
-            let (bj, sj) = (
+            let (bj, sj, mj) = (
                 &mut bytes[j * cols..(j + 1) * cols],
                 &mut scales[j * nb..(j + 1) * nb],
+                &mut mins[j * nb..(j + 1) * nb],
             );
             if j < m {
                 off = unpack(
@@ -253,15 +344,22 @@ fn rows4_loop(
                     &w[(r + j) * row_bytes..(r + j + 1) * row_bytes],
                     bj,
                     sj,
+                    mj,
                 );
             } else {
                 bj.fill(0);
                 sj.fill(0.0);
+                mj.fill(0.0);
             }
         }
         {
-            // Rows past m have zero bytes and scales; their results land in the padding.
+            // Rows past m have zero bytes, scales and mins; their results land in the padding.
             let dst = &mut out[r * width..(r + 4) * width];
+            let mins = if mins_used {
+                Some(&mins[..4 * nb])
+            } else {
+                None
+            };
             // SAFETY: `supports` checked isa ≥ Avx2, which run-time detection grants only with
             // AVX2/FMA/F16C (and Avx512Vnni only with AVX512F/BW/VL/VNNI); buffer sizes were
             // checked above.
@@ -270,6 +368,7 @@ fn rows4_loop(
                     x86::row_vnni(
                         &bytes[..4 * cols],
                         &scales[..4 * nb],
+                        mins,
                         off,
                         tiles,
                         dst,
@@ -279,6 +378,7 @@ fn rows4_loop(
                     x86::row_avx2(
                         &bytes[..4 * cols],
                         &scales[..4 * nb],
+                        mins,
                         off,
                         tiles,
                         dst,
@@ -291,7 +391,8 @@ fn rows4_loop(
     }
 }
 
-/// The scalar twin of [`gemm_rows`] (same layout, same integer arithmetic).
+/// The scalar twin of [`gemm_rows`] (same layout, same integer arithmetic). `scales` holds
+/// at least 2·cols/32 values (a row's scales, then its mins).
 pub fn gemm_rows_scalar(
     dtype: DType,
     w: &[u8],
@@ -302,11 +403,19 @@ pub fn gemm_rows_scalar(
     scales: &mut [f32],
 ) {
     let width = tiles.n_groups * GROUP;
+    let nb = tiles.nb;
+    let (scales, mins) = scales.split_at_mut(nb);
     for (r, wr) in w.chunks_exact(row_bytes).enumerate() {
-        let off = unpack_row(dtype, wr, bytes, scales);
+        let off = unpack_row(dtype, wr, bytes, scales, mins);
+        let mins = if has_mins(dtype) {
+            Some(&mins[..nb])
+        } else {
+            None
+        };
         row_scalar(
             bytes,
             scales,
+            mins,
             off,
             tiles,
             &mut out[r * width..(r + 1) * width],
@@ -314,7 +423,14 @@ pub fn gemm_rows_scalar(
     }
 }
 
-fn row_scalar(bytes: &[u8], scales: &[f32], off: i32, tiles: &Q8Tiles, out: &mut [f32]) {
+fn row_scalar(
+    bytes: &[u8],
+    scales: &[f32],
+    mins: Option<&[f32]>,
+    off: i32,
+    tiles: &Q8Tiles,
+    out: &mut [f32],
+) {
     let nb = tiles.nb;
     for g in 0..tiles.n_groups {
         for t in 0..GROUP {
@@ -331,6 +447,9 @@ fn row_scalar(bytes: &[u8], scales: &[f32], off: i32, tiles: &Q8Tiles, out: &mut
                 let sb = (g * nb + b) * GROUP + t;
                 s -= off * tiles.isum[sb];
                 acc += scales[b] * tiles.d[sb] * s as f32;
+                if let Some(m) = mins {
+                    acc -= m[b] * tiles.dsum[sb];
+                }
             }
             out[g * GROUP + t] = acc;
         }
@@ -351,6 +470,7 @@ mod x86 {
             pub(super) unsafe fn $name(
                 bytes: &[u8],
                 scales: &[f32],
+                mins: Option<&[f32]>,
                 off: i32,
                 tiles: &Q8Tiles,
                 out: &mut [f32],
@@ -398,6 +518,17 @@ mod x86 {
                                     _mm256_set1_ps(*scales.get_unchecked(j * nb + b)),
                                 );
                                 acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), sc, acc[j]);
+                            }
+                            // Weights with mins (Q4_K): − m·d_a·Σa, in floats.
+                            if let Some(m) = mins {
+                                let dsum = _mm256_loadu_ps(tiles.dsum.as_ptr().add(sb));
+                                for j in 0..4 {
+                                    acc[j] = _mm256_fnmadd_ps(
+                                        _mm256_set1_ps(*m.get_unchecked(j * nb + b)),
+                                        dsum,
+                                        acc[j],
+                                    );
+                                }
                             }
                         }
                     }

@@ -222,7 +222,7 @@ fn gemm_rows_match_scalar_and_dot() {
     use tuili_kernels::gemm::{gemm_rows, gemm_rows_scalar, supports, Q8Tiles, GROUP};
     let mut rng = Lcg(5);
     let cols = 512;
-    for dtype in [DType::Q4_0, DType::Q8_0] {
+    for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K] {
         let rb = dtype.bytes_for(cols as u64).unwrap() as usize;
         let rows: usize = 6;
         let mut w = Vec::new();
@@ -245,27 +245,23 @@ fn gemm_rows_match_scalar_and_dot() {
             tiles.build(&q8, cols / 32);
             let width = tiles.n_groups * GROUP;
             let mut bytes = vec![0u8; 4 * cols];
-            let mut scales = vec![0f32; 4 * cols / 32];
+            let mut scales = vec![0f32; 8 * cols / 32];
             let mut want = vec![0f32; rows.next_multiple_of(4) * width];
             gemm_rows_scalar(dtype, &w, rb, &tiles, &mut want, &mut bytes, &mut scales);
-            // The scalar twin equals the dot kernels' scalar path.
-            let mut tmp = vec![0f32; cols];
+            // The scalar twin equals the exact product of the dequantized weights and the
+            // dequantized int8 activations it was given.
+            let mut wf = vec![0f32; cols];
             for r in 0..rows {
+                dequantize_row(dtype, &w[r * rb..(r + 1) * rb], &mut wf).unwrap();
                 for t in 0..n_tok {
-                    let mut o = [0f32; 1];
-                    dot_many(
-                        Isa::Scalar,
-                        dtype,
-                        &w[r * rb..(r + 1) * rb],
-                        &[ActRef::Q8(&q8[t])],
-                        &mut o,
-                        &mut tmp,
-                    );
+                    let a: Vec<f32> = (0..cols)
+                        .map(|i| q8[t].d[i / 32] * q8[t].qs[i] as f32)
+                        .collect();
+                    let exact = ops::dot(&wf, &a);
                     let g = want[r * width + t];
                     assert!(
-                        (g - o[0]).abs() <= 1e-4 * o[0].abs().max(1.0),
-                        "{dtype} r{r} t{t}: {g} vs {}",
-                        o[0]
+                        (g - exact).abs() <= 1e-4 * exact.abs().max(1.0),
+                        "{dtype} r{r} t{t}: {g} vs {exact}"
                     );
                 }
             }

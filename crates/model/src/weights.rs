@@ -406,19 +406,27 @@ pub fn matmul(
 ) {
     debug_assert_eq!(x.len(), n * w.cols);
     debug_assert_eq!(y.len(), n * w.rows);
-    let kind = act_kind(w.dtype);
+    // The token-lane kernels take int8 activations in blocks of 32 (`Q8Tiles`) whatever the
+    // weight type (Q4_K's sub-blocks are 32 long too).
+    let tiled = n >= GROUP && gemm::supports(isa, w.dtype);
+    let kind = if tiled {
+        ActKind::Q8
+    } else {
+        act_kind(w.dtype)
+    };
     prep.ensure(kind, x, n, w.cols, pool);
     // Batches of prompt tokens, or of many sequences' decode steps: the token-lane matrix
     // kernels where they exist (from 8 tokens they beat four-token dot products: measured
     // with `tuili bench -b`).
-    if n >= GROUP && gemm::supports(isa, w.dtype) {
+    if tiled {
         prep.ensure_tiles(n, w.cols);
         let tiles = &prep.tiles;
         let width = tiles.n_groups * GROUP;
         let kernel = |wr: &[u8], out: &mut [f32], s: &mut ThreadScratch| {
             if s.bytes.len() < 4 * w.cols {
                 s.bytes.resize(4 * w.cols, 0);
-                s.scales.resize(4 * w.cols / 32, 0.0);
+                // Four rows' block scales, then their mins.
+                s.scales.resize(8 * w.cols / 32, 0.0);
             }
             gemm::gemm_rows(
                 isa,
