@@ -22,6 +22,7 @@ fn main() {
         DType::Q8_0,
         DType::F16,
         DType::Q4_K,
+        DType::Q5_K,
         DType::Q6_K,
     ] {
         let rb = dtype.bytes_for(cols as u64).unwrap() as usize;

@@ -19,7 +19,7 @@ pub enum ActKind {
     F32,
     /// int8 blocks of 32 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 weights).
     Q8,
-    /// int8 super-blocks of 256 (Q4_K, Q6_K weights).
+    /// int8 super-blocks of 256 (Q4_K, Q5_K, Q6_K weights).
     Q8K,
 }
 
@@ -27,7 +27,7 @@ pub enum ActKind {
 pub fn act_kind(dtype: DType) -> ActKind {
     match dtype {
         DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 => ActKind::Q8,
-        DType::Q4_K | DType::Q6_K => ActKind::Q8K,
+        DType::Q4_K | DType::Q5_K | DType::Q6_K => ActKind::Q8K,
         _ => ActKind::F32,
     }
 }

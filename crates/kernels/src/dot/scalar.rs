@@ -43,6 +43,7 @@ fn dot_one(dtype: DType, w: &[u8], act: ActRef<'_>, tmp: &mut [f32]) -> f32 {
         (DType::Q5_0, ActRef::Q8(a)) => q5_0(blocks(w), a),
         (DType::Q5_1, ActRef::Q8(a)) => q5_1(blocks(w), a),
         (DType::Q4_K, ActRef::Q8K(a)) => q4_k(blocks(w), a),
+        (DType::Q5_K, ActRef::Q8K(a)) => q5_k(blocks(w), a),
         (DType::Q6_K, ActRef::Q8K(a)) => q6_k(blocks(w), a),
         (_, ActRef::F32(x)) => {
             // Types without an integer kernel: dequantize the row, then an f32 dot.
@@ -183,6 +184,36 @@ pub fn q6_k_values(b: &BlockQ6K) -> [i8; QK_K] {
         }
     }
     v
+}
+
+/// As [`q4_k`], with the fifth bit of element l of group g at bit 2g (low sub-block) or
+/// 2g+1 (high) of qh[l].
+pub fn q5_k(w: &[BlockQ5K], a: &Q8KRow) -> f32 {
+    let mut s = 0f32;
+    for (b, wb) in w.iter().enumerate() {
+        let qa = &a.qs[b * QK_K..(b + 1) * QK_K];
+        let (d, dmin) = (f16_le(wb.d), f16_le(wb.dmin));
+        let mut sum_q = 0i32;
+        let mut sum_m = 0i32;
+        for g in 0..4 {
+            let q = &wb.qs[g * 32..g * 32 + 32];
+            for (half, j) in [(0, 2 * g), (1, 2 * g + 1)] {
+                let (sc, m) = k4_scale_min(j, &wb.scales);
+                let qa_j = &qa[j * 32..j * 32 + 32];
+                let dotj = isum(
+                    q.iter().zip(&wb.qh).map(|(&x, &h)| {
+                        let low = if half == 0 { x & 0x0F } else { x >> 4 } as i32;
+                        low | (((h >> j) & 1) as i32) << 4
+                    }),
+                    qa_j,
+                );
+                sum_q += sc as i32 * dotj;
+                sum_m += m as i32 * (a.bsums[b * 16 + 2 * j] + a.bsums[b * 16 + 2 * j + 1]);
+            }
+        }
+        s += a.d[b] * (d * sum_q as f32 - dmin * sum_m as f32);
+    }
+    s
 }
 
 /// Per super-block: d_a·d·Σ_g sc_g·Σ q_w·q_a over 16 groups of 16.

@@ -151,6 +151,8 @@ pub fn dot_rows(
                 DType::Q5_0 => rows!(with_q8, BlockQ5_0, avx2::q5_0_n),
                 DType::Q4_K if vnni => rows!(with_q8k, BlockQ4K, vnni::q4_k_n),
                 DType::Q4_K => rows!(with_q8k, BlockQ4K, avx2::q4_k_n),
+                DType::Q5_K if vnni => rows!(with_q8k, BlockQ5K, vnni::q5_k_n),
+                DType::Q5_K => rows!(with_q8k, BlockQ5K, avx2::q5_k_n),
                 DType::Q6_K if vnni => rows!(with_q8k, BlockQ6K, vnni::q6_k_n),
                 DType::Q6_K => rows!(with_q8k, BlockQ6K, avx2::q6_k_n),
                 _ => false,
@@ -683,32 +685,79 @@ macro_rules! kernels {
             }
 
             /// Q4_K: per 64-element group the low nibbles form sub-block 2g and the high
-            /// ones 2g+1. Nibbles × activations into 16-bit pair sums (`vpmaddubsw`; 15·127·2
+            /// ones 2g+1. Weights × activations into 16-bit pair sums (`vpmaddubsw`; 31·127·2
             /// cannot saturate), then × the sub-block's 6-bit scale into 32-bit sums
             /// (`vpmaddwd`). The twelve scale bytes are unpacked with word operations (eight
             /// scales and eight mins, 6 bits each); the mins are applied through the
             /// activation's group sums.
             #[target_feature(enable = $features)]
             pub(super) unsafe fn q4_k_n(w: &[BlockQ4K], a: &[&Q8KRow], out: &mut [f32]) {
+                let m4 = _mm256_set1_epi8(0x0F);
+                let meta = |b: usize| (f16_le(w[b].d), f16_le(w[b].dmin), &w[b].scales);
+                let unpack = |b: usize, g: usize| {
+                    // SAFETY: 32 bytes of nibbles per group.
+                    let raw = unsafe { _mm256_loadu_si256(w[b].qs.as_ptr().add(g * 32).cast()) };
+                    (
+                        _mm256_and_si256(raw, m4),
+                        _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4),
+                    )
+                };
+                unsafe { k4_like(w.len(), meta, unpack, a, out) }
+            }
+
+            /// Q5_K: Q4_K plus a fifth bit per element, bit 2g (low sub-block) or 2g+1 (high)
+            /// of qh[l], moved to bit 4 of each byte (shifts within 16-bit lanes, then a mask
+            /// that keeps bit 0 of every byte).
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q5_k_n(w: &[BlockQ5K], a: &[&Q8KRow], out: &mut [f32]) {
+                let m4 = _mm256_set1_epi8(0x0F);
+                let one = _mm256_set1_epi8(1);
+                let meta = |b: usize| (f16_le(w[b].d), f16_le(w[b].dmin), &w[b].scales);
+                let unpack = |b: usize, g: usize| {
+                    // SAFETY: 32 bytes of nibbles per group, 32 bytes of qh.
+                    let (raw, qh) = unsafe {
+                        (
+                            _mm256_loadu_si256(w[b].qs.as_ptr().add(g * 32).cast()),
+                            _mm256_loadu_si256(w[b].qh.as_ptr().cast()),
+                        )
+                    };
+                    let h = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * g as i32));
+                    let h_lo = _mm256_slli_epi16(_mm256_and_si256(h, one), 4);
+                    let h_hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 1), one), 4);
+                    (
+                        _mm256_or_si256(_mm256_and_si256(raw, m4), h_lo),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), h_hi),
+                    )
+                };
+                unsafe { k4_like(w.len(), meta, unpack, a, out) }
+            }
+
+            /// The shared body of Q4_K and Q5_K: `meta(b)` gives block b's (d, dmin, packed
+            /// scales), `unpack(b, g)` the unsigned values of group g's two sub-blocks.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn k4_like<'w>(
+                nb: usize,
+                meta: impl Fn(usize) -> (f32, f32, &'w [u8; 12]),
+                unpack: impl Fn(usize, usize) -> (__m256i, __m256i),
+                a: &[&Q8KRow],
+                out: &mut [f32],
+            ) {
                 let nt = a.len();
                 let mut res = [0f32; 4];
-                let m4 = _mm256_set1_epi8(0x0F);
                 // Byte masks that broadcast i16 word j to every lane.
                 let word: [__m256i; 8] =
                     std::array::from_fn(|j| _mm256_set1_epi16(((2 * j + 1) << 8 | 2 * j) as i16));
                 let mut facc = [_mm256_setzero_ps(); 4];
-                for (b, wb) in w.iter().enumerate() {
-                    let (d, dmin) = (f16_le(wb.d), f16_le(wb.dmin));
-                    let (sc, mn) = k4_unpack(&wb.scales);
+                for b in 0..nb {
+                    let (d, dmin, packed) = meta(b);
+                    let (sc, mn) = k4_unpack(packed);
                     let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(
                         sc as i64,
                     )));
                     let mut acc = [_mm256_setzero_si256(); 4];
                     for g in 0..4 {
-                        // SAFETY: 32 bytes of nibbles per group.
-                        let raw = unsafe { _mm256_loadu_si256(wb.qs.as_ptr().add(g * 32).cast()) };
-                        let lo = _mm256_and_si256(raw, m4);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+                        let (lo, hi) = unpack(b, g);
                         let s_lo = _mm256_shuffle_epi8(sc16, word[2 * g]);
                         let s_hi = _mm256_shuffle_epi8(sc16, word[2 * g + 1]);
                         for t in 0..nt {
