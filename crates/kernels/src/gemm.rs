@@ -17,7 +17,7 @@
 //! weights are copied beyond those four rows.
 
 use crate::act::Q8Row;
-use crate::blocks::{f16_le, BlockQ4K, BlockQ4_0, BlockQ8_0, QK, QK_K};
+use crate::blocks::{f16_le, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8_0, QK, QK_K};
 use crate::cpu::Isa;
 use tuili_core::DType;
 
@@ -27,7 +27,8 @@ pub const GROUP: usize = 8;
 /// Activations of up to `n_tok` tokens, interleaved for [`gemm_rows`]:
 /// `qs[g][b][k][t][4]`: token t's bytes 4k..4k+4 of block b, group g;
 /// `d[g][b][t]`, `isum[g][b][t]`: block scales and integer sums (0 for padding tokens);
-/// `dsum[g][b][t]` = d·isum, the block's activation sum (for weights with separate mins).
+/// `dsum[g][b][t]` = d·isum, the block's activation sum (for weights with separate mins), and
+/// `dsum_lo`, `dsum_hi` the same over its two halves of 16 (for weights scaled per 16).
 #[derive(Debug, Clone, Default)]
 pub struct Q8Tiles {
     pub n_tok: usize,
@@ -38,6 +39,8 @@ pub struct Q8Tiles {
     d: Vec<f32>,
     isum: Vec<i32>,
     dsum: Vec<f32>,
+    dsum_lo: Vec<f32>,
+    dsum_hi: Vec<f32>,
 }
 
 impl Q8Tiles {
@@ -52,6 +55,8 @@ impl Q8Tiles {
         self.d.resize(ng * nb * GROUP, 0.0);
         self.isum.resize(ng * nb * GROUP, 0);
         self.dsum.resize(ng * nb * GROUP, 0.0);
+        self.dsum_lo.resize(ng * nb * GROUP, 0.0);
+        self.dsum_hi.resize(ng * nb * GROUP, 0.0);
         for g in 0..ng {
             for t in 0..GROUP {
                 let tok = g * GROUP + t;
@@ -67,6 +72,9 @@ impl Q8Tiles {
                         self.d[sb] = rows[tok].d[b];
                         self.isum[sb] = rows[tok].isum[b];
                         self.dsum[sb] = rows[tok].d[b] * rows[tok].isum[b] as f32;
+                        let lo: i32 = src[..QK / 2].iter().map(|&q| q as i32).sum();
+                        self.dsum_lo[sb] = rows[tok].d[b] * lo as f32;
+                        self.dsum_hi[sb] = rows[tok].d[b] * (rows[tok].isum[b] - lo) as f32;
                     } else {
                         for k in 0..QK / 4 {
                             let dst = base + (k * GROUP + t) * 4;
@@ -75,6 +83,8 @@ impl Q8Tiles {
                         self.d[sb] = 0.0;
                         self.isum[sb] = 0;
                         self.dsum[sb] = 0.0;
+                        self.dsum_lo[sb] = 0.0;
+                        self.dsum_hi[sb] = 0.0;
                     }
                 }
             }
@@ -87,7 +97,8 @@ pub fn supports(isa: Isa, dtype: DType) -> bool {
     // Q8_0's unsigned bytes (up to 255) would saturate AVX2's 16-bit pair sums: VNNI only.
     cfg!(target_arch = "x86_64")
         && match dtype {
-            DType::Q4_0 | DType::Q4_K => isa >= Isa::Avx2,
+            // Unsigned weights up to 63 (Q6_K: q + 32) cannot saturate AVX2's pair sums.
+            DType::Q4_0 | DType::Q4_K | DType::Q6_K => isa >= Isa::Avx2,
             DType::Q8_0 => isa >= Isa::Avx512Vnni,
             _ => false,
         }
@@ -106,6 +117,48 @@ unsafe fn unpack_row_avx2(
 ) -> i32 {
     use std::arch::x86_64::*;
     match dtype {
+        DType::Q6_K => {
+            let blocks = crate::blocks::as_blocks::<BlockQ6K>(w).unwrap_or(&[]);
+            assert!(bytes.len() >= blocks.len() * QK_K && scales.len() >= blocks.len() * 16);
+            assert!(mins.len() >= blocks.len() * 16);
+            let m4 = _mm256_set1_epi8(0x0F);
+            let m3 = _mm256_set1_epi8(3);
+            for (b, blk) in blocks.iter().enumerate() {
+                k6_scales(
+                    blk,
+                    &mut scales[b * 16..b * 16 + 16],
+                    &mut mins[b * 16..b * 16 + 16],
+                );
+                for half in 0..2 {
+                    // SAFETY: 64 bytes of ql and 32 of qh per half; 128 output bytes per half
+                    // (asserted above).
+                    unsafe {
+                        let l0 = _mm256_loadu_si256(blk.ql.as_ptr().add(64 * half).cast());
+                        let l1 = _mm256_loadu_si256(blk.ql.as_ptr().add(64 * half + 32).cast());
+                        let h = _mm256_loadu_si256(blk.qh.as_ptr().add(32 * half).cast());
+                        // Bits 2i..2i+2 of qh to bits 4..6: u = q + 32 in 0..63.
+                        let hi = |v: __m256i| _mm256_slli_epi16(_mm256_and_si256(v, m3), 4);
+                        let u = [
+                            _mm256_or_si256(_mm256_and_si256(l0, m4), hi(h)),
+                            _mm256_or_si256(_mm256_and_si256(l1, m4), hi(_mm256_srli_epi16(h, 2))),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                hi(_mm256_srli_epi16(h, 4)),
+                            ),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                hi(_mm256_srli_epi16(h, 6)),
+                            ),
+                        ];
+                        let o = bytes.as_mut_ptr().add(b * QK_K + 128 * half);
+                        for (k, v) in u.iter().enumerate() {
+                            _mm256_storeu_si256(o.add(32 * k).cast(), *v);
+                        }
+                    }
+                }
+            }
+            0
+        }
         DType::Q4_K => {
             let blocks = crate::blocks::as_blocks::<BlockQ4K>(w).unwrap_or(&[]);
             assert!(bytes.len() >= blocks.len() * QK_K && scales.len() >= blocks.len() * 8);
@@ -197,9 +250,28 @@ fn k4_scales(blk: &BlockQ4K, scales: &mut [f32], mins: &mut [f32]) {
     }
 }
 
-/// Whether `dtype`'s blocks have a min term (x = s·q − m) rather than an integer offset.
+/// Whether `dtype`'s blocks have a min term (x = s·u − m) rather than an integer offset
+/// (Q6_K's offset of 32 is one too: its scale changes every 16 elements).
 fn has_mins(dtype: DType) -> bool {
-    dtype == DType::Q4_K
+    matches!(dtype, DType::Q4_K | DType::Q6_K)
+}
+
+/// Scales per 32-element block: 2 for Q6_K (one per 16), else 1.
+fn scales_per_block(dtype: DType) -> usize {
+    if dtype == DType::Q6_K {
+        2
+    } else {
+        1
+    }
+}
+
+/// A Q6_K block's sixteen scales d·sc_g and mins 32·d·sc_g (u = q + 32).
+fn k6_scales(blk: &BlockQ6K, scales: &mut [f32], mins: &mut [f32]) {
+    let d = f16_le(blk.d);
+    for g in 0..16 {
+        scales[g] = d * blk.scales[g] as i8 as f32;
+        mins[g] = 32.0 * scales[g];
+    }
 }
 
 /// Unpacks one row to unsigned bytes (Q4_0: nibble values; Q8_0: q + 128; Q4_K: nibbles) in
@@ -214,6 +286,21 @@ fn unpack_row(
     mins: &mut [f32],
 ) -> i32 {
     match dtype {
+        DType::Q6_K => {
+            let blocks = crate::blocks::as_blocks::<BlockQ6K>(w).unwrap_or(&[]);
+            for (b, blk) in blocks.iter().enumerate() {
+                k6_scales(
+                    blk,
+                    &mut scales[b * 16..b * 16 + 16],
+                    &mut mins[b * 16..b * 16 + 16],
+                );
+                let v = crate::dot::scalar::q6_k_values(blk);
+                for (o, q) in bytes[b * QK_K..(b + 1) * QK_K].iter_mut().zip(v) {
+                    *o = (q as i32 + 32) as u8;
+                }
+            }
+            0
+        }
         DType::Q4_K => {
             let blocks = crate::blocks::as_blocks::<BlockQ4K>(w).unwrap_or(&[]);
             for (b, blk) in blocks.iter().enumerate() {
@@ -286,9 +373,9 @@ pub fn gemm_rows(
     let width = tiles.n_groups * GROUP;
     // Rows go four at a time: `out` has room for the rows rounded up to four (the padding
     // rows' results are junk), `bytes` for four unpacked rows, `scales` for their scales
-    // and (after those) mins.
+    // and (after those) mins, up to two of each per block.
     if bytes.len() < 4 * cols
-        || scales.len() < 8 * nb
+        || scales.len() < 16 * nb
         || out.len() < n_rows.next_multiple_of(4) * width
     {
         return false;
@@ -325,7 +412,9 @@ fn rows4_loop(
     width: usize,
 ) {
     let cols = nb * QK;
-    let (scales, mins) = scales.split_at_mut(4 * nb);
+    let sps = scales_per_block(dtype);
+    let per_row = nb * sps;
+    let (scales, mins) = scales.split_at_mut(4 * per_row);
     let mins_used = has_mins(dtype);
     let mut r = 0;
     while r < n_rows {
@@ -334,8 +423,8 @@ fn rows4_loop(
         for j in 0..4 {
             let (bj, sj, mj) = (
                 &mut bytes[j * cols..(j + 1) * cols],
-                &mut scales[j * nb..(j + 1) * nb],
-                &mut mins[j * nb..(j + 1) * nb],
+                &mut scales[j * per_row..(j + 1) * per_row],
+                &mut mins[j * per_row..(j + 1) * per_row],
             );
             if j < m {
                 off = unpack(
@@ -356,7 +445,7 @@ fn rows4_loop(
             // Rows past m have zero bytes, scales and mins; their results land in the padding.
             let dst = &mut out[r * width..(r + 4) * width];
             let mins = if mins_used {
-                Some(&mins[..4 * nb])
+                Some(&mins[..4 * per_row])
             } else {
                 None
             };
@@ -367,8 +456,9 @@ fn rows4_loop(
                 if isa >= Isa::Avx512Vnni {
                     x86::row_vnni(
                         &bytes[..4 * cols],
-                        &scales[..4 * nb],
+                        &scales[..4 * per_row],
                         mins,
+                        sps,
                         off,
                         tiles,
                         dst,
@@ -377,8 +467,9 @@ fn rows4_loop(
                 } else {
                     x86::row_avx2(
                         &bytes[..4 * cols],
-                        &scales[..4 * nb],
+                        &scales[..4 * per_row],
                         mins,
+                        sps,
                         off,
                         tiles,
                         dst,
@@ -392,7 +483,7 @@ fn rows4_loop(
 }
 
 /// The scalar twin of [`gemm_rows`] (same layout, same integer arithmetic). `scales` holds
-/// at least 2·cols/32 values (a row's scales, then its mins).
+/// at least 4·cols/32 values (a row's scales, then its mins, up to two per block).
 pub fn gemm_rows_scalar(
     dtype: DType,
     w: &[u8],
@@ -403,12 +494,13 @@ pub fn gemm_rows_scalar(
     scales: &mut [f32],
 ) {
     let width = tiles.n_groups * GROUP;
-    let nb = tiles.nb;
-    let (scales, mins) = scales.split_at_mut(nb);
+    let sps = scales_per_block(dtype);
+    let per_row = tiles.nb * sps;
+    let (scales, mins) = scales.split_at_mut(per_row);
     for (r, wr) in w.chunks_exact(row_bytes).enumerate() {
         let off = unpack_row(dtype, wr, bytes, scales, mins);
         let mins = if has_mins(dtype) {
-            Some(&mins[..nb])
+            Some(&mins[..per_row])
         } else {
             None
         };
@@ -416,6 +508,7 @@ pub fn gemm_rows_scalar(
             bytes,
             scales,
             mins,
+            sps,
             off,
             tiles,
             &mut out[r * width..(r + 1) * width],
@@ -427,6 +520,7 @@ fn row_scalar(
     bytes: &[u8],
     scales: &[f32],
     mins: Option<&[f32]>,
+    sps: usize,
     off: i32,
     tiles: &Q8Tiles,
     out: &mut [f32],
@@ -437,18 +531,29 @@ fn row_scalar(
             let mut acc = 0f32;
             for b in 0..nb {
                 let base = (g * nb + b) * QK * GROUP;
-                let mut s = 0i32;
+                // Integer sums over the block's two halves of 16.
+                let mut s = [0i32; 2];
                 for k in 0..QK / 4 {
                     for j in 0..4 {
                         let a = tiles.qs[base + (k * GROUP + t) * 4 + j] as i32;
-                        s += bytes[b * QK + k * 4 + j] as i32 * a;
+                        s[k / 4] += bytes[b * QK + k * 4 + j] as i32 * a;
                     }
                 }
                 let sb = (g * nb + b) * GROUP + t;
-                s -= off * tiles.isum[sb];
-                acc += scales[b] * tiles.d[sb] * s as f32;
-                if let Some(m) = mins {
-                    acc -= m[b] * tiles.dsum[sb];
+                if sps == 1 {
+                    let v = s[0] + s[1] - off * tiles.isum[sb];
+                    acc += scales[b] * tiles.d[sb] * v as f32;
+                    if let Some(m) = mins {
+                        acc -= m[b] * tiles.dsum[sb];
+                    }
+                } else {
+                    for h in 0..2 {
+                        acc += scales[2 * b + h] * tiles.d[sb] * s[h] as f32;
+                    }
+                    if let Some(m) = mins {
+                        acc -= m[2 * b] * tiles.dsum_lo[sb];
+                        acc -= m[2 * b + 1] * tiles.dsum_hi[sb];
+                    }
                 }
             }
             out[g * GROUP + t] = acc;
@@ -467,10 +572,12 @@ mod x86 {
             /// eight tokens: `out[j · width + t]`. Each activation load serves the four rows;
             /// two integer accumulators per row keep eight product chains in flight.
             #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
             pub(super) unsafe fn $name(
                 bytes: &[u8],
                 scales: &[f32],
                 mins: Option<&[f32]>,
+                sps: usize,
                 off: i32,
                 tiles: &Q8Tiles,
                 out: &mut [f32],
@@ -489,45 +596,77 @@ mod x86 {
                         unsafe {
                             let qa = tiles.qs.as_ptr().add(base);
                             let mut s = [[_mm256_setzero_si256(); 2]; 4];
-                            for k in (0..QK / 4).step_by(2) {
+                            // s[j][0]: elements 0..16 of the block, s[j][1]: 16..32 (the
+                            // halves that Q6_K scales apart).
+                            for k in 0..QK / 8 {
                                 let a0 = _mm256_loadu_si256(qa.add(k * GROUP * 4).cast());
-                                let a1 = _mm256_loadu_si256(qa.add((k + 1) * GROUP * 4).cast());
+                                let a1 = _mm256_loadu_si256(qa.add((k + 4) * GROUP * 4).cast());
                                 for j in 0..4 {
                                     let wp = bytes.as_ptr().add(j * cols + b * QK + k * 4);
                                     let w0 = _mm256_set1_epi32(std::ptr::read_unaligned(
                                         wp.cast::<i32>(),
                                     ));
                                     let w1 = _mm256_set1_epi32(std::ptr::read_unaligned(
-                                        wp.add(4).cast::<i32>(),
+                                        wp.add(16).cast::<i32>(),
                                     ));
                                     s[j][0] = $dot(s[j][0], w0, a0);
                                     s[j][1] = $dot(s[j][1], w1, a1);
                                 }
                             }
                             let sb = (g * nb + b) * GROUP;
-                            let isum = _mm256_loadu_si256(tiles.isum.as_ptr().add(sb).cast());
-                            let corr = _mm256_sub_epi32(
-                                _mm256_setzero_si256(),
-                                _mm256_sll_epi32(isum, shift),
-                            );
                             let da = _mm256_loadu_ps(tiles.d.as_ptr().add(sb));
-                            for j in 0..4 {
-                                let v = _mm256_add_epi32(_mm256_add_epi32(s[j][0], s[j][1]), corr);
-                                let sc = _mm256_mul_ps(
-                                    da,
-                                    _mm256_set1_ps(*scales.get_unchecked(j * nb + b)),
+                            if sps == 1 {
+                                let isum = _mm256_loadu_si256(tiles.isum.as_ptr().add(sb).cast());
+                                let corr = _mm256_sub_epi32(
+                                    _mm256_setzero_si256(),
+                                    _mm256_sll_epi32(isum, shift),
                                 );
-                                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), sc, acc[j]);
-                            }
-                            // Weights with mins (Q4_K): − m·d_a·Σa, in floats.
-                            if let Some(m) = mins {
-                                let dsum = _mm256_loadu_ps(tiles.dsum.as_ptr().add(sb));
                                 for j in 0..4 {
-                                    acc[j] = _mm256_fnmadd_ps(
-                                        _mm256_set1_ps(*m.get_unchecked(j * nb + b)),
-                                        dsum,
-                                        acc[j],
+                                    let v =
+                                        _mm256_add_epi32(_mm256_add_epi32(s[j][0], s[j][1]), corr);
+                                    let sc = _mm256_mul_ps(
+                                        da,
+                                        _mm256_set1_ps(*scales.get_unchecked(j * nb + b)),
                                     );
+                                    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), sc, acc[j]);
+                                }
+                                // Weights with mins (Q4_K): − m·d_a·Σa, in floats.
+                                if let Some(m) = mins {
+                                    let dsum = _mm256_loadu_ps(tiles.dsum.as_ptr().add(sb));
+                                    for j in 0..4 {
+                                        acc[j] = _mm256_fnmadd_ps(
+                                            _mm256_set1_ps(*m.get_unchecked(j * nb + b)),
+                                            dsum,
+                                            acc[j],
+                                        );
+                                    }
+                                }
+                            } else {
+                                // A scale (and min) per half (Q6_K).
+                                let ds = [
+                                    _mm256_loadu_ps(tiles.dsum_lo.as_ptr().add(sb)),
+                                    _mm256_loadu_ps(tiles.dsum_hi.as_ptr().add(sb)),
+                                ];
+                                for j in 0..4 {
+                                    for h in 0..2 {
+                                        let i = (j * nb + b) * 2 + h;
+                                        let sc = _mm256_mul_ps(
+                                            da,
+                                            _mm256_set1_ps(*scales.get_unchecked(i)),
+                                        );
+                                        acc[j] = _mm256_fmadd_ps(
+                                            _mm256_cvtepi32_ps(s[j][h]),
+                                            sc,
+                                            acc[j],
+                                        );
+                                        if let Some(m) = mins {
+                                            acc[j] = _mm256_fnmadd_ps(
+                                                _mm256_set1_ps(*m.get_unchecked(i)),
+                                                ds[h],
+                                                acc[j],
+                                            );
+                                        }
+                                    }
                                 }
                             }
                         }

@@ -222,7 +222,7 @@ fn gemm_rows_match_scalar_and_dot() {
     use tuili_kernels::gemm::{gemm_rows, gemm_rows_scalar, supports, Q8Tiles, GROUP};
     let mut rng = Lcg(5);
     let cols = 512;
-    for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K] {
+    for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
         let rb = dtype.bytes_for(cols as u64).unwrap() as usize;
         let rows: usize = 6;
         let mut w = Vec::new();
@@ -245,7 +245,7 @@ fn gemm_rows_match_scalar_and_dot() {
             tiles.build(&q8, cols / 32);
             let width = tiles.n_groups * GROUP;
             let mut bytes = vec![0u8; 4 * cols];
-            let mut scales = vec![0f32; 8 * cols / 32];
+            let mut scales = vec![0f32; 16 * cols / 32];
             let mut want = vec![0f32; rows.next_multiple_of(4) * width];
             gemm_rows_scalar(dtype, &w, rb, &tiles, &mut want, &mut bytes, &mut scales);
             // The scalar twin equals the exact product of the dequantized weights and the

@@ -425,8 +425,8 @@ pub fn matmul(
         let kernel = |wr: &[u8], out: &mut [f32], s: &mut ThreadScratch| {
             if s.bytes.len() < 4 * w.cols {
                 s.bytes.resize(4 * w.cols, 0);
-                // Four rows' block scales, then their mins.
-                s.scales.resize(8 * w.cols / 32, 0.0);
+                // Four rows' block scales, then their mins (up to two per block).
+                s.scales.resize(16 * w.cols / 32, 0.0);
             }
             gemm::gemm_rows(
                 isa,
