@@ -17,7 +17,7 @@
 //! weights are copied beyond those four rows.
 
 use crate::act::Q8Row;
-use crate::blocks::{f16_le, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8_0, QK, QK_K};
+use crate::blocks::{f16_le, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, QK, QK_K};
 use crate::cpu::Isa;
 use tuili_core::DType;
 
@@ -97,8 +97,8 @@ pub fn supports(isa: Isa, dtype: DType) -> bool {
     // Q8_0's unsigned bytes (up to 255) would saturate AVX2's 16-bit pair sums: VNNI only.
     cfg!(target_arch = "x86_64")
         && match dtype {
-            // Unsigned weights up to 63 (Q6_K: q + 32) cannot saturate AVX2's pair sums.
-            DType::Q4_0 | DType::Q4_K | DType::Q6_K => isa >= Isa::Avx2,
+            // Unsigned weights up to 63 (Q5_K: 31, Q6_K: q + 32) cannot saturate AVX2's pair sums.
+            DType::Q4_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K => isa >= Isa::Avx2,
             DType::Q8_0 => isa >= Isa::Avx512Vnni,
             _ => false,
         }
@@ -166,7 +166,9 @@ unsafe fn unpack_row_avx2(
             let m4 = _mm256_set1_epi8(0x0F);
             for (b, blk) in blocks.iter().enumerate() {
                 k4_scales(
-                    blk,
+                    blk.d,
+                    blk.dmin,
+                    &blk.scales,
                     &mut scales[b * 8..b * 8 + 8],
                     &mut mins[b * 8..b * 8 + 8],
                 );
@@ -180,6 +182,45 @@ unsafe fn unpack_row_avx2(
                         _mm256_storeu_si256(
                             o.add(32).cast(),
                             _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
+                        );
+                    }
+                }
+            }
+            0
+        }
+        DType::Q5_K => {
+            let blocks = crate::blocks::as_blocks::<BlockQ5K>(w).unwrap_or(&[]);
+            assert!(bytes.len() >= blocks.len() * QK_K && scales.len() >= blocks.len() * 8);
+            assert!(mins.len() >= blocks.len() * 8);
+            let m4 = _mm256_set1_epi8(0x0F);
+            let one = _mm256_set1_epi8(1);
+            for (b, blk) in blocks.iter().enumerate() {
+                k4_scales(
+                    blk.d,
+                    blk.dmin,
+                    &blk.scales,
+                    &mut scales[b * 8..b * 8 + 8],
+                    &mut mins[b * 8..b * 8 + 8],
+                );
+                // SAFETY: 32 bytes of qh.
+                let qh = unsafe { _mm256_loadu_si256(blk.qh.as_ptr().cast()) };
+                for g in 0..4 {
+                    // Bits 2g and 2g+1 of qh[l] are the fifth bits of the two sub-blocks.
+                    let h = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * g as i32));
+                    let h_lo = _mm256_slli_epi16(_mm256_and_si256(h, one), 4);
+                    let h_hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 1), one), 4);
+                    // SAFETY: 32 bytes of nibbles per group; 64 output bytes per group
+                    // (asserted above).
+                    unsafe {
+                        let q = _mm256_loadu_si256(blk.qs.as_ptr().add(32 * g).cast());
+                        let o = bytes.as_mut_ptr().add(b * QK_K + 64 * g);
+                        _mm256_storeu_si256(
+                            o.cast(),
+                            _mm256_or_si256(_mm256_and_si256(q, m4), h_lo),
+                        );
+                        _mm256_storeu_si256(
+                            o.add(32).cast(),
+                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), h_hi),
                         );
                     }
                 }
@@ -240,11 +281,11 @@ fn unpack(
     }
 }
 
-/// A Q4_K block's eight sub-block scales d·sc_j and mins dmin·m_j.
-fn k4_scales(blk: &BlockQ4K, scales: &mut [f32], mins: &mut [f32]) {
-    let (d, dmin) = (f16_le(blk.d), f16_le(blk.dmin));
+/// A Q4_K/Q5_K block's eight sub-block scales d·sc_j and mins dmin·m_j.
+fn k4_scales(d: [u8; 2], dmin: [u8; 2], packed: &[u8; 12], scales: &mut [f32], mins: &mut [f32]) {
+    let (d, dmin) = (f16_le(d), f16_le(dmin));
     for j in 0..8 {
-        let (sc, m) = crate::dequant::k4_scale_min(j, &blk.scales);
+        let (sc, m) = crate::dequant::k4_scale_min(j, packed);
         scales[j] = d * sc as f32;
         mins[j] = dmin * m as f32;
     }
@@ -253,7 +294,7 @@ fn k4_scales(blk: &BlockQ4K, scales: &mut [f32], mins: &mut [f32]) {
 /// Whether `dtype`'s blocks have a min term (x = s·u − m) rather than an integer offset
 /// (Q6_K's offset of 32 is one too: its scale changes every 16 elements).
 fn has_mins(dtype: DType) -> bool {
-    matches!(dtype, DType::Q4_K | DType::Q6_K)
+    matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K)
 }
 
 /// Scales per 32-element block: 2 for Q6_K (one per 16), else 1.
@@ -305,7 +346,9 @@ fn unpack_row(
             let blocks = crate::blocks::as_blocks::<BlockQ4K>(w).unwrap_or(&[]);
             for (b, blk) in blocks.iter().enumerate() {
                 k4_scales(
-                    blk,
+                    blk.d,
+                    blk.dmin,
+                    &blk.scales,
                     &mut scales[b * 8..b * 8 + 8],
                     &mut mins[b * 8..b * 8 + 8],
                 );
@@ -314,6 +357,27 @@ fn unpack_row(
                     for l in 0..32 {
                         o[l] = blk.qs[32 * g + l] & 0x0F;
                         o[l + 32] = blk.qs[32 * g + l] >> 4;
+                    }
+                }
+            }
+            0
+        }
+        DType::Q5_K => {
+            let blocks = crate::blocks::as_blocks::<BlockQ5K>(w).unwrap_or(&[]);
+            for (b, blk) in blocks.iter().enumerate() {
+                k4_scales(
+                    blk.d,
+                    blk.dmin,
+                    &blk.scales,
+                    &mut scales[b * 8..b * 8 + 8],
+                    &mut mins[b * 8..b * 8 + 8],
+                );
+                for g in 0..4 {
+                    let o = &mut bytes[b * QK_K + 64 * g..b * QK_K + 64 * g + 64];
+                    for l in 0..32 {
+                        let h = blk.qh[l] >> (2 * g);
+                        o[l] = (blk.qs[32 * g + l] & 0x0F) | (h & 1) << 4;
+                        o[l + 32] = (blk.qs[32 * g + l] >> 4) | (h >> 1 & 1) << 4;
                     }
                 }
             }

@@ -222,7 +222,13 @@ fn gemm_rows_match_scalar_and_dot() {
     use tuili_kernels::gemm::{gemm_rows, gemm_rows_scalar, supports, Q8Tiles, GROUP};
     let mut rng = Lcg(5);
     let cols = 512;
-    for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q6_K] {
+    for dtype in [
+        DType::Q4_0,
+        DType::Q8_0,
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+    ] {
         let rb = dtype.bytes_for(cols as u64).unwrap() as usize;
         let rows: usize = 6;
         let mut w = Vec::new();
