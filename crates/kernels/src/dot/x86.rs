@@ -209,7 +209,7 @@ fn with_q8k(acts: &[ActRef<'_>], f: impl FnOnce(&[&Q8KRow])) -> bool {
 /// products; `$u8_ok` says whether it is exact for any unsigned byte (VNNI) or only for small
 /// ones (AVX2's 16-bit pair sums saturate above 127·255).
 macro_rules! kernels {
-    ($modname:ident, $features:literal, $mul_sum:ident, $dp:ident, $u8_ok:literal) => {
+    ($modname:ident, $features:literal, $mul_sum:ident, $dp:ident, $dpw:ident, $u8_ok:literal) => {
         mod $modname {
             use super::*;
 
@@ -755,7 +755,8 @@ macro_rules! kernels {
                     let sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(
                         sc as i64,
                     )));
-                    let mut acc = [_mm256_setzero_si256(); 4];
+                    // Two chains per token (low and high sub-blocks): one would be latency-bound.
+                    let mut acc = [[_mm256_setzero_si256(); 4]; 2];
                     for g in 0..4 {
                         let (lo, hi) = unpack(b, g);
                         let s_lo = _mm256_shuffle_epi8(sc16, word[2 * g]);
@@ -770,9 +771,8 @@ macro_rules! kernels {
                                     _mm256_loadu_si256(base.add(off + 32).cast()),
                                 )
                             };
-                            let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, q0), s_lo);
-                            let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, q1), s_hi);
-                            acc[t] = _mm256_add_epi32(acc[t], _mm256_add_epi32(p0, p1));
+                            acc[0][t] = $dpw(acc[0][t], _mm256_maddubs_epi16(lo, q0), s_lo);
+                            acc[1][t] = $dpw(acc[1][t], _mm256_maddubs_epi16(hi, q1), s_hi);
                         }
                     }
                     // Σ_j m_j·(bsum_2j + bsum_2j+1) in vectors: the pair sums come out of
@@ -793,7 +793,7 @@ macro_rules! kernels {
                         let sum_m = _mm256_mullo_epi32(_mm256_hadd_epi32(b0, b1), mins);
                         let da = a[t].d[b];
                         facc[t] = _mm256_fmadd_ps(
-                            _mm256_cvtepi32_ps(acc[t]),
+                            _mm256_cvtepi32_ps(_mm256_add_epi32(acc[0][t], acc[1][t])),
                             _mm256_set1_ps(da * d),
                             facc[t],
                         );
@@ -819,7 +819,21 @@ macro_rules! kernels {
             /// comes off once per super-block: 32·Σ_g sc_g·bsum_g.
             #[target_feature(enable = $features)]
             pub(super) unsafe fn q6_k_n(w: &[BlockQ6K], a: &[&Q8KRow], out: &mut [f32]) {
-                let nt = a.len();
+                // The token count as a constant: loops over tokens unroll.
+                unsafe {
+                    match a.len() {
+                        1 => q6_k_inner::<1>(w, a, out),
+                        2 => q6_k_inner::<2>(w, a, out),
+                        3 => q6_k_inner::<3>(w, a, out),
+                        _ => q6_k_inner::<4>(w, a, out),
+                    }
+                }
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn q6_k_inner<const N: usize>(w: &[BlockQ6K], a: &[&Q8KRow], out: &mut [f32]) {
+                let nt = N;
                 let mut res = [0f32; 4];
                 let m4 = _mm256_set1_epi8(0x0F);
                 let m3 = _mm256_set1_epi8(3);
@@ -836,7 +850,8 @@ macro_rules! kernels {
                     // SAFETY: 16 scale bytes per block.
                     let sc8 = unsafe { _mm_loadu_si128(wb.scales.as_ptr().cast()) };
                     let sc16 = _mm256_cvtepi8_epi16(sc8);
-                    let mut acc = [_mm256_setzero_si256(); 4];
+                    // Two chains per token (even and odd vectors): one would be latency-bound.
+                    let mut acc = [[_mm256_setzero_si256(); 4]; 2];
                     for half in 0..2 {
                         // SAFETY: 64 bytes of ql and 32 of qh per half.
                         let (l0, l1, h) = unsafe {
@@ -876,7 +891,7 @@ macro_rules! kernels {
                                     )
                                 };
                                 let p16 = _mm256_maddubs_epi16(uj, qa);
-                                acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(p16, sk));
+                                acc[j % 2][t] = $dpw(acc[j % 2][t], p16, sk);
                             }
                         }
                     }
@@ -896,7 +911,10 @@ macro_rules! kernels {
                             _mm256_mullo_epi32(sc_lo, b0),
                             _mm256_mullo_epi32(sc_hi, b1),
                         );
-                        let v = _mm256_sub_epi32(acc[t], _mm256_slli_epi32(off, 5));
+                        let v = _mm256_sub_epi32(
+                            _mm256_add_epi32(acc[0][t], acc[1][t]),
+                            _mm256_slli_epi32(off, 5),
+                        );
                         facc[t] = _mm256_fmadd_ps(
                             _mm256_cvtepi32_ps(v),
                             _mm256_set1_ps(a[t].d[b] * d),
@@ -962,11 +980,33 @@ unsafe fn dp_vnni(acc: __m256i, ax: __m256i, sy: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(acc, ax, sy)
 }
 
-kernels!(avx2, "avx2,fma,f16c", mul_sum_avx2, dp_avx2, false);
+/// AVX2: `acc` + pairs of i16 products (`vpmaddwd`, then an add).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn dpw_avx2(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+}
+
+/// AVX-512 VNNI: the same in one `vpdpwssd`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn dpw_vnni(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    _mm256_dpwssd_epi32(acc, a, b)
+}
+
+kernels!(
+    avx2,
+    "avx2,fma,f16c",
+    mul_sum_avx2,
+    dp_avx2,
+    dpw_avx2,
+    false
+);
 kernels!(
     vnni,
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
     mul_sum_vnni,
     dp_vnni,
+    dpw_vnni,
     true
 );
