@@ -807,7 +807,11 @@ macro_rules! kernels {
                 for t in 0..nt {
                     res[t] = unsafe { hsum(facc[t]) };
                 }
-                out[..nt].copy_from_slice(&res[..nt]);
+                // A loop, not `copy_from_slice`: for at most four values that is a call to
+                // memcpy per row (measured: 2.5 % of a Q4_K_M decode step).
+                for t in 0..nt {
+                    out[t] = res[t];
+                }
             }
 
             /// Q6_K, unpacked in vectors: per half super-block (128 weights) the low nibbles
@@ -925,7 +929,11 @@ macro_rules! kernels {
                 for t in 0..nt {
                     res[t] = unsafe { hsum(facc[t]) };
                 }
-                out[..nt].copy_from_slice(&res[..nt]);
+                // A loop, not `copy_from_slice`: for at most four values that is a call to
+                // memcpy per row (measured: 2.5 % of a Q4_K_M decode step).
+                for t in 0..nt {
+                    out[t] = res[t];
+                }
             }
         }
     };
