@@ -56,19 +56,30 @@ pub fn dot_rows(
     }
     let vnni = isa >= Isa::Avx512Vnni;
     let nt = acts.len();
-    // One token (decode): Q4_0 eight rows at a time; the rest below.
+    // Up to four tokens (decode, or a few sequences' decode steps): Q4_0 eight rows at a
+    // time; the rest below.
     let mut first_row = 0;
-    if let (DType::Q4_0, [ActRef::Q8(a)]) = (dtype, acts) {
-        while first_row + 8 <= n_rows {
+    if dtype == DType::Q4_0 && nt <= 4 {
+        let empty = Q8Row::default();
+        let mut qs = [&empty; 4];
+        let mut all_q8 = true;
+        for (slot, a) in qs.iter_mut().zip(acts) {
+            match a {
+                ActRef::Q8(q) => *slot = q,
+                _ => all_q8 = false,
+            }
+        }
+        while all_q8 && first_row + 8 <= n_rows {
             let wr = &w[first_row * row_bytes..(first_row + 8) * row_bytes];
-            let o = &mut out[first_row..first_row + 8];
+            let o = &mut out[first_row * nt..(first_row + 8) * nt];
             // SAFETY: as below (run-time detected features); `row_geometry` and `fits` checked
-            // that the eight rows are whole Q4_0 blocks and that `a` holds as many quants.
+            // that the eight rows are whole Q4_0 blocks and that every activation row holds as
+            // many quants.
             unsafe {
                 if vnni {
-                    vnni::q4_0_r8(wr, row_bytes, a, o)
+                    vnni::q4_0_r8(wr, row_bytes, &qs[..nt], o)
                 } else {
-                    avx2::q4_0_r8(wr, row_bytes, a, o)
+                    avx2::q4_0_r8(wr, row_bytes, &qs[..nt], o)
                 }
             }
             first_row += 8;
@@ -564,20 +575,39 @@ macro_rules! kernels {
             ///
             /// `w` holds eight rows of `rb` bytes; `out[r]` = row r · a.
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn q4_0_r8(w: &[u8], rb: usize, a: &Q8Row, out: &mut [f32]) {
+            pub(super) unsafe fn q4_0_r8(w: &[u8], rb: usize, a: &[&Q8Row], out: &mut [f32]) {
+                // The token count as a constant: loops over tokens unroll.
+                unsafe {
+                    match a.len() {
+                        1 => q4_0_r8_n::<1>(w, rb, a, out),
+                        2 => q4_0_r8_n::<2>(w, rb, a, out),
+                        3 => q4_0_r8_n::<3>(w, rb, a, out),
+                        _ => q4_0_r8_n::<4>(w, rb, a, out),
+                    }
+                }
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn q4_0_r8_n<const N: usize>(
+                w: &[u8],
+                rb: usize,
+                a: &[&Q8Row],
+                out: &mut [f32],
+            ) {
                 let nb = rb / std::mem::size_of::<BlockQ4_0>();
-                debug_assert!(w.len() >= 8 * rb && a.qs.len() >= nb * QK && out.len() >= 8);
+                debug_assert!(w.len() >= 8 * rb && out.len() >= 8 * N);
+                debug_assert!(a.iter().all(|a| a.qs.len() >= nb * QK));
                 let m4 = _mm256_set1_epi8(0x0F);
                 let lo_rows = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
                 let hi_rows = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
                 let wp = w.as_ptr();
-                let qa = a.qs.as_ptr();
-                let mut f_lo = _mm256_setzero_ps();
-                let mut f_hi = _mm256_setzero_ps();
+                let mut f_lo = [_mm256_setzero_ps(); N];
+                let mut f_hi = [_mm256_setzero_ps(); N];
                 for b in 0..nb {
                     // SAFETY (whole loop body): rows r < 8 hold nb blocks of 18 bytes (checked
-                    // by `dot_rows`), block b of row r starts at r·rb + 18b; the activation row
-                    // holds nb blocks of 32 quants.
+                    // by `dot_rows`), block b of row r starts at r·rb + 18b; each activation
+                    // row holds nb blocks of 32 quants.
                     unsafe {
                         let blk = |r: usize| wp.add(r * rb + b * 18);
                         // The eight rows are one contiguous region read as eight short
@@ -601,7 +631,6 @@ macro_rules! kernels {
                             d(6),
                             d(7),
                         ));
-                        let s = _mm256_mul_ps(dw, _mm256_set1_ps(*a.d.get_unchecked(b)));
                         let q = |r: usize| _mm_loadu_si128(blk(r).add(2).cast());
                         let pair = |r0: usize, r1: usize| {
                             _mm256_inserti128_si256(_mm256_castsi128_si256(q(r0)), q(r1), 1)
@@ -617,35 +646,45 @@ macro_rules! kernels {
                             _mm256_unpackhi_epi64(x02, x13),
                             _mm256_unpackhi_epi64(x46, x57),
                         ];
-                        // Byte i holds element i (low nibble) and element i + 16 (high).
-                        let ab = qa.add(b * QK).cast::<i64>();
-                        let a0 = _mm256_set1_epi64x(ab.read_unaligned()); // elements 0..8
-                        let a1 = _mm256_set1_epi64x(ab.add(1).read_unaligned()); // 8..16
-                        let a2 = _mm256_set1_epi64x(ab.add(2).read_unaligned()); // 16..24
-                        let a3 = _mm256_set1_epi64x(ab.add(3).read_unaligned()); // 24..32
-                        let init = _mm256_set1_epi32(-4 * *a.isum.get_unchecked(b));
-                        let mut acc = [init; 2];
-                        for h in 0..2 {
-                            let (lo, hi) = (w_lo[h], w_hi[h]);
-                            acc[h] = $dp(acc[h], _mm256_and_si256(lo, m4), a0);
-                            acc[h] = $dp(acc[h], _mm256_and_si256(hi, m4), a1);
-                            acc[h] =
-                                $dp(acc[h], _mm256_and_si256(_mm256_srli_epi16(lo, 4), m4), a2);
-                            acc[h] =
-                                $dp(acc[h], _mm256_and_si256(_mm256_srli_epi16(hi, 4), m4), a3);
+                        // Byte i holds element i (low nibble) and element i + 16 (high):
+                        // nib[h][k] pairs with activation elements 8k..8k+8.
+                        let nib: [[__m256i; 4]; 2] = std::array::from_fn(|h| {
+                            [
+                                _mm256_and_si256(w_lo[h], m4),
+                                _mm256_and_si256(w_hi[h], m4),
+                                _mm256_and_si256(_mm256_srli_epi16(w_lo[h], 4), m4),
+                                _mm256_and_si256(_mm256_srli_epi16(w_hi[h], 4), m4),
+                            ]
+                        });
+                        for t in 0..N {
+                            let ab = a[t].qs.as_ptr().add(b * QK).cast::<i64>();
+                            let init = _mm256_set1_epi32(-4 * *a[t].isum.get_unchecked(b));
+                            let mut acc = [init; 2];
+                            for k in 0..4 {
+                                let ak = _mm256_set1_epi64x(ab.add(k).read_unaligned());
+                                acc[0] = $dp(acc[0], nib[0][k], ak);
+                                acc[1] = $dp(acc[1], nib[1][k], ak);
+                            }
+                            let s = _mm256_mul_ps(dw, _mm256_set1_ps(*a[t].d.get_unchecked(b)));
+                            let s_lo = _mm256_permutevar8x32_ps(s, lo_rows);
+                            let s_hi = _mm256_permutevar8x32_ps(s, hi_rows);
+                            f_lo[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[0]), s_lo, f_lo[t]);
+                            f_hi[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[1]), s_hi, f_hi[t]);
                         }
-                        let s_lo = _mm256_permutevar8x32_ps(s, lo_rows);
-                        let s_hi = _mm256_permutevar8x32_ps(s, hi_rows);
-                        f_lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[0]), s_lo, f_lo);
-                        f_hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[1]), s_hi, f_hi);
                     }
                 }
-                // Lane pairs → rows: hadd gives [r0 r1 r4 r5 | r2 r3 r6 r7].
-                let h = _mm256_hadd_ps(f_lo, f_hi);
-                let h = _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
-                // SAFETY: out holds at least eight results (checked above in debug builds, and
-                // by `dot_rows`, which passes eight slots).
-                unsafe { _mm256_storeu_ps(out.as_mut_ptr(), h) };
+                for t in 0..N {
+                    // Lane pairs → rows: hadd gives [r0 r1 r4 r5 | r2 r3 r6 r7].
+                    let h = _mm256_hadd_ps(f_lo[t], f_hi[t]);
+                    let h = _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
+                    let mut r8 = [0f32; 8];
+                    // SAFETY: r8 holds eight floats.
+                    unsafe { _mm256_storeu_ps(r8.as_mut_ptr(), h) };
+                    // `out` is [row][token].
+                    for (r, v) in r8.iter().enumerate() {
+                        out[r * N + t] = *v;
+                    }
+                }
             }
 
             /// Q5_0: the nibbles as in Q4_0, plus the fifth bit of element j from bit j of
