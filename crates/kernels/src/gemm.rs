@@ -1,6 +1,6 @@
 //! Matrix × matrix for prompt processing: weight rows against groups of eight tokens, with the
-//! tokens in the vector lanes — Q4_0 / Q8_0 weights with int8 activations ([`gemm_rows`]) and
-//! F32 / F16 / BF16 weights with f32 activations ([`gemm_rows_f`]).
+//! tokens in the vector lanes — Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K weights with int8 activations
+//! ([`gemm_rows`]) and F32 / F16 / BF16 weights with f32 activations ([`gemm_rows_f`]).
 //!
 //! The dot-product kernels (`dot`) put the 32 elements of a block in the lanes, so every block
 //! of every (row, token) pair ends in a convert, a scale and a horizontal reduction. Here the
@@ -11,7 +11,10 @@
 //! and scaled by d_w (broadcast) × d_a (one vector of the eight tokens' scales).
 //!
 //! Weights enter as unsigned bytes: Q4_0 nibbles u (= q + 8) and Q8_0 bytes q + 128; the offset
-//! is removed through the activation block sums: Σ(u − off)·a = Σ u·a − off·Σ a.
+//! is removed through the activation block sums: Σ(u − off)·a = Σ u·a − off·Σ a. K-quants
+//! enter as their unsigned values with a float scale and min per 32-element sub-block
+//! (x = s·u − m: Q4_K, Q5_K), or per 16 elements (Q6_K: s = d·sc, m = 32·s), and the min comes
+//! off through the activations' block (or half-block) sums: Σ(s·u − m)·a = s·Σ u·a − m·Σ a.
 //! Four rows at a time are unpacked (to bytes, or to f32 for the float path) into a caller's
 //! buffer and reused for every token group, each activation load serving the four rows. No
 //! weights are copied beyond those four rows.

@@ -48,7 +48,7 @@ pub fn dot_rows(
     };
     let fits = acts.iter().all(|a| match a {
         ActRef::F32(x) => x.len() == n,
-        ActRef::Q8(q) => q.qs.len() >= n && q.d.len() * QK >= n,
+        ActRef::Q8(q) => q.qs.len() >= n && q.d.len() * QK >= n && q.isum.len() * QK >= n,
         ActRef::Q8K(q) => q.qs.len() >= n && q.d.len() * QK_K >= n && q.bsums.len() * 16 >= n,
     });
     if !fits {
@@ -561,7 +561,8 @@ macro_rules! kernels {
                 }
             }
 
-            /// Q4_0 against one activation row, eight weight rows at once (the decode case).
+            /// Q4_0 against one to four activation rows, eight weight rows at once (the decode
+            /// case, and a few sequences' decode steps).
             ///
             /// Row-at-a-time, every block pays an int→float conversion, a scale broadcast and an
             /// FMA for only 32 weights. Here one vector lane pair holds one row: for block b the
@@ -571,9 +572,10 @@ macro_rules! kernels {
             /// (one broadcast 8-byte load). Per block and eight rows: one f16→f32 conversion of
             /// the eight scales, two int→float conversions and two FMAs. The offset of the
             /// unsigned nibbles (u = q + 8) is the accumulator's start value: −4·Σa per lane,
-            /// two lanes per row. The weights are read where they are (no repacked copy).
+            /// two lanes per row. The weights are read where they are (no repacked copy). With
+            /// several tokens the nibbles are unpacked once per block for all of them.
             ///
-            /// `w` holds eight rows of `rb` bytes; `out[r]` = row r · a.
+            /// `w` holds eight rows of `rb` bytes; `out[r · a.len() + t]` = row r · a[t].
             #[target_feature(enable = $features)]
             pub(super) unsafe fn q4_0_r8(w: &[u8], rb: usize, a: &[&Q8Row], out: &mut [f32]) {
                 // The token count as a constant: loops over tokens unroll.
