@@ -162,60 +162,40 @@ unsafe fn unpack_row_avx2(
             }
             0
         }
-        DType::Q4_K => {
-            let blocks = crate::blocks::as_blocks::<BlockQ4K>(w).unwrap_or(&[]);
-            assert!(bytes.len() >= blocks.len() * QK_K && scales.len() >= blocks.len() * 8);
-            assert!(mins.len() >= blocks.len() * 8);
-            let m4 = _mm256_set1_epi8(0x0F);
-            for (b, blk) in blocks.iter().enumerate() {
-                k4_scales(
-                    blk.d,
-                    blk.dmin,
-                    &blk.scales,
-                    &mut scales[b * 8..b * 8 + 8],
-                    &mut mins[b * 8..b * 8 + 8],
-                );
-                for g in 0..4 {
-                    // SAFETY: 32 bytes of nibbles per group; 64 output bytes per group
-                    // (asserted above).
-                    unsafe {
-                        let q = _mm256_loadu_si256(blk.qs.as_ptr().add(32 * g).cast());
-                        let o = bytes.as_mut_ptr().add(b * QK_K + 64 * g);
-                        _mm256_storeu_si256(o.cast(), _mm256_and_si256(q, m4));
-                        _mm256_storeu_si256(
-                            o.add(32).cast(),
-                            _mm256_and_si256(_mm256_srli_epi16(q, 4), m4),
-                        );
-                    }
-                }
-            }
-            0
-        }
-        DType::Q5_K => {
-            let blocks = crate::blocks::as_blocks::<BlockQ5K>(w).unwrap_or(&[]);
-            assert!(bytes.len() >= blocks.len() * QK_K && scales.len() >= blocks.len() * 8);
-            assert!(mins.len() >= blocks.len() * 8);
+        DType::Q4_K | DType::Q5_K => {
             let m4 = _mm256_set1_epi8(0x0F);
             let one = _mm256_set1_epi8(1);
-            for (b, blk) in blocks.iter().enumerate() {
+            for_k4_blocks(dtype, w, |b, k| {
+                assert!(bytes.len() >= (b + 1) * QK_K && scales.len() >= (b + 1) * 8);
+                assert!(mins.len() >= (b + 1) * 8);
                 k4_scales(
-                    blk.d,
-                    blk.dmin,
-                    &blk.scales,
+                    &k,
                     &mut scales[b * 8..b * 8 + 8],
                     &mut mins[b * 8..b * 8 + 8],
                 );
                 // SAFETY: 32 bytes of qh.
-                let qh = unsafe { _mm256_loadu_si256(blk.qh.as_ptr().cast()) };
+                let qh =
+                    k.qh.map(|h| unsafe { _mm256_loadu_si256(h.as_ptr().cast()) });
                 for g in 0..4 {
-                    // Bits 2g and 2g+1 of qh[l] are the fifth bits of the two sub-blocks.
-                    let h = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * g as i32));
-                    let h_lo = _mm256_slli_epi16(_mm256_and_si256(h, one), 4);
-                    let h_hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 1), one), 4);
+                    // Q5_K: bits 2g and 2g+1 of qh[l] are the fifth bits of the two
+                    // sub-blocks, moved to bit 4.
+                    let (h_lo, h_hi) = match qh {
+                        Some(qh) => {
+                            let h = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * g as i32));
+                            (
+                                _mm256_slli_epi16(_mm256_and_si256(h, one), 4),
+                                _mm256_slli_epi16(
+                                    _mm256_and_si256(_mm256_srli_epi16(h, 1), one),
+                                    4,
+                                ),
+                            )
+                        }
+                        None => (_mm256_setzero_si256(), _mm256_setzero_si256()),
+                    };
                     // SAFETY: 32 bytes of nibbles per group; 64 output bytes per group
                     // (asserted above).
                     unsafe {
-                        let q = _mm256_loadu_si256(blk.qs.as_ptr().add(32 * g).cast());
+                        let q = _mm256_loadu_si256(k.qs.as_ptr().add(32 * g).cast());
                         let o = bytes.as_mut_ptr().add(b * QK_K + 64 * g);
                         _mm256_storeu_si256(
                             o.cast(),
@@ -227,7 +207,7 @@ unsafe fn unpack_row_avx2(
                         );
                     }
                 }
-            }
+            });
             0
         }
         DType::Q4_0 => {
@@ -284,11 +264,62 @@ fn unpack(
     }
 }
 
+/// The fields of a Q4_K or Q5_K block that the unpacking reads (Q5_K adds `qh`).
+struct K4Block<'a> {
+    d: [u8; 2],
+    dmin: [u8; 2],
+    scales: &'a [u8; 12],
+    qs: &'a [u8; QK_K / 2],
+    qh: Option<&'a [u8; QK_K / 8]>,
+}
+
+/// Calls `f(b, block b)` for every block of a Q4_K or Q5_K row (nothing for other types or a
+/// row that is not whole blocks).
+fn for_k4_blocks(dtype: DType, w: &[u8], mut f: impl FnMut(usize, K4Block<'_>)) {
+    if dtype == DType::Q5_K {
+        for (b, k) in crate::blocks::as_blocks::<BlockQ5K>(w)
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            let (d, dmin, scales, qs, qh) = (k.d, k.dmin, &k.scales, &k.qs, Some(&k.qh));
+            f(
+                b,
+                K4Block {
+                    d,
+                    dmin,
+                    scales,
+                    qs,
+                    qh,
+                },
+            );
+        }
+    } else {
+        for (b, k) in crate::blocks::as_blocks::<BlockQ4K>(w)
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            let (d, dmin, scales, qs) = (k.d, k.dmin, &k.scales, &k.qs);
+            f(
+                b,
+                K4Block {
+                    d,
+                    dmin,
+                    scales,
+                    qs,
+                    qh: None,
+                },
+            );
+        }
+    }
+}
+
 /// A Q4_K/Q5_K block's eight sub-block scales d·sc_j and mins dmin·m_j.
-fn k4_scales(d: [u8; 2], dmin: [u8; 2], packed: &[u8; 12], scales: &mut [f32], mins: &mut [f32]) {
-    let (d, dmin) = (f16_le(d), f16_le(dmin));
+fn k4_scales(k: &K4Block<'_>, scales: &mut [f32], mins: &mut [f32]) {
+    let (d, dmin) = (f16_le(k.d), f16_le(k.dmin));
     for j in 0..8 {
-        let (sc, m) = crate::dequant::k4_scale_min(j, packed);
+        let (sc, m) = crate::dequant::k4_scale_min(j, k.scales);
         scales[j] = d * sc as f32;
         mins[j] = dmin * m as f32;
     }
@@ -318,10 +349,11 @@ fn k6_scales(blk: &BlockQ6K, scales: &mut [f32], mins: &mut [f32]) {
     }
 }
 
-/// Unpacks one row to unsigned bytes (Q4_0: nibble values; Q8_0: q + 128; Q4_K: nibbles) in
-/// element order, and its 32-element block scales to f32 (Q4_K: d·sc of each sub-block, and
-/// dmin·m into `mins`). Returns the integer weight offset (8, 128, or 0 for Q4_K, whose mins
-/// are applied separately).
+/// Unpacks one row to unsigned bytes (Q4_0: nibble values; Q8_0: q + 128; Q4_K, Q5_K: their
+/// 4- or 5-bit values; Q6_K: q + 32) in element order, and its block scales to f32 (one per 32
+/// elements; Q6_K one per 16); for the K-quants d·sc of each sub-block and the mins (dmin·m;
+/// Q6_K: 32·d·sc) into `mins`. Returns the integer weight offset (8, 128, or 0 for the
+/// K-quants, whose mins are applied separately).
 fn unpack_row(
     dtype: DType,
     w: &[u8],
@@ -345,45 +377,23 @@ fn unpack_row(
             }
             0
         }
-        DType::Q4_K => {
-            let blocks = crate::blocks::as_blocks::<BlockQ4K>(w).unwrap_or(&[]);
-            for (b, blk) in blocks.iter().enumerate() {
+        DType::Q4_K | DType::Q5_K => {
+            for_k4_blocks(dtype, w, |b, k| {
                 k4_scales(
-                    blk.d,
-                    blk.dmin,
-                    &blk.scales,
+                    &k,
                     &mut scales[b * 8..b * 8 + 8],
                     &mut mins[b * 8..b * 8 + 8],
                 );
                 for g in 0..4 {
                     let o = &mut bytes[b * QK_K + 64 * g..b * QK_K + 64 * g + 64];
                     for l in 0..32 {
-                        o[l] = blk.qs[32 * g + l] & 0x0F;
-                        o[l + 32] = blk.qs[32 * g + l] >> 4;
+                        // Q5_K: the fifth bits at bits 2g, 2g+1 of qh[l].
+                        let h = k.qh.map_or(0, |qh| qh[l] >> (2 * g));
+                        o[l] = (k.qs[32 * g + l] & 0x0F) | (h & 1) << 4;
+                        o[l + 32] = (k.qs[32 * g + l] >> 4) | (h >> 1 & 1) << 4;
                     }
                 }
-            }
-            0
-        }
-        DType::Q5_K => {
-            let blocks = crate::blocks::as_blocks::<BlockQ5K>(w).unwrap_or(&[]);
-            for (b, blk) in blocks.iter().enumerate() {
-                k4_scales(
-                    blk.d,
-                    blk.dmin,
-                    &blk.scales,
-                    &mut scales[b * 8..b * 8 + 8],
-                    &mut mins[b * 8..b * 8 + 8],
-                );
-                for g in 0..4 {
-                    let o = &mut bytes[b * QK_K + 64 * g..b * QK_K + 64 * g + 64];
-                    for l in 0..32 {
-                        let h = blk.qh[l] >> (2 * g);
-                        o[l] = (blk.qs[32 * g + l] & 0x0F) | (h & 1) << 4;
-                        o[l + 32] = (blk.qs[32 * g + l] >> 4) | (h >> 1 & 1) << 4;
-                    }
-                }
-            }
+            });
             0
         }
         DType::Q4_0 => {

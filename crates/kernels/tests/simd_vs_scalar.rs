@@ -63,6 +63,43 @@ fn weights(dtype: DType, n: usize, rng: &mut Lcg) -> Vec<u8> {
     out
 }
 
+/// Each activation row quantized both ways (blocks of 32, super-blocks of 256).
+fn quantized(xs: &[Vec<f32>]) -> (Vec<Q8Row>, Vec<Q8KRow>) {
+    let q8 = xs
+        .iter()
+        .map(|x| {
+            let mut r = Q8Row::default();
+            r.quantize(x);
+            r
+        })
+        .collect();
+    let q8k = xs
+        .iter()
+        .map(|x| {
+            let mut r = Q8KRow::default();
+            r.quantize(x);
+            r
+        })
+        .collect();
+    (q8, q8k)
+}
+
+/// The activation rows in the form `dtype`'s kernels take.
+fn act_refs<'a>(
+    dtype: DType,
+    xs: &'a [Vec<f32>],
+    q8: &'a [Q8Row],
+    q8k: &'a [Q8KRow],
+) -> Vec<ActRef<'a>> {
+    (0..xs.len())
+        .map(|i| match act_kind(dtype) {
+            ActKind::F32 => ActRef::F32(&xs[i]),
+            ActKind::Q8 => ActRef::Q8(&q8[i]),
+            ActKind::Q8K => ActRef::Q8K(&q8k[i]),
+        })
+        .collect()
+}
+
 /// Every type tuili computes with, but Q8_K (an activation type, never a weight in GGUF files).
 fn types() -> impl Iterator<Item = DType> {
     DType::DEQUANTIZABLE
@@ -77,29 +114,8 @@ fn simd_kernels_match_scalar_twins_and_exact_dots() {
         for dtype in types() {
             let w = weights(dtype, n, &mut rng);
             let xs: Vec<Vec<f32>> = (0..5).map(|_| (0..n).map(|_| rng.f()).collect()).collect();
-            let q8: Vec<Q8Row> = xs
-                .iter()
-                .map(|x| {
-                    let mut r = Q8Row::default();
-                    r.quantize(x);
-                    r
-                })
-                .collect();
-            let q8k: Vec<Q8KRow> = xs
-                .iter()
-                .map(|x| {
-                    let mut r = Q8KRow::default();
-                    r.quantize(x);
-                    r
-                })
-                .collect();
-            let acts: Vec<ActRef> = (0..5)
-                .map(|i| match act_kind(dtype) {
-                    ActKind::F32 => ActRef::F32(&xs[i]),
-                    ActKind::Q8 => ActRef::Q8(&q8[i]),
-                    ActKind::Q8K => ActRef::Q8K(&q8k[i]),
-                })
-                .collect();
+            let (q8, q8k) = quantized(&xs);
+            let acts = act_refs(dtype, &xs, &q8, &q8k);
             let mut tmp = vec![0f32; n];
             let mut reference = vec![0f32; 5];
             dot_many(Isa::Scalar, dtype, &w, &acts, &mut reference, &mut tmp);
@@ -161,29 +177,8 @@ fn row_groups_match_scalar_twins() {
                 .collect();
             let rb = w.len() / rows;
             let xs: Vec<Vec<f32>> = (0..5).map(|_| (0..n).map(|_| rng.f()).collect()).collect();
-            let q8: Vec<Q8Row> = xs
-                .iter()
-                .map(|x| {
-                    let mut r = Q8Row::default();
-                    r.quantize(x);
-                    r
-                })
-                .collect();
-            let q8k: Vec<Q8KRow> = xs
-                .iter()
-                .map(|x| {
-                    let mut r = Q8KRow::default();
-                    r.quantize(x);
-                    r
-                })
-                .collect();
-            let acts: Vec<ActRef> = (0..5)
-                .map(|i| match act_kind(dtype) {
-                    ActKind::F32 => ActRef::F32(&xs[i]),
-                    ActKind::Q8 => ActRef::Q8(&q8[i]),
-                    ActKind::Q8K => ActRef::Q8K(&q8k[i]),
-                })
-                .collect();
+            let (q8, q8k) = quantized(&xs);
+            let acts = act_refs(dtype, &xs, &q8, &q8k);
             let mut tmp = vec![0f32; n];
             for nt in 1..=5 {
                 let mut reference = vec![0f32; rows * nt];

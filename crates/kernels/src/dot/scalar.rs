@@ -139,24 +139,36 @@ pub fn q5_1(w: &[BlockQ5_1], a: &Q8Row) -> f32 {
 
 /// Per super-block: d_a·(d·Σ_j sc_j·Σ q_w·q_a − dmin·Σ_j m_j·Σ q_a), j over 8 sub-blocks of 32.
 pub fn q4_k(w: &[BlockQ4K], a: &Q8KRow) -> f32 {
+    k4_like(w.iter().map(|b| (b.d, b.dmin, &b.scales, &b.qs, None)), a)
+}
+
+/// The blocks of a Q4_K or Q5_K row as (d, dmin, packed scales, nibbles, Q5_K's fifth bits).
+type K4Fields<'a> = (
+    [u8; 2],
+    [u8; 2],
+    &'a [u8; 12],
+    &'a [u8; QK_K / 2],
+    Option<&'a [u8; QK_K / 8]>,
+);
+
+/// The shared body of [`q4_k`] and [`q5_k`].
+fn k4_like<'a>(blocks: impl Iterator<Item = K4Fields<'a>>, a: &Q8KRow) -> f32 {
     let mut s = 0f32;
-    for (b, wb) in w.iter().enumerate() {
+    for (b, (d, dmin, scales, qs, qh)) in blocks.enumerate() {
         let qa = &a.qs[b * QK_K..(b + 1) * QK_K];
-        let (d, dmin) = (f16_le(wb.d), f16_le(wb.dmin));
+        let (d, dmin) = (f16_le(d), f16_le(dmin));
         let mut sum_q = 0i32;
         let mut sum_m = 0i32;
         for g in 0..4 {
-            let q = &wb.qs[g * 32..g * 32 + 32];
+            let q = &qs[g * 32..g * 32 + 32];
             for (half, j) in [(0, 2 * g), (1, 2 * g + 1)] {
-                let (sc, m) = k4_scale_min(j, &wb.scales);
+                let (sc, m) = k4_scale_min(j, scales);
                 let qa_j = &qa[j * 32..j * 32 + 32];
                 let dotj = isum(
-                    q.iter().map(|&x| {
-                        if half == 0 {
-                            (x & 0x0F) as i32
-                        } else {
-                            (x >> 4) as i32
-                        }
+                    q.iter().enumerate().map(|(l, &x)| {
+                        let low = if half == 0 { x & 0x0F } else { x >> 4 } as i32;
+                        let high = qh.map_or(0, |h| ((h[l] >> j) & 1) as i32);
+                        low | high << 4
                     }),
                     qa_j,
                 );
@@ -189,31 +201,11 @@ pub fn q6_k_values(b: &BlockQ6K) -> [i8; QK_K] {
 /// As [`q4_k`], with the fifth bit of element l of group g at bit 2g (low sub-block) or
 /// 2g+1 (high) of qh[l].
 pub fn q5_k(w: &[BlockQ5K], a: &Q8KRow) -> f32 {
-    let mut s = 0f32;
-    for (b, wb) in w.iter().enumerate() {
-        let qa = &a.qs[b * QK_K..(b + 1) * QK_K];
-        let (d, dmin) = (f16_le(wb.d), f16_le(wb.dmin));
-        let mut sum_q = 0i32;
-        let mut sum_m = 0i32;
-        for g in 0..4 {
-            let q = &wb.qs[g * 32..g * 32 + 32];
-            for (half, j) in [(0, 2 * g), (1, 2 * g + 1)] {
-                let (sc, m) = k4_scale_min(j, &wb.scales);
-                let qa_j = &qa[j * 32..j * 32 + 32];
-                let dotj = isum(
-                    q.iter().zip(&wb.qh).map(|(&x, &h)| {
-                        let low = if half == 0 { x & 0x0F } else { x >> 4 } as i32;
-                        low | (((h >> j) & 1) as i32) << 4
-                    }),
-                    qa_j,
-                );
-                sum_q += sc as i32 * dotj;
-                sum_m += m as i32 * (a.bsums[b * 16 + 2 * j] + a.bsums[b * 16 + 2 * j + 1]);
-            }
-        }
-        s += a.d[b] * (d * sum_q as f32 - dmin * sum_m as f32);
-    }
-    s
+    k4_like(
+        w.iter()
+            .map(|b| (b.d, b.dmin, &b.scales, &b.qs, Some(&b.qh))),
+        a,
+    )
 }
 
 /// Per super-block: d_a·d·Σ_g sc_g·Σ q_w·q_a over 16 groups of 16.
