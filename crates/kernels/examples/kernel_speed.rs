@@ -19,6 +19,8 @@ fn main() {
         .unwrap_or(128);
     for dtype in [
         DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_1,
         DType::Q8_0,
         DType::F16,
         DType::Q4_K,

@@ -158,6 +158,10 @@ pub fn dot_rows(
                 DType::Q8_0 => rows!(with_q8, BlockQ8_0, avx2::q8_0_n),
                 DType::Q4_0 if vnni => rows!(with_q8, BlockQ4_0, vnni::q4_0_n),
                 DType::Q4_0 => rows!(with_q8, BlockQ4_0, avx2::q4_0_n),
+                DType::Q4_1 if vnni => rows!(with_q8, BlockQ4_1, vnni::q4_1_n),
+                DType::Q4_1 => rows!(with_q8, BlockQ4_1, avx2::q4_1_n),
+                DType::Q5_1 if vnni => rows!(with_q8, BlockQ5_1, vnni::q5_1_n),
+                DType::Q5_1 => rows!(with_q8, BlockQ5_1, avx2::q5_1_n),
                 DType::Q5_0 if vnni => rows!(with_q8, BlockQ5_0, vnni::q5_0_n),
                 DType::Q5_0 => rows!(with_q8, BlockQ5_0, avx2::q5_0_n),
                 DType::Q4_K if vnni => rows!(with_q8k, BlockQ4K, vnni::q4_k_n),
@@ -405,12 +409,15 @@ macro_rules! kernels {
             /// scales as one vector, and each block takes its lane with one permute (instead
             /// of a scalar convert–multiply–broadcast per block). `U` accumulators per token
             /// keep the FMA latency chain from bounding a single-token (decode) product.
+            /// `MIN`: the blocks have a min, x = d·u + m (Q4_1, Q5_1), `mbits(b)` its f16;
+            /// Σ m_b·d_a·Σa is added through the activation block sums like the offset.
             #[target_feature(enable = $features)]
             #[inline]
-            unsafe fn blocks32<const U: usize, const OFF: i32, const N: usize>(
+            unsafe fn blocks32<const U: usize, const OFF: i32, const N: usize, const MIN: bool>(
                 nb: usize,
                 unpack: impl Fn(usize) -> __m256i,
                 dbits: impl Fn(usize) -> u16,
+                mbits: impl Fn(usize) -> u16,
                 a: &[&Q8Row],
                 out: &mut [f32],
             ) {
@@ -429,7 +436,7 @@ macro_rules! kernels {
                 let dot = |q: __m256i, t: usize, b: usize| -> __m256i {
                     // SAFETY: `dot_rows` checked that block b exists in every activation row.
                     let y = unsafe { _mm256_loadu_si256(qa[t].add(b * QK).cast()) };
-                    if OFF == 0 {
+                    if OFF == 0 && !MIN {
                         mul_sum_i8(q, y)
                     } else {
                         $mul_sum(q, y)
@@ -444,21 +451,32 @@ macro_rules! kernels {
                     // The eight f16 scales packed in two general-purpose registers (integer
                     // units, beside the vector work) rather than through a stack buffer, whose
                     // eight small stores could not be forwarded to one 16-byte load.
-                    let pack = |o: usize| -> i64 {
-                        (dbits(b + o) as u64
-                            | (dbits(b + o + 1) as u64) << 16
-                            | (dbits(b + o + 2) as u64) << 32
-                            | (dbits(b + o + 3) as u64) << 48) as i64
+                    #[inline(always)]
+                    fn pack(f: &impl Fn(usize) -> u16, b: usize) -> i64 {
+                        (f(b) as u64
+                            | (f(b + 1) as u64) << 16
+                            | (f(b + 2) as u64) << 32
+                            | (f(b + 3) as u64) << 48) as i64
+                    }
+                    let dw = _mm256_cvtph_ps(_mm_set_epi64x(pack(&dbits, b + 4), pack(&dbits, b)));
+                    let mw = if MIN {
+                        _mm256_cvtph_ps(_mm_set_epi64x(pack(&mbits, b + 4), pack(&mbits, b)))
+                    } else {
+                        _mm256_setzero_ps()
                     };
-                    let dw = _mm256_cvtph_ps(_mm_set_epi64x(pack(4), pack(0)));
                     let mut s8 = [_mm256_setzero_ps(); 4];
                     for t in 0..nt {
                         // SAFETY: blocks b..b+8 exist in d and isum (checked by `dot_rows`).
                         s8[t] = _mm256_mul_ps(dw, unsafe { _mm256_loadu_ps(da[t].add(b)) });
-                        if OFF != 0 {
+                        if OFF != 0 || MIN {
                             let is =
                                 unsafe { _mm256_loadu_si256(a[t].isum.as_ptr().add(b).cast()) };
-                            corr[t] = _mm256_fmadd_ps(s8[t], _mm256_cvtepi32_ps(is), corr[t]);
+                            let coef = if MIN {
+                                _mm256_mul_ps(mw, unsafe { _mm256_loadu_ps(da[t].add(b)) })
+                            } else {
+                                s8[t]
+                            };
+                            corr[t] = _mm256_fmadd_ps(coef, _mm256_cvtepi32_ps(is), corr[t]);
                         }
                     }
                     for k in 0..8 {
@@ -479,7 +497,10 @@ macro_rules! kernels {
                         // SAFETY: block b exists in d.
                         let s = dw * unsafe { *da[t].add(b) };
                         acc[0][t] = _mm256_fmadd_ps(p, _mm256_set1_ps(s), acc[0][t]);
-                        if OFF != 0 {
+                        if MIN {
+                            let m = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(mbits(b) as i32)));
+                            corr_tail[t] += m * unsafe { *da[t].add(b) } * a[t].isum[b] as f32;
+                        } else if OFF != 0 {
                             corr_tail[t] += s * a[t].isum[b] as f32;
                         }
                     }
@@ -490,12 +511,13 @@ macro_rules! kernels {
                     for u in 1..U {
                         v = _mm256_add_ps(v, acc[u][t]);
                     }
-                    let c = if OFF != 0 {
+                    let c = if OFF != 0 || MIN {
                         (unsafe { hsum(corr[t]) }) + corr_tail[t]
                     } else {
                         0.0
                     };
-                    out[t] = unsafe { hsum(v) } - OFF as f32 * c;
+                    // Offset: −OFF·Σ s·Σa; min: +Σ m·d_a·Σa.
+                    out[t] = unsafe { hsum(v) } + if MIN { c } else { -(OFF as f32) * c };
                 }
             }
 
@@ -514,10 +536,18 @@ macro_rules! kernels {
                     };
                     unsafe {
                         match a.len() {
-                            1 => blocks32::<4, 128, 1>(w.len(), unpack, dbits, a, out),
-                            2 => blocks32::<2, 128, 2>(w.len(), unpack, dbits, a, out),
-                            3 => blocks32::<1, 128, 3>(w.len(), unpack, dbits, a, out),
-                            _ => blocks32::<1, 128, 4>(w.len(), unpack, dbits, a, out),
+                            1 => {
+                                blocks32::<4, 128, 1, false>(w.len(), unpack, dbits, |_| 0, a, out)
+                            }
+                            2 => {
+                                blocks32::<2, 128, 2, false>(w.len(), unpack, dbits, |_| 0, a, out)
+                            }
+                            3 => {
+                                blocks32::<1, 128, 3, false>(w.len(), unpack, dbits, |_| 0, a, out)
+                            }
+                            _ => {
+                                blocks32::<1, 128, 4, false>(w.len(), unpack, dbits, |_| 0, a, out)
+                            }
                         }
                     }
                 } else {
@@ -525,10 +555,10 @@ macro_rules! kernels {
                     let unpack = |b: usize| unsafe { _mm256_loadu_si256(w[b].qs.as_ptr().cast()) };
                     unsafe {
                         match a.len() {
-                            1 => blocks32::<4, 0, 1>(w.len(), unpack, dbits, a, out),
-                            2 => blocks32::<2, 0, 2>(w.len(), unpack, dbits, a, out),
-                            3 => blocks32::<1, 0, 3>(w.len(), unpack, dbits, a, out),
-                            _ => blocks32::<1, 0, 4>(w.len(), unpack, dbits, a, out),
+                            1 => blocks32::<4, 0, 1, false>(w.len(), unpack, dbits, |_| 0, a, out),
+                            2 => blocks32::<2, 0, 2, false>(w.len(), unpack, dbits, |_| 0, a, out),
+                            3 => blocks32::<1, 0, 3, false>(w.len(), unpack, dbits, |_| 0, a, out),
+                            _ => blocks32::<1, 0, 4, false>(w.len(), unpack, dbits, |_| 0, a, out),
                         }
                     }
                 }
@@ -553,10 +583,10 @@ macro_rules! kernels {
                 let dbits = |b: usize| u16::from_le_bytes(w[b].d);
                 unsafe {
                     match a.len() {
-                        1 => blocks32::<4, 8, 1>(w.len(), unpack, dbits, a, out),
-                        2 => blocks32::<2, 8, 2>(w.len(), unpack, dbits, a, out),
-                        3 => blocks32::<1, 8, 3>(w.len(), unpack, dbits, a, out),
-                        _ => blocks32::<1, 8, 4>(w.len(), unpack, dbits, a, out),
+                        1 => blocks32::<4, 8, 1, false>(w.len(), unpack, dbits, |_| 0, a, out),
+                        2 => blocks32::<2, 8, 2, false>(w.len(), unpack, dbits, |_| 0, a, out),
+                        3 => blocks32::<1, 8, 3, false>(w.len(), unpack, dbits, |_| 0, a, out),
+                        _ => blocks32::<1, 8, 4, false>(w.len(), unpack, dbits, |_| 0, a, out),
                     }
                 }
             }
@@ -689,38 +719,87 @@ macro_rules! kernels {
                 }
             }
 
-            /// Q5_0: the nibbles as in Q4_0, plus the fifth bit of element j from bit j of
-            /// `qh`: each byte of the vector picks qh's byte j/8 and tests bit j%8. u = q + 16
-            /// (≤ 31) goes in unsigned.
+            /// The unpacking of a five-bit block (Q5_0, Q5_1: fields `qs`, `qh`) into u in 0..31:
+            /// the nibbles as in Q4_0, plus the fifth bit of element j from bit j of `qh` —
+            /// each byte of the vector picks qh's byte j/8 and tests bit j%8.
+            macro_rules! five_bit_unpack {
+                ($w:ident) => {{
+                    let m4 = _mm256_set1_epi8(0x0F);
+                    let shifts = _mm256_setr_epi64x(0, 0, 4, 4);
+                    let spread = _mm256_setr_epi8(
+                        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3,
+                        3, 3, 3, 3, 3, 3, 3,
+                    );
+                    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+                    let sixteen = _mm256_set1_epi8(16);
+                    move |b: usize| {
+                        let wb = &$w[b];
+                        // SAFETY: 16 bytes of nibbles per block.
+                        let raw = unsafe {
+                            _mm256_broadcastsi128_si256(_mm_loadu_si128(wb.qs.as_ptr().cast()))
+                        };
+                        let lo = _mm256_and_si256(_mm256_srlv_epi64(raw, shifts), m4);
+                        let qh = _mm256_set1_epi32(u32::from_le_bytes(wb.qh) as i32);
+                        let hb = _mm256_and_si256(_mm256_shuffle_epi8(qh, spread), bit);
+                        let hi = _mm256_and_si256(_mm256_cmpeq_epi8(hb, bit), sixteen);
+                        _mm256_or_si256(lo, hi)
+                    }
+                }};
+            }
+
+            /// Q4_1: the nibbles of Q4_0 as they are (x = d·u + m), the mins through the
+            /// activation block sums.
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn q5_0_n(w: &[BlockQ5_0], a: &[&Q8Row], out: &mut [f32]) {
+            pub(super) unsafe fn q4_1_n(w: &[BlockQ4_1], a: &[&Q8Row], out: &mut [f32]) {
                 let m4 = _mm256_set1_epi8(0x0F);
                 let shifts = _mm256_setr_epi64x(0, 0, 4, 4);
-                let spread = _mm256_setr_epi8(
-                    0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
-                    3, 3, 3, 3, 3, 3,
-                );
-                let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
-                let sixteen = _mm256_set1_epi8(16);
                 let unpack = |b: usize| {
-                    let wb = &w[b];
                     // SAFETY: 16 bytes of nibbles per block.
                     let raw = unsafe {
-                        _mm256_broadcastsi128_si256(_mm_loadu_si128(wb.qs.as_ptr().cast()))
+                        _mm256_broadcastsi128_si256(_mm_loadu_si128(w[b].qs.as_ptr().cast()))
                     };
-                    let lo = _mm256_and_si256(_mm256_srlv_epi64(raw, shifts), m4);
-                    let qh = _mm256_set1_epi32(u32::from_le_bytes(wb.qh) as i32);
-                    let hb = _mm256_and_si256(_mm256_shuffle_epi8(qh, spread), bit);
-                    let hi = _mm256_and_si256(_mm256_cmpeq_epi8(hb, bit), sixteen);
-                    _mm256_or_si256(lo, hi)
+                    _mm256_and_si256(_mm256_srlv_epi64(raw, shifts), m4)
                 };
+                let dbits = |b: usize| u16::from_le_bytes(w[b].d);
+                let mbits = |b: usize| u16::from_le_bytes(w[b].m);
+                unsafe {
+                    match a.len() {
+                        1 => blocks32::<4, 0, 1, true>(w.len(), unpack, dbits, mbits, a, out),
+                        2 => blocks32::<2, 0, 2, true>(w.len(), unpack, dbits, mbits, a, out),
+                        3 => blocks32::<1, 0, 3, true>(w.len(), unpack, dbits, mbits, a, out),
+                        _ => blocks32::<1, 0, 4, true>(w.len(), unpack, dbits, mbits, a, out),
+                    }
+                }
+            }
+
+            /// Q5_1: Q5_0's five-bit values as they are (x = d·u + m), the mins as in Q4_1.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q5_1_n(w: &[BlockQ5_1], a: &[&Q8Row], out: &mut [f32]) {
+                let unpack = five_bit_unpack!(w);
+                let dbits = |b: usize| u16::from_le_bytes(w[b].d);
+                let mbits = |b: usize| u16::from_le_bytes(w[b].m);
+                unsafe {
+                    match a.len() {
+                        1 => blocks32::<4, 0, 1, true>(w.len(), unpack, dbits, mbits, a, out),
+                        2 => blocks32::<2, 0, 2, true>(w.len(), unpack, dbits, mbits, a, out),
+                        3 => blocks32::<1, 0, 3, true>(w.len(), unpack, dbits, mbits, a, out),
+                        _ => blocks32::<1, 0, 4, true>(w.len(), unpack, dbits, mbits, a, out),
+                    }
+                }
+            }
+
+            /// Q5_0: five-bit values u = q + 16 (≤ 31, `five_bit_unpack!`) go in unsigned; the
+            /// offset comes off through the activation block sums.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q5_0_n(w: &[BlockQ5_0], a: &[&Q8Row], out: &mut [f32]) {
+                let unpack = five_bit_unpack!(w);
                 let dbits = |b: usize| u16::from_le_bytes(w[b].d);
                 unsafe {
                     match a.len() {
-                        1 => blocks32::<4, 16, 1>(w.len(), unpack, dbits, a, out),
-                        2 => blocks32::<2, 16, 2>(w.len(), unpack, dbits, a, out),
-                        3 => blocks32::<1, 16, 3>(w.len(), unpack, dbits, a, out),
-                        _ => blocks32::<1, 16, 4>(w.len(), unpack, dbits, a, out),
+                        1 => blocks32::<4, 16, 1, false>(w.len(), unpack, dbits, |_| 0, a, out),
+                        2 => blocks32::<2, 16, 2, false>(w.len(), unpack, dbits, |_| 0, a, out),
+                        3 => blocks32::<1, 16, 3, false>(w.len(), unpack, dbits, |_| 0, a, out),
+                        _ => blocks32::<1, 16, 4, false>(w.len(), unpack, dbits, |_| 0, a, out),
                     }
                 }
             }
