@@ -403,6 +403,19 @@ macro_rules! kernels {
                 $mul_sum(ax, sy)
             }
 
+            /// [`blocks32`] with the token count as a constant (loops over tokens unroll) and
+            /// as many accumulators per token as keep the FMA chains from bounding the loop.
+            macro_rules! by_tokens {
+                ($off:literal, $min:literal, $nb:expr, $unpack:expr, $dbits:expr, $mbits:expr, $a:expr, $out:expr) => {
+                    match $a.len() {
+                        1 => blocks32::<4, $off, 1, $min>($nb, $unpack, $dbits, $mbits, $a, $out),
+                        2 => blocks32::<2, $off, 2, $min>($nb, $unpack, $dbits, $mbits, $a, $out),
+                        3 => blocks32::<1, $off, 3, $min>($nb, $unpack, $dbits, $mbits, $a, $out),
+                        _ => blocks32::<1, $off, 4, $min>($nb, $unpack, $dbits, $mbits, $a, $out),
+                    }
+                };
+            }
+
             /// The shared loop of the 32-element block kernels: `unpack(b)` gives block b's
             /// 32 weights as int8, `dbits(b)` its f16 scale. Blocks go eight at a time: the
             /// eight weight scales are converted together and multiplied by the activation
@@ -534,33 +547,11 @@ macro_rules! kernels {
                             flip,
                         )
                     };
-                    unsafe {
-                        match a.len() {
-                            1 => {
-                                blocks32::<4, 128, 1, false>(w.len(), unpack, dbits, |_| 0, a, out)
-                            }
-                            2 => {
-                                blocks32::<2, 128, 2, false>(w.len(), unpack, dbits, |_| 0, a, out)
-                            }
-                            3 => {
-                                blocks32::<1, 128, 3, false>(w.len(), unpack, dbits, |_| 0, a, out)
-                            }
-                            _ => {
-                                blocks32::<1, 128, 4, false>(w.len(), unpack, dbits, |_| 0, a, out)
-                            }
-                        }
-                    }
+                    unsafe { by_tokens!(128, false, w.len(), unpack, dbits, |_| 0, a, out) }
                 } else {
                     // SAFETY: a block holds 32 quants.
                     let unpack = |b: usize| unsafe { _mm256_loadu_si256(w[b].qs.as_ptr().cast()) };
-                    unsafe {
-                        match a.len() {
-                            1 => blocks32::<4, 0, 1, false>(w.len(), unpack, dbits, |_| 0, a, out),
-                            2 => blocks32::<2, 0, 2, false>(w.len(), unpack, dbits, |_| 0, a, out),
-                            3 => blocks32::<1, 0, 3, false>(w.len(), unpack, dbits, |_| 0, a, out),
-                            _ => blocks32::<1, 0, 4, false>(w.len(), unpack, dbits, |_| 0, a, out),
-                        }
-                    }
+                    unsafe { by_tokens!(0, false, w.len(), unpack, dbits, |_| 0, a, out) }
                 }
             }
 
@@ -581,14 +572,7 @@ macro_rules! kernels {
                     _mm256_and_si256(_mm256_srlv_epi64(raw, shifts), m4)
                 };
                 let dbits = |b: usize| u16::from_le_bytes(w[b].d);
-                unsafe {
-                    match a.len() {
-                        1 => blocks32::<4, 8, 1, false>(w.len(), unpack, dbits, |_| 0, a, out),
-                        2 => blocks32::<2, 8, 2, false>(w.len(), unpack, dbits, |_| 0, a, out),
-                        3 => blocks32::<1, 8, 3, false>(w.len(), unpack, dbits, |_| 0, a, out),
-                        _ => blocks32::<1, 8, 4, false>(w.len(), unpack, dbits, |_| 0, a, out),
-                    }
-                }
+                unsafe { by_tokens!(8, false, w.len(), unpack, dbits, |_| 0, a, out) }
             }
 
             /// Q4_0 against one to four activation rows, eight weight rows at once (the decode
@@ -762,14 +746,7 @@ macro_rules! kernels {
                 };
                 let dbits = |b: usize| u16::from_le_bytes(w[b].d);
                 let mbits = |b: usize| u16::from_le_bytes(w[b].m);
-                unsafe {
-                    match a.len() {
-                        1 => blocks32::<4, 0, 1, true>(w.len(), unpack, dbits, mbits, a, out),
-                        2 => blocks32::<2, 0, 2, true>(w.len(), unpack, dbits, mbits, a, out),
-                        3 => blocks32::<1, 0, 3, true>(w.len(), unpack, dbits, mbits, a, out),
-                        _ => blocks32::<1, 0, 4, true>(w.len(), unpack, dbits, mbits, a, out),
-                    }
-                }
+                unsafe { by_tokens!(0, true, w.len(), unpack, dbits, mbits, a, out) }
             }
 
             /// Q5_1: Q5_0's five-bit values as they are (x = d·u + m), the mins as in Q4_1.
@@ -778,14 +755,7 @@ macro_rules! kernels {
                 let unpack = five_bit_unpack!(w);
                 let dbits = |b: usize| u16::from_le_bytes(w[b].d);
                 let mbits = |b: usize| u16::from_le_bytes(w[b].m);
-                unsafe {
-                    match a.len() {
-                        1 => blocks32::<4, 0, 1, true>(w.len(), unpack, dbits, mbits, a, out),
-                        2 => blocks32::<2, 0, 2, true>(w.len(), unpack, dbits, mbits, a, out),
-                        3 => blocks32::<1, 0, 3, true>(w.len(), unpack, dbits, mbits, a, out),
-                        _ => blocks32::<1, 0, 4, true>(w.len(), unpack, dbits, mbits, a, out),
-                    }
-                }
+                unsafe { by_tokens!(0, true, w.len(), unpack, dbits, mbits, a, out) }
             }
 
             /// Q5_0: five-bit values u = q + 16 (≤ 31, `five_bit_unpack!`) go in unsigned; the
@@ -794,14 +764,7 @@ macro_rules! kernels {
             pub(super) unsafe fn q5_0_n(w: &[BlockQ5_0], a: &[&Q8Row], out: &mut [f32]) {
                 let unpack = five_bit_unpack!(w);
                 let dbits = |b: usize| u16::from_le_bytes(w[b].d);
-                unsafe {
-                    match a.len() {
-                        1 => blocks32::<4, 16, 1, false>(w.len(), unpack, dbits, |_| 0, a, out),
-                        2 => blocks32::<2, 16, 2, false>(w.len(), unpack, dbits, |_| 0, a, out),
-                        3 => blocks32::<1, 16, 3, false>(w.len(), unpack, dbits, |_| 0, a, out),
-                        _ => blocks32::<1, 16, 4, false>(w.len(), unpack, dbits, |_| 0, a, out),
-                    }
-                }
+                unsafe { by_tokens!(16, false, w.len(), unpack, dbits, |_| 0, a, out) }
             }
 
             /// Q4_K: per 64-element group the low nibbles form sub-block 2g and the high
