@@ -62,9 +62,14 @@ fn main() {
                 q
             })
             .collect();
+        let h: Vec<Vec<half::f16>> = xs
+            .iter()
+            .map(|x| x.iter().map(|&v| half::f16::from_f32(v)).collect())
+            .collect();
         let acts: Vec<ActRef> = (0..4)
             .map(|t| match act_kind(dtype) {
                 ActKind::F32 => ActRef::F32(&xs[t]),
+                ActKind::F16 => ActRef::F16(&h[t]),
                 ActKind::Q8 => ActRef::Q8(&q8[t]),
                 ActKind::Q8K => ActRef::Q8K(&q8k[t]),
             })

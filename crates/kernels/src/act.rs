@@ -3,6 +3,8 @@
 //! weight row. Internal formats (not GGUF): scales are kept in f32 for accuracy.
 
 use crate::blocks::{QK, QK_K};
+use crate::cpu::Isa;
+use half::f16;
 
 /// An activation row quantized to int8 in blocks of 32: x ≈ d[b]·q[i]; `isum[b]` = Σ q over
 /// the block (for weight types with an offset: Q4_1, Q5_1, and the VNNI unsigned trick).
@@ -75,6 +77,57 @@ impl Q8KRow {
     }
 }
 
+/// The largest finite f16.
+const F16_MAX: f32 = 65504.0;
+
+/// f32 activations → f16 (the activation form of F16 weights, as ggml's): round to nearest
+/// even, saturating at ±65504 so that an outlier stays finite instead of becoming ±inf
+/// (ggml's conversion overflows); NaN stays NaN. F16C when `isa` has it, else the scalar twin
+/// [`to_f16_scalar`]; the results are bit-identical.
+pub fn to_f16(isa: Isa, x: &[f32], out: &mut [f16]) {
+    let n = x.len().min(out.len());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: Isa::Avx2 and above are only reported when AVX2, FMA and F16C are present
+        // (`cpu::detect`); both slices hold at least n elements.
+        done = unsafe { to_f16_f16c(&x[..n], &mut out[..n]) };
+    }
+    let _ = isa;
+    to_f16_scalar(&x[done..n], &mut out[done..n]);
+}
+
+/// The scalar twin of [`to_f16`].
+pub fn to_f16_scalar(x: &[f32], out: &mut [f16]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        // `clamp` keeps NaN.
+        *o = f16::from_f32(v.clamp(-F16_MAX, F16_MAX));
+    }
+}
+
+/// Converts whole groups of eight; returns how many elements it wrote.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn to_f16_f16c(x: &[f32], out: &mut [f16]) -> usize {
+    use std::arch::x86_64::*;
+    let hi = _mm256_set1_ps(F16_MAX);
+    let lo = _mm256_set1_ps(-F16_MAX);
+    let mut i = 0;
+    while i + 8 <= x.len() {
+        // SAFETY: i + 8 ≤ len of both slices (the caller passes equal lengths); f16 is two
+        // bytes, so eight of them are one unaligned 128-bit store.
+        unsafe {
+            let v = _mm256_loadu_ps(x.as_ptr().add(i));
+            // minps/maxps return the second operand when either is NaN: NaN passes through.
+            let v = _mm256_max_ps(lo, _mm256_min_ps(hi, v));
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+            _mm_storeu_si128(out.as_mut_ptr().add(i).cast(), h);
+        }
+        i += 8;
+    }
+    i
+}
+
 /// Rounds to the nearest integer (ties to even) for |x| < 2²²: adding 1.5·2²³ leaves the
 /// integer in the low mantissa bits (ggml's `nearest_int`); no libm call.
 #[inline]
@@ -101,5 +154,43 @@ mod tests {
         ] {
             assert_eq!(nearest_int(x), want, "{x}");
         }
+    }
+
+    #[test]
+    fn f16_conversion_matches_scalar_twin_and_saturates() {
+        let mut x: Vec<f32> = (0..203)
+            .map(|i| (i as f32 * 0.61).sin() * 10f32.powi(i % 7 - 2))
+            .collect();
+        x.extend([
+            1e6,
+            -1e6,
+            65504.0,
+            65519.0,
+            -65520.0,
+            f32::NAN,
+            f32::INFINITY,
+            1e-8,
+        ]);
+        let mut want = vec![f16::ZERO; x.len()];
+        to_f16_scalar(&x, &mut want);
+        for isa in Isa::available() {
+            let mut got = vec![f16::ZERO; x.len()];
+            to_f16(isa, &x, &mut got);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                    "{isa:?} element {i}: {x:?} → {g} vs {w}",
+                    x = x[i]
+                );
+            }
+        }
+        let n = x.len();
+        assert_eq!(want[n - 8].to_f32(), 65504.0);
+        assert_eq!(want[n - 7].to_f32(), -65504.0);
+        assert!(want[n - 3].is_nan());
+        assert_eq!(want[n - 2].to_f32(), 65504.0);
+        // Below the limit, plain rounding to nearest: 1e-8 is under half the smallest f16
+        // subnormal (6e-8), so it becomes zero.
+        assert_eq!(want[n - 1].to_f32(), 0.0);
     }
 }

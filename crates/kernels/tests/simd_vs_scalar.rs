@@ -1,8 +1,9 @@
 //! Every SIMD dot-product kernel against its scalar twin, and the quantized dot products
 //! against the exact f32 dot product (ggml's test-quantize-fns bound on the dot error).
 
+use half::f16;
 use tuili_core::DType;
-use tuili_kernels::act::{Q8KRow, Q8Row};
+use tuili_kernels::act::{to_f16_scalar, Q8KRow, Q8Row};
 use tuili_kernels::cpu::Isa;
 use tuili_kernels::dequant::dequantize_row;
 use tuili_kernels::dot::{act_kind, dot_many, dot_rows, ActKind, ActRef};
@@ -63,8 +64,9 @@ fn weights(dtype: DType, n: usize, rng: &mut Lcg) -> Vec<u8> {
     out
 }
 
-/// Each activation row quantized both ways (blocks of 32, super-blocks of 256).
-fn quantized(xs: &[Vec<f32>]) -> (Vec<Q8Row>, Vec<Q8KRow>) {
+/// Each activation row in every prepared form: quantized both ways (blocks of 32, super-blocks
+/// of 256) and as f16.
+fn quantized(xs: &[Vec<f32>]) -> (Vec<Q8Row>, Vec<Q8KRow>, Vec<Vec<f16>>) {
     let q8 = xs
         .iter()
         .map(|x| {
@@ -81,7 +83,15 @@ fn quantized(xs: &[Vec<f32>]) -> (Vec<Q8Row>, Vec<Q8KRow>) {
             r
         })
         .collect();
-    (q8, q8k)
+    let h = xs
+        .iter()
+        .map(|x| {
+            let mut h = vec![f16::ZERO; x.len()];
+            to_f16_scalar(x, &mut h);
+            h
+        })
+        .collect();
+    (q8, q8k, h)
 }
 
 /// The activation rows in the form `dtype`'s kernels take.
@@ -90,10 +100,12 @@ fn act_refs<'a>(
     xs: &'a [Vec<f32>],
     q8: &'a [Q8Row],
     q8k: &'a [Q8KRow],
+    h: &'a [Vec<f16>],
 ) -> Vec<ActRef<'a>> {
     (0..xs.len())
         .map(|i| match act_kind(dtype) {
             ActKind::F32 => ActRef::F32(&xs[i]),
+            ActKind::F16 => ActRef::F16(&h[i]),
             ActKind::Q8 => ActRef::Q8(&q8[i]),
             ActKind::Q8K => ActRef::Q8K(&q8k[i]),
         })
@@ -114,8 +126,8 @@ fn simd_kernels_match_scalar_twins_and_exact_dots() {
         for dtype in types() {
             let w = weights(dtype, n, &mut rng);
             let xs: Vec<Vec<f32>> = (0..5).map(|_| (0..n).map(|_| rng.f()).collect()).collect();
-            let (q8, q8k) = quantized(&xs);
-            let acts = act_refs(dtype, &xs, &q8, &q8k);
+            let (q8, q8k, h) = quantized(&xs);
+            let acts = act_refs(dtype, &xs, &q8, &q8k, &h);
             let mut tmp = vec![0f32; n];
             let mut reference = vec![0f32; 5];
             dot_many(Isa::Scalar, dtype, &w, &acts, &mut reference, &mut tmp);
@@ -177,8 +189,8 @@ fn row_groups_match_scalar_twins() {
                 .collect();
             let rb = w.len() / rows;
             let xs: Vec<Vec<f32>> = (0..5).map(|_| (0..n).map(|_| rng.f()).collect()).collect();
-            let (q8, q8k) = quantized(&xs);
-            let acts = act_refs(dtype, &xs, &q8, &q8k);
+            let (q8, q8k, h) = quantized(&xs);
+            let acts = act_refs(dtype, &xs, &q8, &q8k, &h);
             let mut tmp = vec![0f32; n];
             for nt in 1..=5 {
                 let mut reference = vec![0f32; rows * nt];

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use tuili_core::pool::split;
 use tuili_core::{DType, PerThread, ThreadPool};
 
+use half::f16;
 use tuili_formats::safetensors::Shard;
 use tuili_formats::GgufFile;
-use tuili_kernels::act::{Q8KRow, Q8Row};
+use tuili_kernels::act::{to_f16, Q8KRow, Q8Row};
 use tuili_kernels::cpu::Isa;
 use tuili_kernels::dequant::dequantize_row;
 use tuili_kernels::dot::{act_kind, dot_rows, ActKind, ActRef};
@@ -293,6 +294,8 @@ impl SharedOut {
 pub struct Prepared {
     q8: Vec<Q8Row>,
     q8k: Vec<Q8KRow>,
+    /// The rows as f16, `[n, cols]` (F16 weights).
+    f16: Vec<f16>,
     /// The Q8 rows interleaved by groups of eight tokens (for batches of prompt tokens).
     tiles: Q8Tiles,
     /// The f32 rows interleaved the same way (float weights).
@@ -300,6 +303,7 @@ pub struct Prepared {
     ftiles_ready: bool,
     q8_ready: bool,
     q8k_ready: bool,
+    f16_ready: bool,
     tiles_ready: bool,
 }
 
@@ -308,6 +312,7 @@ impl Prepared {
     pub fn invalidate(&mut self) {
         self.q8_ready = false;
         self.q8k_ready = false;
+        self.f16_ready = false;
         self.tiles_ready = false;
         self.ftiles_ready = false;
     }
@@ -319,9 +324,25 @@ impl Prepared {
         }
     }
 
-    fn ensure(&mut self, kind: ActKind, x: &[f32], n: usize, cols: usize, pool: &ThreadPool) {
+    fn ensure(
+        &mut self,
+        isa: Isa,
+        kind: ActKind,
+        x: &[f32],
+        n: usize,
+        cols: usize,
+        pool: &ThreadPool,
+    ) {
         match kind {
             ActKind::F32 => {}
+            ActKind::F16 if !self.f16_ready => {
+                // A few thousand conversions per token: one thread, no wake-ups.
+                if self.f16.len() < n * cols {
+                    self.f16.resize(n * cols, f16::ZERO);
+                }
+                to_f16(isa, &x[..n * cols], &mut self.f16[..n * cols]);
+                self.f16_ready = true;
+            }
             ActKind::Q8 if !self.q8_ready => {
                 if self.q8.len() < n {
                     self.q8.resize_with(n, Q8Row::default);
@@ -411,10 +432,15 @@ pub fn matmul(
     let tiled = n >= GROUP && gemm::supports(isa, w.dtype);
     let kind = if tiled {
         ActKind::Q8
+    } else if n >= GROUP && act_kind(w.dtype) == ActKind::F16 {
+        // Batches of prompt tokens keep f32 activations with F16 weights (the float tile
+        // kernel reads them; the f16 form only pays in decode, where the weights stream),
+        // and so does the scalar path, so that both compute the same thing.
+        ActKind::F32
     } else {
         act_kind(w.dtype)
     };
-    prep.ensure(kind, x, n, w.cols, pool);
+    prep.ensure(isa, kind, x, n, w.cols, pool);
     // Batches of prompt tokens, or of many sequences' decode steps: the token-lane matrix
     // kernels where they exist (from 8 tokens they beat four-token dot products: measured
     // with `tuili bench -b`).
@@ -493,6 +519,7 @@ pub fn matmul(
                     let t = t0 + k;
                     *a = match kind {
                         ActKind::F32 => ActRef::F32(&x[t * w.cols..(t + 1) * w.cols]),
+                        ActKind::F16 => ActRef::F16(&prep.f16[t * w.cols..(t + 1) * w.cols]),
                         ActKind::Q8 => ActRef::Q8(&prep.q8[t]),
                         ActKind::Q8K => ActRef::Q8K(&prep.q8k[t]),
                     };

@@ -30,6 +30,13 @@ fn dot_one(dtype: DType, w: &[u8], act: ActRef<'_>, tmp: &mut [f32]) -> f32 {
             }
             acc.iter().sum()
         }
+        (DType::F16, ActRef::F16(x)) => {
+            let mut acc = [0f32; 8];
+            for (i, (c, a)) in w.chunks_exact(2).zip(x.iter()).enumerate() {
+                acc[i % 8] += f16_le([c[0], c[1]]) * a.to_f32();
+            }
+            acc.iter().sum()
+        }
         (DType::BF16, ActRef::F32(x)) => {
             let mut acc = [0f32; 8];
             for (i, c) in w.chunks_exact(2).enumerate() {

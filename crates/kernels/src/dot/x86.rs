@@ -14,10 +14,9 @@ use super::ActRef;
 use crate::act::{Q8KRow, Q8Row};
 use crate::blocks::*;
 use crate::cpu::Isa;
+use half::f16;
 use tuili_core::DType;
 
-/// How far ahead (bytes) the one-token kernels ask for weights.
-const PF: usize = 256;
 /// How far past the next row group (bytes) the eight-row kernels prefetch.
 const PF8: usize = 4096;
 
@@ -48,6 +47,7 @@ pub fn dot_rows(
     };
     let fits = acts.iter().all(|a| match a {
         ActRef::F32(x) => x.len() == n,
+        ActRef::F16(x) => x.len() == n,
         ActRef::Q8(q) => q.qs.len() >= n && q.d.len() * QK >= n && q.isum.len() * QK >= n,
         ActRef::Q8K(q) => q.qs.len() >= n && q.d.len() * QK_K >= n && q.bsums.len() * 16 >= n,
     });
@@ -88,8 +88,9 @@ pub fn dot_rows(
             return true;
         }
     }
-    // One token, float weights: four rows at a time.
-    if let (DType::F32 | DType::F16 | DType::BF16, [ActRef::F32(x)]) = (dtype, acts) {
+    // One token, F32/BF16 weights: four rows at a time. (F16 weights take f16 activations
+    // and go row by row, below.)
+    if let (DType::F32 | DType::BF16, [ActRef::F32(x)]) = (dtype, acts) {
         while first_row + 4 <= n_rows {
             let wr = &w[first_row * row_bytes..(first_row + 4) * row_bytes];
             let o = &mut out[first_row..first_row + 4];
@@ -99,8 +100,6 @@ pub fn dot_rows(
                 match (dtype, vnni) {
                     (DType::F32, true) => vnni::f32_r4(wr, row_bytes, x, o),
                     (DType::F32, false) => avx2::f32_r4(wr, row_bytes, x, o),
-                    (DType::F16, true) => vnni::f16_r4(wr, row_bytes, x, o),
-                    (DType::F16, false) => avx2::f16_r4(wr, row_bytes, x, o),
                     (_, true) => vnni::bf16_r4(wr, row_bytes, x, o),
                     (_, false) => avx2::bf16_r4(wr, row_bytes, x, o),
                 }
@@ -121,8 +120,8 @@ pub fn dot_rows(
         // AVX512-VNNI are too — the features each kernel below is compiled for.
         let ok = unsafe {
             macro_rules! rows {
-                ($conv:ident, $blk:ty, $f:expr) => {
-                    $conv(chunk, |a| {
+                ($pick:ident, $blk:ty, $f:expr) => {
+                    with(chunk, $pick, |a| {
                         for r in first_row..n_rows {
                             let wr = &w[r * row_bytes..(r + 1) * row_bytes];
                             let b = as_blocks::<$blk>(wr).unwrap_or(&[]);
@@ -135,8 +134,8 @@ pub fn dot_rows(
                 };
             }
             macro_rules! frows {
-                ($f:expr) => {
-                    with_f32(chunk, |x| {
+                ($pick:ident, $f:expr) => {
+                    with(chunk, $pick, |x| {
                         for r in first_row..n_rows {
                             let wr = &w[r * row_bytes..(r + 1) * row_bytes];
                             $f(wr, x, &mut res[..m]);
@@ -148,28 +147,28 @@ pub fn dot_rows(
                 };
             }
             match dtype {
-                DType::F32 if vnni => frows!(vnni::f32_n),
-                DType::F32 => frows!(avx2::f32_n),
-                DType::F16 if vnni => frows!(vnni::f16_n),
-                DType::F16 => frows!(avx2::f16_n),
-                DType::BF16 if vnni => frows!(vnni::bf16_n),
-                DType::BF16 => frows!(avx2::bf16_n),
-                DType::Q8_0 if vnni => rows!(with_q8, BlockQ8_0, vnni::q8_0_n),
-                DType::Q8_0 => rows!(with_q8, BlockQ8_0, avx2::q8_0_n),
-                DType::Q4_0 if vnni => rows!(with_q8, BlockQ4_0, vnni::q4_0_n),
-                DType::Q4_0 => rows!(with_q8, BlockQ4_0, avx2::q4_0_n),
-                DType::Q4_1 if vnni => rows!(with_q8, BlockQ4_1, vnni::q4_1_n),
-                DType::Q4_1 => rows!(with_q8, BlockQ4_1, avx2::q4_1_n),
-                DType::Q5_1 if vnni => rows!(with_q8, BlockQ5_1, vnni::q5_1_n),
-                DType::Q5_1 => rows!(with_q8, BlockQ5_1, avx2::q5_1_n),
-                DType::Q5_0 if vnni => rows!(with_q8, BlockQ5_0, vnni::q5_0_n),
-                DType::Q5_0 => rows!(with_q8, BlockQ5_0, avx2::q5_0_n),
-                DType::Q4_K if vnni => rows!(with_q8k, BlockQ4K, vnni::q4_k_n),
-                DType::Q4_K => rows!(with_q8k, BlockQ4K, avx2::q4_k_n),
-                DType::Q5_K if vnni => rows!(with_q8k, BlockQ5K, vnni::q5_k_n),
-                DType::Q5_K => rows!(with_q8k, BlockQ5K, avx2::q5_k_n),
-                DType::Q6_K if vnni => rows!(with_q8k, BlockQ6K, vnni::q6_k_n),
-                DType::Q6_K => rows!(with_q8k, BlockQ6K, avx2::q6_k_n),
+                DType::F32 if vnni => frows!(pick_f32, vnni::f32_n),
+                DType::F32 => frows!(pick_f32, avx2::f32_n),
+                DType::F16 if vnni => frows!(pick_f16, vnni::f16_n),
+                DType::F16 => frows!(pick_f16, avx2::f16_n),
+                DType::BF16 if vnni => frows!(pick_f32, vnni::bf16_n),
+                DType::BF16 => frows!(pick_f32, avx2::bf16_n),
+                DType::Q8_0 if vnni => rows!(pick_q8, BlockQ8_0, vnni::q8_0_n),
+                DType::Q8_0 => rows!(pick_q8, BlockQ8_0, avx2::q8_0_n),
+                DType::Q4_0 if vnni => rows!(pick_q8, BlockQ4_0, vnni::q4_0_n),
+                DType::Q4_0 => rows!(pick_q8, BlockQ4_0, avx2::q4_0_n),
+                DType::Q4_1 if vnni => rows!(pick_q8, BlockQ4_1, vnni::q4_1_n),
+                DType::Q4_1 => rows!(pick_q8, BlockQ4_1, avx2::q4_1_n),
+                DType::Q5_1 if vnni => rows!(pick_q8, BlockQ5_1, vnni::q5_1_n),
+                DType::Q5_1 => rows!(pick_q8, BlockQ5_1, avx2::q5_1_n),
+                DType::Q5_0 if vnni => rows!(pick_q8, BlockQ5_0, vnni::q5_0_n),
+                DType::Q5_0 => rows!(pick_q8, BlockQ5_0, avx2::q5_0_n),
+                DType::Q4_K if vnni => rows!(pick_q8k, BlockQ4K, vnni::q4_k_n),
+                DType::Q4_K => rows!(pick_q8k, BlockQ4K, avx2::q4_k_n),
+                DType::Q5_K if vnni => rows!(pick_q8k, BlockQ5K, vnni::q5_k_n),
+                DType::Q5_K => rows!(pick_q8k, BlockQ5K, avx2::q5_k_n),
+                DType::Q6_K if vnni => rows!(pick_q8k, BlockQ6K, vnni::q6_k_n),
+                DType::Q6_K => rows!(pick_q8k, BlockQ6K, avx2::q6_k_n),
                 _ => false,
             }
         };
@@ -181,42 +180,50 @@ pub fn dot_rows(
     true
 }
 
-fn with_f32(acts: &[ActRef<'_>], f: impl FnOnce(&[&[f32]])) -> bool {
-    let mut xs: [&[f32]; 4] = [&[]; 4];
+/// Calls `f` with the activation rows as one form (`pick` extracts it); `false` when some row
+/// is in another form (the caller then falls back to the scalar path).
+fn with<'a, T: ?Sized + 'a>(
+    acts: &[ActRef<'a>],
+    pick: impl Fn(&ActRef<'a>) -> Option<&'a T>,
+    f: impl FnOnce(&[&'a T]),
+) -> bool {
+    let Some(first) = acts.first().and_then(&pick) else {
+        return false;
+    };
+    let mut xs: [&T; 4] = [first; 4];
     for (slot, a) in xs.iter_mut().zip(acts) {
-        match a {
-            ActRef::F32(x) => *slot = x,
-            _ => return false,
+        match pick(a) {
+            Some(x) => *slot = x,
+            None => return false,
         }
     }
-    f(&xs[..acts.len()]);
+    f(&xs[..acts.len().min(4)]);
     true
 }
 
-fn with_q8(acts: &[ActRef<'_>], f: impl FnOnce(&[&Q8Row])) -> bool {
-    let empty = Q8Row::default();
-    let mut xs: [&Q8Row; 4] = [&empty; 4];
-    for (slot, a) in xs.iter_mut().zip(acts) {
-        match a {
-            ActRef::Q8(x) => *slot = x,
-            _ => return false,
-        }
+fn pick_f32<'a>(a: &ActRef<'a>) -> Option<&'a [f32]> {
+    match *a {
+        ActRef::F32(x) => Some(x),
+        _ => None,
     }
-    f(&xs[..acts.len()]);
-    true
 }
-
-fn with_q8k(acts: &[ActRef<'_>], f: impl FnOnce(&[&Q8KRow])) -> bool {
-    let empty = Q8KRow::default();
-    let mut xs: [&Q8KRow; 4] = [&empty; 4];
-    for (slot, a) in xs.iter_mut().zip(acts) {
-        match a {
-            ActRef::Q8K(x) => *slot = x,
-            _ => return false,
-        }
+fn pick_f16<'a>(a: &ActRef<'a>) -> Option<&'a [f16]> {
+    match *a {
+        ActRef::F16(x) => Some(x),
+        _ => None,
     }
-    f(&xs[..acts.len()]);
-    true
+}
+fn pick_q8<'a>(a: &ActRef<'a>) -> Option<&'a Q8Row> {
+    match *a {
+        ActRef::Q8(x) => Some(x),
+        _ => None,
+    }
+}
+fn pick_q8k<'a>(a: &ActRef<'a>) -> Option<&'a Q8KRow> {
+    match *a {
+        ActRef::Q8K(x) => Some(x),
+        _ => None,
+    }
 }
 
 /// The kernels, written once and compiled twice: for AVX2 (`vpmaddubsw`) and for AVX-512
@@ -239,11 +246,14 @@ macro_rules! kernels {
                 _mm_cvtss_f32(s)
             }
 
-            /// Loads 8 weights of an f32/f16/bf16 row as f32.
+            /// A float row (`$load` gives 8 weights as f32) against 1–4 activation rows of
+            /// `$xt` (`$xload` gives 8 as f32). No software prefetch: one row is one
+            /// sequential stream, which the hardware prefetcher follows best (prefetching
+            /// 256 bytes ahead cost 5–8 % with rows streamed from a mapped file).
             macro_rules! float_kernel {
-                ($name:ident, $bytes:expr, $load:expr, $scalar:expr) => {
+                ($name:ident, $bytes:expr, $load:expr, $scalar:expr, $xt:ty, $xload:expr) => {
                     #[target_feature(enable = $features)]
-                    pub(super) unsafe fn $name(w: &[u8], xs: &[&[f32]], out: &mut [f32]) {
+                    pub(super) unsafe fn $name(w: &[u8], xs: &[&[$xt]], out: &mut [f32]) {
                         // The token count as a constant, so that the loops over tokens unroll
                         // and the accumulators stay in registers.
                         // One token: eight independent FMA chains (64 weights a pass), since
@@ -261,7 +271,7 @@ macro_rules! kernels {
                         #[target_feature(enable = $features)]
                         unsafe fn inner<const N: usize, const K: usize>(
                             w: &[u8],
-                            xs: &[&[f32]],
+                            xs: &[&[$xt]],
                             out: &mut [f32],
                         ) {
                             let n = xs[0].len();
@@ -269,22 +279,13 @@ macro_rules! kernels {
                             let mut acc = [[_mm256_setzero_ps(); N]; 8];
                             let mut i = 0;
                             while i + 16 * K <= n {
-                                if N == 1 {
-                                    for l in 0..(16 * K * $bytes).div_ceil(64) {
-                                        _mm_prefetch::<_MM_HINT_T0>(
-                                            wp.wrapping_add(i * $bytes + PF + 64 * l).cast(),
-                                        );
-                                    }
-                                }
                                 for k in 0..2 * K {
                                     // SAFETY: i + 16K ≤ n elements, and w holds n elements
                                     // of $bytes.
                                     let wv: __m256 = unsafe { $load(wp.add((i + 8 * k) * $bytes)) };
                                     for t in 0..N {
                                         // SAFETY: every activation row has n elements.
-                                        let xv = unsafe {
-                                            _mm256_loadu_ps(xs[t].as_ptr().add(i + 8 * k))
-                                        };
+                                        let xv = unsafe { $xload(xs[t].as_ptr().add(i + 8 * k)) };
                                         acc[k][t] = _mm256_fmadd_ps(wv, xv, acc[k][t]);
                                     }
                                 }
@@ -294,7 +295,7 @@ macro_rules! kernels {
                                 // SAFETY: as above, for 8 elements.
                                 let wv: __m256 = unsafe { $load(wp.add(i * $bytes)) };
                                 for t in 0..N {
-                                    let xv = unsafe { _mm256_loadu_ps(xs[t].as_ptr().add(i)) };
+                                    let xv = unsafe { $xload(xs[t].as_ptr().add(i)) };
                                     acc[0][t] = _mm256_fmadd_ps(wv, xv, acc[0][t]);
                                 }
                                 i += 8;
@@ -307,7 +308,7 @@ macro_rules! kernels {
                                 let mut s = unsafe { hsum(v) };
                                 for j in i..n {
                                     let c = &w[j * $bytes..(j + 1) * $bytes];
-                                    s += $scalar(c) * xs[t][j];
+                                    s += $scalar(c) * f32::from(xs[t][j]);
                                 }
                                 out[t] = s;
                             }
@@ -334,11 +335,41 @@ macro_rules! kernels {
                     _mm256_castsi256_ps(_mm256_slli_epi32(h, 16))
                 }
             }
-            float_kernel!(f32_n, 4, load_f32, |c: &[u8]| f32::from_le_bytes([
-                c[0], c[1], c[2], c[3]
-            ]));
-            float_kernel!(f16_n, 2, load_f16, |c: &[u8]| f16_le([c[0], c[1]]));
-            float_kernel!(bf16_n, 2, load_bf16, |c: &[u8]| bf16_le([c[0], c[1]]));
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn load_x32(p: *const f32) -> __m256 {
+                unsafe { _mm256_loadu_ps(p) }
+            }
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn load_x16(p: *const f16) -> __m256 {
+                unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+            }
+            float_kernel!(
+                f32_n,
+                4,
+                load_f32,
+                |c: &[u8]| f32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                f32,
+                load_x32
+            );
+            // F16 weights with f16 activations (`ActKind::F16`).
+            float_kernel!(
+                f16_n,
+                2,
+                load_f16,
+                |c: &[u8]| f16_le([c[0], c[1]]),
+                f16,
+                load_x16
+            );
+            float_kernel!(
+                bf16_n,
+                2,
+                load_bf16,
+                |c: &[u8]| bf16_le([c[0], c[1]]),
+                f32,
+                load_x32
+            );
 
             /// Four rows of a float type against one activation row (the decode case):
             /// each activation vector is loaded once for four rows — with rows of 5632
@@ -391,7 +422,6 @@ macro_rules! kernels {
             float_rows4!(f32_r4, 4, load_f32, |c: &[u8]| f32::from_le_bytes([
                 c[0], c[1], c[2], c[3]
             ]));
-            float_rows4!(f16_r4, 2, load_f16, |c: &[u8]| f16_le([c[0], c[1]]));
             float_rows4!(bf16_r4, 2, load_bf16, |c: &[u8]| bf16_le([c[0], c[1]]));
 
             /// 32 signed int8 weights × 32 signed int8 activations → 8 int32 partial sums.
