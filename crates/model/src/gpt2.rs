@@ -11,7 +11,7 @@ use tuili_kv::KvCache;
 use crate::batch::{check_spans, KvTarget, OutRows, SeqSpan, SpanForward};
 use crate::config::ModelConfig;
 use crate::llama::{causal_attention, output_logits, Scratch};
-use crate::weights::{matmul, vector, Matrix, WeightSource};
+use crate::weights::{matmul, matmul_many, vector, Matrix, WeightSource};
 use crate::ModelError;
 
 struct Block {
@@ -202,9 +202,12 @@ impl SpanForward for Gpt2 {
                 &mut att[..n * e],
             );
             prep.invalidate();
-            matmul(pool, isa, &b.qkv.rows_view(0, e), h, n, q, prep, tmp);
-            matmul(pool, isa, &b.qkv.rows_view(e, e), h, n, k, prep, tmp);
-            matmul(pool, isa, &b.qkv.rows_view(2 * e, e), h, n, v, prep, tmp);
+            let (wq, wk, wv) = (
+                b.qkv.rows_view(0, e),
+                b.qkv.rows_view(e, e),
+                b.qkv.rows_view(2 * e, e),
+            );
+            matmul_many(pool, isa, [&wq, &wk, &wv], h, n, [q, k, v], prep, tmp);
             add_bias(q, &b.qkv_b[..e]);
             add_bias(k, &b.qkv_b[e..2 * e]);
             add_bias(v, &b.qkv_b[2 * e..]);

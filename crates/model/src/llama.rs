@@ -22,7 +22,8 @@ use tuili_kv::KvCache;
 use crate::batch::{check_spans, span_of, KvTarget, OutRows, SeqSpan, SpanForward};
 use crate::config::{Arch, ModelConfig};
 use crate::weights::{
-    matmul, vector, vector_opt, GgufSource, Matrix, Prepared, RowScratch, SharedOut, WeightSource,
+    matmul, matmul_many, vector, vector_opt, GgufSource, Matrix, Prepared, RowScratch, SharedOut,
+    WeightSource,
 };
 use crate::ModelError;
 
@@ -371,9 +372,8 @@ impl SpanForward for Llama {
                 );
             }
             prep.invalidate();
-            matmul(pool, isa, &layer.wq, h, n, q, prep, tmp);
-            matmul(pool, isa, &layer.wk, h, n, k, prep, tmp);
-            matmul(pool, isa, &layer.wv, h, n, v, prep, tmp);
+            let (wq, wk, wv) = (&layer.wq, &layer.wk, &layer.wv);
+            matmul_many(pool, isa, [wq, wk, wv], h, n, [q, k, v], prep, tmp);
             for (buf, bias, width) in [
                 (&mut *q, &layer.bq, qd),
                 (&mut *k, &layer.bk, kvd),
@@ -436,8 +436,8 @@ impl SpanForward for Llama {
             }
             let (gate, up) = (&mut gate[..n * ff], &mut up[..n * ff]);
             prep.invalidate();
-            matmul(pool, isa, &layer.gate, h, n, gate, prep, tmp);
-            matmul(pool, isa, &layer.up, h, n, up, prep, tmp);
+            let (wg, wu) = (&layer.gate, &layer.up);
+            matmul_many(pool, isa, [wg, wu], h, n, [&mut *gate, &mut *up], prep, tmp);
             if cfg.gelu_gate() {
                 ops::gelu_tanh_mul(gate, up);
             } else {

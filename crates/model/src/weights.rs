@@ -484,20 +484,76 @@ pub fn matmul(
         matmul_tiles(pool, w, n, y, width, &kernel, tmp);
         return;
     }
-    let prep = &*prep;
-    let data = w.data();
-    let rb = w.row_bytes();
-    let out = SharedOut::new(y);
+    dot_region(pool, isa, &[w], &[SharedOut::new(y)], kind, x, n, prep, tmp);
+}
+
+/// Several matrix products of the same input in one parallel region: `ys[i] = x · ws[i]ᵀ`
+/// (Q, K and V; gate and up). In decode each product is one region of a few microseconds of
+/// work for small matrices (K and V of a GQA model: 256 rows), so waking the workers and
+/// meeting at the barrier once instead of three times is measurable; batches of prompt tokens
+/// (the token-lane kernels) and matrices whose activation forms differ go one by one.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_many<const K: usize>(
+    pool: &ThreadPool,
+    isa: Isa,
+    ws: [&Matrix; K],
+    x: &[f32],
+    n: usize,
+    mut ys: [&mut [f32]; K],
+    prep: &mut Prepared,
+    tmp: &RowScratch,
+) {
+    let Some(first) = ws.first() else {
+        return;
+    };
+    let kind = act_kind(first.dtype);
+    let fused = n < GROUP
+        && ws
+            .iter()
+            .all(|w| w.cols == first.cols && act_kind(w.dtype) == kind);
+    if !fused {
+        for (w, y) in ws.iter().zip(ys.iter_mut()) {
+            matmul(pool, isa, w, x, n, y, prep, tmp);
+        }
+        return;
+    }
+    prep.ensure(isa, kind, x, n, first.cols, pool);
+    for (w, y) in ws.iter().zip(ys.iter()) {
+        debug_assert_eq!(y.len(), n * w.rows);
+    }
+    // An array, not a Vec: no allocation in the decode loop.
+    let outs = ys.map(SharedOut::new);
+    dot_region(pool, isa, &ws, &outs, kind, x, n, prep, tmp);
+}
+
+/// The row-by-row products of [`matmul`] and [`matmul_many`]: the rows of every matrix of
+/// `ws` (each with its output `[n, rows]` in `outs`) split across the pool's threads in one
+/// region.
+#[allow(clippy::too_many_arguments)]
+fn dot_region(
+    pool: &ThreadPool,
+    isa: Isa,
+    ws: &[&Matrix],
+    outs: &[SharedOut],
+    kind: ActKind,
+    x: &[f32],
+    n: usize,
+    prep: &Prepared,
+    tmp: &RowScratch,
+) {
+    let cols = ws[0].cols;
+    let total: usize = ws.iter().map(|w| w.rows).sum();
     // Below ~64K multiply-adds per worker, waking workers costs more than it saves.
-    let threads = (w.rows * w.cols * n / 65_536).clamp(1, pool.n_threads());
-    // Chunks: about eight per thread, in whole groups of rows.
-    let chunk = (w.rows / (threads * 8)).max(16).next_multiple_of(16);
+    let threads = (total * cols * n / 65_536).clamp(1, pool.n_threads());
+    // Chunks: about eight per thread, in whole groups of rows; a chunk never spans two
+    // matrices (the claimed range is cut at their boundaries).
+    let chunk = (total / (threads * 8)).max(16).next_multiple_of(16);
     let next = AtomicUsize::new(0);
     pool.run_with(threads, &|i, _nt| {
         // SAFETY: worker i is the only user of slot i.
         let tmp = &mut unsafe { tmp.get(i) }.row;
-        if tmp.len() < w.cols {
-            tmp.resize(w.cols, 0.0);
+        if tmp.len() < cols {
+            tmp.resize(cols, 0.0);
         }
         let mut acts: [ActRef<'_>; 4] = [ActRef::F32(&[]); 4];
         // Groups of rows per kernel call: dispatch and checks once per group.
@@ -507,47 +563,58 @@ pub fn matmul(
         // front: a worker that starts late (woken from sleep) or runs on a slower core does
         // less, and nobody idles at the end of the region.
         loop {
-            let start = next.fetch_add(chunk, Ordering::Relaxed);
-            if start >= w.rows {
+            let claim = next.fetch_add(chunk, Ordering::Relaxed);
+            if claim >= total {
                 break;
             }
-            let end = (start + chunk).min(w.rows);
-            let mut t0 = 0;
-            while t0 < n {
-                let m = (n - t0).min(4);
-                for (k, a) in acts.iter_mut().enumerate().take(m) {
-                    let t = t0 + k;
-                    *a = match kind {
-                        ActKind::F32 => ActRef::F32(&x[t * w.cols..(t + 1) * w.cols]),
-                        ActKind::F16 => ActRef::F16(&prep.f16[t * w.cols..(t + 1) * w.cols]),
-                        ActKind::Q8 => ActRef::Q8(&prep.q8[t]),
-                        ActKind::Q8K => ActRef::Q8K(&prep.q8k[t]),
-                    };
+            // The claimed virtual rows, cut into the matrices they fall in.
+            let mut base = 0;
+            for (w, out) in ws.iter().zip(outs) {
+                let (lo, hi) = (claim.max(base), (claim + chunk).min(base + w.rows));
+                base += w.rows;
+                if lo >= hi {
+                    continue;
                 }
-                let mut r0 = start;
-                while r0 < end {
-                    let g = (end - r0).min(GROUP);
-                    let wr = &data[r0 * rb..(r0 + g) * rb];
-                    dot_rows(
-                        isa,
-                        w.dtype,
-                        wr,
-                        rb,
-                        &acts[..m],
-                        &mut res[..g * m],
-                        &mut tmp[..w.cols],
-                    );
-                    for r in 0..g {
-                        for k in 0..m {
-                            // SAFETY: rows start..end were claimed by this worker alone (the
-                            // counter hands each chunk out once), so y[t, r] is written by
-                            // this thread only.
-                            unsafe { out.write((t0 + k) * w.rows + r0 + r, res[r * m + k]) };
-                        }
+                let (start, end) = (lo - (base - w.rows), hi - (base - w.rows));
+                let data = w.data();
+                let rb = w.row_bytes();
+                let mut t0 = 0;
+                while t0 < n {
+                    let m = (n - t0).min(4);
+                    for (k, a) in acts.iter_mut().enumerate().take(m) {
+                        let t = t0 + k;
+                        *a = match kind {
+                            ActKind::F32 => ActRef::F32(&x[t * cols..(t + 1) * cols]),
+                            ActKind::F16 => ActRef::F16(&prep.f16[t * cols..(t + 1) * cols]),
+                            ActKind::Q8 => ActRef::Q8(&prep.q8[t]),
+                            ActKind::Q8K => ActRef::Q8K(&prep.q8k[t]),
+                        };
                     }
-                    r0 += g;
+                    let mut r0 = start;
+                    while r0 < end {
+                        let g = (end - r0).min(GROUP);
+                        let wr = &data[r0 * rb..(r0 + g) * rb];
+                        dot_rows(
+                            isa,
+                            w.dtype,
+                            wr,
+                            rb,
+                            &acts[..m],
+                            &mut res[..g * m],
+                            &mut tmp[..cols],
+                        );
+                        for r in 0..g {
+                            for k in 0..m {
+                                // SAFETY: rows start..end of this matrix were claimed by this
+                                // worker alone (the counter hands each virtual row out once),
+                                // so y[t, r] is written by this thread only.
+                                unsafe { out.write((t0 + k) * w.rows + r0 + r, res[r * m + k]) };
+                            }
+                        }
+                        r0 += g;
+                    }
+                    t0 += m;
                 }
-                t0 += m;
             }
         }
     });
