@@ -56,9 +56,39 @@ pub fn dot_rows(
     }
     let vnni = isa >= Isa::Avx512Vnni;
     let nt = acts.len();
-    // Up to four tokens (decode, or a few sequences' decode steps): Q4_0 eight rows at a
-    // time; the rest below.
+    // Up to four tokens (decode, or a few sequences' decode steps): Q4_0 and Q4_K eight rows
+    // at a time; the rest below.
     let mut first_row = 0;
+    if dtype == DType::Q4_K && nt <= 4 {
+        if let Some(first) = acts.first().and_then(pick_q8k) {
+            let mut qs = [first; 4];
+            let all = qs.iter_mut().zip(acts).all(|(slot, a)| match pick_q8k(a) {
+                Some(q) => {
+                    *slot = q;
+                    true
+                }
+                None => false,
+            });
+            while all && first_row + 8 <= n_rows {
+                let wr = &w[first_row * row_bytes..(first_row + 8) * row_bytes];
+                let o = &mut out[first_row * nt..(first_row + 8) * nt];
+                // SAFETY: as below (run-time detected features); `row_geometry` and `fits`
+                // checked that the eight rows are whole Q4_K blocks and that every activation
+                // row holds as many quants and group sums.
+                unsafe {
+                    if vnni {
+                        vnni::q4_k_r8(wr, row_bytes, &qs[..nt], o)
+                    } else {
+                        avx2::q4_k_r8(wr, row_bytes, &qs[..nt], o)
+                    }
+                }
+                first_row += 8;
+            }
+        }
+        if first_row == n_rows {
+            return true;
+        }
+    }
     if dtype == DType::Q4_0 && nt <= 4 {
         let empty = Q8Row::default();
         let mut qs = [&empty; 4];
@@ -723,6 +753,241 @@ macro_rules! kernels {
                     // Lane pairs → rows: hadd gives [r0 r1 r4 r5 | r2 r3 r6 r7].
                     let h = _mm256_hadd_ps(f_lo[t], f_hi[t]);
                     let h = _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
+                    let mut r8 = [0f32; 8];
+                    // SAFETY: r8 holds eight floats.
+                    unsafe { _mm256_storeu_ps(r8.as_mut_ptr(), h) };
+                    // `out` is [row][token].
+                    for (r, v) in r8.iter().enumerate() {
+                        out[r * N + t] = *v;
+                    }
+                }
+            }
+
+            /// Q4_K against one to four activation rows, eight weight rows at once (decode),
+            /// read in place like [`q4_0_r8`]'s: block b's nibble bytes of eight rows are
+            /// interleaved by 64-bit unpacks of rows loaded in pairs, so one lane pair holds one
+            /// row and each `vpdpbusd` multiplies eight nibbles of four rows by the same eight
+            /// activations (one broadcast load). What the one-row kernel pays per block and
+            /// row — the f16 scales, the 6-bit scale and min unpacking, the activation's
+            /// sub-block sums, the int→float conversions — is paid once per block for eight
+            /// rows, in vectors:
+            ///
+            /// * the 16-byte block headers (d, dmin, 12 scale bytes) of the eight rows are
+            ///   transposed as a 4×4 dword matrix per 128-bit lane, giving vectors with one
+            ///   dword per row: d|dmin and the three scale words, which unpack with the same
+            ///   word operations as [`k4_unpack`], for all rows at once;
+            /// * a sub-block's integer dot (four `vpdpbusd`) is multiplied by its scale per
+            ///   lane (`vpmulld`; the scale vector is one byte shuffle of a lane-pair copy);
+            /// * Σ_s m_s·B_s (B_s: the activation's sum over sub-block s) is four `vpmaddwd`
+            ///   of the mins as word pairs by broadcast pairs (B_s, B_s+1).
+            ///
+            /// The eight interleaved streams are prefetched as one linear stream (see
+            /// [`q4_0_r8`]).
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q4_k_r8(w: &[u8], rb: usize, a: &[&Q8KRow], out: &mut [f32]) {
+                // The token count as a constant: loops over tokens unroll.
+                unsafe {
+                    match a.len() {
+                        1 => q4_k_r8_n::<1>(w, rb, a, out),
+                        2 => q4_k_r8_n::<2>(w, rb, a, out),
+                        3 => q4_k_r8_n::<3>(w, rb, a, out),
+                        _ => q4_k_r8_n::<4>(w, rb, a, out),
+                    }
+                }
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn q4_k_r8_n<const N: usize>(
+                w: &[u8],
+                rb: usize,
+                a: &[&Q8KRow],
+                out: &mut [f32],
+            ) {
+                const BB: usize = std::mem::size_of::<BlockQ4K>();
+                let nb = rb / BB;
+                debug_assert!(w.len() >= 8 * rb && out.len() >= 8 * N);
+                debug_assert!(a.iter().all(|a| a.qs.len() >= nb * QK_K));
+                let m4 = _mm256_set1_epi8(0x0F);
+                let low6 = _mm256_set1_epi32(0x3F3F_3F3F);
+                let low4 = _mm256_set1_epi32(0x0F0F_0F0F);
+                let top2 = _mm256_set1_epi32(0x0303_0303);
+                let low16 = _mm256_set1_epi32(0xFFFF);
+                // Rows in lane pairs: [r0 r0 r1 r1 | r2 r2 r3 r3] and rows 4..8 likewise.
+                let pairs = [
+                    _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3),
+                    _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7),
+                ];
+                // Byte s of every dword, zero-extended (the scale of sub-block s of 4).
+                let byte: [__m256i; 4] = std::array::from_fn(|s| {
+                    let m = (s as u32) | 0xFFFF_FF00;
+                    let k = |i: u32| (m + (i << 2)) as i32;
+                    _mm256_setr_epi32(k(0), k(1), k(2), k(3), k(0), k(1), k(2), k(3))
+                });
+                // Bytes 2p and 2p+1 of every dword as two words (the mins of a sub-block pair).
+                let word_pair: [__m256i; 2] = std::array::from_fn(|p| {
+                    let k = |i: u32| {
+                        let b0 = (4 * i + 2 * p as u32) | 0xFF00;
+                        let b1 = (4 * i + 2 * p as u32 + 1) | 0xFF00;
+                        (b0 | b1 << 16) as i32
+                    };
+                    _mm256_setr_epi32(k(0), k(1), k(2), k(3), k(0), k(1), k(2), k(3))
+                });
+                let wp = w.as_ptr();
+                let mut f = [[_mm256_setzero_ps(); N]; 2];
+                let mut f_min = [_mm256_setzero_ps(); N];
+                for b in 0..nb {
+                    // SAFETY (whole loop body): rows r < 8 hold nb blocks of BB bytes (checked
+                    // by `dot_rows`), block b of row r starts at r·rb + BB·b; each activation
+                    // row holds nb blocks of 256 quants and 16 group sums.
+                    unsafe {
+                        let blk = |r: usize| wp.add(r * rb + b * BB);
+                        // The next row group, 8·BB bytes a step, plus PF8 (as q4_0_r8).
+                        let ahead = wp.wrapping_add(8 * BB * b + 8 * rb + PF8);
+                        for l in 0..8 * BB / 64 {
+                            _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * l).cast());
+                        }
+                        let pair = |p0: *const u8, p1: *const u8| {
+                            _mm256_inserti128_si256(
+                                _mm256_castsi128_si256(_mm_loadu_si128(p0.cast())),
+                                _mm_loadu_si128(p1.cast()),
+                                1,
+                            )
+                        };
+                        // Headers, rows (0,4), (1,5), (2,6), (3,7); the transpose gives dword
+                        // k of rows [0 1 2 3 | 4 5 6 7].
+                        let (h04, h15) = (pair(blk(0), blk(4)), pair(blk(1), blk(5)));
+                        let (h26, h37) = (pair(blk(2), blk(6)), pair(blk(3), blk(7)));
+                        let t0 = _mm256_unpacklo_epi32(h04, h15);
+                        let t1 = _mm256_unpackhi_epi32(h04, h15);
+                        let t2 = _mm256_unpacklo_epi32(h26, h37);
+                        let t3 = _mm256_unpackhi_epi32(h26, h37);
+                        let dd = _mm256_unpacklo_epi64(t0, t2);
+                        let w0 = _mm256_unpackhi_epi64(t0, t2);
+                        let w1 = _mm256_unpacklo_epi64(t1, t3);
+                        let w2 = _mm256_unpackhi_epi64(t1, t3);
+                        // k4_unpack for eight rows: scales (sub-blocks 0..4, 4..8), mins.
+                        let sc = [
+                            _mm256_and_si256(w0, low6),
+                            _mm256_or_si256(
+                                _mm256_and_si256(w2, low4),
+                                _mm256_slli_epi32(
+                                    _mm256_and_si256(_mm256_srli_epi32(w0, 6), top2),
+                                    4,
+                                ),
+                            ),
+                        ];
+                        let mn = [
+                            _mm256_and_si256(w1, low6),
+                            _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi32(w2, 4), low4),
+                                _mm256_slli_epi32(
+                                    _mm256_and_si256(_mm256_srli_epi32(w1, 6), top2),
+                                    4,
+                                ),
+                            ),
+                        ];
+                        // d and dmin of the eight rows: [d0..d3 m0..m3 | d4..d7 m4..m7] →
+                        // [d0..d7 | m0..m7].
+                        let dm = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi32(
+                            _mm256_and_si256(dd, low16),
+                            _mm256_srli_epi32(dd, 16),
+                        ));
+                        let dw = _mm256_cvtph_ps(_mm256_castsi256_si128(dm));
+                        let dminw = _mm256_cvtph_ps(_mm256_extracti128_si256::<1>(dm));
+                        // The mins as word pairs, one dword per row: sub-blocks (0,1), (2,3),
+                        // (4,5), (6,7).
+                        let mpairs = [
+                            _mm256_shuffle_epi8(mn[0], word_pair[0]),
+                            _mm256_shuffle_epi8(mn[0], word_pair[1]),
+                            _mm256_shuffle_epi8(mn[1], word_pair[0]),
+                            _mm256_shuffle_epi8(mn[1], word_pair[1]),
+                        ];
+                        let mut acc = [[_mm256_setzero_si256(); N]; 2];
+                        for g in 0..4 {
+                            // Scales of sub-blocks 2g and 2g+1 in lane-pair order, per half.
+                            let scw = sc[g / 2];
+                            let sc_h: [[__m256i; 2]; 2] = std::array::from_fn(|h| {
+                                let p = _mm256_permutevar8x32_epi32(scw, pairs[h]);
+                                [
+                                    _mm256_shuffle_epi8(p, byte[2 * (g % 2)]),
+                                    _mm256_shuffle_epi8(p, byte[2 * (g % 2) + 1]),
+                                ]
+                            });
+                            // The group's 32 bytes per row, as 16-byte halves c.
+                            let q = |r: usize, c: usize| blk(r).add(16 + 32 * g + 16 * c);
+                            // oct[h][o]: bytes 8o..8o+8 of the four rows of half h.
+                            let oct: [[__m256i; 4]; 2] = std::array::from_fn(|h| {
+                                let r = 4 * h;
+                                let mut v = [_mm256_setzero_si256(); 4];
+                                for c in 0..2 {
+                                    let x02 = pair(q(r, c), q(r + 2, c));
+                                    let x13 = pair(q(r + 1, c), q(r + 3, c));
+                                    v[2 * c] = _mm256_unpacklo_epi64(x02, x13);
+                                    v[2 * c + 1] = _mm256_unpackhi_epi64(x02, x13);
+                                }
+                                v
+                            });
+                            let nib: [[[__m256i; 4]; 2]; 2] = std::array::from_fn(|h| {
+                                [
+                                    std::array::from_fn(|o| _mm256_and_si256(oct[h][o], m4)),
+                                    std::array::from_fn(|o| {
+                                        _mm256_and_si256(_mm256_srli_epi16(oct[h][o], 4), m4)
+                                    }),
+                                ]
+                            });
+                            for t in 0..N {
+                                let ab = a[t].qs.as_ptr().add(b * QK_K + 64 * g).cast::<i64>();
+                                for h in 0..2 {
+                                    for sb in 0..2 {
+                                        let mut d = _mm256_setzero_si256();
+                                        for o in 0..4 {
+                                            let ak = _mm256_set1_epi64x(
+                                                ab.add(4 * sb + o).read_unaligned(),
+                                            );
+                                            d = $dp(d, nib[h][sb][o], ak);
+                                        }
+                                        acc[h][t] = _mm256_add_epi32(
+                                            acc[h][t],
+                                            _mm256_mullo_epi32(d, sc_h[h][sb]),
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                        for t in 0..N {
+                            // B_s in pairs: hadd gives [B0 B1 B4 B5 | B2 B3 B6 B7], packed to
+                            // words; dword k of the packed vector is a pair.
+                            let bs = a[t].bsums.as_ptr().add(b * 16);
+                            let bsum = _mm256_hadd_epi32(
+                                _mm256_loadu_si256(bs.cast()),
+                                _mm256_loadu_si256(bs.add(8).cast()),
+                            );
+                            let bw = _mm256_packs_epi32(bsum, bsum);
+                            let mut m = _mm256_setzero_si256();
+                            for (p, idx) in [0, 4, 1, 5].into_iter().enumerate() {
+                                let bp = _mm256_permutevar8x32_epi32(bw, _mm256_set1_epi32(idx));
+                                m = _mm256_add_epi32(m, _mm256_madd_epi16(mpairs[p], bp));
+                            }
+                            let da = _mm256_set1_ps(*a[t].d.get_unchecked(b));
+                            let s = _mm256_mul_ps(dw, da);
+                            for h in 0..2 {
+                                let sh = _mm256_permutevar8x32_ps(s, pairs[h]);
+                                f[h][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[h][t]), sh, f[h][t]);
+                            }
+                            f_min[t] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(m),
+                                _mm256_mul_ps(dminw, da),
+                                f_min[t],
+                            );
+                        }
+                    }
+                }
+                for t in 0..N {
+                    // Lane pairs → rows: hadd gives [r0 r1 r4 r5 | r2 r3 r6 r7].
+                    let h = _mm256_hadd_ps(f[0][t], f[1][t]);
+                    let h = _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
+                    let h = _mm256_sub_ps(h, f_min[t]);
                     let mut r8 = [0f32; 8];
                     // SAFETY: r8 holds eight floats.
                     unsafe { _mm256_storeu_ps(r8.as_mut_ptr(), h) };
