@@ -545,9 +545,6 @@ fn dot_region(
     let total: usize = ws.iter().map(|w| w.rows).sum();
     // Below ~64K multiply-adds per worker, waking workers costs more than it saves.
     let threads = (total * cols * n / 65_536).clamp(1, pool.n_threads());
-    // Chunks: about eight per thread, in whole groups of rows; a chunk never spans two
-    // matrices (the claimed range is cut at their boundaries).
-    let chunk = (total / (threads * 8)).max(16).next_multiple_of(16);
     let next = AtomicUsize::new(0);
     pool.run_with(threads, &|i, _nt| {
         // SAFETY: worker i is the only user of slot i.
@@ -563,10 +560,9 @@ fn dot_region(
         // front: a worker that starts late (woken from sleep) or runs on a slower core does
         // less, and nobody idles at the end of the region.
         loop {
-            let claim = next.fetch_add(chunk, Ordering::Relaxed);
-            if claim >= total {
+            let Some((claim, chunk)) = claim_rows(&next, total, threads) else {
                 break;
-            }
+            };
             // The claimed virtual rows, cut into the matrices they fall in.
             let mut base = 0;
             for (w, out) in ws.iter().zip(outs) {
@@ -618,6 +614,26 @@ fn dot_region(
             }
         }
     });
+}
+
+/// Claims the next chunk of `total` rows from the shared counter: `(first row, length)`, or
+/// `None` when all are taken. Guided: a chunk is a 1/(2·threads) share of what is left, so the
+/// first ones are long (few claims) and the last ones short (the threads finish together:
+/// fixed chunks of 1/(8·threads) left one worker up to a chunk behind at every barrier); in
+/// whole groups of 16 rows (the kernels take eight at a time), at least 16. A chunk may
+/// reach past `total`; callers cut it.
+fn claim_rows(next: &AtomicUsize, total: usize, threads: usize) -> Option<(usize, usize)> {
+    let mut cur = next.load(Ordering::Relaxed);
+    loop {
+        if cur >= total {
+            return None;
+        }
+        let len = ((total - cur) / (2 * threads)).max(16).next_multiple_of(16);
+        match next.compare_exchange_weak(cur, cur + len, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Some((cur, len)),
+            Err(now) => cur = now,
+        }
+    }
 }
 
 /// The kernel of [`matmul_tiles`]: rows (bytes) → results for every token (`[rows, width]`).
