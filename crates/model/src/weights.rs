@@ -559,10 +559,7 @@ fn dot_region(
         // Rows are claimed in chunks from a shared counter rather than split evenly up
         // front: a worker that starts late (woken from sleep) or runs on a slower core does
         // less, and nobody idles at the end of the region.
-        loop {
-            let Some((claim, chunk)) = claim_rows(&next, total, threads) else {
-                break;
-            };
+        while let Some((claim, chunk)) = claim_rows(&next, total, threads) {
             // The claimed virtual rows, cut into the matrices they fall in.
             let mut base = 0;
             for (w, out) in ws.iter().zip(outs) {
