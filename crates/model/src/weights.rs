@@ -653,22 +653,15 @@ fn matmul_tiles(
     let data = w.data();
     let rb = w.row_bytes();
     let out = SharedOut::new(y);
-    let chunk = (w.rows / (pool.n_threads() * 8))
-        .max(ROWS)
-        .next_multiple_of(ROWS);
     let next = AtomicUsize::new(0);
-    pool.run(&|i, _nt| {
+    pool.run(&|i, nt| {
         // SAFETY: worker i is the only user of slot i.
         let s = unsafe { scratch.get(i) };
         if s.tile.len() < ROWS * width {
             s.tile.resize(ROWS * width, 0.0);
         }
         let mut tile = std::mem::take(&mut s.tile);
-        loop {
-            let start = next.fetch_add(chunk, Ordering::Relaxed);
-            if start >= w.rows {
-                break;
-            }
+        while let Some((start, chunk)) = claim_rows(&next, w.rows, nt) {
             let end = (start + chunk).min(w.rows);
             let mut r0 = start;
             while r0 < end {
