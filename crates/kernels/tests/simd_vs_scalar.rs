@@ -242,7 +242,8 @@ fn gemm_rows_match_scalar_and_dot() {
         for _ in 0..rows {
             w.extend(weights(dtype, cols, &mut rng));
         }
-        for n_tok in [1usize, 7, 8, 13] {
+        // 13 and 21 tokens: two and three groups of eight (groups go in pairs on AVX-512).
+        for n_tok in [1usize, 7, 8, 13, 21] {
             let xs: Vec<Vec<f32>> = (0..n_tok)
                 .map(|_| (0..cols).map(|_| rng.f()).collect())
                 .collect();
