@@ -20,6 +20,21 @@ use tuili_core::DType;
 /// How far past the next row group (bytes) the eight-row kernels prefetch.
 const PF8: usize = 4096;
 
+/// The layout constants of Q4_K (`FIVE` = false) and Q5_K blocks for the eight-row kernel:
+/// bytes per block and where the nibbles start (after the 16-byte header, and Q5_K's 32 bytes
+/// of fifth bits). Associated constants rather than `let`s: captured by the kernel's closures,
+/// a `let` was not folded and the kernel ran at half speed (measured: 30 → 16 GB/s from L2).
+struct K4<const FIVE: bool>;
+impl<const FIVE: bool> K4<FIVE> {
+    const BB: usize = if FIVE {
+        std::mem::size_of::<BlockQ5K>()
+    } else {
+        std::mem::size_of::<BlockQ4K>()
+    };
+    const QS: usize = if FIVE { 48 } else { 16 };
+}
+const _: () = assert!(K4::<false>::BB == 144 && K4::<true>::BB == 176);
+
 /// Runs the kernel for `dtype` if there is one for `isa`; `false` means "use the scalar path".
 pub fn dot_many(isa: Isa, dtype: DType, w: &[u8], acts: &[ActRef<'_>], out: &mut [f32]) -> bool {
     dot_rows(isa, dtype, w, w.len(), acts, out)
@@ -59,7 +74,7 @@ pub fn dot_rows(
     // Up to four tokens (decode, or a few sequences' decode steps): Q4_0 and Q4_K eight rows
     // at a time; the rest below.
     let mut first_row = 0;
-    if dtype == DType::Q4_K && nt <= 4 {
+    if matches!(dtype, DType::Q4_K | DType::Q5_K) && nt <= 4 {
         if let Some(first) = acts.first().and_then(pick_q8k) {
             let mut qs = [first; 4];
             let all = qs.iter_mut().zip(acts).all(|(slot, a)| match pick_q8k(a) {
@@ -73,13 +88,14 @@ pub fn dot_rows(
                 let wr = &w[first_row * row_bytes..(first_row + 8) * row_bytes];
                 let o = &mut out[first_row * nt..(first_row + 8) * nt];
                 // SAFETY: as below (run-time detected features); `row_geometry` and `fits`
-                // checked that the eight rows are whole Q4_K blocks and that every activation
-                // row holds as many quants and group sums.
+                // checked that the eight rows are whole Q4_K (Q5_K) blocks and that every
+                // activation row holds as many quants and group sums.
                 unsafe {
-                    if vnni {
-                        vnni::q4_k_r8(wr, row_bytes, &qs[..nt], o)
-                    } else {
-                        avx2::q4_k_r8(wr, row_bytes, &qs[..nt], o)
+                    match (dtype, vnni) {
+                        (DType::Q4_K, true) => vnni::q4_k_r8(wr, row_bytes, &qs[..nt], o),
+                        (DType::Q4_K, false) => avx2::q4_k_r8(wr, row_bytes, &qs[..nt], o),
+                        (_, true) => vnni::q5_k_r8(wr, row_bytes, &qs[..nt], o),
+                        (_, false) => avx2::q5_k_r8(wr, row_bytes, &qs[..nt], o),
                     }
                 }
                 first_row += 8;
@@ -782,30 +798,45 @@ macro_rules! kernels {
             ///   of the mins as word pairs by broadcast pairs (B_s, B_s+1).
             ///
             /// The eight interleaved streams are prefetched as one linear stream (see
-            /// [`q4_0_r8`]).
+            /// [`q4_0_r8`]). [`q5_k_r8`] is the same for Q5_K: the same header, then 32 bytes
+            /// of fifth bits (bit 2g of byte j for element j of sub-block 2g, bit 2g+1 for
+            /// 2g+1), interleaved as the nibbles are and moved to bit 4.
             #[target_feature(enable = $features)]
             pub(super) unsafe fn q4_k_r8(w: &[u8], rb: usize, a: &[&Q8KRow], out: &mut [f32]) {
                 // The token count as a constant: loops over tokens unroll.
                 unsafe {
                     match a.len() {
-                        1 => q4_k_r8_n::<1>(w, rb, a, out),
-                        2 => q4_k_r8_n::<2>(w, rb, a, out),
-                        3 => q4_k_r8_n::<3>(w, rb, a, out),
-                        _ => q4_k_r8_n::<4>(w, rb, a, out),
+                        1 => q4_k_r8_n::<1, false>(w, rb, a, out),
+                        2 => q4_k_r8_n::<2, false>(w, rb, a, out),
+                        3 => q4_k_r8_n::<3, false>(w, rb, a, out),
+                        _ => q4_k_r8_n::<4, false>(w, rb, a, out),
+                    }
+                }
+            }
+
+            /// [`q4_k_r8`] for Q5_K (token count as a constant, as there).
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q5_k_r8(w: &[u8], rb: usize, a: &[&Q8KRow], out: &mut [f32]) {
+                unsafe {
+                    match a.len() {
+                        1 => q4_k_r8_n::<1, true>(w, rb, a, out),
+                        2 => q4_k_r8_n::<2, true>(w, rb, a, out),
+                        3 => q4_k_r8_n::<3, true>(w, rb, a, out),
+                        _ => q4_k_r8_n::<4, true>(w, rb, a, out),
                     }
                 }
             }
 
             #[target_feature(enable = $features)]
             #[inline]
-            unsafe fn q4_k_r8_n<const N: usize>(
+            unsafe fn q4_k_r8_n<const N: usize, const FIVE: bool>(
                 w: &[u8],
                 rb: usize,
                 a: &[&Q8KRow],
                 out: &mut [f32],
             ) {
-                const BB: usize = std::mem::size_of::<BlockQ4K>();
-                let nb = rb / BB;
+                let nb = rb / K4::<FIVE>::BB;
+                let one = _mm256_set1_epi8(1);
                 debug_assert!(w.len() >= 8 * rb && out.len() >= 8 * N);
                 debug_assert!(a.iter().all(|a| a.qs.len() >= nb * QK_K));
                 let m4 = _mm256_set1_epi8(0x0F);
@@ -841,10 +872,10 @@ macro_rules! kernels {
                     // by `dot_rows`), block b of row r starts at r·rb + BB·b; each activation
                     // row holds nb blocks of 256 quants and 16 group sums.
                     unsafe {
-                        let blk = |r: usize| wp.add(r * rb + b * BB);
+                        let blk = |r: usize| wp.add(r * rb + b * K4::<FIVE>::BB);
                         // The next row group, 8·BB bytes a step, plus PF8 (as q4_0_r8).
-                        let ahead = wp.wrapping_add(8 * BB * b + 8 * rb + PF8);
-                        for l in 0..8 * BB / 64 {
+                        let ahead = wp.wrapping_add(8 * K4::<FIVE>::BB * b + 8 * rb + PF8);
+                        for l in 0..8 * K4::<FIVE>::BB / 64 {
                             _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * l).cast());
                         }
                         let pair = |p0: *const u8, p1: *const u8| {
@@ -903,6 +934,21 @@ macro_rules! kernels {
                             _mm256_shuffle_epi8(mn[1], word_pair[0]),
                             _mm256_shuffle_epi8(mn[1], word_pair[1]),
                         ];
+                        // Q5_K: the fifth bits' bytes in the nibbles' order (as `oct` below).
+                        let hoct: [[__m256i; 4]; 2] = std::array::from_fn(|h| {
+                            let mut v = [_mm256_setzero_si256(); 4];
+                            if FIVE {
+                                let r = 4 * h;
+                                let qh = |r: usize, c: usize| blk(r).add(16 + 16 * c);
+                                for c in 0..2 {
+                                    let x02 = pair(qh(r, c), qh(r + 2, c));
+                                    let x13 = pair(qh(r + 1, c), qh(r + 3, c));
+                                    v[2 * c] = _mm256_unpacklo_epi64(x02, x13);
+                                    v[2 * c + 1] = _mm256_unpackhi_epi64(x02, x13);
+                                }
+                            }
+                            v
+                        });
                         let mut acc = [[_mm256_setzero_si256(); N]; 2];
                         for g in 0..4 {
                             // Scales of sub-blocks 2g and 2g+1 in lane-pair order, per half.
@@ -915,7 +961,8 @@ macro_rules! kernels {
                                 ]
                             });
                             // The group's 32 bytes per row, as 16-byte halves c.
-                            let q = |r: usize, c: usize| blk(r).add(16 + 32 * g + 16 * c);
+                            let q =
+                                |r: usize, c: usize| blk(r).add(K4::<FIVE>::QS + 32 * g + 16 * c);
                             // oct[h][o]: bytes 8o..8o+8 of the four rows of half h.
                             let oct: [[__m256i; 4]; 2] = std::array::from_fn(|h| {
                                 let r = 4 * h;
@@ -928,7 +975,7 @@ macro_rules! kernels {
                                 }
                                 v
                             });
-                            let nib: [[[__m256i; 4]; 2]; 2] = std::array::from_fn(|h| {
+                            let mut nib: [[[__m256i; 4]; 2]; 2] = std::array::from_fn(|h| {
                                 [
                                     std::array::from_fn(|o| _mm256_and_si256(oct[h][o], m4)),
                                     std::array::from_fn(|o| {
@@ -936,6 +983,22 @@ macro_rules! kernels {
                                     }),
                                 ]
                             });
+                            if FIVE {
+                                let sh = _mm_cvtsi32_si128(2 * g as i32);
+                                for h in 0..2 {
+                                    for o in 0..4 {
+                                        // Bits 2g and 2g+1 of every byte, to bit 4.
+                                        let x = _mm256_srl_epi16(hoct[h][o], sh);
+                                        let lo = _mm256_slli_epi16(_mm256_and_si256(x, one), 4);
+                                        let hi = _mm256_slli_epi16(
+                                            _mm256_and_si256(_mm256_srli_epi16(x, 1), one),
+                                            4,
+                                        );
+                                        nib[h][0][o] = _mm256_or_si256(nib[h][0][o], lo);
+                                        nib[h][1][o] = _mm256_or_si256(nib[h][1][o], hi);
+                                    }
+                                }
+                            }
                             for t in 0..N {
                                 let ab = a[t].qs.as_ptr().add(b * QK_K + 64 * g).cast::<i64>();
                                 for h in 0..2 {
