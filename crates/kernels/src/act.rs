@@ -7,12 +7,15 @@ use crate::cpu::Isa;
 use half::f16;
 
 /// An activation row quantized to int8 in blocks of 32: x ≈ d[b]·q[i]; `isum[b]` = Σ q over
-/// the block (for weight types with an offset: Q4_1, Q5_1, and the VNNI unsigned trick).
+/// the block (for weight types with an offset: Q4_1, Q5_1, and the VNNI unsigned trick), and
+/// `dsum[b]` = d[b]·isum[b] (the same in floats: Q4_0's −8 offset, once per block for eight
+/// rows in the eight-row kernel).
 #[derive(Debug, Clone, Default)]
 pub struct Q8Row {
     pub qs: Vec<i8>,    // [n]
     pub d: Vec<f32>,    // [n/32]
     pub isum: Vec<i32>, // [n/32]
+    pub dsum: Vec<f32>, // [n/32]
 }
 
 /// An activation row quantized to int8 in super-blocks of 256 (K-quants): x ≈ d[b]·q[i];
@@ -30,6 +33,7 @@ impl Q8Row {
         self.qs.resize(n, 0);
         self.d.resize(n / QK, 0.0);
         self.isum.resize(n / QK, 0);
+        self.dsum.resize(n / QK, 0.0);
     }
 
     /// Quantizes `x` (length a multiple of 32) into this row: d = max|x|/127, q = round(x/d).
@@ -47,6 +51,7 @@ impl Q8Row {
             }
             self.d[b] = d;
             self.isum[b] = sum;
+            self.dsum[b] = d * sum as f32;
         }
     }
 }

@@ -63,7 +63,12 @@ pub fn dot_rows(
     let fits = acts.iter().all(|a| match a {
         ActRef::F32(x) => x.len() == n,
         ActRef::F16(x) => x.len() == n,
-        ActRef::Q8(q) => q.qs.len() >= n && q.d.len() * QK >= n && q.isum.len() * QK >= n,
+        ActRef::Q8(q) => {
+            q.qs.len() >= n
+                && q.d.len() * QK >= n
+                && q.isum.len() * QK >= n
+                && q.dsum.len() * QK >= n
+        }
         ActRef::Q8K(q) => q.qs.len() >= n && q.d.len() * QK_K >= n && q.bsums.len() * 16 >= n,
     });
     if !fits {
@@ -661,8 +666,10 @@ macro_rules! kernels {
             /// each `vpdpbusd` multiplies four nibbles of every row by the same four activations
             /// (one broadcast 8-byte load). Per block and eight rows: one f16→f32 conversion of
             /// the eight scales, two int→float conversions and two FMAs. The offset of the
-            /// unsigned nibbles (u = q + 8) is the accumulator's start value: −4·Σa per lane,
-            /// two lanes per row. The weights are read where they are (no repacked copy). With
+            /// unsigned nibbles (u = q + 8) comes off in floats at the end: 8·Σ_b d_w·(d_a·Σa),
+            /// one FMA per block for the eight rows with d_a·Σa precomputed (`Q8Row::dsum`; as
+            /// an integer start value it cost four instructions per block and token). The
+            /// weights are read where they are (no repacked copy). With
             /// several tokens the nibbles are unpacked once per block for all of them.
             ///
             /// `w` holds eight rows of `rb` bytes; `out[r · a.len() + t]` = row r · a[t].
@@ -696,6 +703,8 @@ macro_rules! kernels {
                 let wp = w.as_ptr();
                 let mut f_lo = [_mm256_setzero_ps(); N];
                 let mut f_hi = [_mm256_setzero_ps(); N];
+                // Σ_b d_w·d_a·isum per row (natural order), for the −8 offset.
+                let mut corr = [_mm256_setzero_ps(); N];
                 for b in 0..nb {
                     // SAFETY (whole loop body): rows r < 8 hold nb blocks of 18 bytes (checked
                     // by `dot_rows`), block b of row r starts at r·rb + 18b; each activation
@@ -750,14 +759,18 @@ macro_rules! kernels {
                         });
                         for t in 0..N {
                             let ab = a[t].qs.as_ptr().add(b * QK).cast::<i64>();
-                            let init = _mm256_set1_epi32(-4 * *a[t].isum.get_unchecked(b));
-                            let mut acc = [init; 2];
+                            let mut acc = [_mm256_setzero_si256(); 2];
                             for k in 0..4 {
                                 let ak = _mm256_set1_epi64x(ab.add(k).read_unaligned());
                                 acc[0] = $dp(acc[0], nib[0][k], ak);
                                 acc[1] = $dp(acc[1], nib[1][k], ak);
                             }
                             let s = _mm256_mul_ps(dw, _mm256_set1_ps(*a[t].d.get_unchecked(b)));
+                            corr[t] = _mm256_fmadd_ps(
+                                dw,
+                                _mm256_set1_ps(*a[t].dsum.get_unchecked(b)),
+                                corr[t],
+                            );
                             let s_lo = _mm256_permutevar8x32_ps(s, lo_rows);
                             let s_hi = _mm256_permutevar8x32_ps(s, hi_rows);
                             f_lo[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[0]), s_lo, f_lo[t]);
@@ -769,6 +782,8 @@ macro_rules! kernels {
                     // Lane pairs → rows: hadd gives [r0 r1 r4 r5 | r2 r3 r6 r7].
                     let h = _mm256_hadd_ps(f_lo[t], f_hi[t]);
                     let h = _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
+                    // Σ (u − 8)·a = Σ u·a − 8·Σ a.
+                    let h = _mm256_fnmadd_ps(_mm256_set1_ps(8.0), corr[t], h);
                     let mut r8 = [0f32; 8];
                     // SAFETY: r8 holds eight floats.
                     unsafe { _mm256_storeu_ps(r8.as_mut_ptr(), h) };
