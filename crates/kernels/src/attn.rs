@@ -9,7 +9,7 @@ use half::f16;
 
 use crate::blocks::{f16_le, BlockQ8_0, QK};
 use crate::cpu::Isa;
-use crate::ops::softmax;
+use crate::ops::softmax_fast;
 
 /// An element type of a KV cache: a float (one value per element) or a quantized block
 /// (Q8_0: 32 values per element).
@@ -284,8 +284,10 @@ fn attend_group_body<const AVX: bool, R: KvRows>(
         }
         p += 4;
     }
+    // The polynomial exp, in vectors on the AVX path (the same bits as the scalar one).
+    let isa = if AVX { Isa::Avx2 } else { Isa::Scalar };
     for g in 0..group {
-        softmax(&mut scores[g * m..(g + 1) * m]);
+        softmax_fast(isa, &mut scores[g * m..(g + 1) * m]);
     }
     out[..group * hd].fill(0.0);
     // Values, four positions per pass over the output: a quarter of the loads and stores.

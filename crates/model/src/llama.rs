@@ -441,7 +441,7 @@ impl SpanForward for Llama {
             if cfg.gelu_gate() {
                 ops::gelu_tanh_mul(gate, up);
             } else {
-                ops::silu_mul(gate, up);
+                ops::silu_mul_fast(isa, gate, up);
             }
             prep.invalidate();
             matmul(pool, isa, &layer.down, gate, n, h, prep, tmp);
