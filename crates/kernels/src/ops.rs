@@ -252,6 +252,7 @@ pub fn silu_mul_fast(isa: Isa, g: &mut [f32], u: &[f32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::*;
+    use crate::dot::x86::hsum;
     use std::arch::x86_64::*;
 
     /// [`exp_poly`] on eight lanes.
@@ -284,17 +285,6 @@ mod x86 {
         let huge = _mm256_cmp_ps::<_CMP_GT_OQ>(x, _mm256_set1_ps(EXP_HI));
         let v = _mm256_blendv_ps(v, _mm256_set1_ps(f32::INFINITY), huge);
         _mm256_andnot_ps(tiny, v)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
     }
 
     #[target_feature(enable = "avx2,fma")]

@@ -20,6 +20,18 @@ use tuili_core::DType;
 /// How far past the next row group (bytes) the eight-row kernels prefetch.
 const PF8: usize = 4096;
 
+/// The sum of the eight lanes: halves, then pairs (`ops::hsum8` is the scalar order).
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub(crate) fn hsum(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps(v, 1);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
 /// The layout constants of Q4_K (`FIVE` = false) and Q5_K blocks for the eight-row kernel:
 /// bytes per block and where the nibbles start (after the 16-byte header, and Q5_K's 32 bytes
 /// of fifth bits). Associated constants rather than `let`s: captured by the kernel's closures,
@@ -97,10 +109,10 @@ pub fn dot_rows(
                 // activation row holds as many quants and group sums.
                 unsafe {
                     match (dtype, vnni) {
-                        (DType::Q4_K, true) => vnni::q4_k_r8(wr, row_bytes, &qs[..nt], o),
-                        (DType::Q4_K, false) => avx2::q4_k_r8(wr, row_bytes, &qs[..nt], o),
-                        (_, true) => vnni::q5_k_r8(wr, row_bytes, &qs[..nt], o),
-                        (_, false) => avx2::q5_k_r8(wr, row_bytes, &qs[..nt], o),
+                        (DType::Q4_K, true) => vnni::q4_k_r8::<false>(wr, row_bytes, &qs[..nt], o),
+                        (DType::Q4_K, false) => avx2::q4_k_r8::<false>(wr, row_bytes, &qs[..nt], o),
+                        (_, true) => vnni::q4_k_r8::<true>(wr, row_bytes, &qs[..nt], o),
+                        (_, false) => avx2::q4_k_r8::<true>(wr, row_bytes, &qs[..nt], o),
                     }
                 }
                 first_row += 8;
@@ -286,17 +298,6 @@ macro_rules! kernels {
         mod $modname {
             use super::*;
 
-            #[target_feature(enable = $features)]
-            #[inline]
-            unsafe fn hsum(v: __m256) -> f32 {
-                let lo = _mm256_castps256_ps128(v);
-                let hi = _mm256_extractf128_ps(v, 1);
-                let s = _mm_add_ps(lo, hi);
-                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-                _mm_cvtss_f32(s)
-            }
-
             /// A float row (`$load` gives 8 weights as f32) against 1–4 activation rows of
             /// `$xt` (`$xload` gives 8 as f32). No software prefetch: one row is one
             /// sequential stream, which the hardware prefetcher follows best (prefetching
@@ -356,7 +357,7 @@ macro_rules! kernels {
                                 for k in 1..2 * K {
                                     v = _mm256_add_ps(v, acc[k][t]);
                                 }
-                                let mut s = unsafe { hsum(v) };
+                                let mut s = hsum(v);
                                 for j in i..n {
                                     let c = &w[j * $bytes..(j + 1) * $bytes];
                                     s += $scalar(c) * f32::from(xs[t][j]);
@@ -460,7 +461,7 @@ macro_rules! kernels {
                             i += 16;
                         }
                         for r in 0..4 {
-                            let mut s = unsafe { hsum(_mm256_add_ps(acc[r][0], acc[r][1])) };
+                            let mut s = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
                             for j in i..n {
                                 let c = &w[r * rb + j * $bytes..r * rb + (j + 1) * $bytes];
                                 s += $scalar(c) * x[j];
@@ -606,12 +607,12 @@ macro_rules! kernels {
                         v = _mm256_add_ps(v, acc[u][t]);
                     }
                     let c = if OFF != 0 || MIN {
-                        (unsafe { hsum(corr[t]) }) + corr_tail[t]
+                        hsum(corr[t]) + corr_tail[t]
                     } else {
                         0.0
                     };
                     // Offset: −OFF·Σ s·Σa; min: +Σ m·d_a·Σa.
-                    out[t] = unsafe { hsum(v) } + if MIN { c } else { -(OFF as f32) * c };
+                    out[t] = hsum(v) + if MIN { c } else { -(OFF as f32) * c };
                 }
             }
 
@@ -813,31 +814,23 @@ macro_rules! kernels {
             ///   of the mins as word pairs by broadcast pairs (B_s, B_s+1).
             ///
             /// The eight interleaved streams are prefetched as one linear stream (see
-            /// [`q4_0_r8`]). [`q5_k_r8`] is the same for Q5_K: the same header, then 32 bytes
-            /// of fifth bits (bit 2g of byte j for element j of sub-block 2g, bit 2g+1 for
-            /// 2g+1), interleaved as the nibbles are and moved to bit 4.
+            /// [`q4_0_r8`]). With `FIVE`, Q5_K: the same header, then 32 bytes of fifth bits
+            /// (bit 2g of byte j for element j of sub-block 2g, bit 2g+1 for 2g+1), interleaved
+            /// as the nibbles are and moved to bit 4.
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn q4_k_r8(w: &[u8], rb: usize, a: &[&Q8KRow], out: &mut [f32]) {
+            pub(super) unsafe fn q4_k_r8<const FIVE: bool>(
+                w: &[u8],
+                rb: usize,
+                a: &[&Q8KRow],
+                out: &mut [f32],
+            ) {
                 // The token count as a constant: loops over tokens unroll.
                 unsafe {
                     match a.len() {
-                        1 => q4_k_r8_n::<1, false>(w, rb, a, out),
-                        2 => q4_k_r8_n::<2, false>(w, rb, a, out),
-                        3 => q4_k_r8_n::<3, false>(w, rb, a, out),
-                        _ => q4_k_r8_n::<4, false>(w, rb, a, out),
-                    }
-                }
-            }
-
-            /// [`q4_k_r8`] for Q5_K (token count as a constant, as there).
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn q5_k_r8(w: &[u8], rb: usize, a: &[&Q8KRow], out: &mut [f32]) {
-                unsafe {
-                    match a.len() {
-                        1 => q4_k_r8_n::<1, true>(w, rb, a, out),
-                        2 => q4_k_r8_n::<2, true>(w, rb, a, out),
-                        3 => q4_k_r8_n::<3, true>(w, rb, a, out),
-                        _ => q4_k_r8_n::<4, true>(w, rb, a, out),
+                        1 => q4_k_r8_n::<1, FIVE>(w, rb, a, out),
+                        2 => q4_k_r8_n::<2, FIVE>(w, rb, a, out),
+                        3 => q4_k_r8_n::<3, FIVE>(w, rb, a, out),
+                        _ => q4_k_r8_n::<4, FIVE>(w, rb, a, out),
                     }
                 }
             }
@@ -1261,7 +1254,7 @@ macro_rules! kernels {
                     }
                 }
                 for t in 0..nt {
-                    res[t] = unsafe { hsum(facc[t]) };
+                    res[t] = hsum(facc[t]);
                 }
                 // A loop, not `copy_from_slice`: for at most four values that is a call to
                 // memcpy per row (measured: 2.5 % of a Q4_K_M decode step).
@@ -1383,7 +1376,7 @@ macro_rules! kernels {
                     }
                 }
                 for t in 0..nt {
-                    res[t] = unsafe { hsum(facc[t]) };
+                    res[t] = hsum(facc[t]);
                 }
                 // A loop, not `copy_from_slice`: for at most four values that is a call to
                 // memcpy per row (measured: 2.5 % of a Q4_K_M decode step).
