@@ -88,7 +88,7 @@ pub fn dot_rows(
     }
     let vnni = isa >= Isa::Avx512Vnni;
     let nt = acts.len();
-    // Up to four tokens (decode, or a few sequences' decode steps): Q4_0 and Q4_K eight rows
+    // Up to four tokens (decode, or a few sequences' decode steps): Q4_0, Q4_K and Q5_K eight rows
     // at a time; the rest below.
     let mut first_row = 0;
     if matches!(dtype, DType::Q4_K | DType::Q5_K) && nt <= 4 {
