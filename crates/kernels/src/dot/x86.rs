@@ -92,16 +92,8 @@ pub fn dot_rows(
     // at a time; the rest below.
     let mut first_row = 0;
     if matches!(dtype, DType::Q4_K | DType::Q5_K) && nt <= 4 {
-        if let Some(first) = acts.first().and_then(pick_q8k) {
-            let mut qs = [first; 4];
-            let all = qs.iter_mut().zip(acts).all(|(slot, a)| match pick_q8k(a) {
-                Some(q) => {
-                    *slot = q;
-                    true
-                }
-                None => false,
-            });
-            while all && first_row + 8 <= n_rows {
+        if let Some(qs) = gather(acts, pick_q8k) {
+            while first_row + 8 <= n_rows {
                 let wr = &w[first_row * row_bytes..(first_row + 8) * row_bytes];
                 let o = &mut out[first_row * nt..(first_row + 8) * nt];
                 // SAFETY: as below (run-time detected features); `row_geometry` and `fits`
@@ -122,17 +114,8 @@ pub fn dot_rows(
             return true;
         }
     }
-    if dtype == DType::Q4_0 && nt <= 4 {
-        let empty = Q8Row::default();
-        let mut qs = [&empty; 4];
-        let mut all_q8 = true;
-        for (slot, a) in qs.iter_mut().zip(acts) {
-            match a {
-                ActRef::Q8(q) => *slot = q,
-                _ => all_q8 = false,
-            }
-        }
-        while all_q8 && first_row + 8 <= n_rows {
+    if let (DType::Q4_0, true, Some(qs)) = (dtype, nt <= 4, gather(acts, pick_q8)) {
+        while first_row + 8 <= n_rows {
             let wr = &w[first_row * row_bytes..(first_row + 8) * row_bytes];
             let o = &mut out[first_row * nt..(first_row + 8) * nt];
             // SAFETY: as below (run-time detected features); `row_geometry` and `fits` checked
@@ -250,18 +233,27 @@ fn with<'a, T: ?Sized + 'a>(
     pick: impl Fn(&ActRef<'a>) -> Option<&'a T>,
     f: impl FnOnce(&[&'a T]),
 ) -> bool {
-    let Some(first) = acts.first().and_then(&pick) else {
-        return false;
-    };
+    match gather(acts, pick) {
+        Some(xs) => {
+            f(&xs[..acts.len().min(4)]);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Up to four activation rows as one form (`pick` extracts it; the unused slots repeat the
+/// first), or `None` when there are none or some row is in another form.
+fn gather<'a, T: ?Sized + 'a>(
+    acts: &[ActRef<'a>],
+    pick: impl Fn(&ActRef<'a>) -> Option<&'a T>,
+) -> Option<[&'a T; 4]> {
+    let first = acts.first().and_then(&pick)?;
     let mut xs: [&T; 4] = [first; 4];
     for (slot, a) in xs.iter_mut().zip(acts) {
-        match pick(a) {
-            Some(x) => *slot = x,
-            None => return false,
-        }
+        *slot = pick(a)?;
     }
-    f(&xs[..acts.len().min(4)]);
-    true
+    Some(xs)
 }
 
 fn pick_f32<'a>(a: &ActRef<'a>) -> Option<&'a [f32]> {
