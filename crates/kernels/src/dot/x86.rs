@@ -32,6 +32,41 @@ pub(crate) fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// The f16 scales at `p`, `p + rb`, `p + 2rb` and `p + 3rb` (four rows' blocks) as the four
+/// words of an integer, put together in general registers. Inserted into a vector one by one
+/// (`vpinsrw`) they cost eight vector operations per eight rows, in a kernel bound by its
+/// vector operations; the integer units are idle. In `asm!` because LLVM turns the same Rust
+/// into vector inserts again.
+///
+/// # Safety
+/// The four two-byte reads must be in bounds.
+#[inline(always)]
+unsafe fn scales4(p: *const u8, rb: usize) -> i64 {
+    let v: i64;
+    // SAFETY: the caller's contract; the asm only reads those four words.
+    unsafe {
+        std::arch::asm!(
+            "movzx {v:e}, word ptr [{p}]",
+            "movzx {t:e}, word ptr [{p} + {rb}]",
+            "shl {t}, 16",
+            "or {v}, {t}",
+            "movzx {t:e}, word ptr [{p} + {rb} * 2]",
+            "shl {t}, 32",
+            "or {v}, {t}",
+            "lea {t}, [{rb} + {rb} * 2]",
+            "movzx {t:e}, word ptr [{p} + {t}]",
+            "shl {t}, 48",
+            "or {v}, {t}",
+            p = in(reg) p,
+            rb = in(reg) rb,
+            v = out(reg) v,
+            t = out(reg) _,
+            options(pure, readonly, nostack)
+        );
+    }
+    v
+}
+
 /// The layout constants of Q4_K (`FIVE` = false) and Q5_K blocks for the eight-row kernel:
 /// bytes per block and where the nibbles start (after the 16-byte header, and Q5_K's 32 bytes
 /// of fifth bits). Associated constants rather than `let`s: captured by the kernel's closures,
@@ -714,16 +749,9 @@ macro_rules! kernels {
                         for l in 0..3 {
                             _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * l).cast());
                         }
-                        let d = |r: usize| blk(r).cast::<i16>().read_unaligned();
-                        let dw = _mm256_cvtph_ps(_mm_setr_epi16(
-                            d(0),
-                            d(1),
-                            d(2),
-                            d(3),
-                            d(4),
-                            d(5),
-                            d(6),
-                            d(7),
+                        let dw = _mm256_cvtph_ps(_mm_set_epi64x(
+                            scales4(blk(4), rb),
+                            scales4(blk(0), rb),
                         ));
                         let q = |r: usize| _mm_loadu_si128(blk(r).add(2).cast());
                         let pair = |r0: usize, r1: usize| {
