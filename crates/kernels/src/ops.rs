@@ -150,7 +150,7 @@ pub fn rope(
     }
 }
 
-pub use crate::attn::{attend_group, KvElem, KvRows, Paged, Segmented};
+pub use crate::attn::{attend_group, attend_tile, KvElem, KvRows, Paged, Segmented};
 
 // e^x in vectors: Cephes' expf. x = n·ln 2 + r with n = ⌊x·log₂e + ½⌋ and |r| ≤ ½ ln 2 (ln 2 in
 // two parts so that r is exact), e^r ≈ 1 + r + r²·P(r) with a degree-5 P, then ×2ⁿ through the

@@ -19,6 +19,10 @@ use tuili_kernels::cpu::{self, Isa};
 use tuili_kernels::ops;
 use tuili_kv::KvCache;
 
+/// Prompt tokens per attention work item (`ops::attend_tile`): each key and value row read
+/// from L2 serves this many tokens.
+pub(crate) const TILE: usize = 4;
+
 use crate::batch::{check_spans, span_of, KvTarget, OutRows, SeqSpan, SpanForward};
 use crate::config::{Arch, ModelConfig};
 use crate::weights::{
@@ -111,8 +115,9 @@ impl Scratch {
             self.scores = Some(PerThread::new(threads, Vec::new));
         }
         if let Some(sc) = self.scores.as_mut() {
-            // Scores of the query heads that share one KV head: [group, n_ctx].
-            let need = n_ctx * (cfg.n_head / cfg.n_head_kv);
+            // Scores of the query heads that share one KV head, for a tile of tokens:
+            // [TILE, group, n_ctx + TILE].
+            let need = TILE * (n_ctx + TILE) * (cfg.n_head / cfg.n_head_kv);
             for v in sc.iter_mut() {
                 if v.len() < need {
                     v.resize(need, 0.0);
@@ -580,6 +585,64 @@ pub(crate) fn causal_attention<C: KvTarget + Sync>(
     let ctx: usize = spans.iter().map(|s| s.len * (s.pos0 + s.len)).sum();
     let work = cfg.n_head * ctx * hd;
     let threads = (work / 65_536).clamp(1, pool.n_threads());
+    // Without a sliding window, consecutive tokens of a prompt go in tiles: each key and
+    // value row is then read once for all of a tile's tokens (`attend_tile`; the same
+    // results as token by token).
+    let slides = cfg.sliding_window.is_some() && cfg.layer_slides(layer);
+    let tile = TILE;
+    if !slides && tile > 1 && spans.iter().any(|s| s.len > 1) {
+        let tiles: usize = spans.iter().map(|s| s.len.div_ceil(tile)).sum();
+        let items = cfg.n_head_kv * tiles;
+        pool.run_with(threads, &|wi, nt| {
+            // SAFETY: worker wi is the only user of its slot.
+            let scores = unsafe { scores.get(wi) };
+            for item in split(items, wi, nt, 1) {
+                let (kvh, mut k) = (item / tiles, item % tiles);
+                // The span of tile k, and the tile's first token.
+                let mut si = 0;
+                while k >= spans[si].len.div_ceil(tile) {
+                    k -= spans[si].len.div_ceil(tile);
+                    si += 1;
+                }
+                let s = spans[si];
+                let i0 = s.start + k * tile;
+                let cnt = tile.min(s.start + s.len - i0);
+                let rows = cache.rows(layer, si, s.pos0 + s.len);
+                let len0 = s.pos0 + (i0 - s.start) + 1;
+                // `ensure` sized the scratch for TILE tokens of n_ctx positions; a longer
+                // span would be a caller's error caught earlier, but grow rather than fail.
+                let need = cnt * group * (len0 + cnt - 1);
+                if scores.len() < need {
+                    scores.resize(need, 0.0);
+                }
+                let heads = kvh * group * hd..(kvh + 1) * group * hd;
+                let qs: [&[f32]; TILE] = std::array::from_fn(|j| {
+                    let i = i0 + j.min(cnt - 1);
+                    &q[i * qd + heads.start..i * qd + heads.end]
+                });
+                let mut os: [&mut [f32]; TILE] = Default::default();
+                for (j, o) in os.iter_mut().enumerate().take(cnt) {
+                    let i = i0 + j;
+                    // SAFETY: token i's heads of KV head kvh are written by the worker that
+                    // owns this tile only; tokens of a tile are distinct.
+                    *o = unsafe { out.slice(i * qd + heads.start..i * qd + heads.end) };
+                }
+                ops::attend_tile(
+                    isa,
+                    &qs[..cnt],
+                    &rows,
+                    kvh,
+                    hd,
+                    len0,
+                    scale,
+                    softcap,
+                    scores,
+                    &mut os[..cnt],
+                );
+            }
+        });
+        return;
+    }
     // Work items: (KV head, token). The `group` query heads that share a KV head are done
     // together, so each key and value row is read once for all of them.
     let items = cfg.n_head_kv * n;
