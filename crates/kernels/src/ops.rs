@@ -150,7 +150,9 @@ pub fn rope(
     }
 }
 
-pub use crate::attn::{attend_group, attend_tile, KvElem, KvRows, Paged, Segmented};
+pub use crate::attn::{
+    attend_group, attend_tile, attend_tile_scratch, KvElem, KvRows, Paged, Segmented,
+};
 
 // e^x in vectors: Cephes' expf. x = n·ln 2 + r with n = ⌊x·log₂e + ½⌋ and |r| ≤ ½ ln 2 (ln 2 in
 // two parts so that r is exact), e^r ≈ 1 + r + r²·P(r) with a degree-5 P, then ×2ⁿ through the
@@ -250,7 +252,7 @@ pub fn silu_mul_fast(isa: Isa, g: &mut [f32], u: &[f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use super::*;
     use crate::dot::x86::hsum;
     use std::arch::x86_64::*;
@@ -258,7 +260,7 @@ mod x86 {
     /// [`exp_poly`] on eight lanes.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn exp8(x: __m256) -> __m256 {
+    pub(crate) fn exp8(x: __m256) -> __m256 {
         // min/max return the second operand when either is NaN: NaN passes through.
         let xc = _mm256_min_ps(_mm256_set1_ps(EXP_HI), x);
         let n = _mm256_floor_ps(_mm256_add_ps(

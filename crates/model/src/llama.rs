@@ -19,9 +19,10 @@ use tuili_kernels::cpu::{self, Isa};
 use tuili_kernels::ops;
 use tuili_kv::KvCache;
 
-/// Prompt tokens per attention work item (`ops::attend_tile`): each key and value row read
-/// from L2 serves this many tokens.
-pub(crate) const TILE: usize = 4;
+/// Prompt tokens per attention work item (`ops::attend_tile`): their query heads are the
+/// lanes of its vectors (eight per vector: a tile of eight fills one even without grouped
+/// heads), and each key and value row is converted and read once for all of them.
+pub(crate) const TILE: usize = 8;
 
 use crate::batch::{check_spans, span_of, KvTarget, OutRows, SeqSpan, SpanForward};
 use crate::config::{Arch, ModelConfig};
@@ -115,9 +116,11 @@ impl Scratch {
             self.scores = Some(PerThread::new(threads, Vec::new));
         }
         if let Some(sc) = self.scores.as_mut() {
-            // Scores of the query heads that share one KV head, for a tile of tokens:
-            // [TILE, group, n_ctx + TILE].
-            let need = TILE * (n_ctx + TILE) * (cfg.n_head / cfg.n_head_kv);
+            // Scores of the query heads that share one KV head ([group, n_ctx]), or the
+            // scratch of a tile of prompt tokens.
+            let group = cfg.n_head / cfg.n_head_kv;
+            let need =
+                (n_ctx * group).max(ops::attend_tile_scratch(TILE, group, cfg.head_dim, n_ctx));
             for v in sc.iter_mut() {
                 if v.len() < need {
                     v.resize(need, 0.0);
@@ -611,7 +614,7 @@ pub(crate) fn causal_attention<C: KvTarget + Sync>(
                 let len0 = s.pos0 + (i0 - s.start) + 1;
                 // `ensure` sized the scratch for TILE tokens of n_ctx positions; a longer
                 // span would be a caller's error caught earlier, but grow rather than fail.
-                let need = cnt * group * (len0 + cnt - 1);
+                let need = ops::attend_tile_scratch(cnt, group, hd, len0).max(group * (len0 + cnt));
                 if scores.len() < need {
                     scores.resize(need, 0.0);
                 }
@@ -627,18 +630,36 @@ pub(crate) fn causal_attention<C: KvTarget + Sync>(
                     // owns this tile only; tokens of a tile are distinct.
                     *o = unsafe { out.slice(i * qd + heads.start..i * qd + heads.end) };
                 }
-                ops::attend_tile(
-                    isa,
-                    &qs[..cnt],
-                    &rows,
-                    kvh,
-                    hd,
-                    len0,
-                    scale,
-                    softcap,
-                    scores,
-                    &mut os[..cnt],
-                );
+                let tiled = softcap == 0.0
+                    && ops::attend_tile(
+                        isa,
+                        &qs[..cnt],
+                        &rows,
+                        kvh,
+                        hd,
+                        len0,
+                        scale,
+                        scores,
+                        &mut os[..cnt],
+                    );
+                if !tiled {
+                    // A head size the tile kernel does not take, or a soft cap (Gemma 2).
+                    for (j, o) in os.iter_mut().enumerate().take(cnt) {
+                        ops::attend_group(
+                            isa,
+                            qs[j],
+                            &rows,
+                            kvh,
+                            hd,
+                            0,
+                            len0 + j,
+                            scale,
+                            softcap,
+                            scores,
+                            o,
+                        );
+                    }
+                }
             }
         });
         return;
