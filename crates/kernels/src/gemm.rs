@@ -706,9 +706,25 @@ mod x86 {
                             let qa: [*const i8; G] = std::array::from_fn(|gi| {
                                 tiles.qs.as_ptr().add(((g0 + gi) * nb + b) * QK * GROUP)
                             });
-                            let mut s = [[[_mm256_setzero_si256(); G]; 2]; 4];
                             // s[j][0]: elements 0..16 of the block, s[j][1]: 16..32 (the
-                            // halves that Q6_K scales apart).
+                            // halves that Q6_K scales apart). With one scale per block and an
+                            // offset (Q4_0: u = q + 8, Q8_0: q + 128), the first half starts
+                            // from the offset term −off·Σa of its tokens rather than taking
+                            // it in an add per row afterwards.
+                            let start: [__m256i; G] = std::array::from_fn(|gi| {
+                                if sps == 1 && off != 0 {
+                                    let sb = ((g0 + gi) * nb + b) * GROUP;
+                                    let isum =
+                                        _mm256_loadu_si256(tiles.isum.as_ptr().add(sb).cast());
+                                    _mm256_sub_epi32(
+                                        _mm256_setzero_si256(),
+                                        _mm256_sll_epi32(isum, shift),
+                                    )
+                                } else {
+                                    _mm256_setzero_si256()
+                                }
+                            });
+                            let mut s = [[start, [_mm256_setzero_si256(); G]]; 4];
                             for k in 0..QK / 8 {
                                 let a: [[__m256i; G]; 2] = std::array::from_fn(|h| {
                                     std::array::from_fn(|gi| {
@@ -733,17 +749,8 @@ mod x86 {
                                 let sb = ((g0 + gi) * nb + b) * GROUP;
                                 let da = _mm256_loadu_ps(tiles.d.as_ptr().add(sb));
                                 if sps == 1 {
-                                    let isum =
-                                        _mm256_loadu_si256(tiles.isum.as_ptr().add(sb).cast());
-                                    let corr = _mm256_sub_epi32(
-                                        _mm256_setzero_si256(),
-                                        _mm256_sll_epi32(isum, shift),
-                                    );
                                     for j in 0..4 {
-                                        let v = _mm256_add_epi32(
-                                            _mm256_add_epi32(s[j][0][gi], s[j][1][gi]),
-                                            corr,
-                                        );
+                                        let v = _mm256_add_epi32(s[j][0][gi], s[j][1][gi]);
                                         let sc = _mm256_mul_ps(
                                             da,
                                             _mm256_set1_ps(*scales.get_unchecked(j * nb + b)),
