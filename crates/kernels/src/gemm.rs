@@ -31,7 +31,7 @@ pub const GROUP: usize = 8;
 /// `qs[g][b][k][t][4]`: token t's bytes 4k..4k+4 of block b, group g;
 /// `d[g][b][t]`, `isum[g][b][t]`: block scales and integer sums (0 for padding tokens);
 /// `dsum[g][b][t]` = d·isum, the block's activation sum (for weights with separate mins), and
-/// `dsum_lo`, `dsum_hi` the same over its two halves of 16 (for weights scaled per 16).
+/// `isum_lo`, `isum_hi` the integer sums of its two halves of 16 (for weights scaled per 16).
 #[derive(Debug, Clone, Default)]
 pub struct Q8Tiles {
     pub n_tok: usize,
@@ -42,8 +42,8 @@ pub struct Q8Tiles {
     d: Vec<f32>,
     isum: Vec<i32>,
     dsum: Vec<f32>,
-    dsum_lo: Vec<f32>,
-    dsum_hi: Vec<f32>,
+    isum_lo: Vec<i32>,
+    isum_hi: Vec<i32>,
 }
 
 impl Q8Tiles {
@@ -58,8 +58,8 @@ impl Q8Tiles {
         self.d.resize(ng * nb * GROUP, 0.0);
         self.isum.resize(ng * nb * GROUP, 0);
         self.dsum.resize(ng * nb * GROUP, 0.0);
-        self.dsum_lo.resize(ng * nb * GROUP, 0.0);
-        self.dsum_hi.resize(ng * nb * GROUP, 0.0);
+        self.isum_lo.resize(ng * nb * GROUP, 0);
+        self.isum_hi.resize(ng * nb * GROUP, 0);
         for g in 0..ng {
             for t in 0..GROUP {
                 let tok = g * GROUP + t;
@@ -76,8 +76,8 @@ impl Q8Tiles {
                         self.isum[sb] = rows[tok].isum[b];
                         self.dsum[sb] = rows[tok].d[b] * rows[tok].isum[b] as f32;
                         let lo: i32 = src[..QK / 2].iter().map(|&q| q as i32).sum();
-                        self.dsum_lo[sb] = rows[tok].d[b] * lo as f32;
-                        self.dsum_hi[sb] = rows[tok].d[b] * (rows[tok].isum[b] - lo) as f32;
+                        self.isum_lo[sb] = lo;
+                        self.isum_hi[sb] = rows[tok].isum[b] - lo;
                     } else {
                         for k in 0..QK / 4 {
                             let dst = base + (k * GROUP + t) * 4;
@@ -86,8 +86,8 @@ impl Q8Tiles {
                         self.d[sb] = 0.0;
                         self.isum[sb] = 0;
                         self.dsum[sb] = 0.0;
-                        self.dsum_lo[sb] = 0.0;
-                        self.dsum_hi[sb] = 0.0;
+                        self.isum_lo[sb] = 0;
+                        self.isum_hi[sb] = 0;
                     }
                 }
             }
@@ -123,15 +123,10 @@ unsafe fn unpack_row_avx2(
         DType::Q6_K => {
             let blocks = crate::blocks::as_blocks::<BlockQ6K>(w).unwrap_or(&[]);
             assert!(bytes.len() >= blocks.len() * QK_K && scales.len() >= blocks.len() * 16);
-            assert!(mins.len() >= blocks.len() * 16);
             let m4 = _mm256_set1_epi8(0x0F);
             let m3 = _mm256_set1_epi8(3);
             for (b, blk) in blocks.iter().enumerate() {
-                k6_scales(
-                    blk,
-                    &mut scales[b * 16..b * 16 + 16],
-                    &mut mins[b * 16..b * 16 + 16],
-                );
+                k6_scales(blk, &mut scales[b * 16..b * 16 + 16]);
                 for half in 0..2 {
                     // SAFETY: 64 bytes of ql and 32 of qh per half; 128 output bytes per half
                     // (asserted above).
@@ -160,7 +155,7 @@ unsafe fn unpack_row_avx2(
                     }
                 }
             }
-            0
+            32
         }
         DType::Q4_K | DType::Q5_K => {
             let m4 = _mm256_set1_epi8(0x0F);
@@ -328,7 +323,7 @@ fn k4_scales(k: &K4Block<'_>, scales: &mut [f32], mins: &mut [f32]) {
 /// Whether `dtype`'s blocks have a min term (x = s·u − m) rather than an integer offset
 /// (Q6_K's offset of 32 is one too: its scale changes every 16 elements).
 fn has_mins(dtype: DType) -> bool {
-    matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K)
+    matches!(dtype, DType::Q4_K | DType::Q5_K)
 }
 
 /// Scales per 32-element block: 2 for Q6_K (one per 16), else 1.
@@ -340,20 +335,20 @@ fn scales_per_block(dtype: DType) -> usize {
     }
 }
 
-/// A Q6_K block's sixteen scales d·sc_g and mins 32·d·sc_g (u = q + 32).
-fn k6_scales(blk: &BlockQ6K, scales: &mut [f32], mins: &mut [f32]) {
+/// A Q6_K block's sixteen scales d·sc_g (its values are unpacked as u = q + 32; the offset
+/// comes off in the integer sums, as Q4_0's does).
+fn k6_scales(blk: &BlockQ6K, scales: &mut [f32]) {
     let d = f16_le(blk.d);
     for g in 0..16 {
         scales[g] = d * blk.scales[g] as i8 as f32;
-        mins[g] = 32.0 * scales[g];
     }
 }
 
 /// Unpacks one row to unsigned bytes (Q4_0: nibble values; Q8_0: q + 128; Q4_K, Q5_K: their
 /// 4- or 5-bit values; Q6_K: q + 32) in element order, and its block scales to f32 (one per 32
-/// elements; Q6_K one per 16); for the K-quants d·sc of each sub-block and the mins (dmin·m;
-/// Q6_K: 32·d·sc) into `mins`. Returns the integer weight offset (8, 128, or 0 for the
-/// K-quants, whose mins are applied separately).
+/// elements; Q6_K one per 16); for Q4_K and Q5_K d·sc of each sub-block and the mins (dmin·m)
+/// into `mins`. Returns the integer weight offset (8, 128, Q6_K 32, or 0 for Q4_K and Q5_K,
+/// whose mins are applied separately).
 fn unpack_row(
     dtype: DType,
     w: &[u8],
@@ -365,17 +360,13 @@ fn unpack_row(
         DType::Q6_K => {
             let blocks = crate::blocks::as_blocks::<BlockQ6K>(w).unwrap_or(&[]);
             for (b, blk) in blocks.iter().enumerate() {
-                k6_scales(
-                    blk,
-                    &mut scales[b * 16..b * 16 + 16],
-                    &mut mins[b * 16..b * 16 + 16],
-                );
+                k6_scales(blk, &mut scales[b * 16..b * 16 + 16]);
                 let v = crate::dot::scalar::q6_k_values(blk);
                 for (o, q) in bytes[b * QK_K..(b + 1) * QK_K].iter_mut().zip(v) {
                     *o = (q as i32 + 32) as u8;
                 }
             }
-            0
+            32
         }
         DType::Q4_K | DType::Q5_K => {
             for_k4_blocks(dtype, w, |b, k| {
@@ -624,12 +615,10 @@ fn row_scalar(
                         acc -= m[b] * tiles.dsum[sb];
                     }
                 } else {
+                    let is = [tiles.isum_lo[sb], tiles.isum_hi[sb]];
                     for h in 0..2 {
-                        acc += scales[2 * b + h] * tiles.d[sb] * s[h] as f32;
-                    }
-                    if let Some(m) = mins {
-                        acc -= m[2 * b] * tiles.dsum_lo[sb];
-                        acc -= m[2 * b + 1] * tiles.dsum_hi[sb];
+                        let v = s[h] - off * is[h];
+                        acc += scales[2 * b + h] * tiles.d[sb] * v as f32;
                     }
                 }
             }
@@ -711,20 +700,30 @@ mod x86 {
                             // offset (Q4_0: u = q + 8, Q8_0: q + 128), the first half starts
                             // from the offset term −off·Σa of its tokens rather than taking
                             // it in an add per row afterwards.
-                            let start: [__m256i; G] = std::array::from_fn(|gi| {
-                                if sps == 1 && off != 0 {
+                            // (Q6_K, a scale per half, has one per half: u = q + 32.)
+                            let start: [[__m256i; G]; 2] = std::array::from_fn(|h| {
+                                std::array::from_fn(|gi| {
                                     let sb = ((g0 + gi) * nb + b) * GROUP;
-                                    let isum =
-                                        _mm256_loadu_si256(tiles.isum.as_ptr().add(sb).cast());
-                                    _mm256_sub_epi32(
-                                        _mm256_setzero_si256(),
-                                        _mm256_sll_epi32(isum, shift),
-                                    )
-                                } else {
-                                    _mm256_setzero_si256()
-                                }
+                                    let sums = match (sps, h) {
+                                        _ if off == 0 => None,
+                                        (1, 0) => Some(tiles.isum.as_ptr()),
+                                        (1, _) => None,
+                                        (_, 0) => Some(tiles.isum_lo.as_ptr()),
+                                        _ => Some(tiles.isum_hi.as_ptr()),
+                                    };
+                                    match sums {
+                                        Some(p) => _mm256_sub_epi32(
+                                            _mm256_setzero_si256(),
+                                            _mm256_sll_epi32(
+                                                _mm256_loadu_si256(p.add(sb).cast()),
+                                                shift,
+                                            ),
+                                        ),
+                                        None => _mm256_setzero_si256(),
+                                    }
+                                })
                             });
-                            let mut s = [[start, [_mm256_setzero_si256(); G]]; 4];
+                            let mut s = [start; 4];
                             for k in 0..QK / 8 {
                                 let a: [[__m256i; G]; 2] = std::array::from_fn(|h| {
                                     std::array::from_fn(|gi| {
@@ -770,11 +769,7 @@ mod x86 {
                                         }
                                     }
                                 } else {
-                                    // A scale (and min) per half (Q6_K).
-                                    let ds = [
-                                        _mm256_loadu_ps(tiles.dsum_lo.as_ptr().add(sb)),
-                                        _mm256_loadu_ps(tiles.dsum_hi.as_ptr().add(sb)),
-                                    ];
+                                    // A scale per half (Q6_K).
                                     for j in 0..4 {
                                         for h in 0..2 {
                                             let i = (j * nb + b) * 2 + h;
@@ -787,13 +782,6 @@ mod x86 {
                                                 sc,
                                                 acc[j][gi],
                                             );
-                                            if let Some(m) = mins {
-                                                acc[j][gi] = _mm256_fnmadd_ps(
-                                                    _mm256_set1_ps(*m.get_unchecked(i)),
-                                                    ds[h],
-                                                    acc[j][gi],
-                                                );
-                                            }
                                         }
                                     }
                                 }
