@@ -116,11 +116,11 @@ impl Scratch {
             self.scores = Some(PerThread::new(threads, Vec::new));
         }
         if let Some(sc) = self.scores.as_mut() {
-            // Scores of the query heads that share one KV head ([group, n_ctx]), or the
-            // scratch of a tile of prompt tokens.
-            let group = cfg.n_head / cfg.n_head_kv;
-            let need =
-                (n_ctx * group).max(ops::attend_tile_scratch(TILE, group, cfg.head_dim, n_ctx));
+            // Scores of the query heads that share one KV head ([group, n_ctx]). A tile of
+            // prompt tokens needs more (`ops::attend_tile_scratch`): `causal_attention` grows
+            // the buffer to what a prompt needs when one comes, so that decoding alone does
+            // not hold it.
+            let need = n_ctx * (cfg.n_head / cfg.n_head_kv);
             for v in sc.iter_mut() {
                 if v.len() < need {
                     v.resize(need, 0.0);
@@ -612,8 +612,7 @@ pub(crate) fn causal_attention<C: KvTarget + Sync>(
                 let cnt = tile.min(s.start + s.len - i0);
                 let rows = cache.rows(layer, si, s.pos0 + s.len);
                 let len0 = s.pos0 + (i0 - s.start) + 1;
-                // `ensure` sized the scratch for TILE tokens of n_ctx positions; a longer
-                // span would be a caller's error caught earlier, but grow rather than fail.
+                // Grown once to what the longest prompt so far needs (prompts only).
                 let need = ops::attend_tile_scratch(cnt, group, hd, len0).max(group * (len0 + cnt));
                 if scores.len() < need {
                     scores.resize(need, 0.0);
