@@ -321,7 +321,7 @@ fn k4_scales(k: &K4Block<'_>, scales: &mut [f32], mins: &mut [f32]) {
 }
 
 /// Whether `dtype`'s blocks have a min term (x = s·u − m) rather than an integer offset
-/// (Q6_K's offset of 32 is one too: its scale changes every 16 elements).
+/// (Q6_K's offset of 32 is an offset: it comes off in each half's integer sum).
 fn has_mins(dtype: DType) -> bool {
     matches!(dtype, DType::Q4_K | DType::Q5_K)
 }
@@ -699,8 +699,8 @@ mod x86 {
                             // halves that Q6_K scales apart). With one scale per block and an
                             // offset (Q4_0: u = q + 8, Q8_0: q + 128), the first half starts
                             // from the offset term −off·Σa of its tokens rather than taking
-                            // it in an add per row afterwards.
-                            // (Q6_K, a scale per half, has one per half: u = q + 32.)
+                            // it in an add per row afterwards; Q6_K (u = q + 32, a scale per
+                            // half) starts each half from its own.
                             let start: [[__m256i; G]; 2] = std::array::from_fn(|h| {
                                 std::array::from_fn(|gi| {
                                     let sb = ((g0 + gi) * nb + b) * GROUP;

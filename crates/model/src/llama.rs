@@ -19,11 +19,6 @@ use tuili_kernels::cpu::{self, Isa};
 use tuili_kernels::ops;
 use tuili_kv::KvCache;
 
-/// Prompt tokens per attention work item (`ops::attend_tile`): their query heads are the
-/// lanes of its vectors (eight per vector: a tile of eight fills one even without grouped
-/// heads), and each key and value row is converted and read once for all of them.
-pub(crate) const TILE: usize = 8;
-
 use crate::batch::{check_spans, span_of, KvTarget, OutRows, SeqSpan, SpanForward};
 use crate::config::{Arch, ModelConfig};
 use crate::weights::{
@@ -31,6 +26,11 @@ use crate::weights::{
     WeightSource,
 };
 use crate::ModelError;
+
+/// Prompt tokens per attention work item (`ops::attend_tile`): their query heads are the
+/// lanes of its vectors (eight per vector: a tile of eight fills one even without grouped
+/// heads), and each key and value row is converted and read once for all of them.
+pub(crate) const TILE: usize = 8;
 
 struct Layer {
     attn_norm: Vec<f32>, // [n_embd]
@@ -589,11 +589,11 @@ pub(crate) fn causal_attention<C: KvTarget + Sync>(
     let work = cfg.n_head * ctx * hd;
     let threads = (work / 65_536).clamp(1, pool.n_threads());
     // Without a sliding window, consecutive tokens of a prompt go in tiles: each key and
-    // value row is then read once for all of a tile's tokens (`attend_tile`; the same
-    // results as token by token).
+    // value row is then read once for all of a tile's tokens (`attend_tile`; token by token
+    // gives the same to rounding).
     let slides = cfg.sliding_window.is_some() && cfg.layer_slides(layer);
     let tile = TILE;
-    if !slides && tile > 1 && spans.iter().any(|s| s.len > 1) {
+    if !slides && spans.iter().any(|s| s.len > 1) {
         let tiles: usize = spans.iter().map(|s| s.len.div_ceil(tile)).sum();
         let items = cfg.n_head_kv * tiles;
         pool.run_with(threads, &|wi, nt| {
