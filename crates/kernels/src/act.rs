@@ -36,10 +36,30 @@ impl Q8Row {
         self.dsum.resize(n / QK, 0.0);
     }
 
+    /// [`Q8Row::quantize`] with AVX2 where `isa` has it (the same bits; tested).
+    pub fn quantize_isa(&mut self, isa: Isa, x: &[f32]) {
+        self.resize(x.len());
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if isa >= Isa::Avx2 {
+            // SAFETY: Isa::Avx2 and above are only reported when AVX2 and FMA are present;
+            // `resize` sized every array for x.len() / 32 blocks.
+            done = unsafe { self.quantize_avx2(x) };
+        }
+        let _ = isa;
+        self.quantize_blocks(x, done);
+    }
+
     /// Quantizes `x` (length a multiple of 32) into this row: d = max|x|/127, q = round(x/d).
+    /// The scalar twin of [`Q8Row::quantize_isa`].
     pub fn quantize(&mut self, x: &[f32]) {
         self.resize(x.len());
-        for (b, xb) in x.chunks_exact(QK).enumerate() {
+        self.quantize_blocks(x, 0);
+    }
+
+    /// Blocks `from..` of `x` (already sized).
+    fn quantize_blocks(&mut self, x: &[f32], from: usize) {
+        for (b, xb) in x.chunks_exact(QK).enumerate().skip(from) {
             let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
@@ -53,6 +73,70 @@ impl Q8Row {
             self.isum[b] = sum;
             self.dsum[b] = d * sum as f32;
         }
+    }
+}
+
+impl Q8Row {
+    /// Blocks of 32 eight lanes at a time; returns how many blocks it did (a block holding a
+    /// NaN stops it: the scalar code's `max` skips NaN, the vector one would not).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn quantize_avx2(&mut self, x: &[f32]) -> usize {
+        use std::arch::x86_64::*;
+        let nb = x.len() / QK;
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+        let magic = _mm256_set1_ps(12_582_912.0);
+        let (mant, bias) = (
+            _mm256_set1_epi32(0x007F_FFFF),
+            _mm256_set1_epi32(0x0040_0000),
+        );
+        // packs interleave the 128-bit lanes: dwords (0, 4, 1, 5, 2, 6, 3, 7) put them back.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for b in 0..nb {
+            // SAFETY: block b of x holds 32 floats; qs holds 32 per block and d, isum, dsum
+            // one (sized by `resize`).
+            unsafe {
+                let p = x.as_ptr().add(QK * b);
+                let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(p.add(8 * i)));
+                let nan = v.iter().fold(_mm256_setzero_ps(), |m, &x| {
+                    _mm256_or_ps(m, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x))
+                });
+                if _mm256_movemask_ps(nan) != 0 {
+                    return b;
+                }
+                let a: [__m256; 4] = std::array::from_fn(|i| _mm256_and_ps(v[i], abs));
+                let m = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+                let m = _mm256_max_ps(m, _mm256_permute2f128_ps::<1>(m, m));
+                let m = _mm256_max_ps(m, _mm256_permute_ps::<0b0100_1110>(m));
+                let m = _mm256_max_ps(m, _mm256_permute_ps::<0b1011_0001>(m));
+                let amax = _mm256_cvtss_f32(m);
+                let d = amax / 127.0;
+                let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+                let idv = _mm256_set1_ps(id);
+                // nearest_int: (v·id + 1.5·2²³)'s low mantissa bits, minus 2²².
+                let q: [__m256i; 4] = std::array::from_fn(|i| {
+                    let t = _mm256_add_ps(_mm256_mul_ps(v[i], idv), magic);
+                    _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(t), mant), bias)
+                });
+                let s =
+                    _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+                let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b0100_1110>(s));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b1011_0001>(s));
+                let sum = _mm_cvtsi128_si32(s);
+                // |q| ≤ 127: the saturating packs keep every value.
+                let w = _mm256_packs_epi16(
+                    _mm256_packs_epi32(q[0], q[1]),
+                    _mm256_packs_epi32(q[2], q[3]),
+                );
+                let w = _mm256_permutevar8x32_epi32(w, order);
+                _mm256_storeu_si256(self.qs.as_mut_ptr().add(QK * b).cast(), w);
+                *self.d.get_unchecked_mut(b) = d;
+                *self.isum.get_unchecked_mut(b) = sum;
+                *self.dsum.get_unchecked_mut(b) = d * sum as f32;
+            }
+        }
+        nb
     }
 }
 
@@ -158,6 +242,31 @@ mod tests {
             (3.5, 4),
         ] {
             assert_eq!(nearest_int(x), want, "{x}");
+        }
+    }
+
+    #[test]
+    fn q8_quantization_matches_scalar_twin() {
+        let mut x: Vec<f32> = (0..32 * 40)
+            .map(|i: i32| (i as f32 * 0.37).sin() * 10f32.powi(i % 9 - 4))
+            .collect();
+        // A zero block, a block with one huge value, one with ±inf, and (last, where the
+        // vector loop hands over to the scalar one) a block holding NaN.
+        x[32..64].fill(0.0);
+        x[70] = 3e38;
+        x[130] = f32::INFINITY;
+        x[131] = f32::NEG_INFINITY;
+        x[32 * 39 + 5] = f32::NAN;
+        let mut want = Q8Row::default();
+        want.quantize(&x);
+        for isa in Isa::available() {
+            let mut got = Q8Row::default();
+            got.quantize_isa(isa, &x);
+            assert_eq!(got.qs, want.qs, "{isa:?}");
+            assert_eq!(got.isum, want.isum, "{isa:?}");
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got.d), bits(&want.d), "{isa:?}");
+            assert_eq!(bits(&got.dsum), bits(&want.dsum), "{isa:?}");
         }
     }
 

@@ -353,7 +353,7 @@ impl Prepared {
                 pool.run_with(threads, &|i, nt| {
                     for t in split(n, i, nt, 1) {
                         // SAFETY: token t belongs to this worker's range only.
-                        unsafe { rows.get(t) }.quantize(&x[t * cols..(t + 1) * cols]);
+                        unsafe { rows.get(t) }.quantize_isa(isa, &x[t * cols..(t + 1) * cols]);
                     }
                 });
                 self.q8_ready = true;
