@@ -592,8 +592,8 @@ pub(crate) fn causal_attention<C: KvTarget + Sync>(
     // value row is then read once for all of a tile's tokens (`attend_tile`; token by token
     // gives the same to rounding).
     let slides = cfg.sliding_window.is_some() && cfg.layer_slides(layer);
-    let tile = TILE;
     if !slides && spans.iter().any(|s| s.len > 1) {
+        let tile = TILE;
         let tiles: usize = spans.iter().map(|s| s.len.div_ceil(tile)).sum();
         let items = cfg.n_head_kv * tiles;
         pool.run_with(threads, &|wi, nt| {
@@ -629,7 +629,11 @@ pub(crate) fn causal_attention<C: KvTarget + Sync>(
                     // owns this tile only; tokens of a tile are distinct.
                     *o = unsafe { out.slice(i * qd + heads.start..i * qd + heads.end) };
                 }
+                // A lone token (a decode step beside prompts in a mixed batch, or a prompt's
+                // last) keeps the per-token kernel: in a tile it would fill group/8 of the
+                // lanes (one eighth without grouped heads).
                 let tiled = softcap == 0.0
+                    && cnt > 1
                     && ops::attend_tile(
                         isa,
                         &qs[..cnt],
@@ -642,7 +646,8 @@ pub(crate) fn causal_attention<C: KvTarget + Sync>(
                         &mut os[..cnt],
                     );
                 if !tiled {
-                    // A head size the tile kernel does not take, or a soft cap (Gemma 2).
+                    // One token, a head size the tile kernel does not take, or a soft cap
+                    // (Gemma 2).
                     for (j, o) in os.iter_mut().enumerate().take(cnt) {
                         ops::attend_group(
                             isa,
