@@ -4,7 +4,7 @@
 //! cargo run --release -p tuili-kernels --example gemm_speed
 use std::time::Instant;
 use tuili_core::DType;
-use tuili_kernels::act::Q8Row;
+use tuili_kernels::act::{Q8KRow, Q8Row};
 use tuili_kernels::cpu::Isa;
 use tuili_kernels::gemm::{gemm_rows, supports, Q8Tiles};
 
@@ -31,16 +31,33 @@ fn main() {
         for (i, b) in w.iter_mut().enumerate() {
             *b = (i * 7 % 251) as u8 & 0x3B;
         }
-        let q8: Vec<Q8Row> = (0..tokens)
-            .map(|t| {
-                let x: Vec<f32> = (0..cols).map(|i| ((i + t) as f32 * 0.37).sin()).collect();
-                let mut q = Q8Row::default();
-                q.quantize(&x);
-                q
-            })
+        let xs: Vec<Vec<f32>> = (0..tokens)
+            .map(|t| (0..cols).map(|i| ((i + t) as f32 * 0.37).sin()).collect())
             .collect();
+        // K-quants take activations quantized per super-block (as the model gives them).
+        let k = matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K);
         let mut tiles = Q8Tiles::default();
-        tiles.build(&q8, cols / 32);
+        if k {
+            let q8k: Vec<Q8KRow> = xs
+                .iter()
+                .map(|x| {
+                    let mut q = Q8KRow::default();
+                    q.quantize(x);
+                    q
+                })
+                .collect();
+            tiles.build_k(&q8k, cols / 32);
+        } else {
+            let q8: Vec<Q8Row> = xs
+                .iter()
+                .map(|x| {
+                    let mut q = Q8Row::default();
+                    q.quantize(x);
+                    q
+                })
+                .collect();
+            tiles.build(&q8, cols / 32);
+        }
         let width = tiles.n_groups * 8;
         let mut out = vec![0f32; rows * width];
         let mut bytes = vec![0u8; 4 * cols];

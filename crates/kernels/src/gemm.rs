@@ -8,7 +8,9 @@
 //! `vpdpbusd` of a row's four weight bytes (broadcast) against a 32-byte load gives the partial
 //! sums of all eight tokens at once: 32 multiply-adds per instruction with nothing to reduce.
 //! Per block and row, the eight integer sums are corrected for the weight offset, converted,
-//! and scaled by d_w (broadcast) × d_a (one vector of the eight tokens' scales).
+//! and scaled by d_w (broadcast) × d_a (one vector of the eight tokens' scales). K-quant
+//! weights take activations quantized per super-block of 256 ([`Q8Tiles::build_k`], ggml's
+//! Q8_K): their blocks are scaled by d_w only and d_a multiplies a super-block's sum once.
 //!
 //! Weights enter as unsigned bytes: Q4_0 nibbles u (= q + 8) and Q8_0 bytes q + 128; the offset
 //! is removed through the activation block sums: Σ(u − off)·a = Σ u·a − off·Σ a. K-quants
@@ -19,7 +21,7 @@
 //! buffer and reused for every token group, each activation load serving the four rows. No
 //! weights are copied beyond those four rows.
 
-use crate::act::Q8Row;
+use crate::act::{Q8KRow, Q8Row};
 use crate::blocks::{f16_le, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, QK, QK_K};
 use crate::cpu::Isa;
 use tuili_core::DType;
@@ -30,18 +32,24 @@ pub const GROUP: usize = 8;
 /// Activations of up to `n_tok` tokens, interleaved for [`gemm_rows`]:
 /// `qs[g][b][k][t][4]`: token t's bytes 4k..4k+4 of block b, group g;
 /// `d[g][b][t]`, `isum[g][b][t]`: block scales and integer sums (0 for padding tokens);
-/// `dsum[g][b][t]` = d·isum, the block's activation sum (for weights with separate mins), and
-/// `isum_lo`, `isum_hi` the integer sums of its two halves of 16 (for weights scaled per 16).
+/// `dsum[g][b][t]` = d·isum, the block's activation sum (for weights with separate mins),
+/// `fsum` = isum in floats (the same in units of d, for kernels that apply d per super-block),
+/// and `isum_lo`, `isum_hi` the integer sums of its two halves of 16 (for weights scaled per 16).
 #[derive(Debug, Clone, Default)]
 pub struct Q8Tiles {
     pub n_tok: usize,
     pub n_groups: usize,
     /// Blocks per row.
     pub nb: usize,
+    /// Built from [`Q8KRow`]s ([`Q8Tiles::build_k`]): the eight blocks of a super-block of 256
+    /// share one scale, so the K-quant kernels sum a super-block's products in units of it
+    /// and multiply by d_a once (an f32 multiply fewer per block, row and token group).
+    pub per_superblock: bool,
     qs: Vec<i8>,
     d: Vec<f32>,
     isum: Vec<i32>,
     dsum: Vec<f32>,
+    fsum: Vec<f32>,
     isum_lo: Vec<i32>,
     isum_hi: Vec<i32>,
 }
@@ -49,49 +57,86 @@ pub struct Q8Tiles {
 impl Q8Tiles {
     /// Interleaves `rows` (each `nb` blocks long); allocates only when growing.
     pub fn build(&mut self, rows: &[Q8Row], nb: usize) {
-        let n = rows.len();
+        self.fill(rows.len(), nb, false, |tok, b| {
+            let r = &rows[tok];
+            let q = &r.qs[b * QK..(b + 1) * QK];
+            let lo: i32 = q[..QK / 2].iter().map(|&v| v as i32).sum();
+            (q, r.d[b], lo, r.isum[b] - lo)
+        });
+    }
+
+    /// Interleaves Q8_K `rows` (`nb` blocks of 32 long, a multiple of 8): every block of a
+    /// super-block takes its scale, the halves' sums are its `bsums`.
+    pub fn build_k(&mut self, rows: &[Q8KRow], nb: usize) {
+        assert!(
+            nb.is_multiple_of(QK_K / QK),
+            "Q8_K rows are whole super-blocks"
+        );
+        self.fill(rows.len(), nb, true, |tok, b| {
+            let r = &rows[tok];
+            (
+                &r.qs[b * QK..(b + 1) * QK],
+                r.d[b * QK / QK_K],
+                r.bsums[2 * b],
+                r.bsums[2 * b + 1],
+            )
+        });
+    }
+
+    /// Interleaves `n` tokens of `nb` blocks: `block(tok, b)` gives the block's 32 values,
+    /// its scale and the integer sums of its halves.
+    fn fill<'a>(
+        &mut self,
+        n: usize,
+        nb: usize,
+        per_superblock: bool,
+        block: impl Fn(usize, usize) -> (&'a [i8], f32, i32, i32),
+    ) {
         let ng = n.div_ceil(GROUP);
         self.n_tok = n;
         self.n_groups = ng;
         self.nb = nb;
+        self.per_superblock = per_superblock;
         self.qs.resize(ng * nb * QK * GROUP, 0);
-        self.d.resize(ng * nb * GROUP, 0.0);
-        self.isum.resize(ng * nb * GROUP, 0);
-        self.dsum.resize(ng * nb * GROUP, 0.0);
-        self.isum_lo.resize(ng * nb * GROUP, 0);
-        self.isum_hi.resize(ng * nb * GROUP, 0);
+        for v in [&mut self.d, &mut self.dsum, &mut self.fsum] {
+            v.resize(ng * nb * GROUP, 0.0);
+        }
+        for v in [&mut self.isum, &mut self.isum_lo, &mut self.isum_hi] {
+            v.resize(ng * nb * GROUP, 0);
+        }
         for g in 0..ng {
             for t in 0..GROUP {
                 let tok = g * GROUP + t;
                 for b in 0..nb {
                     let base = (g * nb + b) * QK * GROUP;
                     let sb = (g * nb + b) * GROUP + t;
-                    if tok < n {
-                        let src = &rows[tok].qs[b * QK..(b + 1) * QK];
-                        for k in 0..QK / 4 {
-                            let dst = base + (k * GROUP + t) * 4;
-                            self.qs[dst..dst + 4].copy_from_slice(&src[k * 4..k * 4 + 4]);
-                        }
-                        self.d[sb] = rows[tok].d[b];
-                        self.isum[sb] = rows[tok].isum[b];
-                        self.dsum[sb] = rows[tok].d[b] * rows[tok].isum[b] as f32;
-                        let lo: i32 = src[..QK / 2].iter().map(|&q| q as i32).sum();
-                        self.isum_lo[sb] = lo;
-                        self.isum_hi[sb] = rows[tok].isum[b] - lo;
+                    // Padding tokens: zero values, scales and sums.
+                    let (src, d, lo, hi) = if tok < n {
+                        block(tok, b)
                     } else {
-                        for k in 0..QK / 4 {
-                            let dst = base + (k * GROUP + t) * 4;
-                            self.qs[dst..dst + 4].fill(0);
-                        }
-                        self.d[sb] = 0.0;
-                        self.isum[sb] = 0;
-                        self.dsum[sb] = 0.0;
-                        self.isum_lo[sb] = 0;
-                        self.isum_hi[sb] = 0;
+                        (&[0i8; QK][..], 0.0, 0, 0)
+                    };
+                    for k in 0..QK / 4 {
+                        let dst = base + (k * GROUP + t) * 4;
+                        self.qs[dst..dst + 4].copy_from_slice(&src[k * 4..k * 4 + 4]);
                     }
+                    self.d[sb] = d;
+                    self.isum[sb] = lo + hi;
+                    self.dsum[sb] = d * (lo + hi) as f32;
+                    self.fsum[sb] = (lo + hi) as f32;
+                    self.isum_lo[sb] = lo;
+                    self.isum_hi[sb] = hi;
                 }
             }
         }
+    }
+
+    /// Whether the kernels for `dtype` apply the activation scale once per super-block
+    /// (K-quant weights on tiles from [`Q8Tiles::build_k`]); others scale every block.
+    fn scales_per_superblock(&self, dtype: DType) -> bool {
+        self.per_superblock
+            && self.nb.is_multiple_of(QK_K / QK)
+            && matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K)
     }
 }
 
@@ -484,6 +529,7 @@ fn rows4_loop(
     let per_row = nb * sps;
     let (scales, mins) = scales.split_at_mut(4 * per_row);
     let mins_used = has_mins(dtype);
+    let per_sb = tiles.scales_per_superblock(dtype);
     let mut r = 0;
     while r < n_rows {
         let m = (n_rows - r).min(4);
@@ -528,6 +574,7 @@ fn rows4_loop(
                         mins,
                         sps,
                         off,
+                        per_sb,
                         tiles,
                         dst,
                         width,
@@ -539,6 +586,7 @@ fn rows4_loop(
                         mins,
                         sps,
                         off,
+                        per_sb,
                         tiles,
                         dst,
                         width,
@@ -578,18 +626,24 @@ pub fn gemm_rows_scalar(
             mins,
             sps,
             off,
+            tiles.scales_per_superblock(dtype),
             tiles,
             &mut out[r * width..(r + 1) * width],
         );
     }
 }
 
+/// One unpacked row times every token of `tiles`. With `per_sb` the block terms are summed in
+/// units of the super-block's activation scale and multiplied by it at the super-block's end:
+/// Σ_sb d_a·(Σ_b s_b·v_b − m_b·Σa_b), as the SIMD kernels do.
+#[allow(clippy::too_many_arguments)]
 fn row_scalar(
     bytes: &[u8],
     scales: &[f32],
     mins: Option<&[f32]>,
     sps: usize,
     off: i32,
+    per_sb: bool,
     tiles: &Q8Tiles,
     out: &mut [f32],
 ) {
@@ -597,6 +651,8 @@ fn row_scalar(
     for g in 0..tiles.n_groups {
         for t in 0..GROUP {
             let mut acc = 0f32;
+            // The current super-block's sum in units of its activation scale (per_sb).
+            let mut acc_sb = 0f32;
             for b in 0..nb {
                 let base = (g * nb + b) * QK * GROUP;
                 // Integer sums over the block's two halves of 16.
@@ -608,9 +664,27 @@ fn row_scalar(
                     }
                 }
                 let sb = (g * nb + b) * GROUP + t;
-                if sps == 1 {
+                let da = tiles.d[sb];
+                if per_sb {
+                    if sps == 1 {
+                        let v = s[0] + s[1] - off * tiles.isum[sb];
+                        acc_sb += scales[b] * v as f32;
+                        if let Some(m) = mins {
+                            acc_sb -= m[b] * tiles.fsum[sb];
+                        }
+                    } else {
+                        let is = [tiles.isum_lo[sb], tiles.isum_hi[sb]];
+                        for h in 0..2 {
+                            acc_sb += scales[2 * b + h] * (s[h] - off * is[h]) as f32;
+                        }
+                    }
+                    if b % (QK_K / QK) == QK_K / QK - 1 {
+                        acc += acc_sb * da;
+                        acc_sb = 0.0;
+                    }
+                } else if sps == 1 {
                     let v = s[0] + s[1] - off * tiles.isum[sb];
-                    acc += scales[b] * tiles.d[sb] * v as f32;
+                    acc += scales[b] * da * v as f32;
                     if let Some(m) = mins {
                         acc -= m[b] * tiles.dsum[sb];
                     }
@@ -618,7 +692,7 @@ fn row_scalar(
                     let is = [tiles.isum_lo[sb], tiles.isum_hi[sb]];
                     for h in 0..2 {
                         let v = s[h] - off * is[h];
-                        acc += scales[2 * b + h] * tiles.d[sb] * v as f32;
+                        acc += scales[2 * b + h] * da * v as f32;
                     }
                 }
             }
@@ -632,22 +706,27 @@ mod x86 {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// Calls `$f::<SPS, OFF, MINS>(args)` for the run-time kind `(sps, has_offset, has_mins)`
-    /// (sps is 1 or 2: `scales_per_block`): one copy of the row kernel per kind of weight, so
-    /// that no branch on the kind is left in its per-block code and the accumulators of a
-    /// kind without an offset start from zero rather than from copies (`gemm_speed`: Q4_K
-    /// 150 → 159, Q6_K 134 → 143, Q4_0 157 → 169 G multiply-adds/s).
+    /// Calls `$f::<SPS, OFF, MINS, SB>(args)` for the run-time kind `(sps, has_offset,
+    /// has_mins, per_superblock)` (sps is 1 or 2: `scales_per_block`): one copy of the row
+    /// kernel per kind of weight, so that no branch on the kind is left in its per-block code
+    /// and the accumulators of a kind without an offset start from zero rather than from
+    /// copies (`gemm_speed`: Q4_K 150 → 159, Q6_K 134 → 143, Q4_0 157 → 169 G multiply-adds/s).
+    /// Super-block scaling has copies for the K-quant kinds only (Q4_K/Q5_K: mins, Q6_K: two
+    /// scales and an offset); any other kind takes the per-block copy, which is exact for
+    /// tiles whose blocks repeat their super-block's scale.
     macro_rules! dispatch_kinds {
         ($f:ident, $kind:expr, ($($arg:expr),*)) => {
             match $kind {
-                (1, false, false) => $f::<1, false, false>($($arg),*),
-                (1, false, true) => $f::<1, false, true>($($arg),*),
-                (1, true, false) => $f::<1, true, false>($($arg),*),
-                (1, true, true) => $f::<1, true, true>($($arg),*),
-                (_, false, false) => $f::<2, false, false>($($arg),*),
-                (_, false, true) => $f::<2, false, true>($($arg),*),
-                (_, true, false) => $f::<2, true, false>($($arg),*),
-                (_, true, true) => $f::<2, true, true>($($arg),*),
+                (1, false, true, true) => $f::<1, false, true, true>($($arg),*),
+                (2, true, false, true) => $f::<2, true, false, true>($($arg),*),
+                (1, false, false, _) => $f::<1, false, false, false>($($arg),*),
+                (1, false, true, _) => $f::<1, false, true, false>($($arg),*),
+                (1, true, false, _) => $f::<1, true, false, false>($($arg),*),
+                (1, true, true, _) => $f::<1, true, true, false>($($arg),*),
+                (_, false, false, _) => $f::<2, false, false, false>($($arg),*),
+                (_, false, true, _) => $f::<2, false, true, false>($($arg),*),
+                (_, true, false, _) => $f::<2, true, false, false>($($arg),*),
+                (_, true, true, _) => $f::<2, true, true, false>($($arg),*),
             }
         };
     }
@@ -668,6 +747,7 @@ mod x86 {
                 mins: Option<&[f32]>,
                 sps: usize,
                 off: i32,
+                per_sb: bool,
                 tiles: &Q8Tiles,
                 out: &mut [f32],
                 width: usize,
@@ -679,7 +759,7 @@ mod x86 {
                 unsafe {
                     dispatch_kinds!(
                         groups,
-                        (sps, off != 0, mins.is_some()),
+                        (sps, off != 0, mins.is_some(), per_sb),
                         (bytes, scales, mins, off, tiles, out, width)
                     )
                 };
@@ -687,7 +767,12 @@ mod x86 {
                 /// Every token group, two at a time where `$pairs`.
                 #[target_feature(enable = $features)]
                 #[inline]
-                unsafe fn groups<const SPS: usize, const OFF: bool, const MINS: bool>(
+                unsafe fn groups<
+                    const SPS: usize,
+                    const OFF: bool,
+                    const MINS: bool,
+                    const SB: bool,
+                >(
                     bytes: &[u8],
                     scales: &[f32],
                     mins: Option<&[f32]>,
@@ -702,14 +787,14 @@ mod x86 {
                     unsafe {
                         if $pairs {
                             while g + 2 <= tiles.n_groups {
-                                inner::<2, SPS, OFF, MINS>(
+                                inner::<2, SPS, OFF, MINS, SB>(
                                     g, bytes, scales, mins, off, tiles, out, width,
                                 );
                                 g += 2;
                             }
                         }
                         while g < tiles.n_groups {
-                            inner::<1, SPS, OFF, MINS>(
+                            inner::<1, SPS, OFF, MINS, SB>(
                                 g, bytes, scales, mins, off, tiles, out, width,
                             );
                             g += 1;
@@ -718,7 +803,10 @@ mod x86 {
                 }
 
                 /// Token groups g0..g0+G; `SPS` scales per block, an integer offset (`OFF`,
-                /// `off` ≠ 0) and mins (`MINS`: `mins` holds them).
+                /// `off` ≠ 0) and mins (`MINS`: `mins` holds them). With `SB` (tiles from
+                /// Q8_K rows, whole super-blocks) a super-block's terms are summed in units of
+                /// its activation scale d_a, which multiplies them once at its end, into `out`:
+                /// out = Σ_sb d_a·Σ_b (s_b·v_b − m_b·Σa_b) — no d_a·s_b product per block.
                 #[target_feature(enable = $features)]
                 #[inline]
                 #[allow(clippy::too_many_arguments)]
@@ -727,6 +815,7 @@ mod x86 {
                     const SPS: usize,
                     const OFF: bool,
                     const MINS: bool,
+                    const SB: bool,
                 >(
                     g0: usize,
                     bytes: &[u8],
@@ -750,9 +839,10 @@ mod x86 {
                         _ => [Some(tiles.isum_lo.as_ptr()), Some(tiles.isum_hi.as_ptr())],
                     };
                     for b in 0..nb {
-                        // SAFETY: `build` sized qs/d/isum for n_groups × nb blocks of 8 tokens;
+                        // SAFETY: `fill` sized qs/d/sums for n_groups × nb blocks of 8 tokens;
                         // `bytes` holds 4·nb·32 bytes and `scales` 4·nb (two per block with
-                        // sps = 2), g0 + G ≤ n_groups.
+                        // sps = 2), g0 + G ≤ n_groups; `out` holds 4 rows of `width` ≥
+                        // n_groups·8 values (the SB flush).
                         unsafe {
                             let qa: [*const i8; G] = std::array::from_fn(|gi| {
                                 tiles.qs.as_ptr().add(((g0 + gi) * nb + b) * QK * GROUP)
@@ -808,16 +898,16 @@ mod x86 {
                                 if SPS == 1 {
                                     for j in 0..4 {
                                         let v = _mm256_add_epi32(s[j][0][gi], s[j][1][gi]);
-                                        let sc = _mm256_mul_ps(
-                                            da,
-                                            _mm256_set1_ps(*scales.get_unchecked(j * nb + b)),
-                                        );
+                                        let sw = _mm256_set1_ps(*scales.get_unchecked(j * nb + b));
+                                        let sc = if SB { sw } else { _mm256_mul_ps(da, sw) };
                                         acc[j][gi] =
                                             _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), sc, acc[j][gi]);
                                     }
-                                    // Weights with mins (Q4_K): − m·d_a·Σa, in floats.
+                                    // Weights with mins (Q4_K): − m·d_a·Σa, in floats (SB:
+                                    // − m·Σa, d_a comes at the super-block's end).
                                     if MINS {
-                                        let dsum = _mm256_loadu_ps(tiles.dsum.as_ptr().add(sb));
+                                        let sums = if SB { &tiles.fsum } else { &tiles.dsum };
+                                        let dsum = _mm256_loadu_ps(sums.as_ptr().add(sb));
                                         for j in 0..4 {
                                             acc[j][gi] = _mm256_fnmadd_ps(
                                                 _mm256_set1_ps(*mins.get_unchecked(j * nb + b)),
@@ -831,10 +921,8 @@ mod x86 {
                                     for j in 0..4 {
                                         for h in 0..2 {
                                             let i = (j * nb + b) * 2 + h;
-                                            let sc = _mm256_mul_ps(
-                                                da,
-                                                _mm256_set1_ps(*scales.get_unchecked(i)),
-                                            );
+                                            let sw = _mm256_set1_ps(*scales.get_unchecked(i));
+                                            let sc = if SB { sw } else { _mm256_mul_ps(da, sw) };
                                             acc[j][gi] = _mm256_fmadd_ps(
                                                 _mm256_cvtepi32_ps(s[j][h][gi]),
                                                 sc,
@@ -844,17 +932,38 @@ mod x86 {
                                     }
                                 }
                             }
+                            // The end of a super-block: out += d_a·acc (out starts from the
+                            // first), and the next one sums from zero.
+                            if SB && b % (QK_K / QK) == QK_K / QK - 1 {
+                                for gi in 0..G {
+                                    let da = _mm256_loadu_ps(
+                                        tiles.d.as_ptr().add(((g0 + gi) * nb + b) * GROUP),
+                                    );
+                                    for j in 0..4 {
+                                        let o = out.as_mut_ptr().add(j * width + (g0 + gi) * GROUP);
+                                        let prev = if b < QK_K / QK {
+                                            _mm256_setzero_ps()
+                                        } else {
+                                            _mm256_loadu_ps(o)
+                                        };
+                                        _mm256_storeu_ps(o, _mm256_fmadd_ps(acc[j][gi], da, prev));
+                                        acc[j][gi] = _mm256_setzero_ps();
+                                    }
+                                }
+                            }
                         }
                     }
-                    for j in 0..4 {
-                        for gi in 0..G {
-                            // SAFETY: out holds 4 rows of `width` ≥ n_groups·8 values.
-                            unsafe {
-                                _mm256_storeu_ps(
-                                    out.as_mut_ptr().add(j * width + (g0 + gi) * GROUP),
-                                    acc[j][gi],
-                                )
-                            };
+                    if !SB {
+                        for j in 0..4 {
+                            for gi in 0..G {
+                                // SAFETY: out holds 4 rows of `width` ≥ n_groups·8 values.
+                                unsafe {
+                                    _mm256_storeu_ps(
+                                        out.as_mut_ptr().add(j * width + (g0 + gi) * GROUP),
+                                        acc[j][gi],
+                                    )
+                                };
+                            }
                         }
                     }
                 }

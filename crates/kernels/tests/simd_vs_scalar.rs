@@ -255,51 +255,73 @@ fn gemm_rows_match_scalar_and_dot() {
                     r
                 })
                 .collect();
-            let mut tiles = Q8Tiles::default();
-            tiles.build(&q8, cols / 32);
-            let width = tiles.n_groups * GROUP;
-            let mut bytes = vec![0u8; 4 * cols];
-            let mut scales = vec![0f32; 16 * cols / 32];
-            let mut want = vec![0f32; rows.next_multiple_of(4) * width];
-            gemm_rows_scalar(dtype, &w, rb, &tiles, &mut want, &mut bytes, &mut scales);
-            // The scalar twin equals the exact product of the dequantized weights and the
-            // dequantized int8 activations it was given.
-            let mut wf = vec![0f32; cols];
-            for r in 0..rows {
-                dequantize_row(dtype, &w[r * rb..(r + 1) * rb], &mut wf).unwrap();
-                for t in 0..n_tok {
-                    let a: Vec<f32> = (0..cols)
-                        .map(|i| q8[t].d[i / 32] * q8[t].qs[i] as f32)
-                        .collect();
-                    let exact = ops::dot(&wf, &a);
-                    let g = want[r * width + t];
-                    assert!(
-                        (g - exact).abs() <= 1e-4 * exact.abs().max(1.0),
-                        "{dtype} r{r} t{t}: {g} vs {exact}"
-                    );
+            let q8k: Vec<Q8KRow> = xs
+                .iter()
+                .map(|x| {
+                    let mut r = Q8KRow::default();
+                    r.quantize(x);
+                    r
+                })
+                .collect();
+            // Tiles of Q8_0 rows, and of Q8_K rows (a scale per super-block: the K-quant
+            // kernels apply it once per super-block; the others per block, as it repeats).
+            for k_tiles in [false, true] {
+                let mut tiles = Q8Tiles::default();
+                if k_tiles {
+                    tiles.build_k(&q8k, cols / 32);
+                } else {
+                    tiles.build(&q8, cols / 32);
                 }
-            }
-            for isa in Isa::available() {
-                if !supports(isa, dtype) {
-                    continue;
+                // The activations that the tiles hold, dequantized.
+                let act = |t: usize, i: usize| {
+                    if k_tiles {
+                        q8k[t].d[i / 256] * q8k[t].qs[i] as f32
+                    } else {
+                        q8[t].d[i / 32] * q8[t].qs[i] as f32
+                    }
+                };
+                let width = tiles.n_groups * GROUP;
+                let mut bytes = vec![0u8; 4 * cols];
+                let mut scales = vec![0f32; 16 * cols / 32];
+                let mut want = vec![0f32; rows.next_multiple_of(4) * width];
+                gemm_rows_scalar(dtype, &w, rb, &tiles, &mut want, &mut bytes, &mut scales);
+                // The scalar twin equals the exact product of the dequantized weights and the
+                // dequantized int8 activations it was given.
+                let mut wf = vec![0f32; cols];
+                for r in 0..rows {
+                    dequantize_row(dtype, &w[r * rb..(r + 1) * rb], &mut wf).unwrap();
+                    for t in 0..n_tok {
+                        let a: Vec<f32> = (0..cols).map(|i| act(t, i)).collect();
+                        let exact = ops::dot(&wf, &a);
+                        let g = want[r * width + t];
+                        assert!(
+                            (g - exact).abs() <= 1e-4 * exact.abs().max(1.0),
+                            "{dtype} k_tiles {k_tiles} r{r} t{t}: {g} vs {exact}"
+                        );
+                    }
                 }
-                let mut got = vec![0f32; rows.next_multiple_of(4) * width];
-                assert!(gemm_rows(
-                    isa,
-                    dtype,
-                    &w,
-                    rb,
-                    &tiles,
-                    &mut got,
-                    &mut bytes,
-                    &mut scales
-                ));
-                for i in 0..rows * width {
-                    assert!(
-                        (got[i] - want[i]).abs() <= 1e-4 * want[i].abs().max(1.0),
-                        "{dtype} {} {i}",
-                        isa.name()
-                    );
+                for isa in Isa::available() {
+                    if !supports(isa, dtype) {
+                        continue;
+                    }
+                    let mut got = vec![0f32; rows.next_multiple_of(4) * width];
+                    assert!(gemm_rows(
+                        isa,
+                        dtype,
+                        &w,
+                        rb,
+                        &tiles,
+                        &mut got,
+                        &mut bytes,
+                        &mut scales
+                    ));
+                    for i in 0..rows * width {
+                        assert!(
+                            (got[i] - want[i]).abs() <= 1e-4 * want[i].abs().max(1.0),
+                            "{dtype} k_tiles {k_tiles} {} {i}",
+                            isa.name()
+                        );
+                    }
                 }
             }
         }

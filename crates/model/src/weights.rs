@@ -298,6 +298,8 @@ pub struct Prepared {
     f16: Vec<f16>,
     /// The Q8 rows interleaved by groups of eight tokens (for batches of prompt tokens).
     tiles: Q8Tiles,
+    /// The Q8_K rows interleaved the same way (K-quant weights).
+    ktiles: Q8Tiles,
     /// The f32 rows interleaved the same way (float weights).
     ftiles: F32Tiles,
     ftiles_ready: bool,
@@ -305,6 +307,7 @@ pub struct Prepared {
     q8k_ready: bool,
     f16_ready: bool,
     tiles_ready: bool,
+    ktiles_ready: bool,
 }
 
 impl Prepared {
@@ -314,13 +317,24 @@ impl Prepared {
         self.q8k_ready = false;
         self.f16_ready = false;
         self.tiles_ready = false;
+        self.ktiles_ready = false;
         self.ftiles_ready = false;
     }
 
-    fn ensure_tiles(&mut self, n: usize, cols: usize) {
-        if !self.tiles_ready {
-            self.tiles.build(&self.q8[..n], cols / 32);
-            self.tiles_ready = true;
+    /// The token-lane tiles of the activations in `kind` (Q8 or Q8K, already quantized).
+    fn ensure_tiles(&mut self, kind: ActKind, n: usize, cols: usize) -> &Q8Tiles {
+        if kind == ActKind::Q8K {
+            if !self.ktiles_ready {
+                self.ktiles.build_k(&self.q8k[..n], cols / 32);
+                self.ktiles_ready = true;
+            }
+            &self.ktiles
+        } else {
+            if !self.tiles_ready {
+                self.tiles.build(&self.q8[..n], cols / 32);
+                self.tiles_ready = true;
+            }
+            &self.tiles
         }
     }
 
@@ -427,11 +441,15 @@ pub fn matmul(
 ) {
     debug_assert_eq!(x.len(), n * w.cols);
     debug_assert_eq!(y.len(), n * w.rows);
-    // The token-lane kernels take int8 activations in blocks of 32 (`Q8Tiles`) whatever the
-    // weight type (Q4_K's sub-blocks are 32 long too).
+    // The token-lane kernels take int8 activations interleaved in blocks of 32 (`Q8Tiles`):
+    // quantized as the dot-product kernels take them (Q8_0, or Q8_K for K-quants: one scale
+    // per super-block, applied once per super-block by the kernel).
     let tiled = n >= GROUP && gemm::supports(isa, w.dtype);
     let kind = if tiled {
-        ActKind::Q8
+        match act_kind(w.dtype) {
+            ActKind::Q8K => ActKind::Q8K,
+            _ => ActKind::Q8,
+        }
     } else if n >= GROUP && act_kind(w.dtype) == ActKind::F16 {
         // Batches of prompt tokens keep f32 activations with F16 weights (the float tile
         // kernel reads them; the f16 form only pays in decode, where the weights stream),
@@ -445,8 +463,7 @@ pub fn matmul(
     // kernels where they exist (from 8 tokens they beat four-token dot products: measured
     // with `tuili bench -b`).
     if tiled {
-        prep.ensure_tiles(n, w.cols);
-        let tiles = &prep.tiles;
+        let tiles = prep.ensure_tiles(kind, n, w.cols);
         let width = tiles.n_groups * GROUP;
         let kernel = |wr: &[u8], out: &mut [f32], s: &mut ThreadScratch| {
             if s.bytes.len() < 4 * w.cols {
