@@ -147,10 +147,30 @@ impl Q8KRow {
         self.bsums.resize(n / 16, 0);
     }
 
-    /// Quantizes `x` (length a multiple of 256).
+    /// [`Q8KRow::quantize`] with AVX2 where `isa` has it (the same bits; tested).
+    pub fn quantize_isa(&mut self, isa: Isa, x: &[f32]) {
+        self.resize(x.len());
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if isa >= Isa::Avx2 {
+            // SAFETY: Isa::Avx2 and above are only reported when AVX2 and FMA are present;
+            // `resize` sized every array for x.len() / 256 super-blocks.
+            done = unsafe { self.quantize_avx2(x) };
+        }
+        let _ = isa;
+        self.quantize_blocks(x, done);
+    }
+
+    /// Quantizes `x` (length a multiple of 256): d = max|x|/127 per super-block, q =
+    /// round(x/d). The scalar twin of [`Q8KRow::quantize_isa`].
     pub fn quantize(&mut self, x: &[f32]) {
         self.resize(x.len());
-        for (b, xb) in x.chunks_exact(QK_K).enumerate() {
+        self.quantize_blocks(x, 0);
+    }
+
+    /// Super-blocks `from..` of `x` (already sized).
+    fn quantize_blocks(&mut self, x: &[f32], from: usize) {
+        for (b, xb) in x.chunks_exact(QK_K).enumerate().skip(from) {
             let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
@@ -163,6 +183,83 @@ impl Q8KRow {
                 self.bsums[b * 16 + g] = s.iter().map(|&v| v as i32).sum();
             }
         }
+    }
+
+    /// Super-blocks of 256 eight lanes at a time; returns how many it did (one holding a NaN
+    /// stops it, as in [`Q8Row`]'s).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn quantize_avx2(&mut self, x: &[f32]) -> usize {
+        use std::arch::x86_64::*;
+        const V: usize = QK_K / 8;
+        let nb = x.len() / QK_K;
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+        let magic = _mm256_set1_ps(12_582_912.0);
+        let (mant, bias) = (
+            _mm256_set1_epi32(0x007F_FFFF),
+            _mm256_set1_epi32(0x0040_0000),
+        );
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for b in 0..nb {
+            // SAFETY: super-block b of x holds 256 floats; qs holds 256 per super-block, d
+            // one and bsums 16 (sized by `resize`).
+            unsafe {
+                let p = x.as_ptr().add(QK_K * b);
+                let v: [__m256; V] = std::array::from_fn(|i| _mm256_loadu_ps(p.add(8 * i)));
+                let nan = v.iter().fold(_mm256_setzero_ps(), |m, &x| {
+                    _mm256_or_ps(m, _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x))
+                });
+                if _mm256_movemask_ps(nan) != 0 {
+                    return b;
+                }
+                let m = v.iter().fold(_mm256_setzero_ps(), |m, &x| {
+                    _mm256_max_ps(m, _mm256_and_ps(x, abs))
+                });
+                let m = _mm256_max_ps(m, _mm256_permute2f128_ps::<1>(m, m));
+                let m = _mm256_max_ps(m, _mm256_permute_ps::<0b0100_1110>(m));
+                let m = _mm256_max_ps(m, _mm256_permute_ps::<0b1011_0001>(m));
+                let amax = _mm256_cvtss_f32(m);
+                let d = amax / 127.0;
+                let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+                let idv = _mm256_set1_ps(id);
+                // nearest_int as in Q8Row's.
+                let q: [__m256i; V] = std::array::from_fn(|i| {
+                    let t = _mm256_add_ps(_mm256_mul_ps(v[i], idv), magic);
+                    _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(t), mant), bias)
+                });
+                for k in 0..V / 4 {
+                    // |q| ≤ 127: the saturating packs keep every value.
+                    let w = _mm256_packs_epi16(
+                        _mm256_packs_epi32(q[4 * k], q[4 * k + 1]),
+                        _mm256_packs_epi32(q[4 * k + 2], q[4 * k + 3]),
+                    );
+                    let w = _mm256_permutevar8x32_epi32(w, order);
+                    _mm256_storeu_si256(self.qs.as_mut_ptr().add(QK_K * b + 32 * k).cast(), w);
+                }
+                // Sums of 16: two vectors each; eight at once by two rounds of hadd.
+                let pair: [__m256i; 16] =
+                    std::array::from_fn(|g| _mm256_add_epi32(q[2 * g], q[2 * g + 1]));
+                for h in 0..2 {
+                    let p = &pair[8 * h..8 * h + 8];
+                    // hadd(a, b) = [a0+a1, a2+a3, b0+b1, b2+b3 | the same for the high lanes].
+                    let h01 = _mm256_hadd_epi32(p[0], p[1]);
+                    let h23 = _mm256_hadd_epi32(p[2], p[3]);
+                    let h45 = _mm256_hadd_epi32(p[4], p[5]);
+                    let h67 = _mm256_hadd_epi32(p[6], p[7]);
+                    // [s0 s1 s2 s3 | s0' s1' s2' s3'] (low and high 128-bit halves of each).
+                    let a = _mm256_hadd_epi32(h01, h23);
+                    let c = _mm256_hadd_epi32(h45, h67);
+                    let lo = _mm256_permute2x128_si256::<0x20>(a, c);
+                    let hi = _mm256_permute2x128_si256::<0x31>(a, c);
+                    _mm256_storeu_si256(
+                        self.bsums.as_mut_ptr().add(16 * b + 8 * h).cast(),
+                        _mm256_add_epi32(lo, hi),
+                    );
+                }
+                *self.d.get_unchecked_mut(b) = d;
+            }
+        }
+        nb
     }
 }
 
@@ -267,6 +364,29 @@ mod tests {
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got.d), bits(&want.d), "{isa:?}");
             assert_eq!(bits(&got.dsum), bits(&want.dsum), "{isa:?}");
+        }
+    }
+
+    #[test]
+    fn q8k_quantization_matches_scalar_twin() {
+        let mut x: Vec<f32> = (0..256 * 6)
+            .map(|i: i32| (i as f32 * 0.37).sin() * 10f32.powi(i % 9 - 4))
+            .collect();
+        // A zero super-block, one with a huge value, one with ±inf, and (last) one with NaN.
+        x[256..512].fill(0.0);
+        x[600] = 3e38;
+        x[800] = f32::INFINITY;
+        x[801] = f32::NEG_INFINITY;
+        x[256 * 5 + 17] = f32::NAN;
+        let mut want = Q8KRow::default();
+        want.quantize(&x);
+        for isa in Isa::available() {
+            let mut got = Q8KRow::default();
+            got.quantize_isa(isa, &x);
+            assert_eq!(got.qs, want.qs, "{isa:?}");
+            assert_eq!(got.bsums, want.bsums, "{isa:?}");
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got.d), bits(&want.d), "{isa:?}");
         }
     }
 

@@ -57,7 +57,96 @@ pub struct Q8Tiles {
 impl Q8Tiles {
     /// Interleaves `rows` (each `nb` blocks long); allocates only when growing.
     pub fn build(&mut self, rows: &[Q8Row], nb: usize) {
-        self.fill(rows.len(), nb, false, |tok, b| {
+        for mut g in self.groups(rows.len(), nb, false) {
+            g.fill_q8(rows);
+        }
+    }
+
+    /// Interleaves Q8_K `rows` (`nb` blocks of 32 long, a multiple of 8): every block of a
+    /// super-block takes its scale, the halves' sums are its `bsums`.
+    pub fn build_k(&mut self, rows: &[Q8KRow], nb: usize) {
+        for mut g in self.groups(rows.len(), nb, true) {
+            g.fill_q8k(rows);
+        }
+    }
+
+    /// Sizes the tiles for `n` tokens of `nb` blocks (allocating only when growing) and hands
+    /// out their groups of eight tokens, to fill one by one or on several threads
+    /// ([`TileGroup::fill_q8`], [`TileGroup::fill_q8k`] — tiles `per_superblock` need the
+    /// latter, with `nb` a multiple of 8).
+    pub fn groups(&mut self, n: usize, nb: usize, per_superblock: bool) -> Vec<TileGroup<'_>> {
+        assert!(
+            !per_superblock || nb.is_multiple_of(QK_K / QK),
+            "Q8_K rows are whole super-blocks"
+        );
+        let ng = n.div_ceil(GROUP);
+        self.n_tok = n;
+        self.n_groups = ng;
+        self.nb = nb;
+        self.per_superblock = per_superblock;
+        let per = nb * GROUP;
+        self.qs.resize(ng * per * QK, 0);
+        for v in [&mut self.d, &mut self.dsum, &mut self.fsum] {
+            v.resize(ng * per, 0.0);
+        }
+        for v in [&mut self.isum, &mut self.isum_lo, &mut self.isum_hi] {
+            v.resize(ng * per, 0);
+        }
+        // Each field's values for group g are one contiguous run: [g][b][..].
+        let mut qs = self.qs[..ng * per * QK].chunks_mut(per * QK);
+        let mut d = self.d[..ng * per].chunks_mut(per);
+        let mut isum = self.isum[..ng * per].chunks_mut(per);
+        let mut dsum = self.dsum[..ng * per].chunks_mut(per);
+        let mut fsum = self.fsum[..ng * per].chunks_mut(per);
+        let mut isum_lo = self.isum_lo[..ng * per].chunks_mut(per);
+        let mut isum_hi = self.isum_hi[..ng * per].chunks_mut(per);
+        (0..ng)
+            .map_while(|g| {
+                Some(TileGroup {
+                    g,
+                    n,
+                    nb,
+                    qs: qs.next()?,
+                    d: d.next()?,
+                    isum: isum.next()?,
+                    dsum: dsum.next()?,
+                    fsum: fsum.next()?,
+                    isum_lo: isum_lo.next()?,
+                    isum_hi: isum_hi.next()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether the kernels for `dtype` apply the activation scale once per super-block
+    /// (K-quant weights on tiles from [`Q8Tiles::build_k`]); others scale every block.
+    fn scales_per_superblock(&self, dtype: DType) -> bool {
+        self.per_superblock
+            && self.nb.is_multiple_of(QK_K / QK)
+            && matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K)
+    }
+}
+
+/// One group of eight tokens of a [`Q8Tiles`] (from [`Q8Tiles::groups`]), filled on its own:
+/// groups are disjoint, so threads may fill them side by side.
+#[derive(Debug)]
+pub struct TileGroup<'a> {
+    g: usize,
+    n: usize,
+    nb: usize,
+    qs: &'a mut [i8],       // [nb, 8 (k), 8 (t), 4]
+    d: &'a mut [f32],       // [nb, 8 (t)]
+    isum: &'a mut [i32],    // [nb, 8]
+    dsum: &'a mut [f32],    // [nb, 8]
+    fsum: &'a mut [f32],    // [nb, 8]
+    isum_lo: &'a mut [i32], // [nb, 8]
+    isum_hi: &'a mut [i32], // [nb, 8]
+}
+
+impl TileGroup<'_> {
+    /// Fills the group from the tokens' Q8_0 rows (all `n` of them; the group takes its own).
+    pub fn fill_q8(&mut self, rows: &[Q8Row]) {
+        self.fill(|tok, b| {
             let r = &rows[tok];
             let q = &r.qs[b * QK..(b + 1) * QK];
             let lo: i32 = q[..QK / 2].iter().map(|&v| v as i32).sum();
@@ -65,14 +154,9 @@ impl Q8Tiles {
         });
     }
 
-    /// Interleaves Q8_K `rows` (`nb` blocks of 32 long, a multiple of 8): every block of a
-    /// super-block takes its scale, the halves' sums are its `bsums`.
-    pub fn build_k(&mut self, rows: &[Q8KRow], nb: usize) {
-        assert!(
-            nb.is_multiple_of(QK_K / QK),
-            "Q8_K rows are whole super-blocks"
-        );
-        self.fill(rows.len(), nb, true, |tok, b| {
+    /// Fills the group from the tokens' Q8_K rows.
+    pub fn fill_q8k(&mut self, rows: &[Q8KRow]) {
+        self.fill(|tok, b| {
             let r = &rows[tok];
             (
                 &r.qs[b * QK..(b + 1) * QK],
@@ -83,60 +167,30 @@ impl Q8Tiles {
         });
     }
 
-    /// Interleaves `n` tokens of `nb` blocks: `block(tok, b)` gives the block's 32 values,
-    /// its scale and the integer sums of its halves.
-    fn fill<'a>(
-        &mut self,
-        n: usize,
-        nb: usize,
-        per_superblock: bool,
-        block: impl Fn(usize, usize) -> (&'a [i8], f32, i32, i32),
-    ) {
-        let ng = n.div_ceil(GROUP);
-        self.n_tok = n;
-        self.n_groups = ng;
-        self.nb = nb;
-        self.per_superblock = per_superblock;
-        self.qs.resize(ng * nb * QK * GROUP, 0);
-        for v in [&mut self.d, &mut self.dsum, &mut self.fsum] {
-            v.resize(ng * nb * GROUP, 0.0);
-        }
-        for v in [&mut self.isum, &mut self.isum_lo, &mut self.isum_hi] {
-            v.resize(ng * nb * GROUP, 0);
-        }
-        for g in 0..ng {
-            for t in 0..GROUP {
-                let tok = g * GROUP + t;
-                for b in 0..nb {
-                    let base = (g * nb + b) * QK * GROUP;
-                    let sb = (g * nb + b) * GROUP + t;
-                    // Padding tokens: zero values, scales and sums.
-                    let (src, d, lo, hi) = if tok < n {
-                        block(tok, b)
-                    } else {
-                        (&[0i8; QK][..], 0.0, 0, 0)
-                    };
-                    for k in 0..QK / 4 {
-                        let dst = base + (k * GROUP + t) * 4;
-                        self.qs[dst..dst + 4].copy_from_slice(&src[k * 4..k * 4 + 4]);
-                    }
-                    self.d[sb] = d;
-                    self.isum[sb] = lo + hi;
-                    self.dsum[sb] = d * (lo + hi) as f32;
-                    self.fsum[sb] = (lo + hi) as f32;
-                    self.isum_lo[sb] = lo;
-                    self.isum_hi[sb] = hi;
+    /// `block(tok, b)` gives token tok's block b: its 32 values, scale and the integer sums
+    /// of its halves; padding tokens (past n) get zeros.
+    fn fill<'r>(&mut self, block: impl Fn(usize, usize) -> (&'r [i8], f32, i32, i32)) {
+        for t in 0..GROUP {
+            let tok = self.g * GROUP + t;
+            for b in 0..self.nb {
+                let (src, d, lo, hi) = if tok < self.n {
+                    block(tok, b)
+                } else {
+                    (&[0i8; QK][..], 0.0, 0, 0)
+                };
+                for k in 0..QK / 4 {
+                    let dst = (b * QK / 4 + k) * GROUP * 4 + t * 4;
+                    self.qs[dst..dst + 4].copy_from_slice(&src[k * 4..k * 4 + 4]);
                 }
+                let i = b * GROUP + t;
+                self.d[i] = d;
+                self.isum[i] = lo + hi;
+                self.dsum[i] = d * (lo + hi) as f32;
+                self.fsum[i] = (lo + hi) as f32;
+                self.isum_lo[i] = lo;
+                self.isum_hi[i] = hi;
             }
         }
-    }
-
-    /// Whether the kernels for `dtype` apply the activation scale once per super-block
-    /// (K-quant weights on tiles from [`Q8Tiles::build_k`]); others scale every block.
-    fn scales_per_superblock(&self, dtype: DType) -> bool {
-        self.per_superblock
-            && self.nb.is_multiple_of(QK_K / QK)
-            && matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K)
     }
 }
 

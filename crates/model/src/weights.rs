@@ -321,21 +321,40 @@ impl Prepared {
         self.ftiles_ready = false;
     }
 
-    /// The token-lane tiles of the activations in `kind` (Q8 or Q8K, already quantized).
-    fn ensure_tiles(&mut self, kind: ActKind, n: usize, cols: usize) -> &Q8Tiles {
-        if kind == ActKind::Q8K {
-            if !self.ktiles_ready {
-                self.ktiles.build_k(&self.q8k[..n], cols / 32);
-                self.ktiles_ready = true;
-            }
-            &self.ktiles
+    /// The token-lane tiles of the activations in `kind` (Q8 or Q8K, already quantized),
+    /// interleaved by the pool's threads, a share of the groups of eight tokens each.
+    fn ensure_tiles(
+        &mut self,
+        kind: ActKind,
+        n: usize,
+        cols: usize,
+        pool: &ThreadPool,
+    ) -> &Q8Tiles {
+        let k = kind == ActKind::Q8K;
+        let (tiles, ready) = if k {
+            (&mut self.ktiles, &mut self.ktiles_ready)
         } else {
-            if !self.tiles_ready {
-                self.tiles.build(&self.q8[..n], cols / 32);
-                self.tiles_ready = true;
-            }
-            &self.tiles
+            (&mut self.tiles, &mut self.tiles_ready)
+        };
+        if !*ready {
+            let mut groups = tiles.groups(n, cols / 32, k);
+            let ng = groups.len();
+            let gp = PerRow(groups.as_mut_ptr());
+            let (q8, q8k) = (&self.q8[..], &self.q8k[..]);
+            pool.run(&|i, nt| {
+                for g in split(ng, i, nt, 1) {
+                    // SAFETY: group g belongs to this worker's range only.
+                    let group = unsafe { gp.get(g) };
+                    if k {
+                        group.fill_q8k(&q8k[..n]);
+                    } else {
+                        group.fill_q8(&q8[..n]);
+                    }
+                }
+            });
+            *ready = true;
         }
+        tiles
     }
 
     fn ensure(
@@ -381,7 +400,7 @@ impl Prepared {
                 pool.run_with(threads, &|i, nt| {
                     for t in split(n, i, nt, 1) {
                         // SAFETY: token t belongs to this worker's range only.
-                        unsafe { rows.get(t) }.quantize(&x[t * cols..(t + 1) * cols]);
+                        unsafe { rows.get(t) }.quantize_isa(isa, &x[t * cols..(t + 1) * cols]);
                     }
                 });
                 self.q8k_ready = true;
@@ -463,7 +482,7 @@ pub fn matmul(
     // kernels where they exist (from 8 tokens they beat four-token dot products: measured
     // with `tuili bench -b`).
     if tiled {
-        let tiles = prep.ensure_tiles(kind, n, w.cols);
+        let tiles = prep.ensure_tiles(kind, n, w.cols, pool);
         let width = tiles.n_groups * GROUP;
         let kernel = |wr: &[u8], out: &mut [f32], s: &mut ThreadScratch| {
             if s.bytes.len() < 4 * w.cols {
