@@ -150,6 +150,32 @@ pub fn rope(
     }
 }
 
+/// The angles of [`rope`] at `pos` as `cs[2i]` = cos φ_i, `cs[2i + 1]` = sin φ_i (n_rot
+/// values): computed once per token for all its heads by [`rope_with`].
+pub fn rope_angles(n_rot: usize, pos: usize, freq_scale: f32, inv_freq: &[f32], cs: &mut [f32]) {
+    let p = pos as f32 * freq_scale;
+    for (i, &f) in inv_freq.iter().enumerate().take(n_rot / 2) {
+        let (sin, cos) = (p * f).sin_cos();
+        cs[2 * i] = cos;
+        cs[2 * i + 1] = sin;
+    }
+}
+
+/// [`rope`] with the angles from [`rope_angles`] (the same results, to the bit).
+pub fn rope_with(head: &mut [f32], n_rot: usize, cs: &[f32], layout: RopeLayout) {
+    for i in 0..n_rot / 2 {
+        let (cos, sin) = (cs[2 * i], cs[2 * i + 1]);
+        let (ia, ib) = match layout {
+            RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+            RopeLayout::NeoX => (i, i + n_rot / 2),
+        };
+        let a = head[ia];
+        let b = head[ib];
+        head[ia] = a * cos - b * sin;
+        head[ib] = a * sin + b * cos;
+    }
+}
+
 pub use crate::attn::{
     attend_group, attend_tile, attend_tile_scratch, KvElem, KvRows, Paged, Segmented,
 };
@@ -423,6 +449,24 @@ mod tests {
         rope(&mut h, 4, 2, 0.5, &inv, RopeLayout::NeoX);
         assert!((h[0] - 1f32.cos()).abs() < 1e-6 && (h[2] - 1f32.sin()).abs() < 1e-6);
         assert!((h[1] - 0.01f32.cos()).abs() < 1e-6 && (h[3] - 0.01f32.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rope_with_angles_equals_rope() {
+        let n_rot = 64;
+        let mut inv = vec![0f32; n_rot / 2];
+        rope_inv_freq(n_rot, 10000.0, &mut inv);
+        let head: Vec<f32> = (0..80).map(|i| (i as f32 * 0.7).sin()).collect();
+        let mut cs = vec![0f32; n_rot];
+        for layout in [RopeLayout::Interleaved, RopeLayout::NeoX] {
+            for pos in [0, 1, 17, 4095] {
+                let (mut a, mut b) = (head.clone(), head.clone());
+                rope(&mut a, n_rot, pos, 0.5, &inv, layout);
+                rope_angles(n_rot, pos, 0.5, &inv, &mut cs);
+                rope_with(&mut b, n_rot, &cs, layout);
+                assert_eq!(a, b, "{layout:?} pos {pos}");
+            }
+        }
     }
 
     #[test]
