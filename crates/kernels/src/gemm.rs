@@ -170,17 +170,20 @@ impl TileGroup<'_> {
     /// `block(tok, b)` gives token tok's block b: its 32 values, scale and the integer sums
     /// of its halves; padding tokens (past n) get zeros.
     fn fill<'r>(&mut self, block: impl Fn(usize, usize) -> (&'r [i8], f32, i32, i32)) {
-        for t in 0..GROUP {
-            let tok = self.g * GROUP + t;
-            for b in 0..self.nb {
-                let (src, d, lo, hi) = if tok < self.n {
+        const ZERO: [i8; QK] = [0; QK];
+        for b in 0..self.nb {
+            // The block's 32 values of each of the eight tokens as 4-byte groups, written out
+            // group-major: dst[k][t] = src[t][k] (fixed-size arrays: no bounds checks left).
+            let mut src = [[[0i8; 4]; QK / 4]; GROUP];
+            for (t, s) in src.iter_mut().enumerate() {
+                let tok = self.g * GROUP + t;
+                let (q, d, lo, hi) = if tok < self.n {
                     block(tok, b)
                 } else {
-                    (&[0i8; QK][..], 0.0, 0, 0)
+                    (&ZERO[..], 0.0, 0, 0)
                 };
-                for k in 0..QK / 4 {
-                    let dst = (b * QK / 4 + k) * GROUP * 4 + t * 4;
-                    self.qs[dst..dst + 4].copy_from_slice(&src[k * 4..k * 4 + 4]);
+                for (k, g) in s.iter_mut().enumerate() {
+                    g.copy_from_slice(&q[4 * k..4 * k + 4]);
                 }
                 let i = b * GROUP + t;
                 self.d[i] = d;
@@ -189,6 +192,12 @@ impl TileGroup<'_> {
                 self.fsum[i] = (lo + hi) as f32;
                 self.isum_lo[i] = lo;
                 self.isum_hi[i] = hi;
+            }
+            let dst = &mut self.qs[b * QK * GROUP..(b + 1) * QK * GROUP];
+            for (k, row) in dst.chunks_exact_mut(GROUP * 4).enumerate() {
+                for (t, g) in row.chunks_exact_mut(4).enumerate() {
+                    g.copy_from_slice(&src[t][k]);
+                }
             }
         }
     }
