@@ -33,6 +33,9 @@ struct Shared {
     active: AtomicUsize,
     /// Set when a worker's call panicked in the current region.
     panicked: AtomicUsize,
+    /// Workers asleep on `wake` (changed under the `job` lock): a region wakes them with a
+    /// futex call only when there are some; during a forward pass they are spinning.
+    sleepers: AtomicUsize,
 }
 
 /// A fixed set of worker threads.
@@ -68,6 +71,7 @@ impl ThreadPool {
             stop: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             panicked: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
         });
         let workers = (1..n_threads)
             .map(|i| {
@@ -107,14 +111,19 @@ impl ThreadPool {
         let ptr: *const (dyn Fn(usize, usize) + Sync) = f;
         let ptr: *const (dyn Fn(usize, usize) + Sync + 'static) =
             unsafe { std::mem::transmute(ptr) };
-        {
+        let sleepers = {
             let mut job = self.shared.job.lock().unwrap_or_else(|e| e.into_inner());
             *job = Some(JobPtr(ptr));
             self.shared.active.store(n, Ordering::SeqCst);
             self.shared.pending.store(n - 1, Ordering::SeqCst);
             self.shared.generation.fetch_add(1, Ordering::SeqCst);
+            // Under the lock: a worker about to sleep has counted itself already (it checks
+            // the generation under this lock before waiting), or will see the new one.
+            self.shared.sleepers.load(Ordering::SeqCst)
+        };
+        if sleepers > 0 {
+            self.shared.wake.notify_all();
         }
-        self.shared.wake.notify_all();
         let caller = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0, n)));
         let mut spins = 0usize;
         while self.shared.pending.load(Ordering::Acquire) != 0 {
@@ -161,7 +170,10 @@ fn worker(s: Arc<Shared>, index: usize) {
                 if s.generation.load(Ordering::Acquire) == seen
                     && s.stop.load(Ordering::Acquire) == 0
                 {
-                    let _unused = s.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+                    s.sleepers.fetch_add(1, Ordering::SeqCst);
+                    let guard = s.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+                    s.sleepers.fetch_sub(1, Ordering::SeqCst);
+                    drop(guard);
                 }
                 spins = 0;
             }
@@ -292,5 +304,26 @@ mod tests {
             c.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(c.load(Ordering::Relaxed), 2);
+    }
+
+    /// Regions that find the workers spinning, going to sleep, or asleep: none is lost (a
+    /// lost wake-up would hang; the watchdog turns that into a failure).
+    #[test]
+    fn no_wake_up_is_lost() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let pool = ThreadPool::new(3);
+            let c = AtomicU64::new(0);
+            for i in 0..300u64 {
+                // 0 to 2 ms between regions: around the spin window (SPIN pauses).
+                std::thread::sleep(std::time::Duration::from_micros((i * 7919) % 2000));
+                pool.run(&|_, _| {
+                    c.fetch_add(1, Ordering::Relaxed);
+                });
+            }
+            let _ = tx.send(c.load(Ordering::Relaxed));
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(60));
+        assert_eq!(got, Ok(900), "a region never finished");
     }
 }
