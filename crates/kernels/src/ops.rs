@@ -277,11 +277,120 @@ pub fn silu_mul_fast(isa: Isa, g: &mut [f32], u: &[f32]) {
     }
 }
 
+/// Rows of a token-lane tile ([`crate::gemm`]) to the token rows of the output: `dst[tok ·
+/// stride + r] = t[r · width + tok]` for r < 16, tok < n. With AVX2 in 8 × 8 blocks
+/// transposed in registers, one 32-byte store per eight values (a store per value kept the
+/// store buffer full of misses: the output of a prompt's matrix product is megabytes, one
+/// cache line per token and tile); else value by value ([`transpose16_scalar`], its twin).
+///
+/// # Safety
+/// `dst` must be valid for writes at `tok · stride .. tok · stride + 16` for every tok < n,
+/// with no other thread touching them; `t` holds 16 rows of `width` ≥ n values.
+pub unsafe fn transpose16(
+    isa: Isa,
+    t: &[f32],
+    width: usize,
+    n: usize,
+    dst: *mut f32,
+    stride: usize,
+) {
+    assert!(n <= width && t.len() >= 16 * width);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
+        // SAFETY: AVX2 was detected at run time; bounds are the caller's contract (asserted
+        // for `t`).
+        done = unsafe { x86::transpose16(t, width, n, dst, stride) };
+    }
+    let _ = isa;
+    // SAFETY: the caller's contract.
+    unsafe { transpose16_from(t, width, done, n, dst, stride) };
+}
+
+/// The scalar twin of [`transpose16`].
+///
+/// # Safety
+/// As [`transpose16`].
+pub unsafe fn transpose16_scalar(t: &[f32], width: usize, n: usize, dst: *mut f32, stride: usize) {
+    assert!(n <= width && t.len() >= 16 * width);
+    // SAFETY: the caller's contract.
+    unsafe { transpose16_from(t, width, 0, n, dst, stride) };
+}
+
+/// Tokens `from..n` of [`transpose16`], value by value.
+///
+/// # Safety
+/// As [`transpose16`].
+unsafe fn transpose16_from(
+    t: &[f32],
+    width: usize,
+    from: usize,
+    n: usize,
+    dst: *mut f32,
+    stride: usize,
+) {
+    for tok in from..n {
+        for r in 0..16 {
+            // SAFETY: the caller's contract.
+            unsafe { dst.add(tok * stride + r).write(t[r * width + tok]) };
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
     use super::*;
     use crate::dot::x86::hsum;
     use std::arch::x86_64::*;
+
+    /// [`transpose16`] for whole groups of eight tokens; returns how many tokens it did.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn transpose16(
+        t: &[f32],
+        width: usize,
+        n: usize,
+        dst: *mut f32,
+        stride: usize,
+    ) -> usize {
+        let mut tok = 0;
+        while tok + 8 <= n {
+            for half in 0..2 {
+                // SAFETY: rows 8·half + i < 16 of `t` hold `width` ≥ tok + 8 values; the
+                // stores are the caller's contract.
+                unsafe {
+                    let r: [__m256; 8] = std::array::from_fn(|i| {
+                        _mm256_loadu_ps(t.as_ptr().add((8 * half + i) * width + tok))
+                    });
+                    // [r_i0 r_j0 r_i1 r_j1 | r_i4 r_j4 r_i5 r_j5] and the odd pairs' 2, 3, 6, 7.
+                    let lo: [__m256; 4] =
+                        std::array::from_fn(|i| _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]));
+                    let hi: [__m256; 4] =
+                        std::array::from_fn(|i| _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]));
+                    // Four rows of one token per 128-bit lane: s[c] holds tokens c and c + 4.
+                    let s = [
+                        _mm256_shuffle_ps::<0x44>(lo[0], lo[1]),
+                        _mm256_shuffle_ps::<0xEE>(lo[0], lo[1]),
+                        _mm256_shuffle_ps::<0x44>(hi[0], hi[1]),
+                        _mm256_shuffle_ps::<0xEE>(hi[0], hi[1]),
+                    ];
+                    let s2 = [
+                        _mm256_shuffle_ps::<0x44>(lo[2], lo[3]),
+                        _mm256_shuffle_ps::<0xEE>(lo[2], lo[3]),
+                        _mm256_shuffle_ps::<0x44>(hi[2], hi[3]),
+                        _mm256_shuffle_ps::<0xEE>(hi[2], hi[3]),
+                    ];
+                    for c in 0..4 {
+                        let first = _mm256_permute2f128_ps::<0x20>(s[c], s2[c]);
+                        let second = _mm256_permute2f128_ps::<0x31>(s[c], s2[c]);
+                        _mm256_storeu_ps(dst.add((tok + c) * stride + 8 * half), first);
+                        _mm256_storeu_ps(dst.add((tok + c + 4) * stride + 8 * half), second);
+                    }
+                }
+            }
+            tok += 8;
+        }
+        tok
+    }
 
     /// [`exp_poly`] on eight lanes.
     #[target_feature(enable = "avx2,fma")]
@@ -449,6 +558,29 @@ mod tests {
         rope(&mut h, 4, 2, 0.5, &inv, RopeLayout::NeoX);
         assert!((h[0] - 1f32.cos()).abs() < 1e-6 && (h[2] - 1f32.sin()).abs() < 1e-6);
         assert!((h[1] - 0.01f32.cos()).abs() < 1e-6 && (h[3] - 0.01f32.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn transpose16_matches_scalar_twin() {
+        let width = 40;
+        let t: Vec<f32> = (0..16 * width).map(|i| i as f32 * 0.5 - 7.0).collect();
+        for n in [0, 5, 8, 21, 40] {
+            let stride = 19;
+            let mut want = vec![-1f32; n.max(1) * stride + 16];
+            // SAFETY: want holds 16 values at every tok · stride, tok < n.
+            unsafe { transpose16_scalar(&t, width, n, want.as_mut_ptr(), stride) };
+            for tok in 0..n {
+                for r in 0..16 {
+                    assert_eq!(want[tok * stride + r], t[r * width + tok]);
+                }
+            }
+            for isa in Isa::available() {
+                let mut got = vec![-1f32; n.max(1) * stride + 16];
+                // SAFETY: as above.
+                unsafe { transpose16(isa, &t, width, n, got.as_mut_ptr(), stride) };
+                assert_eq!(got, want, "{isa:?} n {n}");
+            }
+        }
     }
 
     #[test]

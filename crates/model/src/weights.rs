@@ -15,6 +15,7 @@ use tuili_kernels::cpu::Isa;
 use tuili_kernels::dequant::dequantize_row;
 use tuili_kernels::dot::{act_kind, dot_rows, ActKind, ActRef};
 use tuili_kernels::gemm::{self, F32Tiles, Q8Tiles, GROUP};
+use tuili_kernels::ops;
 
 use crate::ModelError;
 
@@ -274,6 +275,15 @@ impl SharedOut {
         unsafe { self.ptr.add(i).write(v) }
     }
 
+    /// The address of index `i`, for a writer that will touch indices up to `end` (< len,
+    /// asserted).
+    #[inline]
+    pub(crate) fn ptr_at(&self, i: usize, end: usize) -> *mut f32 {
+        assert!(i <= end && end <= self.len);
+        // SAFETY: i ≤ len: in bounds of the allocation (or one past its end).
+        unsafe { self.ptr.add(i) }
+    }
+
     /// A mutable view of `range`.
     ///
     /// # Safety
@@ -501,7 +511,7 @@ pub fn matmul(
                 &mut s.scales,
             )
         };
-        matmul_tiles(pool, w, n, y, width, &kernel, tmp);
+        matmul_tiles(pool, isa, w, n, y, width, &kernel, tmp);
         return;
     }
     if n >= GROUP && gemm::supports_f(isa, w.dtype) {
@@ -517,7 +527,7 @@ pub fn matmul(
             }
             gemm::gemm_rows_f(isa, w.dtype, wr, w.row_bytes(), tiles, out, &mut s.rows_f32)
         };
-        matmul_tiles(pool, w, n, y, width, &kernel, tmp);
+        matmul_tiles(pool, isa, w, n, y, width, &kernel, tmp);
         return;
     }
     dot_region(pool, isa, &[w], &[SharedOut::new(y)], kind, x, n, prep, tmp);
@@ -696,6 +706,7 @@ type TileKernel<'a> = dyn Fn(&[u8], &mut [f32], &mut ThreadScratch) -> bool + Sy
 #[allow(clippy::too_many_arguments)]
 fn matmul_tiles(
     pool: &ThreadPool,
+    isa: Isa,
     w: &Matrix,
     n: usize,
     y: &mut [f32],
@@ -727,6 +738,23 @@ fn matmul_tiles(
                     // The caller checked support and the sizes come from the same matrix:
                     // unreachable in practice; NaN makes a violation visible.
                     t.fill(f32::NAN);
+                }
+                if g == ROWS && n > 0 {
+                    // SAFETY: rows start..end were claimed by this worker alone, so
+                    // y[tok, r0..r0 + 16] is written by this thread only, for every tok < n
+                    // (y is [n, rows]; `ptr_at` checks the last run's end).
+                    unsafe {
+                        ops::transpose16(
+                            isa,
+                            t,
+                            width,
+                            n,
+                            out.ptr_at(r0, (n - 1) * w.rows + r0 + g),
+                            w.rows,
+                        )
+                    };
+                    r0 += g;
+                    continue;
                 }
                 for tok in 0..n {
                     // SAFETY: rows start..end were claimed by this worker alone, so
