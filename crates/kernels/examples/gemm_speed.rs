@@ -21,6 +21,9 @@ fn main() {
     let rows = 16;
     for dtype in [
         DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
         DType::Q8_0,
         DType::Q4_K,
         DType::Q5_K,

@@ -79,7 +79,7 @@ pub fn deq_q4_1(blocks: &[BlockQ4_1], dst: &mut [f32]) {
 
 /// The fifth bit of element j (j < 16) is bit j of qh, of element j+16 bit j+16.
 #[inline]
-fn q5_high_bits(qh: u32, j: usize) -> (u8, u8) {
+pub(crate) fn q5_high_bits(qh: u32, j: usize) -> (u8, u8) {
     let h0 = (((qh >> j) << 4) & 0x10) as u8;
     let h1 = ((qh >> (j + 12)) & 0x10) as u8;
     (h0, h1)

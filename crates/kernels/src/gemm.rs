@@ -1,5 +1,6 @@
 //! Matrix × matrix for prompt processing: weight rows against groups of eight tokens, with the
-//! tokens in the vector lanes — Q4_0 / Q8_0 / Q4_K / Q5_K / Q6_K weights with int8 activations
+//! tokens in the vector lanes — Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0 / Q4_K / Q5_K / Q6_K weights
+//! with int8 activations
 //! ([`gemm_rows`]) and F32 / F16 / BF16 weights with f32 activations ([`gemm_rows_f`]).
 //!
 //! The dot-product kernels (`dot`) put the 32 elements of a block in the lanes, so every block
@@ -12,8 +13,9 @@
 //! weights take activations quantized per super-block of 256 ([`Q8Tiles::build_k`], ggml's
 //! Q8_K): their blocks are scaled by d_w only and d_a multiplies a super-block's sum once.
 //!
-//! Weights enter as unsigned bytes: Q4_0 nibbles u (= q + 8) and Q8_0 bytes q + 128; the offset
-//! is removed through the activation block sums: Σ(u − off)·a = Σ u·a − off·Σ a. K-quants
+//! Weights enter as unsigned bytes: Q4_0 nibbles u (= q + 8), Q5_0's five bits (q + 16) and
+//! Q8_0 bytes q + 128; the offset is removed through the activation block sums: Σ(u − off)·a =
+//! Σ u·a − off·Σ a. Q4_1 and Q5_1 (x = d·u + m) take their m as a min, below. K-quants
 //! enter as their unsigned values with a float scale and min per 32-element sub-block
 //! (x = s·u − m: Q4_K, Q5_K), or per 16 elements (Q6_K: s = d·sc, m = 32·s), and the min comes
 //! off through the activations' block (or half-block) sums: Σ(s·u − m)·a = s·Σ u·a − m·Σ a.
@@ -209,7 +211,14 @@ pub fn supports(isa: Isa, dtype: DType) -> bool {
     cfg!(target_arch = "x86_64")
         && match dtype {
             // Unsigned weights up to 63 (Q5_K: 31, Q6_K: q + 32) cannot saturate AVX2's pair sums.
-            DType::Q4_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K => isa >= Isa::Avx2,
+            // Q4_1, Q5_0, Q5_1: up to 31.
+            DType::Q4_0
+            | DType::Q4_1
+            | DType::Q5_0
+            | DType::Q5_1
+            | DType::Q4_K
+            | DType::Q5_K
+            | DType::Q6_K => isa >= Isa::Avx2,
             DType::Q8_0 => isa >= Isa::Avx512Vnni,
             _ => false,
         }
@@ -312,6 +321,41 @@ unsafe fn unpack_row_avx2(
                 }
             });
             0
+        }
+        DType::Q4_1 | DType::Q5_0 | DType::Q5_1 => {
+            let m4 = _mm_set1_epi8(0x0F);
+            // Byte j of the fifth-bit vector takes byte j/8 of qh and tests bit j % 8.
+            let spread = _mm256_setr_epi8(
+                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
+                3, 3, 3, 3,
+            );
+            let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+            let b4 = _mm256_set1_epi8(0x10);
+            for_legacy_blocks(dtype, w, |b, k| {
+                assert!(bytes.len() >= (b + 1) * QK && scales.len() > b && mins.len() > b);
+                scales[b] = k.d;
+                if let Some(m) = k.m {
+                    mins[b] = -m;
+                }
+                // SAFETY: 16 bytes of nibbles; 32 output bytes (asserted).
+                unsafe {
+                    let q = _mm_loadu_si128(k.qs.as_ptr().cast());
+                    let u = _mm256_set_m128i(
+                        _mm_and_si128(_mm_srli_epi16(q, 4), m4),
+                        _mm_and_si128(q, m4),
+                    );
+                    let u = match k.qh {
+                        Some(qh) => {
+                            let h = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), spread);
+                            let set = _mm256_cmpeq_epi8(_mm256_and_si256(h, bit), bit);
+                            _mm256_or_si256(u, _mm256_and_si256(set, b4))
+                        }
+                        None => u,
+                    };
+                    _mm256_storeu_si256(bytes.as_mut_ptr().add(b * QK).cast(), u);
+                }
+            });
+            legacy_offset(dtype)
         }
         DType::Q4_0 => {
             let blocks = crate::blocks::as_blocks::<BlockQ4_0>(w).unwrap_or(&[]);
@@ -431,7 +475,91 @@ fn k4_scales(k: &K4Block<'_>, scales: &mut [f32], mins: &mut [f32]) {
 /// Whether `dtype`'s blocks have a min term (x = s·u − m) rather than an integer offset
 /// (Q6_K's offset of 32 is an offset: it comes off in each half's integer sum).
 fn has_mins(dtype: DType) -> bool {
-    matches!(dtype, DType::Q4_K | DType::Q5_K)
+    matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q4_1 | DType::Q5_1)
+}
+
+/// The fields of a Q4_1, Q5_0 or Q5_1 block (x = d·q + m, or d·(q − 16) for Q5_0).
+struct LegacyBlock<'a> {
+    d: f32,
+    /// The block's offset m (Q4_1, Q5_1).
+    m: Option<f32>,
+    /// The fifth bits (Q5_0, Q5_1): bit j for element j.
+    qh: Option<u32>,
+    qs: &'a [u8; QK / 2],
+}
+
+/// Calls `f(b, block b)` for every block of a Q4_1, Q5_0 or Q5_1 row (nothing for other types
+/// or a row that is not whole blocks).
+fn for_legacy_blocks(dtype: DType, w: &[u8], mut f: impl FnMut(usize, LegacyBlock<'_>)) {
+    use crate::blocks::{BlockQ4_1, BlockQ5_0, BlockQ5_1};
+    match dtype {
+        DType::Q4_1 => {
+            for (b, k) in crate::blocks::as_blocks::<BlockQ4_1>(w)
+                .unwrap_or(&[])
+                .iter()
+                .enumerate()
+            {
+                let (d, m) = (f16_le(k.d), Some(f16_le(k.m)));
+                f(
+                    b,
+                    LegacyBlock {
+                        d,
+                        m,
+                        qh: None,
+                        qs: &k.qs,
+                    },
+                );
+            }
+        }
+        DType::Q5_0 => {
+            for (b, k) in crate::blocks::as_blocks::<BlockQ5_0>(w)
+                .unwrap_or(&[])
+                .iter()
+                .enumerate()
+            {
+                let qh = Some(u32::from_le_bytes(k.qh));
+                f(
+                    b,
+                    LegacyBlock {
+                        d: f16_le(k.d),
+                        m: None,
+                        qh,
+                        qs: &k.qs,
+                    },
+                );
+            }
+        }
+        DType::Q5_1 => {
+            for (b, k) in crate::blocks::as_blocks::<BlockQ5_1>(w)
+                .unwrap_or(&[])
+                .iter()
+                .enumerate()
+            {
+                let (d, m) = (f16_le(k.d), Some(f16_le(k.m)));
+                let qh = Some(u32::from_le_bytes(k.qh));
+                f(
+                    b,
+                    LegacyBlock {
+                        d,
+                        m,
+                        qh,
+                        qs: &k.qs,
+                    },
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The integer offset of a legacy type's unpacked values: 16 for Q5_0 (x = d·(u − 16)), 0 for
+/// Q4_1 and Q5_1, whose offset m is a min (x = d·u − (−m)).
+fn legacy_offset(dtype: DType) -> i32 {
+    if dtype == DType::Q5_0 {
+        16
+    } else {
+        0
+    }
 }
 
 /// Scales per 32-element block: 2 for Q6_K (one per 16), else 1.
@@ -452,11 +580,12 @@ fn k6_scales(blk: &BlockQ6K, scales: &mut [f32]) {
     }
 }
 
-/// Unpacks one row to unsigned bytes (Q4_0: nibble values; Q8_0: q + 128; Q4_K, Q5_K: their
-/// 4- or 5-bit values; Q6_K: q + 32) in element order, and its block scales to f32 (one per 32
-/// elements; Q6_K one per 16); for Q4_K and Q5_K d·sc of each sub-block and the mins (dmin·m)
-/// into `mins`. Returns the integer weight offset (8, 128, Q6_K 32, or 0 for Q4_K and Q5_K,
-/// whose mins are applied separately).
+/// Unpacks one row to unsigned bytes (Q4_0, Q4_1: nibble values; Q5_0, Q5_1: 5-bit values;
+/// Q8_0: q + 128; Q4_K, Q5_K: their 4- or 5-bit values; Q6_K: q + 32) in element order, and
+/// its block scales to f32 (one per 32 elements; Q6_K one per 16); for Q4_K and Q5_K d·sc of
+/// each sub-block and the mins (dmin·m) into `mins`, for Q4_1 and Q5_1 d and −m. Returns the
+/// integer weight offset (8, Q5_0 16, 128, Q6_K 32, or 0 for the types with mins, which are
+/// applied separately).
 fn unpack_row(
     dtype: DType,
     w: &[u8],
@@ -494,6 +623,22 @@ fn unpack_row(
                 }
             });
             0
+        }
+        DType::Q4_1 | DType::Q5_0 | DType::Q5_1 => {
+            for_legacy_blocks(dtype, w, |b, k| {
+                scales[b] = k.d;
+                if let Some(m) = k.m {
+                    mins[b] = -m;
+                }
+                let o = &mut bytes[b * QK..(b + 1) * QK];
+                for j in 0..QK / 2 {
+                    let (h0, h1) =
+                        k.qh.map_or((0, 0), |qh| crate::dequant::q5_high_bits(qh, j));
+                    o[j] = (k.qs[j] & 0x0F) | h0;
+                    o[j + QK / 2] = (k.qs[j] >> 4) | h1;
+                }
+            });
+            legacy_offset(dtype)
         }
         DType::Q4_0 => {
             let blocks = crate::blocks::as_blocks::<BlockQ4_0>(w).unwrap_or(&[]);

@@ -231,6 +231,9 @@ fn gemm_rows_match_scalar_and_dot() {
     let cols = 512;
     for dtype in [
         DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
         DType::Q8_0,
         DType::Q4_K,
         DType::Q5_K,

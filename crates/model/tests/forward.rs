@@ -68,10 +68,18 @@ fn every_weight_type_matches_its_f32_dequantization_and_scalar_path() {
                 .unwrap();
         }
         let mut model = Llama::load(Arc::new(q)).unwrap();
-        let fast = logits(&model, PROMPT, Logits::All);
+        // Past eight tokens the batch takes the token-lane matrix kernels (`gemm`); the
+        // scalar path takes dot products token by token.
+        let prompt: Vec<u32> = PROMPT
+            .iter()
+            .chain(PROMPT)
+            .chain(&[9, 8])
+            .copied()
+            .collect();
+        let fast = logits(&model, &prompt, Logits::All);
         model.set_isa(tuili_kernels::cpu::Isa::Scalar);
-        let scalar = logits(&model, PROMPT, Logits::All);
-        let f32_model = logits(&load(&w), PROMPT, Logits::All);
+        let scalar = logits(&model, &prompt, Logits::All);
+        let f32_model = logits(&load(&w), &prompt, Logits::All);
         assert!(
             fast.iter().all(|v| v.is_finite()),
             "{dtype}: non-finite logits"
