@@ -151,7 +151,7 @@ pub fn deq_q2_k(blocks: &[BlockQ2K], dst: &mut [f32]) {
 
 /// Unpacks the 12 scale bytes of Q3_K into 16 six-bit values (low 4 bits from bytes 0..8,
 /// high 2 bits from bytes 8..12), then subtracts the bias 32.
-fn q3k_scales(packed: &[u8; 12]) -> [i8; 16] {
+pub(crate) fn q3k_scales(packed: &[u8; 12]) -> [i8; 16] {
     let mut out = [0i8; 16];
     for (i, o) in out.iter_mut().enumerate() {
         let low = if i < 8 {

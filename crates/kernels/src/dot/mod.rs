@@ -33,7 +33,7 @@ pub enum ActKind {
 pub fn act_kind(dtype: DType) -> ActKind {
     match dtype {
         DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 => ActKind::Q8,
-        DType::Q4_K | DType::Q5_K | DType::Q6_K => ActKind::Q8K,
+        DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K => ActKind::Q8K,
         DType::F16 => ActKind::F16,
         _ => ActKind::F32,
     }

@@ -3,7 +3,7 @@
 use super::ActRef;
 use crate::act::{Q8KRow, Q8Row};
 use crate::blocks::*;
-use crate::dequant::{dequantize_row, k4_scale_min};
+use crate::dequant::{dequantize_row, k4_scale_min, q3k_scales};
 use crate::ops;
 use tuili_core::DType;
 
@@ -52,6 +52,8 @@ fn dot_one(dtype: DType, w: &[u8], act: ActRef<'_>, tmp: &mut [f32]) -> f32 {
         (DType::Q4_K, ActRef::Q8K(a)) => q4_k(blocks(w), a),
         (DType::Q5_K, ActRef::Q8K(a)) => q5_k(blocks(w), a),
         (DType::Q6_K, ActRef::Q8K(a)) => q6_k(blocks(w), a),
+        (DType::Q2_K, ActRef::Q8K(a)) => q2_k(blocks(w), a),
+        (DType::Q3_K, ActRef::Q8K(a)) => q3_k(blocks(w), a),
         (_, ActRef::F32(x)) => {
             // Types without an integer kernel: dequantize the row, then an f32 dot.
             let t = &mut tmp[..x.len()];
@@ -229,6 +231,55 @@ pub fn q6_k(w: &[BlockQ6K], a: &Q8KRow) -> f32 {
                 .map(|(&x, &y)| x as i32 * y as i32)
                 .sum();
             sum += wb.scales[g] as i8 as i32 * d;
+        }
+        s += a.d[b] * f16_le(wb.d) * sum as f32;
+    }
+    s
+}
+
+/// The 2-bit value of element 16g + l of a Q2_K or Q3_K block (group g = 8·half + 2·j + part:
+/// bits 2j of byte 32·half + 16·part + l of `qs`).
+fn low2(qs: &[u8; QK_K / 4], g: usize, l: usize) -> i32 {
+    let (half, j, part) = (g / 8, (g % 8) / 2, g % 2);
+    ((qs[32 * half + 16 * part + l] >> (2 * j)) & 3) as i32
+}
+
+/// Per super-block: d_a·(d·Σ_g sc_g·Σ q·q_a − dmin·Σ_g m_g·bsum_g) over 16 groups of 16
+/// (x = d·sc_g·q − dmin·m_g, q 2 bits, sc_g and m_g the low and high nibbles of scales[g]).
+pub fn q2_k(w: &[BlockQ2K], a: &Q8KRow) -> f32 {
+    let mut s = 0f32;
+    for (b, wb) in w.iter().enumerate() {
+        let qa = &a.qs[b * QK_K..(b + 1) * QK_K];
+        let (mut sum_q, mut sum_m) = (0i32, 0i32);
+        for g in 0..16 {
+            let d: i32 = (0..16)
+                .map(|l| low2(&wb.qs, g, l) * qa[16 * g + l] as i32)
+                .sum();
+            sum_q += (wb.scales[g] & 0x0F) as i32 * d;
+            sum_m += (wb.scales[g] >> 4) as i32 * a.bsums[16 * b + g];
+        }
+        s += a.d[b] * (f16_le(wb.d) * sum_q as f32 - f16_le(wb.dmin) * sum_m as f32);
+    }
+    s
+}
+
+/// Per super-block: d_a·d·Σ_g sc_g·Σ v·q_a over 16 groups of 16, v = q + 4·h − 4 (q 2 bits,
+/// h the group's bit k = 4·half + j of hmask[16·part + l]; sc_g signed, minus 32).
+pub fn q3_k(w: &[BlockQ3K], a: &Q8KRow) -> f32 {
+    let mut s = 0f32;
+    for (b, wb) in w.iter().enumerate() {
+        let qa = &a.qs[b * QK_K..(b + 1) * QK_K];
+        let sc = q3k_scales(&wb.scales);
+        let mut sum = 0i32;
+        for g in 0..16 {
+            let (k, part) = (g / 2, g % 2);
+            let d: i32 = (0..16)
+                .map(|l| {
+                    let h = ((wb.hmask[16 * part + l] >> k) & 1) as i32;
+                    (low2(&wb.qs, g, l) + 4 * h - 4) * qa[16 * g + l] as i32
+                })
+                .sum();
+            sum += sc[g] as i32 * d;
         }
         s += a.d[b] * f16_le(wb.d) * sum as f32;
     }

@@ -250,6 +250,10 @@ pub fn dot_rows(
                 DType::Q5_K => rows!(pick_q8k, BlockQ5K, avx2::q5_k_n),
                 DType::Q6_K if vnni => rows!(pick_q8k, BlockQ6K, vnni::q6_k_n),
                 DType::Q6_K => rows!(pick_q8k, BlockQ6K, avx2::q6_k_n),
+                DType::Q2_K if vnni => rows!(pick_q8k, BlockQ2K, vnni::q2_k_n),
+                DType::Q2_K => rows!(pick_q8k, BlockQ2K, avx2::q2_k_n),
+                DType::Q3_K if vnni => rows!(pick_q8k, BlockQ3K, vnni::q3_k_n),
+                DType::Q3_K => rows!(pick_q8k, BlockQ3K, avx2::q3_k_n),
                 _ => false,
             }
         };
@@ -1404,8 +1408,195 @@ macro_rules! kernels {
                     out[t] = res[t];
                 }
             }
+
+            /// Q2_K and Q3_K against 1–4 Q8_K rows, unpacked in vectors as Q6_K is: per half
+            /// super-block the 32 bytes of `qs` give four vectors of 2-bit values (bits 2j),
+            /// Q3_K adding its high bit (bit 4·half + j of each `hmask` byte) as 4·h; each
+            /// vector times the activations into 16-bit pair sums (`vpmaddubsw`; 7·128·2
+            /// cannot saturate), and those by the groups' scales into 32-bit sums (`vpmaddwd`).
+            /// Q2_K's mins come off once per super-block (dmin·Σ_g m_g·bsum_g), Q3_K's offset
+            /// of 4 likewise (4·Σ_g sc_g·bsum_g).
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q2_k_n(w: &[BlockQ2K], a: &[&Q8KRow], out: &mut [f32]) {
+                // SAFETY: the caller's contract (this function's features are present).
+                unsafe {
+                    match a.len() {
+                        1 => lowbit_inner::<1, false, _>(w, a, out),
+                        2 => lowbit_inner::<2, false, _>(w, a, out),
+                        3 => lowbit_inner::<3, false, _>(w, a, out),
+                        _ => lowbit_inner::<4, false, _>(w, a, out),
+                    }
+                }
+            }
+
+            /// See [`q2_k_n`].
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q3_k_n(w: &[BlockQ3K], a: &[&Q8KRow], out: &mut [f32]) {
+                // SAFETY: as in `q2_k_n`.
+                unsafe {
+                    match a.len() {
+                        1 => lowbit_inner::<1, true, _>(w, a, out),
+                        2 => lowbit_inner::<2, true, _>(w, a, out),
+                        3 => lowbit_inner::<3, true, _>(w, a, out),
+                        _ => lowbit_inner::<4, true, _>(w, a, out),
+                    }
+                }
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn lowbit_inner<const N: usize, const Q3: bool, B: LowBitK>(
+                w: &[B],
+                a: &[&Q8KRow],
+                out: &mut [f32],
+            ) {
+                let m3 = _mm256_set1_epi8(3);
+                let one = _mm256_set1_epi8(1);
+                // As in q6_k_inner: scale 2k in the low 128 bits, 2k+1 in the high ones.
+                let pick = _mm256_setr_epi8(
+                    0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
+                    2, 3, 2, 3, 2, 3,
+                );
+                let mut facc = [_mm256_setzero_ps(); N];
+                for (b, wb) in w.iter().enumerate() {
+                    let (sc, mins) = wb.scales_mins();
+                    // SAFETY: 16 bytes each.
+                    let (sc8, m8) = unsafe {
+                        (
+                            _mm_loadu_si128(sc.as_ptr().cast()),
+                            _mm_loadu_si128(mins.as_ptr().cast()),
+                        )
+                    };
+                    let sc16 = _mm256_cvtepi8_epi16(sc8);
+                    // SAFETY: 32 bytes of hmask (Q3_K; Q2_K's are unused zeros).
+                    let hm = unsafe { _mm256_loadu_si256(wb.hmask().as_ptr().cast()) };
+                    let mut acc = [[_mm256_setzero_si256(); N]; 2];
+                    for half in 0..2 {
+                        // SAFETY: 64 bytes of qs.
+                        let q = unsafe { _mm256_loadu_si256(wb.qs().as_ptr().add(32 * half).cast()) };
+                        for j in 0..4 {
+                            let k = 4 * half + j;
+                            let shift = _mm_cvtsi32_si128(2 * j as i32);
+                            let mut u = _mm256_and_si256(_mm256_srl_epi16(q, shift), m3);
+                            if Q3 {
+                                let h = _mm256_and_si256(
+                                    _mm256_srl_epi16(hm, _mm_cvtsi32_si128(k as i32)),
+                                    one,
+                                );
+                                u = _mm256_or_si256(u, _mm256_slli_epi16(h, 2));
+                            }
+                            let sk = _mm256_shuffle_epi8(
+                                _mm256_permutevar8x32_epi32(sc16, _mm256_set1_epi32(k as i32)),
+                                pick,
+                            );
+                            for t in 0..N {
+                                // SAFETY: the activation row holds the block's 256 quants.
+                                let qa = unsafe {
+                                    _mm256_loadu_si256(
+                                        a[t].qs.as_ptr().add(b * QK_K + 32 * k).cast(),
+                                    )
+                                };
+                                let p16 = _mm256_maddubs_epi16(u, qa);
+                                acc[j % 2][t] = $dpw(acc[j % 2][t], p16, sk);
+                            }
+                        }
+                    }
+                    // Σ_g c_g·bsum_g with c = the mins (Q2_K) or the scales (Q3_K).
+                    let c8 = if Q3 { sc8 } else { m8 };
+                    let c_lo = _mm256_cvtepi8_epi32(c8);
+                    let c_hi = _mm256_cvtepi8_epi32(_mm_unpackhi_epi64(c8, c8));
+                    let (d, dmin) = wb.d_dmin();
+                    for t in 0..N {
+                        // SAFETY: 16 group sums per block.
+                        let (b0, b1) = unsafe {
+                            let p = a[t].bsums.as_ptr().add(b * 16);
+                            (
+                                _mm256_loadu_si256(p.cast()),
+                                _mm256_loadu_si256(p.add(8).cast()),
+                            )
+                        };
+                        let cb = _mm256_add_epi32(
+                            _mm256_mullo_epi32(c_lo, b0),
+                            _mm256_mullo_epi32(c_hi, b1),
+                        );
+                        let v = _mm256_add_epi32(acc[0][t], acc[1][t]);
+                        let da = a[t].d[b];
+                        if Q3 {
+                            // Σ sc·Σ (u − 4)·a = Σ sc·Σ u·a − 4·Σ sc·bsum.
+                            let v = _mm256_sub_epi32(v, _mm256_slli_epi32(cb, 2));
+                            facc[t] =
+                                _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(da * d), facc[t]);
+                        } else {
+                            facc[t] =
+                                _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(da * d), facc[t]);
+                            facc[t] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(cb),
+                                _mm256_set1_ps(-da * dmin),
+                                facc[t],
+                            );
+                        }
+                    }
+                }
+                for t in 0..N {
+                    out[t] = hsum(facc[t]);
+                }
+            }
         }
     };
+}
+
+/// What the Q2_K / Q3_K kernels read of a block.
+trait LowBitK {
+    /// The sixteen group scales as i8 (Q3_K: the 6-bit values minus 32) and, for Q2_K, the
+    /// sixteen mins (Q3_K: zeros).
+    fn scales_mins(&self) -> ([i8; 16], [i8; 16]);
+    fn qs(&self) -> &[u8; QK_K / 4];
+    /// The high bits (Q3_K; Q2_K: zeros).
+    fn hmask(&self) -> &[u8; QK_K / 8];
+    /// d and dmin (Q3_K: 0).
+    fn d_dmin(&self) -> (f32, f32);
+}
+
+impl LowBitK for BlockQ2K {
+    #[inline(always)]
+    fn scales_mins(&self) -> ([i8; 16], [i8; 16]) {
+        (
+            self.scales.map(|s| (s & 0x0F) as i8),
+            self.scales.map(|s| (s >> 4) as i8),
+        )
+    }
+    #[inline(always)]
+    fn qs(&self) -> &[u8; QK_K / 4] {
+        &self.qs
+    }
+    #[inline(always)]
+    fn hmask(&self) -> &[u8; QK_K / 8] {
+        const ZERO: [u8; QK_K / 8] = [0; QK_K / 8];
+        &ZERO
+    }
+    #[inline(always)]
+    fn d_dmin(&self) -> (f32, f32) {
+        (f16_le(self.d), f16_le(self.dmin))
+    }
+}
+
+impl LowBitK for BlockQ3K {
+    #[inline(always)]
+    fn scales_mins(&self) -> ([i8; 16], [i8; 16]) {
+        (crate::dequant::q3k_scales(&self.scales), [0; 16])
+    }
+    #[inline(always)]
+    fn qs(&self) -> &[u8; QK_K / 4] {
+        &self.qs
+    }
+    #[inline(always)]
+    fn hmask(&self) -> &[u8; QK_K / 8] {
+        &self.hmask
+    }
+    #[inline(always)]
+    fn d_dmin(&self) -> (f32, f32) {
+        (f16_le(self.d), 0.0)
+    }
 }
 
 /// The twelve scale bytes of a Q4_K/Q5_K block as (eight scales, eight mins), one byte each
