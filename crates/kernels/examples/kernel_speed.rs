@@ -20,9 +20,12 @@ fn main() {
     for dtype in [
         DType::Q4_0,
         DType::Q4_1,
+        DType::Q5_0,
         DType::Q5_1,
         DType::Q8_0,
         DType::F16,
+        DType::Q2_K,
+        DType::Q3_K,
         DType::Q4_K,
         DType::Q5_K,
         DType::Q6_K,
