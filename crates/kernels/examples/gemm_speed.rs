@@ -28,6 +28,8 @@ fn main() {
         DType::Q4_K,
         DType::Q5_K,
         DType::Q6_K,
+        DType::Q2_K,
+        DType::Q3_K,
     ] {
         let rb = dtype.bytes_for(cols as u64).unwrap() as usize;
         let mut w = vec![0u8; rows * rb];
@@ -38,7 +40,10 @@ fn main() {
             .map(|t| (0..cols).map(|i| ((i + t) as f32 * 0.37).sin()).collect())
             .collect();
         // K-quants take activations quantized per super-block (as the model gives them).
-        let k = matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K);
+        let k = matches!(
+            dtype,
+            DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K
+        );
         let mut tiles = Q8Tiles::default();
         if k {
             let q8k: Vec<Q8KRow> = xs

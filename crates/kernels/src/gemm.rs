@@ -125,7 +125,10 @@ impl Q8Tiles {
     fn scales_per_superblock(&self, dtype: DType) -> bool {
         self.per_superblock
             && self.nb.is_multiple_of(QK_K / QK)
-            && matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K)
+            && matches!(
+                dtype,
+                DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K
+            )
     }
 }
 
@@ -211,8 +214,10 @@ pub fn supports(isa: Isa, dtype: DType) -> bool {
     cfg!(target_arch = "x86_64")
         && match dtype {
             // Unsigned weights up to 63 (Q5_K: 31, Q6_K: q + 32) cannot saturate AVX2's pair sums.
-            // Q4_1, Q5_0, Q5_1: up to 31.
-            DType::Q4_0
+            // Q4_1, Q5_0, Q5_1: up to 31; Q2_K 3, Q3_K 7.
+            DType::Q2_K
+            | DType::Q3_K
+            | DType::Q4_0
             | DType::Q4_1
             | DType::Q5_0
             | DType::Q5_1
@@ -237,6 +242,46 @@ unsafe fn unpack_row_avx2(
 ) -> i32 {
     use std::arch::x86_64::*;
     match dtype {
+        DType::Q2_K | DType::Q3_K => {
+            let m3 = _mm256_set1_epi8(3);
+            let one = _mm256_set1_epi8(1);
+            for_lowbit_blocks(dtype, w, |b, k| {
+                assert!(bytes.len() >= (b + 1) * QK_K && scales.len() >= (b + 1) * 16);
+                assert!(mins.len() >= (b + 1) * 16);
+                for g in 0..16 {
+                    scales[b * 16 + g] = k.d * k.scales[g] as f32;
+                    mins[b * 16 + g] = k.dmin * k.mins[g] as f32;
+                }
+                // SAFETY: 64 bytes of qs and 32 of hmask; 256 output bytes (asserted).
+                unsafe {
+                    let hm = k.hmask.map(|h| _mm256_loadu_si256(h.as_ptr().cast()));
+                    for half in 0..2 {
+                        let q = _mm256_loadu_si256(k.qs.as_ptr().add(32 * half).cast());
+                        for j in 0..4 {
+                            // Elements 32j..32j+32 of the half: bits 2j of qs, Q3_K's high
+                            // bit (4·half + j of hmask) as 4.
+                            let mut u = _mm256_and_si256(
+                                _mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * j as i32)),
+                                m3,
+                            );
+                            if let Some(hm) = hm {
+                                let k = _mm_cvtsi32_si128((4 * half + j) as i32);
+                                let h = _mm256_and_si256(_mm256_srl_epi16(hm, k), one);
+                                u = _mm256_or_si256(u, _mm256_slli_epi16(h, 2));
+                            }
+                            _mm256_storeu_si256(
+                                bytes
+                                    .as_mut_ptr()
+                                    .add(b * QK_K + 128 * half + 32 * j)
+                                    .cast(),
+                                u,
+                            );
+                        }
+                    }
+                }
+            });
+            lowbit_offset(dtype)
+        }
         DType::Q6_K => {
             let blocks = crate::blocks::as_blocks::<BlockQ6K>(w).unwrap_or(&[]);
             assert!(bytes.len() >= blocks.len() * QK_K && scales.len() >= blocks.len() * 16);
@@ -472,10 +517,73 @@ fn k4_scales(k: &K4Block<'_>, scales: &mut [f32], mins: &mut [f32]) {
     }
 }
 
+/// The fields of a Q2_K or Q3_K block that the unpacking reads: sixteen group scales and
+/// (Q2_K) mins as integers with their multipliers d and dmin, the 2-bit values and (Q3_K) the
+/// high bits.
+struct LowBitBlock<'a> {
+    d: f32,
+    dmin: f32,
+    scales: [i8; 16],
+    mins: [i8; 16],
+    qs: &'a [u8; QK_K / 4],
+    hmask: Option<&'a [u8; QK_K / 8]>,
+}
+
+/// Calls `f(b, block b)` for every block of a Q2_K or Q3_K row.
+fn for_lowbit_blocks(dtype: DType, w: &[u8], mut f: impl FnMut(usize, LowBitBlock<'_>)) {
+    use crate::blocks::{BlockQ2K, BlockQ3K};
+    if dtype == DType::Q2_K {
+        for (b, k) in crate::blocks::as_blocks::<BlockQ2K>(w)
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            let block = LowBitBlock {
+                d: f16_le(k.d),
+                dmin: f16_le(k.dmin),
+                scales: k.scales.map(|s| (s & 0x0F) as i8),
+                mins: k.scales.map(|s| (s >> 4) as i8),
+                qs: &k.qs,
+                hmask: None,
+            };
+            f(b, block);
+        }
+    } else if dtype == DType::Q3_K {
+        for (b, k) in crate::blocks::as_blocks::<BlockQ3K>(w)
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            let block = LowBitBlock {
+                d: f16_le(k.d),
+                dmin: 0.0,
+                scales: crate::dequant::q3k_scales(&k.scales),
+                mins: [0; 16],
+                qs: &k.qs,
+                hmask: Some(&k.hmask),
+            };
+            f(b, block);
+        }
+    }
+}
+
+/// Q3_K's values are unpacked as u = q + 4 (0..7, the offset comes off through the activation
+/// sums); Q2_K's have a min per group instead.
+fn lowbit_offset(dtype: DType) -> i32 {
+    if dtype == DType::Q3_K {
+        4
+    } else {
+        0
+    }
+}
+
 /// Whether `dtype`'s blocks have a min term (x = s·u − m) rather than an integer offset
 /// (Q6_K's offset of 32 is an offset: it comes off in each half's integer sum).
 fn has_mins(dtype: DType) -> bool {
-    matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q4_1 | DType::Q5_1)
+    matches!(
+        dtype,
+        DType::Q2_K | DType::Q4_K | DType::Q5_K | DType::Q4_1 | DType::Q5_1
+    )
 }
 
 /// The fields of a Q4_1, Q5_0 or Q5_1 block (x = d·q + m, or d·(q − 16) for Q5_0).
@@ -564,7 +672,7 @@ fn legacy_offset(dtype: DType) -> i32 {
 
 /// Scales per 32-element block: 2 for Q6_K (one per 16), else 1.
 fn scales_per_block(dtype: DType) -> usize {
-    if dtype == DType::Q6_K {
+    if matches!(dtype, DType::Q6_K | DType::Q2_K | DType::Q3_K) {
         2
     } else {
         1
@@ -594,6 +702,23 @@ fn unpack_row(
     mins: &mut [f32],
 ) -> i32 {
     match dtype {
+        DType::Q2_K | DType::Q3_K => {
+            for_lowbit_blocks(dtype, w, |b, k| {
+                for g in 0..16 {
+                    scales[b * 16 + g] = k.d * k.scales[g] as f32;
+                    mins[b * 16 + g] = k.dmin * k.mins[g] as f32;
+                }
+                for g in 0..16 {
+                    let (half, j, part) = (g / 8, (g % 8) / 2, g % 2);
+                    for l in 0..16 {
+                        let q = (k.qs[32 * half + 16 * part + l] >> (2 * j)) & 3;
+                        let h = k.hmask.map_or(0, |hm| (hm[16 * part + l] >> (g / 2)) & 1);
+                        bytes[b * QK_K + 16 * g + l] = q | h << 2;
+                    }
+                }
+            });
+            lowbit_offset(dtype)
+        }
         DType::Q6_K => {
             let blocks = crate::blocks::as_blocks::<BlockQ6K>(w).unwrap_or(&[]);
             for (b, blk) in blocks.iter().enumerate() {
@@ -884,6 +1009,9 @@ fn row_scalar(
                         let is = [tiles.isum_lo[sb], tiles.isum_hi[sb]];
                         for h in 0..2 {
                             acc_sb += scales[2 * b + h] * (s[h] - off * is[h]) as f32;
+                            if let Some(m) = mins {
+                                acc_sb -= m[2 * b + h] * is[h] as f32;
+                            }
                         }
                     }
                     if b % (QK_K / QK) == QK_K / QK - 1 {
@@ -901,6 +1029,9 @@ fn row_scalar(
                     for h in 0..2 {
                         let v = s[h] - off * is[h];
                         acc += scales[2 * b + h] * da * v as f32;
+                        if let Some(m) = mins {
+                            acc -= m[2 * b + h] * (da * is[h] as f32);
+                        }
                     }
                 }
             }
@@ -927,6 +1058,7 @@ mod x86 {
             match $kind {
                 (1, false, true, true) => $f::<1, false, true, true>($($arg),*),
                 (2, true, false, true) => $f::<2, true, false, true>($($arg),*),
+                (2, false, true, true) => $f::<2, false, true, true>($($arg),*),
                 (1, false, false, _) => $f::<1, false, false, false>($($arg),*),
                 (1, false, true, _) => $f::<1, false, true, false>($($arg),*),
                 (1, true, false, _) => $f::<1, true, false, false>($($arg),*),
@@ -1125,7 +1257,22 @@ mod x86 {
                                         }
                                     }
                                 } else {
-                                    // A scale per half (Q6_K).
+                                    // A scale per half (Q6_K, Q3_K; Q2_K with a min per half:
+                                    // − m·d_a·Σa over the half, SB: − m·Σa).
+                                    let half_sums = if MINS {
+                                        [tiles.isum_lo.as_ptr(), tiles.isum_hi.as_ptr()].map(|p| {
+                                            let v = _mm256_cvtepi32_ps(_mm256_loadu_si256(
+                                                p.add(sb).cast(),
+                                            ));
+                                            if SB {
+                                                v
+                                            } else {
+                                                _mm256_mul_ps(da, v)
+                                            }
+                                        })
+                                    } else {
+                                        [_mm256_setzero_ps(); 2]
+                                    };
                                     for j in 0..4 {
                                         for h in 0..2 {
                                             let i = (j * nb + b) * 2 + h;
@@ -1136,6 +1283,13 @@ mod x86 {
                                                 sc,
                                                 acc[j][gi],
                                             );
+                                            if MINS {
+                                                acc[j][gi] = _mm256_fnmadd_ps(
+                                                    _mm256_set1_ps(*mins.get_unchecked(i)),
+                                                    half_sums[h],
+                                                    acc[j][gi],
+                                                );
+                                            }
                                         }
                                     }
                                 }
@@ -1306,20 +1460,13 @@ impl F32Tiles {
 
 /// Whether [`gemm_rows_f`] handles `dtype` with `isa`.
 pub fn supports_f(isa: Isa, dtype: DType) -> bool {
-    // Q2_K and Q3_K have no integer token-lane kernel: their rows are dequantized once per
-    // batch, four at a time, and take the float one (pp64 of a 125M Q3_K_M model: 17.8 → 415
-    // tok/s; token by token, every row was dequantized again for every token).
     cfg!(target_arch = "x86_64")
         && isa >= Isa::Avx2
-        && matches!(
-            dtype,
-            DType::F32 | DType::F16 | DType::BF16 | DType::Q2_K | DType::Q3_K
-        )
+        && matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
 }
 
-/// Rows of F32/F16/BF16 (or Q2_K/Q3_K) weights times every token of `tiles`:
-/// `out[r · n_groups·8 + t]`. Four rows at a time are converted (dequantized) to f32 into
-/// `rows_f32` (≥ 4·cols) and multiplied with
+/// Rows of F32/F16/BF16 weights times every token of `tiles`: `out[r · n_groups·8 + t]`.
+/// Four rows at a time are converted to f32 into `rows_f32` (≥ 4·cols) and multiplied with
 /// each group of eight tokens: per element, one load of the eight tokens' values serves four
 /// rows' broadcast weights.
 pub fn gemm_rows_f(

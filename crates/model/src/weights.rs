@@ -479,13 +479,10 @@ pub fn matmul(
             ActKind::Q8K => ActKind::Q8K,
             _ => ActKind::Q8,
         }
-    } else if n >= GROUP
-        && (act_kind(w.dtype) == ActKind::F16 || matches!(w.dtype, DType::Q2_K | DType::Q3_K))
-    {
+    } else if n >= GROUP && act_kind(w.dtype) == ActKind::F16 {
         // Batches of prompt tokens keep f32 activations with F16 weights (the float tile
-        // kernel reads them; the f16 form only pays in decode, where the weights stream) and
-        // with Q2_K/Q3_K (dequantized into the float tile kernel; Q8_K only in decode), and
-        // so does the scalar path, so that both compute the same thing.
+        // kernel reads them; the f16 form only pays in decode, where the weights stream),
+        // and so does the scalar path, so that both compute the same thing.
         ActKind::F32
     } else {
         act_kind(w.dtype)
