@@ -332,7 +332,8 @@ impl Prepared {
     }
 
     /// The token-lane tiles of the activations in `kind` (Q8 or Q8K, already quantized),
-    /// interleaved by the pool's threads, a share of the groups of eight tokens each.
+    /// interleaved by the pool's threads, a share of the groups of eight tokens each (from 64
+    /// tokens; fewer on this thread).
     fn ensure_tiles(
         &mut self,
         kind: ActKind,
@@ -346,6 +347,15 @@ impl Prepared {
         } else {
             (&mut self.tiles, &mut self.tiles_ready)
         };
+        if !*ready && n < 64 {
+            // A few tokens (decode steps of several sequences): one thread, no list of groups.
+            if k {
+                tiles.build_k(&self.q8k[..n], cols / 32);
+            } else {
+                tiles.build(&self.q8[..n], cols / 32);
+            }
+            *ready = true;
+        }
         if !*ready {
             let mut groups = tiles.groups(n, cols / 32, k);
             let ng = groups.len();
