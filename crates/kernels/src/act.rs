@@ -39,6 +39,8 @@ impl Q8Row {
     /// [`Q8Row::quantize`] with AVX2 where `isa` has it (the same bits; tested).
     pub fn quantize_isa(&mut self, isa: Isa, x: &[f32]) {
         self.resize(x.len());
+        // Mutated only where the x86_64 block below is compiled.
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]
         if isa >= Isa::Avx2 {
@@ -150,6 +152,8 @@ impl Q8KRow {
     /// [`Q8KRow::quantize`] with AVX2 where `isa` has it (the same bits; tested).
     pub fn quantize_isa(&mut self, isa: Isa, x: &[f32]) {
         self.resize(x.len());
+        // Mutated only where the x86_64 block below is compiled.
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut done = 0;
         #[cfg(target_arch = "x86_64")]
         if isa >= Isa::Avx2 {
@@ -272,6 +276,8 @@ const F16_MAX: f32 = 65504.0;
 /// [`to_f16_scalar`]; the results are bit-identical.
 pub fn to_f16(isa: Isa, x: &[f32], out: &mut [f16]) {
     let n = x.len().min(out.len());
+    // Mutated only where the x86_64 block below is compiled.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 {

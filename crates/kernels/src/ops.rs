@@ -139,15 +139,21 @@ pub fn rope(
     let p = pos as f32 * freq_scale;
     for (i, &f) in inv_freq.iter().enumerate().take(n_rot / 2) {
         let (sin, cos) = (p * f).sin_cos();
-        let (ia, ib) = match layout {
-            RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-            RopeLayout::NeoX => (i, i + n_rot / 2),
-        };
-        let a = head[ia];
-        let b = head[ib];
-        head[ia] = a * cos - b * sin;
-        head[ib] = a * sin + b * cos;
+        rotate_pair(head, i, n_rot, layout, cos, sin);
     }
+}
+
+/// Rotates pair i of a head (interleaved: dimensions 2i, 2i + 1; NeoX: i, i + n_rot/2).
+#[inline(always)]
+fn rotate_pair(head: &mut [f32], i: usize, n_rot: usize, layout: RopeLayout, cos: f32, sin: f32) {
+    let (ia, ib) = match layout {
+        RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+        RopeLayout::NeoX => (i, i + n_rot / 2),
+    };
+    let a = head[ia];
+    let b = head[ib];
+    head[ia] = a * cos - b * sin;
+    head[ib] = a * sin + b * cos;
 }
 
 /// The angles of [`rope`] at `pos` as `cs[2i]` = cos φ_i, `cs[2i + 1]` = sin φ_i (n_rot
@@ -164,15 +170,7 @@ pub fn rope_angles(n_rot: usize, pos: usize, freq_scale: f32, inv_freq: &[f32], 
 /// [`rope`] with the angles from [`rope_angles`] (the same results, to the bit).
 pub fn rope_with(head: &mut [f32], n_rot: usize, cs: &[f32], layout: RopeLayout) {
     for i in 0..n_rot / 2 {
-        let (cos, sin) = (cs[2 * i], cs[2 * i + 1]);
-        let (ia, ib) = match layout {
-            RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-            RopeLayout::NeoX => (i, i + n_rot / 2),
-        };
-        let a = head[ia];
-        let b = head[ib];
-        head[ia] = a * cos - b * sin;
-        head[ib] = a * sin + b * cos;
+        rotate_pair(head, i, n_rot, layout, cs[2 * i], cs[2 * i + 1]);
     }
 }
 
@@ -265,6 +263,8 @@ fn hsum8(l: [f32; 8]) -> f32 {
 /// SiLU(g) ⊙ u into g with [`exp_poly`]; `isa` ≥ AVX2 runs eight at a time, same bits.
 pub fn silu_mul_fast(isa: Isa, g: &mut [f32], u: &[f32]) {
     let n = g.len().min(u.len());
+    // Mutated only where the x86_64 block below is compiled.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 {
@@ -295,6 +295,8 @@ pub unsafe fn transpose16(
     stride: usize,
 ) {
     assert!(n <= width && t.len() >= 16 * width);
+    // Mutated only where the x86_64 block below is compiled.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 {

@@ -275,7 +275,7 @@ impl SharedOut {
         unsafe { self.ptr.add(i).write(v) }
     }
 
-    /// The address of index `i`, for a writer that will touch indices up to `end` (< len,
+    /// The address of index `i`, for a writer that will touch indices `i..end` (end ≤ len,
     /// asserted).
     #[inline]
     pub(crate) fn ptr_at(&self, i: usize, end: usize) -> *mut f32 {
