@@ -156,6 +156,21 @@ pub fn deq_q2_k(blocks: &[BlockQ2K], dst: &mut [f32]) {
 /// where a loop per scale cost more than the block's products).
 #[inline]
 pub(crate) fn q3k_scales(packed: &[u8; 12]) -> [i8; 16] {
+    let (lo, hi) = q3k_scale_words(packed);
+    let mut out = [0i8; 16];
+    for (o, b) in out
+        .iter_mut()
+        .zip(lo.to_le_bytes().into_iter().chain(hi.to_le_bytes()))
+    {
+        *o = (b as i32 - 32) as i8;
+    }
+    out
+}
+
+/// [`q3k_scales`] before the bias: the sixteen 6-bit values as the bytes of two words
+/// (scales 0..8, 8..16), for kernels that take them into a vector register as they are.
+#[inline]
+pub(crate) fn q3k_scale_words(packed: &[u8; 12]) -> (u64, u64) {
     const NIB: u64 = 0x0F0F_0F0F_0F0F_0F0F;
     const TWO: u32 = 0x0303_0303;
     let a = u64::from_le_bytes([
@@ -166,14 +181,7 @@ pub(crate) fn q3k_scales(packed: &[u8; 12]) -> [i8; 16] {
     let high = |g: u32| ((h >> (2 * g)) & TWO) as u64;
     let lo = (a & NIB) | (high(0) | high(1) << 32) << 4;
     let hi = ((a >> 4) & NIB) | (high(2) | high(3) << 32) << 4;
-    let mut out = [0i8; 16];
-    for (o, b) in out
-        .iter_mut()
-        .zip(lo.to_le_bytes().into_iter().chain(hi.to_le_bytes()))
-    {
-        *o = (b as i32 - 32) as i8;
-    }
-    out
+    (lo, hi)
 }
 
 /// x = d·(scale − 32)·(q − (high bit clear ? 4 : 0)), q = 2 low bits.

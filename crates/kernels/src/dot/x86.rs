@@ -1459,14 +1459,7 @@ macro_rules! kernels {
                 );
                 let mut facc = [_mm256_setzero_ps(); N];
                 for (b, wb) in w.iter().enumerate() {
-                    let (sc, mins) = wb.scales_mins();
-                    // SAFETY: 16 bytes each.
-                    let (sc8, m8) = unsafe {
-                        (
-                            _mm_loadu_si128(sc.as_ptr().cast()),
-                            _mm_loadu_si128(mins.as_ptr().cast()),
-                        )
-                    };
+                    let (sc8, m8) = wb.scales_mins();
                     let sc16 = _mm256_cvtepi8_epi16(sc8);
                     // SAFETY: 32 bytes of hmask (Q3_K; Q2_K's are unused zeros).
                     let hm = unsafe { _mm256_loadu_si256(wb.hmask().as_ptr().cast()) };
@@ -1548,8 +1541,10 @@ macro_rules! kernels {
 /// What the Q2_K / Q3_K kernels read of a block.
 trait LowBitK {
     /// The sixteen group scales as i8 (Q3_K: the 6-bit values minus 32) and, for Q2_K, the
-    /// sixteen mins (Q3_K: zeros).
-    fn scales_mins(&self) -> ([i8; 16], [i8; 16]);
+    /// sixteen mins (Q3_K: zeros), in vector registers: built there from the block's bytes (a
+    /// byte array written value by value and loaded as one vector would stall the load on
+    /// store forwarding).
+    fn scales_mins(&self) -> (__m128i, __m128i);
     fn qs(&self) -> &[u8; QK_K / 4];
     /// The high bits (Q3_K; Q2_K: zeros).
     fn hmask(&self) -> &[u8; QK_K / 8];
@@ -1559,11 +1554,16 @@ trait LowBitK {
 
 impl LowBitK for BlockQ2K {
     #[inline(always)]
-    fn scales_mins(&self) -> ([i8; 16], [i8; 16]) {
-        (
-            self.scales.map(|s| (s & 0x0F) as i8),
-            self.scales.map(|s| (s >> 4) as i8),
-        )
+    fn scales_mins(&self) -> (__m128i, __m128i) {
+        // SAFETY: SSE2 is part of x86_64; 16 scale bytes.
+        unsafe {
+            let raw = _mm_loadu_si128(self.scales.as_ptr().cast());
+            let m4 = _mm_set1_epi8(0x0F);
+            (
+                _mm_and_si128(raw, m4),
+                _mm_and_si128(_mm_srli_epi16(raw, 4), m4),
+            )
+        }
     }
     #[inline(always)]
     fn qs(&self) -> &[u8; QK_K / 4] {
@@ -1582,8 +1582,15 @@ impl LowBitK for BlockQ2K {
 
 impl LowBitK for BlockQ3K {
     #[inline(always)]
-    fn scales_mins(&self) -> ([i8; 16], [i8; 16]) {
-        (crate::dequant::q3k_scales(&self.scales), [0; 16])
+    fn scales_mins(&self) -> (__m128i, __m128i) {
+        let (lo, hi) = crate::dequant::q3k_scale_words(&self.scales);
+        // SAFETY: SSE2 is part of x86_64.
+        unsafe {
+            (
+                _mm_sub_epi8(_mm_set_epi64x(hi as i64, lo as i64), _mm_set1_epi8(32)),
+                _mm_setzero_si128(),
+            )
+        }
     }
     #[inline(always)]
     fn qs(&self) -> &[u8; QK_K / 4] {
