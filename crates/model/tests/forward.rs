@@ -473,3 +473,33 @@ fn quantized_paged_caches() {
         Err(KvError::HeadDim { .. })
     ));
 }
+
+/// A prompt long enough that every step splits across threads — the element-wise steps (from
+/// 64 Ki values), the tile building (from 64 tokens), the matrix products and the attention —
+/// gives the same logits, to the bit, on one thread and on two: each value is computed by one
+/// thread whatever the split.
+#[test]
+fn threads_do_not_change_a_long_prompt() {
+    for dtype in [DType::Q4_K, DType::Q4_0, DType::F16] {
+        let spec = SynthSpec::named("test", dtype, 7).unwrap();
+        let bytes = synth_gguf(&spec).unwrap().to_bytes();
+        let model = Llama::load(Arc::new(GgufFile::from_bytes("t.gguf", bytes).unwrap())).unwrap();
+        // 600 tokens × 256 dimensions: two threads' worth of element-wise work.
+        let tokens: Vec<u32> = (0..600).map(|i| (i * 37 % 512) as u32).collect();
+        let run = |p| {
+            let mut kv = model.new_cache(640).unwrap();
+            let mut s = Scratch::new();
+            model
+                .forward(&tokens, &mut kv, &mut s, Logits::All, p)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        let (one, two) = (run(pool(1)), run(pool(2)));
+        assert!(
+            one == two,
+            "{dtype}: logits differ between one and two threads"
+        );
+    }
+}
