@@ -6,6 +6,7 @@ use std::time::Instant;
 use tuili_core::DType;
 use tuili_kernels::act::{Q8KRow, Q8Row};
 use tuili_kernels::cpu::Isa;
+use tuili_kernels::dot::{act_kind, ActKind};
 use tuili_kernels::gemm::{gemm_rows, supports, Q8Tiles};
 
 fn env(name: &str, default: usize) -> usize {
@@ -40,30 +41,12 @@ fn main() {
             .map(|t| (0..cols).map(|i| ((i + t) as f32 * 0.37).sin()).collect())
             .collect();
         // K-quants take activations quantized per super-block (as the model gives them).
-        let k = matches!(
-            dtype,
-            DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K
-        );
         let mut tiles = Q8Tiles::default();
-        if k {
-            let q8k: Vec<Q8KRow> = xs
-                .iter()
-                .map(|x| {
-                    let mut q = Q8KRow::default();
-                    q.quantize(x);
-                    q
-                })
-                .collect();
+        if act_kind(dtype) == ActKind::Q8K {
+            let q8k: Vec<Q8KRow> = xs.iter().map(|x| Q8KRow::from_f32(x)).collect();
             tiles.build_k(&q8k, cols / 32);
         } else {
-            let q8: Vec<Q8Row> = xs
-                .iter()
-                .map(|x| {
-                    let mut q = Q8Row::default();
-                    q.quantize(x);
-                    q
-                })
-                .collect();
+            let q8: Vec<Q8Row> = xs.iter().map(|x| Q8Row::from_f32(x)).collect();
             tiles.build(&q8, cols / 32);
         }
         let width = tiles.n_groups * 8;

@@ -56,22 +56,8 @@ fn main() {
         let xs: Vec<Vec<f32>> = (0..4)
             .map(|t| (0..cols).map(|i| ((i + t) as f32 * 0.37).sin()).collect())
             .collect();
-        let q8: Vec<Q8Row> = xs
-            .iter()
-            .map(|x| {
-                let mut q = Q8Row::default();
-                q.quantize(x);
-                q
-            })
-            .collect();
-        let q8k: Vec<Q8KRow> = xs
-            .iter()
-            .map(|x| {
-                let mut q = Q8KRow::default();
-                q.quantize(x);
-                q
-            })
-            .collect();
+        let q8: Vec<Q8Row> = xs.iter().map(|x| Q8Row::from_f32(x)).collect();
+        let q8k: Vec<Q8KRow> = xs.iter().map(|x| Q8KRow::from_f32(x)).collect();
         let h: Vec<Vec<half::f16>> = xs
             .iter()
             .map(|x| x.iter().map(|&v| half::f16::from_f32(v)).collect())

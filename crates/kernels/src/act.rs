@@ -52,6 +52,13 @@ impl Q8Row {
         self.quantize_blocks(x, done);
     }
 
+    /// A new row quantized from `x` (scalar code; [`Q8Row::quantize`]).
+    pub fn from_f32(x: &[f32]) -> Q8Row {
+        let mut r = Q8Row::default();
+        r.quantize(x);
+        r
+    }
+
     /// Quantizes `x` (length a multiple of 32) into this row: d = max|x|/127, q = round(x/d).
     /// The scalar twin of [`Q8Row::quantize_isa`].
     pub fn quantize(&mut self, x: &[f32]) {
@@ -163,6 +170,13 @@ impl Q8KRow {
         }
         let _ = isa;
         self.quantize_blocks(x, done);
+    }
+
+    /// A new row quantized from `x` (scalar code; [`Q8KRow::quantize`]).
+    pub fn from_f32(x: &[f32]) -> Q8KRow {
+        let mut r = Q8KRow::default();
+        r.quantize(x);
+        r
     }
 
     /// Quantizes `x` (length a multiple of 256): d = max|x|/127 per super-block, q =
@@ -348,18 +362,24 @@ mod tests {
         }
     }
 
+    /// `nb` blocks of `block` values spanning nine decades, with block 1 zero, one huge value in
+    /// block 2, ±inf in block 4 and (last, where the vector loop hands over to the scalar one)
+    /// a NaN in the last block.
+    fn tricky(block: usize, nb: usize) -> Vec<f32> {
+        let mut x: Vec<f32> = (0..(block * nb) as i32)
+            .map(|i| (i as f32 * 0.37).sin() * 10f32.powi(i % 9 - 4))
+            .collect();
+        x[block..2 * block].fill(0.0);
+        x[2 * block + 6] = 3e38;
+        x[4 * block + 2] = f32::INFINITY;
+        x[4 * block + 3] = f32::NEG_INFINITY;
+        x[block * (nb - 1) + 5] = f32::NAN;
+        x
+    }
+
     #[test]
     fn q8_quantization_matches_scalar_twin() {
-        let mut x: Vec<f32> = (0..32 * 40)
-            .map(|i: i32| (i as f32 * 0.37).sin() * 10f32.powi(i % 9 - 4))
-            .collect();
-        // A zero block, a block with one huge value, one with ±inf, and (last, where the
-        // vector loop hands over to the scalar one) a block holding NaN.
-        x[32..64].fill(0.0);
-        x[70] = 3e38;
-        x[130] = f32::INFINITY;
-        x[131] = f32::NEG_INFINITY;
-        x[32 * 39 + 5] = f32::NAN;
+        let x = tricky(32, 40);
         let mut want = Q8Row::default();
         want.quantize(&x);
         for isa in Isa::available() {
@@ -375,15 +395,7 @@ mod tests {
 
     #[test]
     fn q8k_quantization_matches_scalar_twin() {
-        let mut x: Vec<f32> = (0..256 * 6)
-            .map(|i: i32| (i as f32 * 0.37).sin() * 10f32.powi(i % 9 - 4))
-            .collect();
-        // A zero super-block, one with a huge value, one with ±inf, and (last) one with NaN.
-        x[256..512].fill(0.0);
-        x[600] = 3e38;
-        x[800] = f32::INFINITY;
-        x[801] = f32::NEG_INFINITY;
-        x[256 * 5 + 17] = f32::NAN;
+        let x = tricky(256, 6);
         let mut want = Q8KRow::default();
         want.quantize(&x);
         for isa in Isa::available() {

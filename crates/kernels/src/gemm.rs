@@ -131,14 +131,12 @@ impl Q8Tiles {
     }
 
     /// Whether the kernels for `dtype` apply the activation scale once per super-block
-    /// (K-quant weights on tiles from [`Q8Tiles::build_k`]); others scale every block.
+    /// (the types whose dot products take Q8_K activations, `act_kind`: the K-quants, on tiles
+    /// from [`Q8Tiles::build_k`]); others scale every block.
     fn scales_per_superblock(&self, dtype: DType) -> bool {
         self.per_superblock
             && self.nb.is_multiple_of(QK_K / QK)
-            && matches!(
-                dtype,
-                DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K
-            )
+            && crate::dot::act_kind(dtype) == crate::dot::ActKind::Q8K
     }
 }
 

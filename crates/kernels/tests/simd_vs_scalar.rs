@@ -67,22 +67,8 @@ fn weights(dtype: DType, n: usize, rng: &mut Lcg) -> Vec<u8> {
 /// Each activation row in every prepared form: quantized both ways (blocks of 32, super-blocks
 /// of 256) and as f16.
 fn quantized(xs: &[Vec<f32>]) -> (Vec<Q8Row>, Vec<Q8KRow>, Vec<Vec<f16>>) {
-    let q8 = xs
-        .iter()
-        .map(|x| {
-            let mut r = Q8Row::default();
-            r.quantize(x);
-            r
-        })
-        .collect();
-    let q8k = xs
-        .iter()
-        .map(|x| {
-            let mut r = Q8KRow::default();
-            r.quantize(x);
-            r
-        })
-        .collect();
+    let q8 = xs.iter().map(|x| Q8Row::from_f32(x)).collect();
+    let q8k = xs.iter().map(|x| Q8KRow::from_f32(x)).collect();
     let h = xs
         .iter()
         .map(|x| {
@@ -252,22 +238,7 @@ fn gemm_rows_match_scalar_and_dot() {
             let xs: Vec<Vec<f32>> = (0..n_tok)
                 .map(|_| (0..cols).map(|_| rng.f()).collect())
                 .collect();
-            let q8: Vec<Q8Row> = xs
-                .iter()
-                .map(|x| {
-                    let mut r = Q8Row::default();
-                    r.quantize(x);
-                    r
-                })
-                .collect();
-            let q8k: Vec<Q8KRow> = xs
-                .iter()
-                .map(|x| {
-                    let mut r = Q8KRow::default();
-                    r.quantize(x);
-                    r
-                })
-                .collect();
+            let (q8, q8k, _) = quantized(&xs);
             // Tiles of Q8_0 rows, and of Q8_K rows (a scale per super-block: the K-quant
             // kernels apply it once per super-block; the others per block, as it repeats).
             for k_tiles in [false, true] {
