@@ -9,13 +9,15 @@ use half::f16;
 /// An activation row quantized to int8 in blocks of 32: x ≈ d[b]·q[i]; `isum[b]` = Σ q over
 /// the block (for weight types with an offset: Q4_1, Q5_1, and the VNNI unsigned trick), and
 /// `dsum[b]` = d[b]·isum[b] (the same in floats: Q4_0's −8 offset, once per block for eight
-/// rows in the eight-row kernel).
+/// rows in the eight-row kernel). `qp` is empty, or after [`Q8Row::regroup`] the quants of
+/// every whole group of eight blocks in the order the one-row VBMI Q4_0 kernel reads them.
 #[derive(Debug, Clone, Default)]
 pub struct Q8Row {
     pub qs: Vec<i8>,    // [n]
     pub d: Vec<f32>,    // [n/32]
     pub isum: Vec<i32>, // [n/32]
     pub dsum: Vec<f32>, // [n/32]
+    pub qp: Vec<i8>,    // [n/256 · 256] or []
 }
 
 /// An activation row quantized to int8 in super-blocks of 256 (K-quants): x ≈ d[b]·q[i];
@@ -34,6 +36,30 @@ impl Q8Row {
         self.d.resize(n / QK, 0.0);
         self.isum.resize(n / QK, 0);
         self.dsum.resize(n / QK, 0.0);
+        // Whatever was regrouped belonged to the old quants.
+        self.qp.clear();
+    }
+
+    /// Fills `qp`: per group of eight blocks (256 quants), the first halves (elements 0..16)
+    /// of blocks 0..4, their second halves, then the same for blocks 4..8. A Q4_0 block's
+    /// byte i holds element i (low nibble) and i + 16 (high nibble), so four blocks' nibble
+    /// bytes side by side, masked or shifted, line up with these 64-byte runs (see
+    /// `dot::x86::vbmi`). Blocks after the last whole group are left out (the kernel reads
+    /// them from `qs`). Allocates only when growing; a few thousand byte copies per token.
+    pub fn regroup(&mut self) {
+        let groups = self.qs.len() / (8 * QK);
+        self.qp.resize(groups * 8 * QK, 0);
+        for (dst, src) in self
+            .qp
+            .chunks_exact_mut(4 * QK)
+            .zip(self.qs.chunks_exact(4 * QK))
+        {
+            // Four blocks: dst[16j + i] = src[32j + i], dst[64 + 16j + i] = src[32j + 16 + i].
+            for j in 0..4 {
+                dst[16 * j..16 * j + 16].copy_from_slice(&src[32 * j..32 * j + 16]);
+                dst[64 + 16 * j..64 + 16 * j + 16].copy_from_slice(&src[32 * j + 16..32 * j + 32]);
+            }
+        }
     }
 
     /// [`Q8Row::quantize`] with AVX2 where `isa` has it (the same bits; tested).
@@ -52,10 +78,11 @@ impl Q8Row {
         self.quantize_blocks(x, done);
     }
 
-    /// A new row quantized from `x` (scalar code; [`Q8Row::quantize`]).
+    /// A new row quantized from `x` (scalar code; [`Q8Row::quantize`]), regrouped.
     pub fn from_f32(x: &[f32]) -> Q8Row {
         let mut r = Q8Row::default();
         r.quantize(x);
+        r.regroup();
         r
     }
 

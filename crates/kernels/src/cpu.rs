@@ -13,6 +13,9 @@ pub enum Isa {
     Avx2,
     /// AVX2 kernels using AVX-512 VNNI's `vpdpbusd` on 256-bit vectors (AVX512F/BW/VL + VNNI).
     Avx512Vnni,
+    /// The above plus AVX-512 VBMI's byte permutes (`vpermt2b`; Ice Lake, Zen 4 and later):
+    /// a one-token Q4_0 kernel that reads each row as one stream of 64-byte loads.
+    Avx512Vbmi,
 }
 
 impl Isa {
@@ -22,6 +25,7 @@ impl Isa {
             Isa::Neon => "NEON",
             Isa::Avx2 => "AVX2",
             Isa::Avx512Vnni => "AVX512-VNNI",
+            Isa::Avx512Vbmi => "AVX512-VBMI",
         }
     }
 
@@ -31,13 +35,14 @@ impl Isa {
         let all: &[Isa] = if cfg!(target_arch = "aarch64") {
             &[Isa::Scalar, Isa::Neon]
         } else {
-            &[Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni]
+            &[Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Avx512Vbmi]
         };
         all.iter().copied().filter(|i| *i <= best).collect()
     }
 }
 
-/// The best ISA of this CPU, detected once. `TUILI_ISA=scalar|avx2` caps it (for comparisons).
+/// The best ISA of this CPU, detected once. `TUILI_ISA=scalar|avx2|avx512vnni` caps it (for
+/// comparisons).
 pub fn detect() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
@@ -45,6 +50,7 @@ pub fn detect() -> Isa {
         match std::env::var("TUILI_ISA").ok().as_deref() {
             Some("scalar") => Isa::Scalar,
             Some("avx2") => hw.min(Isa::Avx2),
+            Some("avx512vnni") => hw.min(Isa::Avx512Vnni),
             _ => hw,
         }
     })
@@ -60,7 +66,9 @@ fn hardware() -> Isa {
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512vnni");
-    if vnni {
+    if vnni && is_x86_feature_detected!("avx512vbmi") {
+        Isa::Avx512Vbmi
+    } else if vnni {
         Isa::Avx512Vnni
     } else if avx2 {
         Isa::Avx2

@@ -364,3 +364,66 @@ fn gemm_rows_f_match_scalar() {
         }
     }
 }
+
+/// One token against Q4_0 rows whose block count is not a multiple of eight (the one-row
+/// VBMI kernel's leftover blocks), regrouped and not: a row quantized again without
+/// `regroup` must not be read through the old regrouping (it falls back to the other
+/// kernels), and both must match the scalar twin.
+#[test]
+fn q4_0_one_token_rows_with_leftover_blocks() {
+    let mut rng = Lcg(11);
+    for blocks in [1usize, 3, 8, 9, 15, 64 + 7] {
+        let n = 32 * blocks;
+        let rows = 11;
+        let w: Vec<u8> = (0..rows)
+            .flat_map(|_| weights(DType::Q4_0, n, &mut rng))
+            .collect();
+        let rb = w.len() / rows;
+        let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+        let mut tmp = vec![0f32; n];
+        let mut q = Q8Row::from_f32(&x);
+        let mut reference = vec![0f32; rows];
+        for r in 0..rows {
+            dot_many(
+                Isa::Scalar,
+                DType::Q4_0,
+                &w[r * rb..(r + 1) * rb],
+                &[ActRef::Q8(&q)],
+                &mut reference[r..r + 1],
+                &mut tmp,
+            );
+        }
+        let check = |q: &Q8Row, reference: &[f32], what: &str, tmp: &mut [f32]| {
+            for isa in Isa::available() {
+                let mut got = vec![f32::NAN; rows];
+                dot_rows(isa, DType::Q4_0, &w, rb, &[ActRef::Q8(q)], &mut got, tmp);
+                for (r, (g, want)) in got.iter().zip(reference).enumerate() {
+                    let tol = 1e-5 * want.abs().max(1.0) + 1e-4;
+                    assert!(
+                        (g - want).abs() <= tol,
+                        "{blocks} blocks, {what}, {}: row {r} {g} vs scalar {want}",
+                        isa.name()
+                    );
+                }
+            }
+        };
+        check(&q, &reference, "regrouped", &mut tmp);
+        // Another activation, quantized without regrouping: `qp` must be dropped.
+        let y: Vec<f32> = x.iter().map(|v| -0.5 * v).collect();
+        q.quantize_isa(Isa::available().into_iter().last().unwrap(), &y);
+        assert!(q.qp.is_empty());
+        for r in 0..rows {
+            dot_many(
+                Isa::Scalar,
+                DType::Q4_0,
+                &w[r * rb..(r + 1) * rb],
+                &[ActRef::Q8(&q)],
+                &mut reference[r..r + 1],
+                &mut tmp,
+            );
+        }
+        check(&q, &reference, "not regrouped", &mut tmp);
+        q.regroup();
+        check(&q, &reference, "regrouped again", &mut tmp);
+    }
+}

@@ -149,6 +149,19 @@ pub fn dot_rows(
             return true;
         }
     }
+    // One token, Q4_0, a regrouped activation and VBMI: one row at a time, each read as one
+    // stream (`vbmi`).
+    if let (DType::Q4_0, true, [ActRef::Q8(q)]) = (dtype, isa >= Isa::Avx512Vbmi, acts) {
+        if q.qp.len() == n / (8 * QK) * 8 * QK {
+            // SAFETY: Isa::Avx512Vbmi is only reported when AVX-512 F/BW/VL/VNNI/VBMI, AVX2,
+            // FMA and F16C are present; `row_geometry` and `fits` checked that `w` is n_rows
+            // whole rows of whole Q4_0 blocks, that `out` holds a value per row and that the
+            // activation holds as many quants, scales and sums; `qp` covers every whole
+            // group of eight blocks.
+            unsafe { vbmi::q4_0_rows(w, row_bytes, q, out) };
+            return true;
+        }
+    }
     if let (DType::Q4_0, true, Some(qs)) = (dtype, nt <= 4, gather(acts, pick_q8)) {
         while first_row + 8 <= n_rows {
             let wr = &w[first_row * row_bytes..(first_row + 8) * row_bytes];
@@ -1685,3 +1698,176 @@ kernels!(
     dpw_vnni,
     true
 );
+
+/// One-token kernels with AVX-512 VBMI's two-table byte permute (`vpermt2b`).
+///
+/// The eight-row kernels above read eight rows side by side, so the memory sees eight short
+/// interleaved streams and software prefetch has to carry them; every block also pays scalar
+/// work to gather eight rows' scales. Here one row is read front to back in 64-byte loads:
+/// eight Q4_0 blocks are 144 contiguous bytes (three loads), and two `vpermt2b` pick out the
+/// four-block runs of nibble bytes, a third the eight f16 scales. The activation row was
+/// regrouped once per token ([`Q8Row::regroup`]) so that those nibble runs, masked (elements
+/// 0..16 of each block) or shifted (16..32), multiply it with plain 64-byte loads.
+pub(super) mod vbmi {
+    use super::*;
+
+    /// How far ahead (bytes) the one-row kernels prefetch (measured from memory, one
+    /// thread: 4 KB 18.7, 8 KB 22.6, 16 KB 23.4, 32 KB 23.7 GB/s; none 16.6).
+    const VPF: usize = 16384;
+
+    /// Byte k of the 128 bytes [v0 | v1] that lands in lane i, for four blocks of 18 bytes
+    /// starting at block `first` (relative to the first load `skip` bytes in): nibble byte
+    /// i % 16 of block first + i / 16, after its two scale bytes.
+    /// (`valid`: how many of the 128 bytes were loaded; checked when the tables are built.)
+    const fn nibble_index(first: usize, skip: usize, valid: usize) -> [u8; 64] {
+        let mut idx = [0u8; 64];
+        let mut i = 0;
+        while i < 64 {
+            let k = 18 * (first + i / 16) + 2 + i % 16 - skip;
+            assert!(k < valid);
+            idx[i] = k as u8;
+            i += 1;
+        }
+        idx
+    }
+
+    /// Bytes 0..16 ← the eight blocks' f16 scales (block j's at 18j); the rest unused.
+    const fn scale_index() -> [u8; 64] {
+        let mut idx = [0u8; 64];
+        let mut i = 0;
+        while i < 16 {
+            idx[i] = (18 * (i / 2) + i % 2) as u8;
+            i += 1;
+        }
+        idx
+    }
+
+    /// Blocks 0..4 of a group from [bytes 0..64 | 64..128]; blocks 4..8 from
+    /// [64..128 | 128..144]; the scales from [0..64 | 64..128] (block 7's ends at 128).
+    static NIB_LO: [u8; 64] = nibble_index(0, 0, 128);
+    static NIB_HI: [u8; 64] = nibble_index(4, 64, 64 + 16);
+    static SCALES: [u8; 64] = scale_index();
+
+    /// Q4_0 rows · one Q8 activation (one token): `out[r]` = row r · a, for the rows of
+    /// `rb` bytes in `w`. Per row Σ_b d_w·d_a·Σ_i (u_i − 8)·a_i with the nibbles u = q + 8.
+    /// Per group of eight blocks the integer sums of four blocks share one 16-lane
+    /// accumulator (four lanes a block, two `vpdpbusd`: low nibbles, then high), converted
+    /// once and multiplied by the blocks' d_w·d_a spread four lanes each. The −8 comes off at
+    /// the end as 8·Σ_b d_w·(d_a·Σa) (`Q8Row::dsum`). Blocks after the last whole group of
+    /// eight go one at a time.
+    ///
+    /// The rows are one stream; software prefetch runs [`VPF`] bytes ahead of it, but not
+    /// past the end of `w`: the bytes after it are another thread's rows, which it read at
+    /// the same time as these, so a prefetch there would fetch them a second time.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/VNNI/VBMI, AVX2, FMA and F16C; `w` is whole rows of whole
+    /// Q4_0 blocks (`rb` bytes each, `out` one value per row); `a` holds as many quants,
+    /// scales and sums as a row has elements, and `a.qp` is regrouped for every whole group
+    /// of eight of them.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    pub(super) unsafe fn q4_0_rows(w: &[u8], rb: usize, a: &Q8Row, out: &mut [f32]) {
+        const BB: usize = std::mem::size_of::<BlockQ4_0>();
+        let nb = rb / BB;
+        let groups = nb / 8;
+        debug_assert!(rb.is_multiple_of(BB) && w.len().is_multiple_of(rb));
+        debug_assert!(out.len() >= w.len() / rb);
+        debug_assert!(a.qp.len() == groups * 256 && a.qs.len() >= nb * QK);
+        debug_assert!(a.d.len() >= nb && a.dsum.len() >= nb);
+        let m4 = _mm512_set1_epi8(0x0F);
+        // SAFETY: 64-byte tables.
+        let (nib_lo, nib_hi, scales) = unsafe {
+            (
+                _mm512_loadu_si512(NIB_LO.as_ptr().cast()),
+                _mm512_loadu_si512(NIB_HI.as_ptr().cast()),
+                _mm512_loadu_si512(SCALES.as_ptr().cast()),
+            )
+        };
+        // Block j's d_w·d_a into lanes 4j..4j+4 (blocks 0..4; +4 for blocks 4..8).
+        let spread_lo = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        let spread_hi = _mm512_add_epi32(spread_lo, _mm512_set1_epi32(4));
+        let m4y = _mm256_set1_epi8(0x0F);
+        let shifts = _mm256_setr_epi64x(0, 0, 4, 4);
+        // Prefetches stop here (one past the last byte of `w`).
+        let end = w.as_ptr().wrapping_add(w.len());
+        for (r, o) in out.iter_mut().enumerate().take(w.len() / rb) {
+            let wp = w[r * rb..].as_ptr();
+            let mut f_lo = _mm512_setzero_ps();
+            let mut f_hi = _mm512_setzero_ps();
+            // Σ_b d_w·d_a·Σa, for the −8.
+            let mut corr = _mm256_setzero_ps();
+            for g in 0..groups {
+                // SAFETY (whole loop body): group g is bytes 144g..144g + 144 of the row (the
+                // third load takes 16 bytes: 128..144); activation group g is
+                // qp[256g..256g + 256], d and dsum [8g..8g + 8]. Prefetch addresses are
+                // checked against `end` (a prefetch never faults, but stays in our rows).
+                unsafe {
+                    let p = wp.add(8 * BB * g);
+                    let ahead = p.wrapping_add(VPF);
+                    if ahead < end {
+                        for l in 0..3 {
+                            _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * l).cast());
+                        }
+                    }
+                    let v0 = _mm512_loadu_si512(p.cast());
+                    let v1 = _mm512_loadu_si512(p.add(64).cast());
+                    let v2 = _mm512_zextsi128_si512(_mm_loadu_si128(p.add(128).cast()));
+                    let q_lo = _mm512_permutex2var_epi8(v0, nib_lo, v1);
+                    let q_hi = _mm512_permutex2var_epi8(v1, nib_hi, v2);
+                    let dw = _mm256_cvtph_ps(_mm512_castsi512_si128(_mm512_permutex2var_epi8(
+                        v0, scales, v1,
+                    )));
+                    let ap = a.qp.as_ptr().add(256 * g);
+                    let act = |k: usize| _mm512_loadu_si512(ap.add(64 * k).cast());
+                    let lo_nib = |q: __m512i| _mm512_and_si512(q, m4);
+                    let hi_nib = |q: __m512i| _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+                    let z = _mm512_setzero_si512();
+                    let acc_lo = _mm512_dpbusd_epi32(
+                        _mm512_dpbusd_epi32(z, lo_nib(q_lo), act(0)),
+                        hi_nib(q_lo),
+                        act(1),
+                    );
+                    let acc_hi = _mm512_dpbusd_epi32(
+                        _mm512_dpbusd_epi32(z, lo_nib(q_hi), act(2)),
+                        hi_nib(q_hi),
+                        act(3),
+                    );
+                    let s = _mm256_mul_ps(dw, _mm256_loadu_ps(a.d.as_ptr().add(8 * g)));
+                    corr = _mm256_fmadd_ps(dw, _mm256_loadu_ps(a.dsum.as_ptr().add(8 * g)), corr);
+                    let s = _mm512_castps256_ps512(s);
+                    f_lo = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(acc_lo),
+                        _mm512_permutexvar_ps(spread_lo, s),
+                        f_lo,
+                    );
+                    f_hi = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(acc_hi),
+                        _mm512_permutexvar_ps(spread_hi, s),
+                        f_hi,
+                    );
+                }
+            }
+            let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(f_lo, f_hi));
+            let mut c = hsum(corr);
+            // The last nb % 8 blocks: elements 0..16 in the low half of a vector, 16..32 in
+            // the high half, against the activation block as it is.
+            for b in 8 * groups..nb {
+                // SAFETY: block b is within the row (16 nibble bytes after the scale);
+                // activation block b within `a.qs`, `a.d`, `a.dsum`.
+                unsafe {
+                    let p = wp.add(BB * b);
+                    let raw = _mm256_broadcastsi128_si256(_mm_loadu_si128(p.add(2).cast()));
+                    let u = _mm256_and_si256(_mm256_srlv_epi64(raw, shifts), m4y);
+                    let q = _mm256_loadu_si256(a.qs.as_ptr().add(QK * b).cast());
+                    let isum = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, q);
+                    let dw = f16::from_bits(u16::from_le_bytes([*p, *p.add(1)])).to_f32();
+                    // At most 32·15·128 in magnitude: exact in f32.
+                    let v = hsum(_mm256_cvtepi32_ps(isum));
+                    sum += dw * *a.d.get_unchecked(b) * v;
+                    c += dw * *a.dsum.get_unchecked(b);
+                }
+            }
+            *o = sum - 8.0 * c;
+        }
+    }
+}
