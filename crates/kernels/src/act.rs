@@ -21,12 +21,16 @@ pub struct Q8Row {
 }
 
 /// An activation row quantized to int8 in super-blocks of 256 (K-quants): x ≈ d[b]·q[i];
-/// `bsums[g]` = Σ q over each group of 16.
+/// `bsums[g]` = Σ q over each group of 16. `qp` and `ssum` are empty, or after
+/// [`Q8KRow::regroup`] the quants in the order the one-row VBMI Q4_K kernel reads them and
+/// the sums over each sub-block of 32.
 #[derive(Debug, Clone, Default)]
 pub struct Q8KRow {
     pub qs: Vec<i8>,     // [n]
     pub d: Vec<f32>,     // [n/256]
     pub bsums: Vec<i32>, // [n/16]
+    pub qp: Vec<i8>,     // [n] or []
+    pub ssum: Vec<i16>,  // [n/32] or []
 }
 
 impl Q8Row {
@@ -181,6 +185,32 @@ impl Q8KRow {
         self.qs.resize(n, 0);
         self.d.resize(n / QK_K, 0.0);
         self.bsums.resize(n / 16, 0);
+        // Whatever was regrouped belonged to the old quants.
+        self.qp.clear();
+        self.ssum.clear();
+    }
+
+    /// Fills `qp` and `ssum`. A Q4_K super-block's nibble bytes 0..64 hold sub-blocks 0 and 2
+    /// (low nibbles) and 1 and 3 (high), bytes 64..128 sub-blocks 4, 6 and 5, 7; `qp` puts
+    /// each super-block's sub-blocks of 32 quants in that order (0, 2, 1, 3, 4, 6, 5, 7), so
+    /// the masked or shifted nibble bytes multiply it with plain 64-byte loads (see
+    /// `dot::x86::vbmi`). `ssum[s]` = Σ q over sub-block s (|·| ≤ 32·127: fits i16), for the
+    /// mins. Allocates only when growing.
+    pub fn regroup(&mut self) {
+        const ORDER: [usize; 8] = [0, 2, 1, 3, 4, 6, 5, 7];
+        self.qp.resize(self.qs.len(), 0);
+        for (dst, src) in self
+            .qp
+            .chunks_exact_mut(QK_K)
+            .zip(self.qs.chunks_exact(QK_K))
+        {
+            for (k, &s) in ORDER.iter().enumerate() {
+                dst[32 * k..32 * k + 32].copy_from_slice(&src[32 * s..32 * s + 32]);
+            }
+        }
+        self.ssum.clear();
+        self.ssum
+            .extend(self.bsums.chunks_exact(2).map(|p| (p[0] + p[1]) as i16));
     }
 
     /// [`Q8KRow::quantize`] with AVX2 where `isa` has it (the same bits; tested).
@@ -199,10 +229,11 @@ impl Q8KRow {
         self.quantize_blocks(x, done);
     }
 
-    /// A new row quantized from `x` (scalar code; [`Q8KRow::quantize`]).
+    /// A new row quantized from `x` (scalar code; [`Q8KRow::quantize`]), regrouped.
     pub fn from_f32(x: &[f32]) -> Q8KRow {
         let mut r = Q8KRow::default();
         r.quantize(x);
+        r.regroup();
         r
     }
 

@@ -427,3 +427,59 @@ fn q4_0_one_token_rows_with_leftover_blocks() {
         check(&q, &reference, "regrouped again", &mut tmp);
     }
 }
+
+/// The same for Q4_K's one-row kernel: a Q8_K activation quantized again without `regroup`
+/// drops its regrouped quants and sub-block sums, and every path matches the scalar twin.
+#[test]
+fn q4_k_one_token_rows_regrouped_or_not() {
+    let mut rng = Lcg(12);
+    let (n, rows) = (3 * 256, 9);
+    let w: Vec<u8> = (0..rows)
+        .flat_map(|_| weights(DType::Q4_K, n, &mut rng))
+        .collect();
+    let rb = w.len() / rows;
+    let mut tmp = vec![0f32; n];
+    let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+    let mut q = Q8KRow::from_f32(&x);
+    for round in 0..3 {
+        if round == 1 {
+            let y: Vec<f32> = x.iter().map(|v| 0.25 - v).collect();
+            q.quantize_isa(Isa::available().into_iter().last().unwrap(), &y);
+            assert!(q.qp.is_empty() && q.ssum.is_empty());
+        }
+        if round == 2 {
+            q.regroup();
+        }
+        let mut reference = vec![0f32; rows];
+        for r in 0..rows {
+            dot_many(
+                Isa::Scalar,
+                DType::Q4_K,
+                &w[r * rb..(r + 1) * rb],
+                &[ActRef::Q8K(&q)],
+                &mut reference[r..r + 1],
+                &mut tmp,
+            );
+        }
+        for isa in Isa::available() {
+            let mut got = vec![f32::NAN; rows];
+            dot_rows(
+                isa,
+                DType::Q4_K,
+                &w,
+                rb,
+                &[ActRef::Q8K(&q)],
+                &mut got,
+                &mut tmp,
+            );
+            for (r, (g, want)) in got.iter().zip(&reference).enumerate() {
+                let tol = 1e-5 * want.abs().max(1.0) + 1e-4;
+                assert!(
+                    (g - want).abs() <= tol,
+                    "round {round}, {}: row {r} {g} vs scalar {want}",
+                    isa.name()
+                );
+            }
+        }
+    }
+}

@@ -425,7 +425,12 @@ impl Prepared {
                 pool.run_with(threads, &|i, nt| {
                     for t in split(n, i, nt, 1) {
                         // SAFETY: token t belongs to this worker's range only.
-                        unsafe { rows.get(t) }.quantize_isa(isa, &x[t * cols..(t + 1) * cols]);
+                        let row = unsafe { rows.get(t) };
+                        row.quantize_isa(isa, &x[t * cols..(t + 1) * cols]);
+                        // One token: the one-row VBMI Q4_K kernel reads it regrouped.
+                        if n == 1 && isa >= Isa::Avx512Vbmi {
+                            row.regroup();
+                        }
                     }
                 });
                 self.q8k_ready = true;
