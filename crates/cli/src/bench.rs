@@ -38,6 +38,9 @@ pub struct BenchArgs {
     /// Also measure memory read bandwidth and print the decode roofline.
     #[arg(long)]
     pub membw: bool,
+    /// Read the model into memory (huge pages) instead of memory-mapping it.
+    #[arg(long)]
+    pub no_mmap: bool,
     /// Batched decoding: for each B, B sequences of --batch-ctx tokens decode n-gen steps
     /// together through the paged F16 KV cache (what `tuili serve` runs); aggregate tokens/s.
     #[arg(short = 'b', long = "batch", value_delimiter = ',')]
@@ -263,7 +266,7 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
             "--threads {bad}: must be between 1 and 1024"
         )));
     }
-    let file = Arc::new(GgufFile::open(&a.model)?);
+    let file = Arc::new(GgufFile::open_with(&a.model, crate::load_how(a.no_mmap))?);
     let model_size: u64 = file.tensors.iter().map(|t| t.size).sum();
     let n_params: u64 = file.tensors.iter().map(|t| t.n_elements()).sum();
     let dtype = dominant_type(&file);
@@ -332,15 +335,15 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
     let mut out = stdout.lock();
     let filename = a.model.display().to_string();
     if a.output == "json" {
-        write_json(
-            &mut out,
-            &filename,
-            &model_type,
+        let info = ModelInfo {
+            filename: &filename,
+            model_type: &model_type,
             model_size,
             n_params,
-            &results,
-            model.isa().name(),
-        )?;
+            isa: model.isa().name(),
+            use_mmap: !a.no_mmap,
+        };
+        write_json(&mut out, &info, &results)?;
     } else {
         writeln!(
             out,
@@ -356,11 +359,12 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
             };
             writeln!(
                 out,
-                "| {model_type} | {:.2} MiB | {:.2} {} | CPU ({}) | {} | {test} | {m:.2} ± {sd:.2} |",
+                "| {model_type} | {:.2} MiB | {:.2} {} | CPU ({}{}) | {} | {test} | {m:.2} ± {sd:.2} |",
                 model_size as f64 / (1u64 << 20) as f64,
                 if n_params >= 1_000_000_000 { n_params as f64 / 1e9 } else { n_params as f64 / 1e6 },
                 if n_params >= 1_000_000_000 { "B" } else { "M" },
                 model.isa().name(),
+                if a.no_mmap { ", no mmap" } else { "" },
                 r.n_threads,
             )?;
         }
@@ -429,16 +433,30 @@ fn json_str(s: &str) -> String {
     o
 }
 
+/// What the JSON records say of the model and how it was run.
+struct ModelInfo<'a> {
+    filename: &'a str,
+    model_type: &'a str,
+    model_size: u64,
+    n_params: u64,
+    isa: &'a str,
+    use_mmap: bool,
+}
+
 /// llama-bench's JSON (an array of test records, same field names).
 fn write_json(
     out: &mut impl Write,
-    filename: &str,
-    model_type: &str,
-    model_size: u64,
-    n_params: u64,
+    info: &ModelInfo<'_>,
     results: &[Result1],
-    isa: &str,
 ) -> std::io::Result<()> {
+    let ModelInfo {
+        filename,
+        model_type,
+        model_size,
+        n_params,
+        isa,
+        use_mmap,
+    } = *info;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -474,7 +492,7 @@ fn write_json(
         writeln!(out, "    \"type_k\": \"f32\",")?;
         writeln!(out, "    \"type_v\": \"f32\",")?;
         writeln!(out, "    \"n_gpu_layers\": 0,")?;
-        writeln!(out, "    \"use_mmap\": true,")?;
+        writeln!(out, "    \"use_mmap\": {use_mmap},")?;
         writeln!(out, "    \"n_prompt\": {},", r.n_prompt)?;
         writeln!(out, "    \"n_gen\": {},", r.n_gen)?;
         writeln!(out, "    \"test_time\": \"{now}\",")?;

@@ -33,6 +33,10 @@ pub struct ChatArgs {
     /// Worker threads (default: physical cores).
     #[arg(short, long)]
     threads: Option<usize>,
+    /// Read the model into memory (huge pages) instead of memory-mapping it (llama.cpp's
+    /// --no-mmap): a copy of the weights that decodes faster (see the README's benchmarks).
+    #[arg(long)]
+    no_mmap: bool,
     /// Context size in tokens (0 = the model's, at most 4096).
     #[arg(short = 'c', long, default_value_t = 0)]
     ctx_size: usize,
@@ -68,13 +72,14 @@ pub fn chat(a: ChatArgs) -> Result<(), CliError> {
     let threads = a
         .threads
         .unwrap_or_else(tuili_core::parallel::physical_cores);
-    let engine = Engine::load(
+    let engine = Engine::load_with(
         &a.model,
         EngineConfig {
             n_ctx: a.ctx_size,
             n_batch: 512,
             threads,
         },
+        crate::load_how(a.no_mmap),
     )?;
     let sampling = a.sampling.params(seed, Some(engine.defaults()))?;
     let tok = engine.tokenizer();

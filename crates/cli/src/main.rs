@@ -96,6 +96,10 @@ struct RunArgs {
     /// Worker threads (default: physical cores).
     #[arg(short, long)]
     threads: Option<usize>,
+    /// Read the model into memory (huge pages) instead of memory-mapping it (llama.cpp's
+    /// --no-mmap): a copy of the weights that decodes faster (see the README's benchmarks).
+    #[arg(long)]
+    no_mmap: bool,
     /// Context size in tokens (0 = the model's, at most 4096).
     #[arg(short = 'c', long, default_value_t = 0)]
     ctx_size: usize,
@@ -256,6 +260,15 @@ enum CliError {
     Usage(String),
 }
 
+/// `--no-mmap` → read the model into memory; otherwise map it.
+pub(crate) fn load_how(no_mmap: bool) -> tuili_formats::Load {
+    if no_mmap {
+        tuili_formats::Load::Memory
+    } else {
+        tuili_formats::Load::Map
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -334,7 +347,7 @@ fn run(a: RunArgs) -> Result<(), CliError> {
         threads,
     };
     let t_load = std::time::Instant::now();
-    let engine = Engine::load(&a.model, cfg)?;
+    let engine = Engine::load_with(&a.model, cfg, crate::load_how(a.no_mmap))?;
     let c = engine.model().config();
     eprintln!(
         "tuili: {} ({}, {} layers, {} dims, vocab {}), context {}, {} threads, seed {seed}, loaded in {:.0} ms",

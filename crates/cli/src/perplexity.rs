@@ -26,6 +26,10 @@ pub struct PerplexityArgs {
     /// Worker threads (default: physical cores).
     #[arg(short, long)]
     threads: Option<usize>,
+    /// Read the model into memory (huge pages) instead of memory-mapping it (llama.cpp's
+    /// --no-mmap): a copy of the weights that decodes faster (see the README's benchmarks).
+    #[arg(long)]
+    no_mmap: bool,
     /// Tokens per forward pass.
     #[arg(short = 'b', long, default_value_t = 512)]
     batch_size: usize,
@@ -48,13 +52,14 @@ pub fn perplexity(a: PerplexityArgs) -> Result<(), CliError> {
     let threads = a
         .threads
         .unwrap_or_else(tuili_core::parallel::physical_cores);
-    let engine = Engine::load(
+    let engine = Engine::load_with(
         &a.model,
         EngineConfig {
             n_ctx: a.ctx,
             n_batch: a.batch_size,
             threads,
         },
+        crate::load_how(a.no_mmap),
     )?;
     eprintln!(
         "tuili perplexity: {} on {} (ctx {}, {} threads)",

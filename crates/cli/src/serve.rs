@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// Worker threads (default: physical cores).
     #[arg(short, long)]
     threads: Option<usize>,
+    /// Read the model into memory (huge pages) instead of memory-mapping it (llama.cpp's
+    /// --no-mmap): a copy of the weights that decodes faster (see the README's benchmarks).
+    #[arg(long)]
+    no_mmap: bool,
     /// Memory for the paged KV cache (e.g. 512MiB, 2GiB); must hold one whole context.
     #[arg(long, default_value = "1GiB")]
     kv_memory: String,
@@ -92,13 +96,14 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
     let threads = a
         .threads
         .unwrap_or_else(tuili_core::parallel::physical_cores);
-    let engine = Engine::load(
+    let engine = Engine::load_with(
         &a.model,
         EngineConfig {
             n_ctx: a.ctx_size,
             n_batch: a.max_batch_tokens,
             threads,
         },
+        crate::load_how(a.no_mmap),
     )?;
     let template = crate::chat::load_template(engine.tokenizer(), a.chat_template.as_deref())?;
     let model_name = a.served_model_name.clone().unwrap_or_else(|| {

@@ -296,6 +296,16 @@ impl Engine {
     /// `tokenizer_config.json`, `generation_config.json`), or a hub id `org/name[@rev]`
     /// (fetched into the Hugging Face cache first; see [`hub`]).
     pub fn load(path: impl AsRef<Path>, cfg: EngineConfig) -> Result<Engine, EngineError> {
+        Engine::load_with(path, cfg, tuili_formats::Load::Map)
+    }
+
+    /// [`Engine::load`] with the weights mapped or read into memory (`--no-mmap`;
+    /// [`tuili_formats::Load`]).
+    pub fn load_with(
+        path: impl AsRef<Path>,
+        cfg: EngineConfig,
+        how: tuili_formats::Load,
+    ) -> Result<Engine, EngineError> {
         let path = path.as_ref();
         if let Some(s) = path.to_str().filter(|s| hub::looks_like_hub_id(s)) {
             let opts = hub::HubOptions {
@@ -307,10 +317,10 @@ impl Engine {
                     "{s}: no such file or folder here, so tried the hub: {e}"
                 ))
             })?;
-            return Engine::load(dir, cfg);
+            return Engine::load_with(dir, cfg, how);
         }
         if path.is_dir() {
-            let (model, extras) = tuili_model::hf::load_hf(path)?;
+            let (model, extras) = tuili_model::hf::load_hf_with(path, how)?;
             let mut tokenizer = Tokenizer::from_tokenizer_json(path.join("tokenizer.json"))?;
             for &id in &extras.eos_ids {
                 tokenizer.add_eog(id);
@@ -327,7 +337,7 @@ impl Engine {
             };
             return Ok(e);
         }
-        let file = Arc::new(GgufFile::open(path)?);
+        let file = Arc::new(GgufFile::open_with(path, how)?);
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let model = Model::load(file)?;
         Engine::new(model, tokenizer, cfg)

@@ -345,7 +345,8 @@ pub struct TensorView<'a> {
 
 /// The bytes behind a parsed file: a read-only memory map, or an owned buffer.
 enum Backing {
-    Map(Mmap),
+    /// A map and how many of its bytes are the file's (an empty file's copy is one byte).
+    Map(Mmap, usize),
     Owned(Vec<u8>),
 }
 
@@ -353,7 +354,7 @@ impl std::ops::Deref for Backing {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            Backing::Map(m) => m,
+            Backing::Map(m, len) => &m[..*len],
             Backing::Owned(v) => v,
         }
     }
@@ -556,22 +557,26 @@ impl<'a> Cursor<'a> {
 impl GgufFile {
     /// Opens and parses a GGUF file. The tensor data stays in the memory map.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
+        Self::open_with(path, crate::Load::Map)
+    }
+
+    /// Opens and parses a GGUF file, mapped or read into memory ([`crate::Load`]).
+    pub fn open_with(path: impl AsRef<Path>, how: crate::Load) -> Result<GgufFile, GgufError> {
         let path = path.as_ref();
         let io = |source| GgufError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let file = std::fs::File::open(path).map_err(io)?;
+        let mut file = std::fs::File::open(path).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
         if meta.is_dir() {
             return Err(io(std::io::Error::other("is a directory")));
         }
-        // SAFETY: the map is read-only and private to this process. If another process
-        // truncates or rewrites the file while it is mapped, reads may see new bytes or fault;
-        // like every mmap-based loader (llama.cpp included), tuili assumes model files are not
-        // modified while in use.
-        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        Self::parse(path, Backing::Map(map))
+        let map = crate::load_file(&mut file, meta.len(), how).map_err(io)?;
+        let len = usize::try_from(meta.len())
+            .unwrap_or(usize::MAX)
+            .min(map.len());
+        Self::parse(path, Backing::Map(map, len))
     }
 
     /// Parses a GGUF image held in memory; `label` stands for the path in errors.

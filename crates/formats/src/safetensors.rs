@@ -37,11 +37,13 @@ pub enum SafetensorsError {
 pub struct Shard {
     pub path: PathBuf,
     map: Mmap,
+    /// The file's length (an empty file read into memory is a one-byte map).
+    len: usize,
 }
 
 impl Shard {
     pub fn bytes(&self) -> &[u8] {
-        &self.map
+        &self.map[..self.len]
     }
 }
 
@@ -82,6 +84,15 @@ fn io(path: &Path, e: impl ToString) -> SafetensorsError {
 impl Safetensors {
     /// Opens the checkpoint of a model folder.
     pub fn open_dir(dir: impl AsRef<Path>) -> Result<Safetensors, SafetensorsError> {
+        Self::open_dir_with(dir, crate::Load::Map)
+    }
+
+    /// Opens the checkpoint of a model folder, its shards mapped or read into memory
+    /// ([`crate::Load`]).
+    pub fn open_dir_with(
+        dir: impl AsRef<Path>,
+        how: crate::Load,
+    ) -> Result<Safetensors, SafetensorsError> {
         let dir = dir.as_ref();
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
@@ -126,14 +137,16 @@ impl Safetensors {
         let mut tensors = HashMap::new();
         let mut metadata = HashMap::new();
         for (i, f) in files.iter().enumerate() {
-            let file = std::fs::File::open(f).map_err(|e| io(f, e))?;
-            // SAFETY: the map is read-only; tuili never writes model files while reading them
-            // (as for GGUF, a file changed under the map by another process is the user's
-            // problem, the same contract every mmap-based loader has).
-            let map = unsafe { Mmap::map(&file) }.map_err(|e| io(f, e))?;
+            let mut file = std::fs::File::open(f).map_err(|e| io(f, e))?;
+            let flen = file.metadata().map_err(|e| io(f, e))?.len();
+            // (Mapped: as for GGUF, a file changed under the map by another process is the
+            // user's problem, the same contract every mmap-based loader has.)
+            let map = crate::load_file(&mut file, flen, how).map_err(|e| io(f, e))?;
+            let len = usize::try_from(flen).unwrap_or(usize::MAX).min(map.len());
             let shard = Arc::new(Shard {
                 path: f.clone(),
                 map,
+                len,
             });
             let bytes = shard.bytes();
             let (header_len, meta) =

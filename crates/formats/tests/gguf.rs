@@ -217,3 +217,45 @@ fn huge_counts_are_rejected_without_allocating() {
     let e = GgufFile::from_bytes("x", b).unwrap_err().to_string();
     assert!(e.contains("array of"), "{e}");
 }
+
+/// `--no-mmap`: the file read into memory parses to the same metadata and tensor bytes as
+/// the map; an empty or truncated file is the same error either way; safetensors shards too.
+#[test]
+fn reading_into_memory_matches_the_map() {
+    use tuili_formats::{Load, Safetensors};
+    let mapped = GgufFile::open(stories()).unwrap();
+    let copied = GgufFile::open_with(stories(), Load::Memory).unwrap();
+    assert_eq!(mapped.metadata.len(), copied.metadata.len());
+    assert_eq!(mapped.tensors.len(), copied.tensors.len());
+    for t in &mapped.tensors {
+        assert_eq!(
+            mapped.require_tensor(&t.name).unwrap().data,
+            copied.require_tensor(&t.name).unwrap().data,
+            "{}",
+            t.name
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("tuili-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = std::fs::read(stories()).unwrap();
+    for (name, len) in [("empty.gguf", 0), ("short.gguf", 3), ("cut.gguf", 20_000)] {
+        let p = dir.join(name);
+        std::fs::write(&p, &bytes[..len]).unwrap();
+        let a = GgufFile::open_with(&p, Load::Map)
+            .err()
+            .map(|e| e.to_string());
+        let b = GgufFile::open_with(&p, Load::Memory)
+            .err()
+            .map(|e| e.to_string());
+        assert!(a.is_some(), "{name} parsed");
+        assert_eq!(a, b, "{name}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    let hf = fixtures().join("models/tinystories-656k-hf");
+    let m = Safetensors::open_dir(&hf).unwrap();
+    let c = Safetensors::open_dir_with(&hf, Load::Memory).unwrap();
+    assert_eq!(m.tensors.len(), c.tensors.len());
+    for (name, t) in &m.tensors {
+        assert_eq!(t.data(), c.tensors[name].data(), "{name}");
+    }
+}

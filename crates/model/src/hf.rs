@@ -455,8 +455,13 @@ fn llama3_factors(
 
 /// Loads a Hugging Face model folder.
 pub fn load_hf(dir: &Path) -> Result<(Model, HfExtras), ModelError> {
+    load_hf_with(dir, tuili_formats::Load::Map)
+}
+
+/// [`load_hf`] with the shards mapped or read into memory ([`tuili_formats::Load`]).
+pub fn load_hf_with(dir: &Path, how: tuili_formats::Load) -> Result<(Model, HfExtras), ModelError> {
     let (cfg, extras) = config_from_hf(dir)?;
-    let st = Safetensors::open_dir(dir).map_err(|e| ModelError::Io {
+    let st = Safetensors::open_dir_with(dir, how).map_err(|e| ModelError::Io {
         path: dir.display().to_string(),
         reason: e.to_string(),
     })?;
