@@ -133,6 +133,11 @@ pub fn dot_rows(
             return true;
         }
     }
+    if let (DType::Q6_K, true, [ActRef::Q8K(q)]) = (dtype, isa >= Isa::Avx512Vbmi, acts) {
+        // SAFETY: as for Q4_0 below, with Q6_K blocks and a Q8_K activation.
+        unsafe { vbmi::q6_k_rows(w, row_bytes, q, out) };
+        return true;
+    }
     if let (DType::Q4_0, true, [ActRef::Q8(q)]) = (dtype, isa >= Isa::Avx512Vbmi, acts) {
         if q.qp.len() == n / (8 * QK) * 8 * QK {
             // SAFETY: Isa::Avx512Vbmi is only reported when AVX-512 F/BW/VL/VNNI/VBMI, AVX2,
@@ -1981,6 +1986,105 @@ pub(super) mod vbmi {
             let fm = _mm_add_ps(fm, _mm_movehl_ps(fm, fm));
             let fm = _mm_add_ss(fm, _mm_movehdup_ps(fm));
             *o = _mm512_reduce_add_ps(f) - _mm_cvtss_f32(fm);
+        }
+    }
+
+    /// Word indices for Q6_K's packed sums: in 128-bit lane L, four words of group
+    /// `first + L` then four of `first + L + 4` (see [`q6_k_rows`]).
+    const fn q6_scale_index(first: u16) -> [u16; 32] {
+        let mut idx = [0u16; 32];
+        let mut i = 0;
+        while i < 32 {
+            let lane = i as u16 / 8;
+            idx[i] = first + lane + if i % 8 < 4 { 0 } else { 4 };
+            i += 1;
+        }
+        idx
+    }
+    static Q6_SCALES: [[u16; 32]; 2] = [q6_scale_index(0), q6_scale_index(8)];
+
+    /// Q6_K rows · one Q8_K activation (one token): `out[r]` = row r · a. Per half
+    /// super-block (128 weights) the 64 bytes of low nibbles are one load and the 32 bytes of
+    /// high bits one broadcast load; elements 0..64 of the half are the low nibbles with qh
+    /// bits 0–1 (bytes 0..32) and 2–3 (32..64) moved to bits 4–5, elements 64..128 the high
+    /// nibbles with bits 4–5 and 6–7 (a per-half shift `vpsllvw`/`vpsrlvw`, a mask, and one
+    /// `vpternlogd` to merge): unsigned u = q + 32, in the activation's own order. Each
+    /// vector's `vpdpbusd` sums (≤ 4·63·127: 16 bits) are packed in pairs (`vpackssdw`) and
+    /// multiplied by the groups' signed scales (`vpmaddwd`). The offset comes off per
+    /// super-block: 32·Σ_g sc_g·bsum_g. One row is one stream, prefetched as in
+    /// [`q4_0_rows`].
+    ///
+    /// # Safety
+    /// As [`q4_0_rows`], for Q6_K blocks and a Q8_K activation (not regrouped).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+    pub(super) unsafe fn q6_k_rows(w: &[u8], rb: usize, a: &Q8KRow, out: &mut [f32]) {
+        const BB: usize = std::mem::size_of::<BlockQ6K>();
+        let nb = rb / BB;
+        debug_assert!(rb.is_multiple_of(BB) && w.len().is_multiple_of(rb));
+        debug_assert!(out.len() >= w.len() / rb);
+        debug_assert!(a.qs.len() >= nb * QK_K && a.bsums.len() >= nb * 16 && a.d.len() >= nb);
+        let m4 = _mm512_set1_epi8(0x0F);
+        let m30 = _mm512_set1_epi8(0x30);
+        // qh bits 2k, 2k+1 → bits 4, 5: k = 0 | 1 shift left by 4 | 2, k = 2 | 3 right by 0 | 2.
+        let up = _mm512_inserti64x4::<1>(_mm512_set1_epi16(4), _mm256_set1_epi16(2));
+        let down = _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(2));
+        // SAFETY: two tables of 32 words.
+        let spread: [__m512i; 2] =
+            std::array::from_fn(|h| unsafe { _mm512_loadu_si512(Q6_SCALES[h].as_ptr().cast()) });
+        let end = w.as_ptr().wrapping_add(w.len());
+        for (r, o) in out.iter_mut().enumerate().take(w.len() / rb) {
+            let wp = w[r * rb..].as_ptr();
+            let mut f = _mm512_setzero_ps();
+            // Σ 32·d·d_a·Σ_g sc_g·bsum_g, eight lanes.
+            let mut fo = _mm256_setzero_ps();
+            for b in 0..nb {
+                // SAFETY (whole loop body): super-block b is bytes 210b..210b + 210 of the row
+                // (ql 128, qh 64, scales 16, d 2); activation super-block b is qs[256b..],
+                // bsums[16b..16b + 16], d[b]. Prefetches as in q4_0_rows.
+                unsafe {
+                    let p = wp.add(BB * b);
+                    let ahead = p.wrapping_add(VPF);
+                    if ahead < end {
+                        for l in 0..4 {
+                            _mm_prefetch::<_MM_HINT_T1>(ahead.wrapping_add(64 * l).cast());
+                        }
+                    }
+                    let d = f16::from_bits(u16::from_le_bytes([*p.add(208), *p.add(209)])).to_f32()
+                        * *a.d.get_unchecked(b);
+                    // The sixteen signed scales as words.
+                    let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(p.add(192).cast()));
+                    let scz = _mm512_castsi256_si512(sc);
+                    let ap = a.qs.as_ptr().add(QK_K * b);
+                    let mut acc = _mm512_setzero_si512();
+                    for h in 0..2 {
+                        let l = _mm512_loadu_si512(p.add(64 * h).cast());
+                        let hb =
+                            _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(128 + 32 * h).cast()));
+                        let t_lo = _mm512_and_si512(_mm512_sllv_epi16(hb, up), m30);
+                        let t_hi = _mm512_and_si512(_mm512_srlv_epi16(hb, down), m30);
+                        // (A & 0x0F) | B.
+                        let u_lo = _mm512_ternarylogic_epi32::<0xEC>(l, t_lo, m4);
+                        let u_hi =
+                            _mm512_ternarylogic_epi32::<0xEC>(_mm512_srli_epi16(l, 4), t_hi, m4);
+                        let act = |k: usize| _mm512_loadu_si512(ap.add(128 * h + 64 * k).cast());
+                        let z = _mm512_setzero_si512();
+                        let pk = _mm512_packs_epi32(
+                            _mm512_dpbusd_epi32(z, u_lo, act(0)),
+                            _mm512_dpbusd_epi32(z, u_hi, act(1)),
+                        );
+                        acc =
+                            _mm512_dpwssd_epi32(acc, pk, _mm512_permutexvar_epi16(spread[h], scz));
+                    }
+                    f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(d), f);
+                    // 32·Σ_g sc_g·bsum_g: the group sums (|·| ≤ 16·127) as words.
+                    let bs = _mm512_cvtepi32_epi16(_mm512_loadu_si512(
+                        a.bsums.as_ptr().add(16 * b).cast(),
+                    ));
+                    let off = _mm256_madd_epi16(sc, bs);
+                    fo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(off), _mm256_set1_ps(32.0 * d), fo);
+                }
+            }
+            *o = _mm512_reduce_add_ps(f) - hsum(fo);
         }
     }
 }
