@@ -25,6 +25,48 @@ pub enum Load {
     Memory,
 }
 
+/// Before a mapped file is used: when most of its pages are not in memory, reads the file
+/// once from start to end (`read`, in 8 MiB pieces), so that the page cache fills in large
+/// contiguous pieces. Pages brought in by page faults through the map arrive scattered,
+/// and a decode step, which streams every weight, reads those slower: on one core here a
+/// 1.1B Q4_0 decoded 35 tokens/s from a file faulted in and 46 from the same file read in
+/// first (and as slowly from a file just written, whose pages are scattered too; nothing
+/// short of `--no-mmap` helps there). The I/O is the same: the first token reads every
+/// weight anyway. Best effort: any failure only skips it.
+#[cfg(target_os = "linux")]
+fn read_in_if_cold(file: &mut std::fs::File, map: &Mmap) {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::fd::AsRawFd;
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    if map.is_empty() || page == 0 {
+        return;
+    }
+    let mut resident = vec![0u8; map.len().div_ceil(page)];
+    // SAFETY: the map is page-aligned (mmap) and `map.len()` bytes long; `resident` holds a
+    // byte per page.
+    let rc = unsafe {
+        libc::mincore(
+            map.as_ptr() as *mut libc::c_void,
+            map.len(),
+            resident.as_mut_ptr(),
+        )
+    };
+    if rc != 0 || resident.iter().filter(|&&r| r & 1 != 0).count() * 2 >= resident.len() {
+        return;
+    }
+    drop(resident);
+    // SAFETY: a valid open descriptor; advice only.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+    let mut buf = vec![0u8; 8 << 20];
+    while let Ok(n) = file.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
+    let _ = file.seek(SeekFrom::Start(0));
+}
+
 /// `file` (`len` bytes) as a [`Load`] asks: mapped, or read into anonymous memory.
 fn load_file(file: &mut std::fs::File, len: u64, how: Load) -> std::io::Result<Mmap> {
     match how {
@@ -32,7 +74,12 @@ fn load_file(file: &mut std::fs::File, len: u64, how: Load) -> std::io::Result<M
         // truncates or rewrites the file while it is mapped, reads may see new bytes or fault;
         // like every mmap-based loader (llama.cpp included), tuili assumes model files are not
         // modified while in use.
-        Load::Map => unsafe { Mmap::map(&*file) },
+        Load::Map => {
+            let map = unsafe { Mmap::map(&*file) }?;
+            #[cfg(target_os = "linux")]
+            read_in_if_cold(file, &map);
+            Ok(map)
+        }
         Load::Memory => {
             use std::io::Read;
             let len = usize::try_from(len).map_err(|_| std::io::Error::other("too large"))?;
