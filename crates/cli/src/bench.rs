@@ -574,6 +574,7 @@ fn write_atomically(path: &Path, w: &tuili_formats::GgufWriter) -> Result<(), Cl
     let tmp = path.with_extension("gguf.partial");
     w.write(&tmp)
         .map_err(|e| CliError::Output(std::io::Error::other(e.to_string())))?;
+    tuili_formats::release_written(&std::fs::File::open(&tmp)?)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }

@@ -67,6 +67,20 @@ fn read_in_if_cold(file: &mut std::fs::File, map: &Mmap) {
     let _ = file.seek(SeekFrom::Start(0));
 }
 
+/// Hands a model file just written back to the disk: flushed, then its pages dropped from
+/// the page cache (Linux), so that the next load finds it cold and reads it in order (see
+/// `read_in_if_cold`) instead of mapping the scattered pages the writes left behind.
+pub fn release_written(file: &std::fs::File) -> std::io::Result<()> {
+    file.sync_all()?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid open descriptor; advice only (its failure changes nothing).
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+    Ok(())
+}
+
 /// `file` (`len` bytes) as a [`Load`] asks: mapped, or read into anonymous memory.
 fn load_file(file: &mut std::fs::File, len: u64, how: Load) -> std::io::Result<Mmap> {
     match how {

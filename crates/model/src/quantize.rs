@@ -516,7 +516,7 @@ pub fn quantize(
         }
         r.map_err(io)?;
         let f = bw.into_inner().map_err(|e| io(e.into_error()))?;
-        f.sync_all().map_err(io)?;
+        tuili_formats::release_written(&f).map_err(io)?;
         let size = f.metadata().map_err(io)?.len();
         std::fs::rename(&tmp, out).map_err(io)?;
         Ok(size)
