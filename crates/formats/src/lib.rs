@@ -18,10 +18,11 @@ pub enum Load {
     #[default]
     Map,
     /// The whole file read into anonymous memory asked to be huge pages (llama.cpp's
-    /// `--no-mmap`): a copy, but one a decode step streams faster. Page-cache pages are
-    /// scattered 4 KiB pages; here one core streamed Q4_0 weights at 20 GB/s from the map
-    /// and 27 GB/s from such a copy (`kernel_speed`), and a 1.1B Q4_0 decode went from 33 to
-    /// 47 tokens/s on one thread.
+    /// `--no-mmap`): a copy, which a decode step streams at full speed whatever state the
+    /// page cache is in. From a file whose cached pages lay scattered (faulted in through a
+    /// map, or left by writing it) one core streamed Q4_0 weights at 20 GB/s mapped and
+    /// 27 GB/s from such a copy (`kernel_speed`), and decoded a 1.1B Q4_0 at 33 and 47
+    /// tokens/s; from a file read in order (see `read_in_if_cold`) the map is as fast.
     Memory,
 }
 
@@ -29,10 +30,11 @@ pub enum Load {
 /// once from start to end (`read`, in 8 MiB pieces), so that the page cache fills in large
 /// contiguous pieces. Pages brought in by page faults through the map arrive scattered,
 /// and a decode step, which streams every weight, reads those slower: on one core here a
-/// 1.1B Q4_0 decoded 35 tokens/s from a file faulted in and 46 from the same file read in
-/// first (and as slowly from a file just written, whose pages are scattered too; nothing
-/// short of `--no-mmap` helps there). The I/O is the same: the first token reads every
-/// weight anyway. Best effort: any failure only skips it.
+/// 1.1B Q4_0 decoded 35.6 and 36.5 tokens/s from a file faulted in, 47.0 and 48.4 from the
+/// same file read in first. A file just written is cached as scattered as one faulted in
+/// ([`release_written`] hands tuili's own outputs back to the disk; otherwise `--no-mmap`).
+/// The I/O is the same: the first token reads every weight anyway. Best effort: any
+/// failure only skips it.
 #[cfg(target_os = "linux")]
 fn read_in_if_cold(file: &mut std::fs::File, map: &Mmap) {
     use std::io::{Read, Seek, SeekFrom};
