@@ -365,6 +365,37 @@ fn gemm_rows_f_match_scalar() {
     }
 }
 
+/// `rows` rows of `dtype` (`w`) against one activation on every ISA, each row against the
+/// scalar twin's dot product of that row.
+fn one_token_rows_match_scalar(dtype: DType, w: &[u8], rows: usize, a: ActRef<'_>, what: &str) {
+    let rb = w.len() / rows;
+    let mut tmp = vec![0f32; 8192];
+    let mut reference = vec![0f32; rows];
+    for r in 0..rows {
+        let row = &w[r * rb..(r + 1) * rb];
+        dot_many(
+            Isa::Scalar,
+            dtype,
+            row,
+            &[a],
+            &mut reference[r..r + 1],
+            &mut tmp,
+        );
+    }
+    for isa in Isa::available() {
+        let mut got = vec![f32::NAN; rows];
+        dot_rows(isa, dtype, w, rb, &[a], &mut got, &mut tmp);
+        for (r, (g, want)) in got.iter().zip(&reference).enumerate() {
+            let tol = 1e-5 * want.abs().max(1.0) + 1e-4;
+            assert!(
+                (g - want).abs() <= tol,
+                "{dtype} {what}, {}: row {r} {g} vs scalar {want}",
+                isa.name()
+            );
+        }
+    }
+}
+
 /// One token against Q4_0 rows whose block count is not a multiple of eight (the one-row
 /// VBMI kernel's leftover blocks), regrouped and not: a row quantized again without
 /// `regroup` must not be read through the old regrouping (it falls back to the other
@@ -378,53 +409,29 @@ fn q4_0_one_token_rows_with_leftover_blocks() {
         let w: Vec<u8> = (0..rows)
             .flat_map(|_| weights(DType::Q4_0, n, &mut rng))
             .collect();
-        let rb = w.len() / rows;
         let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
-        let mut tmp = vec![0f32; n];
         let mut q = Q8Row::from_f32(&x);
-        let mut reference = vec![0f32; rows];
-        for r in 0..rows {
-            dot_many(
-                Isa::Scalar,
-                DType::Q4_0,
-                &w[r * rb..(r + 1) * rb],
-                &[ActRef::Q8(&q)],
-                &mut reference[r..r + 1],
-                &mut tmp,
-            );
-        }
-        let check = |q: &Q8Row, reference: &[f32], what: &str, tmp: &mut [f32]| {
-            for isa in Isa::available() {
-                let mut got = vec![f32::NAN; rows];
-                dot_rows(isa, DType::Q4_0, &w, rb, &[ActRef::Q8(q)], &mut got, tmp);
-                for (r, (g, want)) in got.iter().zip(reference).enumerate() {
-                    let tol = 1e-5 * want.abs().max(1.0) + 1e-4;
-                    assert!(
-                        (g - want).abs() <= tol,
-                        "{blocks} blocks, {what}, {}: row {r} {g} vs scalar {want}",
-                        isa.name()
-                    );
-                }
-            }
-        };
-        check(&q, &reference, "regrouped", &mut tmp);
+        let what = |s: &str| format!("{blocks} blocks, {s}");
+        one_token_rows_match_scalar(DType::Q4_0, &w, rows, ActRef::Q8(&q), &what("regrouped"));
         // Another activation, quantized without regrouping: `qp` must be dropped.
         let y: Vec<f32> = x.iter().map(|v| -0.5 * v).collect();
         q.quantize_isa(Isa::available().into_iter().last().unwrap(), &y);
         assert!(q.qp.is_empty());
-        for r in 0..rows {
-            dot_many(
-                Isa::Scalar,
-                DType::Q4_0,
-                &w[r * rb..(r + 1) * rb],
-                &[ActRef::Q8(&q)],
-                &mut reference[r..r + 1],
-                &mut tmp,
-            );
-        }
-        check(&q, &reference, "not regrouped", &mut tmp);
+        one_token_rows_match_scalar(
+            DType::Q4_0,
+            &w,
+            rows,
+            ActRef::Q8(&q),
+            &what("not regrouped"),
+        );
         q.regroup();
-        check(&q, &reference, "regrouped again", &mut tmp);
+        one_token_rows_match_scalar(
+            DType::Q4_0,
+            &w,
+            rows,
+            ActRef::Q8(&q),
+            &what("regrouped again"),
+        );
     }
 }
 
@@ -437,49 +444,13 @@ fn q4_k_one_token_rows_regrouped_or_not() {
     let w: Vec<u8> = (0..rows)
         .flat_map(|_| weights(DType::Q4_K, n, &mut rng))
         .collect();
-    let rb = w.len() / rows;
-    let mut tmp = vec![0f32; n];
     let x: Vec<f32> = (0..n).map(|_| rng.f()).collect();
     let mut q = Q8KRow::from_f32(&x);
-    for round in 0..3 {
-        if round == 1 {
-            let y: Vec<f32> = x.iter().map(|v| 0.25 - v).collect();
-            q.quantize_isa(Isa::available().into_iter().last().unwrap(), &y);
-            assert!(q.qp.is_empty() && q.ssum.is_empty());
-        }
-        if round == 2 {
-            q.regroup();
-        }
-        let mut reference = vec![0f32; rows];
-        for r in 0..rows {
-            dot_many(
-                Isa::Scalar,
-                DType::Q4_K,
-                &w[r * rb..(r + 1) * rb],
-                &[ActRef::Q8K(&q)],
-                &mut reference[r..r + 1],
-                &mut tmp,
-            );
-        }
-        for isa in Isa::available() {
-            let mut got = vec![f32::NAN; rows];
-            dot_rows(
-                isa,
-                DType::Q4_K,
-                &w,
-                rb,
-                &[ActRef::Q8K(&q)],
-                &mut got,
-                &mut tmp,
-            );
-            for (r, (g, want)) in got.iter().zip(&reference).enumerate() {
-                let tol = 1e-5 * want.abs().max(1.0) + 1e-4;
-                assert!(
-                    (g - want).abs() <= tol,
-                    "round {round}, {}: row {r} {g} vs scalar {want}",
-                    isa.name()
-                );
-            }
-        }
-    }
+    one_token_rows_match_scalar(DType::Q4_K, &w, rows, ActRef::Q8K(&q), "regrouped");
+    let y: Vec<f32> = x.iter().map(|v| 0.25 - v).collect();
+    q.quantize_isa(Isa::available().into_iter().last().unwrap(), &y);
+    assert!(q.qp.is_empty() && q.ssum.is_empty());
+    one_token_rows_match_scalar(DType::Q4_K, &w, rows, ActRef::Q8K(&q), "not regrouped");
+    q.regroup();
+    one_token_rows_match_scalar(DType::Q4_K, &w, rows, ActRef::Q8K(&q), "regrouped again");
 }
