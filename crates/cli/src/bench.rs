@@ -38,7 +38,8 @@ pub struct BenchArgs {
     /// Also measure memory read bandwidth and print the decode roofline.
     #[arg(long)]
     pub membw: bool,
-    /// Read the model into memory (huge pages) instead of memory-mapping it.
+    /// Read the model into memory (huge pages) instead of memory-mapping it (as
+    /// `tuili run --no-mmap`).
     #[arg(long)]
     pub no_mmap: bool,
     /// Batched decoding: for each B, B sequences of --batch-ctx tokens decode n-gen steps

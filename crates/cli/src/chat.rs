@@ -34,7 +34,8 @@ pub struct ChatArgs {
     #[arg(short, long)]
     threads: Option<usize>,
     /// Read the model into memory (huge pages) instead of memory-mapping it (llama.cpp's
-    /// --no-mmap): a copy of the weights that decodes faster (see the README's benchmarks).
+    /// --no-mmap): a copy of the weights, streamed at full speed whatever state the page
+    /// cache is in (see the README's Commands).
     #[arg(long)]
     no_mmap: bool,
     /// Context size in tokens (0 = the model's, at most 4096).

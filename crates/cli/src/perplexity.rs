@@ -27,7 +27,8 @@ pub struct PerplexityArgs {
     #[arg(short, long)]
     threads: Option<usize>,
     /// Read the model into memory (huge pages) instead of memory-mapping it (llama.cpp's
-    /// --no-mmap): a copy of the weights that decodes faster (see the README's benchmarks).
+    /// --no-mmap): a copy of the weights, streamed at full speed whatever state the page
+    /// cache is in (see the README's Commands).
     #[arg(long)]
     no_mmap: bool,
     /// Tokens per forward pass.
