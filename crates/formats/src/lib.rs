@@ -33,15 +33,19 @@ pub enum Load {
 /// 1.1B Q4_0 decoded 35.6 and 36.5 tokens/s from a file faulted in, 47.0 and 48.4 from the
 /// same file read in first. A file just written is cached as scattered as one faulted in
 /// ([`release_written`] hands tuili's own outputs back to the disk; otherwise `--no-mmap`).
-/// The I/O is the same: the first token reads every weight anyway. Best effort: any
-/// failure only skips it.
+/// The I/O is the same: the first token reads every weight anyway (not for a file larger
+/// than the memory, which is skipped). Best effort: any failure only skips it.
 #[cfg(target_os = "linux")]
 fn read_in_if_cold(file: &mut std::fs::File, map: &Mmap) {
     use std::io::{Read, Seek, SeekFrom};
     use std::os::fd::AsRawFd;
     // SAFETY: sysconf has no preconditions.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    if map.is_empty() || page == 0 {
+    // SAFETY: as above.
+    let phys = usize::try_from(unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) }).unwrap_or(0);
+    // A file larger than the memory would evict its own beginning while being read in, and
+    // the first token would read it all again: leave it to the faults.
+    if map.is_empty() || page == 0 || map.len() / page >= phys {
         return;
     }
     let mut resident = vec![0u8; map.len().div_ceil(page)];
