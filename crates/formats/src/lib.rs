@@ -37,7 +37,7 @@ pub enum Load {
 /// than the memory, which is skipped). Best effort: any failure only skips it.
 #[cfg(target_os = "linux")]
 fn read_in_if_cold(file: &mut std::fs::File, map: &Mmap) {
-    use std::io::{Read, Seek, SeekFrom};
+    use std::io::Read;
     use std::os::fd::AsRawFd;
     // SAFETY: sysconf has no preconditions.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
@@ -70,7 +70,6 @@ fn read_in_if_cold(file: &mut std::fs::File, map: &Mmap) {
             break;
         }
     }
-    let _ = file.seek(SeekFrom::Start(0));
 }
 
 /// Hands a model file just written back to the disk: flushed, then its pages dropped from
