@@ -11,7 +11,7 @@ use tuili_model::{OutRows, SeqSpan};
 
 use tuili_core::{DType, ThreadPool};
 use tuili_formats::GgufFile;
-use tuili_model::{Llama, Logits, Scratch, SpanForward};
+use tuili_model::{Logits, Model, Scratch};
 
 use crate::CliError;
 
@@ -136,7 +136,7 @@ pub fn measure_membw(threads: usize) -> f64 {
 }
 
 fn run_test(
-    model: &Llama,
+    model: &Model,
     pool: &ThreadPool,
     n_prompt: usize,
     n_gen: usize,
@@ -173,7 +173,7 @@ fn run_test(
 /// B sequences of `ctx` random tokens (prefilled together), then `n_gen` decode steps of one
 /// token per sequence, all through a paged F16 cache; returns the decode steps' time.
 fn run_batched(
-    model: &Llama,
+    model: &Model,
     pool: &ThreadPool,
     b: usize,
     ctx: usize,
@@ -271,10 +271,10 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
     let model_size: u64 = file.tensors.iter().map(|t| t.size).sum();
     let n_params: u64 = file.tensors.iter().map(|t| t.n_elements()).sum();
     let dtype = dominant_type(&file);
-    let model = Llama::load(Arc::clone(&file)).map_err(tuili_engine::EngineError::from)?;
+    let model = Model::load(Arc::clone(&file)).map_err(tuili_engine::EngineError::from)?;
     let model_type = format!(
         "{} {} {}",
-        model.config().arch.name(),
+        model.config().arch.name,
         params_label(n_params),
         dtype
     );

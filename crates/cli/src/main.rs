@@ -353,7 +353,7 @@ fn run(a: RunArgs) -> Result<(), CliError> {
     eprintln!(
         "tuili: {} ({}, {} layers, {} dims, vocab {}), context {}, {} threads, seed {seed}, loaded in {:.0} ms",
         a.model.display(),
-        c.arch.name(),
+        c.arch.name,
         c.n_layer,
         c.n_embd,
         c.n_vocab,

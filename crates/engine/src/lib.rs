@@ -320,7 +320,7 @@ impl Engine {
             return Engine::load_with(dir, cfg, how);
         }
         if path.is_dir() {
-            let (model, extras) = tuili_model::hf::load_hf_with(path, how)?;
+            let (model, extras) = Model::load_hf(path, how)?;
             let mut tokenizer = Tokenizer::from_tokenizer_json(path.join("tokenizer.json"))?;
             for &id in &extras.eos_ids {
                 tokenizer.add_eog(id);
@@ -371,11 +371,9 @@ impl Engine {
         let train = model.config().n_ctx_train;
         let n_ctx = if cfg.n_ctx == 0 {
             train.min(4096)
-        } else if model.config().arch == tuili_model::Arch::Gpt2 {
-            // Learned positions end at the trained length.
-            cfg.n_ctx.min(train)
         } else {
-            cfg.n_ctx
+            // At most what the architecture has positions for (GPT-2's learned ones).
+            model.max_context(cfg.n_ctx)
         };
         if n_ctx > (1 << 20) {
             return Err(EngineError::BadSetting {

@@ -211,7 +211,7 @@ fn stops_at_eos() {
     }
     let file = Arc::new(GgufFile::from_bytes("eos.gguf", w.to_bytes()).unwrap());
     let tok = tuili_tokenizer::Tokenizer::from_gguf(&file).unwrap();
-    let model = tuili_model::Llama::load(file).unwrap();
+    let model = tuili_model::Model::load(file).unwrap();
     let e = Engine::new(
         model,
         tok,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use tuili_core::ThreadPool;
-use tuili_model::{Logits, Scratch, SpanForward};
+use tuili_model::{Logits, Scratch};
 
 fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -141,7 +141,7 @@ fn every_architecture_matches_the_reference() {
             })
             .collect();
         safetensors::serialize_to_file(&views, None, &dir.join("model.safetensors")).unwrap();
-        let (model, _) = tuili_model::hf::load_hf(&dir).unwrap();
+        let (model, _) = tuili_model::Model::load_hf(&dir, Default::default()).unwrap();
         let nv = model.config().n_vocab;
         let mut kv = model.new_cache(16).unwrap();
         let mut s = Scratch::new();
@@ -177,7 +177,7 @@ fn every_architecture_matches_the_reference() {
         let opts =
             tuili_model::quantize::QuantizeOptions::new(tuili_model::quantize::FileType::F32, 1);
         tuili_model::quantize::quantize(&input, &out, &opts, &mut |_, _| {}).unwrap();
-        let gguf = tuili_model::Llama::load(std::sync::Arc::new(
+        let gguf = tuili_model::Model::load(std::sync::Arc::new(
             tuili_formats::GgufFile::open(&out).unwrap(),
         ))
         .unwrap();

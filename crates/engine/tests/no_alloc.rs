@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tuili_core::{DType, ThreadPool};
 use tuili_formats::GgufFile;
 use tuili_model::synth::{synth_gguf, SynthSpec};
-use tuili_model::{Llama, Logits, Scratch, SpanForward};
+use tuili_model::{Logits, Model, Scratch};
 use tuili_sample::{Sampler, SamplingParams};
 
 struct Counting;
@@ -42,7 +42,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn check(model: &Llama, label: &str) {
+fn check(model: &Model, label: &str) {
     let pool = ThreadPool::new(2);
     // Wait until the worker has started (its start-up allocates, on its own thread).
     pool.run(&|_, _| {});
@@ -104,7 +104,7 @@ fn decode_steps_do_not_allocate() {
     let stories = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../../shared/fixtures/models/stories260K/stories260K.gguf");
     check(
-        &Llama::load(Arc::new(GgufFile::open(stories).unwrap())).unwrap(),
+        &Model::load(Arc::new(GgufFile::open(stories).unwrap())).unwrap(),
         "stories260K (F32)",
     );
     for dtype in [
@@ -116,7 +116,7 @@ fn decode_steps_do_not_allocate() {
         DType::F16,
     ] {
         let w = synth_gguf(&SynthSpec::tiny(dtype)).unwrap();
-        let model = Llama::load(Arc::new(
+        let model = Model::load(Arc::new(
             GgufFile::from_bytes("synth.gguf", w.to_bytes()).unwrap(),
         ))
         .unwrap();

@@ -65,8 +65,8 @@ impl StTensor {
     }
 }
 
-/// All tensors of a checkpoint, by name.
-#[derive(Debug)]
+/// All tensors of a checkpoint, by name (a clone shares the shards' memory).
+#[derive(Debug, Clone)]
 pub struct Safetensors {
     pub dir: PathBuf,
     pub tensors: HashMap<String, StTensor>,

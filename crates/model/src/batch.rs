@@ -12,65 +12,8 @@ use std::ops::Range;
 use tuili_kernels::attn::{KvElem, KvRows, Paged, Segmented};
 use tuili_kv::{KvCache, PagedBatch};
 
-use tuili_core::ThreadPool;
-
 use crate::config::ModelConfig;
-use crate::llama::{check_batch, Logits, Scratch};
-use crate::ModelError;
-
-/// A decoder that runs batches of sequences (each architecture's forward pass).
-pub trait SpanForward {
-    fn config(&self) -> &ModelConfig;
-
-    /// Runs a batch of several sequences' tokens (`spans` say whose and at which positions)
-    /// through the model: every weight matrix is read once for the whole batch. Keys and
-    /// values go to `cache`; returns the logits of the `out` tokens (`[out.len(), n_vocab]`).
-    /// `max_ctx` bounds the positions any sequence reaches (scratch sizing).
-    #[allow(clippy::too_many_arguments)]
-    fn forward_spans<'s, C: KvTarget + Sync>(
-        &self,
-        tokens: &[u32],
-        spans: &[SeqSpan],
-        cache: &mut C,
-        max_ctx: usize,
-        scratch: &'s mut Scratch,
-        out: OutRows,
-        pool: &ThreadPool,
-    ) -> Result<&'s [f32], ModelError>;
-
-    /// Runs `tokens` at positions `kv.len()…` of one sequence, appends their keys and values
-    /// to `kv`, and returns the requested logits (`[n_out, n_vocab]`).
-    fn forward<'s>(
-        &self,
-        tokens: &[u32],
-        kv: &mut KvCache,
-        scratch: &'s mut Scratch,
-        which: Logits,
-        pool: &ThreadPool,
-    ) -> Result<&'s [f32], ModelError> {
-        let cfg = self.config();
-        check_batch(cfg, tokens, kv)?;
-        let n = tokens.len();
-        let spans = [SeqSpan {
-            start: 0,
-            len: n,
-            pos0: kv.len(),
-        }];
-        let ctx = kv.capacity();
-        let n_kv_head = cfg.n_head_kv;
-        let logits = self.forward_spans(
-            tokens,
-            &spans,
-            &mut Contiguous { kv, n_kv_head },
-            ctx,
-            scratch,
-            which.rows(n),
-            pool,
-        )?;
-        kv.commit(n)?;
-        Ok(logits)
-    }
-}
+use crate::error::ModelError;
 
 /// Tokens `start..start + len` of the batch belong to one sequence, at its positions
 /// `pos0..pos0 + len`; its cache holds positions `0..pos0` already.
@@ -79,6 +22,28 @@ pub struct SeqSpan {
     pub start: usize,
     pub len: usize,
     pub pos0: usize,
+}
+
+/// Which positions of a one-sequence batch get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token (generation).
+    Last,
+    /// Every token (perplexity, speculative checks).
+    All,
+    /// None (a prompt chunk that is not the last).
+    None,
+}
+
+impl Logits {
+    /// The batch rows whose logits this asks for, in a batch of `n` (n ≥ 1).
+    pub fn rows(self, n: usize) -> OutRows<'static> {
+        OutRows::Range(match self {
+            Logits::All => 0..n,
+            Logits::Last => n.saturating_sub(1)..n,
+            Logits::None => n..n,
+        })
+    }
 }
 
 /// The tokens whose logits a batch returns, in this order.

@@ -3,62 +3,49 @@
 use tuili_formats::{GgufFile, MetaArray};
 use tuili_kernels::ops::RopeLayout;
 
-use crate::ModelError;
+use crate::error::ModelError;
 
-/// Architectures of the Llama family that tuili runs.
+/// Which decoder file runs an architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
-    /// Llama 1/2/3, Mistral, TinyLlama… (GGUF `llama`): interleaved RoPE.
+pub enum Family {
+    /// `arch/llama.rs`: RMSNorm, RoPE, gated MLP; the traits below say how a member differs.
     Llama,
-    /// Qwen2/2.5: NeoX RoPE, biases on Q, K, V.
-    Qwen2,
-    /// Qwen3: NeoX RoPE, RMSNorm of each Q and K head.
-    Qwen3,
-    /// Phi-3 / Phi-3.5 mini: NeoX RoPE, fused Q/K/V and fused gate/up projections.
-    Phi3,
-    /// Gemma: embeddings scaled by √n_embd, GeGLU (tanh GELU), NeoX RoPE.
-    Gemma,
-    /// Gemma 2: Gemma plus sandwich norms around attention and MLP, soft-capped attention
-    /// scores and logits, and a query scale of its own.
-    Gemma2,
-    /// GPT-2: learned positions, LayerNorm, GELU MLP, biases (`gpt2.rs`).
+    /// `arch/gpt2.rs`: learned positions, LayerNorm, biases, GELU MLP.
     Gpt2,
 }
 
+/// An architecture: its GGUF name and the traits that set its layer apart from the plain
+/// Llama layer. Each architecture is one line of the registry (`arch/mod.rs`), which fills
+/// this in; the decoder reads the traits, nothing matches on the name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Arch {
+    /// `general.architecture` in GGUF.
+    pub name: &'static str,
+    pub family: Family,
+    /// How RoPE pairs dimensions: adjacent pairs (GGUF `llama`, whose Q/K rows the converter
+    /// permutes into that order) or halves (NeoX: HF checkpoints and the other GGUF archs).
+    pub rope_layout: RopeLayout,
+    /// RMSNorm of each Q and K head before RoPE (Qwen3).
+    pub qk_norm: bool,
+    /// Gemma: the MLP gate is tanh GELU (GeGLU), the token embeddings are scaled by
+    /// √n_embd, and Hugging Face stores RMSNorm weights as w − 1 (its norm multiplies by 1 + w).
+    pub gemma: bool,
+    /// Gemma 2: sandwich norms after attention and after the MLP, soft-capped attention
+    /// scores and logits, a query scale of its own, and the sliding window in every other
+    /// layer (the first included).
+    pub sandwich: bool,
+}
+
 impl Arch {
-    pub fn from_name(name: &str) -> Option<Arch> {
-        match name {
-            "llama" => Some(Arch::Llama),
-            "qwen2" => Some(Arch::Qwen2),
-            "qwen3" => Some(Arch::Qwen3),
-            "phi3" => Some(Arch::Phi3),
-            "gemma" => Some(Arch::Gemma),
-            "gemma2" => Some(Arch::Gemma2),
-            "gpt2" => Some(Arch::Gpt2),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Llama => "llama",
-            Arch::Qwen2 => "qwen2",
-            Arch::Qwen3 => "qwen3",
-            Arch::Phi3 => "phi3",
-            Arch::Gemma => "gemma",
-            Arch::Gemma2 => "gemma2",
-            Arch::Gpt2 => "gpt2",
-        }
-    }
-
-    pub fn rope_layout(self) -> RopeLayout {
-        match self {
-            Arch::Llama => RopeLayout::Interleaved,
-            Arch::Qwen2 | Arch::Qwen3 | Arch::Phi3 | Arch::Gemma | Arch::Gemma2 | Arch::Gpt2 => {
-                RopeLayout::NeoX
-            }
-        }
-    }
+    /// The plain Llama layer (Llama 1/2/3, Mistral, TinyLlama: GGUF `llama`).
+    pub const LLAMA: Arch = Arch {
+        name: "llama",
+        family: Family::Llama,
+        rope_layout: RopeLayout::Interleaved,
+        qk_norm: false,
+        gemma: false,
+        sandwich: false,
+    };
 }
 
 /// Everything the forward pass needs to know about a model's shape.
@@ -94,22 +81,16 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// Whether the feed-forward gate uses tanh GELU (Gemma) rather than SiLU.
-    pub fn gelu_gate(&self) -> bool {
-        matches!(self.arch, Arch::Gemma | Arch::Gemma2)
-    }
-
-    /// Whether layer `l` uses the sliding window.
-    pub fn layer_slides(&self, l: usize) -> bool {
-        match self.arch {
-            Arch::Gemma2 => l.is_multiple_of(2),
-            _ => true,
-        }
+    /// The attention window of layer `l`: the last `w` positions where the model slides
+    /// (every layer for Mistral, every other one for Gemma 2), else `None` (all positions).
+    pub fn window(&self, l: usize) -> Option<usize> {
+        let slides = !self.arch.sandwich || l.is_multiple_of(2);
+        self.sliding_window.filter(|_| slides)
     }
 
     /// Gemma multiplies the token embeddings by √n_embd.
     pub fn embd_scale(&self) -> Option<f32> {
-        matches!(self.arch, Arch::Gemma | Arch::Gemma2).then(|| (self.n_embd as f32).sqrt())
+        self.arch.gemma.then(|| (self.n_embd as f32).sqrt())
     }
 }
 
@@ -124,13 +105,11 @@ impl ModelConfig {
         self.n_head * self.head_dim
     }
 
-    pub fn from_gguf(f: &GgufFile) -> Result<ModelConfig, ModelError> {
+    /// Reads the `{arch}.*` hyper-parameters of a GGUF file of architecture `arch` (the
+    /// registry found it by `general.architecture`).
+    pub fn from_gguf(f: &GgufFile, arch: Arch) -> Result<ModelConfig, ModelError> {
         let path = f.path().display().to_string();
-        let arch_name = f.require_str("general.architecture")?;
-        let arch = Arch::from_name(arch_name).ok_or_else(|| ModelError::UnsupportedArch {
-            path: path.clone(),
-            arch: arch_name.to_string(),
-        })?;
+        let arch_name = arch.name;
         let key = |k: &str| format!("{arch_name}.{k}");
         let bad = |k: &str, v: String, reason: &str| ModelError::BadHyperParam {
             path: path.clone(),
@@ -272,12 +251,13 @@ impl ModelConfig {
                 None => Ok(None),
             }
         };
-        let (attn_softcap, final_softcap) = match arch {
-            Arch::Gemma2 => (
+        let (attn_softcap, final_softcap) = if arch.sandwich {
+            (
                 positive("attn_logit_softcapping")?,
                 positive("final_logit_softcapping")?,
-            ),
-            _ => (None, None),
+            )
+        } else {
+            (None, None)
         };
         Ok(ModelConfig {
             arch,
@@ -294,7 +274,7 @@ impl ModelConfig {
             n_rot,
             rope_freq_base,
             rope_freq_scale,
-            rope_layout: arch.rope_layout(),
+            rope_layout: arch.rope_layout,
             attn_softcap,
             final_softcap,
             sliding_window: match f.get_u64(&key("attention.sliding_window"))? {
@@ -305,7 +285,7 @@ impl ModelConfig {
             // 1/√head_dim, except for the 27B model (46 layers): 1/√(n_embd/n_head).
             attn_scale: match positive("attention.scale")? {
                 Some(s) => Some(s),
-                None => (arch == Arch::Gemma2 && n_layer == 46)
+                None => (arch.sandwich && n_layer == 46)
                     .then(|| 1.0 / ((n_embd / n_head) as f32).sqrt()),
             },
         })

@@ -16,11 +16,13 @@ use std::path::Path;
 use serde_json::Value;
 use tuili_core::DType;
 use tuili_formats::{MetaArray, MetaValue, Safetensors};
+use tuili_kernels::ops::RopeLayout;
 
-use crate::config::Arch;
-use crate::hf::{config_from_hf, hf_name_for};
+use crate::arch::{self, llama::hf_name_for};
+use crate::config::{Family, ModelConfig};
+use crate::error::ModelError;
 use crate::quantize::{InputTensor, QuantInput};
-use crate::ModelError;
+use crate::weights::WeightSource;
 
 fn bad(path: &Path, reason: impl ToString) -> ModelError {
     ModelError::Io {
@@ -275,11 +277,12 @@ fn permute_rows(data: &[u8], n_head: usize, rows: usize, row_bytes: usize) -> Ve
 /// A Hugging Face folder as quantizer input (tensors borrowed from `st`'s maps where they are
 /// not permuted).
 pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, ModelError> {
-    let (cfg, extras) = config_from_hf(dir)?;
-    if cfg.arch == Arch::Gpt2 {
-        return gpt2_input(dir, st, &cfg);
+    let (a, cfg, extras) = arch::of_hf(dir)?;
+    if cfg.arch.family == Family::Gpt2 {
+        let src = (a.hf_source)(st.clone(), &cfg, &extras);
+        return gpt2_input(dir, &*src, &cfg);
     }
-    let arch = cfg.arch.name();
+    let arch = cfg.arch.name;
     let k = |s: &str| format!("{arch}.{s}");
     let mut md: Vec<(String, MetaValue)> = vec![
         (
@@ -371,7 +374,7 @@ pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, M
             "attn_k_norm.weight",
         ]);
         list.push("ffn_norm.weight");
-        if cfg.arch == Arch::Gemma2 {
+        if cfg.arch.sandwich {
             list.extend(["post_attention_norm.weight", "post_ffw_norm.weight"]);
         }
         if !fused_ffn {
@@ -385,7 +388,7 @@ pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, M
     let mut tensors = Vec::new();
     let mut bytes = 0u64;
     for name in names {
-        let mut hf = hf_name_for(&name, cfg.arch == Arch::Gemma2).unwrap_or_default();
+        let mut hf = hf_name_for(&name, cfg.arch.sandwich).unwrap_or_default();
         if fused_ffn && name.ends_with("ffn_up.weight") {
             hf = hf.replace("mlp.up_proj", "mlp.gate_up_proj");
         }
@@ -406,11 +409,11 @@ pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, M
             None => return Err(bad(dir, format!("tensor {hf} is missing"))),
         };
         bytes += t.data().len() as u64;
-        let permute = cfg.arch == Arch::Llama
+        // GGUF's interleaved-RoPE archs (`llama`) pair adjacent dimensions.
+        let permute = cfg.arch.rope_layout == RopeLayout::Interleaved
             && (name.ends_with("attn_q.weight") || name.ends_with("attn_k.weight"));
         // GGUF's Gemma norms hold 1 + w (HF's RMSNorm multiplies by 1 + w).
-        let gemma_norm =
-            matches!(cfg.arch, Arch::Gemma | Arch::Gemma2) && name.ends_with("norm.weight");
+        let gemma_norm = cfg.arch.gemma && name.ends_with("norm.weight");
         if gemma_norm {
             let mut v = vec![0f32; t.shape.iter().product::<u64>() as usize];
             tuili_kernels::dequant::dequantize_row(t.dtype, t.data(), &mut v)?;
@@ -461,10 +464,9 @@ pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, M
 /// `gpt2` names with the Conv1D weights transposed (as llama.cpp's converter does).
 fn gpt2_input<'a>(
     dir: &Path,
-    st: &'a Safetensors,
-    cfg: &crate::ModelConfig,
+    src: &dyn WeightSource,
+    cfg: &ModelConfig,
 ) -> Result<QuantInput<'a>, ModelError> {
-    use crate::weights::WeightSource;
     let k = |s: &str| format!("gpt2.{s}");
     let mut md: Vec<(String, MetaValue)> = vec![
         (
@@ -485,7 +487,6 @@ fn gpt2_input<'a>(
     ];
     md.extend(tokenizer_metadata(dir)?);
     // The source transposes the Conv1D weights; the tensors it hands out are copied here.
-    let src = crate::hf::Gpt2Source { st };
     let mut names = vec![
         "token_embd.weight".to_string(),
         "position_embd.weight".to_string(),

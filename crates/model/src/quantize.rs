@@ -31,7 +31,7 @@ use tuili_formats::{GgufFile, GgufWriter, MetaValue};
 use tuili_kernels::dequant::dequantize_row;
 use tuili_kernels::quant::quantize_row;
 
-use crate::ModelError;
+use crate::error::ModelError;
 
 /// llama.cpp's file types (`llama_ftype`), as llama-quantize names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use tuili_kernels::blocks::f16_to_le;
 use tuili_kernels::quant::quantize_row;
 
 use crate::config::Arch;
-use crate::ModelError;
+use crate::error::ModelError;
 
 /// The shape and storage of a synthetic model.
 #[derive(Debug, Clone)]
@@ -35,7 +35,7 @@ impl SynthSpec {
     /// A tiny model that every type's block size divides (dims multiple of 256).
     pub fn tiny(dtype: DType) -> SynthSpec {
         SynthSpec {
-            arch: Arch::Llama,
+            arch: Arch::LLAMA,
             name: format!("synthetic-tiny-{dtype}"),
             n_vocab: 512,
             n_embd: 256,
@@ -65,7 +65,7 @@ impl SynthSpec {
             _ => return None,
         };
         Some(SynthSpec {
-            arch: Arch::Llama,
+            arch: Arch::LLAMA,
             name: format!("tuili-bench-{shape}-{}", dtype.name().to_lowercase()),
             n_vocab,
             n_embd,
@@ -172,7 +172,7 @@ pub fn synth_vocab(n_vocab: usize) -> (Vec<String>, Vec<f32>, Vec<i32>) {
 /// Builds the GGUF image of a synthetic model.
 pub fn synth_gguf(spec: &SynthSpec) -> Result<GgufWriter, ModelError> {
     let mut rng = SplitMix(spec.seed);
-    let arch = spec.arch.name();
+    let arch = spec.arch.name;
     let head_dim = spec.n_embd / spec.n_head;
     let (q, kv) = (spec.n_head * head_dim, spec.n_head_kv * head_dim);
     let mut w = GgufWriter::new();

@@ -8,15 +8,15 @@ use tuili_core::DType;
 use tuili_formats::{GgufFile, GgufWriter, MetaValue};
 use tuili_kernels::dequant::dequantize_row;
 use tuili_model::synth::{synth_gguf, SynthSpec};
-use tuili_model::{Llama, Logits, ModelError, Scratch, SpanForward};
+use tuili_model::{Logits, Model, ModelError, Scratch};
 
 fn stories_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../../shared/fixtures/models/stories260K/stories260K.gguf")
 }
 
-fn load(w: &GgufWriter) -> Llama {
-    Llama::load(Arc::new(
+fn load(w: &GgufWriter) -> Model {
+    Model::load(Arc::new(
         GgufFile::from_bytes("mem.gguf", w.to_bytes()).unwrap(),
     ))
     .unwrap()
@@ -30,7 +30,7 @@ fn copy_of(f: &GgufFile) -> GgufWriter {
     w
 }
 
-fn logits(model: &Llama, tokens: &[u32], which: Logits) -> Vec<f32> {
+fn logits(model: &Model, tokens: &[u32], which: Logits) -> Vec<f32> {
     let mut kv = model.new_cache(128).unwrap();
     let mut s = Scratch::new();
     model
@@ -67,7 +67,7 @@ fn every_weight_type_matches_its_f32_dequantization_and_scalar_path() {
             w.add_tensor(&t.info.name, DType::F32, &t.info.shape, bytes)
                 .unwrap();
         }
-        let mut model = Llama::load(Arc::new(q)).unwrap();
+        let mut model = Model::load(Arc::new(q)).unwrap();
         // Past eight tokens the batch takes the token-lane matrix kernels (`gemm`); the
         // scalar path takes dot products token by token.
         let prompt: Vec<u32> = PROMPT
@@ -117,7 +117,7 @@ fn every_weight_type_matches_its_f32_dequantization_and_scalar_path() {
 #[test]
 fn neox_layout_with_unpermuted_qk_equals_interleaved() {
     let f = GgufFile::open(stories_path()).unwrap();
-    let base = Llama::load(Arc::new(GgufFile::open(stories_path()).unwrap())).unwrap();
+    let base = Model::load(Arc::new(GgufFile::open(stories_path()).unwrap())).unwrap();
     let cfg = base.config().clone();
     let mut w = GgufWriter::new();
     for (k, v) in &f.metadata {
@@ -183,7 +183,7 @@ fn tied_output_uses_the_embedding() {
         w.add_tensor(&t.info.name, t.info.dtype, &t.info.shape, t.data.to_vec())
             .unwrap();
     }
-    let base = Llama::load(Arc::new(f)).unwrap();
+    let base = Model::load(Arc::new(f)).unwrap();
     let tied = load(&w);
     assert_eq!(
         logits(&tied, PROMPT, Logits::Last),
@@ -194,7 +194,7 @@ fn tied_output_uses_the_embedding() {
 /// Prefill of a whole prompt gives the logits that feeding it one token at a time gives.
 #[test]
 fn batched_prefill_equals_token_by_token() {
-    let model = Llama::load(Arc::new(GgufFile::open(stories_path()).unwrap())).unwrap();
+    let model = Model::load(Arc::new(GgufFile::open(stories_path()).unwrap())).unwrap();
     let all = logits(&model, PROMPT, Logits::All);
     let mut kv = model.new_cache(64).unwrap();
     let mut s = Scratch::new();
@@ -216,7 +216,7 @@ fn batched_prefill_equals_token_by_token() {
 
 #[test]
 fn bad_requests_are_errors() {
-    let model = Llama::load(Arc::new(GgufFile::open(stories_path()).unwrap())).unwrap();
+    let model = Model::load(Arc::new(GgufFile::open(stories_path()).unwrap())).unwrap();
     let mut kv = model.new_cache(4).unwrap();
     let mut s = Scratch::new();
     assert!(matches!(
@@ -257,7 +257,7 @@ fn corrupt_models_never_panic() {
                     continue;
                 }
             };
-            match Llama::load(Arc::new(file)) {
+            match Model::load(Arc::new(file)) {
                 Ok(m) => {
                     loaded += 1;
                     let n_ctx = m.config().n_ctx_train.min(16);
@@ -301,7 +301,7 @@ fn linear_rope_scaling_is_read() {
         logits(&scaled, PROMPT, Logits::Last)
     );
     w.set("llama.rope.scaling.type", MetaValue::String("yarn".into()));
-    let e = Llama::load(Arc::new(
+    let e = Model::load(Arc::new(
         GgufFile::from_bytes("yarn.gguf", w.to_bytes()).unwrap(),
     ))
     .unwrap_err();
@@ -323,7 +323,7 @@ fn pool(n: usize) -> &'static tuili_core::ThreadPool {
 fn paged_batches_equal_each_sequence_alone() {
     use tuili_kv::{BlockAllocator, BlockTable, PagedBatch, PagedKv};
     use tuili_model::{OutRows, SeqSpan};
-    let model = Llama::load(Arc::new(GgufFile::open(stories_path()).unwrap())).unwrap();
+    let model = Model::load(Arc::new(GgufFile::open(stories_path()).unwrap())).unwrap();
     let cfg = model.config().clone();
     let nv = cfg.n_vocab;
     let seqs: [&[u32]; 4] = [
@@ -432,7 +432,7 @@ fn quantized_paged_caches() {
     let cfg = model.config().clone();
     assert_eq!(cfg.head_dim % 32, 0);
     let want = logits(&model, PROMPT, Logits::All);
-    fn paged<T: tuili_kernels::attn::KvElem>(model: &Llama, max_err: f32, want: &[f32]) {
+    fn paged<T: tuili_kernels::attn::KvElem>(model: &Model, max_err: f32, want: &[f32]) {
         let cfg = model.config();
         let mut store = PagedKv::<T>::new(cfg.n_layer, 4, 16, cfg.n_head_kv, cfg.head_dim).unwrap();
         let mut s = Scratch::new();
@@ -466,7 +466,7 @@ fn quantized_paged_caches() {
     }
     paged::<half::f16>(&model, 2e-3, &want);
     paged::<BlockQ8_0>(&model, 3e-2, &want);
-    let stories = Llama::load(Arc::new(GgufFile::open(stories_path()).unwrap())).unwrap();
+    let stories = Model::load(Arc::new(GgufFile::open(stories_path()).unwrap())).unwrap();
     let c = stories.config();
     assert!(matches!(
         PagedKv::<BlockQ8_0>::new(c.n_layer, 4, 16, c.n_head_kv, c.head_dim),
@@ -483,7 +483,7 @@ fn threads_do_not_change_a_long_prompt() {
     for dtype in [DType::Q4_K, DType::Q4_0, DType::F16] {
         let spec = SynthSpec::named("test", dtype, 7).unwrap();
         let bytes = synth_gguf(&spec).unwrap().to_bytes();
-        let model = Llama::load(Arc::new(GgufFile::from_bytes("t.gguf", bytes).unwrap())).unwrap();
+        let model = Model::load(Arc::new(GgufFile::from_bytes("t.gguf", bytes).unwrap())).unwrap();
         // 600 tokens × 256 dimensions: two threads' worth of element-wise work.
         let tokens: Vec<u32> = (0..600).map(|i| (i * 37 % 512) as u32).collect();
         let run = |p| {

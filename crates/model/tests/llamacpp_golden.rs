@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tuili_formats::GgufFile;
-use tuili_model::{Llama, Logits, Scratch, SpanForward};
+use tuili_model::{Logits, Model, Scratch};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -42,7 +42,7 @@ fn stories260k_matches_llama_cpp() {
     let file =
         GgufFile::open(root().join("../shared/fixtures/models/stories260K/stories260K.gguf"))
             .unwrap();
-    let model = Llama::load(Arc::new(file)).unwrap();
+    let model = Model::load(Arc::new(file)).unwrap();
     let golden: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(root().join("tests/golden/stories260K-llamacpp.json")).unwrap(),
     )
@@ -98,7 +98,7 @@ fn stories260k_matches_float64_reference_for_256_tokens() {
     let file =
         GgufFile::open(root().join("../shared/fixtures/models/stories260K/stories260K.gguf"))
             .unwrap();
-    let model = Llama::load(Arc::new(file)).unwrap();
+    let model = Model::load(Arc::new(file)).unwrap();
     let r: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
             root().join("../shared/fixtures/models/stories260K/reference_greedy.json"),

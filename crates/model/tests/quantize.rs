@@ -9,7 +9,7 @@ use tuili_core::{DType, ThreadPool};
 use tuili_formats::GgufFile;
 use tuili_model::quantize::{partial_path, quantize, FileType, QuantInput, QuantizeOptions};
 use tuili_model::synth::{synth_gguf, SynthSpec};
-use tuili_model::{Llama, Logits, ModelError, Scratch, SpanForward};
+use tuili_model::{Logits, Model, ModelError, Scratch};
 
 fn tmp_dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("tuili-quantize-test-{}", std::process::id()));
@@ -21,7 +21,7 @@ fn opts(ftype: FileType) -> QuantizeOptions {
     QuantizeOptions::new(ftype, 2)
 }
 
-fn logits(m: &Llama) -> Vec<f32> {
+fn logits(m: &Model) -> Vec<f32> {
     let pool = ThreadPool::new(1);
     let mut kv = m.new_cache(8).unwrap();
     let mut s = Scratch::new();
@@ -47,7 +47,7 @@ fn every_file_type_equals_llama_quantize() {
         .write(&input)
         .unwrap();
     let src = GgufFile::open(&input).unwrap();
-    let base = logits(&Llama::load(Arc::new(GgufFile::open(&input).unwrap())).unwrap());
+    let base = logits(&Model::load(Arc::new(GgufFile::open(&input).unwrap())).unwrap());
     for (name, want) in golden["types"].as_object().unwrap() {
         let ft = FileType::parse(name).unwrap();
         let out = dir.join(format!("{name}.gguf"));
@@ -90,7 +90,7 @@ fn every_file_type_equals_llama_quantize() {
             Some(ft.llama_id() as u64)
         );
         // The quantized model runs, and stays close to the F32 one.
-        let q = logits(&Llama::load(Arc::new(f)).unwrap());
+        let q = logits(&Model::load(Arc::new(f)).unwrap());
         let (num, den) = q.iter().zip(&base).fold((0f64, 0f64), |(n, d), (a, b)| {
             (n + ((a - b) as f64).powi(2), d + (*b as f64).powi(2))
         });

@@ -1,0 +1,299 @@
+//! The execution layer: the one place that runs a forward pass, for every architecture.
+//!
+//! An architecture (`arch/`) binds its tensors and describes its layer as a [`Decoder`]: how a
+//! token becomes a row of the residual stream, what one layer does to the stream in terms of
+//! the steps a [`Step`] offers (matrix products, attention over the KV cache, element-wise
+//! work per token), and the final norm and output matrix. [`forward`] owns everything else:
+//! checking the batch, sizing the buffers ([`Scratch`]), the loop over layers, the logits.
+//!
+//! A [`Step`] decides how each piece runs: the matrix driver ([`matmul`]: weight rows split
+//! across the pool's threads, activations prepared once per input), attention
+//! ([`attention`]: through `dyn` [`KvAccess`], one virtual call per layer, the cache's element
+//! type compiled into the loops behind it), and [`threads_for`], the one rule for how many
+//! threads a parallel region gets.
+//!
+//! How the coming parallelism fits in, as additions here rather than edits of every
+//! architecture:
+//! - *Pipeline parallelism* cuts the layer range: a rank runs [`forward`]'s loop over its own
+//!   layers, receives the residual stream `x` instead of embedding (unless it is first) and
+//!   sends it on instead of computing logits (unless it is last).
+//! - *Tensor parallelism* binds each rank's slice of every matrix (Q/K/V by whole KV-head
+//!   groups, gate/up by rows, attention output and MLP down by input columns) and runs with
+//!   the rank's own [`AttnShape`]. The architectures already say which products close a block
+//!   and join the residual stream: [`Step::matmul_to_residual`] (attention output, MLP down) —
+//!   the one place where partial sums over a split input become the all-reduce. Every other
+//!   [`Step::matmul`] is row-parallel and needs no communication.
+//!
+//! May not: know an architecture (no names, no special cases: those are the `Decoder`'s), or
+//! own a KV cache (the caller's, through [`KvAccess`]).
+
+pub mod attention;
+pub mod matmul;
+pub mod parallel;
+pub mod scratch;
+
+use tuili_core::pool::split;
+use tuili_core::{PerThread, ThreadPool};
+use tuili_kernels::cpu::Isa;
+use tuili_kernels::ops;
+
+use crate::batch::{check_spans, span_of, OutRows, SeqSpan};
+use crate::config::ModelConfig;
+use crate::error::ModelError;
+use crate::weights::Matrix;
+
+pub use attention::{AttnShape, KvAccess};
+use matmul::{matmul, matmul_many, Activations, RowScratch};
+pub use parallel::threads_for;
+use parallel::SharedOut;
+pub use scratch::Scratch;
+
+/// An architecture's decoder, as the execution layer runs it. Implementations bind their
+/// tensors at load time and hold no per-request state.
+pub trait Decoder: Send + Sync {
+    fn config(&self) -> &ModelConfig;
+
+    /// Writes the residual-stream rows of the batch's tokens into `x` (`[n, n_embd]`); token
+    /// i belongs to the span that covers it, at its position there.
+    fn embed(&self, tokens: &[u32], spans: &[SeqSpan], x: &mut [f32]) -> Result<(), ModelError>;
+
+    /// Runs layer `layer` over the batch: reads and updates `b.x`, the residual stream.
+    fn layer(&self, layer: usize, step: &mut Step<'_>, b: &mut Buffers<'_>);
+
+    /// The final norm of one residual row.
+    fn final_norm(&self, x: &[f32], out: &mut [f32]);
+
+    /// The output projection, `[n_vocab, n_embd]`.
+    fn output(&self) -> &Matrix;
+
+    /// Every matrix one decode step reads (the output included; the embedding row aside).
+    fn matrices(&self) -> Vec<&Matrix>;
+
+    /// The most positions a sequence may hold, when the architecture limits them (learned
+    /// positions end at the trained context).
+    fn max_positions(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// A batch's activations as a layer sees them, each `[n, width]` (n tokens).
+pub struct Buffers<'a> {
+    /// `[n, n_embd]`: the residual stream.
+    pub x: &'a mut [f32],
+    /// `[n, n_embd]`: a normed input, or a block's output before it joins the stream.
+    pub h: &'a mut [f32],
+    /// `[n, n_head · head_dim]`: queries.
+    pub q: &'a mut [f32],
+    /// `[n, n_head_kv · head_dim]`: keys and values of this batch.
+    pub k: &'a mut [f32],
+    pub v: &'a mut [f32],
+    /// `[n, n_head · head_dim]`: attention output.
+    pub att: &'a mut [f32],
+    /// `[n, n_ff]`: the MLP's gate and up projections.
+    pub gate: &'a mut [f32],
+    pub up: &'a mut [f32],
+}
+
+/// What a layer can do, for one batch: the execution layer's steps, each run on the pool.
+pub struct Step<'a> {
+    pool: &'a ThreadPool,
+    isa: Isa,
+    spans: &'a [SeqSpan],
+    n: usize,
+    acts: &'a mut Activations,
+    tmp: &'a RowScratch,
+    scores: &'a PerThread<Vec<f32>>,
+    kv: &'a mut dyn KvAccess,
+    attn: AttnShape,
+}
+
+impl Step<'_> {
+    /// Tokens in the batch.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The kernel set in use.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// The position of batch token `t` in its own sequence.
+    pub fn pos(&self, t: usize) -> usize {
+        let s = &self.spans[span_of(self.spans, t)];
+        s.pos0 + t - s.start
+    }
+
+    /// y = x · Wᵀ for the batch (`x` `[n, cols]`, `y` `[n, rows]`); `x` is a new input.
+    pub fn matmul(&mut self, w: &Matrix, x: &[f32], y: &mut [f32]) {
+        self.acts.invalidate();
+        matmul(self.pool, self.isa, w, x, self.n, y, self.acts, self.tmp);
+    }
+
+    /// Several products of the same new input, `ys[i] = x · ws[i]ᵀ`, in one parallel region
+    /// where that pays (Q, K and V; gate and up).
+    pub fn matmul_many<const K: usize>(
+        &mut self,
+        ws: [&Matrix; K],
+        x: &[f32],
+        ys: [&mut [f32]; K],
+    ) {
+        self.acts.invalidate();
+        matmul_many(self.pool, self.isa, ws, x, self.n, ys, self.acts, self.tmp);
+    }
+
+    /// The product that closes a block, whose output joins the residual stream (attention
+    /// output, MLP down): y = x · Wᵀ. Under tensor parallelism W is split along its input
+    /// columns and each rank's `y` is a partial sum; this is where they are added up.
+    pub fn matmul_to_residual(&mut self, w: &Matrix, x: &[f32], y: &mut [f32]) {
+        self.matmul(w, x, y);
+    }
+
+    /// Stores this layer's keys and values in the cache, then computes causal attention of
+    /// the queries into `att`; `window` limits each query to its last positions.
+    pub fn attention(
+        &mut self,
+        layer: usize,
+        window: Option<usize>,
+        k: &[f32],
+        v: &[f32],
+        q: &[f32],
+        att: &mut [f32],
+    ) {
+        self.kv.store(layer, self.spans, k, v);
+        let (pool, scores) = (self.pool, self.scores);
+        self.kv.attend(
+            &self.attn, window, self.isa, layer, self.spans, q, att, pool, scores,
+        );
+    }
+
+    /// Runs `f(t, rows)` for every token t of the batch, `rows` being token t's rows of
+    /// `bufs` (each buffer `[n, width]`); each token on one thread. On the pool's threads
+    /// when the batch has work enough to pay for waking them (`n · width` values, by
+    /// [`threads_for`]: prompt batches), else on this one.
+    pub fn each_token<const K: usize>(
+        &self,
+        width: usize,
+        bufs: [&mut [f32]; K],
+        f: &(dyn Fn(usize, [&mut [f32]; K]) + Sync),
+    ) {
+        let n = self.n;
+        let rows = bufs.map(|b| {
+            let w = b.len() / n.max(1);
+            (SharedOut::new(b), w)
+        });
+        let threads = threads_for(self.pool, n * width);
+        self.pool.run_with(threads, &|i, nt| {
+            for t in split(n, i, nt, 1) {
+                // SAFETY: token t is handed to this worker alone (`split` partitions the
+                // tokens), so its rows are touched by this thread only; the buffers are
+                // borrowed mutably for the whole call, and `slice` checks the bounds.
+                let r = std::array::from_fn(|j| unsafe {
+                    let (buf, w) = &rows[j];
+                    buf.slice(t * w..(t + 1) * w)
+                });
+                f(t, r);
+            }
+        });
+    }
+}
+
+/// Runs a batch of several sequences' tokens (`spans` say whose and at which positions)
+/// through `dec`: every weight matrix is read once for the whole batch. Keys and values go to
+/// `kv`; returns the logits of the `out` tokens (`[out.len(), n_vocab]`). `max_ctx` bounds
+/// the positions any sequence reaches (scratch sizing).
+#[allow(clippy::too_many_arguments)]
+pub fn forward<'s>(
+    dec: &dyn Decoder,
+    isa: Isa,
+    tokens: &[u32],
+    spans: &[SeqSpan],
+    kv: &mut dyn KvAccess,
+    max_ctx: usize,
+    scratch: &'s mut Scratch,
+    out: OutRows,
+    pool: &ThreadPool,
+) -> Result<&'s [f32], ModelError> {
+    let cfg = dec.config();
+    let ctx = check_spans(cfg, tokens, spans, &out)?;
+    kv.check(cfg, spans)?;
+    if let Some(limit) = dec.max_positions() {
+        if ctx > limit {
+            return Err(ModelError::Kv(tuili_kv::KvError::Full {
+                needed: ctx,
+                capacity: limit,
+            }));
+        }
+    }
+    let n = tokens.len();
+    let n_logits = out.len();
+    scratch.ensure(cfg, n, n_logits, pool.n_threads(), max_ctx.max(ctx));
+    let (e, qd, kvd, ff, nv) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff, cfg.n_vocab);
+    let Scratch {
+        x,
+        h,
+        q,
+        k,
+        v,
+        att,
+        gate,
+        up,
+        logits,
+        acts,
+        tmp,
+        scores,
+        ..
+    } = scratch;
+    let (Some(tmp), Some(scores)) = (tmp.as_ref(), scores.as_ref()) else {
+        unreachable!("Scratch::ensure fills both")
+    };
+    dec.embed(tokens, spans, &mut x[..n * e])?;
+    let mut step = Step {
+        pool,
+        isa,
+        spans,
+        n,
+        acts,
+        tmp,
+        scores,
+        kv,
+        attn: AttnShape::of(cfg),
+    };
+    let mut b = Buffers {
+        x: &mut x[..n * e],
+        h: &mut h[..n * e],
+        q: &mut q[..n * qd],
+        k: &mut k[..n * kvd],
+        v: &mut v[..n * kvd],
+        att: &mut att[..n * qd],
+        gate: &mut gate[..n * ff],
+        up: &mut up[..n * ff],
+    };
+    for layer in 0..cfg.n_layer {
+        dec.layer(layer, &mut step, &mut b);
+    }
+    if n_logits == 0 {
+        return Ok(&logits[..0]);
+    }
+    // The final norm of the `out` rows, then the output matrix (and a soft cap).
+    for i in 0..n_logits {
+        let r = out.get(i);
+        dec.final_norm(&x[r * e..(r + 1) * e], &mut h[i * e..(i + 1) * e]);
+    }
+    let lo = &mut logits[..n_logits * nv];
+    step.acts.invalidate();
+    matmul(
+        pool,
+        isa,
+        dec.output(),
+        &h[..n_logits * e],
+        n_logits,
+        lo,
+        step.acts,
+        tmp,
+    );
+    if let Some(c) = cfg.final_softcap {
+        ops::softcap(lo, c);
+    }
+    Ok(&logits[..n_logits * nv])
+}

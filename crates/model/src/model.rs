@@ -1,0 +1,171 @@
+//! A loaded model of any architecture: its decoder (found in the registry, `arch/`), the
+//! kernel set it runs with, and the forward pass through the execution layer (`exec`).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tuili_core::ThreadPool;
+use tuili_formats::{GgufFile, Load, Safetensors};
+use tuili_kernels::cpu::{self, Isa};
+use tuili_kv::KvCache;
+
+use crate::arch;
+use crate::batch::{Contiguous, KvTarget, Logits, OutRows, SeqSpan};
+use crate::config::ModelConfig;
+use crate::error::ModelError;
+use crate::exec::{self, Decoder, Scratch};
+use crate::hf::HfExtras;
+use crate::weights::GgufSource;
+
+/// A loaded model: views of its weights in the mapped file(s), bound by its architecture's
+/// decoder. Holds no per-request state: the KV cache and the scratch buffers are the caller's.
+pub struct Model {
+    dec: Box<dyn Decoder>,
+    /// The file or folder the weights come from.
+    label: String,
+    /// Kernel set, detected at load; tests switch it to compare against the scalar twins.
+    isa: Isa,
+}
+
+impl Model {
+    /// Binds a GGUF model of any supported architecture, checking names, shapes and types.
+    pub fn load(file: Arc<GgufFile>) -> Result<Model, ModelError> {
+        let label = file.path().display().to_string();
+        if file.tensors.is_empty() {
+            return Err(ModelError::NoWeights { path: label });
+        }
+        let a = arch::of_gguf(&file)?;
+        let cfg = ModelConfig::from_gguf(&file, a.arch)?;
+        let dec = (a.bind)(cfg, &GgufSource(file))?;
+        Ok(Model::new(dec, label))
+    }
+
+    /// Loads a Hugging Face model folder (`config.json`, safetensors shards), its weights
+    /// mapped or read into memory ([`Load`]); also returns what the configs say beyond the
+    /// shape.
+    pub fn load_hf(dir: &Path, how: Load) -> Result<(Model, HfExtras), ModelError> {
+        let (a, cfg, extras) = arch::of_hf(dir)?;
+        let st = Safetensors::open_dir_with(dir, how).map_err(|e| ModelError::Io {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let src = (a.hf_source)(st, &cfg, &extras);
+        let dec = (a.bind)(cfg, &*src)?;
+        Ok((Model::new(dec, src.label()), extras))
+    }
+
+    fn new(dec: Box<dyn Decoder>, label: String) -> Model {
+        Model {
+            dec,
+            label,
+            isa: cpu::detect(),
+        }
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        self.dec.config()
+    }
+
+    /// The file or folder the weights come from.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The kernel set in use.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Chooses the kernel set (at most what this CPU supports): for comparisons with the
+    /// scalar reference.
+    pub fn set_isa(&mut self, isa: Isa) {
+        self.isa = isa.min(cpu::detect());
+    }
+
+    /// The most positions a sequence may hold: `n_ctx`, or less where the architecture
+    /// limits positions (GPT-2's learned ones).
+    pub fn max_context(&self, n_ctx: usize) -> usize {
+        self.dec.max_positions().map_or(n_ctx, |m| n_ctx.min(m))
+    }
+
+    /// A KV cache sized for this model and `n_ctx` positions (at most
+    /// [`Model::max_context`]).
+    pub fn new_cache(&self, n_ctx: usize) -> Result<KvCache, ModelError> {
+        let c = self.config();
+        Ok(KvCache::new(
+            c.n_layer,
+            self.max_context(n_ctx),
+            c.kv_dim(),
+        )?)
+    }
+
+    /// Bytes of weights read by one decode step (every matrix once, the embedding row aside).
+    pub fn weight_bytes_per_token(&self) -> usize {
+        self.dec.matrices().iter().map(|m| m.bytes()).sum()
+    }
+
+    /// Runs `tokens` at positions `kv.len()…` of one sequence, appends their keys and values
+    /// to `kv`, and returns the requested logits (`[n_out, n_vocab]`).
+    pub fn forward<'s>(
+        &self,
+        tokens: &[u32],
+        kv: &mut KvCache,
+        scratch: &'s mut Scratch,
+        which: Logits,
+        pool: &ThreadPool,
+    ) -> Result<&'s [f32], ModelError> {
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyBatch);
+        }
+        let n = tokens.len();
+        let spans = [SeqSpan {
+            start: 0,
+            len: n,
+            pos0: kv.len(),
+        }];
+        let ctx = kv.capacity();
+        let n_kv_head = self.config().n_head_kv;
+        let logits = exec::forward(
+            &*self.dec,
+            self.isa,
+            tokens,
+            &spans,
+            &mut Contiguous { kv, n_kv_head },
+            ctx,
+            scratch,
+            which.rows(n),
+            pool,
+        )?;
+        kv.commit(n)?;
+        Ok(logits)
+    }
+
+    /// Runs a batch of several sequences' tokens (`spans` say whose and at which positions)
+    /// through the model: every weight matrix is read once for the whole batch. Keys and
+    /// values go to `cache`; returns the logits of the `out` tokens (`[out.len(), n_vocab]`).
+    /// `max_ctx` bounds the positions any sequence reaches (scratch sizing).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_spans<'s, C: KvTarget + Sync>(
+        &self,
+        tokens: &[u32],
+        spans: &[SeqSpan],
+        cache: &mut C,
+        max_ctx: usize,
+        scratch: &'s mut Scratch,
+        out: OutRows,
+        pool: &ThreadPool,
+    ) -> Result<&'s [f32], ModelError> {
+        exec::forward(
+            &*self.dec, self.isa, tokens, spans, cache, max_ctx, scratch, out, pool,
+        )
+    }
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("label", &self.label)
+            .field("config", self.config())
+            .finish()
+    }
+}
