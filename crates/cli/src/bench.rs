@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tuili_kv::{BlockAllocator, BlockTable, PagedBatch, PagedKv};
+use tuili_kv::{BlockAllocator, BlockTable, KvType, PagedStore};
 use tuili_model::{OutRows, SeqSpan};
 
 use tuili_core::{DType, ThreadPool};
@@ -43,12 +43,16 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_mmap: bool,
     /// Batched decoding: for each B, B sequences of --batch-ctx tokens decode n-gen steps
-    /// together through the paged F16 KV cache (what `tuili serve` runs); aggregate tokens/s.
+    /// together through the paged KV cache (what `tuili serve` runs); aggregate tokens/s.
     #[arg(short = 'b', long = "batch", value_delimiter = ',')]
     pub batch: Vec<usize>,
     /// Context each batched sequence starts from.
     #[arg(long, default_value_t = 64)]
     pub batch_ctx: usize,
+    /// Element type of the paged cache of batched decoding: f16, q8_0 or f32 (as `tuili
+    /// serve --kv-type`).
+    #[arg(long, default_value = "f16")]
+    pub kv_type: String,
 }
 
 struct Result1 {
@@ -171,22 +175,27 @@ fn run_test(
 }
 
 /// B sequences of `ctx` random tokens (prefilled together), then `n_gen` decode steps of one
-/// token per sequence, all through a paged F16 cache; returns the decode steps' time.
+/// token per sequence, all through a paged cache of `kv_type`; returns the decode steps' time.
 fn run_batched(
     model: &Model,
     pool: &ThreadPool,
-    b: usize,
-    ctx: usize,
-    n_gen: usize,
+    kv_type: KvType,
+    (b, ctx, n_gen): (usize, usize, usize),
 ) -> Result<u64, CliError> {
     let cfg = model.config();
     let err = |e: tuili_model::ModelError| CliError::from(tuili_engine::EngineError::from(e));
     let bs = 16;
     let per_seq = (ctx + n_gen).div_ceil(bs);
     let mut alloc = BlockAllocator::new(b * per_seq, bs);
-    let mut store =
-        PagedKv::<half::f16>::new(cfg.n_layer, b * per_seq, bs, cfg.n_head_kv, cfg.head_dim)
-            .map_err(|e| err(e.into()))?;
+    let mut store = PagedStore::new(
+        kv_type,
+        cfg.n_layer,
+        b * per_seq,
+        bs,
+        cfg.n_head_kv,
+        cfg.head_dim,
+    )
+    .map_err(|e| err(e.into()))?;
     let mut flat = Vec::new();
     let mut offsets = vec![0];
     for _ in 0..b {
@@ -206,11 +215,7 @@ fn run_batched(
         ((s >> 33) % n_vocab) as u32
     };
     let mut scratch = Scratch::new();
-    let mut batch = PagedBatch {
-        store: &mut store,
-        tables: &flat,
-        offsets: &offsets,
-    };
+    let mut batch = store.batch(&flat, &offsets);
     if ctx > 0 {
         let tokens: Vec<u32> = (0..b * ctx).map(|_| tok()).collect();
         let spans: Vec<SeqSpan> = (0..b)
@@ -267,6 +272,15 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
             "--threads {bad}: must be between 1 and 1024"
         )));
     }
+    if a.batch.iter().any(|&b| b == 0 || b > 1024) {
+        return Err(CliError::Usage("--batch sizes must be 1 to 1024".into()));
+    }
+    let kv_type = KvType::parse(&a.kv_type).ok_or_else(|| {
+        CliError::Usage(format!(
+            "--kv-type {}: expected f16, q8_0 or f32",
+            a.kv_type
+        ))
+    })?;
     let file = Arc::new(GgufFile::open_with(&a.model, crate::load_how(a.no_mmap))?);
     let model_size: u64 = file.tensors.iter().map(|t| t.size).sum();
     let n_params: u64 = file.tensors.iter().map(|t| t.n_elements()).sum();
@@ -308,18 +322,15 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
             });
         }
     }
-    if a.batch.iter().any(|&b| b == 0 || b > 1024) {
-        return Err(CliError::Usage("--batch sizes must be 1 to 1024".into()));
-    }
     // Batched decoding rows: (threads, B, samples of the decode time).
     let mut batched = Vec::new();
     for &threads in &a.threads {
         let pool = ThreadPool::new(threads);
         for &b in &a.batch {
-            run_batched(&model, &pool, b, a.batch_ctx, a.n_gen.min(4))?;
+            run_batched(&model, &pool, kv_type, (b, a.batch_ctx, a.n_gen.min(4)))?;
             let samples: Vec<f64> = (0..a.reps)
                 .map(|_| {
-                    run_batched(&model, &pool, b, a.batch_ctx, a.n_gen)
+                    run_batched(&model, &pool, kv_type, (b, a.batch_ctx, a.n_gen))
                         .map(|ns| (b * a.n_gen) as f64 * 1e9 / ns as f64)
                 })
                 .collect::<Result<_, _>>()?;

@@ -14,11 +14,8 @@
 use std::io::{Read, Write};
 
 use half::f16;
-use tuili_kv::KvCache;
-use tuili_kv::{PagedBatch, PagedKv};
+use tuili_kv::{KvCache, KvType, PagedStore};
 use tuili_model::{Logits, Scratch, SeqSpan};
-
-use crate::serve::KvType;
 
 use crate::{Engine, EngineError};
 
@@ -40,59 +37,11 @@ pub struct PerplexityParams {
 enum WindowCache {
     Contiguous(KvCache),
     /// A paged pool holding one window, and its block table (blocks 0, 1, …).
-    Paged(Box<dyn PagedWindow>),
-}
-
-/// A paged pool of some element type, for one sequence.
-trait PagedWindow {
-    fn forward<'s>(
-        &mut self,
-        model: &tuili_model::Model,
-        tokens: &[u32],
-        pos0: usize,
-        which: Logits,
-        scratch: &'s mut Scratch,
-        pool: &tuili_core::ThreadPool,
-    ) -> Result<&'s [f32], tuili_model::ModelError>;
-}
-
-struct OneSequence<T> {
-    store: PagedKv<T>,
-    table: Vec<u32>,
-    n_ctx: usize,
-}
-
-impl<T: tuili_kernels::attn::KvElem> PagedWindow for OneSequence<T> {
-    fn forward<'s>(
-        &mut self,
-        model: &tuili_model::Model,
-        tokens: &[u32],
-        pos0: usize,
-        which: Logits,
-        scratch: &'s mut Scratch,
-        pool: &tuili_core::ThreadPool,
-    ) -> Result<&'s [f32], tuili_model::ModelError> {
-        let spans = [SeqSpan {
-            start: 0,
-            len: tokens.len(),
-            pos0,
-        }];
-        let offsets = [0, self.table.len()];
-        let mut batch = PagedBatch {
-            store: &mut self.store,
-            tables: &self.table,
-            offsets: &offsets,
-        };
-        model.forward_spans(
-            tokens,
-            &spans,
-            &mut batch,
-            self.n_ctx,
-            scratch,
-            which.rows(tokens.len()),
-            pool,
-        )
-    }
+    Paged {
+        store: PagedStore,
+        table: Vec<u32>,
+        n_ctx: usize,
+    },
 }
 
 impl WindowCache {
@@ -102,30 +51,55 @@ impl WindowCache {
         kv_type: Option<KvType>,
     ) -> Result<Self, EngineError> {
         let err = |e: tuili_kv::KvError| EngineError::from(tuili_model::ModelError::from(e));
-        let bs = 16;
-        let nb = n_ctx.div_ceil(bs);
-        let table: Vec<u32> = (0..nb as u32).collect();
         let (l, h, d) = (cfg.n_layer, cfg.n_head_kv, cfg.head_dim);
         Ok(match kv_type {
             None => WindowCache::Contiguous(KvCache::new(l, n_ctx, cfg.kv_dim()).map_err(err)?),
-            Some(KvType::F32) => WindowCache::Paged(Box::new(OneSequence::<f32> {
-                store: PagedKv::new(l, nb, bs, h, d).map_err(err)?,
-                table,
-                n_ctx,
-            })),
-            Some(KvType::F16) => WindowCache::Paged(Box::new(OneSequence::<half::f16> {
-                store: PagedKv::new(l, nb, bs, h, d).map_err(err)?,
-                table,
-                n_ctx,
-            })),
-            Some(KvType::Q8_0) => {
-                WindowCache::Paged(Box::new(OneSequence::<tuili_kernels::blocks::BlockQ8_0> {
-                    store: PagedKv::new(l, nb, bs, h, d).map_err(err)?,
-                    table,
+            Some(t) => {
+                let bs = 16;
+                let nb = n_ctx.div_ceil(bs);
+                WindowCache::Paged {
+                    store: PagedStore::new(t, l, nb, bs, h, d).map_err(err)?,
+                    table: (0..nb as u32).collect(),
                     n_ctx,
-                }))
+                }
             }
         })
+    }
+
+    /// Runs `tokens` at positions `pos0…` of the window.
+    fn forward<'s>(
+        &mut self,
+        model: &tuili_model::Model,
+        tokens: &[u32],
+        pos0: usize,
+        which: Logits,
+        scratch: &'s mut Scratch,
+        pool: &tuili_core::ThreadPool,
+    ) -> Result<&'s [f32], tuili_model::ModelError> {
+        match self {
+            WindowCache::Contiguous(kv) => model.forward(tokens, kv, scratch, which, pool),
+            WindowCache::Paged {
+                store,
+                table,
+                n_ctx,
+            } => {
+                let spans = [SeqSpan {
+                    start: 0,
+                    len: tokens.len(),
+                    pos0,
+                }];
+                let offsets = [0, table.len()];
+                model.forward_spans(
+                    tokens,
+                    &spans,
+                    &mut store.batch(table, &offsets),
+                    *n_ctx,
+                    scratch,
+                    which.rows(tokens.len()),
+                    pool,
+                )
+            }
+        }
     }
 }
 
@@ -320,15 +294,8 @@ impl Engine {
                     Logits::All
                 };
                 let chunk = &window[b0..b1];
-                let logits = match &mut cache {
-                    WindowCache::Contiguous(kv) => {
-                        self.model
-                            .forward(chunk, kv, &mut scratch, which, &self.pool)?
-                    }
-                    WindowCache::Paged(p) => {
-                        p.forward(&self.model, chunk, b0, which, &mut scratch, &self.pool)?
-                    }
-                };
+                let logits =
+                    cache.forward(&self.model, chunk, b0, which, &mut scratch, &self.pool)?;
                 if which == Logits::All {
                     for p in b0.max(first)..b1.min(n_ctx - 1) {
                         rows.extend_from_slice(&logits[(p - b0) * nv..(p - b0 + 1) * nv]);

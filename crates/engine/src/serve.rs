@@ -17,10 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use half::f16;
-use tuili_kernels::attn::KvElem;
-use tuili_kernels::blocks::BlockQ8_0;
-use tuili_kv::{BlockAllocator, PagedBatch, PagedKv};
+pub use tuili_kv::KvType;
+use tuili_kv::{BlockAllocator, PagedStore};
 use tuili_model::{OutRows, Scratch, SeqSpan};
 use tuili_sample::StepLogprobs;
 
@@ -30,58 +28,6 @@ use crate::{Engine, EngineError, GenerateRequest, StopReason};
 
 /// Beam-search requests running at once; more are refused as busy.
 pub const MAX_BEAM_JOBS: usize = 2;
-
-/// The element type of the paged KV cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KvType {
-    F32,
-    /// Half the bytes of F32 (llama.cpp's default): twice the sequences in the same memory,
-    /// and half the cache reads per decode step.
-    F16,
-    /// llama.cpp's Q8_0 blocks (34 bytes per 32 values): a little over a quarter of F32;
-    /// needs a head dimension that is a multiple of 32.
-    Q8_0,
-}
-
-impl KvType {
-    pub fn parse(s: &str) -> Option<KvType> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" => Some(KvType::F32),
-            "f16" => Some(KvType::F16),
-            "q8_0" => Some(KvType::Q8_0),
-            _ => None,
-        }
-    }
-}
-
-/// The pool's storage, of either element type.
-enum Store {
-    F32(PagedKv<f32>),
-    F16(PagedKv<f16>),
-    Q8_0(PagedKv<BlockQ8_0>),
-}
-
-impl Store {
-    fn copy_blocks(&mut self, copies: &[tuili_kv::BlockCopy]) {
-        match self {
-            Store::F32(s) => s.copy_blocks(copies),
-            Store::F16(s) => s.copy_blocks(copies),
-            Store::Q8_0(s) => s.copy_blocks(copies),
-        }
-    }
-}
-
-impl KvType {
-    /// Bytes of one position's keys and values in every layer.
-    pub fn bytes_per_position(self, n_layer: usize, kv_dim: usize) -> usize {
-        let row = match self {
-            KvType::F32 => PagedKv::<f32>::row_bytes(kv_dim),
-            KvType::F16 => PagedKv::<f16>::row_bytes(kv_dim),
-            KvType::Q8_0 => PagedKv::<BlockQ8_0>::row_bytes(kv_dim),
-        };
-        2 * n_layer * row
-    }
-}
 
 /// Settings of the serving loop.
 #[derive(Debug, Clone)]
@@ -303,15 +249,12 @@ impl Server {
             });
         }
         let (l, bs, h, d) = (c.n_layer, cfg.block_size, c.n_head_kv, c.head_dim);
-        let store = match cfg.kv_type {
-            KvType::F32 => PagedKv::new(l, n_blocks, bs, h, d).map(Store::F32),
-            KvType::F16 => PagedKv::new(l, n_blocks, bs, h, d).map(Store::F16),
-            KvType::Q8_0 => PagedKv::new(l, n_blocks, bs, h, d).map(Store::Q8_0),
-        }
-        .map_err(|e| EngineError::BadSetting {
-            name: "kv-type",
-            value: format!("{:?}", cfg.kv_type),
-            reason: e.to_string(),
+        let store = PagedStore::new(cfg.kv_type, l, n_blocks, bs, h, d).map_err(|e| {
+            EngineError::BadSetting {
+                name: "kv-type",
+                value: cfg.kv_type.to_string(),
+                reason: e.to_string(),
+            }
         })?;
         let sched = Scheduler::new(cfg.sched, BlockAllocator::new(n_blocks, cfg.block_size));
         let metrics = Arc::new(Metrics::new());
@@ -403,7 +346,7 @@ struct Loop<'e> {
     e: &'e Engine,
     arc: &'e Arc<Engine>,
     sched: Scheduler,
-    store: Store,
+    store: PagedStore,
     metrics: Arc<Metrics>,
     scratch: Scratch,
     reqs: HashMap<u64, Req>,
@@ -419,7 +362,12 @@ struct Loop<'e> {
 }
 
 impl<'e> Loop<'e> {
-    fn new(arc: &'e Arc<Engine>, sched: Scheduler, store: Store, metrics: Arc<Metrics>) -> Self {
+    fn new(
+        arc: &'e Arc<Engine>,
+        sched: Scheduler,
+        store: PagedStore,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Loop {
             e: arc,
             arc,
@@ -632,11 +580,7 @@ impl<'e> Loop<'e> {
             offsets: &self.offsets,
             out: &self.out,
         };
-        let res = match &mut self.store {
-            Store::F32(store) => b.run(e, store, &mut scratch),
-            Store::F16(store) => b.run(e, store, &mut scratch),
-            Store::Q8_0(store) => b.run(e, store, &mut scratch),
-        };
+        let res = b.run(e, &mut self.store, &mut scratch);
         let logits = match res {
             Ok(l) => l,
             Err(err) => {
@@ -821,18 +765,14 @@ struct Batch<'a> {
 }
 
 impl Batch<'_> {
-    /// The forward pass over a pool of element `T`.
-    fn run<'s, T: KvElem>(
+    /// The forward pass over the pool.
+    fn run<'s>(
         &self,
         e: &Engine,
-        store: &mut PagedKv<T>,
+        store: &mut PagedStore,
         scratch: &'s mut Scratch,
     ) -> Result<&'s [f32], tuili_model::ModelError> {
-        let mut cache = PagedBatch {
-            store,
-            tables: self.tables,
-            offsets: self.offsets,
-        };
+        let mut cache = store.batch(self.tables, self.offsets);
         e.model.forward_spans(
             self.tokens,
             self.spans,

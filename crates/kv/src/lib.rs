@@ -1,7 +1,8 @@
 //! `tuili-kv`: key/value cache storage.
 //!
 //! Owns: the memory that holds every layer's keys and values for the positions of one
-//! sequence, and its length bookkeeping. May not: compute attention or know weights (the model
+//! sequence, and its length bookkeeping; the paged pool of many sequences, and the choice of
+//! its element type ([`KvType`], [`PagedStore`]: nobody else switches on it). May not: compute attention or know weights (the model
 //! reads and writes rows through this API).
 //!
 //! A cache is contiguous per sequence, optionally behind a shared, frozen prefix: the prompt's
@@ -13,7 +14,9 @@
 use std::sync::Arc;
 
 pub mod paged;
+pub mod store;
 pub use paged::{BlockAllocator, BlockCopy, BlockTable, OutOfBlocks, PagedBatch, PagedKv};
+pub use store::{KvType, PagedStore, PagedStoreBatch};
 
 /// Errors of the KV cache.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -29,6 +29,6 @@ pub mod weights;
 pub use batch::{Contiguous, KvTarget, Logits, OutRows, SeqSpan};
 pub use config::{Arch, Family, ModelConfig};
 pub use error::ModelError;
-pub use exec::Scratch;
+pub use exec::{KvAccess, Scratch};
 pub use hf::HfExtras;
 pub use model::Model;

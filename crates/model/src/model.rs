@@ -10,10 +10,10 @@ use tuili_kernels::cpu::{self, Isa};
 use tuili_kv::KvCache;
 
 use crate::arch;
-use crate::batch::{Contiguous, KvTarget, Logits, OutRows, SeqSpan};
+use crate::batch::{Contiguous, Logits, OutRows, SeqSpan};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::exec::{self, Decoder, Scratch};
+use crate::exec::{self, Decoder, KvAccess, Scratch};
 use crate::hf::HfExtras;
 use crate::weights::GgufSource;
 
@@ -142,14 +142,14 @@ impl Model {
 
     /// Runs a batch of several sequences' tokens (`spans` say whose and at which positions)
     /// through the model: every weight matrix is read once for the whole batch. Keys and
-    /// values go to `cache`; returns the logits of the `out` tokens (`[out.len(), n_vocab]`).
+    /// values go to `cache` (a [`crate::KvTarget`] such as a paged pool's batch); returns the logits of the `out` tokens (`[out.len(), n_vocab]`).
     /// `max_ctx` bounds the positions any sequence reaches (scratch sizing).
     #[allow(clippy::too_many_arguments)]
-    pub fn forward_spans<'s, C: KvTarget + Sync>(
+    pub fn forward_spans<'s>(
         &self,
         tokens: &[u32],
         spans: &[SeqSpan],
-        cache: &mut C,
+        cache: &mut dyn KvAccess,
         max_ctx: usize,
         scratch: &'s mut Scratch,
         out: OutRows,

@@ -14,6 +14,8 @@ use tuili_core::{PerThread, ThreadPool};
 use tuili_kernels::cpu::Isa;
 use tuili_kernels::ops;
 
+use tuili_kv::PagedStoreBatch;
+
 use crate::batch::{span_of, KvTarget, SeqSpan};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
@@ -104,6 +106,58 @@ impl<C: KvTarget + Sync> KvAccess for C {
         scores: &PerThread<Vec<f32>>,
     ) {
         causal_attention(shape, window, isa, self, layer, spans, q, att, pool, scores);
+    }
+}
+
+/// The paged pool of the element type chosen at run time: one match per call, then the typed
+/// pool's own attention.
+impl KvAccess for PagedStoreBatch<'_> {
+    fn check(&self, cfg: &ModelConfig, spans: &[SeqSpan]) -> Result<(), ModelError> {
+        self.typed().check(cfg, spans)
+    }
+
+    fn store(&mut self, layer: usize, spans: &[SeqSpan], k: &[f32], v: &[f32]) {
+        self.typed_mut().store(layer, spans, k, v)
+    }
+
+    fn attend(
+        &self,
+        shape: &AttnShape,
+        window: Option<usize>,
+        isa: Isa,
+        layer: usize,
+        spans: &[SeqSpan],
+        q: &[f32],
+        att: &mut [f32],
+        pool: &ThreadPool,
+        scores: &PerThread<Vec<f32>>,
+    ) {
+        self.typed()
+            .attend(shape, window, isa, layer, spans, q, att, pool, scores)
+    }
+}
+
+/// The typed batch inside a [`PagedStoreBatch`].
+trait Typed {
+    fn typed(&self) -> &dyn KvAccess;
+    fn typed_mut(&mut self) -> &mut dyn KvAccess;
+}
+
+impl Typed for PagedStoreBatch<'_> {
+    fn typed(&self) -> &dyn KvAccess {
+        match self {
+            PagedStoreBatch::F32(b) => b,
+            PagedStoreBatch::F16(b) => b,
+            PagedStoreBatch::Q8_0(b) => b,
+        }
+    }
+
+    fn typed_mut(&mut self) -> &mut dyn KvAccess {
+        match self {
+            PagedStoreBatch::F32(b) => b,
+            PagedStoreBatch::F16(b) => b,
+            PagedStoreBatch::Q8_0(b) => b,
+        }
     }
 }
 
