@@ -92,7 +92,7 @@ pub fn perplexity(a: PerplexityArgs) -> Result<(), CliError> {
     let kv_type = match a.kv_type.as_deref() {
         None => None,
         Some(t) => Some(
-            tuili_engine::serve::KvType::parse(t)
+            tuili_engine::KvType::parse(t)
                 .ok_or_else(|| CliError::Usage(format!("--kv-type {t:?}: f16, q8_0 or f32")))?,
         ),
     };

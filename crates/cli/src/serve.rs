@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tuili_engine::sched::SchedConfig;
-use tuili_engine::serve::{KvType, ServeConfig, Server};
+use tuili_engine::serve::{ServeConfig, ServeLoop};
+use tuili_engine::KvType;
 use tuili_engine::{Engine, EngineConfig};
 use tuili_server::{router, AppState, HttpConfig};
 
@@ -118,7 +119,7 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
         }
     });
     let n_ctx = engine.n_ctx();
-    let server = Server::start(
+    let server = ServeLoop::start(
         Arc::new(engine),
         ServeConfig {
             kv_memory,

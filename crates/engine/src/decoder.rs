@@ -5,8 +5,9 @@
 use tuili_sample::{Explain, Sampler};
 use tuili_tokenizer::{StreamDecoder, Tokenizer};
 
+use crate::error::EngineError;
+use crate::request::{Completion, GenerateRequest, StopReason};
 use crate::stop::{Matched, StopMatcher};
-use crate::{Completion, EngineError, GenerateRequest, StopReason};
 
 pub(crate) struct Decoder<'t> {
     tok: &'t Tokenizer,

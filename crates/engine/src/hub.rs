@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
 use hf_hub::{Repo, RepoType};
 
-use crate::EngineError;
+use crate::error::EngineError;
 
 /// Where and how to fetch.
 #[derive(Debug, Clone, Default)]

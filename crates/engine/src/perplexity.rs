@@ -17,7 +17,8 @@ use half::f16;
 use tuili_kv::{KvCache, KvType, PagedStore};
 use tuili_model::{Logits, Scratch, SeqSpan};
 
-use crate::{Engine, EngineError};
+use crate::engine::Engine;
+use crate::error::EngineError;
 
 const MAGIC: &[u8; 8] = b"TUILILP1";
 

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use tuili_engine::serve::KvType;
+use tuili_engine::KvType;
 use tuili_engine::{Engine, EngineConfig, EngineError, KlBase, PerplexityParams};
 
 fn fixtures() -> PathBuf {

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tuili_engine::sched::SchedConfig;
-use tuili_engine::serve::{Event, KvType, Rejection, ServeConfig, Server, Submission};
+use tuili_engine::serve::{Event, Rejection, ServeConfig, ServeLoop, Submission};
+use tuili_engine::KvType;
 use tuili_engine::{Engine, EngineConfig, GenerateRequest, StopReason};
 use tuili_sample::SamplingParams;
 
@@ -51,7 +52,7 @@ struct Outcome {
 }
 
 /// Submits and returns a receiver of the events.
-fn submit(s: &Server, req: GenerateRequest) -> (mpsc::Receiver<Event>, Arc<AtomicBool>) {
+fn submit(s: &ServeLoop, req: GenerateRequest) -> (mpsc::Receiver<Event>, Arc<AtomicBool>) {
     let prompt = s.engine().prepare(&req).unwrap();
     let (tx, rx) = mpsc::channel();
     let cancel = Arc::new(AtomicBool::new(false));
@@ -128,7 +129,7 @@ const PROMPTS: &[&str] = &[
 #[test]
 fn concurrent_requests_equal_each_alone() {
     let e = engine(96);
-    let server = Server::start(
+    let server = ServeLoop::start(
         e.clone(),
         ServeConfig {
             kv_memory: pool_bytes(&e, 2 * 96),
@@ -195,7 +196,7 @@ fn concurrent_requests_equal_each_alone() {
 #[test]
 fn cancel_and_refusals() {
     let e = engine(64);
-    let server = Server::start(
+    let server = ServeLoop::start(
         e.clone(),
         ServeConfig {
             kv_memory: pool_bytes(&e, 64),

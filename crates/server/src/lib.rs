@@ -3,7 +3,7 @@
 //! Owns: HTTP (axum), OpenAI's request and response shapes, server-sent events, the API key,
 //! the body limit and the Prometheus text of `/metrics`. May not: touch the model, the KV
 //! cache or the scheduler — every request goes to the engine's serving loop
-//! ([`tuili_engine::serve::Server`]) as a message, and its events come back on a channel.
+//! ([`tuili_engine::serve::ServeLoop`]) as a message, and its events come back on a channel.
 //!
 //! Endpoints: `POST /v1/completions`, `POST /v1/chat/completions` (both streaming or not),
 //! `GET /v1/models`, `GET /health`, `GET /metrics`.
@@ -24,7 +24,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-use tuili_engine::serve::{Event, Rejection, Server, Submission};
+use tuili_engine::serve::{Event, Rejection, ServeLoop, Submission};
 use tuili_engine::{Engine, GenerateRequest};
 use tuili_sample::StepLogprobs;
 use tuili_tokenizer::chat::{ChatTemplate, Message};
@@ -47,7 +47,7 @@ pub struct HttpConfig {
 
 /// What every handler shares.
 pub struct AppState {
-    pub server: Server,
+    pub server: ServeLoop,
     pub http: HttpConfig,
     /// The chat template, when the model has one (or one was given).
     pub template: Option<ChatTemplate>,
@@ -58,7 +58,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(server: Server, http: HttpConfig, template: Option<ChatTemplate>) -> AppState {
+    pub fn new(server: ServeLoop, http: HttpConfig, template: Option<ChatTemplate>) -> AppState {
         AppState {
             server,
             http,

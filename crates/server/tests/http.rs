@@ -9,7 +9,8 @@ use axum::http::{Request, StatusCode};
 use serde_json::Value;
 use tower::ServiceExt;
 use tuili_engine::sched::SchedConfig;
-use tuili_engine::serve::{KvType, ServeConfig, Server};
+use tuili_engine::serve::{ServeConfig, ServeLoop};
+use tuili_engine::KvType;
 use tuili_engine::{Engine, EngineConfig};
 use tuili_server::{router, AppState, HttpConfig};
 
@@ -25,7 +26,7 @@ fn app(max_queue: usize, api_key: Option<&str>, max_body: usize) -> axum::Router
         },
     )
     .unwrap();
-    let server = Server::start(
+    let server = ServeLoop::start(
         Arc::new(engine),
         ServeConfig {
             kv_memory: 4 << 20,

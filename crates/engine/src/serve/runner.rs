@@ -1,320 +1,25 @@
-//! The serving loop: many requests at once, continuously batched over a paged KV cache.
-//!
-//! One thread owns every piece of mutable state — the scheduler, the paged pool, the
-//! activations and each completion's decoder — and others talk to it by messages
-//! ([`Server::submit`]); it answers each request through the request's own sink (accepted or
-//! refused first, then tokens, then the end). Each step runs one batch through the model: one
-//! token of every decoding sequence and chunks of prompts, every weight read once for all.
-//!
-//! `n > 1` completions prefill the prompt once and fork its blocks (copy-on-write) when the
-//! prompt's logits are ready. Beam-search requests run the one-request beam driver on a
-//! thread of their own (at most [`MAX_BEAM_JOBS`] at once), sharing the thread pool.
+//! The loop itself: the one owner of the serving state — the scheduler, the paged pool, the
+//! activations and each completion's decoder. Each step assembles one batch (a token of
+//! every decoding sequence, chunks of prompts), runs it through the model, and samples every
+//! sequence whose logits are due.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
 use std::time::Instant;
 
-pub use tuili_kv::KvType;
-use tuili_kv::{BlockAllocator, PagedStore};
+use tuili_kv::PagedStore;
 use tuili_model::{OutRows, Scratch, SeqSpan};
-use tuili_sample::StepLogprobs;
 
 use crate::decoder::Decoder;
-use crate::sched::{Plan, SchedConfig, SchedError, Scheduler, SeqId};
-use crate::{Engine, EngineError, GenerateRequest, StopReason};
-
-/// Beam-search requests running at once; more are refused as busy.
-pub const MAX_BEAM_JOBS: usize = 2;
-
-/// Settings of the serving loop.
-#[derive(Debug, Clone)]
-pub struct ServeConfig {
-    /// Bytes of keys and values in the paged pool.
-    pub kv_memory: usize,
-    pub kv_type: KvType,
-    /// Positions per block (a power of two).
-    pub block_size: usize,
-    pub sched: SchedConfig,
-}
-
-impl Default for ServeConfig {
-    fn default() -> Self {
-        ServeConfig {
-            kv_memory: 1 << 30,
-            kv_type: KvType::F16,
-            block_size: 16,
-            sched: SchedConfig::default(),
-        }
-    }
-}
-
-/// What a request's sink receives, in this order: `Accepted` or `Rejected` first; then
-/// `Token`s and `Text`s of its completions interleaved, each completion ending with its
-/// `Done`; then `Finished` (or `Failed`).
-#[derive(Debug, Clone)]
-pub enum Event {
-    Accepted,
-    Rejected(Rejection),
-    /// A generated token of completion `index` and the text it made final.
-    Token {
-        index: usize,
-        token: u32,
-        text: String,
-        logprobs: Option<StepLogprobs>,
-    },
-    /// Text held back until the end of completion `index`.
-    Text {
-        index: usize,
-        text: String,
-    },
-    /// Completion `index` ended.
-    Done {
-        index: usize,
-        reason: StopReason,
-        tokens: usize,
-        /// Beam search: the hypothesis' score.
-        beam_score: Option<f64>,
-    },
-    Finished {
-        prompt_tokens: usize,
-        completion_tokens: usize,
-    },
-    Failed(String),
-}
-
-/// Why a request was not taken.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Rejection {
-    /// Try again later.
-    #[error("server busy: {0}")]
-    Busy(String),
-    /// The request itself is wrong.
-    #[error("{0}")]
-    Invalid(String),
-}
-
-/// Receives a request's events; returns false when nobody listens any more (the request is
-/// then cancelled).
-pub type Sink = Box<dyn FnMut(Event) -> bool + Send>;
-
-/// One request for the serving loop.
-pub struct Submission {
-    pub req: GenerateRequest,
-    /// The prompt's ids, from [`Engine::prepare`] (or a rendered chat).
-    pub prompt: Vec<u32>,
-    pub sink: Sink,
-    /// Set by the client's side when it goes away: the request is dropped and its blocks
-    /// freed at the next step.
-    pub cancel: Arc<AtomicBool>,
-}
-
-enum Msg {
-    /// A request and when it was handed over (time to first token counts from there).
-    Submit(Box<Submission>, Instant),
-    Shutdown,
-}
-
-/// A latency histogram (seconds) with Prometheus' cumulative buckets.
-#[derive(Debug, Clone)]
-pub struct Histogram {
-    pub bounds: &'static [f64],
-    /// counts[i]: observations ≤ bounds[i] and > bounds[i − 1]; the last entry is +Inf.
-    pub counts: Vec<u64>,
-    pub sum: f64,
-    pub count: u64,
-}
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram {
-            bounds,
-            counts: vec![0; bounds.len() + 1],
-            sum: 0.0,
-            count: 0,
-        }
-    }
-
-    pub fn observe(&mut self, v: f64) {
-        let i = self.bounds.partition_point(|&b| b < v);
-        self.counts[i] += 1;
-        self.sum += v;
-        self.count += 1;
-    }
-}
-
-const TTFT_BOUNDS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-const ITL_BOUNDS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
-
-/// Counters and gauges of the serving loop (read by `/metrics`).
-#[derive(Debug)]
-pub struct Metrics {
-    pub requests_accepted: AtomicU64,
-    pub requests_rejected: AtomicU64,
-    pub requests_cancelled: AtomicU64,
-    pub requests_finished: AtomicU64,
-    pub prompt_tokens: AtomicU64,
-    pub generated_tokens: AtomicU64,
-    pub steps: AtomicU64,
-    pub batch_tokens: AtomicU64,
-    pub preemptions: AtomicU64,
-    pub prefix_queries: AtomicU64,
-    pub prefix_hits: AtomicU64,
-    pub waiting: AtomicUsize,
-    pub running: AtomicUsize,
-    pub kv_blocks_used: AtomicUsize,
-    pub kv_blocks_total: AtomicUsize,
-    pub beam_jobs: AtomicUsize,
-    pub ttft: Mutex<Histogram>,
-    pub itl: Mutex<Histogram>,
-}
-
-impl Metrics {
-    fn new() -> Metrics {
-        Metrics {
-            requests_accepted: AtomicU64::new(0),
-            requests_rejected: AtomicU64::new(0),
-            requests_cancelled: AtomicU64::new(0),
-            requests_finished: AtomicU64::new(0),
-            prompt_tokens: AtomicU64::new(0),
-            generated_tokens: AtomicU64::new(0),
-            steps: AtomicU64::new(0),
-            batch_tokens: AtomicU64::new(0),
-            preemptions: AtomicU64::new(0),
-            prefix_queries: AtomicU64::new(0),
-            prefix_hits: AtomicU64::new(0),
-            waiting: AtomicUsize::new(0),
-            running: AtomicUsize::new(0),
-            kv_blocks_used: AtomicUsize::new(0),
-            kv_blocks_total: AtomicUsize::new(0),
-            beam_jobs: AtomicUsize::new(0),
-            ttft: Mutex::new(Histogram::new(TTFT_BOUNDS)),
-            itl: Mutex::new(Histogram::new(ITL_BOUNDS)),
-        }
-    }
-
-    fn observe(h: &Mutex<Histogram>, v: f64) {
-        // A poisoned lock only means a panic elsewhere mid-update: the counts are still
-        // usable.
-        h.lock().unwrap_or_else(|p| p.into_inner()).observe(v);
-    }
-}
-
-/// A running serving loop.
-pub struct Server {
-    engine: Arc<Engine>,
-    tx: Mutex<Sender<Msg>>,
-    metrics: Arc<Metrics>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Server {
-    /// Starts the loop's thread with a pool of `cfg.kv_memory` bytes, which must hold at
-    /// least one whole context (so that any request fits once the others give way).
-    pub fn start(engine: Arc<Engine>, cfg: ServeConfig) -> Result<Server, EngineError> {
-        let c = engine.model().config();
-        let bad = |reason: String| EngineError::BadSetting {
-            name: "kv-memory",
-            value: cfg.kv_memory.to_string(),
-            reason,
-        };
-        if !cfg.block_size.is_power_of_two() {
-            return Err(EngineError::BadSetting {
-                name: "block-size",
-                value: cfg.block_size.to_string(),
-                reason: "must be a power of two".into(),
-            });
-        }
-        let per_pos = cfg.kv_type.bytes_per_position(c.n_layer, c.kv_dim());
-        let n_blocks = cfg.kv_memory / (per_pos * cfg.block_size).max(1);
-        if n_blocks * cfg.block_size < engine.n_ctx() {
-            let need = engine.n_ctx().div_ceil(cfg.block_size) * cfg.block_size * per_pos;
-            return Err(bad(format!(
-                "holds {} positions, less than one context of {} ({need} bytes needed)",
-                n_blocks * cfg.block_size,
-                engine.n_ctx()
-            )));
-        }
-        if cfg.sched.max_batch_tokens == 0 || cfg.sched.max_seqs == 0 {
-            return Err(EngineError::BadSetting {
-                name: "max-batch-tokens / max-seqs",
-                value: format!("{} / {}", cfg.sched.max_batch_tokens, cfg.sched.max_seqs),
-                reason: "must be at least 1".into(),
-            });
-        }
-        let (l, bs, h, d) = (c.n_layer, cfg.block_size, c.n_head_kv, c.head_dim);
-        let store = PagedStore::new(cfg.kv_type, l, n_blocks, bs, h, d).map_err(|e| {
-            EngineError::BadSetting {
-                name: "kv-type",
-                value: cfg.kv_type.to_string(),
-                reason: e.to_string(),
-            }
-        })?;
-        let sched = Scheduler::new(cfg.sched, BlockAllocator::new(n_blocks, cfg.block_size));
-        let metrics = Arc::new(Metrics::new());
-        metrics.kv_blocks_total.store(n_blocks, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel();
-        let (e, m) = (engine.clone(), metrics.clone());
-        let thread = std::thread::Builder::new()
-            .name("tuili-serve".into())
-            .spawn(move || Loop::new(&e, sched, store, m).run(rx))
-            .map_err(|err| EngineError::Io(format!("cannot start the serving thread: {err}")))?;
-        Ok(Server {
-            engine,
-            tx: Mutex::new(tx),
-            metrics,
-            thread: Some(thread),
-        })
-    }
-
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    /// Hands a request to the loop; its sink hears back (`Accepted` or `Rejected` first).
-    pub fn submit(&self, sub: Submission) {
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(mpsc::SendError(Msg::Submit(mut s, _))) =
-            tx.send(Msg::Submit(Box::new(sub), Instant::now()))
-        {
-            (s.sink)(Event::Rejected(Rejection::Busy(
-                "the server is shutting down".into(),
-            )));
-        }
-    }
-
-    /// Stops the loop after the current step; requests still running get `Failed`.
-    pub fn shutdown(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
-        let _ = self
-            .tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(Msg::Shutdown);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::request::{GenerateRequest, StopReason};
+use crate::sched::{Plan, SchedError, Scheduler, SeqId};
+use crate::serve::beam_job;
+use crate::serve::events::{Event, Msg, Rejection, Sink, Submission};
+use crate::serve::metrics::Metrics;
 
 /// A request in the loop.
 struct Req {
@@ -341,7 +46,7 @@ struct Live<'t> {
 }
 
 /// The loop's state, borrowing the engine for the thread's lifetime.
-struct Loop<'e> {
+pub(crate) struct Loop<'e> {
     /// The engine, and a handle to it for beam-search threads.
     e: &'e Engine,
     arc: &'e Arc<Engine>,
@@ -362,7 +67,7 @@ struct Loop<'e> {
 }
 
 impl<'e> Loop<'e> {
-    fn new(
+    pub(crate) fn new(
         arc: &'e Arc<Engine>,
         sched: Scheduler,
         store: PagedStore,
@@ -387,7 +92,7 @@ impl<'e> Loop<'e> {
         }
     }
 
-    fn run(mut self, rx: Receiver<Msg>) {
+    pub(crate) fn run(mut self, rx: Receiver<Msg>) {
         loop {
             // Block for work only when there is none.
             let first = if self.sched.is_idle() {
@@ -435,7 +140,7 @@ impl<'e> Loop<'e> {
     fn admit(&mut self, mut s: Submission, arrived: Instant) {
         let m = &self.metrics;
         if s.req.beam.is_some() {
-            self.spawn_beam(s, arrived);
+            beam_job::spawn(self.arc, &self.metrics, s, arrived);
             return;
         }
         let id = self.next_req;
@@ -492,39 +197,6 @@ impl<'e> Loop<'e> {
                 gone,
             },
         );
-    }
-
-    /// Beam search on a thread of its own with the one-request driver.
-    fn spawn_beam(&mut self, s: Submission, arrived: Instant) {
-        let m = self.metrics.clone();
-        let reject = |mut s: Submission, why: String| {
-            m.requests_rejected.fetch_add(1, Ordering::Relaxed);
-            (s.sink)(Event::Rejected(Rejection::Busy(why)));
-        };
-        if m.beam_jobs.fetch_add(1, Ordering::SeqCst) >= MAX_BEAM_JOBS {
-            m.beam_jobs.fetch_sub(1, Ordering::SeqCst);
-            reject(s, format!("{MAX_BEAM_JOBS} beam searches are running"));
-            return;
-        }
-        // Shared with the thread, so that the request can still be refused when the thread
-        // cannot be started.
-        let slot = Arc::new(Mutex::new(Some(s)));
-        let (e, m2, slot2) = (self.arc.clone(), m.clone(), slot.clone());
-        let started = std::thread::Builder::new()
-            .name("tuili-beam".into())
-            .spawn(move || {
-                let _guard = BeamGuard(m2.clone());
-                let job = slot2.lock().unwrap_or_else(|p| p.into_inner()).take();
-                if let Some(s) = job {
-                    run_beam(&e, s, &m2, arrived);
-                }
-            });
-        if let Err(err) = started {
-            m.beam_jobs.fetch_sub(1, Ordering::SeqCst);
-            if let Some(s) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                reject(s, format!("cannot start a beam-search thread: {err}"));
-            }
-        }
     }
 
     fn reap_cancelled(&mut self) {
@@ -782,65 +454,5 @@ impl Batch<'_> {
             OutRows::List(self.out),
             &e.pool,
         )
-    }
-}
-
-/// Runs a beam-search request to its end, reporting through its sink.
-fn run_beam(e: &Engine, mut s: Submission, m: &Metrics, arrived: Instant) {
-    m.requests_accepted.fetch_add(1, Ordering::Relaxed);
-    if !(s.sink)(Event::Accepted) {
-        return;
-    }
-    let cancel = s.cancel.clone();
-    let mut first = true;
-    let res = e.generate_from(s.prompt.clone(), &s.req, &mut |ev| {
-        if first && ev.token.is_some() {
-            first = false;
-            Metrics::observe(&m.ttft, arrived.elapsed().as_secs_f64());
-        }
-        if cancel.load(Ordering::Relaxed) {
-            std::ops::ControlFlow::Break(())
-        } else {
-            std::ops::ControlFlow::Continue(())
-        }
-    });
-    match res {
-        Ok(st) => {
-            let mut total = 0;
-            for c in &st.completions {
-                total += c.tokens.len();
-                if !c.text.is_empty() {
-                    (s.sink)(Event::Text {
-                        index: c.index,
-                        text: c.text.clone(),
-                    });
-                }
-                (s.sink)(Event::Done {
-                    index: c.index,
-                    reason: c.stop,
-                    tokens: c.tokens.len(),
-                    beam_score: c.beam_score,
-                });
-            }
-            m.generated_tokens
-                .fetch_add(total as u64, Ordering::Relaxed);
-            m.requests_finished.fetch_add(1, Ordering::Relaxed);
-            (s.sink)(Event::Finished {
-                prompt_tokens: st.prompt_tokens.len(),
-                completion_tokens: total,
-            });
-        }
-        Err(err) => {
-            (s.sink)(Event::Failed(err.to_string()));
-        }
-    }
-}
-
-/// Counts a beam job down when its thread ends, however it ends.
-struct BeamGuard(Arc<Metrics>);
-
-impl Drop for BeamGuard {
-    fn drop(&mut self) {
-        self.0.beam_jobs.fetch_sub(1, Ordering::SeqCst);
     }
 }

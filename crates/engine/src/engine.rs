@@ -1,0 +1,226 @@
+//! A loaded model with its tokenizer and thread pool ([`Engine`]): loading from a file, a
+//! folder or the hub, the engine's settings, and turning a request into checked prompt ids —
+//! the one request path every front end takes.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tuili_core::ThreadPool;
+use tuili_formats::GgufFile;
+use tuili_model::Model;
+use tuili_tokenizer::Tokenizer;
+
+use crate::error::EngineError;
+use crate::hub;
+use crate::request::GenerateRequest;
+
+/// Settings of an engine instance.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Context size in tokens; 0 means the model's training context, capped at 4096.
+    pub n_ctx: usize,
+    /// Prompt tokens per forward pass during prefill.
+    pub n_batch: usize,
+    /// Worker threads for matrix products.
+    pub threads: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            n_ctx: 0,
+            n_batch: 512,
+            threads: tuili_core::parallel::default_threads(),
+        }
+    }
+}
+/// Sampling defaults from a model's own files; `None` where they say nothing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationDefaults {
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+}
+/// A loaded model and tokenizer, ready to generate.
+pub struct Engine {
+    pub(crate) model: Model,
+    pub(crate) tokenizer: Tokenizer,
+    pub(crate) cfg: EngineConfig,
+    pub(crate) n_ctx: usize,
+    pub(crate) pool: ThreadPool,
+    defaults: GenerationDefaults,
+}
+
+impl Engine {
+    /// Opens a model: a GGUF file (memory-mapped) with the tokenizer it carries, a Hugging
+    /// Face folder (`config.json`, safetensors shards memory-mapped, `tokenizer.json`,
+    /// `tokenizer_config.json`, `generation_config.json`), or a hub id `org/name[@rev]`
+    /// (fetched into the Hugging Face cache first; see [`hub`]).
+    pub fn load(path: impl AsRef<Path>, cfg: EngineConfig) -> Result<Engine, EngineError> {
+        Engine::load_with(path, cfg, tuili_formats::Load::Map)
+    }
+
+    /// [`Engine::load`] with the weights mapped or read into memory (`--no-mmap`;
+    /// [`tuili_formats::Load`]).
+    pub fn load_with(
+        path: impl AsRef<Path>,
+        cfg: EngineConfig,
+        how: tuili_formats::Load,
+    ) -> Result<Engine, EngineError> {
+        let path = path.as_ref();
+        if let Some(s) = path.to_str().filter(|s| hub::looks_like_hub_id(s)) {
+            let opts = hub::HubOptions {
+                progress: true,
+                ..Default::default()
+            };
+            let dir = hub::fetch(s, &opts).map_err(|e| {
+                EngineError::Io(format!(
+                    "{s}: no such file or folder here, so tried the hub: {e}"
+                ))
+            })?;
+            return Engine::load_with(dir, cfg, how);
+        }
+        if path.is_dir() {
+            let (model, extras) = Model::load_hf(path, how)?;
+            let mut tokenizer = Tokenizer::from_tokenizer_json(path.join("tokenizer.json"))?;
+            for &id in &extras.eos_ids {
+                tokenizer.add_eog(id);
+            }
+            let mut e = Engine::new(model, tokenizer, cfg)?;
+            e.defaults = GenerationDefaults {
+                temperature: match extras.do_sample {
+                    Some(false) => Some(0.0),
+                    _ => extras.temperature,
+                },
+                top_k: extras.top_k,
+                top_p: extras.top_p,
+                repetition_penalty: extras.repetition_penalty,
+            };
+            return Ok(e);
+        }
+        let file = Arc::new(GgufFile::open_with(path, how)?);
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        let model = Model::load(file)?;
+        Engine::new(model, tokenizer, cfg)
+    }
+
+    /// Sampling defaults the model's files suggest (a Hugging Face `generation_config.json`).
+    pub fn defaults(&self) -> &GenerationDefaults {
+        &self.defaults
+    }
+
+    pub fn new(
+        model: impl Into<Model>,
+        tokenizer: Tokenizer,
+        cfg: EngineConfig,
+    ) -> Result<Engine, EngineError> {
+        let model = model.into();
+        if cfg.n_batch == 0 {
+            return Err(EngineError::BadSetting {
+                name: "batch size",
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        if cfg.threads == 0 || cfg.threads > 1024 {
+            return Err(EngineError::BadSetting {
+                name: "threads",
+                value: cfg.threads.to_string(),
+                reason: "must be between 1 and 1024".into(),
+            });
+        }
+        let train = model.config().n_ctx_train;
+        let n_ctx = if cfg.n_ctx == 0 {
+            train.min(4096)
+        } else {
+            // At most what the architecture has positions for (GPT-2's learned ones).
+            model.max_context(cfg.n_ctx)
+        };
+        if n_ctx > (1 << 20) {
+            return Err(EngineError::BadSetting {
+                name: "context size",
+                value: n_ctx.to_string(),
+                reason: "must be at most 1048576".into(),
+            });
+        }
+        if tokenizer.n_vocab() != model.config().n_vocab {
+            return Err(EngineError::BadSetting {
+                name: "vocabulary",
+                value: tokenizer.n_vocab().to_string(),
+                reason: format!(
+                    "the tokenizer has {} tokens, the model {}",
+                    tokenizer.n_vocab(),
+                    model.config().n_vocab
+                ),
+            });
+        }
+        let pool = ThreadPool::new(cfg.threads);
+        Ok(Engine {
+            model,
+            tokenizer,
+            cfg,
+            n_ctx,
+            pool,
+            defaults: GenerationDefaults::default(),
+        })
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn pool(&self) -> &ThreadPool {
+        &self.pool
+    }
+
+    /// Tokenizes a prompt as generation does (BOS as the model's metadata says).
+    pub fn tokenize_prompt(
+        &self,
+        prompt: &str,
+        parse_special: bool,
+    ) -> Result<Vec<u32>, EngineError> {
+        Ok(self.tokenizer.encode(prompt, true, parse_special)?)
+    }
+
+    /// Checks a request (sampling and beam parameters, `n`, prompt length) and tokenizes its
+    /// prompt, without running the model: what can be refused is refused here.
+    pub fn prepare(&self, req: &GenerateRequest) -> Result<Vec<u32>, EngineError> {
+        self.check_request(req)?;
+        let prompt = self.tokenize_prompt(&req.prompt, req.parse_special)?;
+        self.check_prompt(&prompt)?;
+        Ok(prompt)
+    }
+
+    pub(crate) fn check_request(&self, req: &GenerateRequest) -> Result<(), EngineError> {
+        req.validate()?;
+        req.sampling.validate_vocab(self.model.config().n_vocab)?;
+        Ok(())
+    }
+
+    /// A prompt must hold at least one token and fit in the context.
+    pub(crate) fn check_prompt(&self, prompt: &[u32]) -> Result<(), EngineError> {
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if prompt.len() > self.n_ctx {
+            return Err(EngineError::PromptTooLong {
+                n_prompt: prompt.len(),
+                n_ctx: self.n_ctx,
+            });
+        }
+        Ok(())
+    }
+}
