@@ -13,7 +13,7 @@ use tuili_core::{DType, ThreadPool};
 use tuili_formats::GgufFile;
 use tuili_model::{Logits, Model, Scratch};
 
-use crate::CliError;
+use crate::error::CliError;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -27,7 +27,7 @@ pub struct BenchArgs {
     #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
     pub n_gen: usize,
     /// Thread counts to test, comma-separated.
-    #[arg(short = 't', long, value_delimiter = ',', default_values_t = vec![tuili_core::parallel::physical_cores()])]
+    #[arg(short = 't', long, value_delimiter = ',', default_values_t = vec![tuili_core::parallel::default_threads()])]
     pub threads: Vec<usize>,
     /// Repetitions of each test.
     #[arg(short = 'r', long, default_value_t = 5)]
@@ -281,7 +281,10 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
             a.kv_type
         ))
     })?;
-    let file = Arc::new(GgufFile::open_with(&a.model, crate::load_how(a.no_mmap))?);
+    let file = Arc::new(GgufFile::open_with(
+        &a.model,
+        crate::args::load_how(a.no_mmap),
+    )?);
     let model_size: u64 = file.tensors.iter().map(|t| t.size).sum();
     let n_params: u64 = file.tensors.iter().map(|t| t.n_elements()).sum();
     let dtype = dominant_type(&file);

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use tuili_formats::{GgufFile, MetaArray, MetaValue};
 
-use crate::CliError;
+use crate::error::CliError;
 
 fn human(bytes: u64) -> String {
     let b = bytes as f64;

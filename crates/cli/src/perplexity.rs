@@ -5,15 +5,15 @@ use std::io::{BufReader, BufWriter, Write};
 use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use tuili_engine::{Engine, EngineConfig, KlBase, PerplexityParams};
+use tuili_engine::{KlBase, PerplexityParams};
 
-use crate::CliError;
+use crate::args::ModelArgs;
+use crate::error::CliError;
 
 #[derive(clap::Args)]
 pub struct PerplexityArgs {
-    /// Model file (GGUF).
-    #[arg(short, long)]
-    model: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Text file to score.
     #[arg(short, long)]
     file: PathBuf,
@@ -23,14 +23,6 @@ pub struct PerplexityArgs {
     /// Score at most N windows (default: all that fit).
     #[arg(long)]
     chunks: Option<usize>,
-    /// Worker threads (default: physical cores).
-    #[arg(short, long)]
-    threads: Option<usize>,
-    /// Read the model into memory (huge pages) instead of memory-mapping it (llama.cpp's
-    /// --no-mmap): a copy of the weights, streamed at full speed whatever state the page
-    /// cache is in (see the README's Commands).
-    #[arg(long)]
-    no_mmap: bool,
     /// Tokens per forward pass.
     #[arg(short = 'b', long, default_value_t = 512)]
     batch_size: usize,
@@ -50,24 +42,13 @@ pub fn perplexity(a: PerplexityArgs) -> Result<(), CliError> {
     let text = std::fs::read(&a.file)
         .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", a.file.display())))?;
     let text = String::from_utf8_lossy(&text).into_owned();
-    let threads = a
-        .threads
-        .unwrap_or_else(tuili_core::parallel::physical_cores);
-    let engine = Engine::load_with(
-        &a.model,
-        EngineConfig {
-            n_ctx: a.ctx,
-            n_batch: a.batch_size,
-            threads,
-        },
-        crate::load_how(a.no_mmap),
-    )?;
+    let engine = a.model.load(a.ctx, a.batch_size)?;
     eprintln!(
         "tuili perplexity: {} on {} (ctx {}, {} threads)",
-        a.model.display(),
+        a.model.model.display(),
         a.file.display(),
         a.ctx,
-        threads
+        a.model.threads()
     );
     let mut save = match &a.save_logits {
         Some(p) => Some(BufWriter::new(std::fs::File::create(p).map_err(|e| {

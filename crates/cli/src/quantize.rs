@@ -9,7 +9,7 @@ use tuili_model::quantize::{
     quantize as run_quantize, summary, FileType, QuantInput, QuantizeOptions,
 };
 
-use crate::CliError;
+use crate::error::CliError;
 
 #[derive(clap::Args)]
 pub struct QuantizeArgs {
@@ -65,7 +65,7 @@ pub fn quantize(a: QuantizeArgs) -> Result<(), CliError> {
         allow_requantize: a.allow_requantize,
         threads: a
             .threads
-            .unwrap_or_else(tuili_core::parallel::physical_cores),
+            .unwrap_or_else(tuili_core::parallel::default_threads),
     };
     let sizes: Vec<u64> = input.tensors.iter().map(|t| t.data.len() as u64).collect();
     let names: Vec<String> = input.tensors.iter().map(|t| t.name.clone()).collect();

@@ -1,21 +1,19 @@
 //! `tuili serve`: the OpenAI-compatible server (see `tuili-server`) on a model.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tuili_engine::sched::SchedConfig;
 use tuili_engine::serve::{ServeConfig, ServeLoop};
 use tuili_engine::KvType;
-use tuili_engine::{Engine, EngineConfig};
 use tuili_server::{router, AppState, HttpConfig};
 
-use crate::CliError;
+use crate::args::{CtxArgs, ModelArgs};
+use crate::error::CliError;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
-    /// Model: a GGUF file, a Hugging Face folder, or a hub id `org/name[@rev]`.
-    #[arg(short, long)]
-    model: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Address to listen on (loopback by default; 0.0.0.0 exposes the server).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -27,17 +25,8 @@ pub struct ServeArgs {
     /// The model name clients use (default: the file or folder name).
     #[arg(long)]
     served_model_name: Option<String>,
-    /// Context size per sequence (0 = the model's, at most 4096).
-    #[arg(short = 'c', long, default_value_t = 0)]
-    ctx_size: usize,
-    /// Worker threads (default: physical cores).
-    #[arg(short, long)]
-    threads: Option<usize>,
-    /// Read the model into memory (huge pages) instead of memory-mapping it (llama.cpp's
-    /// --no-mmap): a copy of the weights, streamed at full speed whatever state the page
-    /// cache is in (see the README's Commands).
-    #[arg(long)]
-    no_mmap: bool,
+    #[command(flatten)]
+    ctx: CtxArgs,
     /// Memory for the paged KV cache (e.g. 512MiB, 2GiB); must hold one whole context.
     #[arg(long, default_value = "1GiB")]
     kv_memory: String,
@@ -95,24 +84,17 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
     let kv_type = KvType::parse(&a.kv_type)
         .ok_or_else(|| CliError::Usage(format!("--kv-type {:?}: f16, q8_0 or f32", a.kv_type)))?;
     let max_body = parse_size("max-body", &a.max_body)?;
-    let threads = a
-        .threads
-        .unwrap_or_else(tuili_core::parallel::physical_cores);
-    let engine = Engine::load_with(
-        &a.model,
-        EngineConfig {
-            n_ctx: a.ctx_size,
-            n_batch: a.max_batch_tokens,
-            threads,
-        },
-        crate::load_how(a.no_mmap),
-    )?;
-    let template = crate::chat::load_template(engine.tokenizer(), a.chat_template.as_deref())?;
+    let threads = a.model.threads();
+    let mut engine = a.model.load(a.ctx.ctx_size, a.max_batch_tokens)?;
+    if let Some(spec) = &a.chat_template {
+        engine.set_chat_template(spec)?;
+    }
     let model_name = a.served_model_name.clone().unwrap_or_else(|| {
-        let s = a.model.to_string_lossy();
+        let path = &a.model.model;
+        let s = path.to_string_lossy();
         let s = s.trim_end_matches('/');
         let base = s.rsplit('/').next().unwrap_or(s);
-        if s.contains('/') && !a.model.exists() {
+        if s.contains('/') && !path.exists() {
             s.to_string() // a hub id keeps its org/
         } else {
             base.trim_end_matches(".gguf").to_string()
@@ -143,7 +125,6 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
             api_key: a.api_key.clone().filter(|k| !k.is_empty()),
             max_body,
         },
-        template,
     ));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

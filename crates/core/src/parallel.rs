@@ -1,8 +1,14 @@
-//! How many threads to use: logical CPUs and physical cores. The threads themselves are the
-//! pool's (`crate::pool`).
+//! How many threads to use: logical CPUs and physical cores, and the one default every
+//! front end and the library share. The threads themselves are the pool's (`crate::pool`).
 
-/// A sensible default thread count: the number of logical CPUs this process may use.
+/// The default thread count of the library and every command: the physical cores (see
+/// [`physical_cores`] for why not the logical CPUs).
 pub fn default_threads() -> usize {
+    physical_cores()
+}
+
+/// The logical CPUs this process may use.
+pub fn logical_cpus() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -12,7 +18,7 @@ pub fn default_threads() -> usize {
 /// neither gains from a second thread on the same core. Read from /proc/cpuinfo's distinct
 /// (physical id, core id) pairs on Linux; elsewhere the logical count.
 pub fn physical_cores() -> usize {
-    let logical = default_threads();
+    let logical = logical_cpus();
     let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
         return logical;
     };
@@ -46,6 +52,7 @@ mod tests {
     #[test]
     fn core_counts_are_sane() {
         let p = physical_cores();
-        assert!(p >= 1 && p <= default_threads());
+        assert!(p >= 1 && p <= logical_cpus());
+        assert_eq!(default_threads(), p);
     }
 }

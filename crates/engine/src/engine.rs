@@ -8,11 +8,18 @@ use std::sync::Arc;
 use tuili_core::ThreadPool;
 use tuili_formats::GgufFile;
 use tuili_model::Model;
-use tuili_tokenizer::Tokenizer;
+use tuili_tokenizer::chat::{ChatTemplate, CHATML};
+use tuili_tokenizer::{Tokenizer, TokenizerError};
 
 use crate::error::EngineError;
 use crate::hub;
-use crate::request::GenerateRequest;
+use crate::request::{GenerateRequest, Prompt};
+
+/// The tokenizer's chat template compiled, `None` when the model has none; a template that
+/// does not compile is kept as its error, reported when a conversation needs it.
+fn compile_template(tok: &Tokenizer) -> Result<Option<ChatTemplate>, String> {
+    tok.chat_template().transpose().map_err(|e| e.to_string())
+}
 
 /// Settings of an engine instance.
 #[derive(Debug, Clone)]
@@ -50,6 +57,8 @@ pub struct Engine {
     pub(crate) n_ctx: usize,
     pub(crate) pool: ThreadPool,
     defaults: GenerationDefaults,
+    /// The chat template, compiled once (see [`compile_template`]).
+    chat: Result<Option<ChatTemplate>, String>,
 }
 
 impl Engine {
@@ -158,11 +167,12 @@ impl Engine {
         let pool = ThreadPool::new(cfg.threads);
         Ok(Engine {
             model,
-            tokenizer,
             cfg,
             n_ctx,
             pool,
             defaults: GenerationDefaults::default(),
+            chat: compile_template(&tokenizer),
+            tokenizer,
         })
     }
 
@@ -186,20 +196,50 @@ impl Engine {
         &self.pool
     }
 
-    /// Tokenizes a prompt as generation does (BOS as the model's metadata says).
-    pub fn tokenize_prompt(
-        &self,
-        prompt: &str,
-        parse_special: bool,
-    ) -> Result<Vec<u32>, EngineError> {
-        Ok(self.tokenizer.encode(prompt, true, parse_special)?)
+    /// The chat template conversations are rendered with: the model's own, or what
+    /// [`Engine::set_chat_template`] chose.
+    pub fn chat_template(&self) -> Result<&ChatTemplate, EngineError> {
+        match &self.chat {
+            Ok(Some(t)) => Ok(t),
+            Ok(None) => Err(EngineError::NoChatTemplate),
+            Err(reason) => Err(EngineError::Tokenizer(TokenizerError::Template {
+                reason: reason.clone(),
+            })),
+        }
     }
 
-    /// Checks a request (sampling and beam parameters, `n`, prompt length) and tokenizes its
-    /// prompt, without running the model: what can be refused is refused here.
+    /// Replaces the chat template: `chatml`, or the path of a Jinja file.
+    pub fn set_chat_template(&mut self, spec: &str) -> Result<(), EngineError> {
+        let source = if spec == "chatml" {
+            CHATML.to_string()
+        } else {
+            std::fs::read_to_string(spec)
+                .map_err(|e| EngineError::Io(format!("cannot read chat template {spec}: {e}")))?
+        };
+        self.tokenizer.set_chat_template(Some(source));
+        self.chat = compile_template(&self.tokenizer);
+        self.chat_template().map(|_| ())
+    }
+
+    /// Checks a request (sampling and beam parameters, `n`, token ids) and turns its prompt
+    /// into ids — text tokenized with BOS as the model says, ids checked against the
+    /// vocabulary, a conversation rendered with the chat template —, then checks those (not
+    /// empty, within the context). Nothing runs the model: what can be refused is refused
+    /// here, the same way for every front end.
     pub fn prepare(&self, req: &GenerateRequest) -> Result<Vec<u32>, EngineError> {
         self.check_request(req)?;
-        let prompt = self.tokenize_prompt(&req.prompt, req.parse_special)?;
+        let tok = &self.tokenizer;
+        let prompt = match &req.prompt {
+            Prompt::Text(t) => tok.encode(t, true, req.parse_special)?,
+            Prompt::Ids(ids) => {
+                let n_vocab = self.model.config().n_vocab;
+                if let Some(&id) = ids.iter().find(|&&i| i as usize >= n_vocab) {
+                    return Err(tuili_model::ModelError::BadToken { id, n_vocab }.into());
+                }
+                ids.clone()
+            }
+            Prompt::Chat(messages) => tok.encode_chat(self.chat_template()?, messages)?,
+        };
         self.check_prompt(&prompt)?;
         Ok(prompt)
     }

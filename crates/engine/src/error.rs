@@ -15,6 +15,8 @@ pub enum EngineError {
     PromptTooLong { n_prompt: usize, n_ctx: usize },
     #[error("the prompt is empty and the model adds no BOS token: nothing to start from")]
     EmptyPrompt,
+    #[error("the model has no chat template: give one (--chat-template FILE, or --chat-template chatml)")]
+    NoChatTemplate,
     #[error("{0}")]
     Io(String),
     #[error("internal error: {0}")]

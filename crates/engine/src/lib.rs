@@ -27,7 +27,8 @@ pub use error::EngineError;
 pub use generate::{Session, TurnStats};
 pub use perplexity::{ChunkProgress, KlBase, KlStats, PerplexityParams, PerplexityResult};
 pub use request::{
-    Completion, GenerateRequest, GenerationStats, StopReason, TokenEvent, MAX_LOGPROBS, MAX_N,
+    Completion, GenerateRequest, GenerationStats, Prompt, StopReason, TokenEvent, MAX_LOGPROBS,
+    MAX_N,
 };
 pub use stop::{Matched, StopMatcher};
 pub use tuili_kv::KvType;

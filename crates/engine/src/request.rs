@@ -5,14 +5,41 @@
 use std::time::Duration;
 
 use tuili_sample::{Explain, SamplingParams, StepLogprobs};
+use tuili_tokenizer::chat::Message;
 
 use crate::beam::BeamParams;
 use crate::error::EngineError;
 
+/// What a request starts from. The engine turns each into prompt ids the same way for every
+/// front end ([`crate::Engine::prepare`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Text, tokenized with BOS as the model's metadata says (control-token text recognised
+    /// when the request's `parse_special` is set).
+    Text(String),
+    /// Token ids, taken as they are (each checked against the vocabulary).
+    Ids(Vec<u32>),
+    /// A conversation, rendered with the engine's chat template and tokenized with control
+    /// tokens recognised; BOS is added unless the template wrote it.
+    Chat(Vec<Message>),
+}
+
+impl From<&str> for Prompt {
+    fn from(s: &str) -> Prompt {
+        Prompt::Text(s.to_string())
+    }
+}
+
+impl From<String> for Prompt {
+    fn from(s: String) -> Prompt {
+        Prompt::Text(s)
+    }
+}
+
 /// One generation request.
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
-    pub prompt: String,
+    pub prompt: Prompt,
     /// Tokens to generate at most (per completion).
     pub max_tokens: usize,
     pub sampling: SamplingParams,
@@ -37,7 +64,7 @@ pub struct GenerateRequest {
 
 impl GenerateRequest {
     /// A request with one completion and every option off.
-    pub fn new(prompt: impl Into<String>, max_tokens: usize, sampling: SamplingParams) -> Self {
+    pub fn new(prompt: impl Into<Prompt>, max_tokens: usize, sampling: SamplingParams) -> Self {
         GenerateRequest {
             prompt: prompt.into(),
             max_tokens,

@@ -44,7 +44,8 @@ fn matches_the_float64_reference() {
     let r = json("reference_greedy.json");
     let e = engine();
     let prompt = e
-        .tokenize_prompt(r["prompt"].as_str().unwrap(), true)
+        .tokenizer()
+        .encode(r["prompt"].as_str().unwrap(), true, true)
         .unwrap();
     assert_eq!(prompt, ids(&r["prompt_ids"]));
     // Logits after the prompt.
@@ -298,7 +299,8 @@ fn gpt2_matches_the_float64_reference() {
     )
     .unwrap();
     let prompt = e
-        .tokenize_prompt(r["prompt"].as_str().unwrap(), true)
+        .tokenizer()
+        .encode(r["prompt"].as_str().unwrap(), true, true)
         .unwrap();
     assert_eq!(prompt, ids(&r["prompt_ids"]));
     let m = e.model();
@@ -347,7 +349,8 @@ fn gpt2_matches_the_float64_reference() {
     .unwrap();
     assert_eq!(g.model().config().arch.name, "gpt2");
     let gp = g
-        .tokenize_prompt(r["prompt"].as_str().unwrap(), true)
+        .tokenizer()
+        .encode(r["prompt"].as_str().unwrap(), true, true)
         .unwrap();
     assert_eq!(gp, ids(&r["prompt_ids"]));
     let mut kv = g.model().new_cache(64).unwrap();

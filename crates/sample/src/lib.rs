@@ -18,8 +18,8 @@ mod params;
 pub mod processors;
 mod rng;
 
-pub use params::{SamplingParams, Stage, DEFAULT_ORDER};
-pub use rng::Rng;
+pub use params::{SamplingParams, Stage, DEFAULT_ORDER, OPENAI_ORDER};
+pub use rng::{fresh_seed, Rng};
 
 use processors::{apply_logit_bias, apply_penalties, ban_repeated_ngrams, logsumexp};
 

@@ -61,8 +61,22 @@ impl Stage {
     }
 }
 
-/// llama.cpp's default order: top-k → typical-p → top-p → min-p → temperature.
+/// llama.cpp's default order: top-k → typical-p → top-p → min-p → temperature. The command
+/// line's default (`tuili run`, `tuili chat`): its users come from llama.cpp, whose flags and
+/// defaults it mirrors.
 pub const DEFAULT_ORDER: [Stage; 5] = Stage::ALL;
+
+/// The OpenAI server's default: temperature → top-k → top-p → min-p → typical-p, vLLM's
+/// order. OpenAI-API clients expect temperature to reshape the distribution that top-p then
+/// cuts (OpenAI's and vLLM's semantics: `temperature: 2, top_p: 0.9` keeps more tokens than
+/// at temperature 1), where llama.cpp cuts first and rescales what is left.
+pub const OPENAI_ORDER: [Stage; 5] = [
+    Stage::Temperature,
+    Stage::TopK,
+    Stage::TopP,
+    Stage::MinP,
+    Stage::TypicalP,
+];
 
 /// Every parameter of the sampling chain. The defaults are llama.cpp's.
 #[derive(Debug, Clone, PartialEq)]

@@ -32,6 +32,19 @@ impl Rng {
     }
 }
 
+/// A seed for a request that gives none: different for every call (the clock, the process
+/// and a counter mixed), so that two requests in the same nanosecond still differ. The one
+/// source of fresh seeds for every front end.
+pub fn fresh_seed() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let n = CALLS.fetch_add(1, Ordering::Relaxed);
+    t ^ ((std::process::id() as u64) << 32) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

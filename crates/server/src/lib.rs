@@ -25,9 +25,9 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tuili_engine::serve::{Event, Rejection, ServeLoop, Submission};
-use tuili_engine::{Engine, GenerateRequest};
+use tuili_engine::{Engine, GenerateRequest, Prompt as EnginePrompt};
 use tuili_sample::StepLogprobs;
-use tuili_tokenizer::chat::{ChatTemplate, Message};
+use tuili_tokenizer::chat::Message;
 
 pub mod metrics;
 pub mod openai;
@@ -49,8 +49,6 @@ pub struct HttpConfig {
 pub struct AppState {
     pub server: ServeLoop,
     pub http: HttpConfig,
-    /// The chat template, when the model has one (or one was given).
-    pub template: Option<ChatTemplate>,
     created: u64,
     next_id: AtomicU64,
     /// HTTP error responses by status code.
@@ -58,11 +56,10 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(server: ServeLoop, http: HttpConfig, template: Option<ChatTemplate>) -> AppState {
+    pub fn new(server: ServeLoop, http: HttpConfig) -> AppState {
         AppState {
             server,
             http,
-            template,
             created: now(),
             next_id: AtomicU64::new(1),
             errors: Mutex::new(BTreeMap::new()),
@@ -260,17 +257,6 @@ fn parse(body: Result<Bytes, BytesRejection>) -> Result<Body, ApiError> {
     })
 }
 
-/// A seed for requests that give none (different each time).
-fn fresh_seed(st: &AppState) -> u64 {
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    t ^ st
-        .next_id
-        .load(Ordering::Relaxed)
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
 /// Sets the cancel flag when dropped: the client went away (or the response is complete,
 /// when it no longer matters).
 struct CancelOnDrop(Arc<AtomicBool>);
@@ -317,6 +303,62 @@ struct Prepared {
     include_usage: bool,
 }
 
+/// An engine error as a 400 naming the parameter at fault: the setting's own name when the
+/// engine gives one, else `param`.
+fn engine_err(err: tuili_engine::EngineError, param: &str) -> ApiError {
+    use tuili_engine::EngineError as E;
+    use tuili_sample::SampleError as S;
+    let name = match &err {
+        E::BadSetting { name, .. } => Some(name.to_string()),
+        E::Sample(S::BadParam { name, .. }) => Some(name.to_string()),
+        E::Sample(S::BadToken { .. }) => Some("logit_bias".into()),
+        _ => None,
+    };
+    ApiError::invalid(err.to_string(), Some(name.as_deref().unwrap_or(param)))
+}
+
+/// The conversation of a chat request, as the engine's messages (text parts only).
+fn messages(body: &Body) -> Result<Vec<Message>, ApiError> {
+    let msgs = body
+        .messages
+        .as_ref()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::invalid("messages is required", Some("messages")))?;
+    let mut conv = Vec::with_capacity(msgs.len());
+    for (i, m) in msgs.iter().enumerate() {
+        let text = match &m.content {
+            None => String::new(),
+            Some(openai::Content::Text(t)) => t.clone(),
+            Some(openai::Content::Parts(parts)) => {
+                let mut s = String::new();
+                for p in parts {
+                    match (p.kind.as_str(), &p.text) {
+                        ("text", Some(t)) => s.push_str(t),
+                        _ => {
+                            return Err(ApiError::invalid(
+                                format!("only text content parts are supported, got {:?}", p.kind),
+                                Some(&format!("messages[{i}].content")),
+                            ))
+                        }
+                    }
+                }
+                s
+            }
+        };
+        if !matches!(
+            m.role.as_str(),
+            "system" | "user" | "assistant" | "developer" | "tool"
+        ) {
+            return Err(ApiError::invalid(
+                format!("unknown role {:?}", m.role),
+                Some(&format!("messages[{i}].role")),
+            ));
+        }
+        conv.push(Message::new(&m.role, &text));
+    }
+    Ok(conv)
+}
+
 fn prepare(st: &AppState, body: &Body, kind: Kind) -> Result<Prepared, ApiError> {
     if let Some(m) = &body.model {
         if m != &st.http.model_name {
@@ -333,135 +375,43 @@ fn prepare(st: &AppState, body: &Body, kind: Kind) -> Result<Prepared, ApiError>
             });
         }
     }
-    let (mut req, max_tokens) = body.to_request(kind, fresh_seed(st))?;
+    let (mut req, max_tokens) = body.to_request(kind, tuili_sample::fresh_seed())?;
     let e = st.engine();
-    let tok = e.tokenizer();
-    let engine_err = |err: tuili_engine::EngineError, param: &str| {
-        let name = match &err {
-            tuili_engine::EngineError::BadSetting { name, .. } => Some(name.to_string()),
-            tuili_engine::EngineError::Sample(tuili_sample::SampleError::BadParam {
-                name, ..
-            }) => Some(name.to_string()),
-            tuili_engine::EngineError::Sample(tuili_sample::SampleError::BadToken { .. }) => {
-                Some("logit_bias".into())
-            }
-            _ => None,
-        };
-        ApiError::invalid(err.to_string(), Some(name.as_deref().unwrap_or(param)))
+    let param = match kind {
+        Kind::Chat => "messages",
+        Kind::Completion => "prompt",
     };
-    let (prompt, echo) = match kind {
-        Kind::Completion => {
-            let p = body
-                .prompt
-                .as_ref()
-                .ok_or_else(|| ApiError::invalid("prompt is required", Some("prompt")))?;
-            let ids = match p {
-                Prompt::Text(t) => {
-                    req.prompt = t.clone();
-                    tok.encode(t, true, true)
-                        .map_err(|err| ApiError::invalid(err.to_string(), Some("prompt")))?
-                }
-                Prompt::Texts(v) if v.len() == 1 => {
-                    req.prompt = v[0].clone();
-                    tok.encode(&v[0], true, true)
-                        .map_err(|err| ApiError::invalid(err.to_string(), Some("prompt")))?
-                }
-                Prompt::Ids(ids) => ids.clone(),
-                Prompt::IdLists(v) if v.len() == 1 => v[0].clone(),
-                _ => {
-                    return Err(ApiError::invalid(
-                        "one prompt per request (send a request per prompt)",
-                        Some("prompt"),
-                    ))
-                }
-            };
-            if let Some(&id) = ids.iter().find(|&&i| i as usize >= tok.n_vocab()) {
+    req.prompt = match kind {
+        Kind::Completion => match body
+            .prompt
+            .as_ref()
+            .ok_or_else(|| ApiError::invalid("prompt is required", Some("prompt")))?
+        {
+            Prompt::Text(t) => EnginePrompt::Text(t.clone()),
+            Prompt::Texts(v) if v.len() == 1 => EnginePrompt::Text(v[0].clone()),
+            Prompt::Ids(ids) => EnginePrompt::Ids(ids.clone()),
+            Prompt::IdLists(v) if v.len() == 1 => EnginePrompt::Ids(v[0].clone()),
+            _ => {
                 return Err(ApiError::invalid(
-                    format!(
-                        "token id {id} is outside the vocabulary of {}",
-                        tok.n_vocab()
-                    ),
+                    "one prompt per request (send a request per prompt)",
                     Some("prompt"),
-                ));
+                ))
             }
-            let echo = body.echo.then(|| {
-                if req.prompt.is_empty() {
-                    tok.decode_text(&ids).unwrap_or_default()
-                } else {
-                    req.prompt.clone()
-                }
-            });
-            (ids, echo)
-        }
-        Kind::Chat => {
-            let msgs = body
-                .messages
-                .as_ref()
-                .filter(|m| !m.is_empty())
-                .ok_or_else(|| ApiError::invalid("messages is required", Some("messages")))?;
-            let template = st.template.as_ref().ok_or_else(|| {
-                ApiError::invalid(
-                    "the model has no chat template (start the server with --chat-template)",
-                    Some("messages"),
-                )
-            })?;
-            let mut conv = Vec::with_capacity(msgs.len());
-            for (i, m) in msgs.iter().enumerate() {
-                let text = match &m.content {
-                    None => String::new(),
-                    Some(openai::Content::Text(t)) => t.clone(),
-                    Some(openai::Content::Parts(parts)) => {
-                        let mut s = String::new();
-                        for p in parts {
-                            match (p.kind.as_str(), &p.text) {
-                                ("text", Some(t)) => s.push_str(t),
-                                _ => {
-                                    return Err(ApiError::invalid(
-                                        format!(
-                                            "only text content parts are supported, got {:?}",
-                                            p.kind
-                                        ),
-                                        Some(&format!("messages[{i}].content")),
-                                    ))
-                                }
-                            }
-                        }
-                        s
-                    }
-                };
-                if !matches!(
-                    m.role.as_str(),
-                    "system" | "user" | "assistant" | "developer" | "tool"
-                ) {
-                    return Err(ApiError::invalid(
-                        format!("unknown role {:?}", m.role),
-                        Some(&format!("messages[{i}].role")),
-                    ));
-                }
-                conv.push(Message::new(&m.role, &text));
-            }
-            let text = template
-                .render(&conv, true)
-                .map_err(|err| ApiError::invalid(err.to_string(), Some("messages")))?;
-            // The template writes the BOS token itself when the model wants one.
-            let bos = tok.bos().and_then(|b| tok.piece(b).ok()).unwrap_or("");
-            let add_bos = bos.is_empty() || !text.starts_with(bos);
-            let ids = tok
-                .encode(&text, add_bos, true)
-                .map_err(|err| ApiError::invalid(err.to_string(), Some("messages")))?;
-            (ids, None)
-        }
+        },
+        Kind::Chat => EnginePrompt::Chat(messages(body)?),
     };
-    if prompt.is_empty() {
-        return Err(ApiError::invalid("the prompt is empty", Some("prompt")));
-    }
+    // The one request path: the engine checks the settings and turns the prompt into ids.
+    let prompt = e.prepare(&req).map_err(|err| engine_err(err, param))?;
+    let echo = match (&req.prompt, body.echo) {
+        (EnginePrompt::Text(t), true) => Some(t.clone()),
+        (EnginePrompt::Ids(ids), true) => Some(e.tokenizer().decode_text(ids).unwrap_or_default()),
+        _ => None,
+    };
+    // OpenAI's max_tokens counts against the context with the prompt; left out, it is
+    // whatever room the context has.
     let n_ctx = e.n_ctx();
-    let param = if kind == Kind::Chat {
-        "messages"
-    } else {
-        "prompt"
-    };
-    if prompt.len() >= n_ctx {
+    let room = n_ctx - prompt.len();
+    if room == 0 {
         return Err(ApiError::invalid(
             format!(
                 "the prompt is {} tokens long; this model's context holds {n_ctx}",
@@ -471,7 +421,7 @@ fn prepare(st: &AppState, body: &Body, kind: Kind) -> Result<Prepared, ApiError>
         ));
     }
     req.max_tokens = match max_tokens {
-        Some(m) if prompt.len() + m > n_ctx => {
+        Some(m) if m > room => {
             return Err(ApiError::invalid(
                 format!(
                     "this model's context holds {n_ctx} tokens; the prompt has {} and max_tokens asks for {m} more",
@@ -481,13 +431,8 @@ fn prepare(st: &AppState, body: &Body, kind: Kind) -> Result<Prepared, ApiError>
             ))
         }
         Some(m) => m,
-        None => n_ctx - prompt.len(),
+        None => room,
     };
-    // The engine's own checks (sampling values, ids in the vocabulary, beams).
-    req.validate().map_err(|err| engine_err(err, param))?;
-    req.sampling
-        .validate_vocab(e.model().config().n_vocab)
-        .map_err(|err| engine_err(err.into(), "logit_bias"))?;
     Ok(Prepared {
         req,
         prompt,

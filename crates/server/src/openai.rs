@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tuili_engine::{BeamParams, EarlyStopping, GenerateRequest, StopReason, MAX_LOGPROBS};
-use tuili_sample::{SamplingParams, Stage, StepLogprobs};
+use tuili_sample::{SamplingParams, Stage, StepLogprobs, OPENAI_ORDER};
 use tuili_tokenizer::Tokenizer;
 
 use crate::ApiError;
@@ -214,15 +214,10 @@ impl Body {
             penalty_last_n: self.repeat_last_n.unwrap_or(-1),
             logit_bias,
             no_repeat_ngram_size: self.no_repeat_ngram_size.unwrap_or(0),
-            // vLLM's order by default: temperature scales the logits before the filters.
+            // vLLM's order by default: temperature scales the logits before the filters (why
+            // it differs from the command line's: `tuili_sample::OPENAI_ORDER`).
             order: match &self.samplers {
-                None => vec![
-                    Stage::Temperature,
-                    Stage::TopK,
-                    Stage::TopP,
-                    Stage::MinP,
-                    Stage::TypicalP,
-                ],
+                None => OPENAI_ORDER.to_vec(),
                 Some(names) => names
                     .iter()
                     .map(|n| Stage::parse(n))

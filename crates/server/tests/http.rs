@@ -47,7 +47,6 @@ fn app(max_queue: usize, api_key: Option<&str>, max_body: usize) -> axum::Router
             api_key: api_key.map(String::from),
             max_body,
         },
-        None,
     )))
 }
 

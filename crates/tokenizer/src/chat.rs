@@ -25,6 +25,9 @@ impl Message {
     }
 }
 
+/// ChatML, for models without a template of their own (`--chat-template chatml`).
+pub const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,

@@ -120,6 +120,21 @@ impl Tokenizer {
         ))
     }
 
+    /// The ids of a conversation, its reply to come: `messages` rendered with `template`
+    /// (the assistant's turn opened), control-token text recognised, and BOS added as the
+    /// model's metadata says — unless the rendered text starts with the BOS token's text
+    /// already (templates that write `bos_token` themselves), so it is never there twice.
+    pub fn encode_chat(
+        &self,
+        template: &chat::ChatTemplate,
+        messages: &[chat::Message],
+    ) -> Result<Vec<u32>, TokenizerError> {
+        let text = template.render(messages, true)?;
+        let bos = self.bos.and_then(|b| self.pieces.get(b as usize));
+        let add_bos = bos.is_none_or(|b| b.is_empty() || !text.starts_with(b.as_str()));
+        self.encode(&text, add_bos, true)
+    }
+
     /// Replaces the chat template (e.g. one given on the command line).
     pub fn set_chat_template(&mut self, source: Option<String>) {
         self.chat_template = source;

@@ -1,0 +1,160 @@
+//! The options several commands share: the model and how it runs ([`ModelArgs`], for
+//! `run`, `chat`, `serve` and `perplexity`), the context size ([`CtxArgs`]) and the sampling
+//! chain ([`SamplingArgs`]).
+
+use std::path::PathBuf;
+
+use tuili_engine::{Engine, EngineConfig, GenerationDefaults};
+use tuili_sample::{SamplingParams, Stage, DEFAULT_ORDER};
+
+use crate::error::CliError;
+
+/// The model and how it runs.
+#[derive(clap::Args)]
+pub(crate) struct ModelArgs {
+    /// Model: a GGUF file, a Hugging Face folder, or a hub id `org/name[@rev]`.
+    #[arg(short, long)]
+    pub(crate) model: PathBuf,
+    /// Worker threads (default: physical cores).
+    #[arg(short, long)]
+    threads: Option<usize>,
+    /// Read the model into memory (huge pages) instead of memory-mapping it (llama.cpp's
+    /// --no-mmap): a copy of the weights, streamed at full speed whatever state the page
+    /// cache is in (see the README's Commands).
+    #[arg(long)]
+    no_mmap: bool,
+}
+
+impl ModelArgs {
+    /// The worker threads: as given, else the library's default (physical cores).
+    pub(crate) fn threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(tuili_core::parallel::default_threads)
+    }
+
+    /// Loads the model with a context of `n_ctx` (0: the model's, at most 4096) and `n_batch`
+    /// tokens per forward pass.
+    pub(crate) fn load(&self, n_ctx: usize, n_batch: usize) -> Result<Engine, CliError> {
+        let cfg = EngineConfig {
+            n_ctx,
+            n_batch,
+            threads: self.threads(),
+        };
+        Ok(Engine::load_with(&self.model, cfg, load_how(self.no_mmap))?)
+    }
+}
+
+/// The context of `run`, `chat` and `serve`.
+#[derive(clap::Args)]
+pub(crate) struct CtxArgs {
+    /// Context size in tokens (0 = the model's, at most 4096).
+    #[arg(short = 'c', long, default_value_t = 0)]
+    pub(crate) ctx_size: usize,
+}
+
+/// `--no-mmap` → read the model into memory; otherwise map it.
+pub(crate) fn load_how(no_mmap: bool) -> tuili_formats::Load {
+    if no_mmap {
+        tuili_formats::Load::Memory
+    } else {
+        tuili_formats::Load::Map
+    }
+}
+
+/// The sampling chain's options (see the README for the order they apply in).
+#[derive(clap::Args)]
+pub(crate) struct SamplingArgs {
+    /// Sampling temperature; 0 = greedy. Default: the model's generation_config, else 0.8.
+    #[arg(long, alias = "temp", allow_negative_numbers = true)]
+    temperature: Option<f32>,
+    /// Keep only the K most likely tokens (0 = all). Default: the model's, else 40.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Nucleus sampling: keep the most likely tokens up to probability P (1 = off). Default:
+    /// the model's, else 0.95.
+    #[arg(long, allow_negative_numbers = true)]
+    top_p: Option<f32>,
+    /// Drop tokens less likely than P × the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
+    min_p: f32,
+    /// Locally typical sampling with mass P (1 = off).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    typical_p: f32,
+    /// Repetition penalty for tokens in the window (1 = off). Default: the model's, else 1.
+    #[arg(long, alias = "repetition-penalty", allow_negative_numbers = true)]
+    repeat_penalty: Option<f32>,
+    /// Presence penalty (OpenAI): subtracted once for each token in the window.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    presence_penalty: f32,
+    /// Frequency penalty (OpenAI): subtracted for each occurrence in the window.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    frequency_penalty: f32,
+    /// Penalty window: the last N tokens of prompt and output (-1 = all, 0 = penalties off).
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
+    repeat_last_n: i64,
+    /// Add BIAS to a token's logit: ID=BIAS (repeatable; BIAS may be -inf to ban the token).
+    #[arg(long, value_name = "ID=BIAS", allow_negative_numbers = true)]
+    logit_bias: Vec<String>,
+    /// Never repeat an n-gram of this size (0 = off).
+    #[arg(long, default_value_t = 0)]
+    no_repeat_ngram_size: usize,
+    /// Order of the stages, e.g. "top_k;typical_p;top_p;min_p;temperature" (the default).
+    #[arg(long)]
+    samplers: Option<String>,
+    /// Random seed (default: a fresh one, printed on stderr).
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    /// The parameters: what the user gave, else the model's defaults (`defaults`), else
+    /// llama.cpp's.
+    pub(crate) fn params(
+        &self,
+        seed: u64,
+        defaults: Option<&GenerationDefaults>,
+    ) -> Result<SamplingParams, CliError> {
+        let d = defaults.cloned().unwrap_or_default();
+        let mut logit_bias = Vec::new();
+        for b in &self.logit_bias {
+            let parsed = b.split_once(['=', ':']).and_then(|(id, v)| {
+                let v = v.trim();
+                let bias = if v.eq_ignore_ascii_case("-inf") {
+                    Some(f32::NEG_INFINITY)
+                } else {
+                    v.parse::<f32>().ok()
+                };
+                Some((id.trim().parse::<u32>().ok()?, bias?))
+            });
+            match parsed {
+                Some(p) => logit_bias.push(p),
+                None => {
+                    return Err(CliError::Usage(format!(
+                        "invalid --logit-bias {b:?}: expected ID=BIAS, e.g. 13=-2.5 or 2=-inf"
+                    )))
+                }
+            }
+        }
+        let order = match &self.samplers {
+            Some(s) => Stage::parse_order(s)?,
+            None => DEFAULT_ORDER.to_vec(),
+        };
+        let p = SamplingParams {
+            temperature: self.temperature.or(d.temperature).unwrap_or(0.8),
+            top_k: self.top_k.or(d.top_k).unwrap_or(40),
+            top_p: self.top_p.or(d.top_p).unwrap_or(0.95),
+            min_p: self.min_p,
+            typical_p: self.typical_p,
+            repetition_penalty: self.repeat_penalty.or(d.repetition_penalty).unwrap_or(1.0),
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            penalty_last_n: self.repeat_last_n,
+            logit_bias,
+            no_repeat_ngram_size: self.no_repeat_ngram_size,
+            order,
+            seed,
+        };
+        p.validate()?;
+        Ok(p)
+    }
+}
