@@ -23,6 +23,8 @@ use crate::config::{Family, ModelConfig};
 use crate::error::ModelError;
 use crate::quantize::{InputTensor, QuantInput};
 use crate::weights::WeightSource;
+use tuili_tokenizer::hf_config::TokenizerConfig;
+use tuili_tokenizer::Tokenizer;
 
 fn bad(path: &Path, reason: impl ToString) -> ModelError {
     ModelError::Io {
@@ -197,59 +199,33 @@ pub fn tokenizer_metadata(dir: &Path) -> Result<Vec<(String, MetaValue)>, ModelE
         "tokenizer.ggml.token_type".into(),
         MetaValue::Array(MetaArray::I32(types)),
     ));
-    let cfg_path = dir.join("tokenizer_config.json");
-    let cfg: Value = std::fs::read_to_string(&cfg_path)
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(Value::Null);
-    let id_of = |key: &str| -> Option<u32> {
-        let v = &cfg[key];
-        let s = v.as_str().or_else(|| v["content"].as_str())?;
+    // Special tokens and the chat template as the tokenizer reads them, and BOS added
+    // exactly when tuili's tokenizer of this folder adds it: the GGUF then tokenizes as the
+    // folder does (one rule, `Tokenizer::adds_bos`).
+    let cfg = TokenizerConfig::read(&dir.join("tokenizer_config.json"));
+    let id_of = |t: &Option<String>| -> Option<u32> {
+        let s = t.as_deref()?;
         tokens.iter().position(|t| t == s).map(|i| i as u32)
     };
-    for (key, gguf) in [
-        ("bos_token", "tokenizer.ggml.bos_token_id"),
-        ("eos_token", "tokenizer.ggml.eos_token_id"),
-        ("unk_token", "tokenizer.ggml.unknown_token_id"),
-        ("pad_token", "tokenizer.ggml.padding_token_id"),
+    for (t, gguf) in [
+        (&cfg.bos_token, "tokenizer.ggml.bos_token_id"),
+        (&cfg.eos_token, "tokenizer.ggml.eos_token_id"),
+        (&cfg.unk_token, "tokenizer.ggml.unknown_token_id"),
+        (&cfg.pad_token, "tokenizer.ggml.padding_token_id"),
     ] {
-        if let Some(id) = id_of(key) {
+        if let Some(id) = id_of(t) {
             md.push((gguf.into(), MetaValue::U32(id)));
         }
     }
-    for (key, gguf) in [
-        ("add_bos_token", "tokenizer.ggml.add_bos_token"),
-        ("add_eos_token", "tokenizer.ggml.add_eos_token"),
-    ] {
-        if let Some(b) = cfg[key].as_bool() {
-            md.push((gguf.into(), MetaValue::Bool(b)));
-        }
+    let tok = Tokenizer::from_tokenizer_json(&path).map_err(|e| bad(&path, e))?;
+    md.push((
+        "tokenizer.ggml.add_bos_token".into(),
+        MetaValue::Bool(tok.adds_bos()),
+    ));
+    if let Some(b) = cfg.add_eos_token {
+        md.push(("tokenizer.ggml.add_eos_token".into(), MetaValue::Bool(b)));
     }
-    // A template post-processor that puts BOS first (Llama 3) means add_bos.
-    if cfg["add_bos_token"].is_null() {
-        let adds = t["post_processor"]["single"]
-            .as_array()
-            .and_then(|s| s.first())
-            .and_then(|f| f["SpecialToken"]["id"].as_str())
-            .is_some_and(|tok| {
-                Some(tok)
-                    == cfg["bos_token"]
-                        .as_str()
-                        .or(cfg["bos_token"]["content"].as_str())
-            });
-        md.push(("tokenizer.ggml.add_bos_token".into(), MetaValue::Bool(adds)));
-    }
-    let template = match &cfg["chat_template"] {
-        Value::String(s) => Some(s.clone()),
-        Value::Array(list) => list
-            .iter()
-            .find(|t| t["name"] == "default")
-            .or_else(|| list.first())
-            .and_then(|t| t["template"].as_str())
-            .map(String::from),
-        _ => None,
-    };
-    if let Some(t) = template {
+    if let Some(t) = cfg.chat_template {
         md.push(("tokenizer.chat_template".into(), MetaValue::String(t)));
     }
     Ok(md)

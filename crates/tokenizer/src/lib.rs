@@ -8,6 +8,7 @@
 
 pub mod chat;
 mod gguf_vocab;
+pub mod hf_config;
 mod pretok;
 
 use std::path::Path;
@@ -177,35 +178,16 @@ impl Tokenizer {
                 types[i] = TokenType::Byte;
             }
         }
-        let config = path.with_file_name("tokenizer_config.json");
-        let cfg: serde_json::Value = std::fs::read_to_string(&config)
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(serde_json::Value::Null);
-        let tok_of = |key: &str| -> Option<u32> {
-            let v = &cfg[key];
-            let s = v.as_str().or_else(|| v["content"].as_str())?;
-            hf.token_to_id(s)
-        };
-        // A string, or a list of named templates (the "default" one, else the first).
-        let chat_template = match &cfg["chat_template"] {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Array(list) => list
-                .iter()
-                .find(|t| t["name"] == "default")
-                .or_else(|| list.first())
-                .and_then(|t| t["template"].as_str())
-                .map(String::from),
-            _ => None,
-        };
-        let bos = tok_of("bos_token");
-        let eos = tok_of("eos_token");
+        let cfg = hf_config::TokenizerConfig::read(&path.with_file_name("tokenizer_config.json"));
+        let tok_of = |t: &Option<String>| t.as_deref().and_then(|s| hf.token_to_id(s));
+        let chat_template = cfg.chat_template.clone();
+        let bos = tok_of(&cfg.bos_token);
+        let eos = tok_of(&cfg.eos_token);
         // A post-processor (TemplateProcessing) adds BOS itself when asked for special
         // tokens; otherwise follow tokenizer_config's add_bos_token (default: add when known).
-        let add_bos = cfg["add_bos_token"].as_bool().unwrap_or(bos.is_some())
-            && hf.get_post_processor().is_none();
-        let add_eos =
-            cfg["add_eos_token"].as_bool().unwrap_or(false) && hf.get_post_processor().is_none();
+        let add_bos =
+            cfg.add_bos_token.unwrap_or(bos.is_some()) && hf.get_post_processor().is_none();
+        let add_eos = cfg.add_eos_token.unwrap_or(false) && hf.get_post_processor().is_none();
         let bos_by_template = bos.is_some()
             && hf.get_post_processor().is_some()
             && hf
