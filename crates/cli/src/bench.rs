@@ -567,7 +567,7 @@ pub struct SynthArgs {
 pub fn synth(a: SynthArgs) -> Result<(), CliError> {
     use tuili_model::synth::{synth_gguf, SynthSpec};
     let dtype = DType::from_name(&a.dtype)
-        .filter(|d| d.is_dequantizable())
+        .filter(|&d| tuili_kernels::types::traits(d).is_some())
         .ok_or_else(|| {
             CliError::Usage(format!("--type {}: not a supported tensor type", a.dtype))
         })?;

@@ -94,24 +94,6 @@ impl DType {
         DType::TQ2_0,
     ];
 
-    /// The types tuili can turn into f32 (and so run a model with).
-    pub const DEQUANTIZABLE: [DType; 14] = [
-        DType::F32,
-        DType::F16,
-        DType::BF16,
-        DType::Q8_0,
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q5_0,
-        DType::Q5_1,
-        DType::Q2_K,
-        DType::Q3_K,
-        DType::Q4_K,
-        DType::Q5_K,
-        DType::Q6_K,
-        DType::Q8_K,
-    ];
-
     pub fn from_id(id: u32) -> Result<DType, DTypeError> {
         DType::ALL
             .iter()
@@ -185,11 +167,6 @@ impl DType {
                 dtype: self,
                 n_elements,
             })
-    }
-
-    /// Whether tuili can dequantize this type to f32.
-    pub fn is_dequantizable(self) -> bool {
-        DType::DEQUANTIZABLE.contains(&self)
     }
 
     /// Bits per weight, for display.

@@ -4,10 +4,11 @@
 //! cargo run --release -p tuili-kernels --example gemm_speed
 use std::time::Instant;
 use tuili_core::DType;
+use tuili_kernels::act::ActKind;
 use tuili_kernels::act::{Q8KRow, Q8Row};
 use tuili_kernels::cpu::Isa;
-use tuili_kernels::dot::{act_kind, ActKind};
-use tuili_kernels::gemm::{gemm_rows, supports, Q8Tiles};
+use tuili_kernels::gemm::{gemm_rows, Q8Tiles};
+use tuili_kernels::types::{act_kind, has_gemm};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -54,7 +55,7 @@ fn main() {
         let mut bytes = vec![0u8; 4 * cols];
         let mut scales = vec![0f32; 16 * cols / 32];
         for isa in Isa::available() {
-            if !supports(isa, dtype) {
+            if !has_gemm(isa, dtype) {
                 continue;
             }
             let mut best = f64::MAX;

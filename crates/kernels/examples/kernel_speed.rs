@@ -3,9 +3,11 @@
 //! cargo run --release -p tuili-kernels --example kernel_speed
 use std::time::Instant;
 use tuili_core::DType;
+use tuili_kernels::act::{ActKind, ActRef};
 use tuili_kernels::act::{Q8KRow, Q8Row};
 use tuili_kernels::cpu::Isa;
-use tuili_kernels::dot::{act_kind, dot_rows, ActKind, ActRef};
+use tuili_kernels::dot::dot_rows;
+use tuili_kernels::types::act_kind;
 
 fn main() {
     let cols: usize = std::env::var("TUILI_COLS")

@@ -1,57 +1,55 @@
-//! Scalar reference dequantization of every supported GGML type to f32.
+//! Scalar reference dequantization of every supported GGML type to f32: one function per type
+//! (`*_row`, whole rows of bytes; `deq_*`, typed blocks), which the type table
+//! (`crate::types`) points to.
 //!
 //! The formulas are ggml's (`dequantize_row_*` in ggml-quants.c); the comments give the maths.
 
 use crate::blocks::*;
-use crate::KernelError;
-use tuili_core::DType;
 
-/// Dequantizes `dst.len()` elements of type `dtype` from `src` (exactly their bytes).
-pub fn dequantize_row(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<(), KernelError> {
-    let n = dst.len();
-    if !dtype.is_dequantizable() {
-        return Err(KernelError::Unsupported { dtype });
+/// F32 bytes → f32.
+pub fn f32_row(src: &[u8], dst: &mut [f32]) {
+    for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+        *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
     }
-    crate::check_row(dtype, n, src.len())?;
-    let expected = src.len();
-    // The length checks above make every `as_blocks` below succeed; a failure would be a bug in
-    // `DType::block_bytes`, which the compile-time size assertions in `blocks` rule out.
-    let mismatch = || KernelError::SizeMismatch {
-        dtype,
-        n_elements: n,
-        expected,
-        got: src.len(),
-    };
-    match dtype {
-        DType::F32 => {
-            for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
-                *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
-            }
-        }
-        DType::F16 => {
-            for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                *d = f16_le([s[0], s[1]]);
-            }
-        }
-        DType::BF16 => {
-            for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                *d = bf16_le([s[0], s[1]]);
-            }
-        }
-        DType::Q4_0 => deq_q4_0(as_blocks(src).ok_or_else(mismatch)?, dst),
-        DType::Q4_1 => deq_q4_1(as_blocks(src).ok_or_else(mismatch)?, dst),
-        DType::Q5_0 => deq_q5_0(as_blocks(src).ok_or_else(mismatch)?, dst),
-        DType::Q5_1 => deq_q5_1(as_blocks(src).ok_or_else(mismatch)?, dst),
-        DType::Q8_0 => deq_q8_0(as_blocks(src).ok_or_else(mismatch)?, dst),
-        DType::Q2_K => deq_q2_k(as_blocks(src).ok_or_else(mismatch)?, dst),
-        DType::Q3_K => deq_q3_k(as_blocks(src).ok_or_else(mismatch)?, dst),
-        DType::Q4_K => deq_q4_k(as_blocks(src).ok_or_else(mismatch)?, dst),
-        DType::Q5_K => deq_q5_k(as_blocks(src).ok_or_else(mismatch)?, dst),
-        DType::Q6_K => deq_q6_k(as_blocks(src).ok_or_else(mismatch)?, dst),
-        DType::Q8_K => deq_q8_k(as_blocks(src).ok_or_else(mismatch)?, dst),
-        _ => return Err(KernelError::Unsupported { dtype }),
+}
+
+/// F16 bytes → f32.
+pub fn f16_row(src: &[u8], dst: &mut [f32]) {
+    for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+        *d = f16_le([s[0], s[1]]);
     }
-    Ok(())
+}
+
+/// BF16 bytes → f32.
+pub fn bf16_row(src: &[u8], dst: &mut [f32]) {
+    for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+        *d = bf16_le([s[0], s[1]]);
+    }
+}
+
+/// A row of blocks (bytes) → f32, for each block type: the bytes are whole blocks
+/// (`crate::types::dequantize_row` checked), so the view always succeeds.
+macro_rules! block_rows {
+    ($($row:ident = $deq:ident;)*) => {$(
+        #[doc = concat!("Bytes of blocks → f32 (", stringify!($deq), ").")]
+        pub fn $row(src: &[u8], dst: &mut [f32]) {
+            $deq(as_blocks(src).unwrap_or(&[]), dst)
+        }
+    )*};
+}
+
+block_rows! {
+    q4_0_row = deq_q4_0;
+    q4_1_row = deq_q4_1;
+    q5_0_row = deq_q5_0;
+    q5_1_row = deq_q5_1;
+    q8_0_row = deq_q8_0;
+    q2_k_row = deq_q2_k;
+    q3_k_row = deq_q3_k;
+    q4_k_row = deq_q4_k;
+    q5_k_row = deq_q5_k;
+    q6_k_row = deq_q6_k;
+    q8_k_row = deq_q8_k;
 }
 
 /// x[j] = d·(lo(q[j]) − 8), x[j+16] = d·(hi(q[j]) − 8).
@@ -339,23 +337,5 @@ mod tests {
             }
             assert_eq!(q3k_scales(&p), ggml(&p));
         }
-    }
-
-    #[test]
-    fn rejects_wrong_sizes() {
-        let mut out = [0f32; 32];
-        assert!(matches!(
-            dequantize_row(DType::Q4_0, &[0u8; 17], &mut out),
-            Err(KernelError::SizeMismatch { .. })
-        ));
-        let mut out = [0f32; 33];
-        assert!(matches!(
-            dequantize_row(DType::Q4_0, &[0u8; 18], &mut out),
-            Err(KernelError::NotBlockMultiple { .. })
-        ));
-        assert!(matches!(
-            dequantize_row(DType::IQ2_XXS, &[], &mut []),
-            Err(KernelError::Unsupported { .. })
-        ));
     }
 }

@@ -136,7 +136,7 @@ impl Q8Tiles {
     fn scales_per_superblock(&self, dtype: DType) -> bool {
         self.per_superblock
             && self.nb.is_multiple_of(QK_K / QK)
-            && crate::dot::act_kind(dtype) == crate::dot::ActKind::Q8K
+            && crate::types::act_kind(dtype) == crate::act::ActKind::Q8K
     }
 }
 
@@ -214,27 +214,6 @@ impl TileGroup<'_> {
             }
         }
     }
-}
-
-/// Whether [`gemm_rows`] handles weights of `dtype` with `isa`.
-pub fn supports(isa: Isa, dtype: DType) -> bool {
-    // Q8_0's unsigned bytes (up to 255) would saturate AVX2's 16-bit pair sums: VNNI only.
-    cfg!(target_arch = "x86_64")
-        && match dtype {
-            // Unsigned weights up to 63 (Q5_K: 31, Q6_K: q + 32) cannot saturate AVX2's pair sums.
-            // Q4_1, Q5_0, Q5_1: up to 31; Q2_K 3, Q3_K 7.
-            DType::Q2_K
-            | DType::Q3_K
-            | DType::Q4_0
-            | DType::Q4_1
-            | DType::Q5_0
-            | DType::Q5_1
-            | DType::Q4_K
-            | DType::Q5_K
-            | DType::Q6_K => isa >= Isa::Avx2,
-            DType::Q8_0 => isa >= Isa::Avx512Vnni,
-            _ => false,
-        }
 }
 
 /// [`unpack_row`] with explicit vector code: a row is unpacked for every batch, so for
@@ -813,7 +792,7 @@ pub fn gemm_rows(
     bytes: &mut [u8],
     scales: &mut [f32],
 ) -> bool {
-    if !supports(isa, dtype) || row_bytes == 0 || !w.len().is_multiple_of(row_bytes) {
+    if !crate::types::has_gemm(isa, dtype) || row_bytes == 0 || !w.len().is_multiple_of(row_bytes) {
         return false;
     }
     let bb = dtype.block_bytes() as usize;
@@ -834,7 +813,7 @@ pub fn gemm_rows(
     {
         return false;
     }
-    // `supports` is false off x86_64, so the loop below only runs there.
+    // `has_gemm` is false off x86_64, so the loop below only runs there.
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (w, tiles, bytes, scales, out, n_rows, cols, width);
@@ -904,7 +883,7 @@ fn rows4_loop(
             } else {
                 None
             };
-            // SAFETY: `supports` checked isa ≥ Avx2, which run-time detection grants only with
+            // SAFETY: `has_gemm` checked isa ≥ Avx2, which run-time detection grants only with
             // AVX2/FMA/F16C (and Avx512Vnni only with AVX512F/BW/VL/VNNI); buffer sizes were
             // checked above.
             unsafe {
@@ -1465,13 +1444,6 @@ impl F32Tiles {
     }
 }
 
-/// Whether [`gemm_rows_f`] handles `dtype` with `isa`.
-pub fn supports_f(isa: Isa, dtype: DType) -> bool {
-    cfg!(target_arch = "x86_64")
-        && isa >= Isa::Avx2
-        && matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
-}
-
 /// Rows of F32/F16/BF16 weights times every token of `tiles`: `out[r · n_groups·8 + t]`.
 /// Four rows at a time are converted to f32 into `rows_f32` (≥ 4·cols) and multiplied with
 /// each group of eight tokens: per element, one load of the eight tokens' values serves four
@@ -1486,7 +1458,8 @@ pub fn gemm_rows_f(
     rows_f32: &mut [f32],
 ) -> bool {
     let cols = tiles.cols;
-    if !supports_f(isa, dtype) || row_bytes == 0 || !w.len().is_multiple_of(row_bytes) {
+    if !crate::types::has_gemm_f(isa, dtype) || row_bytes == 0 || !w.len().is_multiple_of(row_bytes)
+    {
         return false;
     }
     if dtype.bytes_for(cols as u64).ok() != Some(row_bytes as u64) || rows_f32.len() < 4 * cols {
@@ -1505,11 +1478,11 @@ pub fn gemm_rows_f(
             let dst = &mut rows_f32[j * cols..(j + 1) * cols];
             #[cfg(target_arch = "x86_64")]
             if dtype == DType::F16 {
-                // SAFETY: isa ≥ Avx2 (checked by `supports_f`) implies F16C; src holds cols f16.
+                // SAFETY: isa ≥ Avx2 (checked by `has_gemm_f`) implies F16C; src holds cols f16.
                 unsafe { x86::f16_row(src, dst) };
                 continue;
             }
-            if crate::dequant::dequantize_row(dtype, src, dst).is_err() {
+            if crate::types::dequantize_row(dtype, src, dst).is_err() {
                 return false;
             }
         }
@@ -1521,12 +1494,12 @@ pub fn gemm_rows_f(
             let tile = &tiles.x[g * cols * GROUP..(g + 1) * cols * GROUP];
             #[cfg(target_arch = "x86_64")]
             {
-                // SAFETY: `supports_f` checked isa ≥ Avx2 (AVX2+FMA present); sizes checked.
+                // SAFETY: `has_gemm_f` checked isa ≥ Avx2 (AVX2+FMA present); sizes checked.
                 unsafe { x86::rows4_f(&rows_f32[..4 * cols], cols, tile, &mut res) };
             }
             #[cfg(not(target_arch = "x86_64"))]
             {
-                // `supports_f` is false off x86_64: never reached.
+                // `has_gemm_f` is false off x86_64: never reached.
                 let _ = (tile, &mut res);
                 return false;
             }
@@ -1553,7 +1526,7 @@ pub fn gemm_rows_f_scalar(
     let cols = tiles.cols;
     let width = tiles.n_groups * GROUP;
     for (r, src) in w.chunks_exact(row_bytes).enumerate() {
-        if crate::dequant::dequantize_row(dtype, src, &mut row[..cols]).is_err() {
+        if crate::types::dequantize_row(dtype, src, &mut row[..cols]).is_err() {
             out[r * width..(r + 1) * width].fill(f32::NAN);
             continue;
         }

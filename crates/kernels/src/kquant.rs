@@ -8,7 +8,34 @@
 
 use crate::act::nearest_int;
 use crate::blocks::{f16_le, f16_to_le, QK_K};
-use crate::quant::signed_absmax;
+use crate::blocks::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K};
+use crate::quant::{block_row, signed_absmax};
+
+/// f32 → K-quant blocks (ggml's `quantize_row_q*_K_ref`), one row at a time: what the type
+/// table (`crate::types`) points to.
+pub fn q2_k_row(src: &[f32], dst: &mut [u8]) {
+    block_row::<BlockQ2K>(src, dst, QK_K, q2_k_block)
+}
+
+/// See [`q2_k_row`].
+pub fn q3_k_row(src: &[f32], dst: &mut [u8]) {
+    block_row::<BlockQ3K>(src, dst, QK_K, q3_k_block)
+}
+
+/// See [`q2_k_row`].
+pub fn q4_k_row(src: &[f32], dst: &mut [u8]) {
+    block_row::<BlockQ4K>(src, dst, QK_K, q4_k_block)
+}
+
+/// See [`q2_k_row`].
+pub fn q5_k_row(src: &[f32], dst: &mut [u8]) {
+    block_row::<BlockQ5K>(src, dst, QK_K, q5_k_block)
+}
+
+/// See [`q2_k_row`].
+pub fn q6_k_row(src: &[f32], dst: &mut [u8]) {
+    block_row::<BlockQ6K>(src, dst, QK_K, q6_k_block)
+}
 
 /// Below this, a group counts as all zeros.
 const GROUP_MAX_EPS: f32 = 1e-15;

@@ -23,6 +23,7 @@ pub mod gemm;
 mod kquant;
 pub mod ops;
 pub mod quant;
+pub mod types;
 
 use tuili_core::DType;
 

@@ -174,10 +174,6 @@ pub fn rope_with(head: &mut [f32], n_rot: usize, cs: &[f32], layout: RopeLayout)
     }
 }
 
-pub use crate::attn::{
-    attend_group, attend_tile, attend_tile_scratch, KvElem, KvRows, Paged, Segmented,
-};
-
 // e^x in vectors: Cephes' expf. x = n·ln 2 + r with n = ⌊x·log₂e + ½⌋ and |r| ≤ ½ ln 2 (ln 2 in
 // two parts so that r is exact), e^r ≈ 1 + r + r²·P(r) with a degree-5 P, then ×2ⁿ through the
 // exponent bits. Relative error < 2e-7 (tested against f64); libm's expf, called per element,

@@ -1,76 +1,62 @@
-//! Scalar reference quantizers (ggml's `quantize_row_*_ref`), used by the GGUF writer, the
-//! tests and the quantizer tool.
+//! Scalar reference quantizers (ggml's `quantize_row_*_ref`) of the float and 32-value block
+//! types, one function per type (the K-quants' are in `kquant`); the type table
+//! (`crate::types`) points to them. Used by the GGUF writer, the tests and the quantizer.
 
 use crate::blocks::*;
-use crate::KernelError;
-use tuili_core::DType;
 
-/// Quantizes `src` into `dst` (exactly the bytes `dtype` needs for `src.len()` elements).
-pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<(), KernelError> {
-    crate::check_row(dtype, src.len(), dst.len())?;
-    let bl = dtype.block_len() as usize;
-    let bs = dtype.block_bytes() as usize;
-    match dtype {
-        DType::F32 => {
-            for (d, s) in dst.chunks_exact_mut(4).zip(src) {
-                d.copy_from_slice(&s.to_le_bytes());
-            }
-        }
-        DType::F16 => {
-            for (d, s) in dst.chunks_exact_mut(2).zip(src) {
-                d.copy_from_slice(&f16_to_le(*s));
-            }
-        }
-        DType::BF16 => {
-            for (d, s) in dst.chunks_exact_mut(2).zip(src) {
-                d.copy_from_slice(&half::bf16::from_f32(*s).to_bits().to_le_bytes());
-            }
-        }
-        DType::Q8_0 => {
-            for (d, x) in dst.chunks_exact_mut(bs).zip(src.chunks_exact(bl)) {
-                q8_0_block(x, d);
-            }
-        }
-        DType::Q4_0 => {
-            for (d, x) in dst.chunks_exact_mut(bs).zip(src.chunks_exact(bl)) {
-                q4_0_block(x, d);
-            }
-        }
-        DType::Q4_1 => {
-            for (d, x) in dst.chunks_exact_mut(bs).zip(src.chunks_exact(bl)) {
-                q4_1_block(x, d);
-            }
-        }
-        DType::Q5_0 => {
-            for (d, x) in dst.chunks_exact_mut(bs).zip(src.chunks_exact(bl)) {
-                q5_0_block(x, d);
-            }
-        }
-        DType::Q5_1 => {
-            for (d, x) in dst.chunks_exact_mut(bs).zip(src.chunks_exact(bl)) {
-                q5_1_block(x, d);
-            }
-        }
-        DType::Q2_K | DType::Q3_K | DType::Q4_K | DType::Q5_K | DType::Q6_K => {
-            let f = match dtype {
-                DType::Q2_K => crate::kquant::q2_k_block,
-                DType::Q3_K => crate::kquant::q3_k_block,
-                DType::Q4_K => crate::kquant::q4_k_block,
-                DType::Q5_K => crate::kquant::q5_k_block,
-                _ => crate::kquant::q6_k_block,
-            };
-            for (d, x) in dst.chunks_exact_mut(bs).zip(src.chunks_exact(bl)) {
-                f(x, d);
-            }
-        }
-        DType::Q8_K => {
-            for (d, x) in dst.chunks_exact_mut(bs).zip(src.chunks_exact(bl)) {
-                q8_k_block(x, d);
-            }
-        }
-        _ => return Err(KernelError::NoQuantizer { dtype }),
+/// f32 → F32 bytes.
+pub fn f32_row(src: &[f32], dst: &mut [u8]) {
+    for (d, s) in dst.chunks_exact_mut(4).zip(src) {
+        d.copy_from_slice(&s.to_le_bytes());
     }
-    Ok(())
+}
+
+/// f32 → F16 bytes (round to nearest).
+pub fn f16_row(src: &[f32], dst: &mut [u8]) {
+    for (d, s) in dst.chunks_exact_mut(2).zip(src) {
+        d.copy_from_slice(&f16_to_le(*s));
+    }
+}
+
+/// f32 → BF16 bytes (round to nearest even).
+pub fn bf16_row(src: &[f32], dst: &mut [u8]) {
+    for (d, s) in dst.chunks_exact_mut(2).zip(src) {
+        d.copy_from_slice(&half::bf16::from_f32(*s).to_bits().to_le_bytes());
+    }
+}
+
+/// A row of f32 → blocks of type `B`, one block at a time with `block` (which takes the
+/// block's elements and writes its bytes). The sizes are whole blocks
+/// (`crate::types::quantize_row` checked).
+pub(crate) fn block_row<B: Block>(
+    src: &[f32],
+    dst: &mut [u8],
+    len: usize,
+    block: fn(&[f32], &mut [u8]),
+) {
+    let bs = std::mem::size_of::<B>();
+    for (d, x) in dst.chunks_exact_mut(bs).zip(src.chunks_exact(len)) {
+        block(x, d);
+    }
+}
+
+/// f32 → each block type's bytes (ggml's `quantize_row_*_ref`).
+macro_rules! block_rows {
+    ($($row:ident = $blk:ty, $len:expr, $block:path;)*) => {$(
+        #[doc = concat!("f32 → ", stringify!($blk), " blocks.")]
+        pub fn $row(src: &[f32], dst: &mut [u8]) {
+            block_row::<$blk>(src, dst, $len, $block)
+        }
+    )*};
+}
+
+block_rows! {
+    q8_0_row = BlockQ8_0, QK, q8_0_block;
+    q4_0_row = BlockQ4_0, QK, q4_0_block;
+    q4_1_row = BlockQ4_1, QK, q4_1_block;
+    q5_0_row = BlockQ5_0, QK, q5_0_block;
+    q5_1_row = BlockQ5_1, QK, q5_1_block;
+    q8_k_row = BlockQ8K, QK_K, q8_k_block;
 }
 
 /// The element of largest magnitude, with its sign (the first of equals, as ggml's loops).
@@ -179,69 +165,5 @@ fn q8_k_block(x: &[f32], out: &mut [u8]) {
     for g in 0..QK_K / 16 {
         let s: i16 = q[g * 16..g * 16 + 16].iter().map(|&v| v as i16).sum();
         out[4 + QK_K + 2 * g..4 + QK_K + 2 * g + 2].copy_from_slice(&s.to_le_bytes());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::dequant::dequantize_row;
-
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|i| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                ((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 2.0 + 0.1 * (i as f32 * 0.37).sin()
-            })
-            .collect()
-    }
-
-    /// Round trip error bounds, as ggml's test-quantize-fns uses (RMSE over random data).
-    #[test]
-    fn round_trip_errors_within_ggml_bounds() {
-        let x = data(4096, 7);
-        for (dtype, bound) in [
-            (DType::F32, 1e-7),
-            (DType::F16, 1e-3),
-            (DType::BF16, 1e-2),
-            (DType::Q8_0, 0.004),
-            (DType::Q8_K, 0.004),
-            (DType::Q5_0, 0.02),
-            (DType::Q5_1, 0.02),
-            (DType::Q4_0, 0.04),
-            (DType::Q4_1, 0.04),
-        ] {
-            let mut q = vec![0u8; dtype.bytes_for(x.len() as u64).unwrap() as usize];
-            quantize_row(dtype, &x, &mut q).unwrap();
-            let mut y = vec![0f32; x.len()];
-            dequantize_row(dtype, &q, &mut y).unwrap();
-            let mse: f64 = x
-                .iter()
-                .zip(&y)
-                .map(|(a, b)| ((a - b) as f64).powi(2))
-                .sum::<f64>()
-                / x.len() as f64;
-            assert!(mse.sqrt() < bound, "{dtype}: rmse {} ≥ {bound}", mse.sqrt());
-        }
-    }
-
-    #[test]
-    fn zeros_stay_zero() {
-        for dtype in [
-            DType::Q8_0,
-            DType::Q4_0,
-            DType::Q4_1,
-            DType::Q5_0,
-            DType::Q5_1,
-            DType::Q8_K,
-        ] {
-            let x = vec![0f32; 256];
-            let mut q = vec![0u8; dtype.bytes_for(256).unwrap() as usize];
-            quantize_row(dtype, &x, &mut q).unwrap();
-            let mut y = vec![1f32; 256];
-            dequantize_row(dtype, &q, &mut y).unwrap();
-            assert!(y.iter().all(|v| *v == 0.0), "{dtype}");
-        }
     }
 }

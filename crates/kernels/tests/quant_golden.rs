@@ -2,8 +2,8 @@
 //! `scripts/golden-quant.py`) on the same input bits: byte-identical output for every type.
 
 use tuili_core::DType;
-use tuili_kernels::dequant::dequantize_row;
-use tuili_kernels::quant::quantize_row;
+use tuili_kernels::types::dequantize_row;
+use tuili_kernels::types::quantize_row;
 
 fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);

@@ -4,10 +4,12 @@
 use half::f16;
 use tuili_core::DType;
 use tuili_kernels::act::{to_f16_scalar, Q8KRow, Q8Row};
+use tuili_kernels::act::{ActKind, ActRef};
 use tuili_kernels::cpu::Isa;
-use tuili_kernels::dequant::dequantize_row;
-use tuili_kernels::dot::{act_kind, dot_many, dot_rows, ActKind, ActRef};
+use tuili_kernels::dot::{dot_many, dot_rows};
 use tuili_kernels::ops;
+use tuili_kernels::types::act_kind;
+use tuili_kernels::types::dequantize_row;
 
 struct Lcg(u64);
 impl Lcg {
@@ -32,7 +34,7 @@ impl Lcg {
 fn weights(dtype: DType, n: usize, rng: &mut Lcg) -> Vec<u8> {
     let bytes = dtype.bytes_for(n as u64).unwrap() as usize;
     let mut out = vec![0u8; bytes];
-    if tuili_kernels::quant::quantize_row(
+    if tuili_kernels::types::quantize_row(
         dtype,
         &(0..n).map(|_| rng.f()).collect::<Vec<_>>(),
         &mut out,
@@ -100,9 +102,7 @@ fn act_refs<'a>(
 
 /// Every type tuili computes with, but Q8_K (an activation type, never a weight in GGUF files).
 fn types() -> impl Iterator<Item = DType> {
-    DType::DEQUANTIZABLE
-        .into_iter()
-        .filter(|t| *t != DType::Q8_K)
+    tuili_kernels::types::runnable().filter(|t| *t != DType::Q8_K)
 }
 
 #[test]
@@ -212,7 +212,8 @@ fn row_groups_match_scalar_twins() {
 /// The token-lane matrix kernels against their scalar twin and against the dot kernels.
 #[test]
 fn gemm_rows_match_scalar_and_dot() {
-    use tuili_kernels::gemm::{gemm_rows, gemm_rows_scalar, supports, Q8Tiles, GROUP};
+    use tuili_kernels::gemm::{gemm_rows, gemm_rows_scalar, Q8Tiles, GROUP};
+    use tuili_kernels::types::has_gemm;
     let mut rng = Lcg(5);
     let cols = 512;
     for dtype in [
@@ -277,7 +278,7 @@ fn gemm_rows_match_scalar_and_dot() {
                     }
                 }
                 for isa in Isa::available() {
-                    if !supports(isa, dtype) {
+                    if !has_gemm(isa, dtype) {
                         continue;
                     }
                     let mut got = vec![0f32; rows.next_multiple_of(4) * width];
@@ -307,7 +308,8 @@ fn gemm_rows_match_scalar_and_dot() {
 /// The float token-lane kernels against their scalar twin and the exact product.
 #[test]
 fn gemm_rows_f_match_scalar() {
-    use tuili_kernels::gemm::{gemm_rows_f, gemm_rows_f_scalar, supports_f, F32Tiles, GROUP};
+    use tuili_kernels::gemm::{gemm_rows_f, gemm_rows_f_scalar, F32Tiles, GROUP};
+    use tuili_kernels::types::has_gemm_f;
     let mut rng = Lcg(11);
     for cols in [64usize, 333] {
         for dtype in [DType::F32, DType::F16, DType::BF16] {
@@ -326,19 +328,15 @@ fn gemm_rows_f_match_scalar() {
                 let mut row = vec![0f32; cols];
                 gemm_rows_f_scalar(dtype, &w, rb, &tiles, &mut want, &mut row);
                 for r in 0..rows {
-                    tuili_kernels::dequant::dequantize_row(
-                        dtype,
-                        &w[r * rb..(r + 1) * rb],
-                        &mut row,
-                    )
-                    .unwrap();
+                    tuili_kernels::types::dequantize_row(dtype, &w[r * rb..(r + 1) * rb], &mut row)
+                        .unwrap();
                     for t in 0..n_tok {
                         let exact = ops::dot(&row, &x[t * cols..(t + 1) * cols]);
                         assert!((want[r * width + t] - exact).abs() <= 1e-4 * exact.abs().max(1.0));
                     }
                 }
                 for isa in Isa::available() {
-                    if !supports_f(isa, dtype) {
+                    if !has_gemm_f(isa, dtype) {
                         continue;
                     }
                     let mut got = vec![0f32; rows.next_multiple_of(4) * width];

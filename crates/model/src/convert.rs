@@ -392,7 +392,7 @@ pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, M
         let gemma_norm = cfg.arch.gemma && name.ends_with("norm.weight");
         if gemma_norm {
             let mut v = vec![0f32; t.shape.iter().product::<u64>() as usize];
-            tuili_kernels::dequant::dequantize_row(t.dtype, t.data(), &mut v)?;
+            tuili_kernels::types::dequantize_row(t.dtype, t.data(), &mut v)?;
             tensors.push(InputTensor {
                 name,
                 dtype: DType::F32,

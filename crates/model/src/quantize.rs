@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 
 use tuili_core::DType;
 use tuili_formats::{GgufFile, GgufWriter, MetaValue};
-use tuili_kernels::dequant::dequantize_row;
-use tuili_kernels::quant::quantize_row;
+use tuili_kernels::types::dequantize_row;
+use tuili_kernels::types::quantize_row;
 
 use crate::error::ModelError;
 

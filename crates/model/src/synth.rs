@@ -5,7 +5,7 @@
 use tuili_core::DType;
 use tuili_formats::{GgufWriter, MetaArray, MetaValue};
 use tuili_kernels::blocks::f16_to_le;
-use tuili_kernels::quant::quantize_row;
+use tuili_kernels::types::quantize_row;
 
 use crate::config::Arch;
 use crate::error::ModelError;

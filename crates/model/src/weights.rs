@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tuili_core::DType;
 use tuili_formats::safetensors::Shard;
 use tuili_formats::GgufFile;
-use tuili_kernels::dequant::dequantize_row;
+use tuili_kernels::types::dequantize_row;
 
 use crate::error::ModelError;
 
@@ -98,7 +98,7 @@ pub struct Matrix {
 }
 
 fn check_type(src: &dyn WeightSource, info: &WeightInfo) -> Result<(), ModelError> {
-    if !info.dtype.is_dequantizable() {
+    if tuili_kernels::types::traits(info.dtype).is_none() {
         return Err(ModelError::UnsupportedType {
             path: src.label(),
             name: info.name.clone(),

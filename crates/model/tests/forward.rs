@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tuili_core::DType;
 use tuili_formats::{GgufFile, GgufWriter, MetaValue};
-use tuili_kernels::dequant::dequantize_row;
+use tuili_kernels::types::dequantize_row;
 use tuili_model::synth::{synth_gguf, SynthSpec};
 use tuili_model::{Logits, Model, ModelError, Scratch};
 
@@ -55,7 +55,7 @@ const PROMPT: &[u32] = &[1, 300, 17, 42, 511, 260, 5];
 /// fastest kernels agree with the scalar reference twins on the whole forward pass.
 #[test]
 fn every_weight_type_matches_its_f32_dequantization_and_scalar_path() {
-    for dtype in DType::DEQUANTIZABLE {
+    for dtype in tuili_kernels::types::runnable() {
         let spec = SynthSpec::tiny(dtype);
         let q = GgufFile::from_bytes("q.gguf", synth_gguf(&spec).unwrap().to_bytes()).unwrap();
         let mut w = copy_of(&q);
@@ -88,9 +88,9 @@ fn every_weight_type_matches_its_f32_dequantization_and_scalar_path() {
         // With int8 (or f16) activations a last-bit difference between twins (summation
         // order) can move one activation to the next quantization step (f16: 2⁻¹¹ relative)
         // in a later layer; with f32 activations the paths agree to rounding.
-        let simd_bound = match tuili_kernels::dot::act_kind(dtype) {
-            tuili_kernels::dot::ActKind::F32 => 1e-4,
-            tuili_kernels::dot::ActKind::F16 => 2e-3,
+        let simd_bound = match tuili_kernels::types::act_kind(dtype) {
+            tuili_kernels::act::ActKind::F32 => 1e-4,
+            tuili_kernels::act::ActKind::F16 => 2e-3,
             _ => 1e-2,
         };
         assert!(
@@ -98,10 +98,10 @@ fn every_weight_type_matches_its_f32_dequantization_and_scalar_path() {
             "{dtype}: fastest kernels vs scalar twins: relative error {simd_err}"
         );
         let quant_err = max_rel(&fast, &f32_model);
-        let bound = match tuili_kernels::dot::act_kind(dtype) {
-            tuili_kernels::dot::ActKind::F32 => 1e-5,
+        let bound = match tuili_kernels::types::act_kind(dtype) {
+            tuili_kernels::act::ActKind::F32 => 1e-5,
             // f16 activations: 11-bit significands, ~2.4e-4 relative rounding each.
-            tuili_kernels::dot::ActKind::F16 => 5e-3,
+            tuili_kernels::act::ActKind::F16 => 5e-3,
             _ => 0.05,
         };
         assert!(

@@ -4,46 +4,70 @@
 
 use std::arch::aarch64::*;
 
-use super::ActRef;
-use crate::act::Q8Row;
+use super::rows::{Rows, RowsFn};
+use crate::act::{ActRef, Q8Row};
 use crate::blocks::*;
-use tuili_core::DType;
 
-/// Several consecutive weight rows against the same activation rows (`out[r·nt + t]`);
-/// `false` means "use the scalar path".
-pub fn dot_rows(
-    dtype: DType,
-    w: &[u8],
-    row_bytes: usize,
-    acts: &[ActRef<'_>],
-    out: &mut [f32],
-) -> bool {
-    let nt = acts.len();
-    let Some((n_rows, n)) = super::row_geometry(dtype, w, row_bytes, nt, out.len()) else {
-        return false;
-    };
-    for r in 0..n_rows {
-        let wr = &w[r * row_bytes..(r + 1) * row_bytes];
-        for (t, a) in acts.iter().enumerate() {
-            let v = match (dtype, a) {
-                (DType::F32, ActRef::F32(x)) if x.len() == n => {
-                    // SAFETY: NEON is part of the aarch64 baseline; lengths checked above.
-                    unsafe { f32_dot(wr, x) }
-                }
-                (DType::Q8_0, ActRef::Q8(q)) if q.qs.len() >= n && q.d.len() * QK >= n => {
-                    // SAFETY: as above.
-                    unsafe { q8_0_dot(as_blocks(wr).unwrap_or(&[]), q) }
-                }
-                (DType::Q4_0, ActRef::Q8(q)) if q.qs.len() >= n && q.d.len() * QK >= n => {
-                    // SAFETY: as above.
-                    unsafe { q4_0_dot(as_blocks(wr).unwrap_or(&[]), q) }
-                }
-                _ => return false,
+/// The row kernels each weight type has on aarch64 (baseline NEON), for the type table
+/// (`crate::types`): `None` where there are none (the scalar path).
+pub mod kernels {
+    use super::*;
+
+    pub const F32: Option<RowsFn> = Some(f32_rows);
+    pub const F16: Option<RowsFn> = None;
+    pub const BF16: Option<RowsFn> = None;
+    pub const Q8_0: Option<RowsFn> = Some(q8_0_rows);
+    pub const Q4_0: Option<RowsFn> = Some(q4_0_rows);
+    pub const Q4_1: Option<RowsFn> = None;
+    pub const Q5_0: Option<RowsFn> = None;
+    pub const Q5_1: Option<RowsFn> = None;
+    pub const Q2_K: Option<RowsFn> = None;
+    pub const Q3_K: Option<RowsFn> = None;
+    pub const Q4_K: Option<RowsFn> = None;
+    pub const Q5_K: Option<RowsFn> = None;
+    pub const Q6_K: Option<RowsFn> = None;
+    pub const Q8_K: Option<RowsFn> = None;
+}
+
+/// Every row against every activation row with `dot` (NEON is part of the aarch64
+/// baseline); `false` when an activation is in another form.
+fn each_row(r: &mut Rows<'_, '_>, dot: impl Fn(&[u8], &ActRef<'_>) -> Option<f32>) -> bool {
+    let (nt, rb) = (r.nt(), r.row_bytes);
+    for i in r.first_row..r.n_rows {
+        let wr = &r.w[i * rb..(i + 1) * rb];
+        for (t, a) in r.acts.iter().enumerate() {
+            let Some(v) = dot(wr, a) else {
+                return false;
             };
-            out[r * nt + t] = v;
+            r.out[i * nt + t] = v;
         }
     }
     true
+}
+
+fn f32_rows(r: &mut Rows<'_, '_>) -> bool {
+    each_row(r, |wr, a| match a {
+        // SAFETY: NEON is part of the aarch64 baseline; `Rows::check` checked the lengths.
+        ActRef::F32(x) => Some(unsafe { f32_dot(wr, x) }),
+        _ => None,
+    })
+}
+
+fn q8_0_rows(r: &mut Rows<'_, '_>) -> bool {
+    each_row(r, |wr, a| match a {
+        // SAFETY: as above; the row is whole Q8_0 blocks and the activation holds as many
+        // quants and scales.
+        ActRef::Q8(q) => Some(unsafe { q8_0_dot(as_blocks(wr).unwrap_or(&[]), q) }),
+        _ => None,
+    })
+}
+
+fn q4_0_rows(r: &mut Rows<'_, '_>) -> bool {
+    each_row(r, |wr, a| match a {
+        // SAFETY: as above, with Q4_0 blocks.
+        ActRef::Q8(q) => Some(unsafe { q4_0_dot(as_blocks(wr).unwrap_or(&[]), q) }),
+        _ => None,
+    })
 }
 
 /// Σ w·x with four f32x4 accumulators.

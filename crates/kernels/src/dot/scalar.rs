@@ -1,72 +1,109 @@
-//! Scalar reference dot products: the twins the SIMD kernels are tested against.
+//! Scalar reference dot products: the twins the SIMD kernels are tested against, one
+//! [`DotFn`] per weight type (the type table, `crate::types`, points to them).
 
-use super::ActRef;
-use crate::act::{Q8KRow, Q8Row};
+use crate::act::{ActRef, Q8KRow, Q8Row};
 use crate::blocks::*;
-use crate::dequant::{dequantize_row, k4_scale_min, q3k_scales};
+use crate::dequant::{k4_scale_min, q3k_scales};
 use crate::ops;
 use tuili_core::DType;
 
-pub fn dot_many(dtype: DType, w: &[u8], acts: &[ActRef<'_>], out: &mut [f32], tmp: &mut [f32]) {
-    for (o, a) in out.iter_mut().zip(acts) {
-        *o = dot_one(dtype, w, *a, tmp);
+/// One weight type's reference dot product: Σ w·x of the row `w` and one activation row in
+/// the form the type takes (`crate::types` says which); `tmp` holds a dequantized row where
+/// one is needed. A mismatched activation form is a caller bug; NaN makes it visible in the
+/// output rather than a panic in a worker thread.
+pub type DotFn = fn(w: &[u8], a: ActRef<'_>, tmp: &mut [f32]) -> f32;
+
+/// Σ w·x with eight partial sums (the order the SIMD twins add in).
+fn float_dot(w: impl Iterator<Item = f32>, x: impl Iterator<Item = f32>) -> f32 {
+    let mut acc = [0f32; 8];
+    for (i, (a, b)) in w.zip(x).enumerate() {
+        acc[i % 8] += a * b;
     }
+    acc.iter().sum()
 }
 
-fn dot_one(dtype: DType, w: &[u8], act: ActRef<'_>, tmp: &mut [f32]) -> f32 {
-    match (dtype, act) {
-        (DType::F32, ActRef::F32(x)) => {
+/// F32 weights.
+pub fn f32_dot(w: &[u8], a: ActRef<'_>, _tmp: &mut [f32]) -> f32 {
+    match a {
+        ActRef::F32(x) => {
             let n = x.len();
-            let mut acc = [0f32; 8];
-            for (i, c) in w[..n * 4].chunks_exact(4).enumerate() {
-                acc[i % 8] += f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * x[i];
-            }
-            acc.iter().sum()
+            let w = w[..n * 4]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            float_dot(w, x.iter().copied())
         }
-        (DType::F16, ActRef::F32(x)) => {
-            let mut acc = [0f32; 8];
-            for (i, c) in w.chunks_exact(2).enumerate() {
-                acc[i % 8] += f16_le([c[0], c[1]]) * x[i];
-            }
-            acc.iter().sum()
-        }
-        (DType::F16, ActRef::F16(x)) => {
-            let mut acc = [0f32; 8];
-            for (i, (c, a)) in w.chunks_exact(2).zip(x.iter()).enumerate() {
-                acc[i % 8] += f16_le([c[0], c[1]]) * a.to_f32();
-            }
-            acc.iter().sum()
-        }
-        (DType::BF16, ActRef::F32(x)) => {
-            let mut acc = [0f32; 8];
-            for (i, c) in w.chunks_exact(2).enumerate() {
-                acc[i % 8] += bf16_le([c[0], c[1]]) * x[i];
-            }
-            acc.iter().sum()
-        }
-        (DType::Q8_0, ActRef::Q8(a)) => q8_0(blocks(w), a),
-        (DType::Q4_0, ActRef::Q8(a)) => q4_0(blocks(w), a),
-        (DType::Q4_1, ActRef::Q8(a)) => q4_1(blocks(w), a),
-        (DType::Q5_0, ActRef::Q8(a)) => q5_0(blocks(w), a),
-        (DType::Q5_1, ActRef::Q8(a)) => q5_1(blocks(w), a),
-        (DType::Q4_K, ActRef::Q8K(a)) => q4_k(blocks(w), a),
-        (DType::Q5_K, ActRef::Q8K(a)) => q5_k(blocks(w), a),
-        (DType::Q6_K, ActRef::Q8K(a)) => q6_k(blocks(w), a),
-        (DType::Q2_K, ActRef::Q8K(a)) => q2_k(blocks(w), a),
-        (DType::Q3_K, ActRef::Q8K(a)) => q3_k(blocks(w), a),
-        (_, ActRef::F32(x)) => {
-            // Types without an integer kernel: dequantize the row, then an f32 dot.
-            let t = &mut tmp[..x.len()];
-            if dequantize_row(dtype, w, t).is_err() {
-                return f32::NAN;
-            }
-            ops::dot(t, x)
-        }
-        // A mismatched activation form is a caller bug; NaN makes it visible in the output
-        // rather than a panic in a worker thread.
         _ => f32::NAN,
     }
 }
+
+/// F16 weights, with f16 activations (decode) or f32 ones (prompt batches).
+pub fn f16_dot(w: &[u8], a: ActRef<'_>, _tmp: &mut [f32]) -> f32 {
+    let w = w.chunks_exact(2).map(|c| f16_le([c[0], c[1]]));
+    match a {
+        ActRef::F32(x) => float_dot(w, x.iter().copied()),
+        ActRef::F16(x) => float_dot(w, x.iter().map(|v| v.to_f32())),
+        _ => f32::NAN,
+    }
+}
+
+/// BF16 weights.
+pub fn bf16_dot(w: &[u8], a: ActRef<'_>, _tmp: &mut [f32]) -> f32 {
+    match a {
+        ActRef::F32(x) => {
+            let w = w.chunks_exact(2).map(|c| bf16_le([c[0], c[1]]));
+            float_dot(w, x.iter().copied())
+        }
+        _ => f32::NAN,
+    }
+}
+
+/// A row dequantized into `tmp` by `deq`, then an f32 dot (types without an integer
+/// kernel, and integer types handed f32 activations).
+fn dequantized_dot(dtype: DType, deq: RowFn, w: &[u8], x: &[f32], tmp: &mut [f32]) -> f32 {
+    let t = &mut tmp[..x.len()];
+    if crate::check_row(dtype, t.len(), w.len()).is_err() {
+        return f32::NAN;
+    }
+    deq(w, t);
+    ops::dot(t, x)
+}
+
+/// A dequantizer of whole rows (`crate::dequant`).
+type RowFn = fn(&[u8], &mut [f32]);
+
+/// Q8_K weights: dequantized, then an f32 dot.
+pub fn q8_k_dot(w: &[u8], a: ActRef<'_>, tmp: &mut [f32]) -> f32 {
+    match a {
+        ActRef::F32(x) => dequantized_dot(DType::Q8_K, crate::dequant::q8_k_row, w, x, tmp),
+        _ => f32::NAN,
+    }
+}
+
+/// The reference dot of a block type: its integer kernel `$f` on its activation form
+/// `$act`, or the dequantized row (`$deq`) with f32 activations.
+macro_rules! block_dot {
+    ($name:ident, $dtype:ident, $act:ident, $f:ident, $deq:ident) => {
+        #[doc = concat!("`", stringify!($f), "` weights.")]
+        pub fn $name(w: &[u8], a: ActRef<'_>, tmp: &mut [f32]) -> f32 {
+            match a {
+                ActRef::$act(a) => $f(blocks(w), a),
+                ActRef::F32(x) => dequantized_dot(DType::$dtype, crate::dequant::$deq, w, x, tmp),
+                _ => f32::NAN,
+            }
+        }
+    };
+}
+
+block_dot!(q8_0_dot, Q8_0, Q8, q8_0, q8_0_row);
+block_dot!(q4_0_dot, Q4_0, Q8, q4_0, q4_0_row);
+block_dot!(q4_1_dot, Q4_1, Q8, q4_1, q4_1_row);
+block_dot!(q5_0_dot, Q5_0, Q8, q5_0, q5_0_row);
+block_dot!(q5_1_dot, Q5_1, Q8, q5_1, q5_1_row);
+block_dot!(q2_k_dot, Q2_K, Q8K, q2_k, q2_k_row);
+block_dot!(q3_k_dot, Q3_K, Q8K, q3_k, q3_k_row);
+block_dot!(q4_k_dot, Q4_K, Q8K, q4_k, q4_k_row);
+block_dot!(q5_k_dot, Q5_K, Q8K, q5_k, q5_k_row);
+block_dot!(q6_k_dot, Q6_K, Q8K, q6_k, q6_k_row);
 
 /// Views a weight row as blocks; rows are whole blocks by construction (the GGUF parser
 /// checks that row lengths are block multiples).

@@ -5,17 +5,17 @@
 //! product is formed as |w| · (a·sign(w)) so that the unsigned×signed instructions apply —
 //! `vpmaddubsw` + `vpmaddwd` on AVX2, or one `vpdpbusd` with AVX-512 VNNI (on 256-bit vectors,
 //! AVX512VL). Every block's integer sum is scaled by d_w·d_a and accumulated in f32.
-//! `dot_many` processes up to four activation rows per pass over the weights, so a weight
-//! block is unpacked once for several tokens (the matrix-matrix case).
+//! Up to four activation rows are processed per pass over the weights, so a weight block is
+//! unpacked once for several tokens (the matrix-matrix case). Which kernels each type has is
+//! [`kernels`]; `crate::types` points every type's table entry there.
 
 use std::arch::x86_64::*;
 
-use super::ActRef;
-use crate::act::{Q8KRow, Q8Row};
+use super::rows::{gather, Rows, RowsFn};
+use crate::act::{ActRef, Q8KRow, Q8Row};
 use crate::blocks::*;
 use crate::cpu::Isa;
 use half::f16;
-use tuili_core::DType;
 
 /// How far past the next row group (bytes) the eight-row kernels prefetch.
 const PF8: usize = 4096;
@@ -82,243 +82,207 @@ impl<const FIVE: bool> K4<FIVE> {
 }
 const _: () = assert!(K4::<false>::BB == 144 && K4::<true>::BB == 176);
 
-/// Runs the kernel for `dtype` if there is one for `isa`; `false` means "use the scalar path".
-pub fn dot_many(isa: Isa, dtype: DType, w: &[u8], acts: &[ActRef<'_>], out: &mut [f32]) -> bool {
-    dot_rows(isa, dtype, w, w.len(), acts, out)
+/// The row kernels each weight type has on x86_64 (AVX2, AVX-512 VNNI, AVX-512 VBMI), for the
+/// type table (`crate::types`): `None` where there are none. Every function checks `isa`
+/// itself against what its kernels need (the caller guarantees at least AVX2).
+pub mod kernels {
+    use super::*;
+
+    pub const F32: Option<RowsFn> = Some(f32_rows);
+    pub const F16: Option<RowsFn> = Some(f16_rows);
+    pub const BF16: Option<RowsFn> = Some(bf16_rows);
+    pub const Q8_0: Option<RowsFn> = Some(q8_0_rows);
+    pub const Q4_0: Option<RowsFn> = Some(q4_0_rows);
+    pub const Q4_1: Option<RowsFn> = Some(q4_1_rows);
+    pub const Q5_0: Option<RowsFn> = Some(q5_0_rows);
+    pub const Q5_1: Option<RowsFn> = Some(q5_1_rows);
+    pub const Q2_K: Option<RowsFn> = Some(q2_k_rows);
+    pub const Q3_K: Option<RowsFn> = Some(q3_k_rows);
+    pub const Q4_K: Option<RowsFn> = Some(q4_k_rows);
+    pub const Q5_K: Option<RowsFn> = Some(q5_k_rows);
+    pub const Q6_K: Option<RowsFn> = Some(q6_k_rows);
+    pub const Q8_K: Option<RowsFn> = None;
 }
 
-/// Several consecutive weight rows (`row_bytes` each) against the same activation rows:
-/// `out[r · acts.len() + t]` = row r · activation t. Checks and dispatch happen once for all
-/// the rows, not per row (rows are short: 2048 weights of Q4_0 are 64 blocks).
-pub fn dot_rows(
-    isa: Isa,
-    dtype: DType,
-    w: &[u8],
-    row_bytes: usize,
-    acts: &[ActRef<'_>],
-    out: &mut [f32],
-) -> bool {
-    if isa < Isa::Avx2 || row_bytes == 0 || acts.is_empty() {
-        return false;
-    }
-    // The kernels read as many activations as a weight row has elements: check every
-    // activation row (a mismatch falls back to the scalar path, which never reads out of
-    // bounds).
-    let Some((n_rows, n)) = super::row_geometry(dtype, w, row_bytes, acts.len(), out.len()) else {
-        return false;
+/// The rest of the rows, up to four tokens per pass, with `$f` from the AVX-512 VNNI or the
+/// AVX2 build of the kernels: a float type (`frows`, the activations picked by `$pick`) or a
+/// block type (`rows`, weight rows viewed as `$blk`).
+macro_rules! generic_rows {
+    (frows, $r:ident, $pick:ident, $f:ident) => {
+        if $r.isa >= Isa::Avx512Vnni {
+            // SAFETY: `isa` comes from run-time detection (`cpu::detect`), which reports
+            // Avx512Vnni only when AVX2, FMA, F16C, AVX512F/BW/VL and AVX512-VNNI are present;
+            // `Rows::check` checked that every activation row has a weight row's length.
+            $r.each($pick, |w, x, o| unsafe { vnni::$f(w, x, o) })
+        } else {
+            // SAFETY: as above, for Avx2 (AVX2, FMA and F16C: the caller's guarantee).
+            $r.each($pick, |w, x, o| unsafe { avx2::$f(w, x, o) })
+        }
     };
-    let fits = acts.iter().all(|a| match a {
-        ActRef::F32(x) => x.len() == n,
-        ActRef::F16(x) => x.len() == n,
-        ActRef::Q8(q) => {
-            q.qs.len() >= n
-                && q.d.len() * QK >= n
-                && q.isum.len() * QK >= n
-                && q.dsum.len() * QK >= n
+    (rows, $r:ident, $pick:ident, $blk:ty, $f:ident) => {
+        if $r.isa >= Isa::Avx512Vnni {
+            // SAFETY: as for `frows`; the rows are whole `$blk` blocks (`Rows::check`), and
+            // every activation row holds as many quants, scales and sums.
+            $r.each($pick, |w, a, o| unsafe {
+                vnni::$f(as_blocks::<$blk>(w).unwrap_or(&[]), a, o)
+            })
+        } else {
+            // SAFETY: as above, for Avx2.
+            $r.each($pick, |w, a, o| unsafe {
+                avx2::$f(as_blocks::<$blk>(w).unwrap_or(&[]), a, o)
+            })
         }
-        ActRef::Q8K(q) => q.qs.len() >= n && q.d.len() * QK_K >= n && q.bsums.len() * 16 >= n,
-    });
-    if !fits {
-        return false;
-    }
-    let vnni = isa >= Isa::Avx512Vnni;
-    let nt = acts.len();
-    // One token and VBMI: Q4_0 and Q4_K (with a regrouped activation) and Q6_K one row at a
-    // time, each row read as one stream (`vbmi`).
-    if let (DType::Q4_K, true, [ActRef::Q8K(q)]) = (dtype, isa >= Isa::Avx512Vbmi, acts) {
-        if q.qp.len() == n && q.ssum.len() == n / 32 {
-            // SAFETY: as for Q4_0 below, with Q4_K blocks and a Q8_K activation regrouped
-            // for the whole row.
-            unsafe { vbmi::q4_k_rows(w, row_bytes, q, out) };
-            return true;
-        }
-    }
-    if let (DType::Q6_K, true, [ActRef::Q8K(q)]) = (dtype, isa >= Isa::Avx512Vbmi, acts) {
-        // SAFETY: as for Q4_0 below, with Q6_K blocks and a Q8_K activation.
-        unsafe { vbmi::q6_k_rows(w, row_bytes, q, out) };
-        return true;
-    }
-    if let (DType::Q4_0, true, [ActRef::Q8(q)]) = (dtype, isa >= Isa::Avx512Vbmi, acts) {
-        if q.qp.len() == n / (8 * QK) * 8 * QK {
-            // SAFETY: Isa::Avx512Vbmi is only reported when AVX-512 F/BW/VL/VNNI/VBMI, AVX2,
-            // FMA and F16C are present; `row_geometry` and `fits` checked that `w` is n_rows
-            // whole rows of whole Q4_0 blocks, that `out` holds a value per row and that the
-            // activation holds as many quants, scales and sums; `qp` covers every whole
-            // group of eight blocks.
-            unsafe { vbmi::q4_0_rows(w, row_bytes, q, out) };
-            return true;
-        }
-    }
-    // Up to four tokens (decode, or a few sequences' decode steps): Q4_0, Q4_K and Q5_K eight rows
-    // at a time; the rest below.
-    let mut first_row = 0;
-    if matches!(dtype, DType::Q4_K | DType::Q5_K) && nt <= 4 {
-        if let Some(qs) = gather(acts, pick_q8k) {
-            while first_row + 8 <= n_rows {
-                let wr = &w[first_row * row_bytes..(first_row + 8) * row_bytes];
-                let o = &mut out[first_row * nt..(first_row + 8) * nt];
-                // SAFETY: as below (run-time detected features); `row_geometry` and `fits`
-                // checked that the eight rows are whole Q4_K (Q5_K) blocks and that every
-                // activation row holds as many quants and group sums.
+    };
+}
+
+/// One token, F32/BF16 weights: four rows at a time (`$r4`), then the rest row by row.
+macro_rules! float_r4 {
+    ($r:ident, $r4:ident) => {
+        if let [ActRef::F32(x)] = $r.acts {
+            let (rb, vnni) = ($r.row_bytes, $r.isa >= Isa::Avx512Vnni);
+            while $r.first_row + 4 <= $r.n_rows {
+                let i = $r.first_row;
+                let (wr, o) = (&$r.w[i * rb..(i + 4) * rb], &mut $r.out[i..i + 4]);
+                // SAFETY: run-time detected features (see `generic_rows`); `Rows::check` checked
+                // that x has as many elements as a row.
                 unsafe {
-                    match (dtype, vnni) {
-                        (DType::Q4_K, true) => vnni::q4_k_r8::<false>(wr, row_bytes, &qs[..nt], o),
-                        (DType::Q4_K, false) => avx2::q4_k_r8::<false>(wr, row_bytes, &qs[..nt], o),
-                        (_, true) => vnni::q4_k_r8::<true>(wr, row_bytes, &qs[..nt], o),
-                        (_, false) => avx2::q4_k_r8::<true>(wr, row_bytes, &qs[..nt], o),
+                    if vnni {
+                        vnni::$r4(wr, rb, x, o)
+                    } else {
+                        avx2::$r4(wr, rb, x, o)
                     }
                 }
-                first_row += 8;
+                $r.first_row += 4;
             }
         }
-        if first_row == n_rows {
+    };
+}
+
+fn f32_rows(r: &mut Rows<'_, '_>) -> bool {
+    float_r4!(r, f32_r4);
+    r.first_row == r.n_rows || generic_rows!(frows, r, pick_f32, f32_n)
+}
+
+fn bf16_rows(r: &mut Rows<'_, '_>) -> bool {
+    float_r4!(r, bf16_r4);
+    r.first_row == r.n_rows || generic_rows!(frows, r, pick_f32, bf16_n)
+}
+
+/// F16 weights take f16 activations and go row by row (the row streams; the activation
+/// stays in L1).
+fn f16_rows(r: &mut Rows<'_, '_>) -> bool {
+    generic_rows!(frows, r, pick_f16, f16_n)
+}
+
+fn q8_0_rows(r: &mut Rows<'_, '_>) -> bool {
+    generic_rows!(rows, r, pick_q8, BlockQ8_0, q8_0_n)
+}
+
+fn q4_1_rows(r: &mut Rows<'_, '_>) -> bool {
+    generic_rows!(rows, r, pick_q8, BlockQ4_1, q4_1_n)
+}
+
+fn q5_0_rows(r: &mut Rows<'_, '_>) -> bool {
+    generic_rows!(rows, r, pick_q8, BlockQ5_0, q5_0_n)
+}
+
+fn q5_1_rows(r: &mut Rows<'_, '_>) -> bool {
+    generic_rows!(rows, r, pick_q8, BlockQ5_1, q5_1_n)
+}
+
+fn q2_k_rows(r: &mut Rows<'_, '_>) -> bool {
+    generic_rows!(rows, r, pick_q8k, BlockQ2K, q2_k_n)
+}
+
+fn q3_k_rows(r: &mut Rows<'_, '_>) -> bool {
+    generic_rows!(rows, r, pick_q8k, BlockQ3K, q3_k_n)
+}
+
+/// Q4_0: with VBMI and one token (activation regrouped), each row read as one stream
+/// (`vbmi`); else up to four tokens eight rows at a time; the rest row by row.
+fn q4_0_rows(r: &mut Rows<'_, '_>) -> bool {
+    if let (true, [ActRef::Q8(q)]) = (r.isa >= Isa::Avx512Vbmi, r.acts) {
+        if q.qp.len() == r.n / (8 * QK) * 8 * QK {
+            // SAFETY: Isa::Avx512Vbmi is only reported when AVX-512 F/BW/VL/VNNI/VBMI, AVX2,
+            // FMA and F16C are present; `Rows::check` checked that `w` is n_rows whole rows of
+            // whole Q4_0 blocks, that `out` holds a value per row and that the activation
+            // holds as many quants, scales and sums; `qp` covers every whole group of eight
+            // blocks.
+            unsafe { vbmi::q4_0_rows(r.w, r.row_bytes, q, r.out) };
             return true;
         }
     }
-    if let (DType::Q4_0, true, Some(qs)) = (dtype, nt <= 4, gather(acts, pick_q8)) {
-        while first_row + 8 <= n_rows {
-            let wr = &w[first_row * row_bytes..(first_row + 8) * row_bytes];
-            let o = &mut out[first_row * nt..(first_row + 8) * nt];
-            // SAFETY: as below (run-time detected features); `row_geometry` and `fits` checked
+    let (nt, rb, vnni) = (r.nt(), r.row_bytes, r.isa >= Isa::Avx512Vnni);
+    if let (true, Some(qs)) = (nt <= 4, gather(r.acts, pick_q8)) {
+        while r.first_row + 8 <= r.n_rows {
+            let i = r.first_row;
+            let (wr, o) = (&r.w[i * rb..(i + 8) * rb], &mut r.out[i * nt..(i + 8) * nt]);
+            // SAFETY: run-time detected features (see `generic_rows`); `Rows::check` checked
             // that the eight rows are whole Q4_0 blocks and that every activation row holds as
             // many quants.
             unsafe {
                 if vnni {
-                    vnni::q4_0_r8(wr, row_bytes, &qs[..nt], o)
+                    vnni::q4_0_r8(wr, rb, &qs[..nt], o)
                 } else {
-                    avx2::q4_0_r8(wr, row_bytes, &qs[..nt], o)
+                    avx2::q4_0_r8(wr, rb, &qs[..nt], o)
                 }
             }
-            first_row += 8;
-        }
-        if first_row == n_rows {
-            return true;
+            r.first_row += 8;
         }
     }
-    // One token, F32/BF16 weights: four rows at a time. (F16 weights take f16 activations
-    // and go row by row, below.)
-    if let (DType::F32 | DType::BF16, [ActRef::F32(x)]) = (dtype, acts) {
-        while first_row + 4 <= n_rows {
-            let wr = &w[first_row * row_bytes..(first_row + 4) * row_bytes];
-            let o = &mut out[first_row..first_row + 4];
-            // SAFETY: as below (run-time detected features); `fits` checked that x has as many
-            // elements as a row.
-            unsafe {
-                match (dtype, vnni) {
-                    (DType::F32, true) => vnni::f32_r4(wr, row_bytes, x, o),
-                    (DType::F32, false) => avx2::f32_r4(wr, row_bytes, x, o),
-                    (_, true) => vnni::bf16_r4(wr, row_bytes, x, o),
-                    (_, false) => avx2::bf16_r4(wr, row_bytes, x, o),
-                }
-            }
-            first_row += 4;
-        }
-        if first_row == n_rows {
-            return true;
-        }
-    }
-    let mut done = 0;
-    while done < nt {
-        let m = (nt - done).min(4);
-        let chunk = &acts[done..done + m];
-        let mut res = [0f32; 4];
-        // SAFETY: `isa` comes from run-time detection (`cpu::detect`), which reports Avx2 only
-        // when AVX2, FMA and F16C are present and Avx512Vnni only when AVX512F/BW/VL and
-        // AVX512-VNNI are too — the features each kernel below is compiled for.
-        let ok = unsafe {
-            macro_rules! rows {
-                ($pick:ident, $blk:ty, $f:expr) => {
-                    with(chunk, $pick, |a| {
-                        for r in first_row..n_rows {
-                            let wr = &w[r * row_bytes..(r + 1) * row_bytes];
-                            let b = as_blocks::<$blk>(wr).unwrap_or(&[]);
-                            $f(b, a, &mut res[..m]);
-                            for k in 0..m {
-                                out[r * nt + done + k] = res[k];
-                            }
-                        }
-                    })
-                };
-            }
-            macro_rules! frows {
-                ($pick:ident, $f:expr) => {
-                    with(chunk, $pick, |x| {
-                        for r in first_row..n_rows {
-                            let wr = &w[r * row_bytes..(r + 1) * row_bytes];
-                            $f(wr, x, &mut res[..m]);
-                            for k in 0..m {
-                                out[r * nt + done + k] = res[k];
-                            }
-                        }
-                    })
-                };
-            }
-            match dtype {
-                DType::F32 if vnni => frows!(pick_f32, vnni::f32_n),
-                DType::F32 => frows!(pick_f32, avx2::f32_n),
-                DType::F16 if vnni => frows!(pick_f16, vnni::f16_n),
-                DType::F16 => frows!(pick_f16, avx2::f16_n),
-                DType::BF16 if vnni => frows!(pick_f32, vnni::bf16_n),
-                DType::BF16 => frows!(pick_f32, avx2::bf16_n),
-                DType::Q8_0 if vnni => rows!(pick_q8, BlockQ8_0, vnni::q8_0_n),
-                DType::Q8_0 => rows!(pick_q8, BlockQ8_0, avx2::q8_0_n),
-                DType::Q4_0 if vnni => rows!(pick_q8, BlockQ4_0, vnni::q4_0_n),
-                DType::Q4_0 => rows!(pick_q8, BlockQ4_0, avx2::q4_0_n),
-                DType::Q4_1 if vnni => rows!(pick_q8, BlockQ4_1, vnni::q4_1_n),
-                DType::Q4_1 => rows!(pick_q8, BlockQ4_1, avx2::q4_1_n),
-                DType::Q5_1 if vnni => rows!(pick_q8, BlockQ5_1, vnni::q5_1_n),
-                DType::Q5_1 => rows!(pick_q8, BlockQ5_1, avx2::q5_1_n),
-                DType::Q5_0 if vnni => rows!(pick_q8, BlockQ5_0, vnni::q5_0_n),
-                DType::Q5_0 => rows!(pick_q8, BlockQ5_0, avx2::q5_0_n),
-                DType::Q4_K if vnni => rows!(pick_q8k, BlockQ4K, vnni::q4_k_n),
-                DType::Q4_K => rows!(pick_q8k, BlockQ4K, avx2::q4_k_n),
-                DType::Q5_K if vnni => rows!(pick_q8k, BlockQ5K, vnni::q5_k_n),
-                DType::Q5_K => rows!(pick_q8k, BlockQ5K, avx2::q5_k_n),
-                DType::Q6_K if vnni => rows!(pick_q8k, BlockQ6K, vnni::q6_k_n),
-                DType::Q6_K => rows!(pick_q8k, BlockQ6K, avx2::q6_k_n),
-                DType::Q2_K if vnni => rows!(pick_q8k, BlockQ2K, vnni::q2_k_n),
-                DType::Q2_K => rows!(pick_q8k, BlockQ2K, avx2::q2_k_n),
-                DType::Q3_K if vnni => rows!(pick_q8k, BlockQ3K, vnni::q3_k_n),
-                DType::Q3_K => rows!(pick_q8k, BlockQ3K, avx2::q3_k_n),
-                _ => false,
-            }
-        };
-        if !ok {
-            return false;
-        }
-        done += m;
-    }
-    true
+    r.first_row == r.n_rows || generic_rows!(rows, r, pick_q8, BlockQ4_0, q4_0_n)
 }
 
-/// Calls `f` with the activation rows as one form (`pick` extracts it); `false` when some row
-/// is in another form (the caller then falls back to the scalar path).
-fn with<'a, T: ?Sized + 'a>(
-    acts: &[ActRef<'a>],
-    pick: impl Fn(&ActRef<'a>) -> Option<&'a T>,
-    f: impl FnOnce(&[&'a T]),
-) -> bool {
-    match gather(acts, pick) {
-        Some(xs) => {
-            f(&xs[..acts.len().min(4)]);
-            true
+/// Q4_K and Q5_K (`FIVE`): up to four tokens eight rows at a time, the rest row by row.
+fn k4_r8<const FIVE: bool>(r: &mut Rows<'_, '_>) {
+    let (nt, rb, vnni) = (r.nt(), r.row_bytes, r.isa >= Isa::Avx512Vnni);
+    let Some(qs) = gather(r.acts, pick_q8k).filter(|_| nt <= 4) else {
+        return;
+    };
+    while r.first_row + 8 <= r.n_rows {
+        let i = r.first_row;
+        let (wr, o) = (&r.w[i * rb..(i + 8) * rb], &mut r.out[i * nt..(i + 8) * nt]);
+        // SAFETY: run-time detected features (see `generic_rows`); `Rows::check` checked that
+        // the eight rows are whole Q4_K (Q5_K) blocks and that every activation row holds as
+        // many quants and group sums.
+        unsafe {
+            if vnni {
+                vnni::q4_k_r8::<FIVE>(wr, rb, &qs[..nt], o)
+            } else {
+                avx2::q4_k_r8::<FIVE>(wr, rb, &qs[..nt], o)
+            }
         }
-        None => false,
+        r.first_row += 8;
     }
 }
 
-/// Up to four activation rows as one form (`pick` extracts it; the unused slots repeat the
-/// first), or `None` when there are none or some row is in another form.
-fn gather<'a, T: ?Sized + 'a>(
-    acts: &[ActRef<'a>],
-    pick: impl Fn(&ActRef<'a>) -> Option<&'a T>,
-) -> Option<[&'a T; 4]> {
-    let first = acts.first().and_then(&pick)?;
-    let mut xs: [&T; 4] = [first; 4];
-    for (slot, a) in xs.iter_mut().zip(acts) {
-        *slot = pick(a)?;
+/// Q4_K: with VBMI and one token regrouped, each row as one stream; else as Q5_K.
+fn q4_k_rows(r: &mut Rows<'_, '_>) -> bool {
+    if let (true, [ActRef::Q8K(q)]) = (r.isa >= Isa::Avx512Vbmi, r.acts) {
+        if q.qp.len() == r.n && q.ssum.len() == r.n / 32 {
+            // SAFETY: as for Q4_0's one-stream kernel, with Q4_K blocks and a Q8_K activation
+            // regrouped for the whole row.
+            unsafe { vbmi::q4_k_rows(r.w, r.row_bytes, q, r.out) };
+            return true;
+        }
     }
-    Some(xs)
+    k4_r8::<false>(r);
+    r.first_row == r.n_rows || generic_rows!(rows, r, pick_q8k, BlockQ4K, q4_k_n)
+}
+
+fn q5_k_rows(r: &mut Rows<'_, '_>) -> bool {
+    k4_r8::<true>(r);
+    r.first_row == r.n_rows || generic_rows!(rows, r, pick_q8k, BlockQ5K, q5_k_n)
+}
+
+/// Q6_K: with VBMI and one token, each row as one stream; else row by row.
+fn q6_k_rows(r: &mut Rows<'_, '_>) -> bool {
+    if let (true, [ActRef::Q8K(q)]) = (r.isa >= Isa::Avx512Vbmi, r.acts) {
+        // SAFETY: as for Q4_0's one-stream kernel, with Q6_K blocks and a Q8_K activation.
+        unsafe { vbmi::q6_k_rows(r.w, r.row_bytes, q, r.out) };
+        return true;
+    }
+    generic_rows!(rows, r, pick_q8k, BlockQ6K, q6_k_n)
 }
 
 fn pick_f32<'a>(a: &ActRef<'a>) -> Option<&'a [f32]> {

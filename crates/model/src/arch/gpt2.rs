@@ -246,7 +246,7 @@ impl WeightSource for Gpt2Source {
         // Conv1D: safetensors [in, out] (our ne0-first shape [out, in]) → rows of `in`.
         let (out, inp) = (*t.shape.first()? as usize, *t.shape.get(1)? as usize);
         let mut src = vec![0f32; out * inp];
-        tuili_kernels::dequant::dequantize_row(t.dtype, t.data(), &mut src).ok()?;
+        tuili_kernels::types::dequantize_row(t.dtype, t.data(), &mut src).ok()?;
         let mut dst = Vec::with_capacity(out * inp * 4);
         for o in 0..out {
             for i in 0..inp {

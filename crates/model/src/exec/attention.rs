@@ -11,8 +11,8 @@
 
 use tuili_core::pool::split;
 use tuili_core::{PerThread, ThreadPool};
+use tuili_kernels::attn;
 use tuili_kernels::cpu::Isa;
-use tuili_kernels::ops;
 
 use tuili_kv::PagedStoreBatch;
 
@@ -21,7 +21,7 @@ use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::exec::parallel::{threads_for, SharedOut};
 
-/// Prompt tokens per attention work item (`ops::attend_tile`): their query heads are the
+/// Prompt tokens per attention work item (`attn::attend_tile`): their query heads are the
 /// lanes of its vectors (eight per vector: a tile of eight fills one even without grouped
 /// heads), and each key and value row is converted and read once for all of them.
 const TILE: usize = 8;
@@ -209,7 +209,8 @@ fn causal_attention<C: KvTarget + Sync>(
                 let rows = cache.rows(layer, si, s.pos0 + s.len);
                 let len0 = s.pos0 + (i0 - s.start) + 1;
                 // Grown once to what the longest prompt so far needs (prompts only).
-                let need = ops::attend_tile_scratch(cnt, group, hd, len0).max(group * (len0 + cnt));
+                let need =
+                    attn::attend_tile_scratch(cnt, group, hd, len0).max(group * (len0 + cnt));
                 if scores.len() < need {
                     scores.resize(need, 0.0);
                 }
@@ -230,7 +231,7 @@ fn causal_attention<C: KvTarget + Sync>(
                 // lanes (one eighth without grouped heads).
                 let tiled = softcap == 0.0
                     && cnt > 1
-                    && ops::attend_tile(
+                    && attn::attend_tile(
                         isa,
                         &qs[..cnt],
                         &rows,
@@ -245,7 +246,7 @@ fn causal_attention<C: KvTarget + Sync>(
                     // One token, a head size the tile kernel does not take, or a soft cap
                     // (Gemma 2).
                     for (j, o) in os.iter_mut().enumerate().take(cnt) {
-                        ops::attend_group(
+                        attn::attend_group(
                             isa,
                             qs[j],
                             &rows,
@@ -283,7 +284,7 @@ fn causal_attention<C: KvTarget + Sync>(
             // owns item (kvh, i) only; the range is contiguous (heads of a group are
             // adjacent).
             let o = unsafe { out.slice(i * qd + heads.start * hd..i * qd + heads.end * hd) };
-            ops::attend_group(
+            attn::attend_group(
                 isa,
                 &q[i * qd + heads.start * hd..i * qd + heads.end * hd],
                 &rows,

@@ -12,10 +12,12 @@ use half::f16;
 use tuili_core::pool::split;
 use tuili_core::{PerThread, ThreadPool};
 use tuili_kernels::act::{to_f16, Q8KRow, Q8Row};
+use tuili_kernels::act::{ActKind, ActRef};
 use tuili_kernels::cpu::Isa;
-use tuili_kernels::dot::{act_kind, dot_rows, ActKind, ActRef};
+use tuili_kernels::dot::dot_rows;
 use tuili_kernels::gemm::{self, F32Tiles, Q8Tiles, GROUP};
 use tuili_kernels::ops;
+use tuili_kernels::types::{act_kind, has_gemm, has_gemm_f};
 
 use crate::exec::parallel::{threads_for, SharedOut};
 use crate::weights::Matrix;
@@ -216,7 +218,7 @@ pub fn matmul(
     // The token-lane kernels take int8 activations interleaved in blocks of 32 (`Q8Tiles`):
     // quantized as the dot-product kernels take them (Q8_0, or Q8_K for K-quants: one scale
     // per super-block, applied once per super-block by the kernel).
-    let tiled = n >= GROUP && gemm::supports(isa, w.dtype);
+    let tiled = n >= GROUP && has_gemm(isa, w.dtype);
     let kind = if tiled {
         match act_kind(w.dtype) {
             ActKind::Q8K => ActKind::Q8K,
@@ -257,7 +259,7 @@ pub fn matmul(
         matmul_tiles(pool, isa, w, n, y, width, &kernel, tmp);
         return;
     }
-    if n >= GROUP && gemm::supports_f(isa, w.dtype) {
+    if n >= GROUP && has_gemm_f(isa, w.dtype) {
         if !prep.ftiles_ready {
             prep.ftiles.build(x, n, w.cols);
             prep.ftiles_ready = true;

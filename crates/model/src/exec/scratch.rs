@@ -48,7 +48,7 @@ impl Scratch {
         }
         if let Some(sc) = self.scores.as_mut() {
             // Scores of the query heads that share one KV head ([group, n_ctx]). A tile of
-            // prompt tokens needs more (`ops::attend_tile_scratch`): attention grows the
+            // prompt tokens needs more (`attn::attend_tile_scratch`): attention grows the
             // buffer to what a prompt needs when one comes, so that decoding alone does not
             // hold it.
             let need = n_ctx * (cfg.n_head / cfg.n_head_kv);
