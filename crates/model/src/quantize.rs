@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 
 use tuili_core::DType;
 use tuili_formats::{GgufFile, GgufWriter, MetaValue};
-use tuili_kernels::types::dequantize_row;
-use tuili_kernels::types::quantize_row;
+
+use tuili_kernels::types::{dequantize_row, quantize_row, traits};
 
 use crate::error::ModelError;
 
@@ -207,18 +207,18 @@ fn more_bits(i: usize, n: usize) -> bool {
     i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
-/// llama.cpp's fallback for a row length the type's block does not divide.
+/// Whether `t` is stored as floats (F32, F16, BF16), by the type table.
+fn is_float(t: DType) -> bool {
+    traits(t).is_some_and(|t| t.float)
+}
+
+/// llama.cpp's fallback for a row length the type's block does not divide (the type table's
+/// `fallback`, else F16).
 fn fallback(ne0: u64, t: DType) -> (DType, bool) {
     if ne0.is_multiple_of(t.block_len()) {
         return (t, false);
     }
-    let f = match t {
-        DType::Q2_K | DType::Q3_K => DType::Q4_0,
-        DType::Q4_K => DType::Q5_0,
-        DType::Q5_K => DType::Q5_1,
-        DType::Q6_K => DType::Q8_0,
-        other => other,
-    };
+    let f = traits(t).and_then(|t| t.fallback).unwrap_or(t);
     if ne0.is_multiple_of(f.block_len()) {
         (f, true)
     } else {
@@ -298,7 +298,7 @@ pub fn plan(input: &QuantInput, opts: &QuantizeOptions) -> Result<Vec<TensorPlan
     let count = |pat: &str| infos.iter().filter(|t| t.name.contains(pat)).count();
     let (n_attn_v, n_ffn_down) = (count("attn_v.weight"), count("ffn_down"));
     let (mut i_attn_v, mut i_ffn_down) = (0usize, 0usize);
-    let quantized_base = base != DType::F32 && base != DType::F16 && base != DType::BF16;
+    let quantized_base = !is_float(base);
     let mut out = Vec::with_capacity(infos.len());
     for t in infos {
         let (name, shape) = (t.name.as_str(), &t.shape);
@@ -382,7 +382,7 @@ pub fn plan(input: &QuantInput, opts: &QuantizeOptions) -> Result<Vec<TensorPlan
         } else {
             (to, false)
         };
-        let requant = !matches!(t.dtype, DType::F32 | DType::F16 | DType::BF16) && t.dtype != to;
+        let requant = !is_float(t.dtype) && t.dtype != to;
         if requant && !opts.allow_requantize {
             return Err(ModelError::Quantize {
                 tensor: name.into(),

@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -29,8 +29,11 @@ use tuili_engine::{Engine, GenerateRequest, Prompt as EnginePrompt};
 use tuili_sample::StepLogprobs;
 use tuili_tokenizer::chat::Message;
 
+pub mod error;
 pub mod metrics;
 pub mod openai;
+
+pub use error::ApiError;
 
 use openai::{Body, Kind, Prompt};
 
@@ -84,73 +87,6 @@ fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// An error as OpenAI returns it: `{"error": {"message", "type", "param", "code"}}`.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-    pub kind: &'static str,
-    pub param: Option<String>,
-    pub code: Option<&'static str>,
-    /// Seconds for a Retry-After header.
-    pub retry_after: Option<u32>,
-}
-
-impl ApiError {
-    pub fn invalid(message: impl Into<String>, param: Option<&str>) -> ApiError {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-            kind: "invalid_request_error",
-            param: param.map(String::from),
-            code: None,
-            retry_after: None,
-        }
-    }
-
-    fn busy(message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: message.into(),
-            kind: "server_error",
-            param: None,
-            code: Some("overloaded"),
-            retry_after: Some(1),
-        }
-    }
-
-    fn internal(message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: message.into(),
-            kind: "server_error",
-            param: None,
-            code: None,
-            retry_after: None,
-        }
-    }
-
-    fn json(&self) -> Value {
-        json!({"error": {
-            "message": self.message,
-            "type": self.kind,
-            "param": self.param,
-            "code": self.code,
-        }})
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut r = (self.status, Json(self.json())).into_response();
-        if let Some(s) = self.retry_after {
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        r
-    }
 }
 
 /// The application: routes, API key check, body limit.

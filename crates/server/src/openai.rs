@@ -13,7 +13,7 @@ use tuili_engine::{BeamParams, EarlyStopping, GenerateRequest, StopReason, MAX_L
 use tuili_sample::{SamplingParams, Stage, StepLogprobs, OPENAI_ORDER};
 use tuili_tokenizer::Tokenizer;
 
-use crate::ApiError;
+use crate::error::ApiError;
 
 /// A prompt as OpenAI's completions endpoint takes it.
 #[derive(Debug, Deserialize)]

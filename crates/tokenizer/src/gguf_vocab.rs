@@ -1,7 +1,5 @@
 //! Building a tokenizer from GGUF `tokenizer.ggml.*` metadata.
 
-use std::sync::OnceLock;
-
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
@@ -21,7 +19,8 @@ use tokenizers::tokenizer::{AddedToken, SplitDelimiterBehavior, Tokenizer as HfT
 use tokenizers::{DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper};
 use tuili_formats::{GgufFile, MetaArray};
 
-use crate::{pretok, Tokenizer, TokenizerError, VocabKind};
+use crate::error::TokenizerError;
+use crate::pretok;
 
 /// llama.cpp's token attribute types (`tokenizer.ggml.token_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -350,7 +349,38 @@ fn build_wpm(v: &Vocabulary) -> Result<HfTokenizer, String> {
     Ok(tk)
 }
 
-pub(crate) fn build(file: &GgufFile) -> Result<Tokenizer, TokenizerError> {
+/// The family of tokenizer, as `tokenizer.ggml.model` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VocabKind {
+    /// SentencePiece-style BPE over raw UTF-8 with byte fallback (`llama`).
+    Spm,
+    /// Byte-level BPE (`gpt2`).
+    Bpe,
+    /// WordPiece (`bert`).
+    Wpm,
+    /// Whatever a tokenizer.json describes.
+    HfJson,
+}
+
+/// What a GGUF vocabulary makes: the tokenizer's parts, assembled by
+/// `Tokenizer::from_parts`.
+pub(crate) struct VocabParts {
+    pub kind: VocabKind,
+    /// The engine with control-token text left as text.
+    pub plain: HfTokenizer,
+    /// Builds the engine that recognises control-token text (on first use).
+    pub special_builder: Box<dyn Fn() -> Result<HfTokenizer, String> + Send + Sync>,
+    pub pieces: Vec<String>,
+    pub types: Vec<TokenType>,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub eog: Vec<u32>,
+    pub add_bos: bool,
+    pub add_eos: bool,
+    pub strip_prefix: bool,
+}
+
+pub(crate) fn build(file: &GgufFile) -> Result<VocabParts, TokenizerError> {
     let path = file.path().display().to_string();
     let model = file
         .get_str("tokenizer.ggml.model")?
@@ -448,20 +478,17 @@ pub(crate) fn build(file: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         t.add_special_tokens(&special);
         Ok(t)
     };
-    Ok(Tokenizer {
+    Ok(VocabParts {
         kind,
         plain,
-        with_special: OnceLock::new(),
-        special_builder: Some(Box::new(special_builder)),
+        special_builder: Box::new(special_builder),
         pieces: v.tokens,
         types: v.types,
         bos,
         eos,
         eog,
         add_bos,
-        bos_by_template: false,
         add_eos,
         strip_prefix: kind == VocabKind::Spm && spm_add_prefix(file),
-        chat_template: None,
     })
 }
