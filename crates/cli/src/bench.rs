@@ -216,6 +216,12 @@ fn run_batched(
     };
     let mut scratch = Scratch::new();
     let mut batch = store.batch(&flat, &offsets);
+    // One forward pass of the B sequences (logits of `out`, not read).
+    let mut run = |tokens: &[u32], spans: &[SeqSpan], out: OutRows| {
+        let max_ctx = ctx + n_gen;
+        let pass = model.forward_spans(tokens, spans, &mut batch, max_ctx, &mut scratch, out, pool);
+        pass.map(|_| ()).map_err(err)
+    };
     if ctx > 0 {
         let tokens: Vec<u32> = (0..b * ctx).map(|_| tok()).collect();
         let spans: Vec<SeqSpan> = (0..b)
@@ -225,17 +231,7 @@ fn run_batched(
                 pos0: 0,
             })
             .collect();
-        model
-            .forward_spans(
-                &tokens,
-                &spans,
-                &mut batch,
-                ctx + n_gen,
-                &mut scratch,
-                OutRows::Range(0..0),
-                pool,
-            )
-            .map_err(err)?;
+        run(&tokens, &spans, OutRows::Range(0..0))?;
     }
     let rows: Vec<usize> = (0..b).collect();
     let t = Instant::now();
@@ -248,17 +244,7 @@ fn run_batched(
                 pos0: ctx + step,
             })
             .collect();
-        model
-            .forward_spans(
-                &tokens,
-                &spans,
-                &mut batch,
-                ctx + n_gen,
-                &mut scratch,
-                OutRows::List(&rows),
-                pool,
-            )
-            .map_err(err)?;
+        run(&tokens, &spans, OutRows::List(&rows))?;
     }
     Ok(t.elapsed().as_nanos() as u64)
 }

@@ -31,6 +31,33 @@ pub enum ActRef<'a> {
     Q8K(&'a Q8KRow),
 }
 
+/// An int8 activation row ([`Q8Row`], [`Q8KRow`]) as a matrix product prepares it: quantized
+/// from f32, then (for one token on VBMI machines) regrouped for the one-row kernels.
+pub trait QuantRow: Default + Send {
+    /// Quantizes `x` into this row (the kernels of `isa`; bit-identical to the scalar twin).
+    fn quantize(&mut self, isa: Isa, x: &[f32]);
+    /// Reorders the quants for the one-row VBMI kernels.
+    fn regroup(&mut self);
+}
+
+impl QuantRow for Q8Row {
+    fn quantize(&mut self, isa: Isa, x: &[f32]) {
+        self.quantize_isa(isa, x)
+    }
+    fn regroup(&mut self) {
+        Q8Row::regroup(self)
+    }
+}
+
+impl QuantRow for Q8KRow {
+    fn quantize(&mut self, isa: Isa, x: &[f32]) {
+        self.quantize_isa(isa, x)
+    }
+    fn regroup(&mut self) {
+        Q8KRow::regroup(self)
+    }
+}
+
 /// An activation row quantized to int8 in blocks of 32: x ≈ d[b]·q[i]; `isum[b]` = Σ q over
 /// the block (for weight types with an offset: Q4_1, Q5_1, and the VNNI unsigned trick), and
 /// `dsum[b]` = d[b]·isum[b] (the same in floats: Q4_0's −8 offset, once per block for eight

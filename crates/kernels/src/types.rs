@@ -21,28 +21,25 @@ use crate::dot::rows::RowsFn;
 use crate::dot::scalar::{self, DotFn};
 use crate::{dequant, kquant, quant, KernelError};
 
-#[cfg(target_arch = "aarch64")]
-use crate::dot::neon::kernels as simd;
+/// A type's SIMD row kernels on this machine's instruction-set family (`dot::x86::kernels`,
+/// `dot::neon::kernels`); none elsewhere (the scalar path).
 #[cfg(target_arch = "x86_64")]
-use crate::dot::x86::kernels as simd;
-/// Other targets: no SIMD row kernels (the scalar path).
+macro_rules! simd {
+    ($t:ident) => {
+        crate::dot::x86::kernels::$t
+    };
+}
+#[cfg(target_arch = "aarch64")]
+macro_rules! simd {
+    ($t:ident) => {
+        crate::dot::neon::kernels::$t
+    };
+}
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-mod simd {
-    use crate::dot::rows::RowsFn;
-    pub const F32: Option<RowsFn> = None;
-    pub const F16: Option<RowsFn> = None;
-    pub const BF16: Option<RowsFn> = None;
-    pub const Q8_0: Option<RowsFn> = None;
-    pub const Q4_0: Option<RowsFn> = None;
-    pub const Q4_1: Option<RowsFn> = None;
-    pub const Q5_0: Option<RowsFn> = None;
-    pub const Q5_1: Option<RowsFn> = None;
-    pub const Q2_K: Option<RowsFn> = None;
-    pub const Q3_K: Option<RowsFn> = None;
-    pub const Q4_K: Option<RowsFn> = None;
-    pub const Q5_K: Option<RowsFn> = None;
-    pub const Q6_K: Option<RowsFn> = None;
-    pub const Q8_K: Option<RowsFn> = None;
+macro_rules! simd {
+    ($t:ident) => {
+        None
+    };
 }
 
 /// Whole rows of bytes → f32.
@@ -80,20 +77,20 @@ pub struct TypeTraits {
 /// The rows: every type tuili runs.
 #[rustfmt::skip]
 static TABLE: [TypeTraits; 14] = [
-    TypeTraits { dtype: DType::F32, float: true, dequantize: dequant::f32_row, quantize: Some(quant::f32_row), act: ActKind::F32, dot: scalar::f32_dot, simd: simd::F32, gemm: None, gemm_f: Some(Isa::Avx2), fallback: None },
-    TypeTraits { dtype: DType::F16, float: true, dequantize: dequant::f16_row, quantize: Some(quant::f16_row), act: ActKind::F16, dot: scalar::f16_dot, simd: simd::F16, gemm: None, gemm_f: Some(Isa::Avx2), fallback: None },
-    TypeTraits { dtype: DType::BF16, float: true, dequantize: dequant::bf16_row, quantize: Some(quant::bf16_row), act: ActKind::F32, dot: scalar::bf16_dot, simd: simd::BF16, gemm: None, gemm_f: Some(Isa::Avx2), fallback: None },
-    TypeTraits { dtype: DType::Q8_0, float: false, dequantize: dequant::q8_0_row, quantize: Some(quant::q8_0_row), act: ActKind::Q8, dot: scalar::q8_0_dot, simd: simd::Q8_0, gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
-    TypeTraits { dtype: DType::Q4_0, float: false, dequantize: dequant::q4_0_row, quantize: Some(quant::q4_0_row), act: ActKind::Q8, dot: scalar::q4_0_dot, simd: simd::Q4_0, gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
-    TypeTraits { dtype: DType::Q4_1, float: false, dequantize: dequant::q4_1_row, quantize: Some(quant::q4_1_row), act: ActKind::Q8, dot: scalar::q4_1_dot, simd: simd::Q4_1, gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
-    TypeTraits { dtype: DType::Q5_0, float: false, dequantize: dequant::q5_0_row, quantize: Some(quant::q5_0_row), act: ActKind::Q8, dot: scalar::q5_0_dot, simd: simd::Q5_0, gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
-    TypeTraits { dtype: DType::Q5_1, float: false, dequantize: dequant::q5_1_row, quantize: Some(quant::q5_1_row), act: ActKind::Q8, dot: scalar::q5_1_dot, simd: simd::Q5_1, gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
-    TypeTraits { dtype: DType::Q2_K, float: false, dequantize: dequant::q2_k_row, quantize: Some(kquant::q2_k_row), act: ActKind::Q8K, dot: scalar::q2_k_dot, simd: simd::Q2_K, gemm: Some(Isa::Avx2), gemm_f: None, fallback: Some(DType::Q4_0) },
-    TypeTraits { dtype: DType::Q3_K, float: false, dequantize: dequant::q3_k_row, quantize: Some(kquant::q3_k_row), act: ActKind::Q8K, dot: scalar::q3_k_dot, simd: simd::Q3_K, gemm: Some(Isa::Avx2), gemm_f: None, fallback: Some(DType::Q4_0) },
-    TypeTraits { dtype: DType::Q4_K, float: false, dequantize: dequant::q4_k_row, quantize: Some(kquant::q4_k_row), act: ActKind::Q8K, dot: scalar::q4_k_dot, simd: simd::Q4_K, gemm: Some(Isa::Avx2), gemm_f: None, fallback: Some(DType::Q5_0) },
-    TypeTraits { dtype: DType::Q5_K, float: false, dequantize: dequant::q5_k_row, quantize: Some(kquant::q5_k_row), act: ActKind::Q8K, dot: scalar::q5_k_dot, simd: simd::Q5_K, gemm: Some(Isa::Avx2), gemm_f: None, fallback: Some(DType::Q5_1) },
-    TypeTraits { dtype: DType::Q6_K, float: false, dequantize: dequant::q6_k_row, quantize: Some(kquant::q6_k_row), act: ActKind::Q8K, dot: scalar::q6_k_dot, simd: simd::Q6_K, gemm: Some(Isa::Avx2), gemm_f: None, fallback: Some(DType::Q8_0) },
-    TypeTraits { dtype: DType::Q8_K, float: false, dequantize: dequant::q8_k_row, quantize: Some(quant::q8_k_row), act: ActKind::F32, dot: scalar::q8_k_dot, simd: simd::Q8_K, gemm: None, gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::F32, float: true, dequantize: dequant::f32_row, quantize: Some(quant::f32_row), act: ActKind::F32, dot: scalar::f32_dot, simd: simd!(F32), gemm: None, gemm_f: Some(Isa::Avx2), fallback: None },
+    TypeTraits { dtype: DType::F16, float: true, dequantize: dequant::f16_row, quantize: Some(quant::f16_row), act: ActKind::F16, dot: scalar::f16_dot, simd: simd!(F16), gemm: None, gemm_f: Some(Isa::Avx2), fallback: None },
+    TypeTraits { dtype: DType::BF16, float: true, dequantize: dequant::bf16_row, quantize: Some(quant::bf16_row), act: ActKind::F32, dot: scalar::bf16_dot, simd: simd!(BF16), gemm: None, gemm_f: Some(Isa::Avx2), fallback: None },
+    TypeTraits { dtype: DType::Q8_0, float: false, dequantize: dequant::q8_0_row, quantize: Some(quant::q8_0_row), act: ActKind::Q8, dot: scalar::q8_0_dot, simd: simd!(Q8_0), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q4_0, float: false, dequantize: dequant::q4_0_row, quantize: Some(quant::q4_0_row), act: ActKind::Q8, dot: scalar::q4_0_dot, simd: simd!(Q4_0), gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q4_1, float: false, dequantize: dequant::q4_1_row, quantize: Some(quant::q4_1_row), act: ActKind::Q8, dot: scalar::q4_1_dot, simd: simd!(Q4_1), gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q5_0, float: false, dequantize: dequant::q5_0_row, quantize: Some(quant::q5_0_row), act: ActKind::Q8, dot: scalar::q5_0_dot, simd: simd!(Q5_0), gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q5_1, float: false, dequantize: dequant::q5_1_row, quantize: Some(quant::q5_1_row), act: ActKind::Q8, dot: scalar::q5_1_dot, simd: simd!(Q5_1), gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q2_K, float: false, dequantize: dequant::q2_k_row, quantize: Some(kquant::q2_k_row), act: ActKind::Q8K, dot: scalar::q2_k_dot, simd: simd!(Q2_K), gemm: Some(Isa::Avx2), gemm_f: None, fallback: Some(DType::Q4_0) },
+    TypeTraits { dtype: DType::Q3_K, float: false, dequantize: dequant::q3_k_row, quantize: Some(kquant::q3_k_row), act: ActKind::Q8K, dot: scalar::q3_k_dot, simd: simd!(Q3_K), gemm: Some(Isa::Avx2), gemm_f: None, fallback: Some(DType::Q4_0) },
+    TypeTraits { dtype: DType::Q4_K, float: false, dequantize: dequant::q4_k_row, quantize: Some(kquant::q4_k_row), act: ActKind::Q8K, dot: scalar::q4_k_dot, simd: simd!(Q4_K), gemm: Some(Isa::Avx2), gemm_f: None, fallback: Some(DType::Q5_0) },
+    TypeTraits { dtype: DType::Q5_K, float: false, dequantize: dequant::q5_k_row, quantize: Some(kquant::q5_k_row), act: ActKind::Q8K, dot: scalar::q5_k_dot, simd: simd!(Q5_K), gemm: Some(Isa::Avx2), gemm_f: None, fallback: Some(DType::Q5_1) },
+    TypeTraits { dtype: DType::Q6_K, float: false, dequantize: dequant::q6_k_row, quantize: Some(kquant::q6_k_row), act: ActKind::Q8K, dot: scalar::q6_k_dot, simd: simd!(Q6_K), gemm: Some(Isa::Avx2), gemm_f: None, fallback: Some(DType::Q8_0) },
+    TypeTraits { dtype: DType::Q8_K, float: false, dequantize: dequant::q8_k_row, quantize: Some(quant::q8_k_row), act: ActKind::F32, dot: scalar::q8_k_dot, simd: simd!(Q8_K), gemm: None, gemm_f: None, fallback: None },
 ];
 
 /// The row of `dtype`, or `None` when tuili cannot run it.

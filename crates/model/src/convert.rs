@@ -260,18 +260,8 @@ pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, M
     }
     let arch = cfg.arch.name;
     let k = |s: &str| format!("{arch}.{s}");
-    let mut md: Vec<(String, MetaValue)> = vec![
-        (
-            "general.architecture".into(),
-            MetaValue::String(arch.into()),
-        ),
-        ("general.name".into(), MetaValue::String(cfg.name.clone())),
-        (k("vocab_size"), MetaValue::U32(cfg.n_vocab as u32)),
-        (k("context_length"), MetaValue::U32(cfg.n_ctx_train as u32)),
-        (k("embedding_length"), MetaValue::U32(cfg.n_embd as u32)),
-        (k("block_count"), MetaValue::U32(cfg.n_layer as u32)),
-        (k("feed_forward_length"), MetaValue::U32(cfg.n_ff as u32)),
-        (k("attention.head_count"), MetaValue::U32(cfg.n_head as u32)),
+    let mut md = shape_metadata(&cfg);
+    md.extend([
         (
             k("attention.head_count_kv"),
             MetaValue::U32(cfg.n_head_kv as u32),
@@ -282,7 +272,7 @@ pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, M
             k("attention.layer_norm_rms_epsilon"),
             MetaValue::F32(cfg.rms_eps),
         ),
-    ];
+    ]);
     if cfg.head_dim * cfg.n_head != cfg.n_embd {
         md.push((
             k("attention.key_length"),
@@ -436,6 +426,28 @@ pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, M
     })
 }
 
+/// The keys every architecture writes: its name, the model's, and the shape
+/// (`{arch}.vocab_size`, `context_length`, `embedding_length`, `block_count`,
+/// `feed_forward_length`, `attention.head_count`).
+fn shape_metadata(cfg: &ModelConfig) -> Vec<(String, MetaValue)> {
+    let arch = cfg.arch.name;
+    let k = |s: &str| format!("{arch}.{s}");
+    let u = |v: usize| MetaValue::U32(v as u32);
+    vec![
+        (
+            "general.architecture".into(),
+            MetaValue::String(arch.into()),
+        ),
+        ("general.name".into(), MetaValue::String(cfg.name.clone())),
+        (k("vocab_size"), u(cfg.n_vocab)),
+        (k("context_length"), u(cfg.n_ctx_train)),
+        (k("embedding_length"), u(cfg.n_embd)),
+        (k("block_count"), u(cfg.n_layer)),
+        (k("feed_forward_length"), u(cfg.n_ff)),
+        (k("attention.head_count"), u(cfg.n_head)),
+    ]
+}
+
 /// GPT-2 folders: `gpt2.*` keys, the byte-level BPE vocabulary, and the tensors under GGUF's
 /// `gpt2` names with the Conv1D weights transposed (as llama.cpp's converter does).
 fn gpt2_input<'a>(
@@ -443,24 +455,11 @@ fn gpt2_input<'a>(
     src: &dyn WeightSource,
     cfg: &ModelConfig,
 ) -> Result<QuantInput<'a>, ModelError> {
-    let k = |s: &str| format!("gpt2.{s}");
-    let mut md: Vec<(String, MetaValue)> = vec![
-        (
-            "general.architecture".into(),
-            MetaValue::String("gpt2".into()),
-        ),
-        ("general.name".into(), MetaValue::String(cfg.name.clone())),
-        (k("vocab_size"), MetaValue::U32(cfg.n_vocab as u32)),
-        (k("context_length"), MetaValue::U32(cfg.n_ctx_train as u32)),
-        (k("embedding_length"), MetaValue::U32(cfg.n_embd as u32)),
-        (k("block_count"), MetaValue::U32(cfg.n_layer as u32)),
-        (k("feed_forward_length"), MetaValue::U32(cfg.n_ff as u32)),
-        (k("attention.head_count"), MetaValue::U32(cfg.n_head as u32)),
-        (
-            k("attention.layer_norm_epsilon"),
-            MetaValue::F32(cfg.rms_eps),
-        ),
-    ];
+    let mut md = shape_metadata(cfg);
+    md.push((
+        "gpt2.attention.layer_norm_epsilon".into(),
+        MetaValue::F32(cfg.rms_eps),
+    ));
     md.extend(tokenizer_metadata(dir)?);
     // The source transposes the Conv1D weights; the tensors it hands out are copied here.
     let mut names = vec![

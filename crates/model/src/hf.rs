@@ -98,3 +98,39 @@ pub(crate) fn read_common(dir: &Path, c: &Value, extras: &mut HfExtras) -> Resul
     }
     Ok(())
 }
+
+/// A parsed `config.json` and where it came from, for the architectures' readers: lookups
+/// whose errors name the file and the key.
+pub(crate) struct ConfigJson<'a> {
+    pub c: &'a Value,
+    path: String,
+}
+
+impl<'a> ConfigJson<'a> {
+    /// `c`, read from the folder `dir`.
+    pub(crate) fn new(dir: &Path, c: &'a Value) -> ConfigJson<'a> {
+        ConfigJson {
+            c,
+            path: dir.join("config.json").display().to_string(),
+        }
+    }
+
+    /// An error about `key`.
+    pub(crate) fn bad(&self, key: &str, value: String, reason: &str) -> ModelError {
+        ModelError::BadHyperParam {
+            path: self.path.clone(),
+            key: key.into(),
+            value,
+            reason: reason.into(),
+        }
+    }
+
+    /// A required positive integer below 2³¹ (a dimension).
+    pub(crate) fn dim(&self, key: &str) -> Result<usize, ModelError> {
+        let v = &self.c[key];
+        v.as_u64()
+            .filter(|&v| v > 0 && v < (1 << 31))
+            .map(|v| v as usize)
+            .ok_or_else(|| self.bad(key, v.to_string(), "missing or not a positive integer"))
+    }
+}

@@ -19,7 +19,7 @@ use crate::batch::SeqSpan;
 use crate::config::{Arch, ModelConfig};
 use crate::error::ModelError;
 use crate::exec::{Buffers, Decoder, Step};
-use crate::hf::{self, HfExtras};
+use crate::hf::{self, ConfigJson, HfExtras};
 use crate::weights::{vector, Matrix, WeightBytes, WeightInfo, WeightSource};
 
 struct Block {
@@ -269,22 +269,11 @@ pub(crate) fn hf_config(
     c: &Value,
     arch: Arch,
 ) -> Result<(ModelConfig, HfExtras), ModelError> {
-    let p = dir.join("config.json").display().to_string();
-    let bad = |key: &str, value: String, reason: &str| ModelError::BadHyperParam {
-        path: p.clone(),
-        key: key.into(),
-        value,
-        reason: reason.into(),
-    };
-    let g = |k: &str| -> Result<usize, ModelError> {
-        c[k].as_u64()
-            .filter(|&v| v > 0 && v < (1 << 31))
-            .map(|v| v as usize)
-            .ok_or_else(|| bad(k, c[k].to_string(), "missing or not a positive integer"))
-    };
+    let j = ConfigJson::new(dir, c);
+    let g = |k: &str| j.dim(k);
     let (e, nh) = (g("n_embd")?, g("n_head")?);
     if e % nh != 0 {
-        return Err(bad("n_head", nh.to_string(), "must divide n_embd"));
+        return Err(j.bad("n_head", nh.to_string(), "must divide n_embd"));
     }
     let cfg = ModelConfig {
         arch,

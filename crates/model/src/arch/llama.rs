@@ -22,7 +22,7 @@ use crate::batch::SeqSpan;
 use crate::config::{Arch, ModelConfig};
 use crate::error::ModelError;
 use crate::exec::{Buffers, Decoder, Step};
-use crate::hf::{self, HfExtras};
+use crate::hf::{self, ConfigJson, HfExtras};
 use crate::weights::{vector, vector_opt, Matrix, WeightBytes, WeightInfo, WeightSource};
 
 struct Layer {
@@ -401,20 +401,11 @@ pub(crate) fn hf_config(
     c: &Value,
     arch: Arch,
 ) -> Result<(ModelConfig, HfExtras), ModelError> {
-    let p = dir.join("config.json").display().to_string();
-    let bad = |key: &str, value: String, reason: &str| ModelError::BadHyperParam {
-        path: p.clone(),
-        key: key.into(),
-        value,
-        reason: reason.into(),
-    };
-    let req = |key: &str| -> Result<usize, ModelError> {
-        c[key]
-            .as_u64()
-            .filter(|&v| v > 0 && v < (1 << 31))
-            .map(|v| v as usize)
-            .ok_or_else(|| bad(key, c[key].to_string(), "missing or not a positive integer"))
-    };
+    let j = ConfigJson::new(dir, c);
+    let (bad, req) = (
+        |k: &str, v: String, r: &str| j.bad(k, v, r),
+        |k: &str| j.dim(k),
+    );
     let n_embd = req("hidden_size")?;
     let n_head = req("num_attention_heads")?;
     let n_head_kv = c["num_key_value_heads"]

@@ -62,21 +62,24 @@ pub trait KvAccess: Sync {
     /// Stores the batch's keys and values of `layer` (`[n, kv_dim]` each, in span order).
     fn store(&mut self, layer: usize, spans: &[SeqSpan], k: &[f32], v: &[f32]);
 
-    /// Causal attention of the queries `q` (`[n, n_head · head_dim]`) into `att` (same
-    /// shape), after [`KvAccess::store`] of the same layer.
-    #[allow(clippy::too_many_arguments)]
-    fn attend(
-        &self,
-        shape: &AttnShape,
-        window: Option<usize>,
-        isa: Isa,
-        layer: usize,
-        spans: &[SeqSpan],
-        q: &[f32],
-        att: &mut [f32],
-        pool: &ThreadPool,
-        scores: &PerThread<Vec<f32>>,
-    );
+    /// Causal attention of `a`'s queries into `att` (`[n, n_head · head_dim]`), after
+    /// [`KvAccess::store`] of the same layer.
+    fn attend(&self, a: &Attend<'_>, att: &mut [f32]);
+}
+
+/// One layer's attention, everything but the cache and the output.
+pub struct Attend<'a> {
+    pub shape: &'a AttnShape,
+    /// The last positions each query sees, when the layer slides.
+    pub window: Option<usize>,
+    pub isa: Isa,
+    pub layer: usize,
+    pub spans: &'a [SeqSpan],
+    /// `[n, n_head · head_dim]`.
+    pub q: &'a [f32],
+    pub pool: &'a ThreadPool,
+    /// Per worker: the scores of a head group over the context.
+    pub scores: &'a PerThread<Vec<f32>>,
 }
 
 impl<C: KvTarget + Sync> KvAccess for C {
@@ -93,19 +96,8 @@ impl<C: KvTarget + Sync> KvAccess for C {
         }
     }
 
-    fn attend(
-        &self,
-        shape: &AttnShape,
-        window: Option<usize>,
-        isa: Isa,
-        layer: usize,
-        spans: &[SeqSpan],
-        q: &[f32],
-        att: &mut [f32],
-        pool: &ThreadPool,
-        scores: &PerThread<Vec<f32>>,
-    ) {
-        causal_attention(shape, window, isa, self, layer, spans, q, att, pool, scores);
+    fn attend(&self, a: &Attend<'_>, att: &mut [f32]) {
+        causal_attention(a, self, att);
     }
 }
 
@@ -120,20 +112,8 @@ impl KvAccess for PagedStoreBatch<'_> {
         self.typed_mut().store(layer, spans, k, v)
     }
 
-    fn attend(
-        &self,
-        shape: &AttnShape,
-        window: Option<usize>,
-        isa: Isa,
-        layer: usize,
-        spans: &[SeqSpan],
-        q: &[f32],
-        att: &mut [f32],
-        pool: &ThreadPool,
-        scores: &PerThread<Vec<f32>>,
-    ) {
-        self.typed()
-            .attend(shape, window, isa, layer, spans, q, att, pool, scores)
+    fn attend(&self, a: &Attend<'_>, att: &mut [f32]) {
+        self.typed().attend(a, att)
     }
 }
 
@@ -165,19 +145,17 @@ impl Typed for PagedStoreBatch<'_> {
 /// batch's keys and values): token i of span s, at position p, attends to positions 0..=p of
 /// its own sequence (the last `window` of them when the layer slides). Work is split across
 /// the pool's threads.
-#[allow(clippy::too_many_arguments)]
-fn causal_attention<C: KvTarget + Sync>(
-    a: &AttnShape,
-    window: Option<usize>,
-    isa: Isa,
-    cache: &C,
-    layer: usize,
-    spans: &[SeqSpan],
-    q: &[f32],
-    att: &mut [f32],
-    pool: &ThreadPool,
-    scores: &PerThread<Vec<f32>>,
-) {
+fn causal_attention<C: KvTarget + Sync>(call: &Attend<'_>, cache: &C, att: &mut [f32]) {
+    let Attend {
+        shape: a,
+        window,
+        isa,
+        layer,
+        spans,
+        q,
+        pool,
+        scores,
+    } = *call;
     let (hd, qd) = (a.head_dim, a.n_head * a.head_dim);
     let group = a.n_head / a.n_head_kv;
     let n: usize = spans.iter().map(|s| s.len).sum();

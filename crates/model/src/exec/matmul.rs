@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use half::f16;
 use tuili_core::pool::split;
 use tuili_core::{PerThread, ThreadPool};
-use tuili_kernels::act::{to_f16, Q8KRow, Q8Row};
+use tuili_kernels::act::{to_f16, Q8KRow, Q8Row, QuantRow};
 use tuili_kernels::act::{ActKind, ActRef};
 use tuili_kernels::cpu::Isa;
 use tuili_kernels::dot::dot_rows;
@@ -122,47 +122,45 @@ impl Activations {
                 self.f16_ready = true;
             }
             ActKind::Q8 if !self.q8_ready => {
-                if self.q8.len() < n {
-                    self.q8.resize_with(n, Q8Row::default);
-                }
-                let rows = PerRow(self.q8.as_mut_ptr());
-                // A few tokens are quantized faster than workers wake up.
-                let threads = if n < 8 { 1 } else { pool.n_threads() };
-                pool.run_with(threads, &|i, nt| {
-                    for t in split(n, i, nt, 1) {
-                        // SAFETY: token t belongs to this worker's range only.
-                        let row = unsafe { rows.get(t) };
-                        row.quantize_isa(isa, &x[t * cols..(t + 1) * cols]);
-                        // One token: the one-row VBMI Q4_0 kernel reads it regrouped.
-                        if n == 1 && isa >= Isa::Avx512Vbmi {
-                            row.regroup();
-                        }
-                    }
-                });
+                quantize_rows(isa, &mut self.q8, x, n, cols, pool);
                 self.q8_ready = true;
             }
             ActKind::Q8K if !self.q8k_ready => {
-                if self.q8k.len() < n {
-                    self.q8k.resize_with(n, Q8KRow::default);
-                }
-                let rows = PerRow(self.q8k.as_mut_ptr());
-                let threads = if n < 8 { 1 } else { pool.n_threads() };
-                pool.run_with(threads, &|i, nt| {
-                    for t in split(n, i, nt, 1) {
-                        // SAFETY: token t belongs to this worker's range only.
-                        let row = unsafe { rows.get(t) };
-                        row.quantize_isa(isa, &x[t * cols..(t + 1) * cols]);
-                        // One token: the one-row VBMI Q4_K kernel reads it regrouped.
-                        if n == 1 && isa >= Isa::Avx512Vbmi {
-                            row.regroup();
-                        }
-                    }
-                });
+                quantize_rows(isa, &mut self.q8k, x, n, cols, pool);
                 self.q8k_ready = true;
             }
             _ => {}
         }
     }
+}
+
+/// Quantizes the `n` token rows of `x` (`[n, cols]`) into `rows` (grown to `n`), split
+/// across the pool's threads from eight tokens (fewer are quantized faster than workers wake
+/// up). One token is also regrouped for the one-row VBMI kernels (Q4_0, Q4_K).
+fn quantize_rows<R: QuantRow>(
+    isa: Isa,
+    rows: &mut Vec<R>,
+    x: &[f32],
+    n: usize,
+    cols: usize,
+    pool: &ThreadPool,
+) {
+    if rows.len() < n {
+        rows.resize_with(n, R::default);
+    }
+    let per = PerRow(rows.as_mut_ptr());
+    let threads = if n < 8 { 1 } else { pool.n_threads() };
+    pool.run_with(threads, &|i, nt| {
+        for t in split(n, i, nt, 1) {
+            // SAFETY: token t belongs to this worker's range only (`split` partitions them),
+            // and t < n ≤ rows.len().
+            let row = unsafe { per.get(t) };
+            row.quantize(isa, &x[t * cols..(t + 1) * cols]);
+            if n == 1 && isa >= Isa::Avx512Vbmi {
+                row.regroup();
+            }
+        }
+    });
 }
 
 /// Raw access to a slice of rows for workers that each own distinct indices.

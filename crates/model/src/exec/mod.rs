@@ -42,7 +42,7 @@ use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::weights::Matrix;
 
-pub use attention::{AttnShape, KvAccess};
+pub use attention::{Attend, AttnShape, KvAccess};
 use matmul::{matmul, matmul_many, Activations, RowScratch};
 pub use parallel::threads_for;
 use parallel::SharedOut;
@@ -161,10 +161,17 @@ impl Step<'_> {
         att: &mut [f32],
     ) {
         self.kv.store(layer, self.spans, k, v);
-        let (pool, scores) = (self.pool, self.scores);
-        self.kv.attend(
-            &self.attn, window, self.isa, layer, self.spans, q, att, pool, scores,
-        );
+        let a = Attend {
+            shape: &self.attn,
+            window,
+            isa: self.isa,
+            layer,
+            spans: self.spans,
+            q,
+            pool: self.pool,
+            scores: self.scores,
+        };
+        self.kv.attend(&a, att);
     }
 
     /// Runs `f(t, rows)` for every token t of the batch, `rows` being token t's rows of
