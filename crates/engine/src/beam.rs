@@ -155,66 +155,142 @@ pub fn beam_search<B: BeamBackend>(
     max_new: usize,
     n_return: usize,
 ) -> Result<Vec<Hypothesis>, B::Error> {
-    let nb = params.num_beams;
-    let nv = first.len();
-    let mut fin = Finished {
-        num_beams: nb,
-        length_penalty: params.length_penalty as f64,
-        early_stopping: params.early_stopping,
-        max_new,
-        hyps: Vec::new(),
-        worst: 1e9,
-    };
+    let mut search = BeamSearch::new(prompt, eos, params, proc, max_new, first.len());
     // [nb, nv]: the logits of every beam; at the start all beams are the prompt.
-    let mut logits: Vec<f32> = first.repeat(nb);
-    let mut beam_scores: Vec<f32> = (0..nb).map(|b| if b == 0 { 0.0 } else { -1e9 }).collect();
-    let mut beams: Vec<Vec<u32>> = vec![Vec::new(); nb];
-    let mut scores = vec![0f32; nb * nv];
-    let mut counts = vec![0u32; nv];
-    let mut history: Vec<u32> = Vec::with_capacity(prompt.len() + max_new);
-    let n_keep = (2usize.max(1 + eos.len()) * nb).min(nb * nv);
-    let mut done = false;
-    for step in 0..max_new {
+    let mut logits: Vec<f32> = first.repeat(params.num_beams);
+    while let Advance::Continue { parents, tokens } = search.advance(&logits) {
+        backend.step(&parents, &tokens, &mut logits)?;
+    }
+    Ok(search.finish(n_return))
+}
+
+/// What a step of [`BeamSearch`] asks for next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Advance {
+    /// Beam `i` of the next step continues beam `parents[i]` of this one and appends
+    /// `tokens[i]`; the next call of [`BeamSearch::advance`] wants their logits.
+    Continue {
+        parents: Vec<usize>,
+        tokens: Vec<u32>,
+    },
+    /// The search is over: [`BeamSearch::finish`] has the hypotheses.
+    Done,
+}
+
+/// A beam search one step at a time, for a driver that owns the loop (the serving loop,
+/// whose beams are sequences of the paged pool) or the one above ([`beam_search`]).
+pub struct BeamSearch {
+    nb: usize,
+    nv: usize,
+    prompt: Vec<u32>,
+    eos: Vec<u32>,
+    proc: SamplingParams,
+    max_new: usize,
+    fin: Finished,
+    beam_scores: Vec<f32>,
+    beams: Vec<Vec<u32>>,
+    /// `[nb, nv]`: this step's candidate scores.
+    scores: Vec<f32>,
+    counts: Vec<u32>,
+    history: Vec<u32>,
+    n_keep: usize,
+    done: bool,
+    step: usize,
+}
+
+impl BeamSearch {
+    /// A search of `params.num_beams` beams after `prompt`, over a vocabulary of `nv`, for at
+    /// most `max_new` (≥ 1) tokens.
+    pub fn new(
+        prompt: &[u32],
+        eos: &[u32],
+        params: &BeamParams,
+        proc: &SamplingParams,
+        max_new: usize,
+        nv: usize,
+    ) -> BeamSearch {
+        let nb = params.num_beams;
+        BeamSearch {
+            nb,
+            nv,
+            prompt: prompt.to_vec(),
+            eos: eos.to_vec(),
+            proc: proc.clone(),
+            max_new,
+            fin: Finished {
+                num_beams: nb,
+                length_penalty: params.length_penalty as f64,
+                early_stopping: params.early_stopping,
+                max_new,
+                hyps: Vec::new(),
+                worst: 1e9,
+            },
+            // At the start all beams are the prompt: only the first is expanded.
+            beam_scores: (0..nb).map(|b| if b == 0 { 0.0 } else { -1e9 }).collect(),
+            beams: vec![Vec::new(); nb],
+            scores: vec![0f32; nb * nv],
+            counts: vec![0u32; nv],
+            history: Vec::with_capacity(prompt.len() + max_new),
+            n_keep: (2usize.max(1 + eos.len()) * nb).min(nb * nv),
+            done: false,
+            step: 0,
+        }
+    }
+
+    /// Beams in the search.
+    pub fn num_beams(&self) -> usize {
+        self.nb
+    }
+
+    /// One step from every beam's next-token logits (`[num_beams, n_vocab]`; at the first
+    /// step, the prompt's repeated).
+    pub fn advance(&mut self, logits: &[f32]) -> Advance {
+        let (nb, nv) = (self.nb, self.nv);
+        if self.done || self.step >= self.max_new {
+            return Advance::Done;
+        }
+        let proc = &self.proc;
         for b in 0..nb {
-            let row = &mut scores[b * nv..(b + 1) * nv];
+            let row = &mut self.scores[b * nv..(b + 1) * nv];
             row.copy_from_slice(&logits[b * nv..(b + 1) * nv]);
             log_softmax_inplace(row);
-            history.clear();
-            history.extend_from_slice(prompt);
-            history.extend_from_slice(&beams[b]);
+            self.history.clear();
+            self.history.extend_from_slice(&self.prompt);
+            self.history.extend_from_slice(&self.beams[b]);
             apply_logit_bias(row, &proc.logit_bias);
             if proc.penalty_last_n != 0 {
                 apply_penalties(
                     row,
-                    proc.penalty_window(&history),
+                    proc.penalty_window(&self.history),
                     proc.repetition_penalty,
                     proc.presence_penalty,
                     proc.frequency_penalty,
-                    &mut counts,
+                    &mut self.counts,
                 );
             }
-            ban_repeated_ngrams(row, &history, proc.no_repeat_ngram_size);
+            ban_repeated_ngrams(row, &self.history, proc.no_repeat_ngram_size);
             for s in row.iter_mut() {
-                *s += beam_scores[b];
+                *s += self.beam_scores[b];
             }
         }
         // The best n_keep candidates over all beams, best first (ties: lower flat index).
-        let mut top: Vec<(f32, usize)> = scores.iter().copied().zip(0..).collect();
+        let mut top: Vec<(f32, usize)> = self.scores.iter().copied().zip(0..).collect();
         let by = |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-        if n_keep < top.len() {
-            top.select_nth_unstable_by(n_keep - 1, by);
-            top.truncate(n_keep);
+        if self.n_keep < top.len() {
+            top.select_nth_unstable_by(self.n_keep - 1, by);
+            top.truncate(self.n_keep);
         }
         top.sort_unstable_by(by);
-        let generated_len = step + 1;
+        let generated_len = self.step + 1;
         let mut next: Vec<(f32, u32, usize)> = Vec::with_capacity(nb);
         for (rank, &(score, flat)) in top.iter().enumerate() {
             let (b, t) = (flat / nv, (flat % nv) as u32);
-            if eos.contains(&t) {
+            if self.eos.contains(&t) {
                 if rank >= nb {
                     continue;
                 }
-                fin.add(beams[b].clone(), score as f64, generated_len, true);
+                let toks = self.beams[b].clone();
+                self.fin.add(toks, score as f64, generated_len, true);
             } else {
                 next.push((score, t, b));
                 if next.len() == nb {
@@ -228,33 +304,39 @@ pub fn beam_search<B: BeamBackend>(
             let last = *next.last().unwrap_or(&(f32::NEG_INFINITY, 0, 0));
             next.push(last);
         }
-        done = done || fin.is_done(top[0].0 as f64, generated_len);
+        self.done = self.done || self.fin.is_done(top[0].0 as f64, generated_len);
         let parents: Vec<usize> = next.iter().map(|n| n.2).collect();
         let tokens: Vec<u32> = next.iter().map(|n| n.1).collect();
-        beams = next
+        self.beams = next
             .iter()
             .map(|&(_, t, b)| {
-                let mut s = beams[b].clone();
+                let mut s = self.beams[b].clone();
                 s.push(t);
                 s
             })
             .collect();
-        beam_scores = next.iter().map(|n| n.0).collect();
-        if done || step + 1 == max_new {
-            break;
+        self.beam_scores = next.iter().map(|n| n.0).collect();
+        self.step += 1;
+        if self.done || self.step == self.max_new {
+            return Advance::Done;
         }
-        backend.step(&parents, &tokens, &mut logits)?;
+        Advance::Continue { parents, tokens }
     }
-    if !done {
-        for (b, toks) in beams.into_iter().enumerate() {
-            let len = toks.len();
-            fin.add(toks, beam_scores[b] as f64, len, false);
+
+    /// The best `n_return` hypotheses, best first; beams still open at the length limit join
+    /// the finished ones.
+    pub fn finish(mut self, n_return: usize) -> Vec<Hypothesis> {
+        if !self.done {
+            for (b, toks) in std::mem::take(&mut self.beams).into_iter().enumerate() {
+                let len = toks.len();
+                self.fin.add(toks, self.beam_scores[b] as f64, len, false);
+            }
         }
+        let mut hyps = self.fin.hyps;
+        hyps.sort_by(|a, b| b.score.total_cmp(&a.score));
+        hyps.truncate(n_return);
+        hyps
     }
-    let mut hyps = fin.hyps;
-    hyps.sort_by(|a, b| b.score.total_cmp(&a.score));
-    hyps.truncate(n_return);
-    Ok(hyps)
 }
 
 #[cfg(test)]

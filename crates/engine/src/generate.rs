@@ -9,7 +9,7 @@ use std::time::Instant;
 use tuili_kv::KvCache;
 use tuili_model::{Logits, Scratch};
 
-use crate::beam::{self, BeamBackend, BeamParams};
+use crate::beam::{self, BeamBackend, BeamParams, Hypothesis};
 use crate::decoder::Decoder;
 use crate::engine::Engine;
 use crate::error::EngineError;
@@ -99,6 +99,63 @@ impl Engine {
             gen_time: t1.elapsed(),
             decode_steps: run.decode_steps,
         })
+    }
+}
+
+impl Engine {
+    /// The longest a beam search of `req` after `prompt` may run: `max_tokens`, or what the
+    /// context leaves (the last step's tokens need no slot).
+    pub(crate) fn beam_max_new(&self, prompt: &[u32], req: &GenerateRequest) -> usize {
+        req.max_tokens
+            .min(self.n_ctx + 1 - prompt.len().min(self.n_ctx))
+    }
+
+    /// Completion `index` of a beam search: the hypothesis' text (stop strings cut it: they
+    /// do not steer the search), why it ended and its score.
+    pub(crate) fn beam_completion(
+        &self,
+        prompt: &[u32],
+        req: &GenerateRequest,
+        index: usize,
+        h: Hypothesis,
+    ) -> Result<Completion, EngineError> {
+        let mut stream = self.tokenizer.stream(prompt)?;
+        let mut raw = String::new();
+        for &t in &h.tokens {
+            raw.push_str(&stream.step(t)?.unwrap_or_default());
+        }
+        raw.push_str(&stream.flush()?.unwrap_or_default());
+        let mut stops = StopMatcher::new(&req.stop);
+        let (text, stop) = match stops.push(&raw) {
+            Matched::Stop { index, emit } => (emit, StopReason::StopString(index)),
+            Matched::Emit(t) => (
+                t + &stops.flush(),
+                if h.finished {
+                    StopReason::Eos
+                } else if h.tokens.len() >= req.max_tokens {
+                    StopReason::MaxTokens
+                } else {
+                    StopReason::ContextFull
+                },
+            ),
+        };
+        Ok(Completion {
+            index,
+            tokens: h.tokens,
+            text,
+            stop,
+            logprobs: Vec::new(),
+            beam_score: Some(h.score),
+        })
+    }
+
+    /// The end-of-sequence ids a beam search of `req` ends hypotheses at.
+    pub(crate) fn beam_eos(&self, req: &GenerateRequest) -> Vec<u32> {
+        if req.ignore_eos {
+            Vec::new()
+        } else {
+            self.tokenizer.eog_ids().to_vec()
+        }
     }
 }
 
@@ -310,7 +367,7 @@ impl Run<'_> {
         on_token: &mut dyn FnMut(&TokenEvent) -> ControlFlow<()>,
     ) -> Result<Vec<Completion>, EngineError> {
         let (e, req) = (self.engine, self.req);
-        let max_new = req.max_tokens.min(e.n_ctx - self.prompt.len() + 1);
+        let max_new = e.beam_max_new(self.prompt, req);
         if max_new == 0 {
             return Ok(vec![Completion {
                 index: 0,
@@ -321,11 +378,7 @@ impl Run<'_> {
                 beam_score: None,
             }]);
         }
-        let eos: Vec<u32> = if req.ignore_eos {
-            Vec::new()
-        } else {
-            e.tokenizer.eog_ids().to_vec()
-        };
+        let eos = e.beam_eos(req);
         let mut backend = KvBeams {
             engine: e,
             caches: (0..bp.num_beams)
@@ -348,43 +401,15 @@ impl Run<'_> {
         self.decode_steps += backend.steps;
         let mut out = Vec::with_capacity(hyps.len());
         for (index, h) in hyps.into_iter().enumerate() {
-            let mut stream = e.tokenizer.stream(self.prompt)?;
-            let mut raw = String::new();
-            for &t in &h.tokens {
-                raw.push_str(&stream.step(t)?.unwrap_or_default());
-            }
-            raw.push_str(&stream.flush()?.unwrap_or_default());
-            // Stop strings cut the finished text (they do not steer the search).
-            let mut stops = StopMatcher::new(&req.stop);
-            let (text, stop) = match stops.push(&raw) {
-                Matched::Stop { index, emit } => (emit, StopReason::StopString(index)),
-                Matched::Emit(t) => (
-                    t + &stops.flush(),
-                    if h.finished {
-                        StopReason::Eos
-                    } else if h.tokens.len() >= req.max_tokens {
-                        StopReason::MaxTokens
-                    } else {
-                        StopReason::ContextFull
-                    },
-                ),
-            };
-            let logprobs = Vec::new();
+            let c = e.beam_completion(self.prompt, req, index, h)?;
             let _ = on_token(&TokenEvent {
                 index,
                 token: None,
-                text: &text,
+                text: &c.text,
                 logprobs: None,
                 explain: None,
             });
-            out.push(Completion {
-                index,
-                tokens: h.tokens,
-                text,
-                stop,
-                logprobs,
-                beam_score: Some(h.score),
-            });
+            out.push(c);
         }
         Ok(out)
     }

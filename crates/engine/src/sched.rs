@@ -234,23 +234,28 @@ impl Scheduler {
         self.seqs.keys().copied()
     }
 
-    fn preempt(&mut self, id: SeqId, plan: &mut Plan) {
+    /// Frees a running sequence's blocks and puts it back in the queue, to be recomputed:
+    /// ahead of younger waiting sequences, or (`last`) behind every one.
+    fn preempt_to(&mut self, id: SeqId, plan: &mut Plan, last: bool) {
         if let Some(s) = self.seqs.get_mut(&id) {
             self.alloc.free(&mut s.table);
             s.computed = 0;
             s.running = false;
         }
         self.running.retain(|&r| r != id);
-        // Back to the queue, ahead of younger waiting sequences.
         let order = self.seqs.get(&id).map_or(0, |s| s.order);
         let at = self
             .waiting
             .iter()
-            .position(|w| self.seqs.get(w).is_some_and(|s| s.order > order))
+            .position(|w| !last && self.seqs.get(w).is_some_and(|s| s.order > order))
             .unwrap_or(self.waiting.len());
         self.waiting.insert(at, id);
         self.n_preempted += 1;
         plan.preempted.push(id);
+    }
+
+    fn preempt(&mut self, id: SeqId, plan: &mut Plan) {
+        self.preempt_to(id, plan, false);
     }
 
     /// Gives sequence `id` blocks for `n` more positions from `computed` (copying shared
@@ -362,6 +367,21 @@ impl Scheduler {
                 .position(|r| self.seqs.get(r).is_some_and(|x| x.order > order))
                 .unwrap_or(self.running.len());
             self.running.insert(at, id);
+        }
+        // A running sequence with nothing to compute (a beam of a search waiting for its
+        // other beams' logits) still holds its blocks. When nothing could run this step and
+        // the queue's head does not fit, the newest such sequence gives way: preempted, to be
+        // recomputed, behind the whole queue (ahead of it, it would be readmitted first and
+        // the head would wait for ever).
+        if plan.items.is_empty() && !self.waiting.is_empty() {
+            let idle = self.running.iter().rev().copied().find(|r| {
+                self.seqs
+                    .get(r)
+                    .is_some_and(|s| s.computed == s.tokens.len())
+            });
+            if let Some(v) = idle {
+                self.preempt_to(v, &mut plan, true);
+            }
         }
         plan
     }
@@ -540,6 +560,31 @@ mod tests {
             sample: true
         }));
         assert_eq!(s.table(2).unwrap()[..2], s.table(1).unwrap()[..2]);
+    }
+
+    /// Sequences that hold blocks with nothing to compute (beams waiting for the rest of
+    /// their search) give way, newest first, when nothing else can run and the queue's head
+    /// does not fit.
+    #[test]
+    fn idle_sequences_give_way_to_a_stuck_queue() {
+        let mut s = sched(4, 4, 64, 8);
+        s.add(1, vec![1; 8], 8).unwrap();
+        s.add(2, vec![2; 8], 8).unwrap();
+        let p = s.schedule();
+        s.commit(&p);
+        assert_eq!(s.allocator().n_available(), 0);
+        // Both computed and idle; a third waits for blocks.
+        s.add(3, vec![3; 8], 8).unwrap();
+        let p = s.schedule();
+        assert!(p.items.is_empty());
+        assert_eq!(p.preempted, vec![2]);
+        // The head gets in; the one that gave way waits behind it (not readmitted first,
+        // which would only make it idle again).
+        let p = s.schedule();
+        assert_eq!(p.items.len(), 1);
+        assert_eq!(p.items[0].id, 3);
+        assert!(p.preempted.is_empty());
+        assert_eq!(s.n_waiting(), 1);
     }
 
     #[test]

@@ -48,6 +48,8 @@ struct Outcome {
     tokens: HashMap<usize, Vec<u32>>,
     text: HashMap<usize, String>,
     stop: HashMap<usize, StopReason>,
+    /// Beam search: each completion's score.
+    scores: HashMap<usize, f64>,
     finished: bool,
 }
 
@@ -81,8 +83,16 @@ fn collect(rx: mpsc::Receiver<Event>) -> Outcome {
                 o.text.entry(index).or_default().push_str(&text);
             }
             Event::Text { index, text } => o.text.entry(index).or_default().push_str(&text),
-            Event::Done { index, reason, .. } => {
+            Event::Done {
+                index,
+                reason,
+                beam_score,
+                ..
+            } => {
                 o.stop.insert(index, reason);
+                if let Some(b) = beam_score {
+                    o.scores.insert(index, b);
+                }
             }
             Event::Finished { .. } => {
                 o.finished = true;
@@ -255,5 +265,92 @@ fn cancel_and_refusals() {
     eventually(|| m.requests_cancelled.load(Ordering::Relaxed) == 2);
     eventually(|| m.kv_blocks_used.load(Ordering::Relaxed) == 0);
     assert_eq!(m.requests_finished.load(Ordering::Relaxed), 0);
+    server.shutdown();
+}
+
+/// Beam searches run in the serving loop's paged pool, beside sampled requests, through a
+/// pool so short that sequences are preempted (beams waiting for their search's other beams
+/// among them): each returns the beams the one-request engine finds (same text and stop;
+/// scores to rounding), the beams' blocks are counted while they run and all free at the end.
+#[test]
+fn beam_search_in_the_paged_pool() {
+    use tuili_engine::{BeamParams, EarlyStopping};
+    let e = engine(96);
+    let server = ServeLoop::start(
+        e.clone(),
+        ServeConfig {
+            kv_memory: pool_bytes(&e, 2 * 96),
+            block_size: 16,
+            kv_type: KvType::F32,
+            sched: SchedConfig {
+                max_batch_tokens: 48,
+                max_seqs: 16,
+                max_queue: 64,
+            },
+        },
+    )
+    .unwrap();
+    let mut reqs = Vec::new();
+    for (i, p) in PROMPTS.iter().enumerate() {
+        let mut r = GenerateRequest::new(*p, 24 + 4 * i, SamplingParams::greedy());
+        if i % 2 == 0 {
+            r.beam = Some(BeamParams {
+                num_beams: 2 + i % 3,
+                length_penalty: [1.0, 0.0, -0.5][i % 3],
+                early_stopping: [
+                    EarlyStopping::False,
+                    EarlyStopping::True,
+                    EarlyStopping::Never,
+                ][i % 3],
+            });
+            r.n = 2;
+            if i == 4 {
+                r.stop = vec![".".into()];
+            }
+        }
+        reqs.push(r);
+    }
+    let rxs: Vec<_> = reqs.iter().map(|r| submit(&server, r.clone()).0).collect();
+    let m = server.metrics();
+    let mut saw_beam_blocks = false;
+    let outs: Vec<Outcome> = rxs
+        .into_iter()
+        .map(|rx| {
+            saw_beam_blocks |= m.beam_jobs.load(Ordering::Relaxed) > 0
+                && m.kv_blocks_used.load(Ordering::Relaxed) > 0;
+            collect(rx)
+        })
+        .collect();
+    for (r, o) in reqs.iter().zip(&outs) {
+        assert!(o.accepted && o.finished, "{o:?}");
+        let st = e.generate(r, &mut |_| ControlFlow::Continue(())).unwrap();
+        assert_eq!(st.completions.len(), r.n);
+        for c in &st.completions {
+            let i = c.index;
+            assert_eq!(o.text.get(&i).cloned().unwrap_or_default(), c.text, "{r:?}");
+            assert_eq!(o.stop[&i], c.stop, "{r:?}");
+            if let Some(want) = c.beam_score {
+                let got = o.scores[&i];
+                assert!(
+                    (got - want).abs() <= 1e-3 * want.abs().max(1.0),
+                    "{got} vs {want}"
+                );
+            }
+        }
+    }
+    assert!(
+        saw_beam_blocks,
+        "beam searches hold blocks of the pool while they run"
+    );
+    eventually(|| m.kv_blocks_used.load(Ordering::Relaxed) == 0);
+    eventually(|| m.beam_jobs.load(Ordering::Relaxed) == 0);
+    assert!(
+        m.preemptions.load(Ordering::Relaxed) > 0,
+        "the pool was meant to be short"
+    );
+    assert_eq!(
+        m.requests_finished.load(Ordering::Relaxed),
+        reqs.len() as u64
+    );
     server.shutdown();
 }

@@ -1,9 +1,11 @@
 //! `tuili-kernels`: pure functions over slices.
 //!
-//! Owns: the byte layout of every GGML quant block ([`blocks`]), dequantization to f32 and the
-//! reference quantizers ([`dequant`], [`quant`]), activation quantization ([`act`]), the dot
-//! products ([`dot`]) and matrix kernels ([`gemm`]) with their run-time instruction-set choice
-//! ([`cpu`]), and the float operations of a Transformer layer ([`ops`]).
+//! Owns: the byte layout of every GGML quant block ([`blocks`]), the table of what tuili does
+//! with each weight type ([`types`]: the one place that decides per type), dequantization to
+//! f32 and the reference quantizers ([`dequant`], [`quant`]), activation quantization ([`act`]),
+//! the dot products ([`dot`]) and matrix kernels ([`gemm`]) with their run-time
+//! instruction-set choice ([`cpu`]), attention over cached rows ([`attn`]), and the float
+//! operations of a Transformer layer ([`ops`]).
 //!
 //! May not: allocate (a few grow-only activation buffers aside, owned by the caller's
 //! structures), do I/O, or start threads — callers hand in every buffer, and parallelism belongs

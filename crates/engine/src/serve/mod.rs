@@ -7,17 +7,16 @@
 //! token of every decoding sequence and chunks of prompts, every weight read once for all.
 //!
 //! `n > 1` completions prefill the prompt once and fork its blocks (copy-on-write) when the
-//! prompt's logits are ready. Beam-search requests run the one-request beam driver on a
-//! thread of their own (at most [`MAX_BEAM_JOBS`] at once), sharing the thread pool.
+//! prompt's logits are ready. A beam-search request's beams are sequences of the same pool:
+//! the prompt's forked at the first step, each beam forked again where two continue the same
+//! one, so their blocks are counted, preempted and refused like any other request's.
 
-mod beam_job;
 mod config;
 mod events;
 mod handle;
 mod metrics;
 mod runner;
 
-pub use beam_job::MAX_BEAM_JOBS;
 pub use config::ServeConfig;
 pub use events::{Event, Rejection, Sink, Submission};
 pub use handle::ServeLoop;

@@ -12,12 +12,12 @@ use std::time::Instant;
 use tuili_kv::PagedStore;
 use tuili_model::{OutRows, Scratch, SeqSpan};
 
+use crate::beam::{Advance, BeamSearch};
 use crate::decoder::Decoder;
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::request::{GenerateRequest, StopReason};
 use crate::sched::{Plan, SchedError, Scheduler, SeqId};
-use crate::serve::beam_job;
 use crate::serve::events::{Event, Msg, Rejection, Sink, Submission};
 use crate::serve::metrics::Metrics;
 
@@ -38,6 +38,20 @@ struct Req {
     last_token: Vec<Option<Instant>>,
     /// The sink said nobody listens.
     gone: bool,
+    /// A beam search: its state and sequences (sampling requests: `None`).
+    beam: Option<Box<Beams>>,
+}
+
+/// A beam-search request in the loop: every beam is a sequence of the paged pool (the first
+/// step forks the prompt's, copy-on-write), so its blocks are counted, preempted and freed as
+/// any request's. The search advances once every beam's logits of the step are in.
+struct Beams {
+    search: BeamSearch,
+    /// Each beam's sequence (before the first step: the prompt's, for every beam).
+    seqs: Vec<SeqId>,
+    /// `[num_beams, n_vocab]`: this step's logits of each beam, and which have arrived.
+    logits: Vec<f32>,
+    have: Vec<bool>,
 }
 
 struct Live<'t> {
@@ -47,15 +61,15 @@ struct Live<'t> {
 
 /// The loop's state, borrowing the engine for the thread's lifetime.
 pub(crate) struct Loop<'e> {
-    /// The engine, and a handle to it for beam-search threads.
     e: &'e Engine,
-    arc: &'e Arc<Engine>,
     sched: Scheduler,
     store: PagedStore,
     metrics: Arc<Metrics>,
     scratch: Scratch,
     reqs: HashMap<u64, Req>,
     live: HashMap<SeqId, Live<'e>>,
+    /// The sequences of beam searches, and their requests.
+    beam_seqs: HashMap<SeqId, u64>,
     next_req: u64,
     next_seq: SeqId,
     // Batch assembly buffers, reused every step.
@@ -68,20 +82,20 @@ pub(crate) struct Loop<'e> {
 
 impl<'e> Loop<'e> {
     pub(crate) fn new(
-        arc: &'e Arc<Engine>,
+        e: &'e Engine,
         sched: Scheduler,
         store: PagedStore,
         metrics: Arc<Metrics>,
     ) -> Self {
         Loop {
-            e: arc,
-            arc,
+            e,
             sched,
             store,
             metrics,
             scratch: Scratch::new(),
             reqs: HashMap::new(),
             live: HashMap::new(),
+            beam_seqs: HashMap::new(),
             next_req: 0,
             next_seq: 0,
             tokens: Vec::new(),
@@ -138,53 +152,78 @@ impl<'e> Loop<'e> {
     }
 
     fn admit(&mut self, mut s: Submission, arrived: Instant) {
-        let m = &self.metrics;
-        if s.req.beam.is_some() {
-            beam_job::spawn(self.arc, &self.metrics, s, arrived);
-            return;
-        }
+        let m = self.metrics.clone();
+        let reject = |mut s: Submission, r: Rejection| {
+            m.requests_rejected.fetch_add(1, Ordering::Relaxed);
+            (s.sink)(Event::Rejected(r));
+        };
         let id = self.next_req;
         self.next_req += 1;
         let seq = self.next_seq;
         self.next_seq += 1;
-        let max_len = (s.prompt.len() + s.req.max_tokens).min(self.e.n_ctx());
+        let n_ctx = self.e.n_ctx();
+        let nv = self.e.model.config().n_vocab;
+        // Positions the request's sequences may reach; a beam search's last step needs none.
+        let (max_len, beam_max_new) = match &s.req.beam {
+            None => ((s.prompt.len() + s.req.max_tokens).min(n_ctx), 0),
+            Some(_) => {
+                let max_new = self.e.beam_max_new(&s.prompt, &s.req);
+                if max_new == 0 {
+                    self.answer_empty(s);
+                    return;
+                }
+                (s.prompt.len() + max_new - 1, max_new)
+            }
+        };
         if let Err(err) = self.sched.add(seq, s.prompt.clone(), max_len) {
-            m.requests_rejected.fetch_add(1, Ordering::Relaxed);
             let r = match err {
                 SchedError::QueueFull(_) => Rejection::Busy(err.to_string()),
                 _ => Rejection::Invalid(err.to_string()),
             };
-            (s.sink)(Event::Rejected(r));
+            reject(s, r);
             return;
         }
-        let dec = match Decoder::new(
-            &self.e.tokenizer,
-            &s.req,
-            &s.prompt,
-            self.e.model.config().n_vocab,
-            0,
-            max_len,
-        ) {
-            Ok(d) => d,
-            Err(err) => {
-                self.sched.remove(seq);
-                m.requests_rejected.fetch_add(1, Ordering::Relaxed);
-                (s.sink)(Event::Rejected(Rejection::Invalid(err.to_string())));
-                return;
+        let n = s.req.n.max(1);
+        let mut seqs = vec![None; n];
+        let beam = match &s.req.beam {
+            Some(bp) => {
+                let eos = self.e.beam_eos(&s.req);
+                let search =
+                    BeamSearch::new(&s.prompt, &eos, bp, &s.req.sampling, beam_max_new, nv);
+                let nb = search.num_beams();
+                self.beam_seqs.insert(seq, id);
+                m.beam_jobs.fetch_add(1, Ordering::Relaxed);
+                Some(Box::new(Beams {
+                    search,
+                    seqs: vec![seq; nb],
+                    logits: vec![0.0; nb * nv],
+                    have: vec![false; nb],
+                }))
+            }
+            None => {
+                let dec = Decoder::new(&self.e.tokenizer, &s.req, &s.prompt, nv, 0, max_len);
+                match dec {
+                    Ok(dec) => {
+                        self.live.insert(seq, Live { req: id, dec });
+                        seqs[0] = Some(seq);
+                    }
+                    Err(err) => {
+                        self.sched.remove(seq);
+                        reject(s, Rejection::Invalid(err.to_string()));
+                        return;
+                    }
+                }
+                None
             }
         };
         m.requests_accepted.fetch_add(1, Ordering::Relaxed);
         m.prompt_tokens
             .fetch_add(s.prompt.len() as u64, Ordering::Relaxed);
         let gone = !(s.sink)(Event::Accepted);
-        let n = s.req.n.max(1);
-        let mut seqs = vec![None; n];
-        seqs[0] = Some(seq);
-        self.live.insert(seq, Live { req: id, dec });
         self.reqs.insert(
             id,
             Req {
-                forked: n == 1,
+                forked: n == 1 || beam.is_some(),
                 req: s.req,
                 prompt: s.prompt,
                 sink: s.sink,
@@ -195,8 +234,28 @@ impl<'e> Loop<'e> {
                 first_token: None,
                 last_token: vec![None; n],
                 gone,
+                beam,
             },
         );
+    }
+
+    /// A beam search with no room for a token: one empty completion, at once.
+    fn answer_empty(&mut self, mut s: Submission) {
+        let m = &self.metrics;
+        m.requests_accepted.fetch_add(1, Ordering::Relaxed);
+        if (s.sink)(Event::Accepted) {
+            (s.sink)(Event::Done {
+                index: 0,
+                reason: StopReason::MaxTokens,
+                tokens: 0,
+                beam_score: None,
+            });
+            m.requests_finished.fetch_add(1, Ordering::Relaxed);
+            (s.sink)(Event::Finished {
+                prompt_tokens: s.prompt.len(),
+                completion_tokens: 0,
+            });
+        }
     }
 
     fn reap_cancelled(&mut self) {
@@ -221,7 +280,19 @@ impl<'e> Loop<'e> {
             self.sched.remove(*s);
             self.live.remove(s);
         }
+        if let Some(b) = &r.beam {
+            for s in &b.seqs {
+                self.sched.remove(*s);
+                self.beam_seqs.remove(s);
+            }
+            self.metrics.beam_jobs.fetch_sub(1, Ordering::Relaxed);
+        }
         Some(r)
+    }
+
+    /// The request a sequence belongs to.
+    fn req_of(&self, sid: SeqId) -> Option<u64> {
+        (self.live.get(&sid).map(|l| l.req)).or_else(|| self.beam_seqs.get(&sid).copied())
     }
 
     fn fail_all(&mut self, why: &str) {
@@ -270,7 +341,7 @@ impl<'e> Loop<'e> {
             // A sequence whose sampling fails (non-finite logits, say) fails its own request
             // only.
             if let Err(err) = self.sampled(it.id, &logits[j * nv..(j + 1) * nv]) {
-                if let Some(rid) = self.live.get(&it.id).map(|l| l.req) {
+                if let Some(rid) = self.req_of(it.id) {
                     if let Some(mut r) = self.drop_req(rid) {
                         (r.sink)(Event::Failed(err.to_string()));
                     }
@@ -311,6 +382,9 @@ impl<'e> Loop<'e> {
     /// Sequence `sid`'s logits are ready: fork the other completions first if this is the
     /// end of the prompt, then sample.
     fn sampled(&mut self, sid: SeqId, logits: &[f32]) -> Result<(), EngineError> {
+        if let Some(&rid) = self.beam_seqs.get(&sid) {
+            return self.beam_logits(rid, sid, logits);
+        }
         let Some(rid) = self.live.get(&sid).map(|l| l.req) else {
             return Ok(());
         };
@@ -423,6 +497,121 @@ impl<'e> Loop<'e> {
             self.reqs.remove(&rid);
         }
         Ok(())
+    }
+
+    /// A beam sequence's logits are ready: kept for every beam it is; once each beam's are
+    /// in, the search advances.
+    fn beam_logits(&mut self, rid: u64, sid: SeqId, logits: &[f32]) -> Result<(), EngineError> {
+        let Some(b) = self.reqs.get_mut(&rid).and_then(|r| r.beam.as_mut()) else {
+            return Ok(());
+        };
+        let nv = logits.len();
+        for (i, &s) in b.seqs.iter().enumerate() {
+            // A beam recomputed after preemption delivers its logits again: the first stand.
+            if s == sid && !b.have[i] {
+                b.logits[i * nv..(i + 1) * nv].copy_from_slice(logits);
+                b.have[i] = true;
+            }
+        }
+        if !b.have.iter().all(|&h| h) {
+            return Ok(());
+        }
+        b.have.iter_mut().for_each(|h| *h = false);
+        match b.search.advance(&b.logits) {
+            Advance::Continue { parents, tokens } => self.next_beams(rid, &parents, &tokens),
+            Advance::Done => {
+                self.finish_beams(rid);
+                Ok(())
+            }
+        }
+    }
+
+    /// Beam i of the next step continues beam `parents[i]`'s sequence with `tokens[i]`: the
+    /// first child of a sequence takes it over, any other forks it (sharing its blocks,
+    /// copy-on-write); sequences no beam continues are freed.
+    fn next_beams(
+        &mut self,
+        rid: u64,
+        parents: &[usize],
+        tokens: &[u32],
+    ) -> Result<(), EngineError> {
+        let Some(b) = self.reqs.get_mut(&rid).and_then(|r| r.beam.as_mut()) else {
+            return Ok(());
+        };
+        let old = std::mem::take(&mut b.seqs);
+        let mut taken: Vec<SeqId> = Vec::with_capacity(parents.len());
+        let mut new = Vec::with_capacity(parents.len());
+        // Forks first, from the parents as they are; then every beam's token.
+        for &p in parents {
+            let ps = old[p];
+            if taken.contains(&ps) {
+                let child = self.next_seq;
+                self.next_seq += 1;
+                self.sched
+                    .fork(ps, child)
+                    .map_err(|_| EngineError::Internal("fork of a live beam"))?;
+                self.beam_seqs.insert(child, rid);
+                new.push(child);
+            } else {
+                taken.push(ps);
+                new.push(ps);
+            }
+        }
+        for (&s, &t) in new.iter().zip(tokens) {
+            self.sched
+                .append(s, t)
+                .map_err(|_| EngineError::Internal("append to a live beam"))?;
+        }
+        for s in old {
+            if !new.contains(&s) {
+                self.sched.remove(s);
+                self.beam_seqs.remove(&s);
+            }
+        }
+        b.seqs = new;
+        Ok(())
+    }
+
+    /// The search is over: its best hypotheses go out as the request's completions.
+    fn finish_beams(&mut self, rid: u64) {
+        let Some(mut r) = self.drop_req(rid) else {
+            return;
+        };
+        let Some(b) = r.beam.take() else {
+            return;
+        };
+        let mut total = 0;
+        for (index, h) in b.search.finish(r.req.n).into_iter().enumerate() {
+            match self.e.beam_completion(&r.prompt, &r.req, index, h) {
+                Ok(c) => {
+                    total += c.tokens.len();
+                    if !c.text.is_empty() {
+                        (r.sink)(Event::Text {
+                            index,
+                            text: c.text,
+                        });
+                    }
+                    (r.sink)(Event::Done {
+                        index,
+                        reason: c.stop,
+                        tokens: c.tokens.len(),
+                        beam_score: c.beam_score,
+                    });
+                }
+                Err(err) => {
+                    (r.sink)(Event::Failed(err.to_string()));
+                    return;
+                }
+            }
+        }
+        let m = &self.metrics;
+        m.generated_tokens
+            .fetch_add(total as u64, Ordering::Relaxed);
+        m.requests_finished.fetch_add(1, Ordering::Relaxed);
+        (r.sink)(Event::Finished {
+            prompt_tokens: r.prompt.len(),
+            completion_tokens: total,
+        });
     }
 }
 
