@@ -41,6 +41,7 @@ impl Default for EngineConfig {
         }
     }
 }
+
 /// Sampling defaults from a model's own files; `None` where they say nothing.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GenerationDefaults {
@@ -49,6 +50,7 @@ pub struct GenerationDefaults {
     pub top_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
 }
+
 /// A loaded model and tokenizer, ready to generate.
 pub struct Engine {
     pub(crate) model: Model,

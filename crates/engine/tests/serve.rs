@@ -123,21 +123,9 @@ fn alone(e: &Engine, req: &GenerateRequest) -> Vec<(Vec<u32>, String, StopReason
         .collect()
 }
 
-const PROMPTS: &[&str] = &[
-    "Once upon a time",
-    "Lily and Ben went to the park",
-    "The little dog",
-    "One day, a big bird",
-    "Tom had a red ball. He",
-    "Sue liked to sing",
-];
-
-/// Twenty requests at once, greedy and seeded sampling (some with n = 2 and stop strings),
-/// through a pool that holds only two contexts — so sequences are preempted and recomputed
-/// — give exactly what each gives run alone by the one-request engine; every block is free
-/// at the end.
-#[test]
-fn concurrent_requests_equal_each_alone() {
+/// A loop over stories260K with a 96-token context and an F32 pool of only two contexts, 48
+/// tokens per step: sequences are preempted and recomputed.
+fn short_pool() -> (Arc<Engine>, ServeLoop) {
     let e = engine(96);
     let server = ServeLoop::start(
         e.clone(),
@@ -153,6 +141,25 @@ fn concurrent_requests_equal_each_alone() {
         },
     )
     .unwrap();
+    (e, server)
+}
+
+const PROMPTS: &[&str] = &[
+    "Once upon a time",
+    "Lily and Ben went to the park",
+    "The little dog",
+    "One day, a big bird",
+    "Tom had a red ball. He",
+    "Sue liked to sing",
+];
+
+/// Twenty requests at once, greedy and seeded sampling (some with n = 2 and stop strings),
+/// through a pool that holds only two contexts — so sequences are preempted and recomputed
+/// — give exactly what each gives run alone by the one-request engine; every block is free
+/// at the end.
+#[test]
+fn concurrent_requests_equal_each_alone() {
+    let (e, server) = short_pool();
     let mut reqs = Vec::new();
     for i in 0..20 {
         let p = PROMPTS[i % PROMPTS.len()];
@@ -275,21 +282,7 @@ fn cancel_and_refusals() {
 #[test]
 fn beam_search_in_the_paged_pool() {
     use tuili_engine::{BeamParams, EarlyStopping};
-    let e = engine(96);
-    let server = ServeLoop::start(
-        e.clone(),
-        ServeConfig {
-            kv_memory: pool_bytes(&e, 2 * 96),
-            block_size: 16,
-            kv_type: KvType::F32,
-            sched: SchedConfig {
-                max_batch_tokens: 48,
-                max_seqs: 16,
-                max_queue: 64,
-            },
-        },
-    )
-    .unwrap();
+    let (e, server) = short_pool();
     let mut reqs = Vec::new();
     for (i, p) in PROMPTS.iter().enumerate() {
         let mut r = GenerateRequest::new(*p, 24 + 4 * i, SamplingParams::greedy());
