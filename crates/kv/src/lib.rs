@@ -1,9 +1,10 @@
 //! `tuili-kv`: key/value cache storage.
 //!
 //! Owns: the memory that holds every layer's keys and values for the positions of one
-//! sequence, and its length bookkeeping; the paged pool of many sequences, and the choice of
-//! its element type ([`KvType`], [`PagedStore`]: nobody else switches on it). May not: compute attention or know weights (the model
-//! reads and writes rows through this API).
+//! sequence, and its length bookkeeping; the paged pool of many sequences ([`paged`]), and
+//! the choice of its element type ([`store`]: [`KvType`], [`PagedStore`] — nobody else
+//! switches on it). May not: compute attention or know weights (the model reads and writes
+//! rows through this API).
 //!
 //! A cache is contiguous per sequence, optionally behind a shared, frozen prefix: the prompt's
 //! keys and values are computed once, frozen in an `Arc`, and every beam or sample of that
