@@ -53,7 +53,8 @@ pub enum ModelError {
     },
     #[error("quantizing {tensor:?}: {reason}")]
     Quantize { tensor: String, reason: String },
-    #[error("writing {path}: {reason}")]
+    /// A file or folder that cannot be read or written (`reason` says which and why).
+    #[error("{path}: {reason}")]
     Io { path: String, reason: String },
     #[error(transparent)]
     Kv(#[from] tuili_kv::KvError),

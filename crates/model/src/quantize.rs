@@ -497,7 +497,7 @@ pub fn quantize(
     let tmp = partial_path(out);
     let io = |e: std::io::Error| ModelError::Io {
         path: out.display().to_string(),
-        reason: e.to_string(),
+        reason: format!("cannot write: {e}"),
     };
     let result = (|| -> Result<u64, ModelError> {
         let f = std::fs::File::create(&tmp).map_err(io)?;
