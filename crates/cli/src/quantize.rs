@@ -55,7 +55,7 @@ pub fn quantize(a: QuantizeArgs) -> Result<(), CliError> {
     let input = match (&file, &st) {
         (Some(f), _) => QuantInput::from_gguf(f),
         (None, Some(st)) => {
-            tuili_model::convert::hf_input(&a.input, st).map_err(tuili_engine::EngineError::from)?
+            tuili_model::arch::hf_input(&a.input, st).map_err(tuili_engine::EngineError::from)?
         }
         (None, None) => unreachable!("one of the two is set above"),
     };

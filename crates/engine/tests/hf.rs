@@ -207,7 +207,7 @@ fn sessions_reuse_the_cache() {
 fn converts_to_gguf() {
     use tuili_model::quantize::{quantize, FileType, QuantizeOptions};
     let st = tuili_formats::Safetensors::open_dir(dir()).unwrap();
-    let input = tuili_model::convert::hf_input(&dir(), &st).unwrap();
+    let input = tuili_model::arch::hf_input(&dir(), &st).unwrap();
     let out = std::env::temp_dir().join(format!("tuili-convert-{}.gguf", std::process::id()));
     let opts = QuantizeOptions::new(FileType::F32, 2);
     quantize(&input, &out, &opts, &mut |_, _| {}).unwrap();
@@ -334,7 +334,7 @@ fn gpt2_matches_the_float64_reference() {
     // Converted to a GGUF (gpt2 names, Conv1D transposed, byte-level BPE vocabulary): the same
     // tokens and logits through the GGUF path.
     let st = tuili_formats::Safetensors::open_dir(&d).unwrap();
-    let input = tuili_model::convert::hf_input(&d, &st).unwrap();
+    let input = tuili_model::arch::hf_input(&d, &st).unwrap();
     let out = std::env::temp_dir().join(format!("tuili-gpt2-{}.gguf", std::process::id()));
     let opts = tuili_model::quantize::QuantizeOptions::new(tuili_model::quantize::FileType::F32, 1);
     tuili_model::quantize::quantize(&input, &out, &opts, &mut |_, _| {}).unwrap();

@@ -172,7 +172,7 @@ fn every_architecture_matches_the_reference() {
         )
         .unwrap();
         let st = tuili_formats::Safetensors::open_dir(&dir).unwrap();
-        let input = tuili_model::convert::hf_input(&dir, &st).unwrap();
+        let input = tuili_model::arch::hf_input(&dir, &st).unwrap();
         let out = dir.join("model.gguf");
         let opts =
             tuili_model::quantize::QuantizeOptions::new(tuili_model::quantize::FileType::F32, 1);

@@ -1,32 +1,26 @@
 //! Hugging Face folder → GGUF, as llama.cpp's `convert_hf_to_gguf.py` lays it out, for
-//! `tuili quantize`: `{arch}.*` hyper-parameters, the tokenizer as `tokenizer.ggml.*`, the chat
-//! template, and the tensors under GGUF names. For the `llama` architecture the Q and K rows of
-//! each head are permuted from HF's rotate-half order to the adjacent-pair order GGUF's `llama`
-//! expects; Llama 3.1 RoPE scaling becomes a `rope_freqs.weight` tensor.
+//! `tuili quantize`: what every architecture's conversion shares — the shape keys, the
+//! tokenizer as `tokenizer.ggml.*` with the chat template, the Q/K row permutation. Each
+//! architecture's own keys and tensors are its file's (`arch/*.rs`, `hf_to_gguf`), reached
+//! through the registry (`arch::hf_input`).
 //!
 //! Tokenizers: SentencePiece-style BPE (`tokenizer.json` with byte fallback and `▁` for
 //! spaces, as Llama 2, Mistral and TinyLlama ship) becomes a `llama` vocabulary whose scores
 //! rank each token by the merge that makes it (score = −rank), so that llama.cpp's
 //! score-driven merging reproduces the BPE merges.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::Value;
-use tuili_core::DType;
-use tuili_formats::{MetaArray, MetaValue, Safetensors};
-use tuili_kernels::ops::RopeLayout;
-
-use crate::arch::{self, llama::hf_name_for};
-use crate::config::{Family, ModelConfig};
-use crate::error::ModelError;
-use crate::quantize::{InputTensor, QuantInput};
-use crate::weights::WeightSource;
+use tuili_formats::{MetaArray, MetaValue};
 use tuili_tokenizer::hf_config::TokenizerConfig;
 use tuili_tokenizer::Tokenizer;
 
-fn bad(path: &Path, reason: impl ToString) -> ModelError {
+use crate::config::ModelConfig;
+use crate::error::ModelError;
+
+pub(crate) fn bad(path: &Path, reason: impl ToString) -> ModelError {
     ModelError::Io {
         path: path.display().to_string(),
         reason: reason.to_string(),
@@ -233,7 +227,7 @@ pub fn tokenizer_metadata(dir: &Path) -> Result<Vec<(String, MetaValue)>, ModelE
 
 /// Rows of a `[n_head · head_dim, cols]` projection reordered from rotate-half (HF) to
 /// adjacent pairs (GGUF `llama`): within each head, row h·d + s·d/2 + i moves to h·d + 2i + s.
-fn permute_rows(data: &[u8], n_head: usize, rows: usize, row_bytes: usize) -> Vec<u8> {
+pub(crate) fn permute_rows(data: &[u8], n_head: usize, rows: usize, row_bytes: usize) -> Vec<u8> {
     let d = rows / n_head;
     let half = d / 2;
     let mut out = vec![0u8; data.len()];
@@ -250,186 +244,10 @@ fn permute_rows(data: &[u8], n_head: usize, rows: usize, row_bytes: usize) -> Ve
     out
 }
 
-/// A Hugging Face folder as quantizer input (tensors borrowed from `st`'s maps where they are
-/// not permuted).
-pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, ModelError> {
-    let (a, cfg, extras) = arch::of_hf(dir)?;
-    if cfg.arch.family == Family::Gpt2 {
-        let src = (a.hf_source)(st.clone(), &cfg, &extras);
-        return gpt2_input(dir, &*src, &cfg);
-    }
-    let arch = cfg.arch.name;
-    let k = |s: &str| format!("{arch}.{s}");
-    let mut md = shape_metadata(&cfg);
-    md.extend([
-        (
-            k("attention.head_count_kv"),
-            MetaValue::U32(cfg.n_head_kv as u32),
-        ),
-        (k("rope.dimension_count"), MetaValue::U32(cfg.n_rot as u32)),
-        (k("rope.freq_base"), MetaValue::F32(cfg.rope_freq_base)),
-        (
-            k("attention.layer_norm_rms_epsilon"),
-            MetaValue::F32(cfg.rms_eps),
-        ),
-    ]);
-    if cfg.head_dim * cfg.n_head != cfg.n_embd {
-        md.push((
-            k("attention.key_length"),
-            MetaValue::U32(cfg.head_dim as u32),
-        ));
-        md.push((
-            k("attention.value_length"),
-            MetaValue::U32(cfg.head_dim as u32),
-        ));
-    }
-    if let Some(c) = cfg.attn_softcap {
-        md.push((k("attn_logit_softcapping"), MetaValue::F32(c)));
-    }
-    if let Some(c) = cfg.final_softcap {
-        md.push((k("final_logit_softcapping"), MetaValue::F32(c)));
-    }
-    if let Some(w) = extras.sliding_window {
-        md.push((k("attention.sliding_window"), MetaValue::U32(w as u32)));
-    }
-    if let Some(sc) = cfg.attn_scale {
-        md.push((k("attention.scale"), MetaValue::F32(sc)));
-    }
-    if cfg.rope_freq_scale != 1.0 {
-        md.push((k("rope.scaling.type"), MetaValue::String("linear".into())));
-        md.push((
-            k("rope.scaling.factor"),
-            MetaValue::F32(1.0 / cfg.rope_freq_scale),
-        ));
-    }
-    md.extend(tokenizer_metadata(dir)?);
-
-    let mut names = vec![
-        "token_embd.weight".to_string(),
-        "output_norm.weight".to_string(),
-    ];
-    if st.tensors.contains_key("lm_head.weight")
-        && st.tensors.contains_key("model.embed_tokens.weight")
-    {
-        names.push("output.weight".into());
-    }
-    // Phi-3 keeps Q/K/V and gate/up fused, as GGUF's phi3 does.
-    let fused_qkv = st
-        .tensors
-        .contains_key("model.layers.0.self_attn.qkv_proj.weight");
-    let fused_ffn = st
-        .tensors
-        .contains_key("model.layers.0.mlp.gate_up_proj.weight");
-    for i in 0..cfg.n_layer {
-        let mut list = vec!["attn_norm.weight"];
-        if fused_qkv {
-            list.push("attn_qkv.weight");
-        } else {
-            list.extend([
-                "attn_q.weight",
-                "attn_q.bias",
-                "attn_k.weight",
-                "attn_k.bias",
-                "attn_v.weight",
-                "attn_v.bias",
-            ]);
-        }
-        list.extend([
-            "attn_output.weight",
-            "attn_q_norm.weight",
-            "attn_k_norm.weight",
-        ]);
-        list.push("ffn_norm.weight");
-        if cfg.arch.sandwich {
-            list.extend(["post_attention_norm.weight", "post_ffw_norm.weight"]);
-        }
-        if !fused_ffn {
-            list.push("ffn_gate.weight");
-        }
-        list.extend(["ffn_up.weight", "ffn_down.weight"]);
-        for t in list {
-            names.push(format!("blk.{i}.{t}"));
-        }
-    }
-    let mut tensors = Vec::new();
-    let mut bytes = 0u64;
-    for name in names {
-        let mut hf = hf_name_for(&name, cfg.arch.sandwich).unwrap_or_default();
-        if fused_ffn && name.ends_with("ffn_up.weight") {
-            hf = hf.replace("mlp.up_proj", "mlp.gate_up_proj");
-        }
-        let t = match st.tensors.get(&hf) {
-            Some(t) => t,
-            // Tied checkpoints that keep only lm_head.
-            None if name == "token_embd.weight" => st
-                .tensors
-                .get("lm_head.weight")
-                .ok_or_else(|| bad(dir, "no model.embed_tokens.weight nor lm_head.weight"))?,
-            // Optional per architecture: Qwen2's biases, Qwen3's head norms.
-            None if name.ends_with(".bias")
-                || name.ends_with("attn_q_norm.weight")
-                || name.ends_with("attn_k_norm.weight") =>
-            {
-                continue
-            }
-            None => return Err(bad(dir, format!("tensor {hf} is missing"))),
-        };
-        bytes += t.data().len() as u64;
-        // GGUF's interleaved-RoPE archs (`llama`) pair adjacent dimensions.
-        let permute = cfg.arch.rope_layout == RopeLayout::Interleaved
-            && (name.ends_with("attn_q.weight") || name.ends_with("attn_k.weight"));
-        // GGUF's Gemma norms hold 1 + w (HF's RMSNorm multiplies by 1 + w).
-        let gemma_norm = cfg.arch.gemma && name.ends_with("norm.weight");
-        if gemma_norm {
-            let mut v = vec![0f32; t.shape.iter().product::<u64>() as usize];
-            tuili_kernels::types::dequantize_row(t.dtype, t.data(), &mut v)?;
-            tensors.push(InputTensor {
-                name,
-                dtype: DType::F32,
-                shape: t.shape.clone(),
-                data: Cow::Owned(v.iter().flat_map(|x| (x + 1.0).to_le_bytes()).collect()),
-            });
-            continue;
-        }
-        let data = if permute {
-            let heads = if name.ends_with("attn_q.weight") {
-                cfg.n_head
-            } else {
-                cfg.n_head_kv
-            };
-            let rows = t.shape.get(1).copied().unwrap_or(1) as usize;
-            let row_bytes = t.data().len() / rows.max(1);
-            Cow::Owned(permute_rows(t.data(), heads, rows, row_bytes))
-        } else {
-            Cow::Borrowed(t.data())
-        };
-        tensors.push(InputTensor {
-            name,
-            dtype: t.dtype,
-            shape: t.shape.clone(),
-            data,
-        });
-    }
-    if let Some(f) = &extras.rope_factors {
-        tensors.push(InputTensor {
-            name: "rope_freqs.weight".into(),
-            dtype: DType::F32,
-            shape: vec![f.len() as u64],
-            data: Cow::Owned(f.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        });
-    }
-    Ok(QuantInput {
-        label: dir.display().to_string(),
-        metadata: md,
-        tensors,
-        bytes,
-    })
-}
-
 /// The keys every architecture writes: its name, the model's, and the shape
 /// (`{arch}.vocab_size`, `context_length`, `embedding_length`, `block_count`,
 /// `feed_forward_length`, `attention.head_count`).
-fn shape_metadata(cfg: &ModelConfig) -> Vec<(String, MetaValue)> {
+pub(crate) fn shape_metadata(cfg: &ModelConfig) -> Vec<(String, MetaValue)> {
     let arch = cfg.arch.name;
     let k = |s: &str| format!("{arch}.{s}");
     let u = |v: usize| MetaValue::U32(v as u32);
@@ -446,63 +264,6 @@ fn shape_metadata(cfg: &ModelConfig) -> Vec<(String, MetaValue)> {
         (k("feed_forward_length"), u(cfg.n_ff)),
         (k("attention.head_count"), u(cfg.n_head)),
     ]
-}
-
-/// GPT-2 folders: `gpt2.*` keys, the byte-level BPE vocabulary, and the tensors under GGUF's
-/// `gpt2` names with the Conv1D weights transposed (as llama.cpp's converter does).
-fn gpt2_input<'a>(
-    dir: &Path,
-    src: &dyn WeightSource,
-    cfg: &ModelConfig,
-) -> Result<QuantInput<'a>, ModelError> {
-    let mut md = shape_metadata(cfg);
-    md.push((
-        "gpt2.attention.layer_norm_epsilon".into(),
-        MetaValue::F32(cfg.rms_eps),
-    ));
-    md.extend(tokenizer_metadata(dir)?);
-    // The source transposes the Conv1D weights; the tensors it hands out are copied here.
-    let mut names = vec![
-        "token_embd.weight".to_string(),
-        "position_embd.weight".to_string(),
-        "output_norm.weight".to_string(),
-        "output_norm.bias".to_string(),
-    ];
-    for i in 0..cfg.n_layer {
-        for t in [
-            "attn_norm",
-            "attn_qkv",
-            "attn_output",
-            "ffn_norm",
-            "ffn_up",
-            "ffn_down",
-        ] {
-            for s in ["weight", "bias"] {
-                names.push(format!("blk.{i}.{t}.{s}"));
-            }
-        }
-    }
-    let mut tensors = Vec::with_capacity(names.len());
-    let mut bytes = 0u64;
-    for name in names {
-        let t = src
-            .get(&name)
-            .ok_or_else(|| bad(dir, format!("tensor for {name} is missing")))?;
-        let data = t.data().to_vec();
-        bytes += data.len() as u64;
-        tensors.push(InputTensor {
-            name,
-            dtype: t.dtype,
-            shape: t.shape.clone(),
-            data: Cow::Owned(data),
-        });
-    }
-    Ok(QuantInput {
-        label: dir.display().to_string(),
-        metadata: md,
-        tensors,
-        bytes,
-    })
 }
 
 #[cfg(test)]

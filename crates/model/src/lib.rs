@@ -7,7 +7,8 @@
 //! mistral, qwen2, qwen3, phi3, gemma and gemma2, [`arch::gpt2`] for GPT-2), the one
 //! execution layer that runs any of them for one sequence or a batch of many through any KV
 //! store ([`exec`], [`batch`]), the loaded [`Model`] ([`model`]), the quantization recipes
-//! ([`quantize`]) and HF → GGUF conversion ([`convert`]). Holds no per-request state: the KV
+//! ([`quantize`]) and HF → GGUF conversion (each architecture's, through [`arch::hf_input`];
+//! what they share in [`convert`]). Holds no per-request state: the KV
 //! cache and the scratch buffers are the caller's. May not: tokenize, sample, or schedule
 //! requests.
 //!

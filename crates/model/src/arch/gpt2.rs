@@ -9,17 +9,20 @@
 //!   x = x + GELU(LayerNorm₂(x)·Wupᵀ + b_up)·Wdownᵀ + b_down
 //! then logits = LayerNorm_f(x)·Woutᵀ.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use serde_json::Value;
-use tuili_formats::Safetensors;
+use tuili_formats::{MetaValue, Safetensors};
 use tuili_kernels::ops::{self, RopeLayout};
 
 use crate::batch::SeqSpan;
 use crate::config::{Arch, ModelConfig};
+use crate::convert::{bad, shape_metadata, tokenizer_metadata};
 use crate::error::ModelError;
 use crate::exec::{Buffers, Decoder, Step};
 use crate::hf::{self, ConfigJson, HfExtras};
+use crate::quantize::{InputTensor, QuantInput};
 use crate::weights::{vector, Matrix, WeightBytes, WeightInfo, WeightSource};
 
 struct Block {
@@ -298,4 +301,63 @@ pub(crate) fn hf_config(
         sliding_window: None,
     };
     Ok((cfg, HfExtras::default()))
+}
+
+/// GPT-2 folders: `gpt2.*` keys, the byte-level BPE vocabulary, and the tensors under GGUF's
+/// `gpt2` names with the Conv1D weights transposed (as llama.cpp's converter does).
+pub(crate) fn hf_to_gguf<'a>(
+    dir: &Path,
+    st: &'a Safetensors,
+    cfg: &ModelConfig,
+    _extras: &HfExtras,
+) -> Result<QuantInput<'a>, ModelError> {
+    let src = Gpt2Source { st: st.clone() };
+    let mut md = shape_metadata(cfg);
+    md.push((
+        "gpt2.attention.layer_norm_epsilon".into(),
+        MetaValue::F32(cfg.rms_eps),
+    ));
+    md.extend(tokenizer_metadata(dir)?);
+    // The source transposes the Conv1D weights; the tensors it hands out are copied here.
+    let mut names = vec![
+        "token_embd.weight".to_string(),
+        "position_embd.weight".to_string(),
+        "output_norm.weight".to_string(),
+        "output_norm.bias".to_string(),
+    ];
+    for i in 0..cfg.n_layer {
+        for t in [
+            "attn_norm",
+            "attn_qkv",
+            "attn_output",
+            "ffn_norm",
+            "ffn_up",
+            "ffn_down",
+        ] {
+            for s in ["weight", "bias"] {
+                names.push(format!("blk.{i}.{t}.{s}"));
+            }
+        }
+    }
+    let mut tensors = Vec::with_capacity(names.len());
+    let mut bytes = 0u64;
+    for name in names {
+        let t = src
+            .get(&name)
+            .ok_or_else(|| bad(dir, format!("tensor for {name} is missing")))?;
+        let data = t.data().to_vec();
+        bytes += data.len() as u64;
+        tensors.push(InputTensor {
+            name,
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            data: Cow::Owned(data),
+        });
+    }
+    Ok(QuantInput {
+        label: dir.display().to_string(),
+        metadata: md,
+        tensors,
+        bytes,
+    })
 }

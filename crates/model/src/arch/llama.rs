@@ -12,17 +12,21 @@
 //!   x  = x + post_norm((act(h·Wgateᵀ) ⊙ h·Wupᵀ)·Wdownᵀ)   act = SiLU, or tanh GELU (Gemma)
 //! then logits = RMSNorm(x) · g_out · Woutᵀ (Wout = the embedding matrix when tied).
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use serde_json::Value;
-use tuili_formats::Safetensors;
+use tuili_core::DType;
+use tuili_formats::{MetaValue, Safetensors};
 use tuili_kernels::ops::{self, RopeLayout};
 
 use crate::batch::SeqSpan;
 use crate::config::{Arch, ModelConfig};
+use crate::convert::{bad, permute_rows, shape_metadata, tokenizer_metadata};
 use crate::error::ModelError;
 use crate::exec::{Buffers, Decoder, Step};
 use crate::hf::{self, ConfigJson, HfExtras};
+use crate::quantize::{InputTensor, QuantInput};
 use crate::weights::{vector, vector_opt, Matrix, WeightBytes, WeightInfo, WeightSource};
 
 struct Layer {
@@ -526,6 +530,185 @@ fn llama3_factors(
             (inv / new) as f32
         })
         .collect()
+}
+
+/// A Llama-family Hugging Face folder as quantizer input: `{arch}.*` keys, the tokenizer, and
+/// the tensors under GGUF names (borrowed from `st`'s maps where not transformed). For GGUF's
+/// `llama` (interleaved RoPE) the Q and K rows of each head are permuted from HF's rotate-half
+/// order to adjacent pairs; Gemma's norms are stored as 1 + w; Llama 3.1 RoPE scaling becomes a
+/// `rope_freqs.weight` tensor.
+pub(crate) fn hf_to_gguf<'a>(
+    dir: &Path,
+    st: &'a Safetensors,
+    cfg: &ModelConfig,
+    extras: &HfExtras,
+) -> Result<QuantInput<'a>, ModelError> {
+    let arch = cfg.arch.name;
+    let k = |s: &str| format!("{arch}.{s}");
+    let mut md = shape_metadata(cfg);
+    md.extend([
+        (
+            k("attention.head_count_kv"),
+            MetaValue::U32(cfg.n_head_kv as u32),
+        ),
+        (k("rope.dimension_count"), MetaValue::U32(cfg.n_rot as u32)),
+        (k("rope.freq_base"), MetaValue::F32(cfg.rope_freq_base)),
+        (
+            k("attention.layer_norm_rms_epsilon"),
+            MetaValue::F32(cfg.rms_eps),
+        ),
+    ]);
+    if cfg.head_dim * cfg.n_head != cfg.n_embd {
+        md.push((
+            k("attention.key_length"),
+            MetaValue::U32(cfg.head_dim as u32),
+        ));
+        md.push((
+            k("attention.value_length"),
+            MetaValue::U32(cfg.head_dim as u32),
+        ));
+    }
+    if let Some(c) = cfg.attn_softcap {
+        md.push((k("attn_logit_softcapping"), MetaValue::F32(c)));
+    }
+    if let Some(c) = cfg.final_softcap {
+        md.push((k("final_logit_softcapping"), MetaValue::F32(c)));
+    }
+    if let Some(w) = extras.sliding_window {
+        md.push((k("attention.sliding_window"), MetaValue::U32(w as u32)));
+    }
+    if let Some(sc) = cfg.attn_scale {
+        md.push((k("attention.scale"), MetaValue::F32(sc)));
+    }
+    if cfg.rope_freq_scale != 1.0 {
+        md.push((k("rope.scaling.type"), MetaValue::String("linear".into())));
+        md.push((
+            k("rope.scaling.factor"),
+            MetaValue::F32(1.0 / cfg.rope_freq_scale),
+        ));
+    }
+    md.extend(tokenizer_metadata(dir)?);
+
+    let mut names = vec![
+        "token_embd.weight".to_string(),
+        "output_norm.weight".to_string(),
+    ];
+    if st.tensors.contains_key("lm_head.weight")
+        && st.tensors.contains_key("model.embed_tokens.weight")
+    {
+        names.push("output.weight".into());
+    }
+    // Phi-3 keeps Q/K/V and gate/up fused, as GGUF's phi3 does.
+    let fused_qkv = st
+        .tensors
+        .contains_key("model.layers.0.self_attn.qkv_proj.weight");
+    let fused_ffn = st
+        .tensors
+        .contains_key("model.layers.0.mlp.gate_up_proj.weight");
+    for i in 0..cfg.n_layer {
+        let mut list = vec!["attn_norm.weight"];
+        if fused_qkv {
+            list.push("attn_qkv.weight");
+        } else {
+            list.extend([
+                "attn_q.weight",
+                "attn_q.bias",
+                "attn_k.weight",
+                "attn_k.bias",
+                "attn_v.weight",
+                "attn_v.bias",
+            ]);
+        }
+        list.extend([
+            "attn_output.weight",
+            "attn_q_norm.weight",
+            "attn_k_norm.weight",
+        ]);
+        list.push("ffn_norm.weight");
+        if cfg.arch.sandwich {
+            list.extend(["post_attention_norm.weight", "post_ffw_norm.weight"]);
+        }
+        if !fused_ffn {
+            list.push("ffn_gate.weight");
+        }
+        list.extend(["ffn_up.weight", "ffn_down.weight"]);
+        for t in list {
+            names.push(format!("blk.{i}.{t}"));
+        }
+    }
+    let mut tensors = Vec::new();
+    let mut bytes = 0u64;
+    for name in names {
+        let mut hf = hf_name_for(&name, cfg.arch.sandwich).unwrap_or_default();
+        if fused_ffn && name.ends_with("ffn_up.weight") {
+            hf = hf.replace("mlp.up_proj", "mlp.gate_up_proj");
+        }
+        let t = match st.tensors.get(&hf) {
+            Some(t) => t,
+            // Tied checkpoints that keep only lm_head.
+            None if name == "token_embd.weight" => st
+                .tensors
+                .get("lm_head.weight")
+                .ok_or_else(|| bad(dir, "no model.embed_tokens.weight nor lm_head.weight"))?,
+            // Optional per architecture: Qwen2's biases, Qwen3's head norms.
+            None if name.ends_with(".bias")
+                || name.ends_with("attn_q_norm.weight")
+                || name.ends_with("attn_k_norm.weight") =>
+            {
+                continue
+            }
+            None => return Err(bad(dir, format!("tensor {hf} is missing"))),
+        };
+        bytes += t.data().len() as u64;
+        // GGUF's interleaved-RoPE archs (`llama`) pair adjacent dimensions.
+        let permute = cfg.arch.rope_layout == RopeLayout::Interleaved
+            && (name.ends_with("attn_q.weight") || name.ends_with("attn_k.weight"));
+        // GGUF's Gemma norms hold 1 + w (HF's RMSNorm multiplies by 1 + w).
+        let gemma_norm = cfg.arch.gemma && name.ends_with("norm.weight");
+        if gemma_norm {
+            let mut v = vec![0f32; t.shape.iter().product::<u64>() as usize];
+            tuili_kernels::types::dequantize_row(t.dtype, t.data(), &mut v)?;
+            tensors.push(InputTensor {
+                name,
+                dtype: DType::F32,
+                shape: t.shape.clone(),
+                data: Cow::Owned(v.iter().flat_map(|x| (x + 1.0).to_le_bytes()).collect()),
+            });
+            continue;
+        }
+        let data = if permute {
+            let heads = if name.ends_with("attn_q.weight") {
+                cfg.n_head
+            } else {
+                cfg.n_head_kv
+            };
+            let rows = t.shape.get(1).copied().unwrap_or(1) as usize;
+            let row_bytes = t.data().len() / rows.max(1);
+            Cow::Owned(permute_rows(t.data(), heads, rows, row_bytes))
+        } else {
+            Cow::Borrowed(t.data())
+        };
+        tensors.push(InputTensor {
+            name,
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            data,
+        });
+    }
+    if let Some(f) = &extras.rope_factors {
+        tensors.push(InputTensor {
+            name: "rope_freqs.weight".into(),
+            dtype: DType::F32,
+            shape: vec![f.len() as u64],
+            data: Cow::Owned(f.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        });
+    }
+    Ok(QuantInput {
+        label: dir.display().to_string(),
+        metadata: md,
+        tensors,
+        bytes,
+    })
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //!   the [`Arch`] traits it sets (a new trait is a field of [`Arch`] and the few lines of
 //!   `llama.rs` that read it);
 //! - a new decoder is one file beside `llama.rs` and `gpt2.rs` — `bind` (tensors by GGUF
-//!   name → a [`Decoder`]), `hf_config` and `hf_source` — plus its line here.
+//!   name → a [`Decoder`]), `hf_config`, `hf_source` and `hf_to_gguf` (its Hugging Face
+//!   `config.json`, tensor names and GGUF conversion) — plus its line here.
 
 pub mod gpt2;
 pub mod llama;
@@ -23,6 +24,7 @@ use crate::config::{Arch, Family, ModelConfig};
 use crate::error::ModelError;
 use crate::exec::Decoder;
 use crate::hf::{self, HfExtras};
+use crate::quantize::QuantInput;
 use crate::weights::WeightSource;
 
 /// Binds a model's tensors (GGUF names) into its decoder.
@@ -31,6 +33,14 @@ pub type BindFn = fn(ModelConfig, &dyn WeightSource) -> Result<Box<dyn Decoder>,
 pub type HfConfigFn = fn(&Path, &Value, Arch) -> Result<(ModelConfig, HfExtras), ModelError>;
 /// Presents a Hugging Face checkpoint's tensors under GGUF names.
 pub type HfSourceFn = fn(Safetensors, &ModelConfig, &HfExtras) -> Box<dyn WeightSource>;
+/// A Hugging Face folder as a GGUF to be written (keys and tensors, as llama.cpp's converter
+/// lays them out).
+pub type HfToGgufFn = for<'a> fn(
+    &Path,
+    &'a Safetensors,
+    &ModelConfig,
+    &HfExtras,
+) -> Result<QuantInput<'a>, ModelError>;
 
 /// One supported architecture.
 pub struct Architecture {
@@ -41,6 +51,7 @@ pub struct Architecture {
     pub bind: BindFn,
     pub hf_config: HfConfigFn,
     pub hf_source: HfSourceFn,
+    pub hf_to_gguf: HfToGgufFn,
 }
 
 /// A Llama-family registry line: `arch` read by `llama.rs`.
@@ -51,6 +62,7 @@ const fn llama_like(arch: Arch, hf_types: &'static [&'static str]) -> Architectu
         bind: llama::bind,
         hf_config: llama::hf_config,
         hf_source: llama::hf_source,
+        hf_to_gguf: llama::hf_to_gguf,
     }
 }
 
@@ -69,6 +81,7 @@ pub static ARCHITECTURES: &[Architecture] = &[
     Architecture {
         arch: Arch { name: "gpt2", family: Family::Gpt2, rope_layout: NEOX, ..LLAMA },
         hf_types: &["gpt2"], bind: gpt2::bind, hf_config: gpt2::hf_config, hf_source: gpt2::hf_source,
+        hf_to_gguf: gpt2::hf_to_gguf,
     },
 ];
 
@@ -115,6 +128,13 @@ pub fn of_hf(dir: &Path) -> Result<(&'static Architecture, ModelConfig, HfExtras
     let (cfg, mut extras) = (a.hf_config)(dir, &c, a.arch)?;
     hf::read_common(dir, &c, &mut extras)?;
     Ok((a, cfg, extras))
+}
+
+/// A Hugging Face folder as quantizer input: its architecture's conversion (tensors borrowed
+/// from `st`'s maps where they are not transformed).
+pub fn hf_input<'a>(dir: &Path, st: &'a Safetensors) -> Result<QuantInput<'a>, ModelError> {
+    let (a, cfg, extras) = of_hf(dir)?;
+    (a.hf_to_gguf)(dir, st, &cfg, &extras)
 }
 
 #[cfg(test)]
