@@ -1,0 +1,152 @@
+//! `tuili-dist`: the processes of one distributed run and what passes between them.
+//!
+//! Owns: the [`Comm`] trait — rank, size, all-reduce (sum of f32), all-gather, broadcast,
+//! send/receive of a buffer, barrier — with a single-process implementation ([`Local`]) and,
+//! behind the cargo feature `mpi`, one over MPI ([`mpi_comm::MpiComm`], OpenMPI through
+//! rsmpi). Everything above this crate sees only `Comm`. May not: know models, tensors'
+//! meaning, or scheduling.
+//!
+//! Results do not depend on timing: the all-reduce adds the ranks' parts in rank order on
+//! every rank (gathered, then summed), so every rank holds bit-identical sums, the same from
+//! run to run, whatever algorithm the MPI library picks.
+
+#[cfg(feature = "mpi")]
+pub mod mpi_comm;
+
+/// Errors of communication.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DistError {
+    #[error("{what}: expected {expected} values, got {got}")]
+    Size {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    #[error("rank {rank} is outside the group of {size}")]
+    BadRank { rank: usize, size: usize },
+    #[error("a process alone has no other rank to send to or receive from")]
+    Alone,
+    #[error("MPI: {0}")]
+    Mpi(String),
+}
+
+/// The processes of one run, as one of them sees them.
+pub trait Comm: Send + Sync {
+    /// This process's index, `0..size`.
+    fn rank(&self) -> usize;
+    /// Processes in the group.
+    fn size(&self) -> usize;
+
+    /// Every rank's `part` (the same length on every rank), concatenated in rank order into
+    /// `out` (`size × part.len()`).
+    fn all_gather(&self, part: &[f32], out: &mut [f32]) -> Result<(), DistError>;
+
+    /// `buf` ← the sum over ranks of `buf`, added in rank order (the same bits on every rank).
+    /// `scratch` is grown to hold every rank's part.
+    fn all_reduce_sum(&self, buf: &mut [f32], scratch: &mut Vec<f32>) -> Result<(), DistError> {
+        let (n, size) = (buf.len(), self.size());
+        if size == 1 {
+            return Ok(());
+        }
+        if scratch.len() < n * size {
+            scratch.resize(n * size, 0.0);
+        }
+        let all = &mut scratch[..n * size];
+        self.all_gather(buf, all)?;
+        buf.copy_from_slice(&all[..n]);
+        for part in all[n..].chunks_exact(n) {
+            for (b, p) in buf.iter_mut().zip(part) {
+                *b += p;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rank `root`'s `buf` to every rank (the same length everywhere).
+    fn broadcast(&self, root: usize, buf: &mut [u8]) -> Result<(), DistError>;
+
+    /// Sends `buf` to rank `to` (a matching [`Comm::recv`] there).
+    fn send(&self, to: usize, buf: &[u8]) -> Result<(), DistError>;
+
+    /// Receives a buffer from rank `from` (its length as sent).
+    fn recv(&self, from: usize) -> Result<Vec<u8>, DistError>;
+
+    /// Waits until every rank has reached it.
+    fn barrier(&self) -> Result<(), DistError>;
+}
+
+/// One process alone: rank 0 of 1; collectives are the identity.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Local;
+
+impl Comm for Local {
+    fn rank(&self) -> usize {
+        0
+    }
+
+    fn size(&self) -> usize {
+        1
+    }
+
+    fn all_gather(&self, part: &[f32], out: &mut [f32]) -> Result<(), DistError> {
+        if out.len() != part.len() {
+            return Err(DistError::Size {
+                what: "all_gather output",
+                expected: part.len(),
+                got: out.len(),
+            });
+        }
+        out.copy_from_slice(part);
+        Ok(())
+    }
+
+    fn broadcast(&self, root: usize, _buf: &mut [u8]) -> Result<(), DistError> {
+        check_rank(root, 1)
+    }
+
+    fn send(&self, _to: usize, _buf: &[u8]) -> Result<(), DistError> {
+        Err(DistError::Alone)
+    }
+
+    fn recv(&self, _from: usize) -> Result<Vec<u8>, DistError> {
+        Err(DistError::Alone)
+    }
+
+    fn barrier(&self) -> Result<(), DistError> {
+        Ok(())
+    }
+}
+
+/// `rank` is one of the group's `size`.
+pub fn check_rank(rank: usize, size: usize) -> Result<(), DistError> {
+    if rank < size {
+        Ok(())
+    } else {
+        Err(DistError::BadRank { rank, size })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_is_the_identity() {
+        let c = Local;
+        assert_eq!((c.rank(), c.size()), (0, 1));
+        let mut v = vec![1.0f32, 2.0, 3.0];
+        let mut s = Vec::new();
+        c.all_reduce_sum(&mut v, &mut s).unwrap();
+        assert_eq!(v, [1.0, 2.0, 3.0]);
+        let mut out = [0f32; 3];
+        c.all_gather(&v, &mut out).unwrap();
+        assert_eq!(out, [1.0, 2.0, 3.0]);
+        assert!(c.all_gather(&v, &mut [0f32; 2]).is_err());
+        c.broadcast(0, &mut [1, 2]).unwrap();
+        assert!(c.broadcast(1, &mut [1, 2]).is_err());
+        // A process alone has nobody to talk to.
+        assert_eq!(c.send(0, &[1]), Err(DistError::Alone));
+        assert_eq!(c.recv(0), Err(DistError::Alone));
+        c.barrier().unwrap();
+    }
+}

@@ -1,0 +1,103 @@
+//! [`Comm`] over MPI (OpenMPI through rsmpi): the processes `mpirun` started, as
+//! `MPI_COMM_WORLD`. MPI is initialized for serialized use (any thread may call it, one at a
+//! time); every call goes through one mutex, which is what makes that so.
+
+use std::sync::Mutex;
+
+use mpi::environment::Universe;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+use mpi::Threading;
+
+use crate::{check_rank, Comm, DistError};
+
+/// The world communicator, and the universe whose drop finalizes MPI.
+struct World {
+    comm: SimpleCommunicator,
+    _universe: Universe,
+}
+
+// SAFETY: MPI was initialized with at least `Threading::Serialized` (checked in
+// `MpiComm::init`), so any thread may make MPI calls as long as no two do at once; the only
+// access to `World` is through `MpiComm`'s mutex, which serializes them.
+unsafe impl Send for World {}
+
+/// The processes of an `mpirun`, over MPI.
+pub struct MpiComm {
+    world: Mutex<World>,
+    rank: usize,
+    size: usize,
+}
+
+impl MpiComm {
+    /// Initializes MPI (once per process) and joins the world communicator.
+    pub fn init() -> Result<MpiComm, DistError> {
+        let (universe, provided) = mpi::initialize_with_threading(Threading::Serialized)
+            .ok_or_else(|| DistError::Mpi("MPI is already initialized".into()))?;
+        if matches!(provided, Threading::Single | Threading::Funneled) {
+            return Err(DistError::Mpi(format!(
+                "this MPI library gives threading level {provided:?}; tuili needs Serialized"
+            )));
+        }
+        let comm = universe.world();
+        let (rank, size) = (comm.rank() as usize, comm.size() as usize);
+        Ok(MpiComm {
+            world: Mutex::new(World {
+                comm,
+                _universe: universe,
+            }),
+            rank,
+            size,
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&SimpleCommunicator) -> T) -> T {
+        // A poisoned lock means a panic mid-call elsewhere; the communicator itself is intact.
+        let w = self.world.lock().unwrap_or_else(|p| p.into_inner());
+        f(&w.comm)
+    }
+}
+
+impl Comm for MpiComm {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn all_gather(&self, part: &[f32], out: &mut [f32]) -> Result<(), DistError> {
+        if out.len() != part.len() * self.size {
+            return Err(DistError::Size {
+                what: "all_gather output",
+                expected: part.len() * self.size,
+                got: out.len(),
+            });
+        }
+        self.with(|c| c.all_gather_into(part, out));
+        Ok(())
+    }
+
+    fn broadcast(&self, root: usize, buf: &mut [u8]) -> Result<(), DistError> {
+        check_rank(root, self.size)?;
+        self.with(|c| c.process_at_rank(root as i32).broadcast_into(buf));
+        Ok(())
+    }
+
+    fn send(&self, to: usize, buf: &[u8]) -> Result<(), DistError> {
+        check_rank(to, self.size)?;
+        self.with(|c| c.process_at_rank(to as i32).send(buf));
+        Ok(())
+    }
+
+    fn recv(&self, from: usize) -> Result<Vec<u8>, DistError> {
+        check_rank(from, self.size)?;
+        Ok(self.with(|c| c.process_at_rank(from as i32).receive_vec::<u8>().0))
+    }
+
+    fn barrier(&self) -> Result<(), DistError> {
+        self.with(|c| c.barrier());
+        Ok(())
+    }
+}
