@@ -3,7 +3,9 @@
 //! chain ([`SamplingArgs`]).
 
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
+use tuili_dist::Comm;
 use tuili_engine::{Engine, EngineConfig, GenerationDefaults};
 use tuili_sample::{SamplingParams, Stage, DEFAULT_ORDER};
 
@@ -23,6 +25,10 @@ pub(crate) struct ModelArgs {
     /// cache is in (see the README's Commands).
     #[arg(long)]
     no_mmap: bool,
+    /// Tensor parallelism over N processes, started by `mpirun -np N` (a build with
+    /// `--features mpi`; README, Distributed runs): each holds 1/N of every weight matrix.
+    #[arg(long, default_value_t = 1)]
+    tp: usize,
 }
 
 impl ModelArgs {
@@ -40,7 +46,95 @@ impl ModelArgs {
             n_batch,
             threads: self.threads(),
         };
-        Ok(Engine::load_with(&self.model, cfg, load_how(self.no_mmap))?)
+        let comm = join_group(self.tp)?;
+        Ok(Engine::load_dist(
+            &self.model,
+            cfg,
+            load_how(self.no_mmap),
+            comm,
+        )?)
+    }
+}
+
+/// The processes of this run (`--tp N`: the N that `mpirun` started; alone: one). Ranks
+/// other than 0 compute their part and print nothing: their standard output goes nowhere,
+/// and their standard error too, except errors ([`report_error`]).
+pub(crate) fn join_group(tp: usize) -> Result<Arc<dyn Comm>, CliError> {
+    if tp == 0 {
+        return Err(CliError::Usage("--tp 0: give at least 1".into()));
+    }
+    let comm = tuili_dist::launch::world(tp, &format!("--tp {tp}"))
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    if comm.rank() > 0 {
+        silence();
+    }
+    // Set once per process (a command joins one group).
+    let _ = GROUP.set(comm.clone());
+    Ok(comm)
+}
+
+/// The group joined, for the error path.
+static GROUP: OnceLock<Arc<dyn Comm>> = OnceLock::new();
+/// The standard error this process started with (kept when a follower's is silenced).
+static STDERR: OnceLock<i32> = OnceLock::new();
+
+/// Sends standard output and error to /dev/null, keeping a copy of standard error for
+/// errors.
+fn silence() {
+    // SAFETY: plain file-descriptor calls on descriptors this process owns (0–2 and the ones
+    // they return); a failure leaves the descriptors as they were.
+    unsafe {
+        let saved = libc::dup(2);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+        if saved >= 0 && null >= 0 {
+            let _ = STDERR.set(saved);
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+            libc::close(null);
+        }
+    }
+    // A panic is an error too: said on the saved standard error.
+    std::panic::set_hook(Box::new(|info| write_saved(&format!("{info}\n"))));
+}
+
+/// `line` on the standard error this process started with.
+fn write_saved(line: &str) {
+    match STDERR.get() {
+        // SAFETY: `fd` is the duplicate of standard error made in `silence`, open for the
+        // life of the process; `line` is a valid buffer of its length.
+        Some(&fd) => unsafe {
+            libc::write(fd, line.as_ptr().cast(), line.len());
+        },
+        None => eprint!("{line}"),
+    }
+}
+
+/// Leaves the group after a command that went well (every rank gets here).
+pub(crate) fn leave_group() {
+    if let Some(g) = GROUP.get() {
+        g.finalize();
+    }
+}
+
+/// Ends the other processes of the group, if any, when this one stops early without an error
+/// (its reader went away): they would otherwise wait for it.
+pub(crate) fn end_group() {
+    if let Some(g) = GROUP.get().filter(|g| g.size() > 1) {
+        g.abort(0);
+    }
+}
+
+/// Prints a command's error, one line on standard error (a follower's saved one, its rank
+/// named); in a group, then ends every process of it, so that none waits for this one.
+pub(crate) fn report_error(msg: &str) {
+    let group = GROUP.get();
+    let line = match group {
+        Some(g) if g.size() > 1 => format!("error (rank {} of {}): {msg}\n", g.rank(), g.size()),
+        _ => format!("error: {msg}\n"),
+    };
+    write_saved(&line);
+    if let Some(g) = group.filter(|g| g.size() > 1) {
+        g.abort(1);
     }
 }
 

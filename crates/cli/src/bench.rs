@@ -42,6 +42,9 @@ pub struct BenchArgs {
     /// `tuili run --no-mmap`).
     #[arg(long)]
     pub no_mmap: bool,
+    /// Tensor parallelism over N processes started by `mpirun -np N` (as `run --tp`).
+    #[arg(long, default_value_t = 1)]
+    pub tp: usize,
     /// Batched decoding: for each B, B sequences of --batch-ctx tokens decode n-gen steps
     /// together through the paged KV cache (what `tuili serve` runs); aggregate tokens/s.
     #[arg(short = 'b', long = "batch", value_delimiter = ',')]
@@ -274,7 +277,8 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
     let model_size: u64 = file.tensors.iter().map(|t| t.size).sum();
     let n_params: u64 = file.tensors.iter().map(|t| t.n_elements()).sum();
     let dtype = dominant_type(&file);
-    let model = Model::load(Arc::clone(&file)).map_err(tuili_engine::EngineError::from)?;
+    let comm = crate::args::join_group(a.tp)?;
+    let model = Model::load_tp(Arc::clone(&file), comm).map_err(tuili_engine::EngineError::from)?;
     let model_type = format!(
         "{} {} {}",
         model.config().arch.name,
@@ -360,12 +364,16 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
             };
             writeln!(
                 out,
-                "| {model_type} | {:.2} MiB | {:.2} {} | CPU ({}{}) | {} | {test} | {m:.2} ± {sd:.2} |",
+                "| {model_type} | {:.2} MiB | {:.2} {} | CPU ({}{}{}) | {} | {test} | {m:.2} ± {sd:.2} |",
                 model_size as f64 / (1u64 << 20) as f64,
                 if n_params >= 1_000_000_000 { n_params as f64 / 1e9 } else { n_params as f64 / 1e6 },
                 if n_params >= 1_000_000_000 { "B" } else { "M" },
                 model.isa().name(),
                 if a.no_mmap { ", no mmap" } else { "" },
+                match model.shard().size {
+                    1 => String::new(),
+                    n => format!(", tp {n}"),
+                },
                 r.n_threads,
             )?;
         }

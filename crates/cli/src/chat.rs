@@ -30,9 +30,9 @@ pub struct ChatArgs {
 }
 
 pub fn chat(a: ChatArgs) -> Result<(), CliError> {
-    let seed = a.sampling.seed.unwrap_or_else(tuili_sample::fresh_seed);
-    a.sampling.params(seed, None)?;
+    a.sampling.params(a.sampling.seed.unwrap_or(0), None)?;
     let mut engine = a.model.load(a.ctx.ctx_size, 512)?;
+    let seed = engine.agree_seed(a.sampling.seed)?;
     if let Some(spec) = &a.chat_template {
         engine.set_chat_template(spec)?;
     }
@@ -52,8 +52,9 @@ pub fn chat(a: ChatArgs) -> Result<(), CliError> {
     let stdout = std::io::stdout();
     loop {
         eprint!("> ");
-        let Some(line) = lines.next() else { break };
-        let line = line?;
+        let Some(line) = next_line(engine.comm(), &mut lines)? else {
+            break;
+        };
         let input = line.trim();
         match input {
             "" => continue,
@@ -111,4 +112,30 @@ pub fn chat(a: ChatArgs) -> Result<(), CliError> {
         messages.push(Message::new("assistant", c.text.trim()));
     }
     Ok(())
+}
+
+/// The next line of the conversation: read from standard input by rank 0 and sent to the
+/// others (under `mpirun` only rank 0 has the terminal); `None` at the end of input.
+fn next_line(
+    comm: &dyn tuili_dist::Comm,
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+) -> Result<Option<String>, CliError> {
+    if comm.size() == 1 {
+        return Ok(lines.next().transpose()?);
+    }
+    let mine = if comm.rank() == 0 {
+        match lines.next().transpose()? {
+            Some(l) => [&[1u8][..], l.as_bytes()].concat(),
+            None => vec![0],
+        }
+    } else {
+        Vec::new()
+    };
+    let got = comm
+        .broadcast_vec(0, mine)
+        .map_err(|e| CliError::Engine(tuili_engine::EngineError::Model(e.into())))?;
+    Ok(match got.split_first() {
+        Some((1, text)) => Some(String::from_utf8_lossy(text).into_owned()),
+        _ => None,
+    })
 }

@@ -76,8 +76,15 @@ fn main() -> ExitCode {
         Cmd::Serve(a) => serve::serve(*a),
     };
     match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Ok(()) => {
+            args::leave_group();
+            ExitCode::SUCCESS
+        }
+        // The reader went away: done (the other ranks of a group are ended with this one).
+        Err(CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            args::end_group();
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             let mut msg = e.to_string();
             let mut src = std::error::Error::source(&e);
@@ -89,7 +96,7 @@ fn main() -> ExitCode {
                 }
                 src = s.source();
             }
-            eprintln!("error: {msg}");
+            args::report_error(&msg);
             ExitCode::FAILURE
         }
     }

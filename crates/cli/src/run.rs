@@ -66,9 +66,8 @@ pub(crate) struct RunArgs {
 }
 
 pub(crate) fn run(a: RunArgs) -> Result<(), CliError> {
-    let seed = a.sampling.seed.unwrap_or_else(tuili_sample::fresh_seed);
     // Refuse nonsense before the model is loaded.
-    let sampling = a.sampling.params(seed, None)?;
+    let sampling = a.sampling.params(a.sampling.seed.unwrap_or(0), None)?;
     let beam = match a.beams {
         Some(num_beams) => Some(BeamParams {
             num_beams,
@@ -95,6 +94,7 @@ pub(crate) fn run(a: RunArgs) -> Result<(), CliError> {
     req.validate()?;
     let t_load = std::time::Instant::now();
     let engine = a.model.load(a.ctx.ctx_size, a.batch_size)?;
+    let seed = engine.agree_seed(a.sampling.seed)?;
     let c = engine.model().config();
     eprintln!(
         "tuili: {} ({}, {} layers, {} dims, vocab {}), context {}, {} threads, seed {seed}, loaded in {:.0} ms",

@@ -101,19 +101,21 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
         }
     });
     let n_ctx = engine.n_ctx();
-    let server = ServeLoop::start(
-        Arc::new(engine),
-        ServeConfig {
-            kv_memory,
-            kv_type,
-            block_size: a.block_size,
-            sched: SchedConfig {
-                max_batch_tokens: a.max_batch_tokens,
-                max_seqs: a.max_seqs,
-                max_queue: a.max_queue,
-            },
+    let cfg = ServeConfig {
+        kv_memory,
+        kv_type,
+        block_size: a.block_size,
+        sched: SchedConfig {
+            max_batch_tokens: a.max_batch_tokens,
+            max_seqs: a.max_seqs,
+            max_queue: a.max_queue,
         },
-    )?;
+    };
+    if engine.comm().rank() > 0 {
+        // Another rank of a tensor-parallel group: rank 0 serves; this one runs its steps.
+        return Ok(ServeLoop::follow(&engine, &cfg)?);
+    }
+    let server = ServeLoop::start(Arc::new(engine), cfg)?;
     let blocks = server
         .metrics()
         .kv_blocks_total

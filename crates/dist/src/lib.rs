@@ -1,17 +1,20 @@
 //! `tuili-dist`: the processes of one distributed run and what passes between them.
 //!
 //! Owns: the [`Comm`] trait — rank, size, all-reduce (sum of f32), all-gather, broadcast,
-//! send/receive of a buffer, barrier — with a single-process implementation ([`Local`]) and,
-//! behind the cargo feature `mpi`, one over MPI ([`mpi_comm::MpiComm`], OpenMPI through
-//! rsmpi). Everything above this crate sees only `Comm`. May not: know models, tensors'
-//! meaning, or scheduling.
+//! send/receive of a buffer, barrier — with a single-process implementation ([`Local`]), one
+//! between threads of a process ([`threads::group`]: several ranks in any build, for tests)
+//! and, behind the cargo feature `mpi`, one over MPI ([`mpi_comm::MpiComm`], OpenMPI through
+//! rsmpi). [`launch::world`] joins the processes a run was started as. Everything above this
+//! crate sees only `Comm`. May not: know models, tensors' meaning, or scheduling.
 //!
 //! Results do not depend on timing: the all-reduce adds the ranks' parts in rank order on
 //! every rank (gathered, then summed), so every rank holds bit-identical sums, the same from
 //! run to run, whatever algorithm the MPI library picks.
 
+pub mod launch;
 #[cfg(feature = "mpi")]
 pub mod mpi_comm;
+pub mod threads;
 
 /// Errors of communication.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -28,6 +31,11 @@ pub enum DistError {
     Alone,
     #[error("MPI: {0}")]
     Mpi(String),
+    #[error("rank {rank} left the group (it failed or was stopped): the run cannot go on")]
+    PeerGone { rank: usize },
+    /// The processes started are not the ones asked for (wrong count, no MPI).
+    #[error("{0}")]
+    Launch(String),
 }
 
 /// The processes of one run, as one of them sees them.
@@ -65,6 +73,24 @@ pub trait Comm: Send + Sync {
     /// Rank `root`'s `buf` to every rank (the same length everywhere).
     fn broadcast(&self, root: usize, buf: &mut [u8]) -> Result<(), DistError>;
 
+    /// Rank `root`'s `data`, of any length, to every rank (what the others pass is ignored).
+    fn broadcast_vec(&self, root: usize, data: Vec<u8>) -> Result<Vec<u8>, DistError> {
+        let mut len = (data.len() as u64).to_le_bytes();
+        self.broadcast(root, &mut len)?;
+        let n = usize::try_from(u64::from_le_bytes(len)).map_err(|_| DistError::Size {
+            what: "broadcast length",
+            expected: usize::MAX,
+            got: 0,
+        })?;
+        let mut buf = if self.rank() == root {
+            data
+        } else {
+            vec![0; n]
+        };
+        self.broadcast(root, &mut buf)?;
+        Ok(buf)
+    }
+
     /// Sends `buf` to rank `to` (a matching [`Comm::recv`] there).
     fn send(&self, to: usize, buf: &[u8]) -> Result<(), DistError>;
 
@@ -73,6 +99,16 @@ pub trait Comm: Send + Sync {
 
     /// Waits until every rank has reached it.
     fn barrier(&self) -> Result<(), DistError>;
+
+    /// Leaves the group at the end of a run that went well (MPI: `MPI_Finalize`, which every
+    /// rank must reach); communication after it fails. Nothing for the others.
+    fn finalize(&self) {}
+
+    /// Ends every process of the group now, with exit status `code` (a rank that cannot go
+    /// on, so that the others do not wait for it forever). One process alone just exits.
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
 }
 
 /// One process alone: rank 0 of 1; collectives are the identity.

@@ -24,7 +24,8 @@ unsafe impl Send for World {}
 
 /// The processes of an `mpirun`, over MPI.
 pub struct MpiComm {
-    world: Mutex<World>,
+    /// `None` once finalized.
+    world: Mutex<Option<World>>,
     rank: usize,
     size: usize,
 }
@@ -42,19 +43,22 @@ impl MpiComm {
         let comm = universe.world();
         let (rank, size) = (comm.rank() as usize, comm.size() as usize);
         Ok(MpiComm {
-            world: Mutex::new(World {
+            world: Mutex::new(Some(World {
                 comm,
                 _universe: universe,
-            }),
+            })),
             rank,
             size,
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&SimpleCommunicator) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&SimpleCommunicator) -> T) -> Result<T, DistError> {
         // A poisoned lock means a panic mid-call elsewhere; the communicator itself is intact.
         let w = self.world.lock().unwrap_or_else(|p| p.into_inner());
-        f(&w.comm)
+        match w.as_ref() {
+            Some(w) => Ok(f(&w.comm)),
+            None => Err(DistError::Mpi("MPI was already finalized".into())),
+        }
     }
 }
 
@@ -75,29 +79,45 @@ impl Comm for MpiComm {
                 got: out.len(),
             });
         }
-        self.with(|c| c.all_gather_into(part, out));
+        self.with(|c| c.all_gather_into(part, out))?;
         Ok(())
     }
 
     fn broadcast(&self, root: usize, buf: &mut [u8]) -> Result<(), DistError> {
         check_rank(root, self.size)?;
-        self.with(|c| c.process_at_rank(root as i32).broadcast_into(buf));
+        self.with(|c| c.process_at_rank(root as i32).broadcast_into(buf))?;
         Ok(())
     }
 
     fn send(&self, to: usize, buf: &[u8]) -> Result<(), DistError> {
         check_rank(to, self.size)?;
-        self.with(|c| c.process_at_rank(to as i32).send(buf));
+        self.with(|c| c.process_at_rank(to as i32).send(buf))?;
         Ok(())
     }
 
     fn recv(&self, from: usize) -> Result<Vec<u8>, DistError> {
         check_rank(from, self.size)?;
-        Ok(self.with(|c| c.process_at_rank(from as i32).receive_vec::<u8>().0))
+        self.with(|c| c.process_at_rank(from as i32).receive_vec::<u8>().0)
     }
 
     fn barrier(&self) -> Result<(), DistError> {
-        self.with(|c| c.barrier());
-        Ok(())
+        self.with(|c| c.barrier())
+    }
+
+    fn finalize(&self) {
+        // Dropping the universe finalizes MPI; later calls fail instead of touching it.
+        let w = self.world.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(w);
+    }
+
+    fn abort(&self, code: i32) -> ! {
+        // Not through the mutex: another thread may hold it, blocked in a collective that
+        // will never complete — which is why we abort.
+        // SAFETY: MPI_Abort may be called from any thread once MPI is initialized (it was, in
+        // `init`), and does not return.
+        unsafe {
+            mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, code);
+        }
+        std::process::exit(code)
     }
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tuili_core::ThreadPool;
+use tuili_dist::{Comm, Local};
 use tuili_formats::GgufFile;
 use tuili_model::Model;
 use tuili_tokenizer::chat::{ChatTemplate, CHATML};
@@ -79,6 +80,18 @@ impl Engine {
         cfg: EngineConfig,
         how: tuili_formats::Load,
     ) -> Result<Engine, EngineError> {
+        Engine::load_dist(path, cfg, how, Arc::new(Local))
+    }
+
+    /// [`Engine::load_with`] as one rank of a tensor-parallel group (`comm`; see
+    /// [`Model::load_tp`]): every rank loads the same model and must then make the same calls
+    /// in the same order — what [`Engine::agree_seed`] and the front ends see to.
+    pub fn load_dist(
+        path: impl AsRef<Path>,
+        cfg: EngineConfig,
+        how: tuili_formats::Load,
+        comm: Arc<dyn Comm>,
+    ) -> Result<Engine, EngineError> {
         let path = path.as_ref();
         if let Some(s) = path.to_str().filter(|s| hub::looks_like_hub_id(s)) {
             let opts = hub::HubOptions {
@@ -90,10 +103,10 @@ impl Engine {
                     "{s}: no such file or folder here, so tried the hub: {e}"
                 ))
             })?;
-            return Engine::load_with(dir, cfg, how);
+            return Engine::load_dist(dir, cfg, how, comm);
         }
         if path.is_dir() {
-            let (model, extras) = Model::load_hf(path, how)?;
+            let (model, extras) = Model::load_hf_tp(path, how, comm)?;
             let mut tokenizer = Tokenizer::from_tokenizer_json(path.join("tokenizer.json"))?;
             for &id in &extras.eos_ids {
                 tokenizer.add_eog(id);
@@ -112,8 +125,25 @@ impl Engine {
         }
         let file = Arc::new(GgufFile::open_with(path, how)?);
         let tokenizer = Tokenizer::from_gguf(&file)?;
-        let model = Model::load(file)?;
+        let model = Model::load_tp(file, comm)?;
         Engine::new(model, tokenizer, cfg)
+    }
+
+    /// The group this engine computes in (alone: one rank).
+    pub fn comm(&self) -> &dyn Comm {
+        self.model.comm()
+    }
+
+    /// One sampling seed for the whole group: `seed` if given, else rank 0's fresh one, sent to
+    /// every rank (so that seeded and unseeded runs sample the same tokens on every rank).
+    pub fn agree_seed(&self, seed: Option<u64>) -> Result<u64, EngineError> {
+        let comm = self.comm();
+        let mut bytes = seed.unwrap_or_else(tuili_sample::fresh_seed).to_le_bytes();
+        if comm.size() > 1 && seed.is_none() {
+            comm.broadcast(0, &mut bytes)
+                .map_err(|e| EngineError::Model(e.into()))?;
+        }
+        Ok(u64::from_le_bytes(bytes))
     }
 
     /// Sampling defaults the model's files suggest (a Hugging Face `generation_config.json`).

@@ -56,6 +56,19 @@ pub enum ModelError {
     /// A file or folder that cannot be read or written (`reason` says which and why).
     #[error("{path}: {reason}")]
     Io { path: String, reason: String },
+    #[error("{path}: cannot split over {size} ranks: {reason}")]
+    Shard {
+        path: String,
+        size: usize,
+        reason: String,
+    },
+    #[error(
+        "{path}: the ranks opened different models (rank {rank}'s differs from rank 0's: \
+         every machine needs the same file)"
+    )]
+    NotSameModel { path: String, rank: usize },
+    #[error(transparent)]
+    Dist(#[from] tuili_dist::DistError),
     #[error(transparent)]
     Kv(#[from] tuili_kv::KvError),
     #[error(transparent)]

@@ -24,6 +24,7 @@ pub mod exec;
 pub mod hf;
 pub mod model;
 pub mod quantize;
+pub mod shard;
 pub mod synth;
 pub mod weights;
 
@@ -33,3 +34,4 @@ pub use error::ModelError;
 pub use exec::{KvAccess, Scratch};
 pub use hf::HfExtras;
 pub use model::Model;
+pub use shard::Shard;

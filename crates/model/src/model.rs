@@ -15,12 +15,43 @@ use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::exec::{self, Decoder, KvAccess, Scratch};
 use crate::hf::HfExtras;
-use crate::weights::GgufSource;
+use crate::shard::{check_same_model, Fingerprint, Shard};
+use crate::weights::{GgufSource, WeightSource};
+use tuili_dist::{Comm, Local};
+
+fn shard_of(comm: &dyn Comm) -> Shard {
+    Shard {
+        rank: comm.rank(),
+        size: comm.size(),
+    }
+}
+
+/// Binds this rank's part of the model; in a group, checks first that every rank opened the
+/// same model.
+fn bind_checked(
+    bind: arch::BindFn,
+    cfg: ModelConfig,
+    src: &dyn WeightSource,
+    comm: &dyn Comm,
+) -> Result<Box<dyn Decoder>, ModelError> {
+    if comm.size() == 1 {
+        return bind(cfg, src, Shard::WHOLE);
+    }
+    let f = Fingerprint::new(src, &cfg);
+    let dec = bind(cfg, &f, shard_of(comm));
+    // Every rank takes part in the check, also one that could not bind (its own error then
+    // comes first).
+    let same = check_same_model(comm, f.value(), &src.label());
+    let dec = dec?;
+    same.map(|()| dec)
+}
 
 /// A loaded model: views of its weights in the mapped file(s), bound by its architecture's
 /// decoder. Holds no per-request state: the KV cache and the scratch buffers are the caller's.
 pub struct Model {
     dec: Box<dyn Decoder>,
+    /// The tensor-parallel group this process computes with (alone: `Local`).
+    comm: Arc<dyn Comm>,
     /// The file or folder the weights come from.
     label: String,
     /// Kernel set, detected at load; tests switch it to compare against the scalar twins.
@@ -30,40 +61,69 @@ pub struct Model {
 impl Model {
     /// Binds a GGUF model of any supported architecture, checking names, shapes and types.
     pub fn load(file: Arc<GgufFile>) -> Result<Model, ModelError> {
+        Model::load_tp(file, Arc::new(Local))
+    }
+
+    /// [`Model::load`] for one rank of a tensor-parallel group: binds this rank's part of
+    /// every matrix ([`crate::shard`]); every rank of `comm` must load the same model and run
+    /// the same forward passes.
+    pub fn load_tp(file: Arc<GgufFile>, comm: Arc<dyn Comm>) -> Result<Model, ModelError> {
         let label = file.path().display().to_string();
         if file.tensors.is_empty() {
             return Err(ModelError::NoWeights { path: label });
         }
         let a = arch::of_gguf(&file)?;
         let cfg = ModelConfig::from_gguf(&file, a.arch)?;
-        let dec = (a.bind)(cfg, &GgufSource(file))?;
-        Ok(Model::new(dec, label))
+        let dec = bind_checked(a.bind, cfg, &GgufSource(file), &*comm)?;
+        Ok(Model::new(dec, label, comm))
     }
 
     /// Loads a Hugging Face model folder (`config.json`, safetensors shards), its weights
     /// mapped or read into memory ([`Load`]); also returns what the configs say beyond the
     /// shape.
     pub fn load_hf(dir: &Path, how: Load) -> Result<(Model, HfExtras), ModelError> {
+        Model::load_hf_tp(dir, how, Arc::new(Local))
+    }
+
+    /// [`Model::load_hf`] for one rank of a tensor-parallel group (see [`Model::load_tp`]).
+    pub fn load_hf_tp(
+        dir: &Path,
+        how: Load,
+        comm: Arc<dyn Comm>,
+    ) -> Result<(Model, HfExtras), ModelError> {
         let (a, cfg, extras) = arch::of_hf(dir)?;
         let st = Safetensors::open_dir_with(dir, how).map_err(|e| ModelError::Io {
             path: dir.display().to_string(),
             reason: e.to_string(),
         })?;
         let src = (a.hf_source)(st, &cfg, &extras);
-        let dec = (a.bind)(cfg, &*src)?;
-        Ok((Model::new(dec, src.label()), extras))
+        let dec = bind_checked(a.bind, cfg, &*src, &*comm)?;
+        Ok((Model::new(dec, src.label(), comm), extras))
     }
 
-    fn new(dec: Box<dyn Decoder>, label: String) -> Model {
+    fn new(dec: Box<dyn Decoder>, label: String, comm: Arc<dyn Comm>) -> Model {
         Model {
             dec,
+            comm,
             label,
             isa: cpu::detect(),
         }
     }
 
+    /// What this process computes with: the model's configuration, under tensor parallelism
+    /// with this rank's heads and hidden units (the vocabulary is always whole).
     pub fn config(&self) -> &ModelConfig {
         self.dec.config()
+    }
+
+    /// The tensor-parallel group this model computes in.
+    pub fn comm(&self) -> &dyn Comm {
+        &*self.comm
+    }
+
+    /// This process's place in its tensor-parallel group.
+    pub fn shard(&self) -> Shard {
+        shard_of(&*self.comm)
     }
 
     /// The file or folder the weights come from.
@@ -127,6 +187,7 @@ impl Model {
         let n_kv_head = self.config().n_head_kv;
         let logits = exec::forward(
             &*self.dec,
+            &*self.comm,
             self.isa,
             tokens,
             &spans,
@@ -156,7 +217,16 @@ impl Model {
         pool: &ThreadPool,
     ) -> Result<&'s [f32], ModelError> {
         exec::forward(
-            &*self.dec, self.isa, tokens, spans, cache, max_ctx, scratch, out, pool,
+            &*self.dec,
+            &*self.comm,
+            self.isa,
+            tokens,
+            spans,
+            cache,
+            max_ctx,
+            scratch,
+            out,
+            pool,
         )
     }
 }

@@ -190,9 +190,39 @@ impl Matrix {
         }
     }
 
+    /// Columns `start..start + n` of every row as a matrix of their own, copied (a rank's
+    /// share of a matrix split along its input, tensor parallelism); both ends must fall on
+    /// block boundaries of the type.
+    pub fn cols_copy(&self, start: usize, n: usize) -> Result<Matrix, ModelError> {
+        let bl = self.dtype.block_len() as usize;
+        let bb = self.dtype.block_bytes() as usize;
+        if !start.is_multiple_of(bl) || !n.is_multiple_of(bl) || start + n > self.cols {
+            return Err(ModelError::BadShape {
+                path: self.name.clone(),
+                name: format!("columns {start}..{} of {}", start + n, self.name),
+                got: vec![self.cols as u64, self.rows as u64],
+                expected: vec![n as u64, self.rows as u64],
+            });
+        }
+        let (rb, b0, b1) = (self.row_bytes(), start / bl * bb, (start + n) / bl * bb);
+        let mut out = Vec::with_capacity(self.rows * (b1 - b0));
+        for row in self.data().chunks_exact(rb) {
+            out.extend_from_slice(&row[b0..b1]);
+        }
+        Ok(Matrix {
+            name: format!("{}[:, {start}..{}]", self.name, start + n),
+            dtype: self.dtype,
+            rows: self.rows,
+            cols: n,
+            range: 0..out.len(),
+            backing: WeightBytes::Owned(Arc::new(out)),
+        })
+    }
+
     /// Bytes of one row.
     pub fn row_bytes(&self) -> usize {
-        self.range.len() / self.rows
+        // (No rows: a tensor-parallel rank's share of Q, K, V when it holds no heads.)
+        self.range.len().checked_div(self.rows).unwrap_or(0)
     }
 
     /// This matrix's bytes (in the memory map).

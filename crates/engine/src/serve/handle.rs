@@ -8,10 +8,12 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tuili_kv::{BlockAllocator, PagedStore};
+use tuili_model::Scratch;
 
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::sched::Scheduler;
+use crate::serve::batch::Received;
 use crate::serve::config::ServeConfig;
 use crate::serve::events::{Event, Msg, Rejection, Submission};
 use crate::serve::metrics::Metrics;
@@ -59,14 +61,7 @@ impl ServeLoop {
                 reason: "must be at least 1".into(),
             });
         }
-        let (l, bs, h, d) = (c.n_layer, cfg.block_size, c.n_head_kv, c.head_dim);
-        let store = PagedStore::new(cfg.kv_type, l, n_blocks, bs, h, d).map_err(|e| {
-            EngineError::BadSetting {
-                name: "kv-type",
-                value: cfg.kv_type.to_string(),
-                reason: e.to_string(),
-            }
-        })?;
+        let store = pool(&engine, &cfg, n_blocks)?;
         let sched = Scheduler::new(cfg.sched, BlockAllocator::new(n_blocks, cfg.block_size));
         let metrics = Arc::new(Metrics::new());
         metrics.kv_blocks_total.store(n_blocks, Ordering::Relaxed);
@@ -82,6 +77,22 @@ impl ServeLoop {
             metrics,
             thread: Some(thread),
         })
+    }
+
+    /// The other ranks' side of a tensor-parallel group's serving (rank > 0): a pool of the
+    /// same blocks as rank 0's (each rank's heads only), then every step rank 0 sends, run
+    /// on this rank's part of the model, until rank 0 stops.
+    pub fn follow(engine: &Engine, cfg: &ServeConfig) -> Result<(), EngineError> {
+        let comm = engine.comm();
+        let mut n = [0u8; 8];
+        comm.broadcast(0, &mut n)
+            .map_err(|e| EngineError::Model(e.into()))?;
+        let mut store = pool(engine, cfg, u64::from_le_bytes(n) as usize)?;
+        let mut scratch = Scratch::new();
+        while let Some(step) = Received::next(comm)? {
+            step.batch().run(engine, &mut store, &mut scratch)?;
+        }
+        Ok(())
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
@@ -119,6 +130,23 @@ impl ServeLoop {
             let _ = t.join();
         }
     }
+}
+
+/// The paged pool of `n_blocks` blocks for this rank's KV heads; in a group, rank 0 tells the
+/// others `n_blocks` (their [`ServeLoop::follow`] waits for it).
+fn pool(engine: &Engine, cfg: &ServeConfig, n_blocks: usize) -> Result<PagedStore, EngineError> {
+    let comm = engine.comm();
+    if comm.size() > 1 && comm.rank() == 0 {
+        comm.broadcast(0, &mut (n_blocks as u64).to_le_bytes())
+            .map_err(|e| EngineError::Model(e.into()))?;
+    }
+    let c = engine.model().config();
+    let (l, bs, h, d) = (c.n_layer, cfg.block_size, c.n_head_kv, c.head_dim);
+    PagedStore::new(cfg.kv_type, l, n_blocks, bs, h, d).map_err(|e| EngineError::BadSetting {
+        name: "kv-type",
+        value: cfg.kv_type.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 impl Drop for ServeLoop {

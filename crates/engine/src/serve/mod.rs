@@ -11,6 +11,7 @@
 //! the prompt's forked at the first step, each beam forked again where two continue the same
 //! one, so their blocks are counted, preempted and refused like any other request's.
 
+mod batch;
 mod config;
 mod events;
 mod handle;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tuili_kv::PagedStore;
-use tuili_model::{OutRows, Scratch, SeqSpan};
+use tuili_model::{Scratch, SeqSpan};
 
 use crate::beam::{Advance, BeamSearch};
 use crate::decoder::Decoder;
@@ -18,6 +18,7 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::request::{GenerateRequest, StopReason};
 use crate::sched::{Plan, SchedError, Scheduler, SeqId};
+use crate::serve::batch::{share_stop, Batch};
 use crate::serve::events::{Event, Msg, Rejection, Sink, Submission};
 use crate::serve::metrics::Metrics;
 
@@ -137,6 +138,9 @@ impl<'e> Loop<'e> {
             self.publish();
         }
         self.fail_all("the server is shutting down");
+        if let Err(err) = share_stop(self.e.comm()) {
+            eprintln!("tuili serve: cannot tell the other ranks to stop: {err}");
+        }
     }
 
     fn publish(&self) {
@@ -310,25 +314,31 @@ impl<'e> Loop<'e> {
         if plan.items.is_empty() {
             return Ok(());
         }
-        self.store.copy_blocks(&plan.copies);
         self.assemble(&plan);
         let e = self.e;
         // The scratch is taken out for the step so that its logits can be read while the
         // decoders (in `self`) are updated; put back after.
         let mut scratch = std::mem::take(&mut self.scratch);
         let b = Batch {
+            copies: &plan.copies,
             tokens: &self.tokens,
             spans: &self.spans,
             tables: &self.tables,
             offsets: &self.offsets,
             out: &self.out,
         };
-        let res = b.run(e, &mut self.store, &mut scratch);
+        // The other ranks of a tensor-parallel group run the same step.
+        let res = match b.share(e.comm()) {
+            Ok(()) => b
+                .run(e, &mut self.store, &mut scratch)
+                .map_err(EngineError::from),
+            Err(err) => Err(err),
+        };
         let logits = match res {
             Ok(l) => l,
             Err(err) => {
                 self.scratch = scratch;
-                return Err(err.into());
+                return Err(err);
             }
         };
         self.sched.commit(&plan);
@@ -612,36 +622,5 @@ impl<'e> Loop<'e> {
             prompt_tokens: r.prompt.len(),
             completion_tokens: total,
         });
-    }
-}
-
-/// One step's batch, assembled.
-struct Batch<'a> {
-    tokens: &'a [u32],
-    spans: &'a [SeqSpan],
-    tables: &'a [u32],
-    offsets: &'a [usize],
-    /// Batch rows whose logits are sampled.
-    out: &'a [usize],
-}
-
-impl Batch<'_> {
-    /// The forward pass over the pool.
-    fn run<'s>(
-        &self,
-        e: &Engine,
-        store: &mut PagedStore,
-        scratch: &'s mut Scratch,
-    ) -> Result<&'s [f32], tuili_model::ModelError> {
-        let mut cache = store.batch(self.tables, self.offsets);
-        e.model.forward_spans(
-            self.tokens,
-            self.spans,
-            &mut cache,
-            e.n_ctx(),
-            scratch,
-            OutRows::List(self.out),
-            &e.pool,
-        )
     }
 }

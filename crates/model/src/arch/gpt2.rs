@@ -23,6 +23,7 @@ use crate::error::ModelError;
 use crate::exec::{Buffers, Decoder, Step};
 use crate::hf::{self, ConfigJson, HfExtras};
 use crate::quantize::{InputTensor, QuantInput};
+use crate::shard::{Cut, Shard};
 use crate::weights::{vector, Matrix, WeightBytes, WeightInfo, WeightSource};
 
 struct Block {
@@ -31,7 +32,9 @@ struct Block {
     wq: Matrix,       // [n_embd, n_embd]: rows 0..e of the fused [3·n_embd, n_embd]
     wk: Matrix,       // [n_embd, n_embd]: rows e..2e
     wv: Matrix,       // [n_embd, n_embd]: rows 2e..3e
-    qkv_b: Vec<f32>,  // [3·n_embd]
+    bq: Vec<f32>,     // [n_embd]
+    bk: Vec<f32>,     // [n_embd]
+    bv: Vec<f32>,     // [n_embd]
     out: Matrix,      // [n_embd, n_embd]
     out_b: Vec<f32>,  // [n_embd]
     ln2_w: Vec<f32>,  // [n_embd]
@@ -59,8 +62,13 @@ fn add_bias(row: &mut [f32], b: &[f32]) {
     }
 }
 
-/// Binds every tensor of a GPT-2 model from any source (GGUF names).
-pub(crate) fn bind(cfg: ModelConfig, f: &dyn WeightSource) -> Result<Box<dyn Decoder>, ModelError> {
+/// Binds every tensor of a GPT-2 model from any source (GGUF names), or a tensor-parallel
+/// rank's part of each ([`crate::shard`]).
+pub(crate) fn bind(
+    cfg: ModelConfig,
+    f: &dyn WeightSource,
+    shard: Shard,
+) -> Result<Box<dyn Decoder>, ModelError> {
     let (e, ff, nv) = (cfg.n_embd, cfg.n_ff, cfg.n_vocab);
     let wte = Matrix::bind(f, "token_embd.weight", nv, e)?;
     let output = Matrix::bind_opt(f, "output.weight", nv, e)?.unwrap_or_else(|| wte.clone());
@@ -75,13 +83,16 @@ pub(crate) fn bind(cfg: ModelConfig, f: &dyn WeightSource) -> Result<Box<dyn Dec
         let n = |s: &str| format!("blk.{i}.{s}");
         // Q, K and V: the three row blocks of the fused matrix.
         let qkv = Matrix::bind(f, &n("attn_qkv.weight"), 3 * e, e)?;
+        let qkv_b = vector(f, &n("attn_qkv.bias"), 3 * e)?;
         blocks.push(Block {
             ln1_w: vector(f, &n("attn_norm.weight"), e)?,
             ln1_b: vector(f, &n("attn_norm.bias"), e)?,
             wq: qkv.rows_view(0, e),
             wk: qkv.rows_view(e, e),
             wv: qkv.rows_view(2 * e, e),
-            qkv_b: vector(f, &n("attn_qkv.bias"), 3 * e)?,
+            bq: qkv_b[..e].to_vec(),
+            bk: qkv_b[e..2 * e].to_vec(),
+            bv: qkv_b[2 * e..].to_vec(),
             out: Matrix::bind(f, &n("attn_output.weight"), e, e)?,
             out_b: vector(f, &n("attn_output.bias"), e)?,
             ln2_w: vector(f, &n("ffn_norm.weight"), e)?,
@@ -92,7 +103,7 @@ pub(crate) fn bind(cfg: ModelConfig, f: &dyn WeightSource) -> Result<Box<dyn Dec
             down_b: vector(f, &n("ffn_down.bias"), e)?,
         });
     }
-    Ok(Box::new(Gpt2 {
+    let mut m = Gpt2 {
         ln_f_w: vector(f, "output_norm.weight", e)?,
         ln_f_b: vector(f, "output_norm.bias", e)?,
         cfg,
@@ -100,7 +111,47 @@ pub(crate) fn bind(cfg: ModelConfig, f: &dyn WeightSource) -> Result<Box<dyn Dec
         wpe,
         blocks,
         output,
-    }))
+    };
+    if shard.size > 1 {
+        m.keep(shard, &f.label())?;
+    }
+    Ok(Box::new(m))
+}
+
+impl Gpt2 {
+    /// Keeps a tensor-parallel rank's part of every matrix ([`crate::shard`]): its heads' rows
+    /// of Q, K, V (and biases) and columns of the attention output, its hidden units' rows of
+    /// up (and bias) and columns of down, its rows of the vocabulary. The output and down
+    /// biases join after the all-reduce, whole.
+    fn keep(&mut self, shard: Shard, label: &str) -> Result<(), ModelError> {
+        let block = |m: &dyn Fn(&Block) -> &Matrix| {
+            self.blocks
+                .iter()
+                .map(|b| m(b).dtype.block_len() as usize)
+                .max()
+                .unwrap_or(1)
+        };
+        let (o_block, down_block) = (block(&|b| &b.out), block(&|b| &b.down));
+        let cut = Cut::new(&self.cfg, shard, o_block, down_block, label)?;
+        let hd = self.cfg.head_dim;
+        let r = cut.q_heads.start * hd..cut.q_heads.end * hd;
+        let ff = &cut.ff;
+        for b in &mut self.blocks {
+            b.wq = b.wq.rows_view(r.start, r.len());
+            b.wk = b.wk.rows_view(r.start, r.len());
+            b.wv = b.wv.rows_view(r.start, r.len());
+            b.bq = b.bq[r.clone()].to_vec();
+            b.bk = b.bk[r.clone()].to_vec();
+            b.bv = b.bv[r.clone()].to_vec();
+            b.out = b.out.cols_copy(r.start, r.len())?;
+            b.up = b.up.rows_view(ff.start, ff.len());
+            b.up_b = b.up_b[ff.clone()].to_vec();
+            b.down = b.down.cols_copy(ff.start, ff.len())?;
+        }
+        self.output = self.output.rows_view(cut.vocab.start, cut.vocab.len());
+        self.cfg = cut.local(&self.cfg);
+        Ok(())
+    }
 }
 
 impl Decoder for Gpt2 {
@@ -121,25 +172,26 @@ impl Decoder for Gpt2 {
         Ok(())
     }
 
-    fn layer(&self, li: usize, st: &mut Step<'_>, b: &mut Buffers<'_>) {
+    fn layer(&self, li: usize, st: &mut Step<'_>, b: &mut Buffers<'_>) -> Result<(), ModelError> {
         let (cfg, blk) = (&self.cfg, &self.blocks[li]);
         let (e, ff, eps) = (cfg.n_embd, cfg.n_ff, cfg.rms_eps);
+        let qd = cfg.q_dim();
         st.each_token(e, [&mut *b.x, &mut *b.h], &|_, [xt, ht]| {
             ops::layer_norm(xt, &blk.ln1_w, &blk.ln1_b, eps, ht);
         });
         let (wq, wk, wv) = (&blk.wq, &blk.wk, &blk.wv);
         st.matmul_many([wq, wk, wv], b.h, [&mut *b.q, &mut *b.k, &mut *b.v]);
         st.each_token(
-            3 * e,
+            3 * qd,
             [&mut *b.q, &mut *b.k, &mut *b.v],
             &|_, [qt, kt, vt]| {
-                add_bias(qt, &blk.qkv_b[..e]);
-                add_bias(kt, &blk.qkv_b[e..2 * e]);
-                add_bias(vt, &blk.qkv_b[2 * e..]);
+                add_bias(qt, &blk.bq);
+                add_bias(kt, &blk.bk);
+                add_bias(vt, &blk.bv);
             },
         );
         st.attention(li, None, b.k, b.v, b.q, b.att);
-        st.matmul_to_residual(&blk.out, b.att, b.h);
+        st.matmul_to_residual(&blk.out, b.att, b.h)?;
         st.each_token(e, [&mut *b.x, &mut *b.h], &|_, [xt, ht]| {
             add_bias(ht, &blk.out_b);
             add_bias(xt, ht);
@@ -150,11 +202,12 @@ impl Decoder for Gpt2 {
             add_bias(ut, &blk.up_b);
             ops::gelu_tanh(ut);
         });
-        st.matmul_to_residual(&blk.down, b.gate, b.h);
+        st.matmul_to_residual(&blk.down, b.gate, b.h)?;
         st.each_token(e, [&mut *b.x, &mut *b.h], &|_, [xt, ht]| {
             add_bias(ht, &blk.down_b);
             add_bias(xt, ht);
         });
+        Ok(())
     }
 
     fn final_norm(&self, x: &[f32], out: &mut [f32]) {

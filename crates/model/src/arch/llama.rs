@@ -27,6 +27,7 @@ use crate::error::ModelError;
 use crate::exec::{Buffers, Decoder, Step};
 use crate::hf::{self, ConfigJson, HfExtras};
 use crate::quantize::{InputTensor, QuantInput};
+use crate::shard::{Cut, Shard};
 use crate::weights::{vector, vector_opt, Matrix, WeightBytes, WeightInfo, WeightSource};
 
 struct Layer {
@@ -63,7 +64,11 @@ struct Llama {
 /// shapes and types. RoPE frequency factors (Llama 3.1's scaling) come as the tensor
 /// `rope_freqs.weight`, which a GGUF file carries and a Hugging Face source makes from its
 /// config.
-pub(crate) fn bind(cfg: ModelConfig, f: &dyn WeightSource) -> Result<Box<dyn Decoder>, ModelError> {
+pub(crate) fn bind(
+    cfg: ModelConfig,
+    f: &dyn WeightSource,
+    shard: Shard,
+) -> Result<Box<dyn Decoder>, ModelError> {
     let (e, q, kv, ff, nv) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff, cfg.n_vocab);
     // Norm weights as the forward pass uses them: HF Gemma stores w − 1 (its RMSNorm
     // multiplies by 1 + w); GGUF stores w.
@@ -155,14 +160,58 @@ pub(crate) fn bind(cfg: ModelConfig, f: &dyn WeightSource) -> Result<Box<dyn Dec
             *w /= x;
         }
     }
-    Ok(Box::new(Llama {
+    let mut m = Llama {
         cfg,
         tok_embd,
         layers,
         output_norm,
         output,
         inv_freq,
-    }))
+    };
+    if shard.size > 1 {
+        m.keep(shard, &f.label())?;
+    }
+    Ok(Box::new(m))
+}
+
+impl Llama {
+    /// Keeps a tensor-parallel rank's part of every matrix ([`crate::shard`]): its heads' rows
+    /// of Q, K, V (and biases) and columns of the attention output, its hidden units' rows of
+    /// gate and up and columns of down, its rows of the vocabulary.
+    fn keep(&mut self, shard: Shard, label: &str) -> Result<(), ModelError> {
+        let block = |m: &dyn Fn(&Layer) -> &Matrix| {
+            self.layers
+                .iter()
+                .map(|l| m(l).dtype.block_len() as usize)
+                .max()
+                .unwrap_or(1)
+        };
+        let (o_block, down_block) = (block(&|l| &l.wo), block(&|l| &l.down));
+        let cut = Cut::new(&self.cfg, shard, o_block, down_block, label)?;
+        let hd = self.cfg.head_dim;
+        let (q, kv, ff) = (&cut.q_heads, &cut.kv_heads, &cut.ff);
+        let (qr, kvr) = (q.start * hd..q.end * hd, kv.start * hd..kv.end * hd);
+        let slice = |v: &mut Option<Vec<f32>>, r: &std::ops::Range<usize>| {
+            if let Some(b) = v {
+                *b = b[r.clone()].to_vec();
+            }
+        };
+        for l in &mut self.layers {
+            l.wq = l.wq.rows_view(qr.start, qr.len());
+            l.wk = l.wk.rows_view(kvr.start, kvr.len());
+            l.wv = l.wv.rows_view(kvr.start, kvr.len());
+            slice(&mut l.bq, &qr);
+            slice(&mut l.bk, &kvr);
+            slice(&mut l.bv, &kvr);
+            l.wo = l.wo.cols_copy(qr.start, qr.len())?;
+            l.gate = l.gate.rows_view(ff.start, ff.len());
+            l.up = l.up.rows_view(ff.start, ff.len());
+            l.down = l.down.cols_copy(ff.start, ff.len())?;
+        }
+        self.output = self.output.rows_view(cut.vocab.start, cut.vocab.len());
+        self.cfg = cut.local(&self.cfg);
+        Ok(())
+    }
 }
 
 impl Decoder for Llama {
@@ -181,7 +230,7 @@ impl Decoder for Llama {
         Ok(())
     }
 
-    fn layer(&self, li: usize, st: &mut Step<'_>, b: &mut Buffers<'_>) {
+    fn layer(&self, li: usize, st: &mut Step<'_>, b: &mut Buffers<'_>) -> Result<(), ModelError> {
         let (cfg, layer) = (&self.cfg, &self.layers[li]);
         let (e, qd, kvd, ff, hd) = (
             cfg.n_embd,
@@ -241,7 +290,7 @@ impl Decoder for Llama {
             },
         );
         st.attention(li, cfg.window(li), b.k, b.v, b.q, b.att);
-        st.matmul_to_residual(&layer.wo, b.att, b.h);
+        st.matmul_to_residual(&layer.wo, b.att, b.h)?;
         // x += post_attn_norm(h); h = ffn_norm(x), token by token.
         st.each_token(e, [&mut *b.x, &mut *b.h], &|_, [xt, ht]| {
             if let Some(w) = &layer.post_attn_norm {
@@ -259,7 +308,7 @@ impl Decoder for Llama {
                 ops::silu_mul_fast(isa, gt, ut);
             }
         });
-        st.matmul_to_residual(&layer.down, b.gate, b.h);
+        st.matmul_to_residual(&layer.down, b.gate, b.h)?;
         // x += post_ffw_norm(h).
         st.each_token(e, [&mut *b.x, &mut *b.h], &|_, [xt, ht]| {
             if let Some(w) = &layer.post_ffw_norm {
@@ -267,6 +316,7 @@ impl Decoder for Llama {
             }
             xt.iter_mut().zip(ht.iter()).for_each(|(a, b)| *a += b);
         });
+        Ok(())
     }
 
     fn final_norm(&self, x: &[f32], out: &mut [f32]) {

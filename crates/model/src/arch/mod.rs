@@ -25,10 +25,12 @@ use crate::error::ModelError;
 use crate::exec::Decoder;
 use crate::hf::{self, HfExtras};
 use crate::quantize::QuantInput;
+use crate::shard::Shard;
 use crate::weights::WeightSource;
 
-/// Binds a model's tensors (GGUF names) into its decoder.
-pub type BindFn = fn(ModelConfig, &dyn WeightSource) -> Result<Box<dyn Decoder>, ModelError>;
+/// Binds a model's tensors (GGUF names) into its decoder: the whole model, or a
+/// tensor-parallel rank's part of it ([`crate::shard`]).
+pub type BindFn = fn(ModelConfig, &dyn WeightSource, Shard) -> Result<Box<dyn Decoder>, ModelError>;
 /// Reads a Hugging Face `config.json` (the folder, the parsed file) of an architecture.
 pub type HfConfigFn = fn(&Path, &Value, Arch) -> Result<(ModelConfig, HfExtras), ModelError>;
 /// Presents a Hugging Face checkpoint's tensors under GGUF names.

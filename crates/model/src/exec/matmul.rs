@@ -213,6 +213,12 @@ pub fn matmul(
 ) {
     debug_assert_eq!(x.len(), n * w.cols);
     debug_assert_eq!(y.len(), n * w.rows);
+    if w.cols == 0 {
+        // Empty sums (a tensor-parallel rank's share of the attention output when it holds no
+        // heads).
+        y.fill(0.0);
+        return;
+    }
     // The token-lane kernels take int8 activations interleaved in blocks of 32 (`Q8Tiles`):
     // quantized as the dot-product kernels take them (Q8_0, or Q8_K for K-quants: one scale
     // per super-block, applied once per super-block by the kernel).

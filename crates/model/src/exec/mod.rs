@@ -40,7 +40,9 @@ use tuili_kernels::ops;
 use crate::batch::{check_spans, span_of, OutRows, SeqSpan};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
+use crate::shard::part;
 use crate::weights::Matrix;
+use tuili_dist::Comm;
 
 pub use attention::{Attend, AttnShape, KvAccess};
 use matmul::{matmul, matmul_many, Activations, RowScratch};
@@ -58,12 +60,18 @@ pub trait Decoder: Send + Sync {
     fn embed(&self, tokens: &[u32], spans: &[SeqSpan], x: &mut [f32]) -> Result<(), ModelError>;
 
     /// Runs layer `layer` over the batch: reads and updates `b.x`, the residual stream.
-    fn layer(&self, layer: usize, step: &mut Step<'_>, b: &mut Buffers<'_>);
+    fn layer(
+        &self,
+        layer: usize,
+        step: &mut Step<'_>,
+        b: &mut Buffers<'_>,
+    ) -> Result<(), ModelError>;
 
     /// The final norm of one residual row.
     fn final_norm(&self, x: &[f32], out: &mut [f32]);
 
-    /// The output projection, `[n_vocab, n_embd]`.
+    /// The output projection, `[n_vocab, n_embd]` (a tensor-parallel rank: its rows of the
+    /// vocabulary, [`crate::shard::part`] of it).
     fn output(&self) -> &Matrix;
 
     /// Every matrix one decode step reads (the output included; the embedding row aside).
@@ -105,6 +113,9 @@ pub struct Step<'a> {
     scores: &'a PerThread<Vec<f32>>,
     kv: &'a mut dyn KvAccess,
     attn: AttnShape,
+    comm: &'a dyn Comm,
+    /// The all-reduce's scratch (every rank's part).
+    reduce: &'a mut Vec<f32>,
 }
 
 impl Step<'_> {
@@ -144,9 +155,19 @@ impl Step<'_> {
 
     /// The product that closes a block, whose output joins the residual stream (attention
     /// output, MLP down): y = x · Wᵀ. Under tensor parallelism W is split along its input
-    /// columns and each rank's `y` is a partial sum; this is where they are added up.
-    pub fn matmul_to_residual(&mut self, w: &Matrix, x: &[f32], y: &mut [f32]) {
+    /// columns and each rank's `y` is a partial sum; here they are added up (in rank order, so
+    /// every rank holds the same bits).
+    pub fn matmul_to_residual(
+        &mut self,
+        w: &Matrix,
+        x: &[f32],
+        y: &mut [f32],
+    ) -> Result<(), ModelError> {
         self.matmul(w, x, y);
+        if self.comm.size() > 1 {
+            self.comm.all_reduce_sum(y, self.reduce)?;
+        }
+        Ok(())
     }
 
     /// Stores this layer's keys and values in the cache, then computes causal attention of
@@ -160,6 +181,10 @@ impl Step<'_> {
         q: &[f32],
         att: &mut [f32],
     ) {
+        if self.attn.n_head_kv == 0 {
+            // A tensor-parallel rank beyond the model's KV heads: no attention of its own.
+            return;
+        }
         self.kv.store(layer, self.spans, k, v);
         let a = Attend {
             shape: &self.attn,
@@ -212,6 +237,7 @@ impl Step<'_> {
 #[allow(clippy::too_many_arguments)]
 pub fn forward<'s>(
     dec: &dyn Decoder,
+    comm: &dyn Comm,
     isa: Isa,
     tokens: &[u32],
     spans: &[SeqSpan],
@@ -234,7 +260,14 @@ pub fn forward<'s>(
     }
     let n = tokens.len();
     let n_logits = out.len();
-    scratch.ensure(cfg, n, n_logits, pool.n_threads(), max_ctx.max(ctx));
+    scratch.ensure(
+        cfg,
+        n,
+        n_logits,
+        pool.n_threads(),
+        max_ctx.max(ctx),
+        comm.size(),
+    );
     let (e, qd, kvd, ff, nv) = (cfg.n_embd, cfg.q_dim(), cfg.kv_dim(), cfg.n_ff, cfg.n_vocab);
     let Scratch {
         x,
@@ -249,6 +282,8 @@ pub fn forward<'s>(
         acts,
         tmp,
         scores,
+        reduce,
+        part_logits,
         ..
     } = scratch;
     let (Some(tmp), Some(scores)) = (tmp.as_ref(), scores.as_ref()) else {
@@ -265,6 +300,8 @@ pub fn forward<'s>(
         scores,
         kv,
         attn: AttnShape::of(cfg),
+        comm,
+        reduce,
     };
     let mut b = Buffers {
         x: &mut x[..n * e],
@@ -277,7 +314,7 @@ pub fn forward<'s>(
         up: &mut up[..n * ff],
     };
     for layer in 0..cfg.n_layer {
-        dec.layer(layer, &mut step, &mut b);
+        dec.layer(layer, &mut step, &mut b)?;
     }
     if n_logits == 0 {
         return Ok(&logits[..0]);
@@ -289,16 +326,53 @@ pub fn forward<'s>(
     }
     let lo = &mut logits[..n_logits * nv];
     step.acts.invalidate();
-    matmul(
-        pool,
-        isa,
-        dec.output(),
-        &h[..n_logits * e],
-        n_logits,
-        lo,
-        step.acts,
-        tmp,
-    );
+    let output = dec.output();
+    if comm.size() == 1 {
+        matmul(
+            pool,
+            isa,
+            output,
+            &h[..n_logits * e],
+            n_logits,
+            lo,
+            step.acts,
+            tmp,
+        );
+    } else {
+        // This rank's rows of the vocabulary, then every rank's gathered into whole rows.
+        let size = comm.size();
+        let width = nv.div_ceil(size);
+        let mine = &mut part_logits[..n_logits * width];
+        let local = &mut mine[..n_logits * output.rows];
+        matmul(
+            pool,
+            isa,
+            output,
+            &h[..n_logits * e],
+            n_logits,
+            local,
+            step.acts,
+            tmp,
+        );
+        // Rows of `width`: `[n_logits, rows]` spread out, padded.
+        for i in (0..n_logits).rev() {
+            mine.copy_within(i * output.rows..(i + 1) * output.rows, i * width);
+        }
+        let need = size * n_logits * width;
+        if step.reduce.len() < need {
+            step.reduce.resize(need, 0.0);
+        }
+        let all = &mut step.reduce[..need];
+        comm.all_gather(&part_logits[..n_logits * width], all)?;
+        for r in 0..size {
+            let v = part(nv, r, size);
+            let src = &all[r * n_logits * width..(r + 1) * n_logits * width];
+            for i in 0..n_logits {
+                lo[i * nv + v.start..i * nv + v.end]
+                    .copy_from_slice(&src[i * width..i * width + v.len()]);
+            }
+        }
+    }
     if let Some(c) = cfg.final_softcap {
         ops::softcap(lo, c);
     }

@@ -25,6 +25,10 @@ pub struct Scratch {
     pub(crate) tmp: Option<RowScratch>,
     /// Per worker: attention scores over the context.
     pub(crate) scores: Option<PerThread<Vec<f32>>>,
+    /// Tensor parallelism: every rank's part of an all-reduce or of the logits.
+    pub(crate) reduce: Vec<f32>,
+    /// Tensor parallelism: this rank's rows of the logits, `[cap or 1, ⌈n_vocab / ranks⌉]`.
+    pub(crate) part_logits: Vec<f32>,
 }
 
 impl Scratch {
@@ -41,7 +45,12 @@ impl Scratch {
         n_logits: usize,
         threads: usize,
         n_ctx: usize,
+        ranks: usize,
     ) {
+        if ranks > 1 && self.part_logits.len() < n_logits * cfg.n_vocab.div_ceil(ranks) {
+            self.part_logits
+                .resize(n_logits * cfg.n_vocab.div_ceil(ranks), 0.0);
+        }
         if self.tmp.as_ref().is_none_or(|t| t.len() < threads) {
             self.tmp = Some(PerThread::new(threads, Default::default));
             self.scores = Some(PerThread::new(threads, Vec::new));
@@ -51,7 +60,8 @@ impl Scratch {
             // prompt tokens needs more (`attn::attend_tile_scratch`): attention grows the
             // buffer to what a prompt needs when one comes, so that decoding alone does not
             // hold it.
-            let need = n_ctx * (cfg.n_head / cfg.n_head_kv);
+            // (None for a tensor-parallel rank without heads.)
+            let need = n_ctx * cfg.n_head.checked_div(cfg.n_head_kv).unwrap_or(0);
             for v in sc.iter_mut() {
                 if v.len() < need {
                     v.resize(need, 0.0);

@@ -1,0 +1,436 @@
+//! `tuili … --tp N` under `mpirun` (built with `--features mpi`): the same greedy tokens, the
+//! same seeded text and the same perplexity as one process; chat through rank 0's terminal;
+//! the launch mistakes and faults refused with a clear error, never a hang. Skipped, saying
+//! so, where `mpirun` is not installed.
+#![cfg(feature = "mpi")]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixtures() -> PathBuf {
+    root().join("../shared/fixtures")
+}
+
+fn stories() -> String {
+    fixtures()
+        .join("models/stories260K/stories260K.gguf")
+        .display()
+        .to_string()
+}
+
+const TUILI: &str = env!("CARGO_BIN_EXE_tuili");
+
+fn have_mpirun() -> bool {
+    let ok = Command::new("mpirun").arg("--version").output().is_ok();
+    if !ok {
+        eprintln!("mpirun not found: install openmpi-bin to run the MPI tests");
+    }
+    ok
+}
+
+fn mpirun(np: usize) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["--allow-run-as-root", "--oversubscribe", "-np"])
+        .arg(np.to_string());
+    c
+}
+
+/// `tuili args` alone (np 1), or under `mpirun -np np` with `--tp np` added.
+fn tuili(np: usize, args: &[&str]) -> Output {
+    let out = if np == 1 {
+        Command::new(TUILI).args(args).output()
+    } else {
+        mpirun(np)
+            .arg(TUILI)
+            .args(args)
+            .args(["--tp", &np.to_string()])
+            .output()
+    };
+    out.expect("starts")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    text(&o.stdout)
+}
+
+/// A random-weight model of the `test` shape (4 heads, 1 KV head, FFN 512) in `dtype`.
+fn synth(dir: &Path, dtype: &str) -> String {
+    let p = dir.join(format!("test-{dtype}.gguf"));
+    let o = Command::new(TUILI)
+        .args(["synth", "--shape", "test", "--type", dtype, "--out"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    ok(&o);
+    p.display().to_string()
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tuili-mpi-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn run_gives_the_tokens_of_one_process() {
+    if !have_mpirun() {
+        return;
+    }
+    let m = stories();
+    let greedy = [
+        "run",
+        "-m",
+        &m,
+        "-p",
+        "Once upon a time",
+        "-n",
+        "40",
+        "--temperature",
+        "0",
+    ];
+    let want = ok(&tuili(1, &greedy));
+    assert!(want.len() > 40, "{want}");
+    // 4 KV heads over 2 and 3 ranks (2 + 1 + 1).
+    for np in [2, 3] {
+        assert_eq!(ok(&tuili(np, &greedy)), want, "greedy, tp {np}");
+    }
+    // Seeded sampling: the same text.
+    let seeded = [
+        "run",
+        "-m",
+        &m,
+        "-p",
+        "Lily",
+        "-n",
+        "40",
+        "--seed",
+        "7",
+        "--temperature",
+        "0.9",
+    ];
+    let want = ok(&tuili(1, &seeded));
+    assert_eq!(ok(&tuili(2, &seeded)), want, "seeded sampling, tp 2");
+    // Unseeded: rank 0's seed for all (a rank that sampled otherwise would desynchronize
+    // the group and fail it).
+    ok(&tuili(2, &["run", "-m", &m, "-p", "Lily", "-n", "30"]));
+}
+
+#[test]
+fn synthetic_models_with_fewer_kv_heads_than_ranks() {
+    if !have_mpirun() {
+        return;
+    }
+    let d = tmpdir("synth");
+    // One KV head: ranks 1 and 2 hold no attention, only MLP and vocabulary rows. Q4_K: its
+    // 512 hidden units are two super-blocks, so 2 ranks and not 3.
+    for (dtype, sizes) in [("q8_0", &[2, 3][..]), ("q4_k", &[2][..])] {
+        let m = synth(&d, dtype);
+        let args = [
+            "run",
+            "-m",
+            &m,
+            "-p",
+            "a b c",
+            "-n",
+            "24",
+            "--temperature",
+            "0",
+            "--ignore-eos",
+        ];
+        let want = ok(&tuili(1, &args));
+        for &np in sizes {
+            assert_eq!(ok(&tuili(np, &args)), want, "{dtype}, tp {np}");
+        }
+    }
+    let m = synth(&d, "q4_k");
+    let o = tuili(3, &["run", "-m", &m, "-p", "a", "-n", "2"]);
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains("cannot split over 3 ranks"), "{err}");
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// The perplexity printed ("PPL = x +/- y"), as a number.
+fn ppl(out: &str) -> f64 {
+    let at = out.find("PPL = ").expect("a PPL line") + 6;
+    out[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn perplexity_and_bench_under_mpirun() {
+    if !have_mpirun() {
+        return;
+    }
+    let m = stories();
+    let f = fixtures().join("text/tinystories_sample.txt");
+    let f = f.to_str().unwrap();
+    let args = [
+        "perplexity",
+        "-m",
+        &m,
+        "-f",
+        f,
+        "-c",
+        "128",
+        "--chunks",
+        "4",
+    ];
+    let want = ppl(&ok(&tuili(1, &args)));
+    for np in [2, 3] {
+        let got = ppl(&ok(&tuili(np, &args)));
+        assert!(
+            (got - want).abs() <= 1e-4 * want,
+            "tp {np}: {got} vs {want}"
+        );
+    }
+    // bench prints one table, rank 0's, naming the split.
+    let out = ok(&tuili(
+        2,
+        &["bench", "-m", &m, "-p", "16", "-n", "8", "-r", "2"],
+    ));
+    assert_eq!(out.matches("| tg8 |").count(), 1, "{out}");
+    assert!(out.contains("tp 2"), "{out}");
+}
+
+#[test]
+fn chat_reads_rank_0s_terminal() {
+    if !have_mpirun() {
+        return;
+    }
+    let m = stories();
+    // stories260K has no chat template: give one.
+    let args = [
+        "chat",
+        "-m",
+        &m,
+        "--chat-template",
+        "chatml",
+        "-n",
+        "16",
+        "--temperature",
+        "0",
+    ];
+    let talk = |np: usize| {
+        let mut c = if np == 1 {
+            Command::new(TUILI)
+        } else {
+            let mut c = mpirun(np);
+            c.arg(TUILI);
+            c
+        };
+        c.args(args);
+        if np > 1 {
+            c.args(["--tp", &np.to_string()]);
+        }
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"Once upon a time\nThe cat\n")
+            .unwrap();
+        ok(&child.wait_with_output().unwrap())
+    };
+    let want = talk(1);
+    assert!(want.lines().count() >= 2, "{want}");
+    assert_eq!(talk(2), want);
+}
+
+#[test]
+fn launch_mistakes_are_one_clear_error() {
+    if !have_mpirun() {
+        return;
+    }
+    let m = stories();
+    let run = ["run", "-m", &m, "-p", "hi", "-n", "4"];
+    // --tp 2 without mpirun.
+    let o = Command::new(TUILI)
+        .args(run)
+        .args(["--tp", "2"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("mpirun -np 2"),
+        "{}",
+        text(&o.stderr)
+    );
+    // mpirun -np 2 with --tp 3.
+    let o = mpirun(2)
+        .arg(TUILI)
+        .args(run)
+        .args(["--tp", "3"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("mpirun started 2"),
+        "{}",
+        text(&o.stderr)
+    );
+    // Ranks that opened different models: every rank says so.
+    let d = tmpdir("mismatch");
+    let other = synth(&d, "q8_0");
+    let o = mpirun(1)
+        .arg(TUILI)
+        .args(run)
+        .args(["--tp", "2"])
+        .args([
+            ":", "-np", "1", TUILI, "run", "-m", &other, "-p", "hi", "-n", "4", "--tp", "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("different models") || err.contains("not the same"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn a_killed_rank_ends_the_group_within_seconds() {
+    if !have_mpirun() {
+        return;
+    }
+    let m = stories();
+    // A chat waiting for its next line (rank 0 at the terminal, rank 1 in the broadcast that
+    // will carry it); rank 1 is killed after two seconds: the group must end, not hang.
+    let script = format!(
+        "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then (sleep 2; kill -9 $$) & fi; exec {TUILI} chat \
+         -m {m} --chat-template chatml --tp 2"
+    );
+    let t = Instant::now();
+    let mut child = mpirun(2)
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Standard input stays open: without the kill, the chat would wait forever.
+    let _stdin = child.stdin.take();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("the group still runs a minute after a rank was killed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+}
+
+/// A running server (killed on drop) and its address, read from its "listening on" line.
+struct Server(std::process::Child, String);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(np: usize) -> Server {
+    use std::io::BufRead;
+    let m = stories();
+    let args = [
+        "serve",
+        "-m",
+        &m,
+        "--port",
+        "0",
+        "--kv-memory",
+        "8MiB",
+        "--max-batch-tokens",
+        "256",
+    ];
+    let mut c = if np == 1 {
+        Command::new(TUILI)
+    } else {
+        let mut c = mpirun(np);
+        c.arg(TUILI);
+        c
+    };
+    c.args(args);
+    if np > 1 {
+        c.args(["--tp", &np.to_string()]);
+    }
+    let mut child = c.stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("the server exited before listening")
+            .unwrap();
+        if let Some(i) = line.find("listening on ") {
+            break line[i + 13..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Server(child, base)
+}
+
+fn openai_python() -> Option<PathBuf> {
+    let p = std::env::var_os("TUILI_OPENAI_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let home = std::env::var_os("HOME")?;
+            Some(PathBuf::from(home).join(".cache/tuili/openai-venv/bin/python"))
+        })?;
+    p.exists().then_some(p)
+}
+
+#[test]
+fn serve_answers_16_streams_as_one_process_does() {
+    if !have_mpirun() {
+        return;
+    }
+    let py = openai_python().expect("run scripts/setup-openai-venv (the openai client)");
+    let streams = |s: &Server| {
+        let o = Command::new(&py)
+            .arg(root().join("tests/serve/streams.py"))
+            .arg(&s.1)
+            .output()
+            .unwrap();
+        ok(&o)
+    };
+    let want = streams(&serve(1));
+    for np in [2, 3] {
+        assert_eq!(streams(&serve(np)), want, "tp {np}");
+    }
+}

@@ -1,0 +1,189 @@
+//! Tensor parallelism inside the model: ranks on threads (`tuili_dist::threads`), each
+//! holding its part of every matrix, give the logits of one process — the same greedy tokens,
+//! logits within 1e-4 — and the same bits on every rank; cuts that cannot be made are refused
+//! with the reason.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tuili_core::{DType, ThreadPool};
+use tuili_dist::threads::group;
+use tuili_dist::Comm;
+use tuili_formats::GgufFile;
+use tuili_model::synth::{synth_gguf, SynthSpec};
+use tuili_model::{Logits, Model, ModelError, Scratch};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/models")
+}
+
+/// A prompt, then `steps` greedy decode steps: every step's logits and the tokens chosen.
+fn greedy(model: &Model, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let pool = ThreadPool::new(1);
+    let mut kv = model.new_cache(64).unwrap();
+    let mut s = Scratch::new();
+    let mut tokens = Vec::new();
+    let mut all = Vec::new();
+    let mut logits = model
+        .forward(prompt, &mut kv, &mut s, Logits::Last, &pool)
+        .unwrap()
+        .to_vec();
+    for _ in 0..steps {
+        let next = (0..logits.len())
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
+            .unwrap() as u32;
+        tokens.push(next);
+        all.push(logits.clone());
+        logits = model
+            .forward(&[next], &mut kv, &mut s, Logits::Last, &pool)
+            .unwrap()
+            .to_vec();
+    }
+    (tokens, all)
+}
+
+/// `size` ranks, each loading with `load`, run `greedy`; rank 0's result (all ranks must agree
+/// bit for bit).
+fn on_ranks(
+    size: usize,
+    load: &(dyn Fn(Arc<dyn Comm>) -> Result<Model, ModelError> + Sync),
+    prompt: &[u32],
+    steps: usize,
+) -> Result<(Vec<u32>, Vec<Vec<f32>>), ModelError> {
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = group(size)
+            .into_iter()
+            .map(|c| s.spawn(move || load(Arc::new(c)).map(|m| greedy(&m, prompt, steps))))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut it = results.into_iter();
+    let first = it.next().unwrap()?;
+    for r in it {
+        let r = r?;
+        assert_eq!(r.0, first.0, "ranks chose different tokens");
+        for (a, b) in r.1.iter().zip(&first.1) {
+            assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()));
+        }
+    }
+    Ok(first)
+}
+
+fn check_against_one_process(
+    load: &(dyn Fn(Arc<dyn Comm>) -> Result<Model, ModelError> + Sync),
+    sizes: &[usize],
+    prompt: &[u32],
+) {
+    let steps = 12;
+    let (want_tokens, want) = on_ranks(1, load, prompt, steps).unwrap();
+    for &size in sizes {
+        let (tokens, got) = on_ranks(size, load, prompt, steps).unwrap();
+        assert_eq!(tokens, want_tokens, "tp {size}");
+        // Partial sums are added in another order, so values may differ in the last bits;
+        // where activations are quantized (Q8_0, Q8_K), a last-bit difference can move one
+        // value across a rounding boundary, which moves the logits of that step by about
+        // 1/127 of one product. So: the median step within 1e-4 (relative to the logits'
+        // scale where they are large: random weights give logits in the hundreds), every
+        // step within 1e-2.
+        let scale = want.iter().flatten().fold(1f32, |m, x| m.max(x.abs()));
+        let mut steps: Vec<f32> = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())))
+            .collect();
+        steps.sort_by(f32::total_cmp);
+        let (median, worst) = (steps[steps.len() / 2], steps[steps.len() - 1]);
+        assert!(
+            median <= 1e-4 * scale && worst <= 1e-2 * scale,
+            "tp {size}: logits differ by {median} (median step), {worst} (worst; largest logit {scale})"
+        );
+    }
+}
+
+#[test]
+fn stories260k_on_2_3_and_4_ranks() {
+    let file = Arc::new(GgufFile::open(fixtures().join("stories260K/stories260K.gguf")).unwrap());
+    let load = |c: Arc<dyn Comm>| Model::load_tp(file.clone(), c);
+    // 4 KV heads: 2 + 2, 2 + 1 + 1 and 1 each; 172 hidden units: 86 + 86, 58 + 57 + 57, …
+    check_against_one_process(&load, &[2, 3, 4], &[1, 403, 407, 261, 378]);
+    // More ranks than the 4 KV heads: ranks 4 and 5 hold no attention heads and still
+    // split the MLP (172 hidden units) and the vocabulary.
+    check_against_one_process(&load, &[5, 6], &[1, 403, 407, 261, 378]);
+}
+
+/// A synthetic model (8 heads of 64, 4 KV heads, 1024 hidden units) in `dtype`.
+fn synthetic(dtype: DType) -> Arc<GgufFile> {
+    let spec = SynthSpec {
+        n_embd: 512,
+        n_head: 8,
+        n_head_kv: 4,
+        n_ff: 1024,
+        n_layer: 2,
+        ..SynthSpec::tiny(dtype)
+    };
+    let bytes = synth_gguf(&spec).unwrap().to_bytes();
+    Arc::new(GgufFile::from_bytes("synthetic.gguf", bytes).unwrap())
+}
+
+#[test]
+fn quantized_models_split_on_block_boundaries() {
+    // Q8_0 (blocks of 32): 2 and 3 ranks (heads 4 + 2 + 2: columns of 256 and 128).
+    let q8 = synthetic(DType::Q8_0);
+    let load = |c: Arc<dyn Comm>| Model::load_tp(q8.clone(), c);
+    check_against_one_process(&load, &[2, 3], &[1, 7, 99, 42]);
+    // Q4_K (super-blocks of 256): 2 ranks hold 256 columns of the attention output each; 3
+    // would cut a super-block, and are refused.
+    let q4k = synthetic(DType::Q4_K);
+    let load = |c: Arc<dyn Comm>| Model::load_tp(q4k.clone(), c);
+    check_against_one_process(&load, &[2], &[1, 7, 99, 42]);
+    match on_ranks(3, &load, &[1], 1) {
+        Err(ModelError::Shard {
+            size: 3, reason, ..
+        }) => {
+            assert!(reason.contains("split a block"), "{reason}")
+        }
+        other => panic!("{:?}", other.map(|r| r.0)),
+    }
+}
+
+#[test]
+fn gpt2_from_a_hugging_face_folder() {
+    let dir = fixtures().join("tiny-random-gpt2-hf");
+    let load = |c: Arc<dyn Comm>| Model::load_hf_tp(&dir, Default::default(), c).map(|(m, _)| m);
+    check_against_one_process(&load, &[2, 4], &[5, 17, 42, 3]);
+}
+
+/// Ranks that opened different models (here: the same shape, other weights) fail on every
+/// rank, naming the first rank that differs.
+#[test]
+fn ranks_with_different_models_are_refused() {
+    let a = synthetic(DType::Q8_0);
+    let spec = SynthSpec {
+        n_embd: 512,
+        n_head: 8,
+        n_head_kv: 4,
+        n_ff: 1024,
+        n_layer: 2,
+        seed: 99,
+        ..SynthSpec::tiny(DType::Q8_0)
+    };
+    let b = Arc::new(
+        GgufFile::from_bytes("other.gguf", synth_gguf(&spec).unwrap().to_bytes()).unwrap(),
+    );
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = group(3)
+            .into_iter()
+            .map(|c| {
+                let f = if c.rank() == 2 { b.clone() } else { a.clone() };
+                s.spawn(move || Model::load_tp(f, Arc::new(c)).map(|_| ()))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in results {
+        assert!(
+            matches!(r, Err(ModelError::NotSameModel { rank: 2, .. })),
+            "{r:?}"
+        );
+    }
+}
