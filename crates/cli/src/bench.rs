@@ -10,6 +10,8 @@ use tuili_kv::{BlockAllocator, BlockTable, KvType, PagedStore};
 use tuili_model::{OutRows, SeqSpan};
 
 use tuili_core::{DType, ThreadPool};
+use tuili_dist::meter::Metered;
+use tuili_dist::Comm;
 use tuili_formats::GgufFile;
 use tuili_model::{Logits, Model, Scratch};
 
@@ -277,8 +279,10 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
     let model_size: u64 = file.tensors.iter().map(|t| t.size).sum();
     let n_params: u64 = file.tensors.iter().map(|t| t.n_elements()).sum();
     let dtype = dominant_type(&file);
-    let comm = crate::args::join_group(a.tp)?;
-    let model = Model::load_tp(Arc::clone(&file), comm).map_err(tuili_engine::EngineError::from)?;
+    // In a group, what passes between the ranks is counted (the report after the table).
+    let comm: Arc<Metered<Arc<dyn Comm>>> = Arc::new(Metered::new(crate::args::join_group(a.tp)?));
+    let model = Model::load_tp(Arc::clone(&file), comm.clone() as Arc<dyn Comm>)
+        .map_err(tuili_engine::EngineError::from)?;
     let model_type = format!(
         "{} {} {}",
         model.config().arch.name,
@@ -330,6 +334,15 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
             batched.push((threads, b, samples));
         }
     }
+    let comm_report = if a.tp > 1 {
+        Some(comm_report(
+            &model,
+            &comm,
+            *a.threads.first().unwrap_or(&1),
+        )?)
+    } else {
+        None
+    };
     let bw = if a.membw {
         Some(measure_membw(*a.threads.iter().max().unwrap_or(&1)))
     } else {
@@ -425,7 +438,87 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
             writeln!(out, "\n{line}")?;
         }
     }
+    if let Some(lines) = comm_report {
+        for line in lines {
+            if a.output == "json" {
+                eprintln!("{line}");
+            } else {
+                writeln!(out, "{line}")?;
+            }
+        }
+    }
     Ok(())
+}
+
+/// Tensor parallelism's costs, measured on a decode run of 32 tokens (every rank runs it):
+/// collectives and bytes per token and per layer, collective latency, and each rank's
+/// resident memory (gathered to rank 0).
+fn comm_report(
+    model: &Model,
+    comm: &Metered<Arc<dyn Comm>>,
+    threads: usize,
+) -> Result<Vec<String>, CliError> {
+    let pool = ThreadPool::new(threads);
+    let n = 32;
+    comm.take();
+    run_test(model, &pool, 1, n)?;
+    let st = comm.take();
+    let per_tok = |v: u64| v as f64 / (n + 1) as f64;
+    let layers = model.config().n_layer as f64;
+    // The all-reduce alone (one token's hidden row, after a barrier: no waiting for a slower
+    // rank's matrix product in it).
+    let e = model.config().n_embd;
+    let (mut row, mut scratch) = (vec![1f32; e], Vec::new());
+    let fail =
+        |e: tuili_dist::DistError| CliError::Engine(tuili_engine::EngineError::Model(e.into()));
+    comm.barrier().map_err(fail)?;
+    comm.take();
+    for _ in 0..500 {
+        comm.all_reduce_sum(&mut row, &mut scratch).map_err(fail)?;
+    }
+    let alone = comm.take();
+    let size = comm.size();
+    let [file, anon] = resident_mib();
+    let mut all = vec![0f32; 2 * size];
+    comm.all_gather(&[file as f32, anon as f32], &mut all)
+        .map_err(fail)?;
+    let rss: Vec<String> = all
+        .chunks_exact(2)
+        .map(|m| format!("{:.0} + {:.0}", m[0], m[1]))
+        .collect();
+    Ok(vec![
+        format!(
+            "\ntp {size}: {:.1} collectives and {:.1} KiB sent per rank per token ({:.2} and {:.2} KiB per layer); in the forward pass a collective takes {:.1} µs median, {:.1} µs p99 (waiting for the slowest rank included)",
+            per_tok(st.gathers),
+            per_tok(st.bytes) / 1024.0,
+            per_tok(st.gathers) / layers,
+            per_tok(st.bytes) / 1024.0 / layers,
+            st.latency_quantile(0.5) as f64 / 1e3,
+            st.latency_quantile(0.99) as f64 / 1e3,
+        ),
+        format!(
+            "all-reduce of one token's hidden row ({e} floats) alone: {:.1} µs median, {:.1} µs p99",
+            alone.latency_quantile(0.5) as f64 / 1e3,
+            alone.latency_quantile(0.99) as f64 / 1e3,
+        ),
+        format!(
+            "resident memory per rank, file-mapped + anonymous (MiB): {}",
+            rss.join(", ")
+        ),
+    ])
+}
+
+/// This process's resident memory in MiB: pages of mapped files (the weights) and anonymous
+/// memory (copies, buffers, the KV cache); 0 where /proc does not say.
+fn resident_mib() -> [f64; 2] {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    ["RssFile:", "RssAnon:"].map(|key| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    })
 }
 
 fn json_str(s: &str) -> String {

@@ -12,6 +12,7 @@
 //! run to run, whatever algorithm the MPI library picks.
 
 pub mod launch;
+pub mod meter;
 #[cfg(feature = "mpi")]
 pub mod mpi_comm;
 pub mod threads;

@@ -345,8 +345,9 @@ pub struct TensorView<'a> {
 
 /// The bytes behind a parsed file: a read-only memory map, or an owned buffer.
 enum Backing {
-    /// A map and how many of its bytes are the file's (an empty file's copy is one byte).
-    Map(Mmap, usize),
+    /// A map, how many of its bytes are the file's (an empty file's copy is one byte), and
+    /// whether it maps the file (else: a copy in anonymous memory).
+    Map(Mmap, usize, bool),
     Owned(Vec<u8>),
 }
 
@@ -354,7 +355,7 @@ impl std::ops::Deref for Backing {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self {
-            Backing::Map(m, len) => &m[..*len],
+            Backing::Map(m, len, _) => &m[..*len],
             Backing::Owned(v) => v,
         }
     }
@@ -576,7 +577,7 @@ impl GgufFile {
         let len = usize::try_from(meta.len())
             .unwrap_or(usize::MAX)
             .min(map.len());
-        Self::parse(path, Backing::Map(map, len))
+        Self::parse(path, Backing::Map(map, len, how == crate::Load::Map))
     }
 
     /// Parses a GGUF image held in memory; `label` stands for the path in errors.
@@ -777,6 +778,15 @@ impl GgufFile {
     /// The whole file's bytes (the memory map).
     pub fn bytes(&self) -> &[u8] {
         &self.map
+    }
+
+    /// Lets the pages wholly inside `range` of [`GgufFile::bytes`] leave this process's
+    /// memory (they are read again from the file if touched): a tensor-parallel rank's
+    /// matrices it has copied its part out of. Nothing for a file read into memory.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        if let Backing::Map(m, _, file_backed) = &self.map {
+            crate::release_range(m, *file_backed, range);
+        }
     }
 
     /// Byte range of a tensor's data within [`GgufFile::bytes`].

@@ -86,6 +86,27 @@ pub fn release_written(file: &std::fs::File) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Drops the pages wholly inside `range` of a map of a file from this process's memory
+/// (Linux `MADV_DONTNEED`): they come back from the file if touched again. For a rank of a
+/// tensor-parallel group that copied its part of a matrix out of the map. Nothing for
+/// anonymous memory (`Load::Memory`), where it would lose the bytes.
+fn release_range(map: &Mmap, file_backed: bool, range: std::ops::Range<usize>) {
+    #[cfg(target_os = "linux")]
+    if file_backed {
+        const PAGE: usize = 4096;
+        let (start, end) = (range.start.div_ceil(PAGE) * PAGE, range.end / PAGE * PAGE);
+        if start < end && end <= map.len() {
+            // SAFETY: the range lies inside the map; the map is a private, read-only mapping
+            // of a file, so dropped pages are read again from the file when next touched —
+            // no byte any view sees changes.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+    let _ = (map, file_backed, range);
+}
+
 /// `file` (`len` bytes) as a [`Load`] asks: mapped, or read into anonymous memory.
 fn load_file(file: &mut std::fs::File, len: u64, how: Load) -> std::io::Result<Mmap> {
     match how {

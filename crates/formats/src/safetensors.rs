@@ -39,11 +39,18 @@ pub struct Shard {
     map: Mmap,
     /// The file's length (an empty file read into memory is a one-byte map).
     len: usize,
+    /// The map is of the file (else: a copy in anonymous memory).
+    file_backed: bool,
 }
 
 impl Shard {
     pub fn bytes(&self) -> &[u8] {
         &self.map[..self.len]
+    }
+
+    /// As [`crate::GgufFile::release`], for a range of [`Shard::bytes`].
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        crate::release_range(&self.map, self.file_backed, range);
     }
 }
 
@@ -147,6 +154,7 @@ impl Safetensors {
                 path: f.clone(),
                 map,
                 len,
+                file_backed: how == crate::Load::Map,
             });
             let bytes = shard.bytes();
             let (header_len, meta) =

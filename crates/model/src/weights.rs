@@ -30,6 +30,16 @@ impl WeightBytes {
             WeightBytes::Owned(v) => v,
         }
     }
+
+    /// Lets the pages of `range` leave this process's memory where they are a map of the
+    /// file (re-read if touched again).
+    fn release(&self, range: Range<usize>) {
+        match self {
+            WeightBytes::Gguf(f) => f.release(range),
+            WeightBytes::Shard(s) => s.release(range),
+            WeightBytes::Owned(_) => {}
+        }
+    }
 }
 
 /// One tensor as a source presents it: GGUF name, type, ne0-first shape, and where its bytes
@@ -209,6 +219,9 @@ impl Matrix {
         for row in self.data().chunks_exact(rb) {
             out.extend_from_slice(&row[b0..b1]);
         }
+        // The whole matrix was read to copy this part out: its pages need not stay (a rank's
+        // resident weights are then its parts only).
+        self.backing.release(self.range.clone());
         Ok(Matrix {
             name: format!("{}[:, {start}..{}]", self.name, start + n),
             dtype: self.dtype,
