@@ -434,3 +434,97 @@ fn serve_answers_16_streams_as_one_process_does() {
         assert_eq!(streams(&serve(np)), want, "tp {np}");
     }
 }
+
+/// Two network namespaces joined by a veth pair stand for two machines: OpenMPI starts rank 1
+/// in the second through a launch agent (in place of ssh) and the ranks talk over its TCP
+/// transport only (no shared memory), so the multi-host path runs, not only the one-host one.
+/// Needs root (CI is); skipped, saying so, where namespaces cannot be made.
+#[test]
+fn across_two_network_namespaces_over_tcp() {
+    if !have_mpirun() {
+        return;
+    }
+    let id = std::process::id() % 10000;
+    let (a, b) = (format!("tuili-a{id}"), format!("tuili-b{id}"));
+    let sh = |cmd: &str| {
+        Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let setup = format!(
+        "ip netns add {a} && ip netns add {b} && ip link add va{id} type veth peer name vb{id} \
+         && ip link set va{id} netns {a} && ip link set vb{id} netns {b} \
+         && ip -n {a} addr add 10.77.0.1/24 dev va{id} && ip -n {b} addr add 10.77.0.2/24 dev vb{id} \
+         && ip -n {a} link set va{id} up && ip -n {b} link set vb{id} up \
+         && ip -n {a} link set lo up && ip -n {b} link set lo up"
+    );
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("sh").args(["-c", &self.0]).output();
+        }
+    }
+    let _cleanup = Cleanup(format!("ip netns del {a}; ip netns del {b}"));
+    if !sh(&setup) {
+        eprintln!("cannot make network namespaces here (needs root and iproute2): skipped");
+        return;
+    }
+    let d = tmpdir("netns");
+    let agent = d.join("agent");
+    std::fs::write(
+        &agent,
+        format!(
+            "#!/bin/sh\n# OpenMPI's ssh: the command runs in the namespace that owns the address.\n\
+             host=$1; shift\ncase \"$host\" in 10.77.0.2) ns={b} ;; *) ns={a} ;; esac\n\
+             exec ip netns exec \"$ns\" unshare --uts sh -c \"hostname $ns; $*\"\n"
+        ),
+    )
+    .unwrap();
+    sh(&format!("chmod +x {}", agent.display()));
+    let m = stories();
+    let args = [
+        "run",
+        "-m",
+        &m,
+        "-p",
+        "Once upon a time",
+        "-n",
+        "24",
+        "--temperature",
+        "0",
+    ];
+    let want = ok(&tuili(1, &args));
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &a,
+            "mpirun",
+            "--allow-run-as-root",
+            "-np",
+            "2",
+        ])
+        .args([
+            "--host",
+            "10.77.0.1:1,10.77.0.2:1",
+            "--mca",
+            "plm_rsh_agent",
+        ])
+        .arg(&agent)
+        .args([
+            "--mca",
+            "btl",
+            "tcp,self",
+            "--mca",
+            "btl_tcp_if_include",
+            "10.77.0.0/24",
+        ])
+        .args(["--mca", "oob_tcp_if_include", "10.77.0.0/24", TUILI])
+        .args(args)
+        .args(["--tp", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(ok(&o), want);
+    let _ = std::fs::remove_dir_all(d);
+}
