@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use tuili_dist::Comm;
 use tuili_engine::{Engine, EngineConfig, GenerationDefaults};
+use tuili_model::Split;
 use tuili_sample::{SamplingParams, Stage, DEFAULT_ORDER};
 
 use crate::error::CliError;
@@ -29,6 +30,12 @@ pub(crate) struct ModelArgs {
     /// `--features mpi`; README, Distributed runs): each holds 1/N of every weight matrix.
     #[arg(long, default_value_t = 1)]
     tp: usize,
+    /// Pipeline parallelism over N processes (`mpirun -np N`): each holds a range of layers.
+    #[arg(long, default_value_t = 1)]
+    pp: usize,
+    /// Layers per pipeline stage, e.g. `12,10` (default: balanced by bytes).
+    #[arg(long, value_delimiter = ',')]
+    layer_split: Vec<usize>,
 }
 
 impl ModelArgs {
@@ -46,25 +53,55 @@ impl ModelArgs {
             n_batch,
             threads: self.threads(),
         };
-        let comm = join_group(self.tp)?;
+        let world = join_group(self.tp, self.pp)?;
+        let split = make_split(world, self.tp, self.pp, &self.layer_split)?;
         Ok(Engine::load_dist(
             &self.model,
             cfg,
             load_how(self.no_mmap),
-            comm,
+            split,
         )?)
     }
 }
 
-/// The processes of this run (`--tp N`: the N that `mpirun` started; alone: one). Ranks
-/// other than 0 compute their part and print nothing: their standard output goes nowhere,
-/// and their standard error too, except errors ([`report_error`]).
-pub(crate) fn join_group(tp: usize) -> Result<Arc<dyn Comm>, CliError> {
-    if tp == 0 {
-        return Err(CliError::Usage("--tp 0: give at least 1".into()));
+/// How the model is split over the `world` of `tp × pp` processes.
+pub(crate) fn make_split(
+    world: Arc<dyn Comm>,
+    tp: usize,
+    pp: usize,
+    layer_split: &[usize],
+) -> Result<Split, CliError> {
+    if tp > 1 && pp > 1 {
+        return Err(CliError::Usage(format!(
+            "--tp {tp} with --pp {pp}: tensor and pipeline parallelism together are not \
+             supported yet; use one of them"
+        )));
     }
-    let comm = tuili_dist::launch::world(tp, &format!("--tp {tp}"))
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    if !layer_split.is_empty() && pp == 1 {
+        return Err(CliError::Usage("--layer-split needs --pp".into()));
+    }
+    let layers = (!layer_split.is_empty()).then(|| layer_split.to_vec());
+    Ok(if pp > 1 {
+        Split::pp(world, layers)
+    } else {
+        Split::tp(world)
+    })
+}
+
+/// The processes of this run (`--tp N` or `--pp N`: the N that `mpirun` started; alone:
+/// one). Ranks other than 0 compute their part and print nothing: their standard output goes
+/// nowhere, and their standard error too, except errors ([`report_error`]).
+pub(crate) fn join_group(tp: usize, pp: usize) -> Result<Arc<dyn Comm>, CliError> {
+    if tp == 0 || pp == 0 {
+        return Err(CliError::Usage("--tp and --pp: give at least 1".into()));
+    }
+    let what = match (tp, pp) {
+        (_, 1) => format!("--tp {tp}"),
+        (1, _) => format!("--pp {pp}"),
+        _ => format!("--tp {tp} --pp {pp}"),
+    };
+    let comm =
+        tuili_dist::launch::world(tp * pp, &what).map_err(|e| CliError::Usage(e.to_string()))?;
     if comm.rank() > 0 {
         silence();
     }

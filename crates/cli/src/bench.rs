@@ -47,6 +47,12 @@ pub struct BenchArgs {
     /// Tensor parallelism over N processes started by `mpirun -np N` (as `run --tp`).
     #[arg(long, default_value_t = 1)]
     pub tp: usize,
+    /// Pipeline parallelism over N processes (as `run --pp`).
+    #[arg(long, default_value_t = 1)]
+    pub pp: usize,
+    /// Layers per pipeline stage (as `run --layer-split`).
+    #[arg(long, value_delimiter = ',')]
+    pub layer_split: Vec<usize>,
     /// Batched decoding: for each B, B sequences of --batch-ctx tokens decode n-gen steps
     /// together through the paged KV cache (what `tuili serve` runs); aggregate tokens/s.
     #[arg(short = 'b', long = "batch", value_delimiter = ',')]
@@ -280,9 +286,11 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
     let n_params: u64 = file.tensors.iter().map(|t| t.n_elements()).sum();
     let dtype = dominant_type(&file);
     // In a group, what passes between the ranks is counted (the report after the table).
-    let comm: Arc<Metered<Arc<dyn Comm>>> = Arc::new(Metered::new(crate::args::join_group(a.tp)?));
-    let model = Model::load_tp(Arc::clone(&file), comm.clone() as Arc<dyn Comm>)
-        .map_err(tuili_engine::EngineError::from)?;
+    let comm: Arc<Metered<Arc<dyn Comm>>> =
+        Arc::new(Metered::new(crate::args::join_group(a.tp, a.pp)?));
+    let split = crate::args::make_split(comm.clone(), a.tp, a.pp, &a.layer_split)?;
+    let model =
+        Model::load_split(Arc::clone(&file), split).map_err(tuili_engine::EngineError::from)?;
     let model_type = format!(
         "{} {} {}",
         model.config().arch.name,
@@ -334,7 +342,7 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
             batched.push((threads, b, samples));
         }
     }
-    let comm_report = if a.tp > 1 {
+    let comm_report = if a.tp * a.pp > 1 {
         Some(comm_report(
             &model,
             &comm,
@@ -383,9 +391,10 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
                 if n_params >= 1_000_000_000 { "B" } else { "M" },
                 model.isa().name(),
                 if a.no_mmap { ", no mmap" } else { "" },
-                match model.shard().size {
-                    1 => String::new(),
-                    n => format!(", tp {n}"),
+                match (a.tp, a.pp) {
+                    (1, 1) => String::new(),
+                    (t, 1) => format!(", tp {t}"),
+                    (_, p) => format!(", pp {p}"),
                 },
                 r.n_threads,
             )?;
@@ -488,10 +497,11 @@ fn comm_report(
         .collect();
     Ok(vec![
         format!(
-            "\ntp {size}: {:.1} collectives and {:.1} KiB sent per rank per token ({:.2} and {:.2} KiB per layer); in the forward pass a collective takes {:.1} µs median, {:.1} µs p99 (waiting for the slowest rank included)",
-            per_tok(st.gathers),
+            "\n{} {size}: {:.1} collectives and {:.1} KiB sent per rank per token ({:.2} and {:.2} KiB per layer); in the forward pass a collective takes {:.1} µs median, {:.1} µs p99 (waiting for the slowest rank included)",
+            if model.split().pp.size() > 1 { "pp" } else { "tp" },
+            per_tok(st.gathers + st.others),
             per_tok(st.bytes) / 1024.0,
-            per_tok(st.gathers) / layers,
+            per_tok(st.gathers + st.others) / layers,
             per_tok(st.bytes) / 1024.0 / layers,
             st.latency_quantile(0.5) as f64 / 1e3,
             st.latency_quantile(0.99) as f64 / 1e3,

@@ -362,6 +362,10 @@ impl Drop for Server {
 }
 
 fn serve(np: usize) -> Server {
+    serve_with(np, &["--tp", &np.to_string()])
+}
+
+fn serve_with(np: usize, split: &[&str]) -> Server {
     use std::io::BufRead;
     let m = stories();
     let args = [
@@ -384,7 +388,7 @@ fn serve(np: usize) -> Server {
     };
     c.args(args);
     if np > 1 {
-        c.args(["--tp", &np.to_string()]);
+        c.args(split);
     }
     let mut child = c.stderr(Stdio::piped()).spawn().unwrap();
     let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
@@ -433,6 +437,7 @@ fn serve_answers_16_streams_as_one_process_does() {
     for np in [2, 3] {
         assert_eq!(streams(&serve(np)), want, "tp {np}");
     }
+    assert_eq!(streams(&serve_with(2, &["--pp", "2"])), want, "pp 2");
 }
 
 /// Two network namespaces joined by a veth pair stand for two machines: OpenMPI starts rank 1
@@ -527,4 +532,92 @@ fn across_two_network_namespaces_over_tcp() {
         .unwrap();
     assert_eq!(ok(&o), want);
     let _ = std::fs::remove_dir_all(d);
+}
+
+/// `args` under `mpirun -np np` as they are (the caller gives `--tp`/`--pp`).
+fn mpi(np: usize, args: &[&str]) -> Output {
+    mpirun(np).arg(TUILI).args(args).output().expect("starts")
+}
+
+#[test]
+fn pipeline_stages_give_the_tokens_of_one_process() {
+    if !have_mpirun() {
+        return;
+    }
+    let m = stories();
+    let greedy = [
+        "run",
+        "-m",
+        &m,
+        "-p",
+        "Once upon a time",
+        "-n",
+        "40",
+        "--temperature",
+        "0",
+    ];
+    let want = ok(&tuili(1, &greedy));
+    for (np, extra) in [
+        (2, &["--pp", "2"][..]),
+        (3, &["--pp", "3"]),
+        (2, &["--pp", "2", "--layer-split", "1,4"]),
+    ] {
+        let args: Vec<&str> = greedy.iter().chain(extra).copied().collect();
+        assert_eq!(ok(&mpi(np, &args)), want, "{extra:?}");
+    }
+    let seeded = [
+        "run",
+        "-m",
+        &m,
+        "-p",
+        "Lily",
+        "-n",
+        "40",
+        "--seed",
+        "7",
+        "--temperature",
+        "0.9",
+    ];
+    let want = ok(&tuili(1, &seeded));
+    let args: Vec<&str> = seeded.iter().chain(&["--pp", "2"]).copied().collect();
+    assert_eq!(ok(&mpi(2, &args)), want, "seeded, pp 2");
+    // Perplexity: the same numbers (the same arithmetic, on other processes).
+    let f = fixtures().join("text/tinystories_sample.txt");
+    let ppl_args = [
+        "perplexity",
+        "-m",
+        &m,
+        "-f",
+        f.to_str().unwrap(),
+        "-c",
+        "128",
+        "--chunks",
+        "4",
+    ];
+    let want = ppl(&ok(&tuili(1, &ppl_args)));
+    let args: Vec<&str> = ppl_args.iter().chain(&["--pp", "2"]).copied().collect();
+    assert_eq!(ppl(&ok(&mpi(2, &args))), want);
+    // Refused: a split that does not add up; tp and pp together (not yet).
+    let args: Vec<&str> = greedy
+        .iter()
+        .chain(&["--pp", "2", "--layer-split", "2,2"])
+        .copied()
+        .collect();
+    let o = mpi(2, &args);
+    assert!(
+        !o.status.success() && text(&o.stderr).contains("--layer-split 2,2"),
+        "{}",
+        text(&o.stderr)
+    );
+    let args: Vec<&str> = greedy
+        .iter()
+        .chain(&["--pp", "2", "--tp", "2"])
+        .copied()
+        .collect();
+    let o = mpi(4, &args);
+    assert!(
+        !o.status.success() && text(&o.stderr).contains("not supported yet"),
+        "{}",
+        text(&o.stderr)
+    );
 }

@@ -92,6 +92,38 @@ pub trait Comm: Send + Sync {
         Ok(buf)
     }
 
+    /// [`Comm::broadcast`] of floats.
+    fn broadcast_f32(&self, root: usize, buf: &mut [f32]) -> Result<(), DistError> {
+        let mut bytes: Vec<u8> = buf.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.broadcast(root, &mut bytes)?;
+        for (v, c) in buf.iter_mut().zip(bytes.chunks_exact(4)) {
+            *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        Ok(())
+    }
+
+    /// [`Comm::send`] of floats.
+    fn send_f32(&self, to: usize, buf: &[f32]) -> Result<(), DistError> {
+        let bytes: Vec<u8> = buf.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.send(to, &bytes)
+    }
+
+    /// [`Comm::recv`] of exactly `out.len()` floats.
+    fn recv_f32(&self, from: usize, out: &mut [f32]) -> Result<(), DistError> {
+        let bytes = self.recv(from)?;
+        if bytes.len() != 4 * out.len() {
+            return Err(DistError::Size {
+                what: "received floats",
+                expected: out.len(),
+                got: bytes.len() / 4,
+            });
+        }
+        for (v, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+            *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        Ok(())
+    }
+
     /// Sends `buf` to rank `to` (a matching [`Comm::recv`] there).
     fn send(&self, to: usize, buf: &[u8]) -> Result<(), DistError>;
 

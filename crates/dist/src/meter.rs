@@ -18,12 +18,13 @@ pub struct Metered<C> {
 pub struct Stats {
     /// Collectives of floats (all-gather, and so all-reduce).
     pub gathers: u64,
-    /// Bytes this rank put in (its parts; what it receives is `size − 1` times as many).
+    /// Bytes this rank put in: its parts of all-gathers, what it sent, what it broadcast as
+    /// the root.
     pub bytes: u64,
     /// Each float collective's time, in nanoseconds, from call to return on this rank
     /// (waiting for the slowest rank included).
     pub latency_ns: Vec<u64>,
-    /// Other operations (broadcasts, point to point, barriers).
+    /// Other operations (broadcasts, sends, receives, barriers).
     pub others: u64,
 }
 
@@ -78,12 +79,20 @@ impl<C: Comm> Comm for Metered<C> {
     }
 
     fn broadcast(&self, root: usize, buf: &mut [u8]) -> Result<(), DistError> {
-        self.lock().others += 1;
+        let mut s = self.lock();
+        s.others += 1;
+        if root == self.rank() {
+            s.bytes += buf.len() as u64;
+        }
+        drop(s);
         self.inner.broadcast(root, buf)
     }
 
     fn send(&self, to: usize, buf: &[u8]) -> Result<(), DistError> {
-        self.lock().others += 1;
+        let mut s = self.lock();
+        s.others += 1;
+        s.bytes += buf.len() as u64;
+        drop(s);
         self.inner.send(to, buf)
     }
 

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tuili_core::ThreadPool;
-use tuili_dist::{Comm, Local};
+use tuili_dist::Comm;
 use tuili_formats::GgufFile;
-use tuili_model::Model;
+use tuili_model::{Model, Split};
 use tuili_tokenizer::chat::{ChatTemplate, CHATML};
 use tuili_tokenizer::{Tokenizer, TokenizerError};
 
@@ -80,17 +80,18 @@ impl Engine {
         cfg: EngineConfig,
         how: tuili_formats::Load,
     ) -> Result<Engine, EngineError> {
-        Engine::load_dist(path, cfg, how, Arc::new(Local))
+        Engine::load_dist(path, cfg, how, Split::whole())
     }
 
-    /// [`Engine::load_with`] as one rank of a tensor-parallel group (`comm`; see
-    /// [`Model::load_tp`]): every rank loads the same model and must then make the same calls
-    /// in the same order — what [`Engine::agree_seed`] and the front ends see to.
+    /// [`Engine::load_with`] as one process of a distributed run (`split`: tensor
+    /// parallelism, a pipeline stage; see [`Model::load_split`]): every process loads the
+    /// same model and must then make the same calls in the same order — what
+    /// [`Engine::agree_seed`] and the front ends see to.
     pub fn load_dist(
         path: impl AsRef<Path>,
         cfg: EngineConfig,
         how: tuili_formats::Load,
-        comm: Arc<dyn Comm>,
+        split: Split,
     ) -> Result<Engine, EngineError> {
         let path = path.as_ref();
         if let Some(s) = path.to_str().filter(|s| hub::looks_like_hub_id(s)) {
@@ -103,10 +104,10 @@ impl Engine {
                     "{s}: no such file or folder here, so tried the hub: {e}"
                 ))
             })?;
-            return Engine::load_dist(dir, cfg, how, comm);
+            return Engine::load_dist(dir, cfg, how, split);
         }
         if path.is_dir() {
-            let (model, extras) = Model::load_hf_tp(path, how, comm)?;
+            let (model, extras) = Model::load_hf_split(path, how, split)?;
             let mut tokenizer = Tokenizer::from_tokenizer_json(path.join("tokenizer.json"))?;
             for &id in &extras.eos_ids {
                 tokenizer.add_eog(id);
@@ -125,11 +126,11 @@ impl Engine {
         }
         let file = Arc::new(GgufFile::open_with(path, how)?);
         let tokenizer = Tokenizer::from_gguf(&file)?;
-        let model = Model::load_tp(file, comm)?;
+        let model = Model::load_split(file, split)?;
         Engine::new(model, tokenizer, cfg)
     }
 
-    /// The group this engine computes in (alone: one rank).
+    /// Every process of the run (alone: one).
     pub fn comm(&self) -> &dyn Comm {
         self.model.comm()
     }

@@ -78,14 +78,24 @@ pub struct ModelConfig {
     /// Sliding-window attention: each query sees the last `w` positions (itself included) —
     /// in every layer (Mistral) or in every other layer starting with the first (Gemma 2).
     pub sliding_window: Option<usize>,
+    /// The model's index of this config's first layer: 0, or a pipeline stage's first
+    /// (`n_layer` is then the stage's count).
+    pub first_layer: usize,
 }
 
 impl ModelConfig {
     /// The attention window of layer `l`: the last `w` positions where the model slides
     /// (every layer for Mistral, every other one for Gemma 2), else `None` (all positions).
     pub fn window(&self, l: usize) -> Option<usize> {
-        let slides = !self.arch.sandwich || l.is_multiple_of(2);
+        let slides = !self.arch.sandwich || (l + self.first_layer).is_multiple_of(2);
         self.sliding_window.filter(|_| slides)
+    }
+
+    /// Keeps layers `r` of the model (a pipeline stage's): its layer indices then count from
+    /// `r.start`.
+    pub fn keep_layers(&mut self, r: &std::ops::Range<usize>) {
+        self.first_layer += r.start;
+        self.n_layer = r.len();
     }
 
     /// Gemma multiplies the token embeddings by √n_embd.
@@ -288,6 +298,7 @@ impl ModelConfig {
                 None => (arch.sandwich && n_layer == 46)
                     .then(|| 1.0 / ((n_embd / n_head) as f32).sqrt()),
             },
+            first_layer: 0,
         })
     }
 

@@ -33,5 +33,5 @@ pub use config::{Arch, Family, ModelConfig};
 pub use error::ModelError;
 pub use exec::{KvAccess, Scratch};
 pub use hf::HfExtras;
-pub use model::Model;
+pub use model::{Model, Split};
 pub use shard::Shard;

@@ -15,7 +15,7 @@ use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::exec::{self, Decoder, KvAccess, Scratch};
 use crate::hf::HfExtras;
-use crate::shard::{check_same_model, Fingerprint, Shard};
+use crate::shard::{check_same_model, stage_layers, Fingerprint, Shard};
 use crate::weights::{GgufSource, WeightSource};
 use tuili_dist::{Comm, Local};
 
@@ -26,32 +26,96 @@ fn shard_of(comm: &dyn Comm) -> Shard {
     }
 }
 
+/// How a model is split over the processes of a run.
+#[derive(Clone)]
+pub struct Split {
+    /// Every process of the run.
+    pub world: Arc<dyn Comm>,
+    /// The tensor-parallel group this process computes in (its rank: which part of each
+    /// matrix it holds).
+    pub tp: Arc<dyn Comm>,
+    /// The pipeline: its rank is this process's stage.
+    pub pp: Arc<dyn Comm>,
+    /// Layers per stage (`--layer-split`); `None`: balanced by bytes
+    /// ([`crate::shard::stage_layers`]).
+    pub layer_split: Option<Vec<usize>>,
+}
+
+impl Split {
+    /// One process holding the whole model.
+    pub fn whole() -> Split {
+        Split::tp(Arc::new(Local))
+    }
+
+    /// Tensor parallelism over all of `world`.
+    pub fn tp(world: Arc<dyn Comm>) -> Split {
+        Split {
+            tp: world.clone(),
+            world,
+            pp: Arc::new(Local),
+            layer_split: None,
+        }
+    }
+
+    /// Pipeline parallelism over all of `world` (a stage per rank).
+    pub fn pp(world: Arc<dyn Comm>, layer_split: Option<Vec<usize>>) -> Split {
+        Split {
+            pp: world.clone(),
+            world,
+            tp: Arc::new(Local),
+            layer_split,
+        }
+    }
+}
+
 /// Binds this rank's part of the model; in a group, checks first that every rank opened the
-/// same model.
+/// same model; then, in a pipeline, keeps this stage's layers.
 fn bind_checked(
     bind: arch::BindFn,
     cfg: ModelConfig,
     src: &dyn WeightSource,
-    comm: &dyn Comm,
+    split: &Split,
 ) -> Result<Box<dyn Decoder>, ModelError> {
-    if comm.size() == 1 {
-        return bind(cfg, src, Shard::WHOLE);
+    let (world, label) = (&*split.world, src.label());
+    let mut dec = if world.size() == 1 {
+        bind(cfg, src, Shard::WHOLE)?
+    } else {
+        let f = Fingerprint::new(src, &cfg);
+        let dec = bind(cfg, &f, shard_of(&*split.tp));
+        // Every rank takes part in the check, also one that could not bind (its own error
+        // then comes first).
+        let same = check_same_model(world, f.value(), &label);
+        let dec = dec?;
+        same.map(|()| dec)?
+    };
+    let pp = &*split.pp;
+    if pp.size() > 1 {
+        let c = dec.config();
+        let out = dec.output().bytes();
+        let layers = dec.matrices().iter().map(|m| m.bytes()).sum::<usize>() - out;
+        let ranges = stage_layers(
+            c.n_layer,
+            pp.size(),
+            split.layer_split.as_deref(),
+            layers / c.n_layer.max(1),
+            out,
+        )
+        .map_err(|reason| ModelError::Shard {
+            path: label.clone(),
+            size: pp.size(),
+            reason,
+        })?;
+        dec.keep_layers(ranges[pp.rank()].clone());
     }
-    let f = Fingerprint::new(src, &cfg);
-    let dec = bind(cfg, &f, shard_of(comm));
-    // Every rank takes part in the check, also one that could not bind (its own error then
-    // comes first).
-    let same = check_same_model(comm, f.value(), &src.label());
-    let dec = dec?;
-    same.map(|()| dec)
+    Ok(dec)
 }
 
 /// A loaded model: views of its weights in the mapped file(s), bound by its architecture's
 /// decoder. Holds no per-request state: the KV cache and the scratch buffers are the caller's.
 pub struct Model {
     dec: Box<dyn Decoder>,
-    /// The tensor-parallel group this process computes with (alone: `Local`).
-    comm: Arc<dyn Comm>,
+    /// How the model is split over the run's processes (alone: all `Local`).
+    split: Split,
     /// The file or folder the weights come from.
     label: String,
     /// Kernel set, detected at load; tests switch it to compare against the scalar twins.
@@ -61,28 +125,35 @@ pub struct Model {
 impl Model {
     /// Binds a GGUF model of any supported architecture, checking names, shapes and types.
     pub fn load(file: Arc<GgufFile>) -> Result<Model, ModelError> {
-        Model::load_tp(file, Arc::new(Local))
+        Model::load_split(file, Split::whole())
     }
 
     /// [`Model::load`] for one rank of a tensor-parallel group: binds this rank's part of
     /// every matrix ([`crate::shard`]); every rank of `comm` must load the same model and run
     /// the same forward passes.
     pub fn load_tp(file: Arc<GgufFile>, comm: Arc<dyn Comm>) -> Result<Model, ModelError> {
+        Model::load_split(file, Split::tp(comm))
+    }
+
+    /// [`Model::load`] for one process of a run split as `split` says (tensor parallelism,
+    /// a pipeline stage); every process of the run must load the same model and run the same
+    /// forward passes.
+    pub fn load_split(file: Arc<GgufFile>, split: Split) -> Result<Model, ModelError> {
         let label = file.path().display().to_string();
         if file.tensors.is_empty() {
             return Err(ModelError::NoWeights { path: label });
         }
         let a = arch::of_gguf(&file)?;
         let cfg = ModelConfig::from_gguf(&file, a.arch)?;
-        let dec = bind_checked(a.bind, cfg, &GgufSource(file), &*comm)?;
-        Ok(Model::new(dec, label, comm))
+        let dec = bind_checked(a.bind, cfg, &GgufSource(file), &split)?;
+        Ok(Model::new(dec, label, split))
     }
 
     /// Loads a Hugging Face model folder (`config.json`, safetensors shards), its weights
     /// mapped or read into memory ([`Load`]); also returns what the configs say beyond the
     /// shape.
     pub fn load_hf(dir: &Path, how: Load) -> Result<(Model, HfExtras), ModelError> {
-        Model::load_hf_tp(dir, how, Arc::new(Local))
+        Model::load_hf_split(dir, how, Split::whole())
     }
 
     /// [`Model::load_hf`] for one rank of a tensor-parallel group (see [`Model::load_tp`]).
@@ -91,39 +162,54 @@ impl Model {
         how: Load,
         comm: Arc<dyn Comm>,
     ) -> Result<(Model, HfExtras), ModelError> {
+        Model::load_hf_split(dir, how, Split::tp(comm))
+    }
+
+    /// [`Model::load_hf`] for one process of a split run (see [`Model::load_split`]).
+    pub fn load_hf_split(
+        dir: &Path,
+        how: Load,
+        split: Split,
+    ) -> Result<(Model, HfExtras), ModelError> {
         let (a, cfg, extras) = arch::of_hf(dir)?;
         let st = Safetensors::open_dir_with(dir, how).map_err(|e| ModelError::Io {
             path: dir.display().to_string(),
             reason: e.to_string(),
         })?;
         let src = (a.hf_source)(st, &cfg, &extras);
-        let dec = bind_checked(a.bind, cfg, &*src, &*comm)?;
-        Ok((Model::new(dec, src.label(), comm), extras))
+        let dec = bind_checked(a.bind, cfg, &*src, &split)?;
+        Ok((Model::new(dec, src.label(), split), extras))
     }
 
-    fn new(dec: Box<dyn Decoder>, label: String, comm: Arc<dyn Comm>) -> Model {
+    fn new(dec: Box<dyn Decoder>, label: String, split: Split) -> Model {
         Model {
             dec,
-            comm,
+            split,
             label,
             isa: cpu::detect(),
         }
     }
 
     /// What this process computes with: the model's configuration, under tensor parallelism
-    /// with this rank's heads and hidden units (the vocabulary is always whole).
+    /// with this rank's heads and hidden units (the vocabulary is always whole), in a
+    /// pipeline with this stage's layers (`n_layer` of them from `first_layer`).
     pub fn config(&self) -> &ModelConfig {
         self.dec.config()
     }
 
-    /// The tensor-parallel group this model computes in.
+    /// Every process of the run (what the front ends broadcast over).
     pub fn comm(&self) -> &dyn Comm {
-        &*self.comm
+        &*self.split.world
+    }
+
+    /// How the model is split over the run's processes.
+    pub fn split(&self) -> &Split {
+        &self.split
     }
 
     /// This process's place in its tensor-parallel group.
     pub fn shard(&self) -> Shard {
-        shard_of(&*self.comm)
+        shard_of(&*self.split.tp)
     }
 
     /// The file or folder the weights come from.
@@ -187,7 +273,8 @@ impl Model {
         let n_kv_head = self.config().n_head_kv;
         let logits = exec::forward(
             &*self.dec,
-            &*self.comm,
+            &*self.split.tp,
+            &*self.split.pp,
             self.isa,
             tokens,
             &spans,
@@ -218,7 +305,8 @@ impl Model {
     ) -> Result<&'s [f32], ModelError> {
         exec::forward(
             &*self.dec,
-            &*self.comm,
+            &*self.split.tp,
+            &*self.split.pp,
             self.isa,
             tokens,
             spans,

@@ -120,6 +120,60 @@ impl Cut {
     }
 }
 
+/// Pipeline parallelism's cut: the layer range of each of `stages` stages. `split` gives the
+/// layers per stage (`--layer-split`); without it the stages are balanced by bytes read per
+/// token: every layer weighs `layer_bytes`, and the last stage also carries the output
+/// matrix (`output_bytes`), so it gets fewer layers.
+pub fn stage_layers(
+    n_layer: usize,
+    stages: usize,
+    split: Option<&[usize]>,
+    layer_bytes: usize,
+    output_bytes: usize,
+) -> Result<Vec<Range<usize>>, String> {
+    if stages == 0 || stages > n_layer {
+        return Err(format!(
+            "{stages} pipeline stages for {n_layer} layers: each stage needs at least one layer"
+        ));
+    }
+    let counts: Vec<usize> = match split {
+        Some(c) => {
+            if c.len() != stages || c.iter().sum::<usize>() != n_layer || c.contains(&0) {
+                return Err(format!(
+                    "--layer-split {}: give {stages} counts of at least 1 that add up to the \
+                     model's {n_layer} layers",
+                    c.iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ));
+            }
+            c.to_vec()
+        }
+        None => {
+            // Cut points at multiples of total/stages, the output counted in layers.
+            let out = output_bytes as f64 / layer_bytes.max(1) as f64;
+            let total = n_layer as f64 + out;
+            let mut cuts = vec![0];
+            for s in 1..stages {
+                let want = (total * s as f64 / stages as f64).round() as usize;
+                let lo = cuts[s - 1] + 1;
+                cuts.push(want.clamp(lo, n_layer - (stages - s)));
+            }
+            cuts.push(n_layer);
+            cuts.windows(2).map(|w| w[1] - w[0]).collect()
+        }
+    };
+    let mut start = 0;
+    Ok(counts
+        .iter()
+        .map(|&c| {
+            start += c;
+            start - c..start
+        })
+        .collect())
+}
+
 /// A weight source that also fingerprints what is bound from it: every tensor's name, type,
 /// shape and first and last bytes (two pages touched per tensor, not the whole file), in the
 /// order the architecture asks for them — which is the same on every rank.
@@ -187,6 +241,23 @@ pub fn check_same_model(comm: &dyn Comm, fingerprint: u64, label: &str) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stages_balance_bytes_and_take_a_given_split() {
+        // 22 equal layers and an output of 1.5 layers over 2 stages: 12 + 10.
+        let r = stage_layers(22, 2, None, 100, 150).unwrap();
+        assert_eq!(r, vec![0..12, 12..22]);
+        // Every stage gets a layer, however large the output.
+        let r = stage_layers(3, 3, None, 1, 1000).unwrap();
+        assert_eq!(r, vec![0..1, 1..2, 2..3]);
+        assert_eq!(
+            stage_layers(5, 2, Some(&[1, 4]), 1, 1).unwrap(),
+            vec![0..1, 1..5]
+        );
+        assert!(stage_layers(5, 2, Some(&[2, 2]), 1, 1).is_err());
+        assert!(stage_layers(5, 2, Some(&[0, 5]), 1, 1).is_err());
+        assert!(stage_layers(2, 3, None, 1, 1).is_err());
+    }
 
     #[test]
     fn parts_cover_evenly() {

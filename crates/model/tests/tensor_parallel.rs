@@ -187,3 +187,40 @@ fn ranks_with_different_models_are_refused() {
         );
     }
 }
+
+/// Pipeline parallelism: stages on threads, each with its own layers, the residual stream
+/// passed on and the last stage's logits sent to all — the same bits as one process (the
+/// arithmetic is the same, only where it runs differs).
+#[test]
+fn pipeline_stages_give_the_bits_of_one_process() {
+    use tuili_model::Split;
+    let file = Arc::new(GgufFile::open(fixtures().join("stories260K/stories260K.gguf")).unwrap());
+    let prompt = [1, 403, 407, 261, 378];
+    let whole = |c: Arc<dyn Comm>| Model::load_split(file.clone(), Split::tp(c));
+    let (want_tokens, want) = on_ranks(1, &whole, &prompt, 12).unwrap();
+    // 5 layers: balanced by bytes over 2 and 3 stages, and given as 1 + 4.
+    for (stages, split) in [(2, None), (3, None), (2, Some(vec![1, 4]))] {
+        let load = |c: Arc<dyn Comm>| Model::load_split(file.clone(), Split::pp(c, split.clone()));
+        let (tokens, got) = on_ranks(stages, &load, &prompt, 12).unwrap();
+        assert_eq!(tokens, want_tokens, "pp {stages}");
+        assert_eq!(got, want, "pp {stages} {split:?}");
+    }
+    // A split that does not add up is refused.
+    let load = |c: Arc<dyn Comm>| Model::load_split(file.clone(), Split::pp(c, Some(vec![2, 2])));
+    assert!(matches!(
+        on_ranks(2, &load, &prompt, 1),
+        Err(ModelError::Shard { .. })
+    ));
+    // GPT-2 from a Hugging Face folder, over 2 stages.
+    let dir = fixtures().join("tiny-random-gpt2-hf");
+    let whole = |c: Arc<dyn Comm>| {
+        Model::load_hf_split(&dir, Default::default(), Split::tp(c)).map(|(m, _)| m)
+    };
+    let pp = |c: Arc<dyn Comm>| {
+        Model::load_hf_split(&dir, Default::default(), Split::pp(c, None)).map(|(m, _)| m)
+    };
+    assert_eq!(
+        on_ranks(2, &pp, &[5, 17, 42, 3], 8).unwrap(),
+        on_ranks(1, &whole, &[5, 17, 42, 3], 8).unwrap()
+    );
+}

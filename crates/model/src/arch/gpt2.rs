@@ -218,6 +218,11 @@ impl Decoder for Gpt2 {
         &self.output
     }
 
+    fn keep_layers(&mut self, r: std::ops::Range<usize>) {
+        self.blocks = self.blocks.drain(r.clone()).collect();
+        self.cfg.keep_layers(&r);
+    }
+
     fn matrices(&self) -> Vec<&Matrix> {
         let mut m: Vec<&Matrix> = self
             .blocks
@@ -352,6 +357,7 @@ pub(crate) fn hf_config(
         final_softcap: None,
         attn_scale: None,
         sliding_window: None,
+        first_layer: 0,
     };
     Ok((cfg, HfExtras::default()))
 }

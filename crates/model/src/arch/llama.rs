@@ -327,6 +327,11 @@ impl Decoder for Llama {
         &self.output
     }
 
+    fn keep_layers(&mut self, r: std::ops::Range<usize>) {
+        self.layers = self.layers.drain(r.clone()).collect();
+        self.cfg.keep_layers(&r);
+    }
+
     fn matrices(&self) -> Vec<&Matrix> {
         let mut m: Vec<&Matrix> = self
             .layers
@@ -549,6 +554,7 @@ pub(crate) fn hf_config(
         final_softcap: positive("final_logit_softcapping").map(|v| v as f32),
         sliding_window: extras.sliding_window,
         attn_scale: positive("query_pre_attn_scalar").map(|v| (1.0 / v.sqrt()) as f32),
+        first_layer: 0,
     };
     Ok((cfg, extras))
 }

@@ -12,17 +12,17 @@
 //! type compiled into the loops behind it), and [`threads_for`], the one rule for how many
 //! threads a parallel region gets.
 //!
-//! How the coming parallelism fits in, as additions here rather than edits of every
-//! architecture:
-//! - *Pipeline parallelism* cuts the layer range: a rank runs [`forward`]'s loop over its own
-//!   layers, receives the residual stream `x` instead of embedding (unless it is first) and
-//!   sends it on instead of computing logits (unless it is last).
-//! - *Tensor parallelism* binds each rank's slice of every matrix (Q/K/V by whole KV-head
-//!   groups, gate/up by rows, attention output and MLP down by input columns) and runs with
-//!   the rank's own [`AttnShape`]. The architectures already say which products close a block
-//!   and join the residual stream: [`Step::matmul_to_residual`] (attention output, MLP down) —
-//!   the one place where partial sums over a split input become the all-reduce. Every other
-//!   [`Step::matmul`] is row-parallel and needs no communication.
+//! The parallelism lives here too, not in the architectures:
+//! - *Pipeline parallelism*: a stage's decoder holds its own layers
+//!   ([`Decoder::keep_layers`]); [`forward`] embeds only on the first stage, receives the
+//!   residual stream `x` from the stage before on the others, sends it on from all but the
+//!   last, and the last stage's logits go to every stage.
+//! - *Tensor parallelism*: each rank binds its slice of every matrix (`crate::shard`) and runs
+//!   with its own [`AttnShape`]. The architectures say which products close a block and join
+//!   the residual stream: [`Step::matmul_to_residual`] (attention output, MLP down) — the one
+//!   place where partial sums over a split input become the all-reduce; the output matrix's
+//!   vocabulary rows are gathered at the end. Every other [`Step::matmul`] is row-parallel
+//!   and needs no communication.
 //!
 //! May not: know an architecture (no names, no special cases: those are the `Decoder`'s), or
 //! own a KV cache (the caller's, through [`KvAccess`]).
@@ -76,6 +76,9 @@ pub trait Decoder: Send + Sync {
 
     /// Every matrix one decode step reads (the output included; the embedding row aside).
     fn matrices(&self) -> Vec<&Matrix>;
+
+    /// Keeps only layers `r` (a pipeline stage's; [`ModelConfig::keep_layers`]).
+    fn keep_layers(&mut self, r: std::ops::Range<usize>);
 
     /// The most positions a sequence may hold, when the architecture limits them (learned
     /// positions end at the trained context).
@@ -238,6 +241,7 @@ impl Step<'_> {
 pub fn forward<'s>(
     dec: &dyn Decoder,
     comm: &dyn Comm,
+    pp: &dyn Comm,
     isa: Isa,
     tokens: &[u32],
     spans: &[SeqSpan],
@@ -289,7 +293,15 @@ pub fn forward<'s>(
     let (Some(tmp), Some(scores)) = (tmp.as_ref(), scores.as_ref()) else {
         unreachable!("Scratch::ensure fills both")
     };
-    dec.embed(tokens, spans, &mut x[..n * e])?;
+    // Pipeline parallelism: the first stage embeds, the others receive the residual stream
+    // from the stage before theirs; all but the last send theirs on, and the last stage's
+    // logits go to every stage.
+    let (stage, last) = (pp.rank(), pp.size() - 1);
+    if stage == 0 {
+        dec.embed(tokens, spans, &mut x[..n * e])?;
+    } else {
+        pp.recv_f32(stage - 1, &mut x[..n * e])?;
+    }
     let mut step = Step {
         pool,
         isa,
@@ -316,65 +328,73 @@ pub fn forward<'s>(
     for layer in 0..cfg.n_layer {
         dec.layer(layer, &mut step, &mut b)?;
     }
+    if stage < last {
+        pp.send_f32(stage + 1, &x[..n * e])?;
+    }
     if n_logits == 0 {
         return Ok(&logits[..0]);
     }
-    // The final norm of the `out` rows, then the output matrix (and a soft cap).
-    for i in 0..n_logits {
-        let r = out.get(i);
-        dec.final_norm(&x[r * e..(r + 1) * e], &mut h[i * e..(i + 1) * e]);
-    }
     let lo = &mut logits[..n_logits * nv];
-    step.acts.invalidate();
-    let output = dec.output();
-    if comm.size() == 1 {
-        matmul(
-            pool,
-            isa,
-            output,
-            &h[..n_logits * e],
-            n_logits,
-            lo,
-            step.acts,
-            tmp,
-        );
-    } else {
-        // This rank's rows of the vocabulary, then every rank's gathered into whole rows.
-        let size = comm.size();
-        let width = nv.div_ceil(size);
-        let mine = &mut part_logits[..n_logits * width];
-        let local = &mut mine[..n_logits * output.rows];
-        matmul(
-            pool,
-            isa,
-            output,
-            &h[..n_logits * e],
-            n_logits,
-            local,
-            step.acts,
-            tmp,
-        );
-        // Rows of `width`: `[n_logits, rows]` spread out, padded.
-        for i in (0..n_logits).rev() {
-            mine.copy_within(i * output.rows..(i + 1) * output.rows, i * width);
+    if stage == last {
+        // The final norm of the `out` rows, then the output matrix (and a soft cap).
+        for i in 0..n_logits {
+            let r = out.get(i);
+            dec.final_norm(&x[r * e..(r + 1) * e], &mut h[i * e..(i + 1) * e]);
         }
-        let need = size * n_logits * width;
-        if step.reduce.len() < need {
-            step.reduce.resize(need, 0.0);
-        }
-        let all = &mut step.reduce[..need];
-        comm.all_gather(&part_logits[..n_logits * width], all)?;
-        for r in 0..size {
-            let v = part(nv, r, size);
-            let src = &all[r * n_logits * width..(r + 1) * n_logits * width];
-            for i in 0..n_logits {
-                lo[i * nv + v.start..i * nv + v.end]
-                    .copy_from_slice(&src[i * width..i * width + v.len()]);
+        step.acts.invalidate();
+        let output = dec.output();
+        if comm.size() == 1 {
+            matmul(
+                pool,
+                isa,
+                output,
+                &h[..n_logits * e],
+                n_logits,
+                lo,
+                step.acts,
+                tmp,
+            );
+        } else {
+            // This rank's rows of the vocabulary, then every rank's gathered into whole rows.
+            let size = comm.size();
+            let width = nv.div_ceil(size);
+            let mine = &mut part_logits[..n_logits * width];
+            let local = &mut mine[..n_logits * output.rows];
+            matmul(
+                pool,
+                isa,
+                output,
+                &h[..n_logits * e],
+                n_logits,
+                local,
+                step.acts,
+                tmp,
+            );
+            // Rows of `width`: `[n_logits, rows]` spread out, padded.
+            for i in (0..n_logits).rev() {
+                mine.copy_within(i * output.rows..(i + 1) * output.rows, i * width);
+            }
+            let need = size * n_logits * width;
+            if step.reduce.len() < need {
+                step.reduce.resize(need, 0.0);
+            }
+            let all = &mut step.reduce[..need];
+            comm.all_gather(&part_logits[..n_logits * width], all)?;
+            for r in 0..size {
+                let v = part(nv, r, size);
+                let src = &all[r * n_logits * width..(r + 1) * n_logits * width];
+                for i in 0..n_logits {
+                    lo[i * nv + v.start..i * nv + v.end]
+                        .copy_from_slice(&src[i * width..i * width + v.len()]);
+                }
             }
         }
+        if let Some(c) = cfg.final_softcap {
+            ops::softcap(lo, c);
+        }
     }
-    if let Some(c) = cfg.final_softcap {
-        ops::softcap(lo, c);
+    if last > 0 {
+        pp.broadcast_f32(last, lo)?;
     }
     Ok(&logits[..n_logits * nv])
 }
