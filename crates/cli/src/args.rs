@@ -71,20 +71,14 @@ pub(crate) fn make_split(
     pp: usize,
     layer_split: &[usize],
 ) -> Result<Split, CliError> {
-    if tp > 1 && pp > 1 {
-        return Err(CliError::Usage(format!(
-            "--tp {tp} with --pp {pp}: tensor and pipeline parallelism together are not \
-             supported yet; use one of them"
-        )));
-    }
     if !layer_split.is_empty() && pp == 1 {
         return Err(CliError::Usage("--layer-split needs --pp".into()));
     }
     let layers = (!layer_split.is_empty()).then(|| layer_split.to_vec());
-    Ok(if pp > 1 {
-        Split::pp(world, layers)
-    } else {
-        Split::tp(world)
+    Ok(match (tp, pp) {
+        (_, 1) => Split::tp(world),
+        (1, _) => Split::pp(world, layers),
+        _ => Split::tp_pp(world, tp, layers).map_err(tuili_engine::EngineError::from)?,
     })
 }
 

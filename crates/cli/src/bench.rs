@@ -286,8 +286,7 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
     let n_params: u64 = file.tensors.iter().map(|t| t.n_elements()).sum();
     let dtype = dominant_type(&file);
     // In a group, what passes between the ranks is counted (the report after the table).
-    let comm: Arc<Metered<Arc<dyn Comm>>> =
-        Arc::new(Metered::new(crate::args::join_group(a.tp, a.pp)?));
+    let comm = Arc::new(Metered::new(crate::args::join_group(a.tp, a.pp)?));
     let split = crate::args::make_split(comm.clone(), a.tp, a.pp, &a.layer_split)?;
     let model =
         Model::load_split(Arc::clone(&file), split).map_err(tuili_engine::EngineError::from)?;
@@ -462,11 +461,7 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
 /// Tensor parallelism's costs, measured on a decode run of 32 tokens (every rank runs it):
 /// collectives and bytes per token and per layer, collective latency, and each rank's
 /// resident memory (gathered to rank 0).
-fn comm_report(
-    model: &Model,
-    comm: &Metered<Arc<dyn Comm>>,
-    threads: usize,
-) -> Result<Vec<String>, CliError> {
+fn comm_report(model: &Model, comm: &Metered, threads: usize) -> Result<Vec<String>, CliError> {
     let pool = ThreadPool::new(threads);
     let n = 32;
     comm.take();

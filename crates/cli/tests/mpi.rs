@@ -597,7 +597,7 @@ fn pipeline_stages_give_the_tokens_of_one_process() {
     let want = ppl(&ok(&tuili(1, &ppl_args)));
     let args: Vec<&str> = ppl_args.iter().chain(&["--pp", "2"]).copied().collect();
     assert_eq!(ppl(&ok(&mpi(2, &args))), want);
-    // Refused: a split that does not add up; tp and pp together (not yet).
+    // Refused: a split that does not add up.
     let args: Vec<&str> = greedy
         .iter()
         .chain(&["--pp", "2", "--layer-split", "2,2"])
@@ -614,10 +614,6 @@ fn pipeline_stages_give_the_tokens_of_one_process() {
         .chain(&["--pp", "2", "--tp", "2"])
         .copied()
         .collect();
-    let o = mpi(4, &args);
-    assert!(
-        !o.status.success() && text(&o.stderr).contains("not supported yet"),
-        "{}",
-        text(&o.stderr)
-    );
+    // Both at once: 2 stages of 2 tensor-parallel ranks.
+    assert_eq!(ok(&mpi(4, &args)), ok(&tuili(1, &greedy)), "tp 2 × pp 2");
 }

@@ -133,6 +133,11 @@ pub trait Comm: Send + Sync {
     /// Waits until every rank has reached it.
     fn barrier(&self) -> Result<(), DistError>;
 
+    /// The group's ranks of the same `color`, as a group of their own, ranked in this group's
+    /// order (MPI's `MPI_Comm_split`); every rank must call it. For tensor × pipeline
+    /// parallelism: one group per stage, one per tensor-parallel rank.
+    fn split(&self, color: usize) -> Result<std::sync::Arc<dyn Comm>, DistError>;
+
     /// Leaves the group at the end of a run that went well (MPI: `MPI_Finalize`, which every
     /// rank must reach); communication after it fails. Nothing for the others.
     fn finalize(&self) {}
@@ -183,6 +188,10 @@ impl Comm for Local {
 
     fn barrier(&self) -> Result<(), DistError> {
         Ok(())
+    }
+
+    fn split(&self, _color: usize) -> Result<std::sync::Arc<dyn Comm>, DistError> {
+        Ok(std::sync::Arc::new(Local))
     }
 }
 

@@ -2,15 +2,15 @@
 //! rank contributes, and each collective's latency — for `tuili bench`'s communication report
 //! (bytes per token and per layer, all-reduce latency median and p99).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::{Comm, DistError};
 
-/// `inner`, metered.
-pub struct Metered<C> {
-    inner: C,
-    stats: Mutex<Stats>,
+/// `inner`, metered; groups split from it count into the same [`Stats`].
+pub struct Metered {
+    inner: Arc<dyn Comm>,
+    stats: Arc<Mutex<Stats>>,
 }
 
 /// What went through a [`Metered`] since it was made or last [`Metered::take`]n.
@@ -40,11 +40,11 @@ impl Stats {
     }
 }
 
-impl<C: Comm> Metered<C> {
-    pub fn new(inner: C) -> Metered<C> {
+impl Metered {
+    pub fn new(inner: Arc<dyn Comm>) -> Metered {
         Metered {
             inner,
-            stats: Mutex::new(Stats::default()),
+            stats: Arc::new(Mutex::new(Stats::default())),
         }
     }
 
@@ -58,7 +58,7 @@ impl<C: Comm> Metered<C> {
     }
 }
 
-impl<C: Comm> Comm for Metered<C> {
+impl Comm for Metered {
     fn rank(&self) -> usize {
         self.inner.rank()
     }
@@ -106,42 +106,19 @@ impl<C: Comm> Comm for Metered<C> {
         self.inner.barrier()
     }
 
+    fn split(&self, color: usize) -> Result<Arc<dyn Comm>, DistError> {
+        Ok(Arc::new(Metered {
+            inner: self.inner.split(color)?,
+            stats: self.stats.clone(),
+        }))
+    }
+
     fn finalize(&self) {
         self.inner.finalize()
     }
 
     fn abort(&self, code: i32) -> ! {
         self.inner.abort(code)
-    }
-}
-
-impl<C: Comm + ?Sized> Comm for std::sync::Arc<C> {
-    fn rank(&self) -> usize {
-        (**self).rank()
-    }
-    fn size(&self) -> usize {
-        (**self).size()
-    }
-    fn all_gather(&self, part: &[f32], out: &mut [f32]) -> Result<(), DistError> {
-        (**self).all_gather(part, out)
-    }
-    fn broadcast(&self, root: usize, buf: &mut [u8]) -> Result<(), DistError> {
-        (**self).broadcast(root, buf)
-    }
-    fn send(&self, to: usize, buf: &[u8]) -> Result<(), DistError> {
-        (**self).send(to, buf)
-    }
-    fn recv(&self, from: usize) -> Result<Vec<u8>, DistError> {
-        (**self).recv(from)
-    }
-    fn barrier(&self) -> Result<(), DistError> {
-        (**self).barrier()
-    }
-    fn finalize(&self) {
-        (**self).finalize()
-    }
-    fn abort(&self, code: i32) -> ! {
-        (**self).abort(code)
     }
 }
 
@@ -152,7 +129,10 @@ mod tests {
 
     #[test]
     fn counts_what_passes() {
-        let ranks: Vec<_> = group(2).into_iter().map(Metered::new).collect();
+        let ranks: Vec<_> = group(2)
+            .into_iter()
+            .map(|c| Metered::new(Arc::new(c)))
+            .collect();
         std::thread::scope(|s| {
             for c in &ranks {
                 s.spawn(move || {

@@ -11,15 +11,19 @@ use mpi::Threading;
 
 use crate::{check_rank, Comm, DistError};
 
-/// The world communicator, and the universe whose drop finalizes MPI.
+/// A communicator, and for the world's the universe whose drop finalizes MPI.
 struct World {
     comm: SimpleCommunicator,
-    _universe: Universe,
+    _universe: Option<Universe>,
 }
 
+/// Held around every MPI call of every communicator of the process: serialized threading
+/// means no two calls at once, whichever communicators they use.
+static MPI_CALL: Mutex<()> = Mutex::new(());
+
 // SAFETY: MPI was initialized with at least `Threading::Serialized` (checked in
-// `MpiComm::init`), so any thread may make MPI calls as long as no two do at once; the only
-// access to `World` is through `MpiComm`'s mutex, which serializes them.
+// `MpiComm::init`), so any thread may make MPI calls as long as no two do at once; every
+// access to a `World` holds `MPI_CALL`, which serializes them.
 unsafe impl Send for World {}
 
 /// The processes of an `mpirun`, over MPI.
@@ -45,7 +49,7 @@ impl MpiComm {
         Ok(MpiComm {
             world: Mutex::new(Some(World {
                 comm,
-                _universe: universe,
+                _universe: Some(universe),
             })),
             rank,
             size,
@@ -54,11 +58,25 @@ impl MpiComm {
 
     fn with<T>(&self, f: impl FnOnce(&SimpleCommunicator) -> T) -> Result<T, DistError> {
         // A poisoned lock means a panic mid-call elsewhere; the communicator itself is intact.
+        let _call = MPI_CALL.lock().unwrap_or_else(|p| p.into_inner());
         let w = self.world.lock().unwrap_or_else(|p| p.into_inner());
         match w.as_ref() {
             Some(w) => Ok(f(&w.comm)),
             None => Err(DistError::Mpi("MPI was already finalized".into())),
         }
+    }
+}
+
+impl Drop for MpiComm {
+    fn drop(&mut self) {
+        // Freeing a communicator (and finalizing, for the world's) is an MPI call too.
+        let _call = MPI_CALL.lock().unwrap_or_else(|p| p.into_inner());
+        let w = self
+            .world
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(w);
     }
 }
 
@@ -104,8 +122,27 @@ impl Comm for MpiComm {
         self.with(|c| c.barrier())
     }
 
+    fn split(&self, color: usize) -> Result<std::sync::Arc<dyn Comm>, DistError> {
+        let (c, rank, size) = self
+            .with(|c| {
+                let n = c.split_by_color(mpi::topology::Color::with_value(color as i32))?;
+                let (rank, size) = (n.rank() as usize, n.size() as usize);
+                Some((n, rank, size))
+            })?
+            .ok_or_else(|| DistError::Mpi("MPI_Comm_split gave no communicator".into()))?;
+        Ok(std::sync::Arc::new(MpiComm {
+            world: Mutex::new(Some(World {
+                comm: c,
+                _universe: None,
+            })),
+            rank,
+            size,
+        }))
+    }
+
     fn finalize(&self) {
         // Dropping the universe finalizes MPI; later calls fail instead of touching it.
+        let _call = MPI_CALL.lock().unwrap_or_else(|p| p.into_inner());
         let w = self.world.lock().unwrap_or_else(|p| p.into_inner()).take();
         drop(w);
     }

@@ -30,20 +30,26 @@ struct State {
     last: Arc<Vec<Vec<u8>>>,
     /// Point-to-point messages waiting, by (from, to).
     mail: HashMap<(usize, usize), VecDeque<Vec<u8>>>,
+    /// Groups made by [`Comm::split`]: by the collective that made them and the color.
+    splits: HashMap<(u64, usize), Arc<Shared>>,
     /// The first rank that left (its `ThreadComm` dropped: it returned, failed or panicked):
     /// every wait from then on fails instead of waiting for it forever.
     gone: Option<usize>,
 }
 
-/// `size` ranks that talk through shared memory; hand one to each thread.
-pub fn group(size: usize) -> Vec<ThreadComm> {
-    let shared = Arc::new(Shared {
+fn shared(size: usize) -> Arc<Shared> {
+    Arc::new(Shared {
         state: Mutex::new(State {
             slots: vec![None; size],
             ..State::default()
         }),
         changed: Condvar::new(),
-    });
+    })
+}
+
+/// `size` ranks that talk through shared memory; hand one to each thread.
+pub fn group(size: usize) -> Vec<ThreadComm> {
+    let shared = shared(size);
     (0..size)
         .map(|rank| ThreadComm {
             rank,
@@ -186,6 +192,33 @@ impl Comm for ThreadComm {
     fn barrier(&self) -> Result<(), DistError> {
         self.exchange(Vec::new()).map(|_| ())
     }
+
+    fn split(&self, color: usize) -> Result<Arc<dyn Comm>, DistError> {
+        let all = self.exchange((color as u64).to_le_bytes().to_vec())?;
+        let colors: Vec<u64> = all
+            .iter()
+            .map(|b| u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8])))
+            .collect();
+        let members: Vec<usize> = (0..self.size)
+            .filter(|&r| colors[r] == color as u64)
+            .collect();
+        let rank = members.iter().position(|&r| r == self.rank).unwrap_or(0);
+        // The collective's generation tells this split from later ones of the same color;
+        // the first member to get here makes the group's state, the others find it.
+        let mut st = self.lock();
+        let key = (st.generation, color);
+        let shared = st
+            .splits
+            .entry(key)
+            .or_insert_with(|| shared(members.len()))
+            .clone();
+        drop(st);
+        Ok(Arc::new(ThreadComm {
+            rank,
+            size: members.len(),
+            shared,
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -217,6 +250,30 @@ mod tests {
                         assert_eq!(v, vec![1u8; round % 7]);
                         c.barrier().unwrap();
                     }
+                });
+            }
+        });
+    }
+
+    /// Four ranks split two ways (as tensor × pipeline parallelism does): each sub-group
+    /// works on its own.
+    #[test]
+    fn split_makes_independent_groups() {
+        let ranks = group(4);
+        std::thread::scope(|s| {
+            for c in &ranks {
+                s.spawn(move || {
+                    let r = c.rank();
+                    let rows = c.split(r / 2).unwrap(); // {0, 1}, {2, 3}
+                    let cols = c.split(r % 2).unwrap(); // {0, 2}, {1, 3}
+                    assert_eq!((rows.rank(), rows.size()), (r % 2, 2));
+                    assert_eq!((cols.rank(), cols.size()), (r / 2, 2));
+                    let (mut v, mut scratch) = (vec![r as f32], Vec::new());
+                    rows.all_reduce_sum(&mut v, &mut scratch).unwrap();
+                    assert_eq!(v[0], if r < 2 { 1.0 } else { 5.0 });
+                    let mut w = vec![r as f32];
+                    cols.all_reduce_sum(&mut w, &mut scratch).unwrap();
+                    assert_eq!(w[0], if r % 2 == 0 { 2.0 } else { 4.0 });
                 });
             }
         });

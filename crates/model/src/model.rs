@@ -57,6 +57,30 @@ impl Split {
         }
     }
 
+    /// Tensor parallelism in groups of `tp` ranks, and a pipeline of `world.size() / tp`
+    /// stages of them: rank `stage · tp + t` is tensor-parallel rank t of stage `stage`. The
+    /// residual stream passes between the ranks of the same t, stage to stage.
+    pub fn tp_pp(
+        world: Arc<dyn Comm>,
+        tp: usize,
+        layer_split: Option<Vec<usize>>,
+    ) -> Result<Split, ModelError> {
+        let (rank, size) = (world.rank(), world.size());
+        if tp == 0 || !size.is_multiple_of(tp) {
+            return Err(ModelError::Dist(tuili_dist::DistError::Launch(format!(
+                "{size} processes do not make stages of {tp} tensor-parallel ranks"
+            ))));
+        }
+        let tp_group = world.split(rank / tp)?;
+        let pp_group = world.split(rank % tp)?;
+        Ok(Split {
+            world,
+            tp: tp_group,
+            pp: pp_group,
+            layer_split,
+        })
+    }
+
     /// Pipeline parallelism over all of `world` (a stage per rank).
     pub fn pp(world: Arc<dyn Comm>, layer_split: Option<Vec<usize>>) -> Split {
         Split {

@@ -224,3 +224,22 @@ fn pipeline_stages_give_the_bits_of_one_process() {
         on_ranks(1, &whole, &[5, 17, 42, 3], 8).unwrap()
     );
 }
+
+/// Both at once: 2 pipeline stages of 2 tensor-parallel ranks (4 threads).
+#[test]
+fn tensor_parallel_stages_of_a_pipeline() {
+    use tuili_model::Split;
+    let file = Arc::new(GgufFile::open(fixtures().join("stories260K/stories260K.gguf")).unwrap());
+    let prompt = [1, 403, 407, 261, 378];
+    let whole = |c: Arc<dyn Comm>| Model::load_split(file.clone(), Split::tp(c));
+    let (want_tokens, want) = on_ranks(1, &whole, &prompt, 12).unwrap();
+    let load = |c: Arc<dyn Comm>| Model::load_split(file.clone(), Split::tp_pp(c, 2, None)?);
+    let (tokens, got) = on_ranks(4, &load, &prompt, 12).unwrap();
+    assert_eq!(tokens, want_tokens);
+    let worst = got
+        .iter()
+        .flatten()
+        .zip(want.iter().flatten())
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst <= 1e-4, "logits differ by {worst}");
+}
