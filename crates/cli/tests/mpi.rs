@@ -41,18 +41,29 @@ fn mpirun(np: usize) -> Command {
     c
 }
 
-/// `tuili args` alone (np 1), or under `mpirun -np np` with `--tp np` added.
-fn tuili(np: usize, args: &[&str]) -> Output {
-    let out = if np == 1 {
-        Command::new(TUILI).args(args).output()
+/// `tuili args` alone (np 1), or under `mpirun -np np` with `split` added (by default
+/// `--tp np`).
+fn command(np: usize, args: &[&str], split: Option<&[&str]>) -> Command {
+    let mut c = if np == 1 {
+        Command::new(TUILI)
     } else {
-        mpirun(np)
-            .arg(TUILI)
-            .args(args)
-            .args(["--tp", &np.to_string()])
-            .output()
+        let mut c = mpirun(np);
+        c.arg(TUILI);
+        c
     };
-    out.expect("starts")
+    c.args(args);
+    if np > 1 {
+        match split {
+            Some(s) => c.args(s),
+            None => c.args(["--tp", &np.to_string()]),
+        };
+    }
+    c
+}
+
+/// [`command`]'s output, with `--tp np`.
+fn tuili(np: usize, args: &[&str]) -> Output {
+    command(np, args, None).output().expect("starts")
 }
 
 fn text(b: &[u8]) -> String {
@@ -232,18 +243,7 @@ fn chat_reads_rank_0s_terminal() {
         "0",
     ];
     let talk = |np: usize| {
-        let mut c = if np == 1 {
-            Command::new(TUILI)
-        } else {
-            let mut c = mpirun(np);
-            c.arg(TUILI);
-            c
-        };
-        c.args(args);
-        if np > 1 {
-            c.args(["--tp", &np.to_string()]);
-        }
-        let mut child = c
+        let mut child = command(np, &args, None)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -379,18 +379,10 @@ fn serve_with(np: usize, split: &[&str]) -> Server {
         "--max-batch-tokens",
         "256",
     ];
-    let mut c = if np == 1 {
-        Command::new(TUILI)
-    } else {
-        let mut c = mpirun(np);
-        c.arg(TUILI);
-        c
-    };
-    c.args(args);
-    if np > 1 {
-        c.args(split);
-    }
-    let mut child = c.stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = command(np, &args, Some(split))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let base = loop {
         let line = lines

@@ -163,13 +163,7 @@ impl Comm for Local {
     }
 
     fn all_gather(&self, part: &[f32], out: &mut [f32]) -> Result<(), DistError> {
-        if out.len() != part.len() {
-            return Err(DistError::Size {
-                what: "all_gather output",
-                expected: part.len(),
-                got: out.len(),
-            });
-        }
+        check_gather(part.len(), 1, out.len())?;
         out.copy_from_slice(part);
         Ok(())
     }
@@ -192,6 +186,19 @@ impl Comm for Local {
 
     fn split(&self, _color: usize) -> Result<std::sync::Arc<dyn Comm>, DistError> {
         Ok(std::sync::Arc::new(Local))
+    }
+}
+
+/// An all-gather's output holds `size` parts of `part` values.
+pub fn check_gather(part: usize, size: usize, out: usize) -> Result<(), DistError> {
+    if out == part * size {
+        Ok(())
+    } else {
+        Err(DistError::Size {
+            what: "all_gather output",
+            expected: part * size,
+            got: out,
+        })
     }
 }
 

@@ -9,7 +9,7 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use mpi::Threading;
 
-use crate::{check_rank, Comm, DistError};
+use crate::{check_gather, check_rank, Comm, DistError};
 
 /// A communicator, and for the world's the universe whose drop finalizes MPI.
 struct World {
@@ -90,13 +90,7 @@ impl Comm for MpiComm {
     }
 
     fn all_gather(&self, part: &[f32], out: &mut [f32]) -> Result<(), DistError> {
-        if out.len() != part.len() * self.size {
-            return Err(DistError::Size {
-                what: "all_gather output",
-                expected: part.len() * self.size,
-                got: out.len(),
-            });
-        }
+        check_gather(part.len(), self.size, out.len())?;
         self.with(|c| c.all_gather_into(part, out))?;
         Ok(())
     }

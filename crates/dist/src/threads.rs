@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use crate::{check_rank, Comm, DistError};
+use crate::{check_gather, check_rank, Comm, DistError};
 
 /// One rank of a [`group`].
 pub struct ThreadComm {
@@ -65,6 +65,18 @@ impl ThreadComm {
         self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Waits for another rank's change, unless one has left (then nothing will change).
+    fn wait<'a>(&'a self, st: MutexGuard<'a, State>) -> Result<MutexGuard<'a, State>, DistError> {
+        if let Some(rank) = st.gone {
+            return Err(DistError::PeerGone { rank });
+        }
+        Ok(self
+            .shared
+            .changed
+            .wait(st)
+            .unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Every rank's `mine`, in rank order, once all have given theirs.
     fn exchange(&self, mine: Vec<u8>) -> Result<Arc<Vec<Vec<u8>>>, DistError> {
         let mut st = self.lock();
@@ -85,14 +97,7 @@ impl ThreadComm {
         // The next collective cannot complete before this rank joins it, so `last` is still
         // this one's when the generation moves on.
         while st.generation == generation {
-            if let Some(rank) = st.gone {
-                return Err(DistError::PeerGone { rank });
-            }
-            st = self
-                .shared
-                .changed
-                .wait(st)
-                .unwrap_or_else(|p| p.into_inner());
+            st = self.wait(st)?;
         }
         Ok(st.last.clone())
     }
@@ -116,13 +121,7 @@ impl Comm for ThreadComm {
     }
 
     fn all_gather(&self, part: &[f32], out: &mut [f32]) -> Result<(), DistError> {
-        if out.len() != part.len() * self.size {
-            return Err(DistError::Size {
-                what: "all_gather output",
-                expected: part.len() * self.size,
-                got: out.len(),
-            });
-        }
+        check_gather(part.len(), self.size, out.len())?;
         let bytes = part.iter().flat_map(|v| v.to_le_bytes()).collect();
         let all = self.exchange(bytes)?;
         let mut values = all.iter().flat_map(|b| b.chunks_exact(4));
@@ -178,14 +177,7 @@ impl Comm for ThreadComm {
             {
                 return Ok(m);
             }
-            if let Some(rank) = st.gone {
-                return Err(DistError::PeerGone { rank });
-            }
-            st = self
-                .shared
-                .changed
-                .wait(st)
-                .unwrap_or_else(|p| p.into_inner());
+            st = self.wait(st)?;
         }
     }
 

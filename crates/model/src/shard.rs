@@ -23,7 +23,7 @@ use tuili_dist::Comm;
 
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::weights::{WeightInfo, WeightSource};
+use crate::weights::{Matrix, WeightInfo, WeightSource};
 
 /// This process's place in a tensor-parallel group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,16 +56,20 @@ pub struct Cut {
 }
 
 impl Cut {
-    /// The cut of rank `shard.rank`. `o_block` and `down_block` are the block lengths of the
-    /// attention output and MLP down matrices (their column cuts must fall on block
-    /// boundaries); `label` names the model in errors.
-    pub fn new(
+    /// The cut of rank `shard.rank`. `o` and `down` are every layer's attention output and
+    /// MLP down matrices (their column cuts must fall on block boundaries of their types);
+    /// `label` names the model in errors.
+    pub fn new<'m>(
         cfg: &ModelConfig,
         shard: Shard,
-        o_block: usize,
-        down_block: usize,
+        o: impl Iterator<Item = &'m Matrix>,
+        down: impl Iterator<Item = &'m Matrix>,
         label: &str,
     ) -> Result<Cut, ModelError> {
+        let block = |ms: &mut dyn Iterator<Item = &'m Matrix>| {
+            ms.map(|m| m.dtype.block_len() as usize).max().unwrap_or(1)
+        };
+        let (o_block, down_block) = (block(&mut { o }), block(&mut { down }));
         let Shard { rank, size } = shard;
         let refuse = |reason: String| ModelError::Shard {
             path: label.to_string(),
@@ -106,6 +110,16 @@ impl Cut {
             ff: b.start * down_block..b.end * down_block,
             vocab: part(cfg.n_vocab, rank, size),
         })
+    }
+
+    /// This rank's rows of Q (its query heads), `head_dim` values each.
+    pub fn q_rows(&self, head_dim: usize) -> Range<usize> {
+        self.q_heads.start * head_dim..self.q_heads.end * head_dim
+    }
+
+    /// This rank's rows of K and V (its KV heads).
+    pub fn kv_rows(&self, head_dim: usize) -> Range<usize> {
+        self.kv_heads.start * head_dim..self.kv_heads.end * head_dim
     }
 
     /// The configuration this rank computes with: its own heads and hidden units (the vocabulary

@@ -124,17 +124,12 @@ impl Gpt2 {
     /// up (and bias) and columns of down, its rows of the vocabulary. The output and down
     /// biases join after the all-reduce, whole.
     fn keep(&mut self, shard: Shard, label: &str) -> Result<(), ModelError> {
-        let block = |m: &dyn Fn(&Block) -> &Matrix| {
-            self.blocks
-                .iter()
-                .map(|b| m(b).dtype.block_len() as usize)
-                .max()
-                .unwrap_or(1)
-        };
-        let (o_block, down_block) = (block(&|b| &b.out), block(&|b| &b.down));
-        let cut = Cut::new(&self.cfg, shard, o_block, down_block, label)?;
-        let hd = self.cfg.head_dim;
-        let r = cut.q_heads.start * hd..cut.q_heads.end * hd;
+        let (o, down) = (
+            self.blocks.iter().map(|b| &b.out),
+            self.blocks.iter().map(|b| &b.down),
+        );
+        let cut = Cut::new(&self.cfg, shard, o, down, label)?;
+        let r = cut.q_rows(self.cfg.head_dim);
         let ff = &cut.ff;
         for b in &mut self.blocks {
             b.wq = b.wq.rows_view(r.start, r.len());

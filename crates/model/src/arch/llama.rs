@@ -179,18 +179,16 @@ impl Llama {
     /// of Q, K, V (and biases) and columns of the attention output, its hidden units' rows of
     /// gate and up and columns of down, its rows of the vocabulary.
     fn keep(&mut self, shard: Shard, label: &str) -> Result<(), ModelError> {
-        let block = |m: &dyn Fn(&Layer) -> &Matrix| {
-            self.layers
-                .iter()
-                .map(|l| m(l).dtype.block_len() as usize)
-                .max()
-                .unwrap_or(1)
-        };
-        let (o_block, down_block) = (block(&|l| &l.wo), block(&|l| &l.down));
-        let cut = Cut::new(&self.cfg, shard, o_block, down_block, label)?;
-        let hd = self.cfg.head_dim;
-        let (q, kv, ff) = (&cut.q_heads, &cut.kv_heads, &cut.ff);
-        let (qr, kvr) = (q.start * hd..q.end * hd, kv.start * hd..kv.end * hd);
+        let (o, down) = (
+            self.layers.iter().map(|l| &l.wo),
+            self.layers.iter().map(|l| &l.down),
+        );
+        let cut = Cut::new(&self.cfg, shard, o, down, label)?;
+        let (qr, kvr, ff) = (
+            cut.q_rows(self.cfg.head_dim),
+            cut.kv_rows(self.cfg.head_dim),
+            &cut.ff,
+        );
         let slice = |v: &mut Option<Vec<f32>>, r: &std::ops::Range<usize>| {
             if let Some(b) = v {
                 *b = b[r.clone()].to_vec();

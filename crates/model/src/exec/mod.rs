@@ -40,7 +40,7 @@ use tuili_kernels::ops;
 use crate::batch::{check_spans, span_of, OutRows, SeqSpan};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::shard::part;
+use crate::shard::part as part_range;
 use crate::weights::Matrix;
 use tuili_dist::Comm;
 
@@ -343,51 +343,33 @@ pub fn forward<'s>(
         }
         step.acts.invalidate();
         let output = dec.output();
-        if comm.size() == 1 {
-            matmul(
-                pool,
-                isa,
-                output,
-                &h[..n_logits * e],
-                n_logits,
-                lo,
-                step.acts,
-                tmp,
-            );
+        // Under tensor parallelism this rank's rows of the vocabulary, gathered after.
+        let tp = comm.size();
+        let local = if tp == 1 {
+            &mut *lo
         } else {
-            // This rank's rows of the vocabulary, then every rank's gathered into whole rows.
-            let size = comm.size();
-            let width = nv.div_ceil(size);
-            let mine = &mut part_logits[..n_logits * width];
-            let local = &mut mine[..n_logits * output.rows];
-            matmul(
-                pool,
-                isa,
-                output,
-                &h[..n_logits * e],
+            &mut part_logits[..n_logits * output.rows]
+        };
+        matmul(
+            pool,
+            isa,
+            output,
+            &h[..n_logits * e],
+            n_logits,
+            local,
+            step.acts,
+            tmp,
+        );
+        if tp > 1 {
+            gather_vocab(
+                comm,
                 n_logits,
-                local,
-                step.acts,
-                tmp,
-            );
-            // Rows of `width`: `[n_logits, rows]` spread out, padded.
-            for i in (0..n_logits).rev() {
-                mine.copy_within(i * output.rows..(i + 1) * output.rows, i * width);
-            }
-            let need = size * n_logits * width;
-            if step.reduce.len() < need {
-                step.reduce.resize(need, 0.0);
-            }
-            let all = &mut step.reduce[..need];
-            comm.all_gather(&part_logits[..n_logits * width], all)?;
-            for r in 0..size {
-                let v = part(nv, r, size);
-                let src = &all[r * n_logits * width..(r + 1) * n_logits * width];
-                for i in 0..n_logits {
-                    lo[i * nv + v.start..i * nv + v.end]
-                        .copy_from_slice(&src[i * width..i * width + v.len()]);
-                }
-            }
+                nv,
+                output.rows,
+                part_logits,
+                step.reduce,
+                lo,
+            )?;
         }
         if let Some(c) = cfg.final_softcap {
             ops::softcap(lo, c);
@@ -397,4 +379,38 @@ pub fn forward<'s>(
         pp.broadcast_f32(last, lo)?;
     }
     Ok(&logits[..n_logits * nv])
+}
+
+/// Every rank's logits of its vocabulary rows (`part[..n · rows]`, `[n, rows]`) gathered into
+/// whole rows of `nv` in `lo`; `part` and `all` are scratch (grown as needed).
+fn gather_vocab(
+    comm: &dyn Comm,
+    n: usize,
+    nv: usize,
+    rows: usize,
+    part: &mut [f32],
+    all: &mut Vec<f32>,
+    lo: &mut [f32],
+) -> Result<(), ModelError> {
+    let size = comm.size();
+    // Equal parts for the all-gather: rows of `width`, padded.
+    let width = nv.div_ceil(size);
+    let mine = &mut part[..n * width];
+    for i in (0..n).rev() {
+        mine.copy_within(i * rows..(i + 1) * rows, i * width);
+    }
+    if all.len() < size * n * width {
+        all.resize(size * n * width, 0.0);
+    }
+    let all = &mut all[..size * n * width];
+    comm.all_gather(mine, all)?;
+    for r in 0..size {
+        let v = part_range(nv, r, size);
+        let src = &all[r * n * width..(r + 1) * n * width];
+        for i in 0..n {
+            lo[i * nv + v.start..i * nv + v.end]
+                .copy_from_slice(&src[i * width..i * width + v.len()]);
+        }
+    }
+    Ok(())
 }
