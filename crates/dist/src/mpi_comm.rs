@@ -112,6 +112,34 @@ impl Comm for MpiComm {
         self.with(|c| c.process_at_rank(from as i32).receive_vec::<u8>().0)
     }
 
+    // The float forms go to MPI as floats: no byte copy per call (the pipeline sends a
+    // hidden row and broadcasts logits every token).
+    fn broadcast_f32(&self, root: usize, buf: &mut [f32]) -> Result<(), DistError> {
+        check_rank(root, self.size)?;
+        self.with(|c| c.process_at_rank(root as i32).broadcast_into(buf))
+    }
+
+    fn send_f32(&self, to: usize, buf: &[f32]) -> Result<(), DistError> {
+        check_rank(to, self.size)?;
+        self.with(|c| c.process_at_rank(to as i32).send(buf))
+    }
+
+    fn recv_f32(&self, from: usize, out: &mut [f32]) -> Result<(), DistError> {
+        check_rank(from, self.size)?;
+        let got = self.with(|c| {
+            let st = c.process_at_rank(from as i32).receive_into(out);
+            st.count(f32::equivalent_datatype()) as usize
+        })?;
+        if got != out.len() {
+            return Err(DistError::Size {
+                what: "received floats",
+                expected: out.len(),
+                got,
+            });
+        }
+        Ok(())
+    }
+
     fn barrier(&self) -> Result<(), DistError> {
         self.with(|c| c.barrier())
     }
