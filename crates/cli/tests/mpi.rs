@@ -4,10 +4,14 @@
 //! so, where `mpirun` is not installed.
 #![cfg(feature = "mpi")]
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use common::{openai_python, Server};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -351,22 +355,11 @@ fn a_killed_rank_ends_the_group_within_seconds() {
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
 }
 
-/// A running server (killed on drop) and its address, read from its "listening on" line.
-struct Server(std::process::Child, String);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn serve(np: usize) -> Server {
     serve_with(np, &["--tp", &np.to_string()])
 }
 
 fn serve_with(np: usize, split: &[&str]) -> Server {
-    use std::io::BufRead;
     let m = stories();
     let args = [
         "serve",
@@ -379,36 +372,7 @@ fn serve_with(np: usize, split: &[&str]) -> Server {
         "--max-batch-tokens",
         "256",
     ];
-    let mut child = command(np, &args, Some(split))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let base = loop {
-        let line = lines
-            .next()
-            .expect("the server exited before listening")
-            .unwrap();
-        if let Some(i) = line.find("listening on ") {
-            break line[i + 13..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Server(child, base)
-}
-
-fn openai_python() -> Option<PathBuf> {
-    let p = std::env::var_os("TUILI_OPENAI_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            let home = std::env::var_os("HOME")?;
-            Some(PathBuf::from(home).join(".cache/tuili/openai-venv/bin/python"))
-        })?;
-    p.exists().then_some(p)
+    Server::start(command(np, &args, Some(split)))
 }
 
 #[test]
@@ -416,11 +380,11 @@ fn serve_answers_16_streams_as_one_process_does() {
     if !have_mpirun() {
         return;
     }
-    let py = openai_python().expect("run scripts/setup-openai-venv (the openai client)");
+    let py = openai_python();
     let streams = |s: &Server| {
         let o = Command::new(&py)
             .arg(root().join("tests/serve/streams.py"))
-            .arg(&s.1)
+            .arg(&s.base)
             .output()
             .unwrap();
         ok(&o)
