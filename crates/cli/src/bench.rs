@@ -473,8 +473,7 @@ fn comm_report(model: &Model, comm: &Metered, threads: usize) -> Result<Vec<Stri
     // rank's matrix product in it).
     let e = model.config().n_embd;
     let (mut row, mut scratch) = (vec![1f32; e], Vec::new());
-    let fail =
-        |e: tuili_dist::DistError| CliError::Engine(tuili_engine::EngineError::Model(e.into()));
+    let fail = |e: tuili_dist::DistError| CliError::Engine(e.into());
     comm.barrier().map_err(fail)?;
     comm.take();
     for _ in 0..500 {

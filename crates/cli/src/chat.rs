@@ -133,7 +133,7 @@ fn next_line(
     };
     let got = comm
         .broadcast_vec(0, mine)
-        .map_err(|e| CliError::Engine(tuili_engine::EngineError::Model(e.into())))?;
+        .map_err(tuili_engine::EngineError::from)?;
     Ok(match got.split_first() {
         Some((1, text)) => Some(String::from_utf8_lossy(text).into_owned()),
         _ => None,

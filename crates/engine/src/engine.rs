@@ -141,8 +141,7 @@ impl Engine {
         let comm = self.comm();
         let mut bytes = seed.unwrap_or_else(tuili_sample::fresh_seed).to_le_bytes();
         if comm.size() > 1 && seed.is_none() {
-            comm.broadcast(0, &mut bytes)
-                .map_err(|e| EngineError::Model(e.into()))?;
+            comm.broadcast(0, &mut bytes)?;
         }
         Ok(u64::from_le_bytes(bytes))
     }

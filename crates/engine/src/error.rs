@@ -8,6 +8,8 @@ pub enum EngineError {
     #[error(transparent)]
     Model(#[from] tuili_model::ModelError),
     #[error(transparent)]
+    Dist(#[from] tuili_dist::DistError),
+    #[error(transparent)]
     Tokenizer(#[from] tuili_tokenizer::TokenizerError),
     #[error(transparent)]
     Sample(#[from] tuili_sample::SampleError),

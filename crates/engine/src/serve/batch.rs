@@ -79,9 +79,8 @@ const STEP: u8 = 1;
 const STOP: u8 = 0;
 
 fn send(comm: &dyn Comm, m: Vec<u8>) -> Result<(), EngineError> {
-    comm.broadcast_vec(0, m)
-        .map(|_| ())
-        .map_err(|e| EngineError::Model(e.into()))
+    comm.broadcast_vec(0, m)?;
+    Ok(())
 }
 
 /// Rank 0 tells the others that serving is over.
@@ -106,9 +105,7 @@ pub(crate) struct Received {
 impl Received {
     /// Waits for rank 0's next step; `None` when serving is over.
     pub(crate) fn next(comm: &dyn Comm) -> Result<Option<Received>, EngineError> {
-        let m = comm
-            .broadcast_vec(0, Vec::new())
-            .map_err(|e| EngineError::Model(e.into()))?;
+        let m = comm.broadcast_vec(0, Vec::new())?;
         Received::decode(&m)
     }
 

@@ -79,14 +79,13 @@ impl ServeLoop {
         })
     }
 
-    /// The other ranks' side of a tensor-parallel group's serving (rank > 0): a pool of the
-    /// same blocks as rank 0's (each rank's heads only), then every step rank 0 sends, run
-    /// on this rank's part of the model, until rank 0 stops.
+    /// The other ranks' side of a distributed run's serving (rank > 0): a pool of the same
+    /// blocks as rank 0's (for this rank's heads and layers only), then every step rank 0
+    /// sends, run on this rank's part of the model, until rank 0 stops.
     pub fn follow(engine: &Engine, cfg: &ServeConfig) -> Result<(), EngineError> {
         let comm = engine.comm();
         let mut n = [0u8; 8];
-        comm.broadcast(0, &mut n)
-            .map_err(|e| EngineError::Model(e.into()))?;
+        comm.broadcast(0, &mut n)?;
         let mut store = pool(engine, cfg, u64::from_le_bytes(n) as usize)?;
         let mut scratch = Scratch::new();
         while let Some(step) = Received::next(comm)? {
@@ -137,8 +136,7 @@ impl ServeLoop {
 fn pool(engine: &Engine, cfg: &ServeConfig, n_blocks: usize) -> Result<PagedStore, EngineError> {
     let comm = engine.comm();
     if comm.size() > 1 && comm.rank() == 0 {
-        comm.broadcast(0, &mut (n_blocks as u64).to_le_bytes())
-            .map_err(|e| EngineError::Model(e.into()))?;
+        comm.broadcast(0, &mut (n_blocks as u64).to_le_bytes())?;
     }
     let c = engine.model().config();
     let (l, bs, h, d) = (c.n_layer, cfg.block_size, c.n_head_kv, c.head_dim);
