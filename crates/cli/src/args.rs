@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tuili_dist::Comm;
 use tuili_engine::{Engine, EngineConfig, GenerationDefaults};
@@ -36,7 +37,14 @@ pub(crate) struct ModelArgs {
     /// Layers per pipeline stage, e.g. `12,10` (default: balanced by bytes).
     #[arg(long, value_delimiter = ',')]
     layer_split: Vec<usize>,
+    /// Distributed runs: seconds a rank may wait on the others in one communication before
+    /// the run is declared broken and every process ends (0: wait for ever).
+    #[arg(long, default_value_t = DEFAULT_COMM_TIMEOUT)]
+    comm_timeout: u64,
 }
+
+/// `--comm-timeout`'s default: longer than any one step a CPU computes.
+pub(crate) const DEFAULT_COMM_TIMEOUT: u64 = 120;
 
 impl ModelArgs {
     /// The worker threads: as given, else the library's default (physical cores).
@@ -53,7 +61,7 @@ impl ModelArgs {
             n_batch,
             threads: self.threads(),
         };
-        let world = join_group(self.tp, self.pp)?;
+        let world = join_group(self.tp, self.pp, self.comm_timeout)?;
         let split = make_split(world, self.tp, self.pp, &self.layer_split)?;
         Ok(Engine::load_dist(
             &self.model,
@@ -84,8 +92,9 @@ pub(crate) fn make_split(
 
 /// The processes of this run (`--tp N` or `--pp N`: the N that `mpirun` started; alone:
 /// one). Ranks other than 0 compute their part and print nothing: their standard output goes
-/// nowhere, and their standard error too, except errors ([`report_error`]).
-pub(crate) fn join_group(tp: usize, pp: usize) -> Result<Arc<dyn Comm>, CliError> {
+/// nowhere, and their standard error too, except errors ([`report_error`]). In a group, a
+/// watchdog ends every process when a communication waits longer than `timeout` seconds.
+pub(crate) fn join_group(tp: usize, pp: usize, timeout: u64) -> Result<Arc<dyn Comm>, CliError> {
     if tp == 0 || pp == 0 {
         return Err(CliError::Usage("--tp and --pp: give at least 1".into()));
     }
@@ -101,6 +110,11 @@ pub(crate) fn join_group(tp: usize, pp: usize) -> Result<Arc<dyn Comm>, CliError
     }
     // Set once per process (a command joins one group).
     let _ = GROUP.set(comm.clone());
+    if comm.size() > 1 {
+        tuili_dist::watch::start(comm.clone(), Duration::from_secs(timeout), |why| {
+            write_saved(&format!("error: {why}\n"))
+        });
+    }
     Ok(comm)
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tuili_kv::{BlockAllocator, BlockTable, KvType, PagedStore};
-use tuili_model::{OutRows, SeqSpan};
+use tuili_model::{Handoff, OutRows, SeqSpan};
 
 use tuili_core::{DType, ThreadPool};
 use tuili_dist::meter::Metered;
@@ -230,7 +230,16 @@ fn run_batched(
     // One forward pass of the B sequences (logits of `out`, not read).
     let mut run = |tokens: &[u32], spans: &[SeqSpan], out: OutRows| {
         let max_ctx = ctx + n_gen;
-        let pass = model.forward_spans(tokens, spans, &mut batch, max_ctx, &mut scratch, out, pool);
+        let pass = model.forward_spans(
+            Handoff::Lockstep,
+            tokens,
+            spans,
+            &mut batch,
+            max_ctx,
+            &mut scratch,
+            out,
+            pool,
+        );
         pass.map(|_| ()).map_err(err)
     };
     if ctx > 0 {
@@ -286,7 +295,11 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
     let n_params: u64 = file.tensors.iter().map(|t| t.n_elements()).sum();
     let dtype = dominant_type(&file);
     // In a group, what passes between the ranks is counted (the report after the table).
-    let comm = Arc::new(Metered::new(crate::args::join_group(a.tp, a.pp)?));
+    let comm = Arc::new(Metered::new(crate::args::join_group(
+        a.tp,
+        a.pp,
+        crate::args::DEFAULT_COMM_TIMEOUT,
+    )?));
     let split = crate::args::make_split(comm.clone(), a.tp, a.pp, &a.layer_split)?;
     let model =
         Model::load_split(Arc::clone(&file), split).map_err(tuili_engine::EngineError::from)?;

@@ -131,8 +131,8 @@ fn next_line(
     } else {
         Vec::new()
     };
-    let got = comm
-        .broadcast_vec(0, mine)
+    // The others wait for as long as the user types: not a wait the watchdog times.
+    let got = tuili_dist::watch::idle(|| comm.broadcast_vec(0, mine))
         .map_err(tuili_engine::EngineError::from)?;
     Ok(match got.split_first() {
         Some((1, text)) => Some(String::from_utf8_lossy(text).into_owned()),

@@ -1,6 +1,7 @@
 //! `tuili serve`: the OpenAI-compatible server (see `tuili-server`) on a model.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tuili_engine::sched::SchedConfig;
 use tuili_engine::serve::{ServeConfig, ServeLoop};
@@ -9,6 +10,10 @@ use tuili_server::{router, AppState, HttpConfig};
 
 use crate::args::{CtxArgs, ModelArgs};
 use crate::error::CliError;
+
+/// Seconds a server whose group broke keeps answering `/health` with the reason (503)
+/// before the group ends.
+const BROKEN_GRACE: u64 = 10;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -115,7 +120,16 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
         // Another rank of a tensor-parallel group: rank 0 serves; this one runs its steps.
         return Ok(ServeLoop::follow(&engine, &cfg)?);
     }
+    let group = engine.comm().size() > 1;
     let server = ServeLoop::start(Arc::new(engine), cfg)?;
+    if group {
+        // When a rank stops answering, `/health` says why (503) for a while before the
+        // watchdog ends the group.
+        let m = server.metrics().clone();
+        tuili_dist::watch::on_fire(Duration::from_secs(BROKEN_GRACE), move |why| {
+            m.set_broken(why)
+        });
+    }
     let blocks = server
         .metrics()
         .kv_blocks_total

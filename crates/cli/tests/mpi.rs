@@ -393,7 +393,84 @@ fn serve_answers_16_streams_as_one_process_does() {
     for np in [2, 3] {
         assert_eq!(streams(&serve(np)), want, "tp {np}");
     }
+    // A pipeline keeps a micro-batch in flight on every stage.
     assert_eq!(streams(&serve_with(2, &["--pp", "2"])), want, "pp 2");
+    assert_eq!(streams(&serve_with(3, &["--pp", "3"])), want, "pp 3");
+    let split = ["--tp", "2", "--pp", "2"];
+    assert_eq!(streams(&serve_with(4, &split)), want, "tp 2 × pp 2");
+}
+
+/// One HTTP/1.1 exchange with the server at `base` (`http://host:port`): status and body.
+fn http(base: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    use std::io::Read;
+    let host = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut r = String::new();
+    s.read_to_string(&mut r)?;
+    let status = r.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+    let body = r.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((status.unwrap_or(0), body.to_string()))
+}
+
+#[test]
+fn a_stopped_rank_makes_the_server_say_why_then_end() {
+    if !have_mpirun() {
+        return;
+    }
+    let m = stories();
+    let dir = tmpdir("stopped-rank");
+    let pid_file = dir.join("rank1.pid");
+    // Rank 1 notes its process id; it is then stopped (not killed: MPI does not notice), and
+    // only the watchdog can tell that the group is stuck.
+    let script = format!(
+        "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then echo $$ > {p}; fi; exec {TUILI} serve -m {m} \
+         --port 0 --kv-memory 8MiB --tp 2 --comm-timeout 2",
+        p = pid_file.display()
+    );
+    let mut cmd = mpirun(2);
+    cmd.args(["sh", "-c", &script]);
+    let mut server = Server::start(cmd);
+    let (status, _) = http(&server.base, "GET", "/health", "").unwrap();
+    assert_eq!(status, 200);
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let stopped = Command::new("kill")
+        .args(["-STOP", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    // A request makes rank 0 wait on rank 1 (it answers with an error or not at all).
+    let base = server.base.clone();
+    std::thread::spawn(move || {
+        let body = r#"{"model": "stories260K", "prompt": "Once", "max_tokens": 4}"#;
+        let _ = http(&base, "POST", "/v1/completions", body);
+    });
+    let t = Instant::now();
+    let health = loop {
+        let h = http(&server.base, "GET", "/health", "").unwrap();
+        if h.0 != 200 {
+            break h;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "still healthy");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(health.0, 503, "{health:?}");
+    assert!(health.1.contains("--comm-timeout"), "{}", health.1);
+    // New requests are refused with the same reason.
+    let body = r#"{"model": "stories260K", "prompt": "Once", "max_tokens": 4}"#;
+    let (status, text) = http(&server.base, "POST", "/v1/completions", body).unwrap();
+    assert_eq!(status, 503, "{text}");
+    // Then the whole group ends, the stopped rank included.
+    let status = server
+        .wait(Duration::from_secs(40))
+        .expect("the group still runs");
+    assert!(!status.success());
 }
 
 /// Two network namespaces joined by a veth pair stand for two machines: OpenMPI starts rank 1

@@ -5,7 +5,8 @@
 //! between threads of a process ([`threads::group`]: several ranks in any build, for tests)
 //! and, behind the cargo feature `mpi`, one over MPI ([`mpi_comm::MpiComm`], OpenMPI through
 //! rsmpi). [`launch::world`] joins the processes a run was started as. Everything above this
-//! crate sees only `Comm`. May not: know models, tensors' meaning, or scheduling.
+//! crate sees only `Comm`. [`watch`] ends a group whose ranks stopped answering. May not:
+//! know models, tensors' meaning, or scheduling.
 //!
 //! Results do not depend on timing: the all-reduce adds the ranks' parts in rank order on
 //! every rank (gathered, then summed), so every rank holds bit-identical sums, the same from
@@ -16,6 +17,7 @@ pub mod meter;
 #[cfg(feature = "mpi")]
 pub mod mpi_comm;
 pub mod threads;
+pub mod watch;
 
 /// Errors of communication.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

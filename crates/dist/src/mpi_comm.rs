@@ -9,7 +9,7 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
 use mpi::Threading;
 
-use crate::{check_gather, check_rank, Comm, DistError};
+use crate::{check_gather, check_rank, watch, Comm, DistError};
 
 /// A communicator, and for the world's the universe whose drop finalizes MPI.
 struct World {
@@ -56,9 +56,15 @@ impl MpiComm {
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&SimpleCommunicator) -> T) -> Result<T, DistError> {
+    /// Runs MPI call `what` (its name, for the watchdog) under the lock.
+    fn with<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&SimpleCommunicator) -> T,
+    ) -> Result<T, DistError> {
         // A poisoned lock means a panic mid-call elsewhere; the communicator itself is intact.
         let _call = MPI_CALL.lock().unwrap_or_else(|p| p.into_inner());
+        let _timed = watch::waiting(what);
         let w = self.world.lock().unwrap_or_else(|p| p.into_inner());
         match w.as_ref() {
             Some(w) => Ok(f(&w.comm)),
@@ -91,42 +97,48 @@ impl Comm for MpiComm {
 
     fn all_gather(&self, part: &[f32], out: &mut [f32]) -> Result<(), DistError> {
         check_gather(part.len(), self.size, out.len())?;
-        self.with(|c| c.all_gather_into(part, out))?;
+        self.with("MPI_Allgather", |c| c.all_gather_into(part, out))?;
         Ok(())
     }
 
     fn broadcast(&self, root: usize, buf: &mut [u8]) -> Result<(), DistError> {
         check_rank(root, self.size)?;
-        self.with(|c| c.process_at_rank(root as i32).broadcast_into(buf))?;
+        self.with("MPI_Bcast", |c| {
+            c.process_at_rank(root as i32).broadcast_into(buf)
+        })?;
         Ok(())
     }
 
     fn send(&self, to: usize, buf: &[u8]) -> Result<(), DistError> {
         check_rank(to, self.size)?;
-        self.with(|c| c.process_at_rank(to as i32).send(buf))?;
+        self.with("MPI_Send", |c| c.process_at_rank(to as i32).send(buf))?;
         Ok(())
     }
 
     fn recv(&self, from: usize) -> Result<Vec<u8>, DistError> {
         check_rank(from, self.size)?;
-        self.with(|c| c.process_at_rank(from as i32).receive_vec::<u8>().0)
+        self.with("MPI_Recv", |c| {
+            c.process_at_rank(from as i32).receive_vec::<u8>().0
+        })
     }
 
     // The float forms go to MPI as floats: no byte copy per call (the pipeline sends a
     // hidden row and broadcasts logits every token).
     fn broadcast_f32(&self, root: usize, buf: &mut [f32]) -> Result<(), DistError> {
         check_rank(root, self.size)?;
-        self.with(|c| c.process_at_rank(root as i32).broadcast_into(buf))
+        self.with("MPI_Bcast", |c| {
+            c.process_at_rank(root as i32).broadcast_into(buf)
+        })
     }
 
     fn send_f32(&self, to: usize, buf: &[f32]) -> Result<(), DistError> {
         check_rank(to, self.size)?;
-        self.with(|c| c.process_at_rank(to as i32).send(buf))
+        self.with("MPI_Send", |c| c.process_at_rank(to as i32).send(buf))
     }
 
     fn recv_f32(&self, from: usize, out: &mut [f32]) -> Result<(), DistError> {
         check_rank(from, self.size)?;
-        let got = self.with(|c| {
+        let got = self.with("MPI_Recv", |c| {
             let st = c.process_at_rank(from as i32).receive_into(out);
             st.count(f32::equivalent_datatype()) as usize
         })?;
@@ -141,12 +153,12 @@ impl Comm for MpiComm {
     }
 
     fn barrier(&self) -> Result<(), DistError> {
-        self.with(|c| c.barrier())
+        self.with("MPI_Barrier", |c| c.barrier())
     }
 
     fn split(&self, color: usize) -> Result<std::sync::Arc<dyn Comm>, DistError> {
         let (c, rank, size) = self
-            .with(|c| {
+            .with("MPI_Comm_split", |c| {
                 let n = c.split_by_color(mpi::topology::Color::with_value(color as i32))?;
                 let (rank, size) = (n.rank() as usize, n.size() as usize);
                 Some((n, rank, size))

@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 
 use half::f16;
 use tuili_kv::{KvCache, KvType, PagedStore};
-use tuili_model::{Logits, Scratch, SeqSpan};
+use tuili_model::{Handoff, Logits, Scratch, SeqSpan};
 
 use crate::engine::Engine;
 use crate::error::EngineError;
@@ -91,6 +91,7 @@ impl WindowCache {
                 }];
                 let offsets = [0, table.len()];
                 model.forward_spans(
+                    Handoff::Lockstep,
                     tokens,
                     &spans,
                     &mut store.batch(table, &offsets),

@@ -10,6 +10,11 @@
 //!    blocks allow (a prefix already in the cache — the same system prompt — is taken from
 //!    it, not recomputed).
 //!
+//! A pipeline keeps several steps in flight (`schedule_part`): a planned sequence is *in
+//! flight* until its step is committed, and is neither planned again nor preempted meanwhile;
+//! each step then takes its share of the sequences, so that the micro-batches in flight hold
+//! about as many each.
+//!
 //! When a running sequence needs a block and none is free, the newest running sequence is
 //! preempted: its blocks are freed and it goes back to the head of the queue with every
 //! token it has, to be recomputed later (its sampler state lives with the engine, so its
@@ -94,6 +99,8 @@ struct Seq {
     running: bool,
     /// Creation order: the newest running sequence is preempted first.
     order: u64,
+    /// Planned in a step not yet committed.
+    in_flight: bool,
 }
 
 /// The scheduler's state: the block allocator, the queue and the running set.
@@ -170,6 +177,7 @@ impl Scheduler {
                 table: BlockTable::new(),
                 running: false,
                 order: self.next_order,
+                in_flight: false,
             },
         );
         self.waiting.push_back(id);
@@ -193,6 +201,7 @@ impl Scheduler {
                 table,
                 running,
                 order: self.next_order,
+                in_flight: false,
             },
         );
         if running {
@@ -273,12 +282,11 @@ impl Scheduler {
                     return true;
                 }
             }
-            let victim = self
-                .running
-                .iter()
-                .rev()
-                .copied()
-                .find(|&r| r != id && !plan.items.iter().any(|it| it.id == r));
+            let victim = self.running.iter().rev().copied().find(|&r| {
+                r != id
+                    && !plan.items.iter().any(|it| it.id == r)
+                    && !self.seqs.get(&r).is_some_and(|s| s.in_flight)
+            });
             match victim {
                 Some(v) => self.preempt(v, plan),
                 None => {
@@ -291,19 +299,39 @@ impl Scheduler {
 
     /// Plans the next step (empty when there is nothing to do).
     pub fn schedule(&mut self) -> Plan {
+        self.schedule_part(1)
+    }
+
+    /// Plans the next step of a pipeline that keeps `parts` steps in flight: sequences in
+    /// flight are left out, and the step takes at most a `parts`-th of the active sequences
+    /// (rounded up), so that the steps in flight share them out. Its sequences are in flight
+    /// until [`Scheduler::commit`].
+    pub fn schedule_part(&mut self, parts: usize) -> Plan {
+        let plan = self.plan(parts.max(1));
+        for it in &plan.items {
+            if let Some(s) = self.seqs.get_mut(&it.id) {
+                s.in_flight = true;
+            }
+        }
+        plan
+    }
+
+    fn plan(&mut self, parts: usize) -> Plan {
         let mut plan = Plan::default();
         let mut budget = self.cfg.max_batch_tokens;
+        let active = (self.running.len() + self.waiting.len()).min(self.cfg.max_seqs);
+        let cap = active.div_ceil(parts).max(1);
         // Decodes first, then prefill chunks of running sequences, oldest first.
         for decoding in [true, false] {
             let ids: Vec<SeqId> = self.running.clone();
             for id in ids {
-                if budget == 0 {
+                if budget == 0 || plan.items.len() == cap {
                     break;
                 }
                 let Some(s) = self.seqs.get(&id) else {
                     continue;
                 };
-                if !s.running || plan.items.iter().any(|it| it.id == id) {
+                if !s.running || s.in_flight || plan.items.iter().any(|it| it.id == id) {
                     continue;
                 }
                 let need = s.tokens.len() - s.computed;
@@ -325,7 +353,11 @@ impl Scheduler {
         }
         // Admit waiting sequences in order while there is room (none when this step had to
         // preempt: the pool is short).
-        while budget > 0 && self.running.len() < self.cfg.max_seqs && plan.preempted.is_empty() {
+        while budget > 0
+            && plan.items.len() < cap
+            && self.running.len() < self.cfg.max_seqs
+            && plan.preempted.is_empty()
+        {
             let Some(&id) = self.waiting.front() else {
                 break;
             };
@@ -372,12 +404,14 @@ impl Scheduler {
         // other beams' logits) still holds its blocks. When nothing could run this step and
         // the queue's head does not fit, the newest such sequence gives way: preempted, to be
         // recomputed, behind the whole queue (ahead of it, it would be readmitted first and
-        // the head would wait for ever).
-        if plan.items.is_empty() && !self.waiting.is_empty() {
+        // the head would wait for ever). Not while a step is in flight: its commit may free
+        // room.
+        let in_flight = self.seqs.values().any(|s| s.in_flight);
+        if plan.items.is_empty() && !self.waiting.is_empty() && !in_flight {
             let idle = self.running.iter().rev().copied().find(|r| {
                 self.seqs
                     .get(r)
-                    .is_some_and(|s| s.computed == s.tokens.len())
+                    .is_some_and(|s| !s.in_flight && s.computed == s.tokens.len())
             });
             if let Some(v) = idle {
                 self.preempt_to(v, &mut plan, true);
@@ -391,6 +425,7 @@ impl Scheduler {
     pub fn commit(&mut self, plan: &Plan) {
         for it in &plan.items {
             if let Some(s) = self.seqs.get_mut(&it.id) {
+                s.in_flight = false;
                 s.computed = it.pos0 + it.len;
                 self.alloc.register(&mut s.table, &s.tokens, s.computed);
             }
@@ -495,6 +530,35 @@ mod tests {
             }
         );
         assert!(p.n_tokens() <= 8);
+    }
+
+    #[test]
+    fn a_pipeline_shares_the_sequences_out_and_never_plans_one_in_flight() {
+        // Two steps in flight, four sequences, blocks for three of them only.
+        let mut s = sched(3, 16, 64, 8);
+        for id in 1..=4 {
+            s.add(id, vec![id as u32; 8], 12).unwrap(); // a block each
+        }
+        let ids = |p: &Plan| p.items.iter().map(|i| i.id).collect::<Vec<_>>();
+        let a = s.schedule_part(2);
+        assert_eq!(ids(&a), [1, 2], "half of the four");
+        let b = s.schedule_part(2);
+        assert_eq!(ids(&b), [3], "the pool holds a third; 4 waits");
+        // Everything that can run is in flight: nothing to plan, and no sequence in flight
+        // gives its blocks away to the one waiting.
+        let c = s.schedule_part(2);
+        assert!(c.items.is_empty() && c.preempted.is_empty(), "{c:?}");
+        s.commit(&a);
+        for id in [1, 2] {
+            s.append(id, 0).unwrap();
+        }
+        let d = s.schedule_part(2);
+        assert_eq!(ids(&d), [1, 2], "decodes again once committed: {d:?}");
+        assert!(d.items.iter().all(|i| i.len == 1));
+        // A sequence removed in flight: its step's commit passes over it.
+        s.remove(3);
+        s.commit(&b);
+        assert!(s.tokens(3).is_none());
     }
 
     #[test]

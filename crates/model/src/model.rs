@@ -13,7 +13,7 @@ use crate::arch;
 use crate::batch::{Contiguous, Logits, OutRows, SeqSpan};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::exec::{self, Decoder, KvAccess, Scratch};
+use crate::exec::{self, Decoder, Handoff, KvAccess, Scratch};
 use crate::hf::HfExtras;
 use crate::shard::{check_same_model, stage_layers, Fingerprint, Shard};
 use crate::weights::{GgufSource, WeightSource};
@@ -299,6 +299,7 @@ impl Model {
             &*self.dec,
             &*self.split.tp,
             &*self.split.pp,
+            Handoff::Lockstep,
             self.isa,
             tokens,
             &spans,
@@ -315,10 +316,12 @@ impl Model {
     /// Runs a batch of several sequences' tokens (`spans` say whose and at which positions)
     /// through the model: every weight matrix is read once for the whole batch. Keys and
     /// values go to `cache` (a [`crate::KvTarget`] such as a paged pool's batch); returns the logits of the `out` tokens (`[out.len(), n_vocab]`).
-    /// `max_ctx` bounds the positions any sequence reaches (scratch sizing).
+    /// `max_ctx` bounds the positions any sequence reaches (scratch sizing). Under pipeline
+    /// parallelism, `handoff` says who passes results on ([`Handoff`]).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_spans<'s>(
         &self,
+        handoff: Handoff,
         tokens: &[u32],
         spans: &[SeqSpan],
         cache: &mut dyn KvAccess,
@@ -331,6 +334,7 @@ impl Model {
             &*self.dec,
             &*self.split.tp,
             &*self.split.pp,
+            handoff,
             self.isa,
             tokens,
             spans,

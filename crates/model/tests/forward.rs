@@ -8,7 +8,7 @@ use tuili_core::DType;
 use tuili_formats::{GgufFile, GgufWriter, MetaValue};
 use tuili_kernels::types::dequantize_row;
 use tuili_model::synth::{synth_gguf, SynthSpec};
-use tuili_model::{Logits, Model, ModelError, Scratch};
+use tuili_model::{Handoff, Logits, Model, ModelError, Scratch};
 
 fn stories_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -395,6 +395,7 @@ fn paged_batches_equal_each_sequence_alone() {
         };
         let l = model
             .forward_spans(
+                Handoff::Lockstep,
                 &tokens,
                 &spans,
                 &mut batch,
@@ -448,6 +449,7 @@ fn quantized_paged_caches() {
         };
         let got = model
             .forward_spans(
+                Handoff::Lockstep,
                 PROMPT,
                 &spans,
                 &mut batch,

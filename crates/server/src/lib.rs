@@ -99,7 +99,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
@@ -164,6 +164,18 @@ async fn models(State(st): State<Arc<AppState>>) -> Json<Value> {
     }]}))
 }
 
+/// `ok`, or 503 and why when the group of ranks of a distributed run is broken.
+async fn health(State(st): State<Arc<AppState>>) -> Response {
+    match st.server.metrics().broken() {
+        None => Json(json!({"status": "ok"})).into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "error", "reason": why})),
+        )
+            .into_response(),
+    }
+}
+
 async fn metrics_text(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     let errors = st.errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
     (
@@ -211,6 +223,10 @@ struct Running {
 
 /// Submits and waits for the loop's answer (accepted, or why not).
 async fn start(st: &AppState, req: GenerateRequest, prompt: Vec<u32>) -> Result<Running, ApiError> {
+    // A broken group may have its loop stuck in a collective: answer here.
+    if let Some(why) = st.server.metrics().broken() {
+        return Err(ApiError::busy(why));
+    }
     let (tx, mut rx) = unbounded_channel();
     let cancel = Arc::new(AtomicBool::new(false));
     st.server.submit(Submission {

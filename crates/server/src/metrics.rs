@@ -129,6 +129,20 @@ pub fn render(m: &Metrics, http_errors: &BTreeMap<u16, u64>) -> String {
         head(&mut o, name, kind, help);
         let _ = writeln!(o, "tuili_{name} {v}");
     }
+    head(
+        &mut o,
+        "stage_busy_seconds",
+        "counter",
+        "Seconds each pipeline stage has spent computing steps (against the time served: the pipeline's bubble).",
+    );
+    let busy = m
+        .stage_busy
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for (i, b) in busy.iter().enumerate() {
+        let _ = writeln!(o, "tuili_stage_busy_seconds{{stage=\"{i}\"}} {b}");
+    }
     histogram(
         &mut o,
         "time_to_first_token_seconds",

@@ -54,6 +54,21 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Waits up to `limit` for the server to exit on its own.
+    #[allow(dead_code)] // not every test binary that shares this module uses it
+    pub fn wait(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let t = std::time::Instant::now();
+        while t.elapsed() < limit {
+            if let Some(s) = self.child.try_wait().ok().flatten() {
+                return Some(s);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        None
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

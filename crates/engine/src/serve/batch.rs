@@ -1,13 +1,21 @@
 //! One step's batch: assembled by the loop (`runner`), run through the model — and, in a
-//! tensor-parallel group, sent first by rank 0 to the other ranks, which run it too
-//! ([`super::ServeLoop::follow`]). The scheduler decides once, on rank 0; a step's message is
-//! everything the others need to compute the same step on their part of the model and their
-//! own pool (the same block numbers, their own heads): the block copies, the tokens, the
-//! spans, the block tables and the rows whose logits are due.
+//! distributed run, passed to the other ranks, which run it too ([`super::ServeLoop::follow`]).
+//! The scheduler decides once, on rank 0; a step's message is everything the others need to
+//! compute the same step on their part of the model and their own pool (the same block
+//! numbers, their own heads and layers): the block copies, the tokens, the spans, the block
+//! tables and the rows whose logits are due.
+//!
+//! How messages and activations travel ([`Link`]): rank 0 broadcasts the step to the
+//! tensor-parallel ranks of its stage; every stage but the last sends the message and its
+//! residual stream on to the same tensor-parallel rank of the next stage; the last stage's
+//! first rank sends the logits back to rank 0. No stage waits for a step to come back before
+//! it takes the next, so a pipeline of P stages holds up to P steps at once, one per stage.
+//! Each stage appends the seconds it has spent computing to the message it passes on, and
+//! the last sends them to rank 0 with the logits (the pipeline's bubble, in `/metrics`).
 
 use tuili_dist::Comm;
 use tuili_kv::{BlockCopy, PagedStore};
-use tuili_model::{ModelError, OutRows, Scratch, SeqSpan};
+use tuili_model::{Handoff, ModelError, OutRows, Scratch, SeqSpan};
 
 use crate::engine::Engine;
 use crate::error::EngineError;
@@ -26,7 +34,8 @@ pub(crate) struct Batch<'a> {
 }
 
 impl Batch<'_> {
-    /// The copies, then the forward pass over the pool.
+    /// The copies, then the forward pass over the pool; returns what this stage hands on
+    /// ([`Handoff::Caller`]: the logits on the last stage, else the residual stream).
     pub(crate) fn run<'s>(
         &self,
         e: &Engine,
@@ -36,6 +45,7 @@ impl Batch<'_> {
         store.copy_blocks(self.copies);
         let mut cache = store.batch(self.tables, self.offsets);
         e.model.forward_spans(
+            Handoff::Caller,
             self.tokens,
             self.spans,
             &mut cache,
@@ -46,11 +56,9 @@ impl Batch<'_> {
         )
     }
 
-    /// Rank 0's step, sent to the other ranks of its group (nothing when alone).
-    pub(crate) fn share(&self, comm: &dyn Comm) -> Result<(), EngineError> {
-        if comm.size() == 1 {
-            return Ok(());
-        }
+    /// The step's message; `busy`: rank 0's computing seconds so far, the first of the
+    /// stages' seconds that end the message.
+    pub(crate) fn encode(&self, busy: f64) -> Vec<u8> {
         let mut m = vec![STEP];
         let mut put = |v: usize| m.extend_from_slice(&(v as u32).to_le_bytes());
         put(self.copies.len());
@@ -71,24 +79,125 @@ impl Batch<'_> {
         self.offsets.iter().for_each(|&o| put(o));
         put(self.out.len());
         self.out.iter().for_each(|&o| put(o));
-        send(comm, m)
+        m.extend_from_slice(&busy.to_le_bytes());
+        m
     }
 }
 
 const STEP: u8 = 1;
 const STOP: u8 = 0;
 
-fn send(comm: &dyn Comm, m: Vec<u8>) -> Result<(), EngineError> {
-    comm.broadcast_vec(0, m)?;
-    Ok(())
+/// Where this rank sits in a distributed server, and how steps reach it and leave it.
+pub(crate) struct Link<'c> {
+    /// The tensor-parallel ranks of this stage.
+    tp: &'c dyn Comm,
+    /// The pipeline through this rank: its rank is the stage.
+    pp: &'c dyn Comm,
 }
 
-/// Rank 0 tells the others that serving is over.
-pub(crate) fn share_stop(comm: &dyn Comm) -> Result<(), EngineError> {
-    if comm.size() == 1 {
-        return Ok(());
+impl<'c> Link<'c> {
+    pub(crate) fn of(e: &'c Engine) -> Link<'c> {
+        let split = e.model.split();
+        Link::new(&*split.tp, &*split.pp)
     }
-    send(comm, vec![STOP])
+
+    pub(crate) fn new(tp: &'c dyn Comm, pp: &'c dyn Comm) -> Link<'c> {
+        Link { tp, pp }
+    }
+
+    /// Steps that may be in flight at once: one per stage.
+    pub(crate) fn depth(&self) -> usize {
+        self.pp.size()
+    }
+
+    fn stage(&self) -> usize {
+        self.pp.rank()
+    }
+
+    fn last(&self) -> usize {
+        self.pp.size() - 1
+    }
+
+    /// Rank 0: a step's message to the other ranks of the first stage.
+    pub(crate) fn share(&self, msg: &[u8]) -> Result<(), EngineError> {
+        if self.tp.size() > 1 {
+            self.tp.broadcast_vec(0, msg.to_vec())?;
+        }
+        Ok(())
+    }
+
+    /// Another rank: the next step (`None`: serving is over, and the stop has been passed
+    /// on) — from rank 0 on the first stage, from the stage before on the others.
+    pub(crate) fn receive(&self) -> Result<Option<(Received, Vec<u8>)>, EngineError> {
+        // As long as the server is idle: not a wait the watchdog times.
+        let msg = tuili_dist::watch::idle(|| {
+            if self.stage() == 0 {
+                self.tp.broadcast_vec(0, Vec::new())
+            } else {
+                self.pp.recv(self.stage() - 1)
+            }
+        })?;
+        match Received::decode(&msg)? {
+            Some(r) => Ok(Some((r, msg))),
+            None => {
+                self.pass_stop()?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Passes a step on once this stage has run it (`out`: what the forward pass handed on;
+    /// `busy`: this rank's computing seconds so far): its message and the residual stream to
+    /// the next stage; from the last stage's first rank, the logits and every stage's
+    /// seconds to rank 0. Nothing from the other ranks.
+    pub(crate) fn hand_on(
+        &self,
+        mut msg: Vec<u8>,
+        out: &[f32],
+        busy: f64,
+    ) -> Result<(), EngineError> {
+        let (stage, last) = (self.stage(), self.last());
+        if stage > 0 {
+            msg.extend_from_slice(&busy.to_le_bytes());
+        }
+        if stage < last {
+            self.pp.send(stage + 1, &msg)?;
+            self.pp.send_f32(stage + 1, out)?;
+        } else if stage > 0 && self.tp.rank() == 0 {
+            let busy = Received::busy_bytes(&msg)?;
+            self.pp.send_f32(0, out)?;
+            self.pp.send(0, busy)?;
+        }
+        Ok(())
+    }
+
+    /// Rank 0: the logits of the oldest step in flight into `logits` (exactly its rows), and
+    /// every stage's computing seconds so far.
+    pub(crate) fn collect(&self, logits: &mut [f32]) -> Result<Vec<f64>, EngineError> {
+        let last = self.last();
+        self.pp.recv_f32(last, logits)?;
+        Ok(seconds(&self.pp.recv(last)?))
+    }
+
+    /// Rank 0: serving is over; the stop goes the way the steps go.
+    pub(crate) fn stop(&self) -> Result<(), EngineError> {
+        self.share(&[STOP])?;
+        self.pass_stop()
+    }
+
+    fn pass_stop(&self) -> Result<(), EngineError> {
+        if self.stage() < self.last() {
+            self.pp.send(self.stage() + 1, &[STOP])?;
+        }
+        Ok(())
+    }
+}
+
+/// Seconds as the message's tail holds them.
+fn seconds(b: &[u8]) -> Vec<f64> {
+    b.chunks_exact(8)
+        .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect()
 }
 
 /// A step as another rank receives it (owned).
@@ -100,16 +209,29 @@ pub(crate) struct Received {
     tables: Vec<u32>,
     offsets: Vec<usize>,
     out: Vec<usize>,
+    /// Computing seconds of the stages before this one (rank 0's first).
+    busy: Vec<f64>,
 }
 
 impl Received {
-    /// Waits for rank 0's next step; `None` when serving is over.
-    pub(crate) fn next(comm: &dyn Comm) -> Result<Option<Received>, EngineError> {
-        let m = comm.broadcast_vec(0, Vec::new())?;
-        Received::decode(&m)
+    fn decode(m: &[u8]) -> Result<Option<Received>, EngineError> {
+        let Some((r, tail)) = Received::parse(m)? else {
+            return Ok(None);
+        };
+        Ok(Some(Received {
+            busy: seconds(&m[m.len() - tail..]),
+            ..r
+        }))
     }
 
-    fn decode(m: &[u8]) -> Result<Option<Received>, EngineError> {
+    /// The stages' seconds at the end of a message.
+    fn busy_bytes(m: &[u8]) -> Result<&[u8], EngineError> {
+        let tail = Received::parse(m)?.map_or(0, |(_, t)| t);
+        Ok(&m[m.len() - tail..])
+    }
+
+    /// The step, and the length of the seconds' tail; `None` for the stop.
+    fn parse(m: &[u8]) -> Result<Option<(Received, usize)>, EngineError> {
         let bad = || EngineError::Internal("a malformed step message from rank 0");
         let (&kind, mut rest) = m.split_first().ok_or_else(bad)?;
         if kind == STOP {
@@ -143,10 +265,14 @@ impl Received {
             r.out.push(get()?);
         }
         // The forward pass checks spans against tokens; the tables must cover the offsets.
-        if r.offsets.last() != Some(&r.tables.len()) || r.offsets.windows(2).any(|w| w[0] > w[1]) {
+        if r.offsets.last() != Some(&r.tables.len())
+            || r.offsets.windows(2).any(|w| w[0] > w[1])
+            || rest.is_empty()
+            || rest.len() % 8 != 0
+        {
             return Err(bad());
         }
-        Ok(Some(r))
+        Ok(Some((r, rest.len())))
     }
 
     pub(crate) fn batch(&self) -> Batch<'_> {
@@ -165,10 +291,10 @@ impl Received {
 mod tests {
     use super::*;
     use tuili_dist::threads::group;
+    use tuili_dist::Local;
 
-    #[test]
-    fn a_step_arrives_as_sent() {
-        let sent = Received {
+    fn step() -> Received {
+        Received {
             copies: vec![BlockCopy { src: 3, dst: 9 }],
             tokens: vec![5, 6, 7, 8],
             spans: vec![
@@ -186,18 +312,66 @@ mod tests {
             tables: vec![0, 1, 2, 7],
             offsets: vec![0, 1, 4],
             out: vec![2, 3],
-        };
+            busy: vec![1.5],
+        }
+    }
+
+    /// Tensor parallelism: rank 0 shares the step with its stage, which stops when told.
+    #[test]
+    fn a_step_reaches_the_stage_as_sent() {
+        let sent = step();
         let ranks = group(2);
         std::thread::scope(|s| {
             let (a, b) = (&ranks[0], &ranks[1]);
             s.spawn(|| {
-                sent.batch().share(a).unwrap();
-                share_stop(a).unwrap();
+                let link = Link::new(a, &Local);
+                link.share(&sent.batch().encode(1.5)).unwrap();
+                link.stop().unwrap();
             });
-            let got = Received::next(b).unwrap();
-            assert_eq!(got.as_ref(), Some(&sent));
-            assert_eq!(Received::next(b).unwrap(), None);
+            let link = Link::new(b, &Local);
+            let (got, _) = link.receive().unwrap().unwrap();
+            assert_eq!(got, sent);
+            assert!(link.receive().unwrap().is_none());
         });
         assert!(Received::decode(&[STEP, 1, 0]).is_err());
+    }
+
+    /// A pipeline of three stages: the message goes down with each stage's seconds, the
+    /// logits come back to rank 0 from the last, and the stop goes down.
+    #[test]
+    fn a_step_goes_down_the_pipeline_and_its_logits_come_back() {
+        let sent = step();
+        let ranks = group(3);
+        std::thread::scope(|s| {
+            for (i, r) in ranks.iter().enumerate().skip(1) {
+                s.spawn(move || {
+                    let link = Link::new(&Local, r);
+                    while let Some((got, msg)) = link.receive().unwrap() {
+                        assert_eq!(got.busy.len(), i);
+                        assert_eq!(got.tokens, [5, 6, 7, 8]);
+                        // The forward pass receives the stage before's residual stream...
+                        let mut x = [0f32; 6];
+                        r.recv_f32(i - 1, &mut x).unwrap();
+                        assert_eq!(x, [(i - 1) as f32; 6]);
+                        // ...and hands on its own, or the logits on the last stage.
+                        let out = vec![i as f32; 6];
+                        link.hand_on(msg, &out, 10.0 * i as f64).unwrap();
+                    }
+                });
+            }
+            let link = Link::new(&Local, &ranks[0]);
+            assert_eq!(link.depth(), 3);
+            for _ in 0..2 {
+                link.hand_on(sent.batch().encode(1.5), &[0.0; 6], 1.5)
+                    .unwrap();
+            }
+            for _ in 0..2 {
+                let mut logits = [0f32; 6];
+                let busy = link.collect(&mut logits).unwrap();
+                assert_eq!(logits, [2.0; 6]);
+                assert_eq!(busy, [1.5, 10.0, 20.0]);
+            }
+            link.stop().unwrap();
+        });
     }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tuili_kv::{BlockAllocator, PagedStore};
 use tuili_model::Scratch;
@@ -13,7 +13,7 @@ use tuili_model::Scratch;
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::sched::Scheduler;
-use crate::serve::batch::Received;
+use crate::serve::batch::Link;
 use crate::serve::config::ServeConfig;
 use crate::serve::events::{Event, Msg, Rejection, Submission};
 use crate::serve::metrics::Metrics;
@@ -88,8 +88,13 @@ impl ServeLoop {
         comm.broadcast(0, &mut n)?;
         let mut store = pool(engine, cfg, u64::from_le_bytes(n) as usize)?;
         let mut scratch = Scratch::new();
-        while let Some(step) = Received::next(comm)? {
-            step.batch().run(engine, &mut store, &mut scratch)?;
+        let link = Link::of(engine);
+        let mut busy = Duration::ZERO;
+        while let Some((step, msg)) = link.receive()? {
+            let t = Instant::now();
+            let out = step.batch().run(engine, &mut store, &mut scratch)?;
+            busy += t.elapsed();
+            link.hand_on(msg, out, busy.as_secs_f64())?;
         }
         Ok(())
     }

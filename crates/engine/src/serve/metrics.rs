@@ -59,6 +59,12 @@ pub struct Metrics {
     pub beam_jobs: AtomicUsize,
     pub ttft: Mutex<Histogram>,
     pub itl: Mutex<Histogram>,
+    /// Seconds each pipeline stage has spent computing steps (one entry without a
+    /// pipeline): against the time served, the pipeline's bubble.
+    pub stage_busy: Mutex<Vec<f64>>,
+    /// Why the group of ranks of a distributed run can no longer serve (`/health` says
+    /// so, and answers 503).
+    pub broken: Mutex<Option<String>>,
 }
 
 impl Metrics {
@@ -82,7 +88,28 @@ impl Metrics {
             beam_jobs: AtomicUsize::new(0),
             ttft: Mutex::new(Histogram::new(TTFT_BOUNDS)),
             itl: Mutex::new(Histogram::new(ITL_BOUNDS)),
+            stage_busy: Mutex::new(Vec::new()),
+            broken: Mutex::new(None),
         }
+    }
+
+    pub(crate) fn set_stage_busy(&self, secs: &[f64]) {
+        let mut b = self.stage_busy.lock().unwrap_or_else(|p| p.into_inner());
+        b.clear();
+        b.extend_from_slice(secs);
+    }
+
+    /// Records why the group of ranks can no longer serve.
+    pub fn set_broken(&self, why: &str) {
+        *self.broken.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_string());
+    }
+
+    /// Why the group is broken, if it is.
+    pub fn broken(&self) -> Option<String> {
+        self.broken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn observe(h: &Mutex<Histogram>, v: f64) {

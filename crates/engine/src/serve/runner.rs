@@ -2,12 +2,19 @@
 //! activations and each completion's decoder. Each step assembles one batch (a token of
 //! every decoding sequence, chunks of prompts), runs it through the model, and samples every
 //! sequence whose logits are due.
+//!
+//! Under pipeline parallelism a step's logits come back later: the loop runs its first
+//! stage, hands the step on ([`Link`]) and plans the next one from the sequences not in
+//! flight, so that with P stages P micro-batches are computed at once, one on each stage.
+//! Before it hands a step on it collects the logits of the oldest steps until at most P − 2
+//! others are downstream: the sends of a full ring of stages would otherwise wait on each
+//! other for ever.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tuili_kv::PagedStore;
 use tuili_model::{Scratch, SeqSpan};
@@ -18,7 +25,7 @@ use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::request::{GenerateRequest, StopReason};
 use crate::sched::{Plan, SchedError, Scheduler, SeqId};
-use crate::serve::batch::{share_stop, Batch};
+use crate::serve::batch::{Batch, Link};
 use crate::serve::events::{Event, Msg, Rejection, Sink, Submission};
 use crate::serve::metrics::Metrics;
 
@@ -79,6 +86,16 @@ pub(crate) struct Loop<'e> {
     tables: Vec<u32>,
     offsets: Vec<usize>,
     out: Vec<usize>,
+    /// How steps reach the other ranks, and their logits come back.
+    link: Link<'e>,
+    /// Steps handed on whose logits have not come back, oldest first.
+    in_flight: VecDeque<Plan>,
+    /// The logits of a step collected from the last stage.
+    collected: Vec<f32>,
+    /// Time this rank has spent computing steps.
+    busy: Duration,
+    /// Why the group of ranks can no longer serve (a communication failed).
+    broken: Option<String>,
 }
 
 impl<'e> Loop<'e> {
@@ -104,13 +121,18 @@ impl<'e> Loop<'e> {
             tables: Vec::new(),
             offsets: Vec::new(),
             out: Vec::new(),
+            link: Link::of(e),
+            in_flight: VecDeque::new(),
+            collected: Vec::new(),
+            busy: Duration::ZERO,
+            broken: None,
         }
     }
 
     pub(crate) fn run(mut self, rx: Receiver<Msg>) {
         loop {
             // Block for work only when there is none.
-            let first = if self.sched.is_idle() {
+            let first = if self.sched.is_idle() && self.in_flight.is_empty() {
                 match rx.recv() {
                     Ok(m) => Some(m),
                     Err(_) => break,
@@ -132,15 +154,53 @@ impl<'e> Loop<'e> {
                 break;
             }
             self.reap_cancelled();
-            if let Err(err) = self.step() {
-                self.fail_all(&err.to_string());
+            if let Some(why) = &self.broken {
+                let why = why.clone();
+                self.fail_all(&why);
+            } else if let Err(err) = self.step() {
+                self.fail(err);
             }
             self.publish();
         }
         self.fail_all("the server is shutting down");
-        if let Err(err) = share_stop(self.e.comm()) {
-            eprintln!("tuili serve: cannot tell the other ranks to stop: {err}");
+        if self.broken.is_none() {
+            // The steps in flight come back before the stop goes down.
+            let stopped = self.drain().and_then(|()| self.link.stop());
+            if let Err(err) = stopped {
+                eprintln!("tuili serve: cannot tell the other ranks to stop: {err}");
+            }
         }
+    }
+
+    /// A step failed: its requests (every request, in a group of ranks, whose state is now
+    /// unknown: the group is broken, and the server says so until it is restarted).
+    fn fail(&mut self, err: EngineError) {
+        let why = err.to_string();
+        if self.e.comm().size() > 1 {
+            let why = format!("the group of ranks is broken: {why}");
+            self.metrics.set_broken(&why);
+            self.broken = Some(why);
+            self.in_flight.clear();
+        }
+        self.fail_all(&why);
+    }
+
+    /// Collects every step in flight (logits dropped: their requests are gone).
+    fn drain(&mut self) -> Result<(), EngineError> {
+        while let Some(plan) = self.in_flight.pop_front() {
+            self.collect(&plan)?;
+        }
+        Ok(())
+    }
+
+    /// The logits of `plan`, the oldest step in flight, into `collected`.
+    fn collect(&mut self, plan: &Plan) -> Result<(), EngineError> {
+        let nv = self.e.model.config().n_vocab;
+        let n = plan.items.iter().filter(|i| i.sample).count() * nv;
+        self.collected.resize(n, 0.0);
+        let busy = self.link.collect(&mut self.collected[..n])?;
+        self.metrics.set_stage_busy(&busy);
+        Ok(())
     }
 
     fn publish(&self) {
@@ -161,6 +221,10 @@ impl<'e> Loop<'e> {
             m.requests_rejected.fetch_add(1, Ordering::Relaxed);
             (s.sink)(Event::Rejected(r));
         };
+        if let Some(why) = &self.broken {
+            reject(s, Rejection::Busy(why.clone()));
+            return;
+        }
         let id = self.next_req;
         self.next_req += 1;
         let seq = self.next_seq;
@@ -308,17 +372,34 @@ impl<'e> Loop<'e> {
         }
     }
 
-    /// One batch through the model, then a token for every sequence whose logits are due.
+    /// One batch through the model (through its first stage, under pipeline parallelism),
+    /// then a token for every sequence whose logits are due.
     fn step(&mut self) -> Result<(), EngineError> {
-        let plan = self.sched.schedule();
+        let depth = self.link.depth();
+        let plan = self.sched.schedule_part(depth);
         if plan.items.is_empty() {
+            // Every sequence that can run is in flight: wait for the oldest step.
+            if let Some(old) = self.in_flight.pop_front() {
+                self.collect(&old)?;
+                let logits = std::mem::take(&mut self.collected);
+                self.finish(&old, &logits);
+                self.collected = logits;
+            }
             return Ok(());
         }
         self.assemble(&plan);
-        let e = self.e;
-        // The scratch is taken out for the step so that its logits can be read while the
-        // decoders (in `self`) are updated; put back after.
+        // The scratch is taken out for the step so that what the step hands on can be read
+        // while the decoders (in `self`) are updated; put back after.
         let mut scratch = std::mem::take(&mut self.scratch);
+        let res = self.first_stage(&plan, &mut scratch);
+        self.scratch = scratch;
+        res
+    }
+
+    /// Runs `plan`'s batch on this rank (the other ranks of its stage run it too) and
+    /// finishes it, or, before the last stage, hands it on.
+    fn first_stage(&mut self, plan: &Plan, scratch: &mut Scratch) -> Result<(), EngineError> {
+        let e = self.e;
         let b = Batch {
             copies: &plan.copies,
             tokens: &self.tokens,
@@ -327,26 +408,41 @@ impl<'e> Loop<'e> {
             offsets: &self.offsets,
             out: &self.out,
         };
-        // The other ranks of a tensor-parallel group run the same step.
-        let res = match b.share(e.comm()) {
-            Ok(()) => b
-                .run(e, &mut self.store, &mut scratch)
-                .map_err(EngineError::from),
-            Err(err) => Err(err),
-        };
-        let logits = match res {
-            Ok(l) => l,
-            Err(err) => {
-                self.scratch = scratch;
-                return Err(err);
-            }
-        };
-        self.sched.commit(&plan);
-        self.metrics.steps.fetch_add(1, Ordering::Relaxed);
+        let msg = b.encode(self.busy.as_secs_f64());
+        self.link.share(&msg)?;
+        let t = Instant::now();
+        let out = b.run(e, &mut self.store, scratch)?;
+        self.busy += t.elapsed();
         self.metrics
             .batch_tokens
             .fetch_add(self.tokens.len() as u64, Ordering::Relaxed);
-        let nv = e.model.config().n_vocab;
+        let depth = self.link.depth();
+        if depth == 1 {
+            self.metrics.set_stage_busy(&[self.busy.as_secs_f64()]);
+            self.finish(plan, out);
+            return Ok(());
+        }
+        // At most P − 2 steps downstream when this one goes: the ring never fills.
+        while self.in_flight.len() + 2 > depth {
+            let Some(old) = self.in_flight.pop_front() else {
+                break;
+            };
+            self.collect(&old)?;
+            let logits = std::mem::take(&mut self.collected);
+            self.finish(&old, &logits);
+            self.collected = logits;
+        }
+        self.link.hand_on(msg, out, self.busy.as_secs_f64())?;
+        self.in_flight.push_back(plan.clone());
+        Ok(())
+    }
+
+    /// A step's logits are in (`logits`: `[sampled rows, n_vocab]`): its tokens are in the
+    /// cache, and every sequence whose logits were due gets its next token.
+    fn finish(&mut self, plan: &Plan, logits: &[f32]) {
+        self.sched.commit(plan);
+        self.metrics.steps.fetch_add(1, Ordering::Relaxed);
+        let nv = self.e.model.config().n_vocab;
         for (j, it) in plan.items.iter().filter(|i| i.sample).enumerate() {
             // A sequence whose sampling fails (non-finite logits, say) fails its own request
             // only.
@@ -358,8 +454,6 @@ impl<'e> Loop<'e> {
                 }
             }
         }
-        self.scratch = scratch;
-        Ok(())
     }
 
     /// Fills the batch buffers for `plan`.

@@ -14,9 +14,12 @@
 //!
 //! The parallelism lives here too, not in the architectures:
 //! - *Pipeline parallelism*: a stage's decoder holds its own layers
-//!   ([`Decoder::keep_layers`]); [`forward`] embeds only on the first stage, receives the
-//!   residual stream `x` from the stage before on the others, sends it on from all but the
-//!   last, and the last stage's logits go to every stage.
+//!   ([`Decoder::keep_layers`]); [`forward`] embeds only on the first stage and receives the
+//!   residual stream `x` from the stage before on the others. How results move on is the
+//!   caller's choice ([`Handoff`]): in lockstep, every stage but the last sends `x` on and
+//!   the last stage's logits go to every stage, within the call; or the call returns what the
+//!   stage hands on and the caller sends it, so that several micro-batches can be in flight
+//!   at different stages (the server).
 //! - *Tensor parallelism*: each rank binds its slice of every matrix (`crate::shard`) and runs
 //!   with its own [`AttnShape`]. The architectures say which products close a block and join
 //!   the residual stream: [`Step::matmul_to_residual`] (attention output, MLP down) — the one
@@ -233,15 +236,30 @@ impl Step<'_> {
     }
 }
 
+/// How a pipeline stage's result moves on ([`forward`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handoff {
+    /// Within the call: the residual stream goes to the next stage, and the last stage's
+    /// logits to every stage; every stage returns the logits. Every rank can then sample the
+    /// same token (run, chat, perplexity, bench).
+    Lockstep,
+    /// By the caller: the call returns what this stage hands on — on a stage before the
+    /// last, the residual stream after its layers (`[n, n_embd]`); on the last, the logits.
+    /// With one stage, the same as `Lockstep`.
+    Caller,
+}
+
 /// Runs a batch of several sequences' tokens (`spans` say whose and at which positions)
 /// through `dec`: every weight matrix is read once for the whole batch. Keys and values go to
 /// `kv`; returns the logits of the `out` tokens (`[out.len(), n_vocab]`). `max_ctx` bounds
-/// the positions any sequence reaches (scratch sizing).
+/// the positions any sequence reaches (scratch sizing). Under pipeline parallelism,
+/// `handoff` says who passes the result on.
 #[allow(clippy::too_many_arguments)]
 pub fn forward<'s>(
     dec: &dyn Decoder,
     comm: &dyn Comm,
     pp: &dyn Comm,
+    handoff: Handoff,
     isa: Isa,
     tokens: &[u32],
     spans: &[SeqSpan],
@@ -329,6 +347,9 @@ pub fn forward<'s>(
         dec.layer(layer, &mut step, &mut b)?;
     }
     if stage < last {
+        if handoff == Handoff::Caller {
+            return Ok(&x[..n * e]);
+        }
         pp.send_f32(stage + 1, &x[..n * e])?;
     }
     if n_logits == 0 {
@@ -375,7 +396,7 @@ pub fn forward<'s>(
             ops::softcap(lo, c);
         }
     }
-    if last > 0 {
+    if last > 0 && handoff == Handoff::Lockstep {
         pp.broadcast_f32(last, lo)?;
     }
     Ok(&logits[..n_logits * nv])
