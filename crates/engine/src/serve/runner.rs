@@ -422,18 +422,22 @@ impl<'e> Loop<'e> {
             self.finish(plan, out);
             return Ok(());
         }
-        // At most P − 2 steps downstream when this one goes: the ring never fills.
+        // At most P − 2 steps downstream when this one goes: the ring never fills. The
+        // next stage gets this step before the older ones are sampled, so that it does not
+        // wait for the sampling.
+        let mut done = Vec::new();
         while self.in_flight.len() + 2 > depth {
             let Some(old) = self.in_flight.pop_front() else {
                 break;
             };
             self.collect(&old)?;
-            let logits = std::mem::take(&mut self.collected);
-            self.finish(&old, &logits);
-            self.collected = logits;
+            done.push((old, self.collected.clone()));
         }
         self.link.hand_on(msg, out, self.busy.as_secs_f64())?;
         self.in_flight.push_back(plan.clone());
+        for (old, logits) in done {
+            self.finish(&old, &logits);
+        }
         Ok(())
     }
 
