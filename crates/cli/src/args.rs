@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tuili_dist::Comm;
 use tuili_engine::{Engine, EngineConfig, GenerationDefaults};
-use tuili_model::Split;
+use tuili_model::{Reduce, Split};
 use tuili_sample::{SamplingParams, Stage, DEFAULT_ORDER};
 
 use crate::error::CliError;
@@ -37,6 +37,10 @@ pub(crate) struct ModelArgs {
     /// Layers per pipeline stage, e.g. `12,10` (default: balanced by bytes).
     #[arg(long, value_delimiter = ',')]
     layer_split: Vec<usize>,
+    /// Tensor parallelism: how the all-reduce sends each rank's partial sums, `f32` or
+    /// `q8_0` (a quarter of the bytes; README, Distributed runs, for its perplexity cost).
+    #[arg(long, default_value = "f32", value_parser = parse_comm_type)]
+    comm_type: Reduce,
     /// Distributed runs: seconds a rank may wait on the others in one communication before
     /// the run is declared broken and every process ends (0: wait for ever).
     #[arg(long, default_value_t = DEFAULT_COMM_TIMEOUT)]
@@ -62,13 +66,23 @@ impl ModelArgs {
             threads: self.threads(),
         };
         let world = join_group(self.tp, self.pp, self.comm_timeout)?;
-        let split = make_split(world, self.tp, self.pp, &self.layer_split)?;
+        let split =
+            make_split(world, self.tp, self.pp, &self.layer_split)?.with_reduce(self.comm_type);
         Ok(Engine::load_dist(
             &self.model,
             cfg,
             load_how(self.no_mmap),
             split,
         )?)
+    }
+}
+
+/// `--comm-type`.
+pub(crate) fn parse_comm_type(s: &str) -> Result<Reduce, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "f32" => Ok(Reduce::F32),
+        "q8_0" => Ok(Reduce::Q8_0),
+        _ => Err(format!("{s:?}: f32 or q8_0")),
     }
 }
 

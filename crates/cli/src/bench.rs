@@ -53,6 +53,9 @@ pub struct BenchArgs {
     /// Layers per pipeline stage (as `run --layer-split`).
     #[arg(long, value_delimiter = ',')]
     pub layer_split: Vec<usize>,
+    /// The all-reduce's encoding, `f32` or `q8_0` (as `run --comm-type`).
+    #[arg(long, default_value = "f32", value_parser = crate::args::parse_comm_type)]
+    pub comm_type: tuili_model::Reduce,
     /// Batched decoding: for each B, B sequences of --batch-ctx tokens decode n-gen steps
     /// together through the paged KV cache (what `tuili serve` runs); aggregate tokens/s.
     #[arg(short = 'b', long = "batch", value_delimiter = ',')]
@@ -300,7 +303,8 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
         a.pp,
         crate::args::DEFAULT_COMM_TIMEOUT,
     )?));
-    let split = crate::args::make_split(comm.clone(), a.tp, a.pp, &a.layer_split)?;
+    let split =
+        crate::args::make_split(comm.clone(), a.tp, a.pp, &a.layer_split)?.with_reduce(a.comm_type);
     let model =
         Model::load_split(Arc::clone(&file), split).map_err(tuili_engine::EngineError::from)?;
     let model_type = format!(

@@ -52,6 +52,9 @@ pub trait Comm: Send + Sync {
     /// `out` (`size × part.len()`).
     fn all_gather(&self, part: &[f32], out: &mut [f32]) -> Result<(), DistError>;
 
+    /// [`Comm::all_gather`] of bytes (a compressed all-reduce's blocks).
+    fn all_gather_bytes(&self, part: &[u8], out: &mut [u8]) -> Result<(), DistError>;
+
     /// `buf` ← the sum over ranks of `buf`, added in rank order (the same bits on every rank).
     /// `scratch` is grown to hold every rank's part.
     fn all_reduce_sum(&self, buf: &mut [f32], scratch: &mut Vec<f32>) -> Result<(), DistError> {
@@ -165,6 +168,12 @@ impl Comm for Local {
     }
 
     fn all_gather(&self, part: &[f32], out: &mut [f32]) -> Result<(), DistError> {
+        check_gather(part.len(), 1, out.len())?;
+        out.copy_from_slice(part);
+        Ok(())
+    }
+
+    fn all_gather_bytes(&self, part: &[u8], out: &mut [u8]) -> Result<(), DistError> {
         check_gather(part.len(), 1, out.len())?;
         out.copy_from_slice(part);
         Ok(())

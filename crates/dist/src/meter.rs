@@ -78,6 +78,17 @@ impl Comm for Metered {
         r
     }
 
+    fn all_gather_bytes(&self, part: &[u8], out: &mut [u8]) -> Result<(), DistError> {
+        let t = Instant::now();
+        let r = self.inner.all_gather_bytes(part, out);
+        let ns = t.elapsed().as_nanos() as u64;
+        let mut s = self.lock();
+        s.gathers += 1;
+        s.bytes += part.len() as u64;
+        s.latency_ns.push(ns);
+        r
+    }
+
     fn broadcast(&self, root: usize, buf: &mut [u8]) -> Result<(), DistError> {
         let mut s = self.lock();
         s.others += 1;

@@ -101,6 +101,12 @@ impl Comm for MpiComm {
         Ok(())
     }
 
+    fn all_gather_bytes(&self, part: &[u8], out: &mut [u8]) -> Result<(), DistError> {
+        check_gather(part.len(), self.size, out.len())?;
+        self.with("MPI_Allgather", |c| c.all_gather_into(part, out))?;
+        Ok(())
+    }
+
     fn broadcast(&self, root: usize, buf: &mut [u8]) -> Result<(), DistError> {
         check_rank(root, self.size)?;
         self.with("MPI_Bcast", |c| {

@@ -136,6 +136,25 @@ impl Comm for ThreadComm {
         Ok(())
     }
 
+    fn all_gather_bytes(&self, part: &[u8], out: &mut [u8]) -> Result<(), DistError> {
+        check_gather(part.len(), self.size, out.len())?;
+        let all = self.exchange(part.to_vec())?;
+        let mut at = 0;
+        for p in all.iter() {
+            let got = p.len();
+            if got != part.len() {
+                return Err(DistError::Size {
+                    what: "all_gather parts",
+                    expected: part.len(),
+                    got,
+                });
+            }
+            out[at..at + got].copy_from_slice(p);
+            at += got;
+        }
+        Ok(())
+    }
+
     fn broadcast(&self, root: usize, buf: &mut [u8]) -> Result<(), DistError> {
         check_rank(root, self.size)?;
         let mine = if self.rank == root {

@@ -31,7 +31,7 @@ pub mod weights;
 pub use batch::{Contiguous, KvTarget, Logits, OutRows, SeqSpan};
 pub use config::{Arch, Family, ModelConfig};
 pub use error::ModelError;
-pub use exec::{Handoff, KvAccess, Scratch};
+pub use exec::{Handoff, KvAccess, Reduce, Scratch};
 pub use hf::HfExtras;
 pub use model::{Model, Split};
 pub use shard::Shard;

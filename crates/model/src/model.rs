@@ -13,7 +13,7 @@ use crate::arch;
 use crate::batch::{Contiguous, Logits, OutRows, SeqSpan};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::exec::{self, Decoder, Handoff, KvAccess, Scratch};
+use crate::exec::{self, Decoder, Handoff, KvAccess, Reduce, Scratch};
 use crate::hf::HfExtras;
 use crate::shard::{check_same_model, stage_layers, Fingerprint, Shard};
 use crate::weights::{GgufSource, WeightSource};
@@ -39,6 +39,8 @@ pub struct Split {
     /// Layers per stage (`--layer-split`); `None`: balanced by bytes
     /// ([`crate::shard::stage_layers`]).
     pub layer_split: Option<Vec<usize>>,
+    /// How the tensor-parallel all-reduce sends its parts (`--comm-type`).
+    pub reduce: Reduce,
 }
 
 impl Split {
@@ -54,6 +56,7 @@ impl Split {
             world,
             pp: Arc::new(Local),
             layer_split: None,
+            reduce: Reduce::F32,
         }
     }
 
@@ -78,6 +81,7 @@ impl Split {
             tp: tp_group,
             pp: pp_group,
             layer_split,
+            reduce: Reduce::F32,
         })
     }
 
@@ -88,7 +92,13 @@ impl Split {
             world,
             tp: Arc::new(Local),
             layer_split,
+            reduce: Reduce::F32,
         }
+    }
+
+    /// The same split, its all-reduce sent as `reduce`.
+    pub fn with_reduce(self, reduce: Reduce) -> Split {
+        Split { reduce, ..self }
     }
 }
 
@@ -101,6 +111,16 @@ fn bind_checked(
     split: &Split,
 ) -> Result<Box<dyn Decoder>, ModelError> {
     let (world, label) = (&*split.world, src.label());
+    if split.reduce == Reduce::Q8_0 && !cfg.n_embd.is_multiple_of(32) {
+        return Err(ModelError::Shard {
+            path: label,
+            size: split.tp.size(),
+            reason: format!(
+                "a Q8_0 all-reduce needs rows of whole 32-value blocks, and n_embd is {}",
+                cfg.n_embd
+            ),
+        });
+    }
     let mut dec = if world.size() == 1 {
         bind(cfg, src, Shard::WHOLE)?
     } else {
@@ -298,6 +318,7 @@ impl Model {
         let logits = exec::forward(
             &*self.dec,
             &*self.split.tp,
+            self.split.reduce,
             &*self.split.pp,
             Handoff::Lockstep,
             self.isa,
@@ -333,6 +354,7 @@ impl Model {
         exec::forward(
             &*self.dec,
             &*self.split.tp,
+            self.split.reduce,
             &*self.split.pp,
             handoff,
             self.isa,

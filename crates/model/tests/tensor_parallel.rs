@@ -243,3 +243,32 @@ fn tensor_parallel_stages_of_a_pipeline() {
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(worst <= 1e-4, "logits differ by {worst}");
 }
+
+#[test]
+fn a_q8_0_all_reduce_stays_close_and_the_ranks_agree() {
+    use tuili_model::{Reduce, Split};
+    let file = Arc::new(GgufFile::open(fixtures().join("stories260K/stories260K.gguf")).unwrap());
+    let prompt = [1, 403, 407, 261, 378];
+    let exact = |c: Arc<dyn Comm>| Model::load_tp(file.clone(), c);
+    let (_, want) = on_ranks(1, &exact, &prompt, 8).unwrap();
+    for size in [2, 3] {
+        let q8 = |c: Arc<dyn Comm>| {
+            Model::load_split(file.clone(), Split::tp(c).with_reduce(Reduce::Q8_0))
+        };
+        // `on_ranks` checks that every rank holds the same bits.
+        let (_, got) = on_ranks(size, &q8, &prompt, 8).unwrap();
+        // Each part is rounded to 8 bits per value (relative error ≤ 1/254 of a block's
+        // largest): the logits move, by much less than their spread.
+        let scale = want.iter().flatten().fold(1f32, |m, x| m.max(x.abs()));
+        let worst = got
+            .iter()
+            .flatten()
+            .zip(want.iter().flatten())
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst > 0.0, "tp {size}: rounded parts change nothing?");
+        assert!(
+            worst < 0.05 * scale,
+            "tp {size}: {worst} (largest logit {scale})"
+        );
+    }
+}

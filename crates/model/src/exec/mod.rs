@@ -23,8 +23,9 @@
 //! - *Tensor parallelism*: each rank binds its slice of every matrix (`crate::shard`) and runs
 //!   with its own [`AttnShape`]. The architectures say which products close a block and join
 //!   the residual stream: [`Step::matmul_to_residual`] (attention output, MLP down) — the one
-//!   place where partial sums over a split input become the all-reduce; the output matrix's
-//!   vocabulary rows are gathered at the end. Every other [`Step::matmul`] is row-parallel
+//!   place where partial sums over a split input become the all-reduce (in f32, or
+//!   compressed to Q8_0 blocks: [`Reduce`]); the output matrix's vocabulary rows are gathered
+//!   at the end. Every other [`Step::matmul`] is row-parallel
 //!   and needs no communication.
 //!
 //! May not: know an architecture (no names, no special cases: those are the `Decoder`'s), or
@@ -36,9 +37,11 @@ pub mod parallel;
 pub mod scratch;
 
 use tuili_core::pool::split;
+use tuili_core::DType;
 use tuili_core::{PerThread, ThreadPool};
 use tuili_kernels::cpu::Isa;
 use tuili_kernels::ops;
+use tuili_kernels::types::{dequantize_row, quantize_row};
 
 use crate::batch::{check_spans, span_of, OutRows, SeqSpan};
 use crate::config::ModelConfig;
@@ -90,6 +93,17 @@ pub trait Decoder: Send + Sync {
     }
 }
 
+/// How a tensor-parallel all-reduce sends each rank's partial sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reduce {
+    /// As they are: the sums equal one process's but for the order of additions.
+    #[default]
+    F32,
+    /// As Q8_0 blocks (34 bytes per 32 values, not 128; distributed-llama's sync type): a
+    /// quarter of the bytes, at the cost of rounding each part to 8 bits per value.
+    Q8_0,
+}
+
 /// A batch's activations as a layer sees them, each `[n, width]` (n tokens).
 pub struct Buffers<'a> {
     /// `[n, n_embd]`: the residual stream.
@@ -120,8 +134,10 @@ pub struct Step<'a> {
     kv: &'a mut dyn KvAccess,
     attn: AttnShape,
     comm: &'a dyn Comm,
-    /// The all-reduce's scratch (every rank's part).
+    /// The all-reduce's encoding and scratch (every rank's part).
+    how: Reduce,
     reduce: &'a mut Vec<f32>,
+    reduce_q: &'a mut Vec<u8>,
 }
 
 impl Step<'_> {
@@ -171,7 +187,10 @@ impl Step<'_> {
     ) -> Result<(), ModelError> {
         self.matmul(w, x, y);
         if self.comm.size() > 1 {
-            self.comm.all_reduce_sum(y, self.reduce)?;
+            match self.how {
+                Reduce::F32 => self.comm.all_reduce_sum(y, self.reduce)?,
+                Reduce::Q8_0 => all_reduce_q8_0(self.comm, y, self.reduce_q, self.reduce)?,
+            }
         }
         Ok(())
     }
@@ -258,6 +277,7 @@ pub enum Handoff {
 pub fn forward<'s>(
     dec: &dyn Decoder,
     comm: &dyn Comm,
+    how: Reduce,
     pp: &dyn Comm,
     handoff: Handoff,
     isa: Isa,
@@ -305,6 +325,7 @@ pub fn forward<'s>(
         tmp,
         scores,
         reduce,
+        reduce_q,
         part_logits,
         ..
     } = scratch;
@@ -331,7 +352,9 @@ pub fn forward<'s>(
         kv,
         attn: AttnShape::of(cfg),
         comm,
+        how,
         reduce,
+        reduce_q,
     };
     let mut b = Buffers {
         x: &mut x[..n * e],
@@ -400,6 +423,32 @@ pub fn forward<'s>(
         pp.broadcast_f32(last, lo)?;
     }
     Ok(&logits[..n_logits * nv])
+}
+
+/// The all-reduce of `y` with each rank's part sent as Q8_0 blocks: every rank dequantizes
+/// every part, its own included, and adds them in rank order, so all hold the same bits.
+/// `y.len()` is a multiple of 32 (rows of `n_embd`, checked at load).
+fn all_reduce_q8_0(
+    comm: &dyn Comm,
+    y: &mut [f32],
+    bytes: &mut Vec<u8>,
+    part: &mut Vec<f32>,
+) -> Result<(), ModelError> {
+    let size = comm.size();
+    let len = y.len() / 32 * DType::Q8_0.block_bytes() as usize;
+    bytes.resize(len * (size + 1), 0);
+    let (mine, all) = bytes.split_at_mut(len);
+    quantize_row(DType::Q8_0, y, mine)?;
+    comm.all_gather_bytes(mine, all)?;
+    part.resize(y.len(), 0.0);
+    y.fill(0.0);
+    for p in all.chunks_exact(len) {
+        dequantize_row(DType::Q8_0, p, part)?;
+        for (a, b) in y.iter_mut().zip(part.iter()) {
+            *a += b;
+        }
+    }
+    Ok(())
 }
 
 /// Every rank's logits of its vocabulary rows (`part[..n · rows]`, `[n, rows]`) gathered into

@@ -27,6 +27,8 @@ pub struct Scratch {
     pub(crate) scores: Option<PerThread<Vec<f32>>>,
     /// Tensor parallelism: every rank's part of an all-reduce or of the logits.
     pub(crate) reduce: Vec<f32>,
+    /// A compressed all-reduce: this rank's blocks, then every rank's.
+    pub(crate) reduce_q: Vec<u8>,
     /// Tensor parallelism: this rank's rows of the logits, `[cap or 1, ⌈n_vocab / ranks⌉]`.
     pub(crate) part_logits: Vec<f32>,
 }
