@@ -235,6 +235,7 @@ fn run_batched(
         let max_ctx = ctx + n_gen;
         let pass = model.forward_spans(
             Handoff::Lockstep,
+            None,
             tokens,
             spans,
             &mut batch,

@@ -341,7 +341,7 @@ impl Run<'_> {
             let next = st.token.expect("a token when not stopped");
             logits = e
                 .model
-                .forward(&[next], kv, &mut self.scratch, Logits::Last, &e.pool)?;
+                .forward(&[next], kv, &mut self.scratch, req.step_logits(), &e.pool)?;
             if let Some(f) = fed.as_mut() {
                 f.push(next);
             }

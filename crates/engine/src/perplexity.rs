@@ -92,6 +92,7 @@ impl WindowCache {
                 let offsets = [0, table.len()];
                 model.forward_spans(
                     Handoff::Lockstep,
+                    None,
                     tokens,
                     &spans,
                     &mut store.batch(table, &offsets),

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use tuili_model::Logits;
 use tuili_sample::{Explain, SamplingParams, StepLogprobs};
 use tuili_tokenizer::chat::Message;
 
@@ -62,7 +63,26 @@ pub struct GenerateRequest {
     pub explain: Option<usize>,
 }
 
+/// How many of each rank's largest logits a tensor-parallel run gathers for a decode step
+/// whose choice they decide ([`GenerateRequest::step_logits`]): more than any common top-k.
+pub const CANDIDATES: usize = 64;
+
 impl GenerateRequest {
+    /// The logits a decode step needs: the largest [`CANDIDATES`] when they decide the next
+    /// token ([`SamplingParams::decided_by_top`]) and none are reported (no logprobs, no
+    /// explanation, no beams); else all.
+    pub fn step_logits(&self) -> Logits {
+        let top_only = self.logprobs.is_none()
+            && self.explain.is_none()
+            && self.beam.is_none()
+            && self.sampling.decided_by_top(CANDIDATES);
+        if top_only {
+            Logits::LastTop(CANDIDATES)
+        } else {
+            Logits::Last
+        }
+    }
+
     /// A request with one completion and every option off.
     pub fn new(prompt: impl Into<Prompt>, max_tokens: usize, sampling: SamplingParams) -> Self {
         GenerateRequest {

@@ -33,14 +33,26 @@ pub enum Logits {
     All,
     /// None (a prompt chunk that is not the last).
     None,
+    /// The last token's, of which only the `c` largest must be right (the rest may read
+    /// −∞): what greedy or top-k sampling reads. Under tensor parallelism only each rank's
+    /// best `c` are gathered; alone, the same as `Last`.
+    LastTop(usize),
 }
 
 impl Logits {
+    /// How many of each row's largest logits are needed (`None`: all of them).
+    pub fn top(self) -> Option<usize> {
+        match self {
+            Logits::LastTop(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// The batch rows whose logits this asks for, in a batch of `n` (n ≥ 1).
     pub fn rows(self, n: usize) -> OutRows<'static> {
         OutRows::Range(match self {
             Logits::All => 0..n,
-            Logits::Last => n.saturating_sub(1)..n,
+            Logits::Last | Logits::LastTop(_) => n.saturating_sub(1)..n,
             Logits::None => n..n,
         })
     }

@@ -321,6 +321,7 @@ impl Model {
             self.split.reduce,
             &*self.split.pp,
             Handoff::Lockstep,
+            which.top(),
             self.isa,
             tokens,
             &spans,
@@ -338,11 +339,13 @@ impl Model {
     /// through the model: every weight matrix is read once for the whole batch. Keys and
     /// values go to `cache` (a [`crate::KvTarget`] such as a paged pool's batch); returns the logits of the `out` tokens (`[out.len(), n_vocab]`).
     /// `max_ctx` bounds the positions any sequence reaches (scratch sizing). Under pipeline
-    /// parallelism, `handoff` says who passes results on ([`Handoff`]).
+    /// parallelism, `handoff` says who passes results on ([`Handoff`]); `top`: only the
+    /// largest `top` logits of each row must be right ([`Logits::LastTop`]).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_spans<'s>(
         &self,
         handoff: Handoff,
+        top: Option<usize>,
         tokens: &[u32],
         spans: &[SeqSpan],
         cache: &mut dyn KvAccess,
@@ -357,6 +360,7 @@ impl Model {
             self.split.reduce,
             &*self.split.pp,
             handoff,
+            top,
             self.isa,
             tokens,
             spans,

@@ -396,6 +396,7 @@ fn paged_batches_equal_each_sequence_alone() {
         let l = model
             .forward_spans(
                 Handoff::Lockstep,
+                None,
                 &tokens,
                 &spans,
                 &mut batch,
@@ -450,6 +451,7 @@ fn quantized_paged_caches() {
         let got = model
             .forward_spans(
                 Handoff::Lockstep,
+                None,
                 PROMPT,
                 &spans,
                 &mut batch,

@@ -272,3 +272,57 @@ fn a_q8_0_all_reduce_stays_close_and_the_ranks_agree() {
         );
     }
 }
+
+#[test]
+fn only_the_largest_logits_are_gathered_when_they_decide() {
+    let file = Arc::new(GgufFile::open(fixtures().join("stories260K/stories260K.gguf")).unwrap());
+    let pool = ThreadPool::new(1);
+    let prompt = [1u32, 403, 407, 261, 378];
+    // The last token's logits on `size` ranks, all of them and the largest 8 only.
+    let run = |size: usize| {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = group(size)
+                .into_iter()
+                .map(|c| {
+                    let (file, pool) = (file.clone(), &pool);
+                    s.spawn(move || {
+                        let m = Model::load_tp(file, Arc::new(c)).unwrap();
+                        let mut got = Vec::new();
+                        for which in [Logits::Last, Logits::LastTop(8)] {
+                            let mut kv = m.new_cache(16).unwrap();
+                            let mut s = Scratch::new();
+                            let l = m.forward(&prompt, &mut kv, &mut s, which, pool).unwrap();
+                            got.push(l.to_vec());
+                        }
+                        got
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    for size in [2, 3] {
+        let ranks = run(size);
+        let (all, top) = (&ranks[0][0], &ranks[0][1]);
+        assert!(ranks.iter().all(|r| r[1] == *top), "tp {size}: ranks agree");
+        let mut order: Vec<usize> = (0..all.len()).collect();
+        order.sort_by(|&a, &b| all[b].total_cmp(&all[a]).then(a.cmp(&b)));
+        // Every rank's best 8 came: the 8 largest overall among them, with the bits of the
+        // full gather; the rest read −∞.
+        for &id in &order[..8] {
+            assert_eq!(
+                top[id].to_bits(),
+                all[id].to_bits(),
+                "tp {size}: token {id}"
+            );
+        }
+        let kept = top.iter().filter(|v| v.is_finite()).count();
+        assert!((8..=8 * size).contains(&kept), "tp {size}: {kept} kept");
+        assert!(top
+            .iter()
+            .zip(all)
+            .all(|(t, a)| *t == f32::NEG_INFINITY || t.to_bits() == a.to_bits()));
+    }
+}

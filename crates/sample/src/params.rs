@@ -111,6 +111,37 @@ pub struct SamplingParams {
     pub seed: u64,
 }
 
+impl SamplingParams {
+    /// Whether the `c` largest logits alone decide this chain's choice exactly (the others
+    /// may read −∞): greedy, or a top-k of at most `c` before any stage that needs the whole
+    /// distribution (typical-p, top-p), with no penalty, bias or n-gram rule that could lift
+    /// another token. A tensor-parallel run then gathers only each rank's best `c`.
+    pub fn decided_by_top(&self, c: usize) -> bool {
+        let penalties = self.penalty_last_n != 0
+            && (self.repetition_penalty != 1.0
+                || self.presence_penalty != 0.0
+                || self.frequency_penalty != 0.0);
+        if penalties || !self.logit_bias.is_empty() || self.no_repeat_ngram_size > 0 {
+            return false;
+        }
+        if self.temperature <= 0.0 {
+            return true;
+        }
+        for stage in &self.order {
+            match stage {
+                Stage::TopK => return (1..=c).contains(&self.top_k),
+                // Order-preserving, or relative to the most likely token: the candidates
+                // give them exactly.
+                Stage::Temperature | Stage::MinP => {}
+                Stage::TypicalP if self.typical_p >= 1.0 => {}
+                Stage::TopP if self.top_p >= 1.0 => {}
+                Stage::TypicalP | Stage::TopP => return false,
+            }
+        }
+        false
+    }
+}
+
 impl Default for SamplingParams {
     fn default() -> Self {
         SamplingParams {
@@ -263,5 +294,51 @@ impl SamplingParams {
             n if n < 0 => history,
             n => &history[history.len().saturating_sub(n as usize)..],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_largest_logits_decide_greedy_and_top_k_only() {
+        let p = SamplingParams::default(); // top-k 40 first
+        assert!(p.decided_by_top(64));
+        assert!(!p.decided_by_top(32), "top-k 40 needs 40");
+        let greedy = SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        };
+        assert!(greedy.decided_by_top(1));
+        // The whole distribution is needed: no top-k, top-p before it, penalties, bias.
+        let cases = [
+            SamplingParams {
+                top_k: 0,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                order: vec![Stage::TopP, Stage::TopK],
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                presence_penalty: 0.5,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                logit_bias: vec![(3, 1.0)],
+                temperature: 0.0,
+                ..SamplingParams::default()
+            },
+        ];
+        for c in cases {
+            assert!(!c.decided_by_top(64), "{c:?}");
+        }
+        // Stages that only rescale or compare with the most likely token may come first.
+        let p = SamplingParams {
+            order: vec![Stage::Temperature, Stage::MinP, Stage::TopK, Stage::TopP],
+            ..SamplingParams::default()
+        };
+        assert!(p.decided_by_top(40));
     }
 }

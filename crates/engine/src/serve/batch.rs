@@ -31,6 +31,8 @@ pub(crate) struct Batch<'a> {
     pub(crate) offsets: &'a [usize],
     /// Batch rows whose logits are sampled.
     pub(crate) out: &'a [usize],
+    /// Only the largest `top` logits of each row are needed ([`tuili_model::Logits::LastTop`]).
+    pub(crate) top: Option<usize>,
 }
 
 impl Batch<'_> {
@@ -46,6 +48,7 @@ impl Batch<'_> {
         let mut cache = store.batch(self.tables, self.offsets);
         e.model.forward_spans(
             Handoff::Caller,
+            self.top,
             self.tokens,
             self.spans,
             &mut cache,
@@ -79,6 +82,7 @@ impl Batch<'_> {
         self.offsets.iter().for_each(|&o| put(o));
         put(self.out.len());
         self.out.iter().for_each(|&o| put(o));
+        put(self.top.unwrap_or(0));
         m.extend_from_slice(&busy.to_le_bytes());
         m
     }
@@ -209,6 +213,7 @@ pub(crate) struct Received {
     tables: Vec<u32>,
     offsets: Vec<usize>,
     out: Vec<usize>,
+    top: Option<usize>,
     /// Computing seconds of the stages before this one (rank 0's first).
     busy: Vec<f64>,
 }
@@ -264,6 +269,7 @@ impl Received {
         for _ in 0..get()? {
             r.out.push(get()?);
         }
+        r.top = Some(get()?).filter(|&c| c > 0);
         // The forward pass checks spans against tokens; the tables must cover the offsets.
         if r.offsets.last() != Some(&r.tables.len())
             || r.offsets.windows(2).any(|w| w[0] > w[1])
@@ -283,6 +289,7 @@ impl Received {
             tables: &self.tables,
             offsets: &self.offsets,
             out: &self.out,
+            top: self.top,
         }
     }
 }
@@ -312,6 +319,7 @@ mod tests {
             tables: vec![0, 1, 2, 7],
             offsets: vec![0, 1, 4],
             out: vec![2, 3],
+            top: Some(64),
             busy: vec![1.5],
         }
     }

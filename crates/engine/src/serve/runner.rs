@@ -17,13 +17,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tuili_kv::PagedStore;
-use tuili_model::{Scratch, SeqSpan};
+use tuili_model::{Logits, Scratch, SeqSpan};
 
 use crate::beam::{Advance, BeamSearch};
 use crate::decoder::Decoder;
 use crate::engine::Engine;
 use crate::error::EngineError;
-use crate::request::{GenerateRequest, StopReason};
+use crate::request::{GenerateRequest, StopReason, CANDIDATES};
 use crate::sched::{Plan, SchedError, Scheduler, SeqId};
 use crate::serve::batch::{Batch, Link};
 use crate::serve::events::{Event, Msg, Rejection, Sink, Submission};
@@ -400,6 +400,15 @@ impl<'e> Loop<'e> {
     /// finishes it, or, before the last stage, hands it on.
     fn first_stage(&mut self, plan: &Plan, scratch: &mut Scratch) -> Result<(), EngineError> {
         let e = self.e;
+        // Only the largest logits when they decide every sampled sequence's token.
+        let top_only = plan.items.iter().filter(|i| i.sample).all(|i| {
+            !self.beam_seqs.contains_key(&i.id)
+                && self
+                    .live
+                    .get(&i.id)
+                    .and_then(|l| self.reqs.get(&l.req))
+                    .is_some_and(|r| r.req.step_logits() != Logits::Last)
+        });
         let b = Batch {
             copies: &plan.copies,
             tokens: &self.tokens,
@@ -407,6 +416,7 @@ impl<'e> Loop<'e> {
             tables: &self.tables,
             offsets: &self.offsets,
             out: &self.out,
+            top: top_only.then_some(CANDIDATES),
         };
         let msg = b.encode(self.busy.as_secs_f64());
         self.link.share(&msg)?;

@@ -25,7 +25,8 @@
 //!   the residual stream: [`Step::matmul_to_residual`] (attention output, MLP down) — the one
 //!   place where partial sums over a split input become the all-reduce (in f32, or
 //!   compressed to Q8_0 blocks: [`Reduce`]); the output matrix's vocabulary rows are gathered
-//!   at the end. Every other [`Step::matmul`] is row-parallel
+//!   at the end — all of them, or, when the caller needs only the largest `top` logits of
+//!   each row (greedy and top-k sampling), each rank's best `top` with their token ids. Every other [`Step::matmul`] is row-parallel
 //!   and needs no communication.
 //!
 //! May not: know an architecture (no names, no special cases: those are the `Decoder`'s), or
@@ -272,7 +273,8 @@ pub enum Handoff {
 /// through `dec`: every weight matrix is read once for the whole batch. Keys and values go to
 /// `kv`; returns the logits of the `out` tokens (`[out.len(), n_vocab]`). `max_ctx` bounds
 /// the positions any sequence reaches (scratch sizing). Under pipeline parallelism,
-/// `handoff` says who passes the result on.
+/// `handoff` says who passes the result on. `top`: only the largest `top` logits of each row
+/// must be right, the rest may read −∞ (under tensor parallelism, fewer bytes gathered).
 #[allow(clippy::too_many_arguments)]
 pub fn forward<'s>(
     dec: &dyn Decoder,
@@ -280,6 +282,7 @@ pub fn forward<'s>(
     how: Reduce,
     pp: &dyn Comm,
     handoff: Handoff,
+    top: Option<usize>,
     isa: Isa,
     tokens: &[u32],
     spans: &[SeqSpan],
@@ -404,19 +407,33 @@ pub fn forward<'s>(
             step.acts,
             tmp,
         );
-        if tp > 1 {
-            gather_vocab(
-                comm,
-                n_logits,
-                nv,
-                output.rows,
-                part_logits,
-                step.reduce,
-                lo,
-            )?;
-        }
+        // Element-wise, so on each rank's part before the gather (−∞ stays −∞ after it).
         if let Some(c) = cfg.final_softcap {
-            ops::softcap(lo, c);
+            ops::softcap(local, c);
+        }
+        if tp > 1 {
+            match top {
+                // The same choice on every rank (whatever its share of the vocabulary).
+                Some(c) if c * 2 < nv.div_ceil(tp) => gather_top(
+                    comm,
+                    n_logits,
+                    nv,
+                    output.rows,
+                    c,
+                    part_logits,
+                    step.reduce,
+                    lo,
+                )?,
+                _ => gather_vocab(
+                    comm,
+                    n_logits,
+                    nv,
+                    output.rows,
+                    part_logits,
+                    step.reduce,
+                    lo,
+                )?,
+            }
         }
     }
     if last > 0 && handoff == Handoff::Lockstep {
@@ -446,6 +463,60 @@ fn all_reduce_q8_0(
         dequantize_row(DType::Q8_0, p, part)?;
         for (a, b) in y.iter_mut().zip(part.iter()) {
             *a += b;
+        }
+    }
+    Ok(())
+}
+
+/// The `c` largest of every rank's logits of its vocabulary rows (`part[..n · rows]`,
+/// `[n, rows]`), with their token ids, gathered into rows of `nv` in `lo` that read −∞
+/// elsewhere: 8·c bytes per row and rank instead of 4·nv/size. Ties go to the lower id, as
+/// one process's sort would break them.
+#[allow(clippy::too_many_arguments)]
+fn gather_top(
+    comm: &dyn Comm,
+    n: usize,
+    nv: usize,
+    rows: usize,
+    c: usize,
+    part: &[f32],
+    all: &mut Vec<f32>,
+    lo: &mut [f32],
+) -> Result<(), ModelError> {
+    let (size, rank) = (comm.size(), comm.rank());
+    let first = part_range(nv, rank, size).start;
+    // Per row: c pairs (value, id as f32 bits); a rank with fewer rows pads with −∞.
+    let width = 2 * c;
+    let mut mine = vec![f32::NEG_INFINITY; n * width];
+    let mut ids: Vec<usize> = Vec::with_capacity(rows);
+    for i in 0..n {
+        let row = &part[i * rows..(i + 1) * rows];
+        ids.clear();
+        ids.extend(0..rows);
+        let by_value = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]).then(a.cmp(b));
+        let k = c.min(rows);
+        if k < rows {
+            ids.select_nth_unstable_by(k - 1, by_value);
+        }
+        for (j, &id) in ids[..k].iter().enumerate() {
+            mine[i * width + 2 * j] = row[id];
+            mine[i * width + 2 * j + 1] = f32::from_bits((first + id) as u32);
+        }
+    }
+    if all.len() < size * n * width {
+        all.resize(size * n * width, 0.0);
+    }
+    let all = &mut all[..size * n * width];
+    comm.all_gather(&mine, all)?;
+    lo.fill(f32::NEG_INFINITY);
+    for src in all.chunks_exact(n * width) {
+        for i in 0..n {
+            for pair in src[i * width..(i + 1) * width].chunks_exact(2) {
+                let id = pair[1].to_bits() as usize;
+                if pair[0] != f32::NEG_INFINITY && id < nv {
+                    lo[i * nv + id] = pair[0];
+                }
+            }
         }
     }
     Ok(())
