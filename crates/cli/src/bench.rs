@@ -13,6 +13,7 @@ use tuili_core::{DType, ThreadPool};
 use tuili_dist::meter::Metered;
 use tuili_dist::Comm;
 use tuili_formats::GgufFile;
+use tuili_engine::GenerateRequest;
 use tuili_model::{Logits, Model, Scratch};
 
 use crate::error::CliError;
@@ -179,10 +180,13 @@ fn run_test(
             .forward(&prompt, &mut kv, &mut scratch, Logits::Last, pool)
             .map_err(tuili_engine::EngineError::from)?;
     }
+    // What a decode step with the default sampling chain (or greedy) asks for: under tensor
+    // parallelism, only each rank's best logits are gathered.
+    let step = GenerateRequest::new("", 1, Default::default()).step_logits();
     for _ in 0..n_gen {
         let next = tok();
         model
-            .forward(&[next], &mut kv, &mut scratch, Logits::Last, pool)
+            .forward(&[next], &mut kv, &mut scratch, step, pool)
             .map_err(tuili_engine::EngineError::from)?;
     }
     Ok(t.elapsed().as_nanos() as u64)
