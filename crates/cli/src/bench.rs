@@ -12,8 +12,8 @@ use tuili_model::{Handoff, OutRows, SeqSpan};
 use tuili_core::{DType, ThreadPool};
 use tuili_dist::meter::Metered;
 use tuili_dist::Comm;
-use tuili_formats::GgufFile;
 use tuili_engine::GenerateRequest;
+use tuili_formats::GgufFile;
 use tuili_model::{Logits, Model, Scratch};
 
 use crate::error::CliError;

@@ -414,7 +414,7 @@ pub fn forward<'s>(
         if tp > 1 {
             match top {
                 // The same choice on every rank (whatever its share of the vocabulary).
-                Some(c) if c * 2 < nv.div_ceil(tp) => gather_top(
+                Some(c) if c > 0 && c * 2 < nv.div_ceil(tp) => gather_top(
                     comm,
                     n_logits,
                     nv,
