@@ -789,6 +789,15 @@ impl GgufFile {
         }
     }
 
+    /// Marks `range` of [`GgufFile::bytes`] as a part this process reads, so that the pages
+    /// it maps stay within such parts (a rank of a distributed run). Nothing for a file read
+    /// into memory.
+    pub fn keep(&self, range: std::ops::Range<usize>) {
+        if let Backing::Map(m, _, file_backed) = &self.map {
+            crate::keep_range(m, *file_backed, range);
+        }
+    }
+
     /// Byte range of a tensor's data within [`GgufFile::bytes`].
     pub fn tensor_range(&self, info: &TensorInfo) -> std::ops::Range<usize> {
         let start = (self.data_offset + info.offset) as usize;

@@ -107,6 +107,25 @@ fn release_range(map: &Mmap, file_backed: bool, range: std::ops::Range<usize>) {
     let _ = (map, file_backed, range);
 }
 
+/// Marks `range` of a map of a file as a part this process reads (Linux `MADV_RANDOM` on
+/// the pages it touches): the advice gives those pages a mapping area of their own, and the
+/// kernel's fault-around — which maps up to 16 already-cached neighbouring pages on each
+/// fault, within one area — then stops at its ends. A rank of a group that reads its part
+/// of a shared file keeps its resident pages to that part, not its neighbours' too (the file
+/// was read in at load when cold, so random-access advice costs no read-ahead).
+fn keep_range(map: &Mmap, file_backed: bool, range: std::ops::Range<usize>) {
+    #[cfg(target_os = "linux")]
+    if file_backed {
+        const PAGE: usize = 4096;
+        let (start, end) = (range.start / PAGE * PAGE, range.end.div_ceil(PAGE) * PAGE);
+        let end = end.min(map.len());
+        if start < end {
+            let _ = map.advise_range(memmap2::Advice::Random, start, end - start);
+        }
+    }
+    let _ = (map, file_backed, range);
+}
+
 /// `file` (`len` bytes) as a [`Load`] asks: mapped, or read into anonymous memory.
 fn load_file(file: &mut std::fs::File, len: u64, how: Load) -> std::io::Result<Mmap> {
     match how {

@@ -48,6 +48,11 @@ impl Shard {
         &self.map[..self.len]
     }
 
+    /// As [`crate::GgufFile::keep`], for a range of [`Shard::bytes`].
+    pub fn keep(&self, range: std::ops::Range<usize>) {
+        crate::keep_range(&self.map, self.file_backed, range);
+    }
+
     /// As [`crate::GgufFile::release`], for a range of [`Shard::bytes`].
     pub fn release(&self, range: std::ops::Range<usize>) {
         crate::release_range(&self.map, self.file_backed, range);

@@ -151,6 +151,13 @@ fn bind_checked(
         })?;
         dec.keep_layers(ranges[pp.rank()].clone());
     }
+    if world.size() > 1 {
+        // Each rank's parts of the shared file in mapping areas of their own: the kernel
+        // maps no neighbouring rank's pages around them.
+        for m in dec.matrices() {
+            m.keep_mapped();
+        }
+    }
     Ok(dec)
 }
 

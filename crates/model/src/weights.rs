@@ -31,6 +31,15 @@ impl WeightBytes {
         }
     }
 
+    /// Marks `range` as read by this process (its own mapping area, where it is a map).
+    fn keep(&self, range: Range<usize>) {
+        match self {
+            WeightBytes::Gguf(f) => f.keep(range),
+            WeightBytes::Shard(s) => s.keep(range),
+            WeightBytes::Owned(_) => {}
+        }
+    }
+
     /// Lets the pages of `range` leave this process's memory where they are a map of the
     /// file (re-read if touched again).
     fn release(&self, range: Range<usize>) {
@@ -230,6 +239,12 @@ impl Matrix {
             range: 0..out.len(),
             backing: WeightBytes::Owned(Arc::new(out)),
         })
+    }
+
+    /// Marks this matrix's bytes as a part this process reads: on a rank of a distributed
+    /// run, the pages it maps then stay within its own parts of the shared file.
+    pub fn keep_mapped(&self) {
+        self.backing.keep(self.range.clone());
     }
 
     /// Bytes of one row.
