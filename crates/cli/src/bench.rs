@@ -415,7 +415,8 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
                 match (a.tp, a.pp) {
                     (1, 1) => String::new(),
                     (t, 1) => format!(", tp {t}"),
-                    (_, p) => format!(", pp {p}"),
+                    (1, p) => format!(", pp {p}"),
+                    (t, p) => format!(", tp {t} × pp {p}"),
                 },
                 r.n_threads,
             )?;
