@@ -56,6 +56,22 @@ impl Metered {
     fn lock(&self) -> std::sync::MutexGuard<'_, Stats> {
         self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Runs an all-gather of `bytes` per rank, counting it and timing it.
+    fn gather(
+        &self,
+        bytes: usize,
+        f: impl FnOnce() -> Result<(), DistError>,
+    ) -> Result<(), DistError> {
+        let t = Instant::now();
+        let r = f();
+        let ns = t.elapsed().as_nanos() as u64;
+        let mut s = self.lock();
+        s.gathers += 1;
+        s.bytes += bytes as u64;
+        s.latency_ns.push(ns);
+        r
+    }
 }
 
 impl Comm for Metered {
@@ -68,25 +84,11 @@ impl Comm for Metered {
     }
 
     fn all_gather(&self, part: &[f32], out: &mut [f32]) -> Result<(), DistError> {
-        let t = Instant::now();
-        let r = self.inner.all_gather(part, out);
-        let ns = t.elapsed().as_nanos() as u64;
-        let mut s = self.lock();
-        s.gathers += 1;
-        s.bytes += 4 * part.len() as u64;
-        s.latency_ns.push(ns);
-        r
+        self.gather(4 * part.len(), || self.inner.all_gather(part, out))
     }
 
     fn all_gather_bytes(&self, part: &[u8], out: &mut [u8]) -> Result<(), DistError> {
-        let t = Instant::now();
-        let r = self.inner.all_gather_bytes(part, out);
-        let ns = t.elapsed().as_nanos() as u64;
-        let mut s = self.lock();
-        s.gathers += 1;
-        s.bytes += part.len() as u64;
-        s.latency_ns.push(ns);
-        r
+        self.gather(part.len(), || self.inner.all_gather_bytes(part, out))
     }
 
     fn broadcast(&self, root: usize, buf: &mut [u8]) -> Result<(), DistError> {

@@ -142,6 +142,10 @@ impl<'c> Link<'c> {
             }
         })?;
         match Received::decode(&msg)? {
+            // Rank 0's seconds, and one more from each stage before this one.
+            Some(r) if r.busy.len() != self.stage().max(1) => Err(EngineError::Internal(
+                "a step message with the wrong number of stages' seconds",
+            )),
             Some(r) => Ok(Some((r, msg))),
             None => {
                 self.pass_stop()?;
@@ -168,9 +172,9 @@ impl<'c> Link<'c> {
             self.pp.send(stage + 1, &msg)?;
             self.pp.send_f32(stage + 1, out)?;
         } else if stage > 0 && self.tp.rank() == 0 {
-            let busy = Received::busy_bytes(&msg)?;
+            // The message ends with rank 0's seconds and every later stage's, this one's last.
             self.pp.send_f32(0, out)?;
-            self.pp.send(0, busy)?;
+            self.pp.send(0, &msg[msg.len() - 8 * (stage + 1)..])?;
         }
         Ok(())
     }
@@ -227,12 +231,6 @@ impl Received {
             busy: seconds(&m[m.len() - tail..]),
             ..r
         }))
-    }
-
-    /// The stages' seconds at the end of a message.
-    fn busy_bytes(m: &[u8]) -> Result<&[u8], EngineError> {
-        let tail = Received::parse(m)?.map_or(0, |(_, t)| t);
-        Ok(&m[m.len() - tail..])
     }
 
     /// The step, and the length of the seconds' tail; `None` for the stop.

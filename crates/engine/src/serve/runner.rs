@@ -379,11 +379,8 @@ impl<'e> Loop<'e> {
         let plan = self.sched.schedule_part(depth);
         if plan.items.is_empty() {
             // Every sequence that can run is in flight: wait for the oldest step.
-            if let Some(old) = self.in_flight.pop_front() {
-                self.collect(&old)?;
-                let logits = std::mem::take(&mut self.collected);
-                self.finish(&old, &logits);
-                self.collected = logits;
+            if let Some(old) = self.collect_oldest()? {
+                self.finish_collected(&old);
             }
             return Ok(());
         }
@@ -432,23 +429,36 @@ impl<'e> Loop<'e> {
             self.finish(plan, out);
             return Ok(());
         }
-        // At most P − 2 steps downstream when this one goes: the ring never fills. The
-        // next stage gets this step before the older ones are sampled, so that it does not
-        // wait for the sampling.
-        let mut done = Vec::new();
-        while self.in_flight.len() + 2 > depth {
-            let Some(old) = self.in_flight.pop_front() else {
-                break;
-            };
-            self.collect(&old)?;
-            done.push((old, self.collected.clone()));
-        }
+        // At most P − 2 steps downstream when this one goes: the ring never fills (at most
+        // P − 1 are in flight, so one collect is enough). The next stage gets this step
+        // before the older one is sampled, so that it does not wait for the sampling.
+        let done = if self.in_flight.len() + 2 > depth {
+            self.collect_oldest()?
+        } else {
+            None
+        };
         self.link.hand_on(msg, out, self.busy.as_secs_f64())?;
         self.in_flight.push_back(plan.clone());
-        for (old, logits) in done {
-            self.finish(&old, &logits);
+        if let Some(old) = done {
+            self.finish_collected(&old);
         }
         Ok(())
+    }
+
+    /// The oldest step in flight, its logits collected into `collected`.
+    fn collect_oldest(&mut self) -> Result<Option<Plan>, EngineError> {
+        let Some(old) = self.in_flight.pop_front() else {
+            return Ok(None);
+        };
+        self.collect(&old)?;
+        Ok(Some(old))
+    }
+
+    /// [`Loop::finish`] with the logits in `collected`.
+    fn finish_collected(&mut self, plan: &Plan) {
+        let logits = std::mem::take(&mut self.collected);
+        self.finish(plan, &logits);
+        self.collected = logits;
     }
 
     /// A step's logits are in (`logits`: `[sampled rows, n_vocab]`): its tokens are in the

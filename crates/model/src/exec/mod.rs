@@ -330,6 +330,7 @@ pub fn forward<'s>(
         reduce,
         reduce_q,
         part_logits,
+        top_ids,
         ..
     } = scratch;
     let (Some(tmp), Some(scores)) = (tmp.as_ref(), scores.as_ref()) else {
@@ -412,27 +413,19 @@ pub fn forward<'s>(
             ops::softcap(local, c);
         }
         if tp > 1 {
-            match top {
-                // The same choice on every rank (whatever its share of the vocabulary).
-                Some(c) if c > 0 && c * 2 < nv.div_ceil(tp) => gather_top(
-                    comm,
-                    n_logits,
-                    nv,
-                    output.rows,
-                    c,
-                    part_logits,
-                    step.reduce,
-                    lo,
-                )?,
-                _ => gather_vocab(
-                    comm,
-                    n_logits,
-                    nv,
-                    output.rows,
-                    part_logits,
-                    step.reduce,
-                    lo,
-                )?,
+            let g = VocabGather {
+                comm,
+                n: n_logits,
+                nv,
+                rows: output.rows,
+                part: part_logits,
+                all: step.reduce,
+                ids: top_ids,
+            };
+            // The same choice on every rank (whatever its share of the vocabulary).
+            match top.filter(|&c| c > 0 && c * 2 < nv.div_ceil(tp)) {
+                Some(c) => g.best(c, lo)?,
+                None => g.whole(lo)?,
             }
         }
     }
@@ -468,90 +461,92 @@ fn all_reduce_q8_0(
     Ok(())
 }
 
-/// The `c` largest of every rank's logits of its vocabulary rows (`part[..n · rows]`,
-/// `[n, rows]`), with their token ids, gathered into rows of `nv` in `lo` that read −∞
-/// elsewhere: 8·c bytes per row and rank instead of 4·nv/size. Ties go to the lower id, as
-/// one process's sort would break them.
-#[allow(clippy::too_many_arguments)]
-fn gather_top(
-    comm: &dyn Comm,
+/// A tensor-parallel rank's logits of its vocabulary rows, brought together on every rank.
+struct VocabGather<'a> {
+    comm: &'a dyn Comm,
+    /// Rows of logits, and the vocabulary.
     n: usize,
     nv: usize,
+    /// This rank's logits, `part[..n · rows]` (`[n, rows]`); scratch after the gather.
     rows: usize,
-    c: usize,
-    part: &[f32],
-    all: &mut Vec<f32>,
-    lo: &mut [f32],
-) -> Result<(), ModelError> {
-    let (size, rank) = (comm.size(), comm.rank());
-    let first = part_range(nv, rank, size).start;
-    // Per row: c pairs (value, id as f32 bits); a rank with fewer rows pads with −∞.
-    let width = 2 * c;
-    let mut mine = vec![f32::NEG_INFINITY; n * width];
-    let mut ids: Vec<usize> = Vec::with_capacity(rows);
-    for i in 0..n {
-        let row = &part[i * rows..(i + 1) * rows];
-        ids.clear();
-        ids.extend(0..rows);
-        let by_value = |a: &usize, b: &usize| row[*b].total_cmp(&row[*a]).then(a.cmp(b));
-        let k = c.min(rows);
-        if k < rows {
-            ids.select_nth_unstable_by(k - 1, by_value);
+    part: &'a mut [f32],
+    /// Every rank's parts (grown as needed).
+    all: &'a mut Vec<f32>,
+    /// The candidates' scratch: token indices of one row.
+    ids: &'a mut Vec<u32>,
+}
+
+impl VocabGather<'_> {
+    /// Every rank's `mine` (`n` rows of `width`), all-gathered into `all`.
+    fn exchange(&mut self, width: usize) -> Result<&[f32], ModelError> {
+        let len = self.comm.size() * self.n * width;
+        if self.all.len() < len {
+            self.all.resize(len, 0.0);
         }
-        for (j, &id) in ids[..k].iter().enumerate() {
-            mine[i * width + 2 * j] = row[id];
-            mine[i * width + 2 * j + 1] = f32::from_bits((first + id) as u32);
+        let all = &mut self.all[..len];
+        self.comm.all_gather(&self.part[..self.n * width], all)?;
+        Ok(all)
+    }
+
+    /// Whole rows of `nv` in `lo`.
+    fn whole(mut self, lo: &mut [f32]) -> Result<(), ModelError> {
+        let (n, nv, rows, size) = (self.n, self.nv, self.rows, self.comm.size());
+        // Equal parts for the all-gather: rows of `width`, padded.
+        let width = nv.div_ceil(size);
+        for i in (0..n).rev() {
+            self.part.copy_within(i * rows..(i + 1) * rows, i * width);
         }
+        let all = self.exchange(width)?;
+        for r in 0..size {
+            let v = part_range(nv, r, size);
+            let src = &all[r * n * width..(r + 1) * n * width];
+            for i in 0..n {
+                lo[i * nv + v.start..i * nv + v.end]
+                    .copy_from_slice(&src[i * width..i * width + v.len()]);
+            }
+        }
+        Ok(())
     }
-    if all.len() < size * n * width {
-        all.resize(size * n * width, 0.0);
-    }
-    let all = &mut all[..size * n * width];
-    comm.all_gather(&mine, all)?;
-    lo.fill(f32::NEG_INFINITY);
-    for src in all.chunks_exact(n * width) {
+
+    /// Only every rank's `c` largest of each row (2c ≤ rows), with their token ids, into rows
+    /// of `nv` in `lo` that read −∞ elsewhere: 8·c bytes per row and rank instead of
+    /// 4·nv/size. Ties go to the lower id, as one process's sort would break them.
+    fn best(mut self, c: usize, lo: &mut [f32]) -> Result<(), ModelError> {
+        let (n, nv, rows) = (self.n, self.nv, self.rows);
+        let first = part_range(nv, self.comm.rank(), self.comm.size()).start;
+        // Row i's c pairs (value, id as f32 bits) overwrite the start of row i's own logits
+        // (2c ≤ rows: rows after it are untouched), once its candidates are chosen.
+        let width = 2 * c;
         for i in 0..n {
-            for pair in src[i * width..(i + 1) * width].chunks_exact(2) {
-                let id = pair[1].to_bits() as usize;
-                if pair[0] != f32::NEG_INFINITY && id < nv {
-                    lo[i * nv + id] = pair[0];
+            let row = i * rows;
+            self.ids.clear();
+            self.ids.extend(0..rows as u32);
+            let p = &*self.part;
+            self.ids.select_nth_unstable_by(c - 1, |&a, &b| {
+                p[row + b as usize]
+                    .total_cmp(&p[row + a as usize])
+                    .then(a.cmp(&b))
+            });
+            self.ids.truncate(c);
+            // Every value read before any pair is written (they may sit where pairs go).
+            for j in 0..c {
+                let v = self.part[row + self.ids[j] as usize];
+                self.ids.push(v.to_bits());
+            }
+            for j in 0..c {
+                self.part[i * width + 2 * j] = f32::from_bits(self.ids[c + j]);
+                self.part[i * width + 2 * j + 1] = f32::from_bits(first as u32 + self.ids[j]);
+            }
+        }
+        let all = self.exchange(width)?;
+        lo.fill(f32::NEG_INFINITY);
+        for src in all.chunks_exact(n * width) {
+            for (i, row) in src.chunks_exact(width).enumerate() {
+                for pair in row.chunks_exact(2) {
+                    lo[i * nv + pair[1].to_bits() as usize] = pair[0];
                 }
             }
         }
+        Ok(())
     }
-    Ok(())
-}
-
-/// Every rank's logits of its vocabulary rows (`part[..n · rows]`, `[n, rows]`) gathered into
-/// whole rows of `nv` in `lo`; `part` and `all` are scratch (grown as needed).
-fn gather_vocab(
-    comm: &dyn Comm,
-    n: usize,
-    nv: usize,
-    rows: usize,
-    part: &mut [f32],
-    all: &mut Vec<f32>,
-    lo: &mut [f32],
-) -> Result<(), ModelError> {
-    let size = comm.size();
-    // Equal parts for the all-gather: rows of `width`, padded.
-    let width = nv.div_ceil(size);
-    let mine = &mut part[..n * width];
-    for i in (0..n).rev() {
-        mine.copy_within(i * rows..(i + 1) * rows, i * width);
-    }
-    if all.len() < size * n * width {
-        all.resize(size * n * width, 0.0);
-    }
-    let all = &mut all[..size * n * width];
-    comm.all_gather(mine, all)?;
-    for r in 0..size {
-        let v = part_range(nv, r, size);
-        let src = &all[r * n * width..(r + 1) * n * width];
-        for i in 0..n {
-            lo[i * nv + v.start..i * nv + v.end]
-                .copy_from_slice(&src[i * width..i * width + v.len()]);
-        }
-    }
-    Ok(())
 }

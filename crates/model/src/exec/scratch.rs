@@ -29,6 +29,8 @@ pub struct Scratch {
     pub(crate) reduce: Vec<f32>,
     /// A compressed all-reduce: this rank's blocks, then every rank's.
     pub(crate) reduce_q: Vec<u8>,
+    /// Tensor parallelism: one row's candidate token ids, then their values' bits.
+    pub(crate) top_ids: Vec<u32>,
     /// Tensor parallelism: this rank's rows of the logits, `[cap or 1, ⌈n_vocab / ranks⌉]`.
     pub(crate) part_logits: Vec<f32>,
 }
