@@ -505,21 +505,34 @@ fn comm_report(model: &Model, comm: &Metered, threads: usize) -> Result<Vec<Stri
     let alone = comm.take();
     let size = comm.size();
     let [file, anon] = resident_mib();
-    let mut all = vec![0f32; 2 * size];
-    comm.all_gather(&[file as f32, anon as f32], &mut all)
-        .map_err(fail)?;
-    let rss: Vec<String> = all
-        .chunks_exact(2)
+    // Every rank's figures (a pipeline's stages send different amounts).
+    let mine = [
+        file as f32,
+        anon as f32,
+        per_tok(st.gathers + st.others) as f32,
+        (per_tok(st.bytes) / 1024.0) as f32,
+    ];
+    let mut all = vec![0f32; mine.len() * size];
+    comm.all_gather(&mine, &mut all).map_err(fail)?;
+    let ranks: Vec<&[f32]> = all.chunks_exact(mine.len()).collect();
+    let rss: Vec<String> = ranks
+        .iter()
         .map(|m| format!("{:.0} + {:.0}", m[0], m[1]))
         .collect();
+    let mean = |i: usize| ranks.iter().map(|m| m[i] as f64).sum::<f64>() / size as f64;
+    let (colls, kib) = (mean(2), mean(3));
+    let each = if ranks.iter().all(|m| m[3] == ranks[0][3]) {
+        String::new()
+    } else {
+        let v: Vec<String> = ranks.iter().map(|m| format!("{:.1}", m[3])).collect();
+        format!(", each rank's {} KiB", v.join(", "))
+    };
     Ok(vec![
         format!(
-            "\n{} {size}: {:.1} collectives and {:.1} KiB sent per rank per token ({:.2} and {:.2} KiB per layer); in the forward pass a collective takes {:.1} µs median, {:.1} µs p99 (waiting for the slowest rank included)",
+            "\n{} {size}: {colls:.1} collectives and {kib:.1} KiB sent per rank per token ({:.2} and {:.2} KiB per layer{each}); in the forward pass a collective takes {:.1} µs median, {:.1} µs p99 (waiting for the slowest rank included)",
             if model.split().pp.size() > 1 { "pp" } else { "tp" },
-            per_tok(st.gathers + st.others),
-            per_tok(st.bytes) / 1024.0,
-            per_tok(st.gathers + st.others) / layers,
-            per_tok(st.bytes) / 1024.0 / layers,
+            colls / layers,
+            kib / layers,
             st.latency_quantile(0.5) as f64 / 1e3,
             st.latency_quantile(0.99) as f64 / 1e3,
         ),

@@ -7,6 +7,7 @@ mod chat;
 mod error;
 mod inspect;
 mod perplexity;
+mod prune;
 mod quantize;
 mod run;
 mod serve;
@@ -44,6 +45,9 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Quantize a GGUF model or a Hugging Face folder into a GGUF (llama.cpp's types and recipes).
     Quantize(quantize::QuantizeArgs),
+    /// Prune a model's attention and MLP projections (magnitude, Wanda or SparseGPT; a
+    /// sparsity or an N:M pattern) into a GGUF.
+    Prune(prune::PruneArgs),
     /// Perplexity of a model on a text file (as llama-perplexity computes it), and KL
     /// divergence against a base model.
     Perplexity(perplexity::PerplexityArgs),
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         Cmd::Synth(a) => bench::synth(a),
         Cmd::Perplexity(a) => perplexity::perplexity(a),
         Cmd::Quantize(a) => quantize::quantize(a),
+        Cmd::Prune(a) => prune::prune(a),
         Cmd::Serve(a) => serve::serve(*a),
     };
     match r {

@@ -53,6 +53,8 @@ pub enum ModelError {
     },
     #[error("quantizing {tensor:?}: {reason}")]
     Quantize { tensor: String, reason: String },
+    #[error("pruning {tensor:?}: {reason}")]
+    Prune { tensor: String, reason: String },
     /// A file or folder that cannot be read or written (`reason` says which and why).
     #[error("{path}: {reason}")]
     Io { path: String, reason: String },

@@ -13,7 +13,7 @@ use crate::arch;
 use crate::batch::{Contiguous, Logits, OutRows, SeqSpan};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
-use crate::exec::{self, Decoder, Handoff, KvAccess, Reduce, Scratch};
+use crate::exec::{self, Decoder, Handoff, KvAccess, Observe, Reduce, Scratch};
 use crate::hf::HfExtras;
 use crate::shard::{check_same_model, stage_layers, Fingerprint, Shard};
 use crate::weights::{GgufSource, WeightSource};
@@ -200,6 +200,16 @@ impl Model {
         Ok(Model::new(dec, label, split))
     }
 
+    /// [`Model::load`] with the tensors `src` gives (the file's, some replaced: a model
+    /// being pruned), alone.
+    pub(crate) fn load_from(file: &GgufFile, src: &dyn WeightSource) -> Result<Model, ModelError> {
+        let a = arch::of_gguf(file)?;
+        let cfg = ModelConfig::from_gguf(file, a.arch)?;
+        let split = Split::whole();
+        let dec = bind_checked(a.bind, cfg, src, &split)?;
+        Ok(Model::new(dec, src.label(), split))
+    }
+
     /// Loads a Hugging Face model folder (`config.json`, safetensors shards), its weights
     /// mapped or read into memory ([`Load`]); also returns what the configs say beyond the
     /// shape.
@@ -337,9 +347,57 @@ impl Model {
             scratch,
             which.rows(n),
             pool,
+            None,
         )?;
         kv.commit(n)?;
         Ok(logits)
+    }
+
+    /// Runs `tokens` as [`Model::forward`] does, without logits, showing every matrix
+    /// product's input to `observe` (a pruning method's calibration).
+    pub fn observe(
+        &self,
+        tokens: &[u32],
+        kv: &mut KvCache,
+        scratch: &mut Scratch,
+        observe: &mut (dyn Observe + 'static),
+        pool: &ThreadPool,
+    ) -> Result<(), ModelError> {
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyBatch);
+        }
+        let n = tokens.len();
+        let spans = [SeqSpan {
+            start: 0,
+            len: n,
+            pos0: kv.len(),
+        }];
+        let ctx = kv.capacity();
+        let n_kv_head = self.config().n_head_kv;
+        exec::forward(
+            &*self.dec,
+            &*self.split.tp,
+            self.split.reduce,
+            &*self.split.pp,
+            Handoff::Lockstep,
+            None,
+            self.isa,
+            tokens,
+            &spans,
+            &mut Contiguous { kv, n_kv_head },
+            ctx,
+            scratch,
+            Logits::None.rows(n),
+            pool,
+            Some(observe),
+        )?;
+        kv.commit(n)?;
+        Ok(())
+    }
+
+    /// Keeps only the first `n` layers (a calibration run that needs no more).
+    pub fn keep_first_layers(&mut self, n: usize) {
+        self.dec.keep_layers(0..n.min(self.config().n_layer));
     }
 
     /// Runs a batch of several sequences' tokens (`spans` say whose and at which positions)
@@ -376,6 +434,7 @@ impl Model {
             scratch,
             out,
             pool,
+            None,
         )
     }
 }

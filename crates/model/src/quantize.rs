@@ -484,11 +484,34 @@ pub fn quantize(
     on_tensor: &mut dyn FnMut(usize, &TensorPlan),
 ) -> Result<QuantizeReport, ModelError> {
     let plans = plan(input, opts)?;
+    write(
+        input,
+        out,
+        plans,
+        Some(opts.ftype.llama_id()),
+        opts.threads,
+        on_tensor,
+    )
+}
+
+/// Writes `input` as a GGUF at `out` with each tensor converted as `plans` says (one plan
+/// per tensor, in order), `general.file_type` set to `file_type` when given; under a
+/// temporary name, renamed when complete (see [`quantize`]).
+pub fn write(
+    input: &QuantInput,
+    out: &Path,
+    plans: Vec<TensorPlan>,
+    file_type: Option<u32>,
+    threads: usize,
+    on_tensor: &mut dyn FnMut(usize, &TensorPlan),
+) -> Result<QuantizeReport, ModelError> {
     let mut w = GgufWriter::new();
     for (k, v) in &input.metadata {
         w.set(k, v.clone());
     }
-    w.set("general.file_type", MetaValue::U32(opts.ftype.llama_id()));
+    if let Some(ft) = file_type {
+        w.set("general.file_type", MetaValue::U32(ft));
+    }
     w.set("general.quantization_version", MetaValue::U32(2));
     for p in &plans {
         w.declare_tensor(&p.name, p.to, &p.shape)
@@ -505,7 +528,7 @@ pub fn quantize(
         let mut failure = None;
         let r = w.write_streaming(&mut bw, &mut |i, buf| {
             on_tensor(i, &plans[i]);
-            convert(&input.tensors[i], &plans[i], opts.threads, buf).map_err(|e| {
+            convert(&input.tensors[i], &plans[i], threads, buf).map_err(|e| {
                 let msg = e.to_string();
                 failure = Some(e);
                 std::io::Error::other(msg)

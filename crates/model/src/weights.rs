@@ -104,6 +104,33 @@ impl WeightSource for GgufSource {
     }
 }
 
+/// A GGUF file with some tensors replaced by F32 values made in memory, by name (a model
+/// being pruned, its finished layers swapped in).
+pub struct Replaced<'a> {
+    pub file: Arc<GgufFile>,
+    /// Little-endian f32 values, in the replaced tensor's shape.
+    pub tensors: &'a std::collections::HashMap<String, Arc<Vec<u8>>>,
+}
+
+impl WeightSource for Replaced<'_> {
+    fn label(&self) -> String {
+        self.file.path().display().to_string()
+    }
+
+    fn get(&self, name: &str) -> Option<WeightInfo> {
+        let info = GgufSource(self.file.clone()).get(name)?;
+        match self.tensors.get(name) {
+            None => Some(info),
+            Some(bytes) => Some(WeightInfo {
+                dtype: DType::F32,
+                range: 0..bytes.len(),
+                backing: WeightBytes::Owned(bytes.clone()),
+                ..info
+            }),
+        }
+    }
+}
+
 /// A 2-D weight `[rows, cols]` (GGUF shape `[cols, rows]`: ne0 = cols is contiguous), stored
 /// in any supported type. Holds its backing map and a byte range, not a copy of the bytes.
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tuili_kv::PagedStore;
-use tuili_model::{Logits, Scratch, SeqSpan};
+use tuili_model::{packs_top, unpack_top, Logits, Scratch, SeqSpan};
 
 use crate::beam::{Advance, BeamSearch};
 use crate::decoder::Decoder;
@@ -88,10 +88,13 @@ pub(crate) struct Loop<'e> {
     out: Vec<usize>,
     /// How steps reach the other ranks, and their logits come back.
     link: Link<'e>,
-    /// Steps handed on whose logits have not come back, oldest first.
-    in_flight: VecDeque<Plan>,
+    /// Steps handed on whose logits have not come back, oldest first, with how many
+    /// candidates per row they asked for.
+    in_flight: VecDeque<(Plan, Option<usize>)>,
     /// The logits of a step collected from the last stage.
     collected: Vec<f32>,
+    /// The candidates it sent instead, when the step asked only for those.
+    packed: Vec<f32>,
     /// Time this rank has spent computing steps.
     busy: Duration,
     /// Why the group of ranks can no longer serve (a communication failed).
@@ -124,6 +127,7 @@ impl<'e> Loop<'e> {
             link: Link::of(e),
             in_flight: VecDeque::new(),
             collected: Vec::new(),
+            packed: Vec::new(),
             busy: Duration::ZERO,
             broken: None,
         }
@@ -187,18 +191,27 @@ impl<'e> Loop<'e> {
 
     /// Collects every step in flight (logits dropped: their requests are gone).
     fn drain(&mut self) -> Result<(), EngineError> {
-        while let Some(plan) = self.in_flight.pop_front() {
-            self.collect(&plan)?;
+        while let Some((plan, top)) = self.in_flight.pop_front() {
+            self.collect(&plan, top)?;
         }
         Ok(())
     }
 
-    /// The logits of `plan`, the oldest step in flight, into `collected`.
-    fn collect(&mut self, plan: &Plan) -> Result<(), EngineError> {
+    /// The logits of `plan`, the oldest step in flight, into `collected` (from the
+    /// candidates the last stage sent, when the step asked for `top` only).
+    fn collect(&mut self, plan: &Plan, top: Option<usize>) -> Result<(), EngineError> {
         let nv = self.e.model.config().n_vocab;
-        let n = plan.items.iter().filter(|i| i.sample).count() * nv;
-        self.collected.resize(n, 0.0);
-        let busy = self.link.collect(&mut self.collected[..n])?;
+        let rows = plan.items.iter().filter(|i| i.sample).count();
+        self.collected.resize(rows * nv, 0.0);
+        let busy = match packs_top(top, nv) {
+            None => self.link.collect(&mut self.collected)?,
+            Some(c) => {
+                self.packed.resize(rows * 2 * c, 0.0);
+                let busy = self.link.collect(&mut self.packed)?;
+                unpack_top(&self.packed, nv, c, &mut self.collected);
+                busy
+            }
+        };
         self.metrics.set_stage_busy(&busy);
         Ok(())
     }
@@ -406,6 +419,7 @@ impl<'e> Loop<'e> {
                     .and_then(|l| self.reqs.get(&l.req))
                     .is_some_and(|r| r.req.step_logits() != Logits::Last)
         });
+        let top = top_only.then_some(CANDIDATES);
         let b = Batch {
             copies: &plan.copies,
             tokens: &self.tokens,
@@ -413,7 +427,7 @@ impl<'e> Loop<'e> {
             tables: &self.tables,
             offsets: &self.offsets,
             out: &self.out,
-            top: top_only.then_some(CANDIDATES),
+            top,
         };
         let msg = b.encode(self.busy.as_secs_f64());
         self.link.share(&msg)?;
@@ -438,7 +452,7 @@ impl<'e> Loop<'e> {
             None
         };
         self.link.hand_on(msg, out, self.busy.as_secs_f64())?;
-        self.in_flight.push_back(plan.clone());
+        self.in_flight.push_back((plan.clone(), top));
         if let Some(old) = done {
             self.finish_collected(&old);
         }
@@ -447,10 +461,10 @@ impl<'e> Loop<'e> {
 
     /// The oldest step in flight, its logits collected into `collected`.
     fn collect_oldest(&mut self) -> Result<Option<Plan>, EngineError> {
-        let Some(old) = self.in_flight.pop_front() else {
+        let Some((old, top)) = self.in_flight.pop_front() else {
             return Ok(None);
         };
-        self.collect(&old)?;
+        self.collect(&old, top)?;
         Ok(Some(old))
     }
 

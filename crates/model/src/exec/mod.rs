@@ -94,6 +94,14 @@ pub trait Decoder: Send + Sync {
     }
 }
 
+/// Sees the input of every matrix product a layer makes (a pruning method's calibration:
+/// `crate::prune`). Called on the caller's thread, before the product.
+pub trait Observe: Send + Sync {
+    /// `x` (`[n, cols]`): the rows that each of `ws` (matrices that share this input, such
+    /// as Q, K and V) multiplies.
+    fn input(&mut self, ws: &[&Matrix], x: &[f32], n: usize);
+}
+
 /// How a tensor-parallel all-reduce sends each rank's partial sums.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Reduce {
@@ -139,6 +147,7 @@ pub struct Step<'a> {
     how: Reduce,
     reduce: &'a mut Vec<f32>,
     reduce_q: &'a mut Vec<u8>,
+    observe: Option<&'a mut (dyn Observe + 'static)>,
 }
 
 impl Step<'_> {
@@ -160,6 +169,9 @@ impl Step<'_> {
 
     /// y = x · Wᵀ for the batch (`x` `[n, cols]`, `y` `[n, rows]`); `x` is a new input.
     pub fn matmul(&mut self, w: &Matrix, x: &[f32], y: &mut [f32]) {
+        if let Some(o) = self.observe.as_deref_mut() {
+            o.input(&[w], x, self.n);
+        }
         self.acts.invalidate();
         matmul(self.pool, self.isa, w, x, self.n, y, self.acts, self.tmp);
     }
@@ -172,6 +184,9 @@ impl Step<'_> {
         x: &[f32],
         ys: [&mut [f32]; K],
     ) {
+        if let Some(o) = self.observe.as_deref_mut() {
+            o.input(&ws, x, self.n);
+        }
         self.acts.invalidate();
         matmul_many(self.pool, self.isa, ws, x, self.n, ys, self.acts, self.tmp);
     }
@@ -264,7 +279,8 @@ pub enum Handoff {
     /// same token (run, chat, perplexity, bench).
     Lockstep,
     /// By the caller: the call returns what this stage hands on — on a stage before the
-    /// last, the residual stream after its layers (`[n, n_embd]`); on the last, the logits.
+    /// last, the residual stream after its layers (`[n, n_embd]`); on the last, the logits
+    /// (or, when `top` asks for fewer, their candidates: [`packs_top`], [`pack_top`]).
     /// With one stage, the same as `Lockstep`.
     Caller,
 }
@@ -274,7 +290,10 @@ pub enum Handoff {
 /// `kv`; returns the logits of the `out` tokens (`[out.len(), n_vocab]`). `max_ctx` bounds
 /// the positions any sequence reaches (scratch sizing). Under pipeline parallelism,
 /// `handoff` says who passes the result on. `top`: only the largest `top` logits of each row
-/// must be right, the rest may read −∞ (under tensor parallelism, fewer bytes gathered).
+/// must be right, the rest may read −∞ (fewer bytes gathered under tensor parallelism, and
+/// sent by a pipeline's last stage: with [`Handoff::Caller`] it then returns the candidates
+/// as [`pack_top`] writes them, when [`packs_top`] says so). `observe` sees every layer's
+/// matrix inputs.
 #[allow(clippy::too_many_arguments)]
 pub fn forward<'s>(
     dec: &dyn Decoder,
@@ -291,6 +310,7 @@ pub fn forward<'s>(
     scratch: &'s mut Scratch,
     out: OutRows,
     pool: &ThreadPool,
+    observe: Option<&mut (dyn Observe + 'static)>,
 ) -> Result<&'s [f32], ModelError> {
     let cfg = dec.config();
     let ctx = check_spans(cfg, tokens, spans, &out)?;
@@ -331,6 +351,7 @@ pub fn forward<'s>(
         reduce_q,
         part_logits,
         top_ids,
+        packed,
         ..
     } = scratch;
     let (Some(tmp), Some(scores)) = (tmp.as_ref(), scores.as_ref()) else {
@@ -359,6 +380,7 @@ pub fn forward<'s>(
         how,
         reduce,
         reduce_q,
+        observe,
     };
     let mut b = Buffers {
         x: &mut x[..n * e],
@@ -429,10 +451,77 @@ pub fn forward<'s>(
             }
         }
     }
-    if last > 0 && handoff == Handoff::Lockstep {
-        pp.broadcast_f32(last, lo)?;
+    if last > 0 {
+        // The last stage's logits go on whole, or, when only the largest `top` of each row
+        // matter, as those candidates (8 bytes each instead of 4 · n_vocab per row).
+        match (handoff, packs_top(top, nv)) {
+            (Handoff::Lockstep, None) => pp.broadcast_f32(last, lo)?,
+            (Handoff::Lockstep, Some(c)) => {
+                let p = grow(packed, n_logits * 2 * c);
+                if stage == last {
+                    pack_top(lo, nv, c, top_ids, p);
+                }
+                pp.broadcast_f32(last, p)?;
+                // The last stage too, so that every stage samples from the same bits.
+                unpack_top(p, nv, c, lo);
+            }
+            (Handoff::Caller, Some(c)) if stage == last => {
+                let p = grow(packed, n_logits * 2 * c);
+                pack_top(lo, nv, c, top_ids, p);
+                return Ok(p);
+            }
+            (Handoff::Caller, _) => {}
+        }
     }
     Ok(&logits[..n_logits * nv])
+}
+
+/// `v[..len]`, grown if shorter.
+fn grow(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
+}
+
+/// How many candidates per row a pipeline's last stage sends for `top` ([`forward`]), or
+/// `None` when it sends whole rows of logits (`top` absent, or not fewer bytes).
+pub fn packs_top(top: Option<usize>, n_vocab: usize) -> Option<usize> {
+    top.filter(|&c| c > 0 && 2 * c < n_vocab)
+}
+
+/// The indices of the `c` largest values of `row` into `ids[..c]` (in no order); ties go to
+/// the lower index, as a sort of the whole row would break them. `ids` is scratch.
+fn best_ids(row: &[f32], c: usize, ids: &mut Vec<u32>) {
+    ids.clear();
+    ids.extend(0..row.len() as u32);
+    ids.select_nth_unstable_by(c - 1, |&a, &b| {
+        row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b))
+    });
+    ids.truncate(c);
+}
+
+/// Each row of `lo` (`[n, nv]`)'s `c` largest logits with their token ids, as pairs (value,
+/// id's bits as f32) in `out` (`[n, 2c]`). `ids` is scratch.
+pub fn pack_top(lo: &[f32], nv: usize, c: usize, ids: &mut Vec<u32>, out: &mut [f32]) {
+    for (row, pairs) in lo.chunks_exact(nv).zip(out.chunks_exact_mut(2 * c)) {
+        best_ids(row, c, ids);
+        for (pair, &id) in pairs.chunks_exact_mut(2).zip(ids.iter()) {
+            pair[0] = row[id as usize];
+            pair[1] = f32::from_bits(id);
+        }
+    }
+}
+
+/// The inverse of [`pack_top`]: rows of `nv` in `lo` that hold the candidates of `packed`
+/// and read −∞ elsewhere.
+pub fn unpack_top(packed: &[f32], nv: usize, c: usize, lo: &mut [f32]) {
+    lo.fill(f32::NEG_INFINITY);
+    for (row, pairs) in lo.chunks_exact_mut(nv).zip(packed.chunks_exact(2 * c)) {
+        for pair in pairs.chunks_exact(2) {
+            row[pair[1].to_bits() as usize] = pair[0];
+        }
+    }
 }
 
 /// The all-reduce of `y` with each rank's part sent as Q8_0 blocks: every rank dequantizes
@@ -519,15 +608,7 @@ impl VocabGather<'_> {
         let width = 2 * c;
         for i in 0..n {
             let row = i * rows;
-            self.ids.clear();
-            self.ids.extend(0..rows as u32);
-            let p = &*self.part;
-            self.ids.select_nth_unstable_by(c - 1, |&a, &b| {
-                p[row + b as usize]
-                    .total_cmp(&p[row + a as usize])
-                    .then(a.cmp(&b))
-            });
-            self.ids.truncate(c);
+            best_ids(&self.part[row..row + rows], c, self.ids);
             // Every value read before any pair is written (they may sit where pairs go).
             for j in 0..c {
                 let v = self.part[row + self.ids[j] as usize];
@@ -548,5 +629,52 @@ impl VocabGather<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The candidates a pipeline's last stage sends: each row's largest, ties to the lower id
+    /// (as a sort of the row would have it), everything else −∞ once unpacked.
+    #[test]
+    fn candidates_round_trip() {
+        let nv = 7;
+        let lo = [
+            0.5,
+            3.0,
+            -1.0,
+            3.0,
+            2.0,
+            f32::NEG_INFINITY,
+            0.0, // row 0: a tie at 3.0
+            -2.0,
+            -2.0,
+            -2.0,
+            -2.0,
+            -2.0,
+            -2.0,
+            9.0, // row 1: a tie at the cut
+        ];
+        let c = packs_top(Some(3), nv).unwrap();
+        assert_eq!(
+            packs_top(Some(4), nv),
+            None,
+            "8 bytes each: no fewer than 4 · 7"
+        );
+        assert_eq!(packs_top(None, nv), None);
+        assert_eq!(packs_top(Some(0), nv), None);
+        let (mut ids, mut packed, mut out) = (Vec::new(), vec![0.0; 2 * 2 * c], vec![1.0; 2 * nv]);
+        pack_top(&lo, nv, c, &mut ids, &mut packed);
+        unpack_top(&packed, nv, c, &mut out);
+        let ninf = f32::NEG_INFINITY;
+        assert_eq!(
+            out,
+            [
+                ninf, 3.0, ninf, 3.0, 2.0, ninf, ninf, //
+                -2.0, -2.0, ninf, ninf, ninf, ninf, 9.0,
+            ]
+        );
     }
 }

@@ -33,6 +33,9 @@ pub struct Scratch {
     pub(crate) top_ids: Vec<u32>,
     /// Tensor parallelism: this rank's rows of the logits, `[cap or 1, ⌈n_vocab / ranks⌉]`.
     pub(crate) part_logits: Vec<f32>,
+    /// Pipeline parallelism: the last stage's candidates, `[n_logits, 2 · top]`
+    /// ([`super::pack_top`]), grown as needed.
+    pub(crate) packed: Vec<f32>,
 }
 
 impl Scratch {
