@@ -291,3 +291,262 @@ fn chat_repl() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("no chat template"));
 }
+
+/// `tuili prune`: every method writes a model the other commands run; N:M holds in every
+/// group of every pruned row of the file; bad input is one clear line and leaves no output.
+#[test]
+fn prune_methods_and_mistakes() {
+    use tuili_formats::GgufFile;
+    let dir = std::env::temp_dir().join(format!("tuili-prune-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let m = stories();
+    let m = m.to_str().unwrap();
+    let hf = root().join("../shared/fixtures/models/tinystories-656k-hf");
+    let calib = root().join("../shared/fixtures/text/tinyshakespeare.txt");
+    let calib = calib.to_str().unwrap();
+    let out = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let small = ["--calib-ctx", "64", "--calib-tokens", "1024"];
+    let runs: Vec<(String, Vec<&str>)> = vec![
+        (
+            out("mag24.gguf"),
+            vec![
+                "--method",
+                "magnitude",
+                "--pattern",
+                "2:4",
+                "--type",
+                "q8_0",
+            ],
+        ),
+        (
+            out("wanda50.gguf"),
+            [
+                &["--method", "wanda", "--sparsity", "0.5", "--calib", calib][..],
+                &small,
+            ]
+            .concat(),
+        ),
+        (
+            out("sgpt48.gguf"),
+            [
+                &[
+                    "--method",
+                    "sparsegpt",
+                    "--pattern",
+                    "4:8",
+                    "--calib",
+                    calib,
+                ][..],
+                &small,
+            ]
+            .concat(),
+        ),
+    ];
+    for (i, (o, args)) in runs.iter().enumerate() {
+        let input = if i == 2 { hf.to_str().unwrap() } else { m };
+        let r = tuili(&[&["prune", input, o.as_str()][..], args].concat());
+        let err = text(&r.stderr);
+        assert!(r.status.success(), "{args:?}: {err}");
+        let said = text(&r.stdout);
+        assert!(said.contains("% of their weights zero"), "{said}");
+        if i > 0 {
+            assert!(
+                err.contains("calibration: 16 sequences of 64 tokens"),
+                "{err}"
+            );
+        }
+        // The file: every pruned matrix holds its pattern (Q8_0 and F32 keep zeros exact).
+        let f = GgufFile::open(o).unwrap();
+        let (m_, n_) = [(4, 2), (0, 0), (8, 4)][i];
+        let mut pruned = 0;
+        for t in f
+            .tensors
+            .iter()
+            .filter(|t| tuili_model::prune::is_prunable(&t.name, &t.shape))
+        {
+            pruned += 1;
+            let cols = t.shape[0] as usize;
+            let data = &f.bytes()[f.tensor_range(t)];
+            let rows = data.len() / t.dtype.bytes_for(cols as u64).unwrap() as usize;
+            let rb = data.len() / rows;
+            let mut row = vec![0f32; cols];
+            let mut zeros = 0;
+            for r in 0..rows {
+                tuili_kernels::types::dequantize_row(
+                    t.dtype,
+                    &data[r * rb..(r + 1) * rb],
+                    &mut row,
+                )
+                .unwrap();
+                zeros += row.iter().filter(|&&v| v == 0.0).count();
+                if m_ > 0 {
+                    for g in row.chunks_exact(m_) {
+                        assert!(g.iter().filter(|&&v| v != 0.0).count() <= n_, "{}", t.name);
+                    }
+                }
+            }
+            assert!(
+                zeros * 2 >= rows * cols,
+                "{}: {zeros} zeros of {}",
+                t.name,
+                rows * cols
+            );
+        }
+        assert_eq!(pruned, [35, 35, 14][i], "matrices (5 layers × 7; the HF model's 2 × 7)");
+        let r = tuili(&[
+            "perplexity",
+            "-m",
+            o,
+            "-f",
+            calib,
+            "-c",
+            "128",
+            "--chunks",
+            "4",
+        ]);
+        assert!(r.status.success(), "{}", text(&r.stderr));
+    }
+    let r = tuili(&[
+        "run",
+        "-m",
+        &out("sgpt48.gguf"),
+        "-p",
+        "Once upon a time",
+        "-n",
+        "8",
+    ]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    assert!(text(&r.stdout).starts_with("Once upon a time"));
+
+    // Mistakes: one line each, no output file.
+    let tiny = dir.join("tiny.txt");
+    std::fs::write(&tiny, "a few words").unwrap();
+    let tiny = tiny.to_str().unwrap();
+    let vocab_only = root().join("../shared/fixtures/vocab/ggml-vocab-llama-spm.gguf");
+    let bad = out("bad.gguf");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "prune",
+                m,
+                &bad,
+                "--method",
+                "magnitude",
+                "--sparsity",
+                "1.5",
+            ],
+            "strictly between 0 and 1",
+        ),
+        (
+            vec!["prune", m, &bad, "--method", "magnitude", "--sparsity", "0"],
+            "strictly between 0 and 1",
+        ),
+        (
+            vec![
+                "prune",
+                m,
+                &bad,
+                "--method",
+                "magnitude",
+                "--pattern",
+                "4:4",
+            ],
+            "less than M",
+        ),
+        (
+            vec![
+                "prune",
+                m,
+                &bad,
+                "--method",
+                "magnitude",
+                "--pattern",
+                "2:3",
+            ],
+            "groups",
+        ),
+        (
+            vec!["prune", m, &bad, "--method", "magnitude"],
+            "--sparsity 0.5 or --pattern 2:4",
+        ),
+        (
+            vec!["prune", m, &bad, "--method", "best", "--sparsity", "0.5"],
+            "magnitude, wanda or sparsegpt",
+        ),
+        (
+            vec!["prune", m, &bad, "--method", "wanda", "--sparsity", "0.5"],
+            "--calib FILE",
+        ),
+        (
+            vec![
+                "prune",
+                m,
+                &bad,
+                "--method",
+                "wanda",
+                "--sparsity",
+                "0.5",
+                "--calib",
+                tiny,
+            ],
+            "fewer than one sequence",
+        ),
+        (
+            vec![
+                "prune",
+                m,
+                &bad,
+                "--method",
+                "wanda",
+                "--sparsity",
+                "0.5",
+                "--calib",
+                "/nonexistent.txt",
+            ],
+            "/nonexistent.txt",
+        ),
+        (
+            vec![
+                "prune",
+                vocab_only.to_str().unwrap(),
+                &bad,
+                "--method",
+                "magnitude",
+                "--sparsity",
+                "0.5",
+            ],
+            "no attention or MLP projection",
+        ),
+        (
+            vec![
+                "prune",
+                m,
+                "/nonexistent/dir/out.gguf",
+                "--method",
+                "magnitude",
+                "--sparsity",
+                "0.5",
+            ],
+            "/nonexistent/dir/out.gguf",
+        ),
+    ];
+    for (args, want) in cases {
+        let r = tuili(&args);
+        let err = text(&r.stderr);
+        assert!(!r.status.success(), "{args:?} succeeded");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        let last = err.lines().last().unwrap_or("");
+        assert!(
+            last.starts_with("error: ") && last.contains(want),
+            "{args:?}: {err}"
+        );
+        assert!(!std::path::Path::new(&bad).exists(), "{args:?} left {bad}");
+    }
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
