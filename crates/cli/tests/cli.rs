@@ -392,7 +392,11 @@ fn prune_methods_and_mistakes() {
                 rows * cols
             );
         }
-        assert_eq!(pruned, [35, 35, 14][i], "matrices (5 layers × 7; the HF model's 2 × 7)");
+        assert_eq!(
+            pruned,
+            [35, 35, 14][i],
+            "matrices (5 layers × 7; the HF model's 2 × 7)"
+        );
         let r = tuili(&[
             "perplexity",
             "-m",
@@ -452,18 +456,6 @@ fn prune_methods_and_mistakes() {
                 "4:4",
             ],
             "less than M",
-        ),
-        (
-            vec![
-                "prune",
-                m,
-                &bad,
-                "--method",
-                "magnitude",
-                "--pattern",
-                "2:3",
-            ],
-            "groups",
         ),
         (
             vec!["prune", m, &bad, "--method", "magnitude"],

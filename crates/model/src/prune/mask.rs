@@ -12,7 +12,9 @@ pub enum Pattern {
     /// block of columns (SparseGPT, as its paper does).
     Unstructured(f32),
     /// At most `n` non-zero weights in every `m` consecutive weights of a row (`2:4`: two of
-    /// every four kept, the pattern sparse tensor cores run), `0 < n < m`.
+    /// every four kept, the pattern sparse tensor cores run), `0 < n < m`. Groups start at
+    /// the row's start; a last group shorter than `m` (rows of 172 weights, 4:8) also keeps
+    /// at most `n`.
     NofM { n: usize, m: usize },
 }
 
@@ -53,14 +55,6 @@ impl Pattern {
         match self {
             Pattern::Unstructured(s) => s as f64,
             Pattern::NofM { n, m } => 1.0 - n as f64 / m as f64,
-        }
-    }
-
-    /// Whether rows of `cols` weights can take the pattern (N:M needs whole groups).
-    pub fn fits(self, cols: usize) -> bool {
-        match self {
-            Pattern::Unstructured(_) => true,
-            Pattern::NofM { m, .. } => cols.is_multiple_of(m),
         }
     }
 }
@@ -163,6 +157,12 @@ mod tests {
         assert_eq!(pruned, [false, true, false, true, true, false, true, false]);
         choose_row(&score, Pattern::NofM { n: 1, m: 4 }, &mut pruned, &mut idx);
         assert_eq!(pruned, [false, true, true, true, true, false, true, true]);
+        // A last group shorter than M keeps at most N too.
+        let mut six = vec![false; 6];
+        choose_row(&score[..6], Pattern::NofM { n: 2, m: 4 }, &mut six, &mut idx);
+        assert_eq!(six, [false, true, false, true, false, false]);
+        choose_row(&score[..6], Pattern::NofM { n: 1, m: 4 }, &mut six, &mut idx);
+        assert_eq!(six, [false, true, true, true, true, false]);
         choose_row(&score, Pattern::Unstructured(0.1), &mut pruned, &mut idx);
         assert!(pruned.iter().all(|&p| !p), "0.8 weights round down to none");
     }

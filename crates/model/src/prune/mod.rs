@@ -114,25 +114,15 @@ pub fn is_prunable(name: &str, shape: &[u64]) -> bool {
 }
 
 /// The tensors [`prune`] would prune, in file order.
-pub fn targets(file: &GgufFile, opts: &PruneOptions) -> Result<Vec<String>, ModelError> {
+pub fn targets(file: &GgufFile, opts: &PruneOptions) -> Vec<String> {
     let mut out = Vec::new();
     for t in &file.tensors {
         if !is_prunable(&t.name, &t.shape) || opts.skip.iter().any(|s| t.name.contains(s)) {
             continue;
         }
-        let cols = t.shape[0] as usize;
-        if !opts.pattern.fits(cols) {
-            return Err(prune_err(
-                &t.name,
-                format!(
-                    "rows of {cols} weights do not split into groups of the pattern's {}",
-                    opts.pattern
-                ),
-            ));
-        }
         out.push(t.name.clone());
     }
-    Ok(out)
+    out
 }
 
 fn prune_err(tensor: &str, reason: impl ToString) -> ModelError {
@@ -186,7 +176,7 @@ pub fn prune(
     pool: &ThreadPool,
     on_layer: &mut dyn FnMut(usize, usize),
 ) -> Result<(PrunedValues, Vec<Pruned>), ModelError> {
-    let names = targets(file, opts)?;
+    let names = targets(file, opts);
     let need = opts.method.needs();
     if need.is_some() && calib.is_empty() {
         return Err(prune_err(

@@ -130,6 +130,11 @@ pub fn prune(
     let mut wd: Vec<f64> = w.iter().map(|&v| v as f64).collect();
     let mut pruned = vec![false; rows * cols];
     let (mut idx, mut score) = (Vec::new(), Vec::new());
+    // N:M groups never straddle two blocks.
+    let block = match pattern {
+        Pattern::NofM { m, .. } => block.div_ceil(m) * m,
+        Pattern::Unstructured(_) => block,
+    };
     let mut err = vec![0.0f64; rows * block];
     for i1 in (0..cols).step_by(block) {
         let i2 = (i1 + block).min(cols);
