@@ -7,13 +7,13 @@
 //! mistral, qwen2, qwen3, phi3, gemma and gemma2, [`arch::gpt2`] for GPT-2), the one
 //! execution layer that runs any of them for one sequence or a batch of many through any KV
 //! store ([`exec`], [`batch`]), the loaded [`Model`] ([`model`]), the quantization recipes
-//! ([`quantize`]) and HF → GGUF conversion (each architecture's, through [`arch::hf_input`];
-//! what they share in [`convert`]). Holds no per-request state: the KV
-//! cache and the scratch buffers are the caller's. May not: tokenize, sample, or schedule
-//! requests.
+//! ([`quantize`]), pruning ([`prune`]: magnitude, Wanda, SparseGPT, layer by layer) and
+//! HF → GGUF conversion (each architecture's, through [`arch::hf_input`]; what they share in
+//! [`convert`]). Holds no per-request state: the KV cache and the scratch buffers are the
+//! caller's. May not: tokenize, sample, or schedule requests.
 //!
-//! Within the crate, data flows model → arch → exec → weights/batch/config, and every file
-//! names its errors through [`error`]; no file imports one that imports it back.
+//! Within the crate, data flows prune → model → arch → exec → weights/batch/config, and every
+//! file names its errors through [`error`]; no file imports one that imports it back.
 
 pub mod arch;
 pub mod batch;

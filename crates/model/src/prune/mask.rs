@@ -159,9 +159,19 @@ mod tests {
         assert_eq!(pruned, [false, true, true, true, true, false, true, true]);
         // A last group shorter than M keeps at most N too.
         let mut six = vec![false; 6];
-        choose_row(&score[..6], Pattern::NofM { n: 2, m: 4 }, &mut six, &mut idx);
+        choose_row(
+            &score[..6],
+            Pattern::NofM { n: 2, m: 4 },
+            &mut six,
+            &mut idx,
+        );
         assert_eq!(six, [false, true, false, true, false, false]);
-        choose_row(&score[..6], Pattern::NofM { n: 1, m: 4 }, &mut six, &mut idx);
+        choose_row(
+            &score[..6],
+            Pattern::NofM { n: 1, m: 4 },
+            &mut six,
+            &mut idx,
+        );
         assert_eq!(six, [false, true, true, true, true, false]);
         choose_row(&score, Pattern::Unstructured(0.1), &mut pruned, &mut idx);
         assert!(pruned.iter().all(|&p| !p), "0.8 weights round down to none");
