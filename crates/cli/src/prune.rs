@@ -258,9 +258,14 @@ fn calibration(
             "--calib-ctx {ctx}: a calibration sequence needs at least 2 tokens"
         )));
     }
+    let asked = tokens.unwrap_or(128 * ctx);
+    if asked < ctx {
+        return Err(CliError::Usage(format!(
+            "--calib-tokens {asked}: less than one sequence of {ctx} tokens (lower --calib-ctx)"
+        )));
+    }
     let bos = tok.bos();
     let body = ctx - usize::from(bos.is_some());
-    let asked = tokens.unwrap_or(128 * ctx);
     let n = (ids.len() / body).min(asked / ctx);
     if n == 0 {
         return Err(CliError::Usage(format!(

@@ -422,6 +422,29 @@ fn prune_methods_and_mistakes() {
     assert!(r.status.success(), "{}", text(&r.stderr));
     assert!(text(&r.stdout).starts_with("Once upon a time"));
 
+    // GPT-2's fused Q/K/V is bound as three row views: calibrated under the tensor's name.
+    let gpt2 = root().join("../shared/fixtures/models/tiny-random-gpt2-hf");
+    let r = tuili(
+        &[
+            &[
+                "prune",
+                gpt2.to_str().unwrap(),
+                &out("gpt2.gguf"),
+                "--method",
+                "wanda",
+            ][..],
+            &["--pattern", "2:4", "--calib", calib],
+            &small,
+        ]
+        .concat(),
+    );
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    assert!(
+        text(&r.stdout).contains("20 of 20 matrices"),
+        "{}",
+        text(&r.stdout)
+    );
+
     // Mistakes: one line each, no output file.
     let tiny = dir.join("tiny.txt");
     std::fs::write(&tiny, "a few words").unwrap();

@@ -69,9 +69,11 @@ impl Recorder {
 
 impl Observe for Recorder {
     fn input(&mut self, ws: &[&Matrix], x: &[f32], n: usize) {
+        // A fused matrix's row blocks (GPT-2's and Phi-3's Q/K/V) are views named
+        // `name[a..b]`: they record under the tensor's own name.
         let mine: Vec<&str> = ws
             .iter()
-            .map(|w| w.name.as_str())
+            .map(|w| w.name.split_once('[').map_or(w.name.as_str(), |(n, _)| n))
             .filter(|name| self.targets.iter().any(|t| t == name))
             .collect();
         let Some(first) = mine.first() else {
