@@ -49,6 +49,11 @@ pub struct PruneArgs {
     /// blk.0.`).
     #[arg(long)]
     skip: Vec<String>,
+    /// Store the pruned matrices in a sparse layout (tuili's own types, which llama.cpp
+    /// refuses): so far Q8_0 with 2:4 (22 bytes per 32 weights instead of 34); decoded by
+    /// scalar kernels until the SIMD ones land, so slower than dense for now.
+    #[arg(long)]
+    sparse: bool,
     /// Worker threads (default: physical cores).
     #[arg(short, long)]
     threads: Option<usize>,
@@ -185,6 +190,31 @@ fn run(
             None,
         ),
     };
+    let mut plans = plans;
+    let mut n_sparse = 0;
+    if a.sparse {
+        // Where a pruned matrix's output type has a sparse layout for the pattern; the others
+        // (rows no Q8_0 block divides, say) stay dense.
+        for p in plans.iter_mut().filter(|p| values.contains_key(&p.name)) {
+            if let (DType::Q8_0, Pattern::NofM { n: 2, m: 4 }) = (p.to, pattern) {
+                p.to = DType::Q8_0_24;
+                n_sparse += 1;
+            }
+        }
+        if n_sparse == 0 {
+            return Err(CliError::Usage(format!(
+                "--sparse: a sparse layout exists so far only for Q8_0 pruned 2:4, and no pruned matrix is that ({pattern}; use --type q8_0 --pattern 2:4, or drop --sparse)"
+            )));
+        }
+        input.metadata.push((
+            "tuili.sparsity.pattern".into(),
+            tuili_formats::MetaValue::String(pattern.to_string()),
+        ));
+    }
+    input.metadata.push((
+        "tuili.pruned".into(),
+        tuili_formats::MetaValue::String(format!("{} {pattern}", method.name())),
+    ));
     let written = quantize::write(&input, &a.output, plans, file_type, threads, &mut |_, _| {})
         .map_err(tuili_engine::EngineError::from)?;
     // What the file holds: the zeros that survived the output type.
@@ -212,6 +242,13 @@ fn run(
         written.bytes_out as f64 / (1 << 20) as f64,
         Instant::now().duration_since(t0).as_secs_f64(),
     );
+    if a.sparse {
+        println!(
+            "{n_sparse} of {} pruned matrices in a sparse layout ({}), the rest dense",
+            report.len(),
+            DType::Q8_0_24
+        );
+    }
     Ok(())
 }
 

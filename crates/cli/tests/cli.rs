@@ -316,6 +316,7 @@ fn prune_methods_and_mistakes() {
                 "2:4",
                 "--type",
                 "q8_0",
+                "--sparse",
             ],
         ),
         (
@@ -349,6 +350,13 @@ fn prune_methods_and_mistakes() {
         assert!(r.status.success(), "{args:?}: {err}");
         let said = text(&r.stdout);
         assert!(said.contains("% of their weights zero"), "{said}");
+        if i == 0 {
+            // 30 of 35: ffn_down's rows of 172 are no whole Q8_0 blocks (F16, dense).
+            assert!(
+                said.contains("30 of 35 pruned matrices in a sparse layout"),
+                "{said}"
+            );
+        }
         if i > 0 {
             assert!(
                 err.contains("calibration: 16 sequences of 64 tokens"),
@@ -479,6 +487,19 @@ fn prune_methods_and_mistakes() {
                 "4:4",
             ],
             "less than M",
+        ),
+        (
+            vec![
+                "prune",
+                m,
+                &bad,
+                "--method",
+                "magnitude",
+                "--sparsity",
+                "0.5",
+                "--sparse",
+            ],
+            "only for Q8_0 pruned 2:4",
         ),
         (
             vec!["prune", m, &bad, "--method", "magnitude"],

@@ -56,11 +56,14 @@ pub enum DType {
     BF16 = 30,
     TQ1_0 = 34,
     TQ2_0 = 35,
+    /// tuili's own (not ggml's; ids from 1024 on, which llama.cpp refuses): Q8_0 pruned 2:4 —
+    /// per block of 32 the scale, the 16 kept int8 values and their positions (2 bits each).
+    Q8_0_24 = 1024,
 }
 
 impl DType {
-    /// Every type GGUF knows, in id order.
-    pub const ALL: [DType; 31] = [
+    /// Every type GGUF knows, in id order, then tuili's own.
+    pub const ALL: [DType; 32] = [
         DType::F32,
         DType::F16,
         DType::Q4_0,
@@ -92,6 +95,7 @@ impl DType {
         DType::BF16,
         DType::TQ1_0,
         DType::TQ2_0,
+        DType::Q8_0_24,
     ];
 
     pub fn from_id(id: u32) -> Result<DType, DTypeError> {
@@ -111,7 +115,7 @@ impl DType {
         use DType::*;
         match self {
             F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
-            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL => 32,
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL | Q8_0_24 => 32,
             Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S
             | IQ3_S | IQ2_S | IQ4_XS | IQ1_M | TQ1_0 | TQ2_0 => 256,
         }
@@ -148,6 +152,7 @@ impl DType {
             IQ1_M => 56,
             TQ1_0 => 54,
             TQ2_0 => 66,
+            Q8_0_24 => 22,
         }
     }
 
@@ -208,7 +213,13 @@ impl DType {
             BF16 => "BF16",
             TQ1_0 => "TQ1_0",
             TQ2_0 => "TQ2_0",
+            Q8_0_24 => "Q8_0_2:4",
         }
+    }
+
+    /// Whether the type is tuili's own (a pruned layout), unknown to ggml and llama.cpp.
+    pub fn is_tuili_own(self) -> bool {
+        self.id() >= 1024
     }
 
     pub fn from_name(name: &str) -> Option<DType> {

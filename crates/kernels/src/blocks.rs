@@ -71,6 +71,18 @@ pub struct BlockQ8_0 {
     pub qs: [u8; QK],
 }
 
+/// Q8_0 pruned 2:4 (tuili's own): of each group of four weights two are kept, x = d · q at
+/// their positions and 0 elsewhere. `qs[2g]`, `qs[2g + 1]`: group g's kept values, the lower
+/// position first; `idx[g / 2] >> (4 · (g % 2))`: its two positions, 2 bits each (low: the
+/// first).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BlockQ8_0_24 {
+    pub d: [u8; 2],
+    pub qs: [u8; QK / 2],
+    pub idx: [u8; QK / 8],
+}
+
 /// Q8_1: x = d · q; `s` = d · Σq (used by dot products against Q4_1/Q5_1).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -154,6 +166,7 @@ assert_block!(BlockQ5_0, 22);
 assert_block!(BlockQ5_1, 24);
 assert_block!(BlockQ8_0, 34);
 assert_block!(BlockQ8_1, 36);
+assert_block!(BlockQ8_0_24, 22);
 assert_block!(BlockQ2K, 84);
 assert_block!(BlockQ3K, 110);
 assert_block!(BlockQ4K, 144);
@@ -178,6 +191,8 @@ unsafe impl Block for BlockQ5_1 {}
 unsafe impl Block for BlockQ8_0 {}
 // SAFETY: as above.
 unsafe impl Block for BlockQ8_1 {}
+// SAFETY: as above.
+unsafe impl Block for BlockQ8_0_24 {}
 // SAFETY: as above.
 unsafe impl Block for BlockQ2K {}
 // SAFETY: as above.

@@ -44,6 +44,7 @@ block_rows! {
     q5_0_row = deq_q5_0;
     q5_1_row = deq_q5_1;
     q8_0_row = deq_q8_0;
+    q8_0_24_row = deq_q8_0_24;
     q2_k_row = deq_q2_k;
     q3_k_row = deq_q3_k;
     q4_k_row = deq_q4_k;
@@ -118,6 +119,27 @@ pub fn deq_q8_0(blocks: &[BlockQ8_0], dst: &mut [f32]) {
             y[j] = b.qs[j] as i8 as f32 * d;
         }
     }
+}
+
+/// Group g of four: x[4g + p_k] = d·q[2g + k] for its two kept positions p_0, p_1; the other
+/// two are 0.
+pub fn deq_q8_0_24(blocks: &[BlockQ8_0_24], dst: &mut [f32]) {
+    for (b, y) in blocks.iter().zip(dst.chunks_exact_mut(QK)) {
+        let d = f16_le(b.d);
+        y.fill(0.0);
+        for g in 0..QK / 4 {
+            let [p0, p1] = positions_24(b, g);
+            y[4 * g + p0] = b.qs[2 * g] as i8 as f32 * d;
+            y[4 * g + p1] = b.qs[2 * g + 1] as i8 as f32 * d;
+        }
+    }
+}
+
+/// The two kept positions (0..4) of group `g` of a 2:4 block.
+#[inline]
+pub fn positions_24(b: &BlockQ8_0_24, g: usize) -> [usize; 2] {
+    let n = (b.idx[g / 2] >> (4 * (g % 2))) & 0x0F;
+    [(n & 3) as usize, (n >> 2) as usize]
 }
 
 /// Two 128-element halves; in each, four 2-bit planes (shift 0,2,4,6) of 32 bytes, each plane

@@ -52,6 +52,7 @@ macro_rules! block_rows {
 
 block_rows! {
     q8_0_row = BlockQ8_0, QK, q8_0_block;
+    q8_0_24_row = BlockQ8_0_24, QK, q8_0_24_block;
     q4_0_row = BlockQ4_0, QK, q4_0_block;
     q4_1_row = BlockQ4_1, QK, q4_1_block;
     q5_0_row = BlockQ5_0, QK, q5_0_block;
@@ -68,6 +69,32 @@ pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
         }
     }
     m
+}
+
+/// 2:4 over Q8_0: in each group of four the two of largest magnitude are kept (ties: the
+/// lower position; a row pruned 2:4 keeps exactly its non-zeros), d = amax/127 of the block,
+/// q = round(x/d) — so a row already 2:4 keeps the very values Q8_0 would give it.
+pub(crate) fn q8_0_24_block(x: &[f32], out: &mut [u8]) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    out[..2].copy_from_slice(&f16_to_le(d));
+    for g in 0..QK / 4 {
+        let v = &x[4 * g..4 * g + 4];
+        // The two largest |v|, the lower position first among equals.
+        let mut order = [0usize, 1, 2, 3];
+        order.sort_by(|&a, &b| v[b].abs().total_cmp(&v[a].abs()).then(a.cmp(&b)));
+        let (p0, p1) = (order[0].min(order[1]), order[0].max(order[1]));
+        out[2 + 2 * g] = (v[p0] * id).round() as i8 as u8;
+        out[2 + 2 * g + 1] = (v[p1] * id).round() as i8 as u8;
+        let nib = (p0 | (p1 << 2)) as u8;
+        let byte = &mut out[2 + QK / 2 + g / 2];
+        if g % 2 == 0 {
+            *byte = nib;
+        } else {
+            *byte |= nib << 4;
+        }
+    }
 }
 
 /// d = amax/127, q = round(x/d).

@@ -60,7 +60,7 @@ fn every_type_matches_gguf_py() {
     }
     for t in tuili_kernels::types::runnable() {
         assert!(
-            seen.contains(&t) || t == DType::Q8_K,
+            seen.contains(&t) || t == DType::Q8_K || t.is_tuili_own(),
             "{t} has no golden case"
         );
     }

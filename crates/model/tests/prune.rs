@@ -75,3 +75,80 @@ fn wanda_and_sparsegpt_match_the_reference_code() {
         }
     }
 }
+
+/// A model pruned 2:4 and stored in the sparse Q8_0 layout gives the logits of the same
+/// pruned model stored dense in Q8_0 (through the dense kernels), within the kernels'
+/// rounding: the kept values are the very int8s Q8_0 stores.
+#[test]
+fn sparse_layout_gives_the_dense_pruned_logits() {
+    use std::sync::Arc;
+    use tuili_core::{DType, ThreadPool};
+    use tuili_formats::{GgufFile, GgufWriter};
+    use tuili_kernels::types::{dequantize_row, quantize_row};
+    use tuili_model::prune::is_prunable;
+    use tuili_model::{Logits, Model, Scratch};
+
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures/models/stories260K/stories260K.gguf"
+    );
+    let f = GgufFile::open(path).unwrap();
+    let pattern = Pattern::NofM { n: 2, m: 4 };
+    let mut files = Vec::new();
+    for sparse in [false, true] {
+        let mut w = GgufWriter::new();
+        for (k, v) in &f.metadata {
+            w.set(k, v.clone());
+        }
+        let mut n_sparse = 0;
+        for t in f.tensor_views() {
+            let cols = t.info.shape[0] as usize;
+            let prune = is_prunable(&t.info.name, &t.info.shape) && cols.is_multiple_of(32);
+            if !prune {
+                w.add_tensor(&t.info.name, t.info.dtype, &t.info.shape, t.data.to_vec())
+                    .unwrap();
+                continue;
+            }
+            let n = t.info.n_elements() as usize;
+            let mut vals = vec![0f32; n];
+            dequantize_row(t.info.dtype, t.data, &mut vals).unwrap();
+            by_score(&mut vals, cols, &vec![1.0; cols], pattern);
+            let to = if sparse { DType::Q8_0_24 } else { DType::Q8_0 };
+            n_sparse += usize::from(sparse);
+            let mut q = vec![0u8; to.bytes_for(n as u64).unwrap() as usize];
+            quantize_row(to, &vals, &mut q).unwrap();
+            w.add_tensor(&t.info.name, to, &t.info.shape, q).unwrap();
+        }
+        assert!(!sparse || n_sparse >= 30, "{n_sparse} sparse matrices");
+        files.push(GgufFile::from_bytes("mem.gguf", w.to_bytes()).unwrap());
+    }
+    let pool = ThreadPool::new(2);
+    let tokens: Vec<u32> = (1..40).map(|i| (i * 37 % 500) as u32).collect();
+    let out: Vec<Vec<f32>> = files
+        .into_iter()
+        .map(|f| {
+            let m = Model::load(Arc::new(f)).unwrap();
+            let mut kv = m.new_cache(64).unwrap();
+            let mut s = Scratch::new();
+            let mut l = m
+                .forward(&tokens[..30], &mut kv, &mut s, Logits::All, &pool)
+                .unwrap()
+                .to_vec();
+            // And a few decode steps, one token each.
+            for &t in &tokens[30..] {
+                l.extend_from_slice(
+                    m.forward(&[t], &mut kv, &mut s, Logits::Last, &pool)
+                        .unwrap(),
+                );
+            }
+            l
+        })
+        .collect();
+    let scale = out[0].iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (i, (a, b)) in out[0].iter().zip(&out[1]).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4 * scale,
+            "logit {i}: dense {a}, sparse {b}"
+        );
+    }
+}
