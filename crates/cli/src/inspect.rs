@@ -7,6 +7,22 @@ use tuili_formats::{GgufFile, MetaArray, MetaValue};
 
 use crate::error::CliError;
 
+/// How many of tensor `t`'s values are zero, or `None` for a type tuili cannot dequantize.
+fn zeros_of(f: &GgufFile, t: &tuili_formats::TensorInfo) -> Option<u64> {
+    let cols = *t.shape.first()? as usize;
+    let rows = (t.n_elements() as usize).checked_div(cols)?;
+    tuili_kernels::types::traits(t.dtype)?;
+    let data = f.bytes().get(f.tensor_range(t))?;
+    let rb = data.len().checked_div(rows)?;
+    let mut row = vec![0f32; cols];
+    let mut n = 0u64;
+    for r in data.chunks_exact(rb.max(1)).take(rows) {
+        tuili_kernels::types::dequantize_row(t.dtype, r, &mut row).ok()?;
+        n += row.iter().filter(|&&v| v == 0.0).count() as u64;
+    }
+    Some(n)
+}
+
 fn human(bytes: u64) -> String {
     let b = bytes as f64;
     if b >= 1e9 {
@@ -49,7 +65,7 @@ fn array_preview(a: &MetaArray, full: bool) -> String {
     format!("[{:?}; {}] [{}]", a.elem_type(), a.len(), body)
 }
 
-pub fn inspect(path: &Path, full: bool) -> Result<(), CliError> {
+pub fn inspect(path: &Path, full: bool, sparsity: bool) -> Result<(), CliError> {
     let f = GgufFile::open(path)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -88,23 +104,49 @@ pub fn inspect(path: &Path, full: bool) -> Result<(), CliError> {
         .max(4);
     writeln!(
         out,
-        "  {:<width$}  {:<20}  {:<6}  {:>12}",
-        "name", "shape", "type", "bytes"
+        "  {:<width$}  {:<20}  {:<8}  {:>12}{}",
+        "name",
+        "shape",
+        "type",
+        "bytes",
+        if sparsity { "  zeros" } else { "" }
     )?;
     let mut params = 0u64;
     let mut bytes = 0u64;
+    let (mut zeros, mut counted) = (0u64, 0u64);
     for t in &f.tensors {
         let shape = format!("{:?}", t.shape);
+        let z = if sparsity { zeros_of(&f, t) } else { None };
+        if let Some(z) = z {
+            zeros += z;
+            counted += t.n_elements();
+        }
         writeln!(
             out,
-            "  {:<width$}  {:<20}  {:<6}  {:>12}",
+            "  {:<width$}  {:<20}  {:<8}  {:>12}{}",
             t.name,
             shape,
             t.dtype.name(),
-            t.size
+            t.size,
+            match (sparsity, z) {
+                (false, _) => String::new(),
+                (true, Some(z)) => format!(
+                    "  {:6.2} %",
+                    100.0 * z as f64 / t.n_elements().max(1) as f64
+                ),
+                (true, None) => "  (type not read)".into(),
+            }
         )?;
         params += t.n_elements();
         bytes += t.size;
+    }
+    if sparsity && counted > 0 {
+        writeln!(
+            out,
+            "\nzeros: {:.2} % of the {} weights read",
+            100.0 * zeros as f64 / counted as f64,
+            counted
+        )?;
     }
     writeln!(
         out,

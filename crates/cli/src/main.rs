@@ -64,6 +64,9 @@ struct InspectArgs {
     /// Print every element of array values (default: the first few).
     #[arg(long)]
     full: bool,
+    /// Also count each tensor's zero weights (reads every tensor: a pruned model's sparsity).
+    #[arg(long)]
+    sparsity: bool,
 }
 
 fn main() -> ExitCode {
@@ -72,7 +75,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run::run(*a),
         Cmd::Chat(a) => chat::chat(*a),
         Cmd::Tokenize(a) => tokenize::tokenize(a),
-        Cmd::Inspect(a) => inspect::inspect(&a.path, a.full),
+        Cmd::Inspect(a) => inspect::inspect(&a.path, a.full, a.sparsity),
         Cmd::Bench(a) => bench::bench(a),
         Cmd::Synth(a) => bench::synth(a),
         Cmd::Perplexity(a) => perplexity::perplexity(a),

@@ -356,6 +356,17 @@ fn prune_methods_and_mistakes() {
                 said.contains("30 of 35 pruned matrices in a sparse layout"),
                 "{said}"
             );
+            // inspect shows each tensor's layout and its share of zeros.
+            let r = tuili(&["inspect", o.as_str(), "--sparsity"]);
+            let shown = text(&r.stdout);
+            let line = shown
+                .lines()
+                .find(|l| l.contains("blk.0.attn_q.weight"))
+                .unwrap_or("");
+            assert!(
+                line.contains("Q8_0_2:4") && line.ends_with("50.00 %"),
+                "{shown}"
+            );
         }
         if i > 0 {
             assert!(
