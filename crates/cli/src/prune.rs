@@ -196,8 +196,8 @@ fn run(
         // Where a pruned matrix's output type has a sparse layout for the pattern; the others
         // (rows no Q8_0 block divides, say) stay dense.
         for p in plans.iter_mut().filter(|p| values.contains_key(&p.name)) {
-            if let (DType::Q8_0, Pattern::NofM { n: 2, m: 4 }) = (p.to, pattern) {
-                p.to = DType::Q8_0_24;
+            if let Some(t) = prune::sparse_layout(p.to, pattern) {
+                p.to = t;
                 n_sparse += 1;
             }
         }

@@ -321,6 +321,33 @@ impl Model {
         which: Logits,
         pool: &ThreadPool,
     ) -> Result<&'s [f32], ModelError> {
+        self.forward_one(tokens, kv, scratch, which, pool, None)
+    }
+
+    /// Runs `tokens` as [`Model::forward`] does, without logits, showing every matrix
+    /// product's input to `observe` (a pruning method's calibration).
+    pub fn observe(
+        &self,
+        tokens: &[u32],
+        kv: &mut KvCache,
+        scratch: &mut Scratch,
+        observe: &mut (dyn Observe + 'static),
+        pool: &ThreadPool,
+    ) -> Result<(), ModelError> {
+        self.forward_one(tokens, kv, scratch, Logits::None, pool, Some(observe))
+            .map(|_| ())
+    }
+
+    /// One sequence's tokens through the model, their keys and values appended to `kv`.
+    fn forward_one<'s>(
+        &self,
+        tokens: &[u32],
+        kv: &mut KvCache,
+        scratch: &'s mut Scratch,
+        which: Logits,
+        pool: &ThreadPool,
+        observe: Option<&mut (dyn Observe + 'static)>,
+    ) -> Result<&'s [f32], ModelError> {
         if tokens.is_empty() {
             return Err(ModelError::EmptyBatch);
         }
@@ -347,52 +374,10 @@ impl Model {
             scratch,
             which.rows(n),
             pool,
-            None,
+            observe,
         )?;
         kv.commit(n)?;
         Ok(logits)
-    }
-
-    /// Runs `tokens` as [`Model::forward`] does, without logits, showing every matrix
-    /// product's input to `observe` (a pruning method's calibration).
-    pub fn observe(
-        &self,
-        tokens: &[u32],
-        kv: &mut KvCache,
-        scratch: &mut Scratch,
-        observe: &mut (dyn Observe + 'static),
-        pool: &ThreadPool,
-    ) -> Result<(), ModelError> {
-        if tokens.is_empty() {
-            return Err(ModelError::EmptyBatch);
-        }
-        let n = tokens.len();
-        let spans = [SeqSpan {
-            start: 0,
-            len: n,
-            pos0: kv.len(),
-        }];
-        let ctx = kv.capacity();
-        let n_kv_head = self.config().n_head_kv;
-        exec::forward(
-            &*self.dec,
-            &*self.split.tp,
-            self.split.reduce,
-            &*self.split.pp,
-            Handoff::Lockstep,
-            None,
-            self.isa,
-            tokens,
-            &spans,
-            &mut Contiguous { kv, n_kv_head },
-            ctx,
-            scratch,
-            Logits::None.rows(n),
-            pool,
-            Some(observe),
-        )?;
-        kv.commit(n)?;
-        Ok(())
     }
 
     /// Keeps only the first `n` layers (a calibration run that needs no more).

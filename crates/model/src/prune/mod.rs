@@ -24,7 +24,7 @@ pub mod sparsegpt;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tuili_core::ThreadPool;
+use tuili_core::{DType, ThreadPool};
 use tuili_formats::GgufFile;
 use tuili_kernels::types::dequantize_row;
 
@@ -81,6 +81,15 @@ pub struct PruneOptions {
 
 /// The pruned tensors' values by name: little-endian F32 bytes, in the tensor's shape.
 pub type PrunedValues = HashMap<String, Arc<Vec<u8>>>;
+
+/// The sparse layout of a matrix pruned to `pattern` whose dense type would be `dense`, where
+/// tuili has one (so far Q8_0 pruned 2:4).
+pub fn sparse_layout(dense: DType, pattern: Pattern) -> Option<DType> {
+    match (dense, pattern) {
+        (DType::Q8_0, Pattern::NofM { n: 2, m: 4 }) => Some(DType::Q8_0_24),
+        _ => None,
+    }
+}
 
 /// One pruned matrix.
 #[derive(Debug, Clone)]

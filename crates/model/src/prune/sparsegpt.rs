@@ -250,7 +250,7 @@ mod tests {
             128,
         )
         .unwrap();
-        // Row 0 scores ∝ w²·H_jj: 1, 4, 25, 9 → keeps -2 and... 0.5 (25) and 3 (9).
+        // Row 0 scores ∝ w²·(H_jj + λ): about 1, 4, 25, 9 → keeps 0.5 and 3.
         assert_eq!(&w[..4], &[0.0, 0.0, 0.5, 3.0]);
         // Row 1: 0.01, 0.04, 9, 0.16 → keeps -0.3 and 0.4.
         assert_eq!(&w[4..], &[0.0, 0.0, -0.3, 0.4]);
