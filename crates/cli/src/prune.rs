@@ -49,11 +49,14 @@ pub struct PruneArgs {
     /// blk.0.`).
     #[arg(long)]
     skip: Vec<String>,
-    /// Store the pruned matrices in a sparse layout (tuili's own types, which llama.cpp
-    /// refuses): so far Q8_0 with 2:4 (22 bytes per 32 weights instead of 34); decoded by
-    /// scalar kernels until the SIMD ones land, so slower than dense for now.
+    /// Store OUT with ordinary types (the zeros stored), as llama.cpp reads it, instead of
+    /// the sparse layouts (tuili's own types, which llama.cpp refuses) that OUT gets where
+    /// one exists: Q8_0 or Q4_0 pruned 2:4 or 4:8, rows of whole 128-weight super-blocks.
     #[arg(long)]
-    sparse: bool,
+    dense: bool,
+    /// Also write the pruned model with ordinary types (zeros stored) to this path.
+    #[arg(long)]
+    dense_out: Option<PathBuf>,
     /// Worker threads (default: physical cores).
     #[arg(short, long)]
     threads: Option<usize>,
@@ -77,6 +80,16 @@ pub fn prune(a: PruneArgs) -> Result<(), CliError> {
             })
         })
         .transpose()?;
+    if a.dense_out.as_deref() == Some(a.output.as_path()) {
+        return Err(CliError::Usage(
+            "--dense-out: the same path as OUT; give the dense twin a name of its own".into(),
+        ));
+    }
+    if a.dense && a.dense_out.is_some() {
+        return Err(CliError::Usage(
+            "--dense and --dense-out: OUT is already dense; drop one".into(),
+        ));
+    }
     if method.needs().is_some() && a.calib.is_none() {
         return Err(CliError::Usage(format!(
             "--method {}: needs calibration text, --calib FILE",
@@ -190,31 +203,41 @@ fn run(
             None,
         ),
     };
-    let mut plans = plans;
-    let mut n_sparse = 0;
-    if a.sparse {
-        // Where a pruned matrix's output type has a sparse layout for the pattern; the others
-        // (rows no Q8_0 block divides, say) stay dense.
-        for p in plans.iter_mut().filter(|p| values.contains_key(&p.name)) {
-            if let Some(t) = prune::sparse_layout(p.to, pattern) {
-                p.to = t;
-                n_sparse += 1;
-            }
-        }
-        if n_sparse == 0 {
-            return Err(CliError::Usage(format!(
-                "--sparse: a sparse layout exists so far only for Q8_0 pruned 2:4, and no pruned matrix is that ({pattern}; use --type q8_0 --pattern 2:4, or drop --sparse)"
-            )));
-        }
-        input.metadata.push((
-            "tuili.sparsity.pattern".into(),
-            tuili_formats::MetaValue::String(pattern.to_string()),
-        ));
-    }
     input.metadata.push((
         "tuili.pruned".into(),
         tuili_formats::MetaValue::String(format!("{} {pattern}", method.name())),
     ));
+    // The dense twin first (it is OUT's layout when no sparse one applies).
+    if let Some(path) = &a.dense_out {
+        quantize::write(
+            &input,
+            path,
+            plans.clone(),
+            file_type,
+            threads,
+            &mut |_, _| {},
+        )
+        .map_err(tuili_engine::EngineError::from)?;
+        println!("{}: the pruned model with ordinary types", path.display());
+    }
+    let mut plans = plans;
+    let mut n_sparse = 0;
+    if !a.dense {
+        // Where a pruned matrix's output type has a sparse layout for the pattern; the others
+        // (rows no super-block divides, say) stay dense.
+        for p in plans.iter_mut().filter(|p| values.contains_key(&p.name)) {
+            if let Some(t) = prune::sparse_layout(p.to, pattern, p.shape[0]) {
+                p.to = t;
+                n_sparse += 1;
+            }
+        }
+        if n_sparse > 0 {
+            input.metadata.push((
+                "tuili.sparsity.pattern".into(),
+                tuili_formats::MetaValue::String(pattern.to_string()),
+            ));
+        }
+    }
     let written = quantize::write(&input, &a.output, plans, file_type, threads, &mut |_, _| {})
         .map_err(tuili_engine::EngineError::from)?;
     // What the file holds: the zeros that survived the output type.
@@ -242,12 +265,21 @@ fn run(
         written.bytes_out as f64 / (1 << 20) as f64,
         Instant::now().duration_since(t0).as_secs_f64(),
     );
-    if a.sparse {
-        println!(
-            "{n_sparse} of {} pruned matrices in a sparse layout ({}), the rest dense",
-            report.len(),
-            DType::Q8_0_24
-        );
+    if !a.dense {
+        let why = match pattern {
+            Pattern::NofM { n: 2, m: 4 } | Pattern::NofM { n: 4, m: 8 } => {
+                "a sparse layout exists for Q8_0 and Q4_0 (--type) with rows of whole 128-weight super-blocks"
+            }
+            _ => "a sparse layout exists so far for 2:4 and 4:8 only",
+        };
+        if n_sparse == report.len() {
+            println!("all {n_sparse} pruned matrices in a sparse layout");
+        } else {
+            println!(
+                "{n_sparse} of {} pruned matrices in a sparse layout, the rest dense ({why})",
+                report.len()
+            );
+        }
     }
     Ok(())
 }

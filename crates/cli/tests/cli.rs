@@ -316,7 +316,7 @@ fn prune_methods_and_mistakes() {
                 "2:4",
                 "--type",
                 "q8_0",
-                "--sparse",
+                "--dense-out",
             ],
         ),
         (
@@ -335,6 +335,8 @@ fn prune_methods_and_mistakes() {
                     "sparsegpt",
                     "--pattern",
                     "4:8",
+                    "--type",
+                    "q4_0",
                     "--calib",
                     calib,
                 ][..],
@@ -343,17 +345,20 @@ fn prune_methods_and_mistakes() {
             .concat(),
         ),
     ];
+    let dense_twin = out("mag24-dense.gguf");
     for (i, (o, args)) in runs.iter().enumerate() {
-        let input = if i == 2 { hf.to_str().unwrap() } else { m };
-        let r = tuili(&[&["prune", input, o.as_str()][..], args].concat());
+        // The Hugging Face model's rows (128, 384) are whole sparse super-blocks;
+        // stories260K's (64, 172) are not.
+        let input = if i == 1 { m } else { hf.to_str().unwrap() };
+        let twin: &[&str] = if i == 0 { &[&dense_twin] } else { &[] };
+        let r = tuili(&[&["prune", input, o.as_str()][..], args, twin].concat());
         let err = text(&r.stderr);
         assert!(r.status.success(), "{args:?}: {err}");
         let said = text(&r.stdout);
         assert!(said.contains("% of their weights zero"), "{said}");
-        if i == 0 {
-            // 30 of 35: ffn_down's rows of 172 are no whole Q8_0 blocks (F16, dense).
+        if i != 1 {
             assert!(
-                said.contains("30 of 35 pruned matrices in a sparse layout"),
+                said.contains("all 14 pruned matrices in a sparse layout"),
                 "{said}"
             );
             // inspect shows each tensor's layout and its share of zeros.
@@ -363,10 +368,47 @@ fn prune_methods_and_mistakes() {
                 .lines()
                 .find(|l| l.contains("blk.0.attn_q.weight"))
                 .unwrap_or("");
+            // Q4_0 rounds some kept weights to zero too.
+            let share: f64 = line
+                .trim_end_matches(" %")
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            let layout = ["Q8_0_4:8", "", "Q4_0_4:8"][i];
+            assert!(line.contains(layout) && share >= 50.0, "{shown}");
+        } else {
+            // Unstructured: no sparse layout; the file is dense, and says why.
             assert!(
-                line.contains("Q8_0_2:4") && line.ends_with("50.00 %"),
-                "{shown}"
+                said.contains("0 of 35 pruned matrices in a sparse layout, the rest dense"),
+                "{said}"
             );
+        }
+        if i == 0 {
+            // The dense twin holds the very values of the sparse file, as ordinary Q8_0.
+            let (s, d) = (
+                GgufFile::open(o).unwrap(),
+                GgufFile::open(&dense_twin).unwrap(),
+            );
+            for t in &s.tensors {
+                let u = d.tensor_info(&t.name).unwrap();
+                let n = t.n_elements() as usize;
+                let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+                tuili_kernels::types::dequantize_row(
+                    t.dtype,
+                    &s.bytes()[s.tensor_range(t)],
+                    &mut a,
+                )
+                .unwrap();
+                tuili_kernels::types::dequantize_row(
+                    u.dtype,
+                    &d.bytes()[d.tensor_range(u)],
+                    &mut b,
+                )
+                .unwrap();
+                assert_eq!(a, b, "{}", t.name);
+                assert!(!u.dtype.is_tuili_own(), "{}: {}", t.name, u.dtype);
+            }
         }
         if i > 0 {
             assert!(
@@ -413,7 +455,7 @@ fn prune_methods_and_mistakes() {
         }
         assert_eq!(
             pruned,
-            [35, 35, 14][i],
+            [14, 35, 14][i],
             "matrices (5 layers × 7; the HF model's 2 × 7)"
         );
         let r = tuili(&[
@@ -470,6 +512,7 @@ fn prune_methods_and_mistakes() {
     let tiny = tiny.to_str().unwrap();
     let vocab_only = root().join("../shared/fixtures/vocab/ggml-vocab-llama-spm.gguf");
     let bad = out("bad.gguf");
+    let twin = out("twin.gguf");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec![
@@ -508,9 +551,25 @@ fn prune_methods_and_mistakes() {
                 "magnitude",
                 "--sparsity",
                 "0.5",
-                "--sparse",
+                "--dense",
+                "--dense-out",
+                &twin,
             ],
-            "only for Q8_0 pruned 2:4",
+            "OUT is already dense",
+        ),
+        (
+            vec![
+                "prune",
+                m,
+                &bad,
+                "--method",
+                "magnitude",
+                "--sparsity",
+                "0.5",
+                "--dense-out",
+                &bad,
+            ],
+            "the same path as OUT",
         ),
         (
             vec!["prune", m, &bad, "--method", "magnitude"],

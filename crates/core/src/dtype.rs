@@ -56,14 +56,19 @@ pub enum DType {
     BF16 = 30,
     TQ1_0 = 34,
     TQ2_0 = 35,
-    /// tuili's own (not ggml's; ids from 1024 on, which llama.cpp refuses): Q8_0 pruned 2:4 —
-    /// per block of 32 the scale, the 16 kept int8 values and their positions (2 bits each).
-    Q8_0_24 = 1024,
+    /// tuili's own (not ggml's; ids from 1024 on, which llama.cpp refuses; 1024 was an
+    /// earlier 2:4 layout, retired): Q8_0 pruned so that every group of 8 weights keeps 4
+    /// (2:4 and 4:8 rows) — per 128 weights a keep-mask, four Q8_0 scales and the 64 kept
+    /// int8 values (`tuili_kernels::blocks::BlockQ8_0S`).
+    Q8_0_48 = 1025,
+    /// tuili's own: Q4_0 pruned 4 of every 8 — per 128 weights a keep-mask, four Q4_0 scales
+    /// and the 64 kept 4-bit values (`tuili_kernels::blocks::BlockQ4_0S`).
+    Q4_0_48 = 1026,
 }
 
 impl DType {
     /// Every type GGUF knows, in id order, then tuili's own.
-    pub const ALL: [DType; 32] = [
+    pub const ALL: [DType; 33] = [
         DType::F32,
         DType::F16,
         DType::Q4_0,
@@ -95,7 +100,8 @@ impl DType {
         DType::BF16,
         DType::TQ1_0,
         DType::TQ2_0,
-        DType::Q8_0_24,
+        DType::Q8_0_48,
+        DType::Q4_0_48,
     ];
 
     pub fn from_id(id: u32) -> Result<DType, DTypeError> {
@@ -115,7 +121,8 @@ impl DType {
         use DType::*;
         match self {
             F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
-            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL | Q8_0_24 => 32,
+            Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL => 32,
+            Q8_0_48 | Q4_0_48 => 128,
             Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S
             | IQ3_S | IQ2_S | IQ4_XS | IQ1_M | TQ1_0 | TQ2_0 => 256,
         }
@@ -152,7 +159,8 @@ impl DType {
             IQ1_M => 56,
             TQ1_0 => 54,
             TQ2_0 => 66,
-            Q8_0_24 => 22,
+            Q8_0_48 => 88,
+            Q4_0_48 => 56,
         }
     }
 
@@ -213,13 +221,24 @@ impl DType {
             BF16 => "BF16",
             TQ1_0 => "TQ1_0",
             TQ2_0 => "TQ2_0",
-            Q8_0_24 => "Q8_0_2:4",
+            Q8_0_48 => "Q8_0_4:8",
+            Q4_0_48 => "Q4_0_4:8",
         }
     }
 
     /// Whether the type is tuili's own (a pruned layout), unknown to ggml and llama.cpp.
     pub fn is_tuili_own(self) -> bool {
         self.id() >= 1024
+    }
+
+    /// The ggml type whose blocks a pruned layout keeps (its scales and values are that
+    /// type's, bit for bit), or `None` for a dense type.
+    pub fn dense_twin(self) -> Option<DType> {
+        match self {
+            DType::Q8_0_48 => Some(DType::Q8_0),
+            DType::Q4_0_48 => Some(DType::Q4_0),
+            _ => None,
+        }
     }
 
     pub fn from_name(name: &str) -> Option<DType> {

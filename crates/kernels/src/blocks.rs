@@ -71,16 +71,50 @@ pub struct BlockQ8_0 {
     pub qs: [u8; QK],
 }
 
-/// Q8_0 pruned 2:4 (tuili's own): of each group of four weights two are kept, x = d · q at
-/// their positions and 0 elsewhere. `qs[2g]`, `qs[2g + 1]`: group g's kept values, the lower
-/// position first; `idx[g / 2] >> (4 · (g % 2))`: its two positions, 2 bits each (low: the
-/// first).
+/// Sub-blocks (of [`QK`] weights, one base-type block each) per sparse super-block.
+pub const SPARSE_SUB: usize = 4;
+/// Weights per sparse super-block.
+pub const QS: usize = SPARSE_SUB * QK;
+
+/// Q8_0 pruned 4 of every 8 (tuili's own `Q8_0_4:8`; 2:4 rows are 4:8 rows too), 128 weights:
+/// four Q8_0 blocks with only their kept values stored. `mask`: four little-endian u32, bit j
+/// of word s set when weight 32s + j is kept (exactly four bits of every byte); `d`: the four
+/// blocks' f16 scales (Q8_0's: amax/127 of the 32 weights, zeros included, so a pruned row
+/// stores the very scales and values dense Q8_0 would); `qs[16s..16s + 16]`: block s's kept
+/// int8 values in position order. x = d_s · q at the kept positions, 0 elsewhere. The masks
+/// come first and the kept values last so that a kernel loads the 64 values as one vector and
+/// the masks as two 64-bit words.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct BlockQ8_0_24 {
-    pub d: [u8; 2],
-    pub qs: [u8; QK / 2],
-    pub idx: [u8; QK / 8],
+pub struct BlockQ8_0S {
+    pub mask: [u8; 16],
+    pub d: [u8; 8],
+    pub qs: [u8; QS / 2],
+}
+
+/// Q4_0 pruned 4 of every 8 (`Q4_0_4:8`), 128 weights: masks and scales as [`BlockQ8_0S`]
+/// (Q4_0's scales and values); the super-block's 64 kept values u = q + 8, in order (block
+/// s's are 16s..16s + 16), as nibbles: value k < 32 in the low nibble of `qs[k]`, value
+/// 32 + k in its high nibble — so that the 32 bytes masked, and shifted, are the 64 values
+/// in order (as Q4_0 splits its 32 values over low and high nibbles). x = d_s · (u − 8) at the
+/// kept positions, 0 elsewhere.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BlockQ4_0S {
+    pub mask: [u8; 16],
+    pub d: [u8; 8],
+    pub qs: [u8; QS / 4],
+}
+
+/// The keep-mask of sub-block `s` of a sparse super-block's mask bytes.
+#[inline]
+pub fn sub_mask(mask: &[u8; 16], s: usize) -> u32 {
+    u32::from_le_bytes([
+        mask[4 * s],
+        mask[4 * s + 1],
+        mask[4 * s + 2],
+        mask[4 * s + 3],
+    ])
 }
 
 /// Q8_1: x = d · q; `s` = d · Σq (used by dot products against Q4_1/Q5_1).
@@ -166,7 +200,8 @@ assert_block!(BlockQ5_0, 22);
 assert_block!(BlockQ5_1, 24);
 assert_block!(BlockQ8_0, 34);
 assert_block!(BlockQ8_1, 36);
-assert_block!(BlockQ8_0_24, 22);
+assert_block!(BlockQ8_0S, 88);
+assert_block!(BlockQ4_0S, 56);
 assert_block!(BlockQ2K, 84);
 assert_block!(BlockQ3K, 110);
 assert_block!(BlockQ4K, 144);
@@ -192,7 +227,9 @@ unsafe impl Block for BlockQ8_0 {}
 // SAFETY: as above.
 unsafe impl Block for BlockQ8_1 {}
 // SAFETY: as above.
-unsafe impl Block for BlockQ8_0_24 {}
+unsafe impl Block for BlockQ8_0S {}
+// SAFETY: as above.
+unsafe impl Block for BlockQ4_0S {}
 // SAFETY: as above.
 unsafe impl Block for BlockQ2K {}
 // SAFETY: as above.

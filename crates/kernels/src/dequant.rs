@@ -44,7 +44,8 @@ block_rows! {
     q5_0_row = deq_q5_0;
     q5_1_row = deq_q5_1;
     q8_0_row = deq_q8_0;
-    q8_0_24_row = deq_q8_0_24;
+    q8_0_48_row = deq_q8_0_48;
+    q4_0_48_row = deq_q4_0_48;
     q2_k_row = deq_q2_k;
     q3_k_row = deq_q3_k;
     q4_k_row = deq_q4_k;
@@ -121,25 +122,63 @@ pub fn deq_q8_0(blocks: &[BlockQ8_0], dst: &mut [f32]) {
     }
 }
 
-/// Group g of four: x[4g + p_k] = d·q[2g + k] for its two kept positions p_0, p_1; the other
-/// two are 0.
-pub fn deq_q8_0_24(blocks: &[BlockQ8_0_24], dst: &mut [f32]) {
-    for (b, y) in blocks.iter().zip(dst.chunks_exact_mut(QK)) {
-        let d = f16_le(b.d);
-        y.fill(0.0);
-        for g in 0..QK / 4 {
-            let [p0, p1] = positions_24(b, g);
-            y[4 * g + p0] = b.qs[2 * g] as i8 as f32 * d;
-            y[4 * g + p1] = b.qs[2 * g + 1] as i8 as f32 * d;
+/// A sparse super-block's blocks: `f(s, d_s, mask_s, kept_s)` for each block s of 32 weights,
+/// with its scale, keep-mask and 16 kept values as signed integers q (x = d·q).
+pub trait SparseBlock: Block {
+    fn each_block(&self, f: impl FnMut(usize, f32, u32, [i8; 16]));
+}
+
+impl SparseBlock for BlockQ8_0S {
+    fn each_block(&self, mut f: impl FnMut(usize, f32, u32, [i8; 16])) {
+        for s in 0..SPARSE_SUB {
+            let d = f16_le([self.d[2 * s], self.d[2 * s + 1]]);
+            let q = std::array::from_fn(|k| self.qs[16 * s + k] as i8);
+            f(s, d, sub_mask(&self.mask, s), q);
         }
     }
 }
 
-/// The two kept positions (0..4) of group `g` of a 2:4 block.
-#[inline]
-pub fn positions_24(b: &BlockQ8_0_24, g: usize) -> [usize; 2] {
-    let n = (b.idx[g / 2] >> (4 * (g % 2))) & 0x0F;
-    [(n & 3) as usize, (n >> 2) as usize]
+impl SparseBlock for BlockQ4_0S {
+    fn each_block(&self, mut f: impl FnMut(usize, f32, u32, [i8; 16])) {
+        for s in 0..SPARSE_SUB {
+            let d = f16_le([self.d[2 * s], self.d[2 * s + 1]]);
+            let q = std::array::from_fn(|k| {
+                ((self.qs[16 * (s % 2) + k] >> (4 * (s / 2))) & 0x0F) as i8 - 8
+            });
+            f(s, d, sub_mask(&self.mask, s), q);
+        }
+    }
+}
+
+/// Sparse super-blocks → f32: the kept values d·q at the set bits of each block's mask, in
+/// order; 0 elsewhere.
+pub fn deq_sparse<B: SparseBlock>(blocks: &[B], dst: &mut [f32]) {
+    for (b, y) in blocks.iter().zip(dst.chunks_exact_mut(QS)) {
+        y.fill(0.0);
+        b.each_block(|s, d, mask, q| {
+            let mut k = 0;
+            for j in 0..QK {
+                if mask >> j & 1 == 1 {
+                    // A mask with more than 16 bits set is malformed; its extra positions
+                    // stay 0 rather than reading past the kept values.
+                    if let Some(&v) = q.get(k) {
+                        y[QK * s + j] = v as f32 * d;
+                    }
+                    k += 1;
+                }
+            }
+        });
+    }
+}
+
+/// `Q8_0_4:8` → f32.
+pub fn deq_q8_0_48(blocks: &[BlockQ8_0S], dst: &mut [f32]) {
+    deq_sparse(blocks, dst)
+}
+
+/// `Q4_0_4:8` → f32.
+pub fn deq_q4_0_48(blocks: &[BlockQ4_0S], dst: &mut [f32]) {
+    deq_sparse(blocks, dst)
 }
 
 /// Two 128-element halves; in each, four 2-bit planes (shift 0,2,4,6) of 32 bytes, each plane

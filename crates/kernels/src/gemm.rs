@@ -25,7 +25,10 @@
 //! weights are copied beyond those four rows.
 
 use crate::act::{Q8KRow, Q8Row};
-use crate::blocks::{f16_le, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, QK, QK_K};
+use crate::blocks::{
+    as_blocks, f16_le, sub_mask, BlockQ4K, BlockQ4_0, BlockQ4_0S, BlockQ5K, BlockQ6K, BlockQ8_0,
+    BlockQ8_0S, QK, QK_K, QS, SPARSE_SUB,
+};
 use crate::cpu::Isa;
 use tuili_core::DType;
 
@@ -213,6 +216,60 @@ impl TileGroup<'_> {
                 }
             }
         }
+    }
+}
+
+/// [`unpack_row`] of a sparse 4-of-8 row with AVX-512 VBMI2's byte expand: per super-block
+/// its kept values (Q8_0: as stored; Q4_0: the nibbles masked, then shifted) go to their
+/// positions under the two 64-bit masks, read straight into mask registers; the dropped
+/// positions take the dense type's zero (q + 128 = 128, u = 8).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl,avx512vbmi,avx512vbmi2")]
+unsafe fn unpack_sparse_vbmi2(dtype: DType, w: &[u8], bytes: &mut [u8], scales: &mut [f32]) -> i32 {
+    use std::arch::x86_64::*;
+    let q4 = dtype == DType::Q4_0_48;
+    let bb = dtype.block_bytes() as usize;
+    let nsb = w.len() / bb;
+    assert!(bytes.len() >= nsb * QS && scales.len() >= nsb * SPARSE_SUB);
+    let (m4, eight, flip) = (
+        _mm512_set1_epi8(0x0F),
+        _mm512_set1_epi8(8),
+        _mm512_set1_epi8(-128),
+    );
+    for sb in 0..nsb {
+        // SAFETY: super-block sb is bytes bb·sb..bb·(sb + 1) of `w` (masks 0..16, scales
+        // 16..24, values 24..bb); its 128 output bytes and four scales fit (asserted).
+        unsafe {
+            let p = w.as_ptr().add(bb * sb);
+            let k01: __mmask64 = std::ptr::read_unaligned(p.cast::<u64>());
+            let k23: __mmask64 = std::ptr::read_unaligned(p.add(8).cast::<u64>());
+            let (e01, e23) = if q4 {
+                let raw = _mm512_zextsi256_si512(_mm256_loadu_si256(p.add(24).cast()));
+                let lo = _mm512_and_si512(raw, m4);
+                let hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+                (
+                    _mm512_mask_expand_epi8(eight, k01, lo),
+                    _mm512_mask_expand_epi8(eight, k23, hi),
+                )
+            } else {
+                let kept = _mm512_loadu_si512(p.add(24).cast());
+                let high = _mm512_zextsi256_si512(_mm512_extracti64x4_epi64(kept, 1));
+                (
+                    _mm512_xor_si512(_mm512_maskz_expand_epi8(k01, kept), flip),
+                    _mm512_xor_si512(_mm512_maskz_expand_epi8(k23, high), flip),
+                )
+            };
+            let o = bytes.as_mut_ptr().add(QS * sb);
+            _mm512_storeu_si512(o.cast(), e01);
+            _mm512_storeu_si512(o.add(64).cast(), e23);
+            let d = _mm_cvtph_ps(_mm_loadl_epi64(p.add(16).cast()));
+            _mm_storeu_ps(scales.as_mut_ptr().add(SPARSE_SUB * sb), d);
+        }
+    }
+    if q4 {
+        8
+    } else {
+        128
     }
 }
 
@@ -405,6 +462,51 @@ unsafe fn unpack_row_avx2(
             }
             8
         }
+        DType::Q8_0_48 | DType::Q4_0_48 => {
+            use crate::dot::x86::{expand_ctl, nibbles16};
+            let flip = _mm256_set1_epi8(-128);
+            if dtype == DType::Q4_0_48 {
+                let eight = _mm256_set1_epi8(8);
+                let blocks = as_blocks::<BlockQ4_0S>(w).unwrap_or(&[]);
+                assert!(bytes.len() >= blocks.len() * QS && scales.len() >= blocks.len() * 4);
+                for (sb, k) in blocks.iter().enumerate() {
+                    for s in 0..SPARSE_SUB {
+                        let b = SPARSE_SUB * sb + s;
+                        scales[b] = f16_le([k.d[2 * s], k.d[2 * s + 1]]);
+                        // SAFETY: 32 output bytes per block (asserted).
+                        unsafe {
+                            let ctl = expand_ctl(sub_mask(&k.mask, s));
+                            let u = _mm256_broadcastsi128_si256(nibbles16(&k.qs, s));
+                            // The dropped positions are u = 8 (q = 0).
+                            let e = _mm256_blendv_epi8(_mm256_shuffle_epi8(u, ctl), eight, ctl);
+                            _mm256_storeu_si256(bytes.as_mut_ptr().add(b * QK).cast(), e);
+                        }
+                    }
+                }
+                8
+            } else {
+                let blocks = as_blocks::<BlockQ8_0S>(w).unwrap_or(&[]);
+                assert!(bytes.len() >= blocks.len() * QS && scales.len() >= blocks.len() * 4);
+                for (sb, k) in blocks.iter().enumerate() {
+                    for s in 0..SPARSE_SUB {
+                        let b = SPARSE_SUB * sb + s;
+                        scales[b] = f16_le([k.d[2 * s], k.d[2 * s + 1]]);
+                        // SAFETY: 16 kept values per block; 32 output bytes per block
+                        // (asserted).
+                        unsafe {
+                            let ctl = expand_ctl(sub_mask(&k.mask, s));
+                            let q = _mm_loadu_si128(k.qs.as_ptr().add(16 * s).cast());
+                            let e = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(q), ctl);
+                            _mm256_storeu_si256(
+                                bytes.as_mut_ptr().add(b * QK).cast(),
+                                _mm256_xor_si256(e, flip),
+                            );
+                        }
+                    }
+                }
+                128
+            }
+        }
         _ => {
             let blocks = crate::blocks::as_blocks::<BlockQ8_0>(w).unwrap_or(&[]);
             assert!(bytes.len() >= blocks.len() * QK && scales.len() >= blocks.len());
@@ -435,7 +537,11 @@ fn unpack(
     scales: &mut [f32],
     mins: &mut [f32],
 ) -> i32 {
-    if isa >= Isa::Avx2 {
+    if isa >= Isa::Avx512Vbmi && matches!(dtype, DType::Q8_0_48 | DType::Q4_0_48) {
+        // SAFETY: Avx512Vbmi is reported by run-time detection only with AVX2, F16C and
+        // AVX-512 F/BW/VL/VBMI/VBMI2.
+        unsafe { unpack_sparse_vbmi2(dtype, w, bytes, scales) }
+    } else if isa >= Isa::Avx2 {
         // SAFETY: Avx2 or better is reported by run-time detection only with AVX2 and F16C.
         unsafe { unpack_row_avx2(dtype, w, bytes, scales, mins) }
     } else {
@@ -647,6 +753,35 @@ fn for_legacy_blocks(dtype: DType, w: &[u8], mut f: impl FnMut(usize, LegacyBloc
     }
 }
 
+/// Calls `f(b, d_b, mask_b, kept_b)` for every block of 32 of a sparse 4-of-8 row: its scale,
+/// keep-mask and 16 kept values (Q8_0_4:8: q + 128; Q4_0_4:8: u = q + 8), unsigned as the
+/// dense type's unpacked values.
+fn for_sparse_blocks(dtype: DType, w: &[u8], mut f: impl FnMut(usize, f32, u32, [u8; 16])) {
+    let mut each = |mask: &[u8; 16], d: &[u8; 8], sb: usize, kept: &dyn Fn(usize) -> [u8; 16]| {
+        for s in 0..SPARSE_SUB {
+            f(
+                SPARSE_SUB * sb + s,
+                f16_le([d[2 * s], d[2 * s + 1]]),
+                sub_mask(mask, s),
+                kept(s),
+            );
+        }
+    };
+    if dtype == DType::Q8_0_48 {
+        for (sb, k) in as_blocks::<BlockQ8_0S>(w).unwrap_or(&[]).iter().enumerate() {
+            each(&k.mask, &k.d, sb, &|s| {
+                std::array::from_fn(|j| k.qs[16 * s + j] ^ 0x80)
+            });
+        }
+    } else if dtype == DType::Q4_0_48 {
+        for (sb, k) in as_blocks::<BlockQ4_0S>(w).unwrap_or(&[]).iter().enumerate() {
+            each(&k.mask, &k.d, sb, &|s| {
+                std::array::from_fn(|j| (k.qs[16 * (s % 2) + j] >> (4 * (s / 2))) & 0x0F)
+            });
+        }
+    }
+}
+
 /// The integer offset of a legacy type's unpacked values: 16 for Q5_0 (x = d·(u − 16)), 0 for
 /// Q4_1 and Q5_1, whose offset m is a min (x = d·u − (−m)).
 fn legacy_offset(dtype: DType) -> i32 {
@@ -751,6 +886,24 @@ fn unpack_row(
                 }
             });
             legacy_offset(dtype)
+        }
+        DType::Q8_0_48 | DType::Q4_0_48 => {
+            // Unsigned as the dense type's: Q4_0 u (8 where dropped), Q8_0 q + 128.
+            let off = if dtype == DType::Q4_0_48 { 8 } else { 128 };
+            for_sparse_blocks(dtype, w, |b, d, mask, kept| {
+                scales[b] = d;
+                let o = &mut bytes[b * QK..(b + 1) * QK];
+                let mut k = 0;
+                for (j, o) in o.iter_mut().enumerate() {
+                    *o = if mask >> j & 1 == 0 {
+                        off as u8
+                    } else {
+                        k += 1;
+                        kept.get(k - 1).copied().unwrap_or(off as u8)
+                    };
+                }
+            });
+            off
         }
         DType::Q4_0 => {
             let blocks = crate::blocks::as_blocks::<BlockQ4_0>(w).unwrap_or(&[]);

@@ -52,7 +52,8 @@ macro_rules! block_rows {
 
 block_rows! {
     q8_0_row = BlockQ8_0, QK, q8_0_block;
-    q8_0_24_row = BlockQ8_0_24, QK, q8_0_24_block;
+    q8_0_48_row = BlockQ8_0S, QS, q8_0_48_block;
+    q4_0_48_row = BlockQ4_0S, QS, q4_0_48_block;
     q4_0_row = BlockQ4_0, QK, q4_0_block;
     q4_1_row = BlockQ4_1, QK, q4_1_block;
     q5_0_row = BlockQ5_0, QK, q5_0_block;
@@ -71,30 +72,79 @@ pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
     m
 }
 
-/// 2:4 over Q8_0: in each group of four the two of largest magnitude are kept (ties: the
-/// lower position; a row pruned 2:4 keeps exactly its non-zeros), d = amax/127 of the block,
-/// q = round(x/d) — so a row already 2:4 keeps the very values Q8_0 would give it.
-pub(crate) fn q8_0_24_block(x: &[f32], out: &mut [u8]) {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    out[..2].copy_from_slice(&f16_to_le(d));
-    for g in 0..QK / 4 {
-        let v = &x[4 * g..4 * g + 4];
-        // The two largest |v|, the lower position first among equals.
-        let mut order = [0usize, 1, 2, 3];
+/// The keep-mask of 32 weights under 4-of-8 pruning: in each group of eight the four of
+/// largest magnitude (ties: the lower position), so a row already pruned 2:4 or 4:8 keeps
+/// exactly its non-zeros (and, where a group has fewer, its lowest-placed zeros).
+pub(crate) fn keep_4of8(x: &[f32]) -> u32 {
+    let mut mask = 0u32;
+    for (c, v) in x.chunks_exact(8).enumerate() {
+        let mut order = [0usize, 1, 2, 3, 4, 5, 6, 7];
         order.sort_by(|&a, &b| v[b].abs().total_cmp(&v[a].abs()).then(a.cmp(&b)));
-        let (p0, p1) = (order[0].min(order[1]), order[0].max(order[1]));
-        out[2 + 2 * g] = (v[p0] * id).round() as i8 as u8;
-        out[2 + 2 * g + 1] = (v[p1] * id).round() as i8 as u8;
-        let nib = (p0 | (p1 << 2)) as u8;
-        let byte = &mut out[2 + QK / 2 + g / 2];
-        if g % 2 == 0 {
-            *byte = nib;
-        } else {
-            *byte |= nib << 4;
+        for &p in &order[..4] {
+            mask |= 1 << (8 * c + p);
         }
     }
+    mask
+}
+
+/// A sparse super-block ([`BlockQ8_0S`], [`BlockQ4_0S`]) from 128 weights: each block of 32
+/// is quantized by its base type's `dense` block quantizer (scale and values as dense: the
+/// zeros take part in the scale as they would there), then only the kept values are stored:
+/// `value(block, j)` reads value j of the dense block's bytes, `pack(qs, s, kept)` stores
+/// block s's 16 kept values.
+fn sparse_block(
+    x: &[f32],
+    out: &mut [u8],
+    dense: fn(&[f32], &mut [u8]),
+    value: fn(&[u8], usize) -> u8,
+    pack: fn(&mut [u8], usize, &[u8; 16]),
+) {
+    let mut tmp = [0u8; 34];
+    for s in 0..SPARSE_SUB {
+        let xs = &x[QK * s..QK * (s + 1)];
+        let mask = keep_4of8(xs);
+        dense(xs, &mut tmp);
+        out[4 * s..4 * s + 4].copy_from_slice(&mask.to_le_bytes());
+        out[16 + 2 * s..18 + 2 * s].copy_from_slice(&tmp[..2]);
+        let mut kept = [0u8; 16];
+        let mut k = 0;
+        for j in 0..QK {
+            if mask >> j & 1 == 1 {
+                kept[k] = value(&tmp, j);
+                k += 1;
+            }
+        }
+        pack(&mut out[24..], s, &kept);
+    }
+}
+
+/// Q8_0 pruned 4 of 8: the Q8_0 scales and values of the kept weights.
+pub(crate) fn q8_0_48_block(x: &[f32], out: &mut [u8]) {
+    sparse_block(
+        x,
+        out,
+        q8_0_block,
+        |b, j| b[2 + j],
+        |qs, s, kept| qs[16 * s..16 * s + 16].copy_from_slice(kept),
+    )
+}
+
+/// Q4_0 pruned 4 of 8: the Q4_0 scales and nibbles of the kept weights (the super-block's
+/// kept value k < 32 in the low nibble of byte k, 32 + k in its high nibble).
+pub(crate) fn q4_0_48_block(x: &[f32], out: &mut [u8]) {
+    sparse_block(
+        x,
+        out,
+        q4_0_block,
+        |b, j| (b[2 + j % 16] >> (4 * (j / 16))) & 0x0F,
+        |qs, s, kept| {
+            // Blocks 0 and 1 in the low nibbles, 2 and 3 in the high ones.
+            let (at, shift) = (16 * (s % 2), 4 * (s / 2));
+            for (j, &u) in kept.iter().enumerate() {
+                qs[at + j] = (qs[at + j] & !(0x0F << shift)) | u << shift;
+            }
+        },
+    )
 }
 
 /// d = amax/127, q = round(x/d).

@@ -76,13 +76,14 @@ pub struct TypeTraits {
 
 /// The rows: every type tuili runs.
 #[rustfmt::skip]
-static TABLE: [TypeTraits; 15] = [
+static TABLE: [TypeTraits; 16] = [
     TypeTraits { dtype: DType::F32, float: true, dequantize: dequant::f32_row, quantize: Some(quant::f32_row), act: ActKind::F32, dot: scalar::f32_dot, simd: simd!(F32), gemm: None, gemm_f: Some(Isa::Avx2), fallback: None },
     TypeTraits { dtype: DType::F16, float: true, dequantize: dequant::f16_row, quantize: Some(quant::f16_row), act: ActKind::F16, dot: scalar::f16_dot, simd: simd!(F16), gemm: None, gemm_f: Some(Isa::Avx2), fallback: None },
     TypeTraits { dtype: DType::BF16, float: true, dequantize: dequant::bf16_row, quantize: Some(quant::bf16_row), act: ActKind::F32, dot: scalar::bf16_dot, simd: simd!(BF16), gemm: None, gemm_f: Some(Isa::Avx2), fallback: None },
     TypeTraits { dtype: DType::Q8_0, float: false, dequantize: dequant::q8_0_row, quantize: Some(quant::q8_0_row), act: ActKind::Q8, dot: scalar::q8_0_dot, simd: simd!(Q8_0), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
-    TypeTraits { dtype: DType::Q8_0_24, float: false, dequantize: dequant::q8_0_24_row, quantize: Some(quant::q8_0_24_row), act: ActKind::Q8, dot: scalar::q8_0_24_dot, simd: None, gemm: None, gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q8_0_48, float: false, dequantize: dequant::q8_0_48_row, quantize: Some(quant::q8_0_48_row), act: ActKind::Q8, dot: scalar::q8_0_48_dot, simd: simd!(Q8_0_48), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
     TypeTraits { dtype: DType::Q4_0, float: false, dequantize: dequant::q4_0_row, quantize: Some(quant::q4_0_row), act: ActKind::Q8, dot: scalar::q4_0_dot, simd: simd!(Q4_0), gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q4_0_48, float: false, dequantize: dequant::q4_0_48_row, quantize: Some(quant::q4_0_48_row), act: ActKind::Q8, dot: scalar::q4_0_48_dot, simd: simd!(Q4_0_48), gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
     TypeTraits { dtype: DType::Q4_1, float: false, dequantize: dequant::q4_1_row, quantize: Some(quant::q4_1_row), act: ActKind::Q8, dot: scalar::q4_1_dot, simd: simd!(Q4_1), gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
     TypeTraits { dtype: DType::Q5_0, float: false, dequantize: dequant::q5_0_row, quantize: Some(quant::q5_0_row), act: ActKind::Q8, dot: scalar::q5_0_dot, simd: simd!(Q5_0), gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
     TypeTraits { dtype: DType::Q5_1, float: false, dequantize: dequant::q5_1_row, quantize: Some(quant::q5_1_row), act: ActKind::Q8, dot: scalar::q5_1_dot, simd: simd!(Q5_1), gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
@@ -120,6 +121,17 @@ pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<(), Ker
         .ok_or(KernelError::NoQuantizer { dtype })?;
     q(src, dst);
     Ok(())
+}
+
+/// The first malformed block of `bytes` (whole blocks of `dtype`), if any: a sparse 4-of-8
+/// super-block whose keep-mask has a byte without exactly four bits set (its kernels would
+/// read other blocks' values). Dense types have no such constraint.
+pub fn malformed_block(dtype: DType, bytes: &[u8]) -> Option<usize> {
+    dtype.dense_twin()?;
+    let bb = dtype.block_bytes() as usize;
+    bytes
+        .chunks_exact(bb)
+        .position(|b| b[..16].iter().any(|m| m.count_ones() != 4))
 }
 
 /// Which activation form `dtype` weights use (f32 for a type tuili cannot run: its dot
@@ -188,8 +200,9 @@ mod tests {
     fn zeros_stay_zero() {
         for dtype in [
             DType::Q8_0,
-            DType::Q8_0_24,
+            DType::Q8_0_48,
             DType::Q4_0,
+            DType::Q4_0_48,
             DType::Q4_1,
             DType::Q5_0,
             DType::Q5_1,
@@ -204,18 +217,10 @@ mod tests {
         }
     }
 
-    /// Q8_0 2:4 keeps exactly what Q8_0 gives a row already pruned 2:4, and prunes any
-    /// other row by magnitude to 2:4.
+    /// The 4-of-8 layouts keep exactly what their base type gives a row already pruned 2:4
+    /// or 4:8, and prune any other row by magnitude to 4 of 8.
     #[test]
-    fn q8_0_24_is_q8_0_of_a_2_4_row() {
-        let mut x = data(4096, 11);
-        for g in x.chunks_exact_mut(4) {
-            // Keep the two largest of each group (the lower position among equals).
-            let mut o = [0usize, 1, 2, 3];
-            o.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()).then(a.cmp(&b)));
-            g[o[2]] = 0.0;
-            g[o[3]] = 0.0;
-        }
+    fn sparse_layouts_are_their_base_type_of_a_pruned_row() {
         let dequant = |t: DType, x: &[f32]| {
             let mut q = vec![0u8; t.bytes_for(x.len() as u64).unwrap() as usize];
             quantize_row(t, x, &mut q).unwrap();
@@ -223,31 +228,45 @@ mod tests {
             dequantize_row(t, &q, &mut y).unwrap();
             y
         };
-        let y = dequant(DType::Q8_0_24, &x);
-        assert_eq!(y, dequant(DType::Q8_0, &x));
-        assert_eq!(
-            DType::Q8_0_24.bytes_for(4096).unwrap() * 34,
-            22 * DType::Q8_0.bytes_for(4096).unwrap()
-        );
-        let dense = data(4096, 12);
-        let y = dequant(DType::Q8_0_24, &dense);
-        for (g, d) in y.chunks_exact(4).zip(dense.chunks_exact(4)) {
-            assert!(g.iter().filter(|v| **v != 0.0).count() <= 2);
-            // What is kept is the larger pair.
-            let kept_min = g
-                .iter()
-                .zip(d)
-                .filter(|(v, _)| **v != 0.0)
-                .map(|(_, w)| w.abs())
-                .fold(f32::MAX, f32::min);
-            let lost_max = g
-                .iter()
-                .zip(d)
-                .filter(|(v, _)| **v == 0.0)
-                .map(|(_, w)| w.abs())
-                .fold(0f32, f32::max);
-            assert!(kept_min >= lost_max, "{d:?} → {g:?}");
+        for (sparse, base, m) in [
+            (DType::Q8_0_48, DType::Q8_0, 4),
+            (DType::Q8_0_48, DType::Q8_0, 8),
+            (DType::Q4_0_48, DType::Q4_0, 4),
+            (DType::Q4_0_48, DType::Q4_0, 8),
+        ] {
+            let mut x = data(4096, 11);
+            for g in x.chunks_exact_mut(m) {
+                // Keep the larger half of each group (the lower position among equals).
+                let mut o: Vec<usize> = (0..m).collect();
+                o.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()).then(a.cmp(&b)));
+                for &p in &o[m / 2..] {
+                    g[p] = 0.0;
+                }
+            }
+            assert_eq!(dequant(sparse, &x), dequant(base, &x), "{sparse} {m}");
+            let dense = data(4096, 12);
+            let y = dequant(sparse, &dense);
+            for (g, d) in y.chunks_exact(8).zip(dense.chunks_exact(8)) {
+                assert!(g.iter().filter(|v| **v != 0.0).count() <= 4);
+                // What is kept is the larger half.
+                let kept_min = g
+                    .iter()
+                    .zip(d)
+                    .filter(|(v, _)| **v != 0.0)
+                    .map(|(_, w)| w.abs())
+                    .fold(f32::MAX, f32::min);
+                let lost_max = g
+                    .iter()
+                    .zip(d)
+                    .filter(|(v, _)| **v == 0.0)
+                    .map(|(_, w)| w.abs())
+                    .fold(0f32, f32::max);
+                assert!(kept_min >= lost_max, "{d:?} → {g:?}");
+            }
         }
+        // Bytes per weight: 11/16 of Q8_0's 17/16, 7/16 of Q4_0's 9/16.
+        assert_eq!(DType::Q8_0_48.bytes_for(4096).unwrap(), 4096 * 11 / 16);
+        assert_eq!(DType::Q4_0_48.bytes_for(4096).unwrap(), 4096 * 7 / 16);
     }
 
     #[test]

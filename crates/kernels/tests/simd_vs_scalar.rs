@@ -227,6 +227,8 @@ fn gemm_rows_match_scalar_and_dot() {
         DType::Q6_K,
         DType::Q2_K,
         DType::Q3_K,
+        DType::Q8_0_48,
+        DType::Q4_0_48,
     ] {
         let rb = dtype.bytes_for(cols as u64).unwrap() as usize;
         let rows: usize = 6;

@@ -34,6 +34,13 @@ pub enum ModelError {
         name: String,
         dtype: DType,
     },
+    #[error("{path}: tensor {name:?} ({dtype}): block {block} is malformed (a keep-mask byte without four bits set)")]
+    MalformedBlock {
+        path: String,
+        name: String,
+        dtype: DType,
+        block: usize,
+    },
     #[error("{path}: tensor {name:?} is missing")]
     MissingTensor { path: String, name: String },
     #[error("{path}: the file holds no tensors (a vocabulary-only GGUF?): nothing to run")]

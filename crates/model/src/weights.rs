@@ -211,14 +211,23 @@ impl Matrix {
             return Err(bad_shape(src, &info, expected));
         }
         check_type(src, &info)?;
-        Ok(Matrix {
+        let m = Matrix {
             name: info.name,
             dtype: info.dtype,
             rows,
             cols,
             backing: info.backing,
             range: info.range,
-        })
+        };
+        if let Some(b) = tuili_kernels::types::malformed_block(m.dtype, m.data()) {
+            return Err(ModelError::MalformedBlock {
+                path: src.label(),
+                name: m.name,
+                dtype: m.dtype,
+                block: b,
+            });
+        }
+        Ok(m)
     }
 
     /// Rows `start..start + n` as a matrix of their own (a view of the same bytes): the parts

@@ -76,58 +76,69 @@ fn wanda_and_sparsegpt_match_the_reference_code() {
     }
 }
 
-/// A model pruned 2:4 and stored in the sparse Q8_0 layout gives the logits of the same
-/// pruned model stored dense in Q8_0 (through the dense kernels), within the kernels'
-/// rounding: the kept values are the very int8s Q8_0 stores.
+/// A model pruned 2:4 or 4:8 and stored in a sparse layout (Q8_0_4:8, Q4_0_4:8) gives the
+/// logits of the same pruned model stored dense in Q8_0 or Q4_0 (through the dense kernels),
+/// within the kernels' rounding: the kept values are the very ones the dense type stores.
+/// Prompt (matrix kernels) and decode (row kernels) both.
 #[test]
-fn sparse_layout_gives_the_dense_pruned_logits() {
+fn sparse_layouts_give_the_dense_pruned_logits() {
     use std::sync::Arc;
     use tuili_core::{DType, ThreadPool};
     use tuili_formats::{GgufFile, GgufWriter};
     use tuili_kernels::types::{dequantize_row, quantize_row};
-    use tuili_model::prune::is_prunable;
+    use tuili_model::prune::{is_prunable, sparse_layout};
+    use tuili_model::synth::{synth_gguf, SynthSpec};
     use tuili_model::{Logits, Model, Scratch};
 
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/models/stories260K/stories260K.gguf"
-    );
-    let f = GgufFile::open(path).unwrap();
-    let pattern = Pattern::NofM { n: 2, m: 4 };
-    let mut files = Vec::new();
-    for sparse in [false, true] {
-        let mut w = GgufWriter::new();
-        for (k, v) in &f.metadata {
-            w.set(k, v.clone());
-        }
-        let mut n_sparse = 0;
-        for t in f.tensor_views() {
-            let cols = t.info.shape[0] as usize;
-            let prune = is_prunable(&t.info.name, &t.info.shape) && cols.is_multiple_of(32);
-            if !prune {
-                w.add_tensor(&t.info.name, t.info.dtype, &t.info.shape, t.data.to_vec())
-                    .unwrap();
-                continue;
-            }
-            let n = t.info.n_elements() as usize;
-            let mut vals = vec![0f32; n];
-            dequantize_row(t.info.dtype, t.data, &mut vals).unwrap();
-            by_score(&mut vals, cols, &vec![1.0; cols], pattern);
-            let to = if sparse { DType::Q8_0_24 } else { DType::Q8_0 };
-            n_sparse += usize::from(sparse);
-            let mut q = vec![0u8; to.bytes_for(n as u64).unwrap() as usize];
-            quantize_row(to, &vals, &mut q).unwrap();
-            w.add_tensor(&t.info.name, to, &t.info.shape, q).unwrap();
-        }
-        assert!(!sparse || n_sparse >= 30, "{n_sparse} sparse matrices");
-        files.push(GgufFile::from_bytes("mem.gguf", w.to_bytes()).unwrap());
-    }
+    let spec = SynthSpec {
+        n_embd: 256,
+        n_head: 4,
+        n_head_kv: 2,
+        n_ff: 640,
+        n_layer: 2,
+        ..SynthSpec::tiny(DType::F32)
+    };
+    let f = GgufFile::from_bytes("synthetic.gguf", synth_gguf(&spec).unwrap().to_bytes()).unwrap();
     let pool = ThreadPool::new(2);
-    let tokens: Vec<u32> = (1..40).map(|i| (i * 37 % 500) as u32).collect();
-    let out: Vec<Vec<f32>> = files
-        .into_iter()
-        .map(|f| {
-            let m = Model::load(Arc::new(f)).unwrap();
+    let tokens: Vec<u32> = (1..40).map(|i| (i * 37 % 250) as u32).collect();
+    for (base, pattern) in [
+        (DType::Q8_0, Pattern::NofM { n: 2, m: 4 }),
+        (DType::Q8_0, Pattern::NofM { n: 4, m: 8 }),
+        (DType::Q4_0, Pattern::NofM { n: 2, m: 4 }),
+        (DType::Q4_0, Pattern::NofM { n: 4, m: 8 }),
+    ] {
+        let mut out = Vec::new();
+        for sparse in [false, true] {
+            let mut w = GgufWriter::new();
+            for (k, v) in &f.metadata {
+                w.set(k, v.clone());
+            }
+            let mut n_sparse = 0;
+            for t in f.tensor_views() {
+                let cols = t.info.shape[0] as usize;
+                if !is_prunable(&t.info.name, &t.info.shape) {
+                    w.add_tensor(&t.info.name, t.info.dtype, &t.info.shape, t.data.to_vec())
+                        .unwrap();
+                    continue;
+                }
+                let n = t.info.n_elements() as usize;
+                let mut vals = vec![0f32; n];
+                dequantize_row(t.info.dtype, t.data, &mut vals).unwrap();
+                by_score(&mut vals, cols, &vec![1.0; cols], pattern);
+                let to = match sparse_layout(base, pattern, cols as u64) {
+                    Some(l) if sparse => l,
+                    _ => base,
+                };
+                n_sparse += usize::from(to != base);
+                let mut q = vec![0u8; to.bytes_for(n as u64).unwrap() as usize];
+                quantize_row(to, &vals, &mut q).unwrap();
+                w.add_tensor(&t.info.name, to, &t.info.shape, q).unwrap();
+            }
+            assert_eq!(n_sparse, if sparse { 14 } else { 0 }, "{base} {pattern}");
+            let m = Model::load(Arc::new(
+                GgufFile::from_bytes("mem.gguf", w.to_bytes()).unwrap(),
+            ))
+            .unwrap();
             let mut kv = m.new_cache(64).unwrap();
             let mut s = Scratch::new();
             let mut l = m
@@ -141,14 +152,45 @@ fn sparse_layout_gives_the_dense_pruned_logits() {
                         .unwrap(),
                 );
             }
-            l
-        })
-        .collect();
-    let scale = out[0].iter().fold(0f32, |m, v| m.max(v.abs()));
-    for (i, (a, b)) in out[0].iter().zip(&out[1]).enumerate() {
-        assert!(
-            (a - b).abs() <= 1e-4 * scale,
-            "logit {i}: dense {a}, sparse {b}"
-        );
+            out.push(l);
+        }
+        let scale = out[0].iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in out[0].iter().zip(&out[1]).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * scale,
+                "{base} {pattern} logit {i}: dense {a}, sparse {b}"
+            );
+        }
+    }
+}
+
+/// A sparse file whose keep-masks break the 4-of-8 rule is refused at load, naming the tensor
+/// and the block (its kernels would read other blocks' values).
+#[test]
+fn malformed_sparse_blocks_are_refused() {
+    use std::sync::Arc;
+    use tuili_core::DType;
+    use tuili_formats::GgufFile;
+    use tuili_model::synth::{synth_gguf, SynthSpec};
+    use tuili_model::{Model, ModelError};
+
+    let spec = SynthSpec {
+        n_layer: 1,
+        ..SynthSpec::tiny(DType::Q8_0_48)
+    };
+    let mut bytes = synth_gguf(&spec).unwrap().to_bytes();
+    let f = Arc::new(GgufFile::from_bytes("ok.gguf", bytes.clone()).unwrap());
+    assert!(Model::load(f.clone()).is_ok());
+    let t = f.tensor_info("blk.0.ffn_up.weight").unwrap();
+    assert_eq!(t.dtype, DType::Q8_0_48);
+    // Block 3's first mask byte: five bits set.
+    let at = f.tensor_range(t).start + 3 * 88;
+    bytes[at] = 0b0001_1111;
+    let bad = GgufFile::from_bytes("bad.gguf", bytes).unwrap();
+    match Model::load(Arc::new(bad)) {
+        Err(ModelError::MalformedBlock { name, block, .. }) => {
+            assert_eq!((name.as_str(), block), ("blk.0.ffn_up.weight", 3))
+        }
+        other => panic!("{:?}", other.err()),
     }
 }

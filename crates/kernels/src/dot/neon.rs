@@ -1,5 +1,6 @@
-//! aarch64 Advanced SIMD (NEON) dot-product kernels: F32, Q8_0 and Q4_0 with baseline NEON
-//! only (`vmull_s8` + pairwise accumulate; no dotprod extension needed). Other types take the
+//! aarch64 Advanced SIMD (NEON) dot-product kernels: F32, Q8_0 and Q4_0 and the sparse
+//! 4-of-8 types with baseline NEON only (`vmull_s8` + pairwise accumulate, `tbl` gathers; no
+//! dotprod extension needed). Other types take the
 //! scalar path. Tested against the scalar twins by `tests/simd_vs_scalar.rs` on aarch64.
 
 use std::arch::aarch64::*;
@@ -27,6 +28,8 @@ pub mod kernels {
     pub const Q5_K: Option<RowsFn> = None;
     pub const Q6_K: Option<RowsFn> = None;
     pub const Q8_K: Option<RowsFn> = None;
+    pub const Q8_0_48: Option<RowsFn> = Some(q8_0_48_rows);
+    pub const Q4_0_48: Option<RowsFn> = Some(q4_0_48_rows);
 }
 
 /// Every row against every activation row with `dot` (NEON is part of the aarch64
@@ -68,6 +71,113 @@ fn q4_0_rows(r: &mut Rows<'_, '_>) -> bool {
         ActRef::Q8(q) => Some(unsafe { q4_0_dot(as_blocks(wr).unwrap_or(&[]), q) }),
         _ => None,
     })
+}
+
+fn q8_0_48_rows(r: &mut Rows<'_, '_>) -> bool {
+    each_row(r, |wr, a| match a {
+        // SAFETY: as above, with whole Q8_0_4:8 super-blocks.
+        ActRef::Q8(q) => Some(unsafe { sparse_dot::<BlockQ8_0S>(as_blocks(wr).unwrap_or(&[]), q) }),
+        _ => None,
+    })
+}
+
+fn q4_0_48_rows(r: &mut Rows<'_, '_>) -> bool {
+    each_row(r, |wr, a| match a {
+        // SAFETY: as above, with whole Q4_0_4:8 super-blocks.
+        ActRef::Q8(q) => Some(unsafe { sparse_dot::<BlockQ4_0S>(as_blocks(wr).unwrap_or(&[]), q) }),
+        _ => None,
+    })
+}
+
+/// The kept positions (0..8) of a 4-of-8 group under mask byte m, as the four bytes of a
+/// u32 (the lowest first); 0xFF past the set bits of a byte with fewer than four (`tbl`
+/// reads 0 there), the first four of one with more: a malformed block stays in bounds.
+const fn positions_table() -> [u32; 256] {
+    let mut t = [0u32; 256];
+    let mut m = 0;
+    while m < 256 {
+        let mut v = 0xFFFF_FFFFu32;
+        let mut k = 0;
+        let mut i = 0;
+        while i < 8 {
+            if (m >> i) & 1 == 1 && k < 4 {
+                v = (v & !(0xFF << (8 * k))) | ((i as u32) << (8 * k));
+                k += 1;
+            }
+            i += 1;
+        }
+        t[m] = v;
+        m += 1;
+    }
+    t
+}
+static POSITIONS: [u32; 256] = positions_table();
+
+/// A sparse block's kept values as 16 signed bytes, and its scale.
+trait KeptBlock: Block {
+    /// Block s's 16 kept values (q) and its f16 scale as f32.
+    unsafe fn kept(&self, s: usize) -> (int8x16_t, f32);
+    fn mask(&self) -> &[u8; 16];
+}
+
+impl KeptBlock for BlockQ8_0S {
+    unsafe fn kept(&self, s: usize) -> (int8x16_t, f32) {
+        // SAFETY: 16 kept values per block.
+        let q = unsafe { vld1q_s8(self.qs.as_ptr().add(16 * s) as *const i8) };
+        (q, f16_le([self.d[2 * s], self.d[2 * s + 1]]))
+    }
+    fn mask(&self) -> &[u8; 16] {
+        &self.mask
+    }
+}
+
+impl KeptBlock for BlockQ4_0S {
+    unsafe fn kept(&self, s: usize) -> (int8x16_t, f32) {
+        // SAFETY: blocks 0, 1 are the low nibbles of bytes 0..16, 16..32, blocks 2, 3 their
+        // high nibbles; register-only arithmetic after.
+        let q = unsafe {
+            let raw = vld1q_u8(self.qs.as_ptr().add(16 * (s % 2)));
+            let u = if s < 2 {
+                vandq_u8(raw, vdupq_n_u8(0x0F))
+            } else {
+                vshrq_n_u8(raw, 4)
+            };
+            vsubq_s8(vreinterpretq_s8_u8(u), vdupq_n_s8(8))
+        };
+        (q, f16_le([self.d[2 * s], self.d[2 * s + 1]]))
+    }
+    fn mask(&self) -> &[u8; 16] {
+        &self.mask
+    }
+}
+
+/// Sparse 4-of-8 rows: per block of 32 the 16 activations at the kept positions gathered by
+/// one two-register `tbl` (indices from [`POSITIONS`] by mask byte), then as Q8_0's 16.
+unsafe fn sparse_dot<B: KeptBlock>(w: &[B], a: &Q8Row) -> f32 {
+    let mut acc = vdupq_n_f32(0.0);
+    for (sb, wb) in w.iter().enumerate() {
+        let m = wb.mask();
+        for s in 0..SPARSE_SUB {
+            let b = SPARSE_SUB * sb + s;
+            // Group c's positions (0..8) with 8c or'ed in (0xFF stays out of the table: a 0).
+            let pos = |c: usize| (POSITIONS[m[4 * s + c] as usize] | 0x0808_0808 * c as u32) as u64;
+            let (lo, hi) = (pos(0) | pos(1) << 32, pos(2) | pos(3) << 32);
+            // SAFETY: 32 activation quants per block; register-only arithmetic after.
+            unsafe {
+                let idx = vcombine_u8(vcreate_u8(lo), vcreate_u8(hi));
+                let t = int8x16x2_t(
+                    vld1q_s8(a.qs.as_ptr().add(b * QK)),
+                    vld1q_s8(a.qs.as_ptr().add(b * QK + 16)),
+                );
+                let x = vqtbl2q_s8(t, idx);
+                let (q, d) = wb.kept(s);
+                let p = dot16(q, x);
+                acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), d * a.d[b]);
+            }
+        }
+    }
+    // SAFETY: register-only.
+    unsafe { vaddvq_f32(acc) }
 }
 
 /// Σ w·x with four f32x4 accumulators.

@@ -95,7 +95,8 @@ macro_rules! block_dot {
 }
 
 block_dot!(q8_0_dot, Q8_0, Q8, q8_0, q8_0_row);
-block_dot!(q8_0_24_dot, Q8_0_24, Q8, q8_0_24, q8_0_24_row);
+block_dot!(q8_0_48_dot, Q8_0_48, Q8, q8_0_48, q8_0_48_row);
+block_dot!(q4_0_48_dot, Q4_0_48, Q8, q4_0_48, q4_0_48_row);
 block_dot!(q4_0_dot, Q4_0, Q8, q4_0, q4_0_row);
 block_dot!(q4_1_dot, Q4_1, Q8, q4_1, q4_1_row);
 block_dot!(q5_0_dot, Q5_0, Q8, q5_0, q5_0_row);
@@ -126,18 +127,33 @@ pub fn q8_0(w: &[BlockQ8_0], a: &Q8Row) -> f32 {
     s
 }
 
-/// Σ_b d_w·d_a·Σ_g (q_{2g}·a_{4g+p0} + q_{2g+1}·a_{4g+p1}): only the kept weights.
-pub fn q8_0_24(w: &[BlockQ8_0_24], a: &Q8Row) -> f32 {
+/// Σ over blocks of d_w·d_a·Σ_k q_k·a_{p_k}, p_k the k-th set bit of the block's mask: only
+/// the kept weights (sparse super-blocks, `crate::dequant::SparseBlock`).
+pub fn q8_0_48(w: &[BlockQ8_0S], a: &Q8Row) -> f32 {
+    sparse(w, a)
+}
+
+/// As [`q8_0_48`], Q4_0's values.
+pub fn q4_0_48(w: &[BlockQ4_0S], a: &Q8Row) -> f32 {
+    sparse(w, a)
+}
+
+fn sparse<B: crate::dequant::SparseBlock>(w: &[B], a: &Q8Row) -> f32 {
     let mut s = 0f32;
-    for (b, wb) in w.iter().enumerate() {
-        let qa = &a.qs[b * QK..(b + 1) * QK];
-        let mut acc = 0i32;
-        for g in 0..QK / 4 {
-            let [p0, p1] = crate::dequant::positions_24(wb, g);
-            acc += wb.qs[2 * g] as i8 as i32 * qa[4 * g + p0] as i32
-                + wb.qs[2 * g + 1] as i8 as i32 * qa[4 * g + p1] as i32;
-        }
-        s += f16_le(wb.d) * a.d[b] * acc as f32;
+    for (sb, wb) in w.iter().enumerate() {
+        wb.each_block(|j, d, mask, q| {
+            let b = sb * SPARSE_SUB + j;
+            let qa = &a.qs[b * QK..(b + 1) * QK];
+            let mut acc = 0i32;
+            let mut k = 0;
+            for (p, &x) in qa.iter().enumerate() {
+                if mask >> p & 1 == 1 {
+                    acc += q.get(k).map_or(0, |&v| v as i32) * x as i32;
+                    k += 1;
+                }
+            }
+            s += d * a.d[b] * acc as f32;
+        });
     }
     s
 }

@@ -102,6 +102,8 @@ pub mod kernels {
     pub const Q5_K: Option<RowsFn> = Some(q5_k_rows);
     pub const Q6_K: Option<RowsFn> = Some(q6_k_rows);
     pub const Q8_K: Option<RowsFn> = None;
+    pub const Q8_0_48: Option<RowsFn> = Some(q8_0_48_rows);
+    pub const Q4_0_48: Option<RowsFn> = Some(q4_0_48_rows);
 }
 
 /// The rest of the rows, up to four tokens per pass, with `$f` from the AVX-512 VNNI or the
@@ -283,6 +285,104 @@ fn q6_k_rows(r: &mut Rows<'_, '_>) -> bool {
         return true;
     }
     generic_rows!(rows, r, pick_q8k, BlockQ6K, q6_k_n)
+}
+
+/// The 4-of-8 sparse types (`Q4`: Q4_0's, else Q8_0's): with VBMI2 and up to four tokens,
+/// each row one stream of super-blocks whose activations are compressed to the kept
+/// positions (`vbmi::sparse_rows`); else every block of 32 expanded to its dense values by a
+/// byte shuffle (`expand_ctl`) into the dense block kernels.
+fn sparse_rows<const Q4: bool>(r: &mut Rows<'_, '_>) -> bool {
+    if let (true, Some(qs)) = (r.isa >= Isa::Avx512Vbmi, gather(r.acts, pick_q8)) {
+        let (nt, rb, n_rows) = (r.nt(), r.row_bytes, r.n_rows);
+        let w = r.w;
+        let out = &mut *r.out;
+        // SAFETY: Isa::Avx512Vbmi is only reported when AVX-512 F/BW/VL/VNNI/VBMI/VBMI2,
+        // AVX2, FMA and F16C are present; `Rows::check` checked that `w` is n_rows whole rows
+        // of whole super-blocks (`rb` bytes each), that `out` holds n_rows × nt values and
+        // that every activation row holds as many quants and scales as a row has elements.
+        unsafe {
+            match nt {
+                1 => vbmi::sparse_rows::<Q4, 1>(w, rb, &qs, out),
+                2 => vbmi::sparse_rows::<Q4, 2>(w, rb, &qs, out),
+                3 => vbmi::sparse_rows::<Q4, 3>(w, rb, &qs, out),
+                4 => vbmi::sparse_rows::<Q4, 4>(w, rb, &qs, out),
+                _ => return generic_sparse::<Q4>(r),
+            }
+        }
+        r.first_row = n_rows;
+        return true;
+    }
+    generic_sparse::<Q4>(r)
+}
+
+fn generic_sparse<const Q4: bool>(r: &mut Rows<'_, '_>) -> bool {
+    if Q4 {
+        generic_rows!(rows, r, pick_q8, BlockQ4_0S, q4_0_48_n)
+    } else {
+        generic_rows!(rows, r, pick_q8, BlockQ8_0S, q8_0_48_n)
+    }
+}
+
+fn q8_0_48_rows(r: &mut Rows<'_, '_>) -> bool {
+    sparse_rows::<false>(r)
+}
+
+fn q4_0_48_rows(r: &mut Rows<'_, '_>) -> bool {
+    sparse_rows::<true>(r)
+}
+
+/// `vpshufb` controls that expand a 4-of-8 block's kept values to its 32 positions: entry
+/// `[c][m]` is the eight control bytes of group c (elements 8c..8c + 8) under mask byte m —
+/// for each set bit the kept value's index (4c + its rank among the set bits: the group's
+/// four values follow the previous groups' in the broadcast 16 bytes), 0x80 (a zero) for
+/// each clear bit. A mask byte without exactly four bits set is a malformed block (the loader
+/// refuses it); its controls still index within the vector.
+const fn expand_table() -> [[u64; 256]; 4] {
+    let mut t = [[0u64; 256]; 4];
+    let mut c = 0;
+    while c < 4 {
+        let mut m = 0;
+        while m < 256 {
+            let mut v = 0u64;
+            let mut rank = 0u64;
+            let mut i = 0;
+            while i < 8 {
+                let byte = if (m >> i) & 1 == 1 {
+                    rank += 1;
+                    (4 * c as u64 + rank - 1) & 0x0F
+                } else {
+                    0x80
+                };
+                v |= byte << (8 * i);
+                i += 1;
+            }
+            t[c][m] = v;
+            m += 1;
+        }
+        c += 1;
+    }
+    t
+}
+static EXPAND: [[u64; 256]; 4] = expand_table();
+
+/// Block s's 16 kept values u of a `Q4_0_4:8` super-block's 32 nibble bytes (blocks 0, 1: the
+/// low nibbles of bytes 0..16, 16..32; blocks 2, 3: the high nibbles).
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(crate) fn nibbles16(qs: &[u8; 32], s: usize) -> __m128i {
+    // SAFETY: 16 bytes from 0 or 16 of the 32.
+    let raw = unsafe { _mm_loadu_si128(qs.as_ptr().add(16 * (s % 2)).cast()) };
+    let v = if s < 2 { raw } else { _mm_srli_epi16(raw, 4) };
+    _mm_and_si128(v, _mm_set1_epi8(0x0F))
+}
+
+/// The `vpshufb` control expanding a block's 16 kept values (broadcast to both 128-bit lanes)
+/// to its 32 positions under keep-mask `m`.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(crate) fn expand_ctl(m: u32) -> __m256i {
+    let e = |c: usize| EXPAND[c][(m >> (8 * c)) as usize & 0xFF] as i64;
+    _mm256_setr_epi64x(e(0), e(1), e(2), e(3))
 }
 
 fn pick_f32<'a>(a: &ActRef<'a>) -> Option<&'a [f32]> {
@@ -656,6 +756,55 @@ macro_rules! kernels {
                     let unpack = |b: usize| unsafe { _mm256_loadu_si256(w[b].qs.as_ptr().cast()) };
                     unsafe { by_tokens!(0, false, w.len(), unpack, dbits, |_| 0, a, out) }
                 }
+            }
+
+            /// `Q8_0_4:8` rows, block by block (32-value blocks, four a super-block): each
+            /// block's kept values expanded to their positions (zeros elsewhere), then as Q8_0.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q8_0_48_n(w: &[BlockQ8_0S], a: &[&Q8Row], out: &mut [f32]) {
+                let dbits = |b: usize| {
+                    let d = &w[b / SPARSE_SUB].d;
+                    u16::from_le_bytes([d[2 * (b % 4)], d[2 * (b % 4) + 1]])
+                };
+                let expand = |b: usize| {
+                    let (blk, s) = (&w[b / SPARSE_SUB], b % SPARSE_SUB);
+                    // SAFETY: 16 kept values per block.
+                    let kept = unsafe { _mm_loadu_si128(blk.qs.as_ptr().add(16 * s).cast()) };
+                    _mm256_shuffle_epi8(
+                        _mm256_broadcastsi128_si256(kept),
+                        expand_ctl(sub_mask(&blk.mask, s)),
+                    )
+                };
+                let nb = w.len() * SPARSE_SUB;
+                if $u8_ok {
+                    // q + 128 as unsigned bytes, as Q8_0's: the zeros become 128 too.
+                    let flip = _mm256_set1_epi8(-128);
+                    let unpack = |b: usize| _mm256_xor_si256(expand(b), flip);
+                    unsafe { by_tokens!(128, false, nb, unpack, dbits, |_| 0, a, out) }
+                } else {
+                    unsafe { by_tokens!(0, false, nb, expand, dbits, |_| 0, a, out) }
+                }
+            }
+
+            /// `Q4_0_4:8` rows, block by block: each block's 16 nibbles unpacked to q = u − 8,
+            /// expanded to their positions (zeros elsewhere), then as signed bytes.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q4_0_48_n(w: &[BlockQ4_0S], a: &[&Q8Row], out: &mut [f32]) {
+                let eight = _mm_set1_epi8(8);
+                let dbits = |b: usize| {
+                    let d = &w[b / SPARSE_SUB].d;
+                    u16::from_le_bytes([d[2 * (b % 4)], d[2 * (b % 4) + 1]])
+                };
+                let unpack = |b: usize| {
+                    let (blk, s) = (&w[b / SPARSE_SUB], b % SPARSE_SUB);
+                    let u = nibbles16(&blk.qs, s);
+                    _mm256_shuffle_epi8(
+                        _mm256_broadcastsi128_si256(_mm_sub_epi8(u, eight)),
+                        expand_ctl(sub_mask(&blk.mask, s)),
+                    )
+                };
+                let nb = w.len() * SPARSE_SUB;
+                unsafe { by_tokens!(0, false, nb, unpack, dbits, |_| 0, a, out) }
             }
 
             #[target_feature(enable = $features)]
@@ -1864,6 +2013,101 @@ pub(super) mod vbmi {
                 }
             }
             *o = sum - 8.0 * c;
+        }
+    }
+
+    /// 4-of-8 sparse rows (`Q4`: `Q4_0_4:8`, else `Q8_0_4:8`) · `N` Q8 activations (one to
+    /// four tokens): `out[r·N + t]` = row r · a[t], only the kept weights multiplied.
+    ///
+    /// Per super-block of 128 weights (88 or 56 bytes): its two 64-bit keep-masks (blocks 0–1,
+    /// 2–3) are loaded straight into mask registers, and each token's 128 activation bytes
+    /// are compressed to the 64 at kept positions (`vpcompressb`, two of 64 → 32, joined):
+    /// the kept weights are then one dense vector of 64 — loaded as stored (Q8_0), or the 32
+    /// nibble bytes broadcast, shifted and masked (Q4_0: low nibbles, then high). The
+    /// products take the activations as unsigned (a + 128, one `vpxor`) and the weights as
+    /// signed, Σ(a + 128)·q = Σa·q + 128·Σq, and the 128·Σq comes off per block (one more
+    /// `vpdpbusd`, shared by the tokens). Each block's integer sum (four lanes) is scaled by
+    /// its d_w·d_a spread over its lanes, as in [`q4_0_rows`]. The rows stream with software
+    /// prefetch as there.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/VNNI/VBMI/VBMI2, AVX2, FMA and F16C; `w` is whole rows of
+    /// whole super-blocks (`rb` bytes each); `out` holds N values per row; every `a[t]` holds
+    /// as many quants and block scales as a row has elements.
+    #[target_feature(
+        enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512vbmi2"
+    )]
+    pub(super) unsafe fn sparse_rows<const Q4: bool, const N: usize>(
+        w: &[u8],
+        rb: usize,
+        a: &[&Q8Row; 4],
+        out: &mut [f32],
+    ) {
+        let bb = if Q4 {
+            std::mem::size_of::<BlockQ4_0S>()
+        } else {
+            std::mem::size_of::<BlockQ8_0S>()
+        };
+        let nsb = rb / bb;
+        debug_assert!(rb.is_multiple_of(bb) && w.len().is_multiple_of(rb));
+        debug_assert!(out.len() >= w.len() / rb * N);
+        debug_assert!((0..N).all(|t| a[t].qs.len() >= nsb * QS && a[t].d.len() >= nsb * 4));
+        let flip = _mm512_set1_epi8(-128);
+        let m4 = _mm512_set1_epi8(0x0F);
+        let eight = _mm512_set1_epi8(8);
+        // Q4: qwords 0..4 as they are (low nibbles), 4..8 shifted by 4 (high nibbles).
+        let shifts = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+        // Block i / 4's scale into 32-bit lane i (the kept values are in order).
+        let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        let end = w.as_ptr().wrapping_add(w.len());
+        for r in 0..w.len() / rb {
+            let wp = w[r * rb..].as_ptr();
+            let mut acc = [_mm512_setzero_ps(); N];
+            for sb in 0..nsb {
+                // SAFETY (whole loop body): super-block sb is bytes bb·sb..bb·(sb + 1) of the
+                // row: masks at 0..16, scales 16..24, values 24..bb; the activations' block
+                // 4sb..4sb + 4 is quants 128sb..128sb + 128 and scales 4sb..4sb + 4 of every
+                // a[t]. Prefetch addresses are kept to our rows (`prefetch_ahead`).
+                unsafe {
+                    let p = wp.add(bb * sb);
+                    prefetch_ahead::<2>(p, end);
+                    let k01: __mmask64 = std::ptr::read_unaligned(p.cast::<u64>());
+                    let k23: __mmask64 = std::ptr::read_unaligned(p.add(8).cast::<u64>());
+                    let q = if Q4 {
+                        let raw = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(24).cast()));
+                        let u = _mm512_and_si512(_mm512_srlv_epi64(raw, shifts), m4);
+                        _mm512_sub_epi8(u, eight)
+                    } else {
+                        _mm512_loadu_si512(p.add(24).cast())
+                    };
+                    // 128·Σq per lane group, for every token.
+                    let corr = _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, q);
+                    let dw = _mm_cvtph_ps(_mm_loadl_epi64(p.add(16).cast()));
+                    for t in 0..N {
+                        let ap = a[t].qs.as_ptr().add(QS * sb);
+                        let a01 = _mm512_loadu_si512(ap.cast());
+                        let a23 = _mm512_loadu_si512(ap.add(64).cast());
+                        let c01 = _mm512_maskz_compress_epi8(k01, a01);
+                        let c23 = _mm512_maskz_compress_epi8(k23, a23);
+                        let c = _mm512_inserti64x4(c01, _mm512_castsi512_si256(c23), 1);
+                        let isum = _mm512_dpbusd_epi32(
+                            _mm512_setzero_si512(),
+                            _mm512_xor_si512(c, flip),
+                            q,
+                        );
+                        let s4 = _mm_mul_ps(dw, _mm_loadu_ps(a[t].d.as_ptr().add(4 * sb)));
+                        let s = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(s4));
+                        acc[t] = _mm512_fmadd_ps(
+                            _mm512_cvtepi32_ps(_mm512_sub_epi32(isum, corr)),
+                            s,
+                            acc[t],
+                        );
+                    }
+                }
+            }
+            for t in 0..N {
+                out[r * N + t] = _mm512_reduce_add_ps(acc[t]);
+            }
         }
     }
 
