@@ -375,7 +375,7 @@ fn prune_methods_and_mistakes() {
                 .next()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0.0);
-            let layout = ["Q8_0_4:8", "", "Q4_0_4:8"][i];
+            let layout = ["Q8_0_2:4", "", "Q4_0_4:8"][i];
             assert!(line.contains(layout) && share >= 50.0, "{shown}");
         } else {
             // Unstructured: no sparse layout; the file is dense, and says why.

@@ -64,11 +64,18 @@ pub enum DType {
     /// tuili's own: Q4_0 pruned 4 of every 8 — per 128 weights a keep-mask, four Q4_0 scales
     /// and the 64 kept 4-bit values (`tuili_kernels::blocks::BlockQ4_0S`).
     Q4_0_48 = 1026,
+    /// tuili's own: Q8_0 pruned 2:4 — per 128 weights the kept positions as three bit-planes
+    /// (3 bits a group of four), four Q8_0 scales and the 64 kept int8 values
+    /// (`tuili_kernels::blocks::BlockQ8_0P`).
+    Q8_0_24 = 1027,
+    /// tuili's own: Q4_0 pruned 2:4, as `Q8_0_24` with Q4_0's scales and 4-bit values
+    /// (`tuili_kernels::blocks::BlockQ4_0P`).
+    Q4_0_24 = 1028,
 }
 
 impl DType {
     /// Every type GGUF knows, in id order, then tuili's own.
-    pub const ALL: [DType; 33] = [
+    pub const ALL: [DType; 35] = [
         DType::F32,
         DType::F16,
         DType::Q4_0,
@@ -102,6 +109,8 @@ impl DType {
         DType::TQ2_0,
         DType::Q8_0_48,
         DType::Q4_0_48,
+        DType::Q8_0_24,
+        DType::Q4_0_24,
     ];
 
     pub fn from_id(id: u32) -> Result<DType, DTypeError> {
@@ -122,7 +131,7 @@ impl DType {
         match self {
             F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
             Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL => 32,
-            Q8_0_48 | Q4_0_48 => 128,
+            Q8_0_48 | Q4_0_48 | Q8_0_24 | Q4_0_24 => 128,
             Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S
             | IQ3_S | IQ2_S | IQ4_XS | IQ1_M | TQ1_0 | TQ2_0 => 256,
         }
@@ -161,6 +170,8 @@ impl DType {
             TQ2_0 => 66,
             Q8_0_48 => 88,
             Q4_0_48 => 56,
+            Q8_0_24 => 84,
+            Q4_0_24 => 52,
         }
     }
 
@@ -223,6 +234,8 @@ impl DType {
             TQ2_0 => "TQ2_0",
             Q8_0_48 => "Q8_0_4:8",
             Q4_0_48 => "Q4_0_4:8",
+            Q8_0_24 => "Q8_0_2:4",
+            Q4_0_24 => "Q4_0_2:4",
         }
     }
 
@@ -235,8 +248,8 @@ impl DType {
     /// type's, bit for bit), or `None` for a dense type.
     pub fn dense_twin(self) -> Option<DType> {
         match self {
-            DType::Q8_0_48 => Some(DType::Q8_0),
-            DType::Q4_0_48 => Some(DType::Q4_0),
+            DType::Q8_0_48 | DType::Q8_0_24 => Some(DType::Q8_0),
+            DType::Q4_0_48 | DType::Q4_0_24 => Some(DType::Q4_0),
             _ => None,
         }
     }

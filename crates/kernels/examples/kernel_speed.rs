@@ -33,6 +33,8 @@ fn main() {
         DType::Q6_K,
         DType::Q8_0_48,
         DType::Q4_0_48,
+        DType::Q8_0_24,
+        DType::Q4_0_24,
     ] {
         // TUILI_TYPES=Q4_0,F16 picks some.
         if let Ok(only) = std::env::var("TUILI_TYPES") {

@@ -106,15 +106,131 @@ pub struct BlockQ4_0S {
     pub qs: [u8; QS / 4],
 }
 
-/// The keep-mask of sub-block `s` of a sparse super-block's mask bytes.
-#[inline]
-pub fn sub_mask(mask: &[u8; 16], s: usize) -> u32 {
-    u32::from_le_bytes([
-        mask[4 * s],
-        mask[4 * s + 1],
-        mask[4 * s + 2],
-        mask[4 * s + 3],
-    ])
+/// Q8_0 pruned 2:4 (`Q8_0_2:4`), 128 weights: as [`BlockQ8_0S`] with the keep-masks coded in
+/// 12 bytes instead of 16. A group of four keeps two, so its mask bits b0..b3 have b3 =
+/// b0 ⊕ b1 ⊕ b2 (b0 + b1 + b2 is 1 or 2): `planes` holds three little-endian u32, bit g of
+/// word k being b_k of group g (weights 4g..4g + 4); [`planes_masks`] rebuilds the masks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BlockQ8_0P {
+    pub planes: [u8; 12],
+    pub d: [u8; 8],
+    pub qs: [u8; QS / 2],
+}
+
+/// Q4_0 pruned 2:4 (`Q4_0_2:4`): the planes of [`BlockQ8_0P`], the scales and nibbles of
+/// [`BlockQ4_0S`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BlockQ4_0P {
+    pub planes: [u8; 12],
+    pub d: [u8; 8],
+    pub qs: [u8; QS / 4],
+}
+
+/// A sparse super-block type (`Q8_0_4:8`, `Q4_0_4:8`, `Q8_0_2:4`, `Q4_0_2:4`): a header with
+/// the keep-masks (`HEADER` bytes), the four base-type scales, the 64 kept values.
+pub trait Sparse: Block {
+    /// Q4_0 values (32 nibble bytes), else Q8_0's (64 int8).
+    const Q4: bool;
+    /// Header bytes: 16 (masks as they are) or 12 (2:4 bit-planes).
+    const HEADER: usize;
+    /// The four blocks' keep-masks (bit j of word s: weight 32s + j kept).
+    fn masks(&self) -> [u32; 4];
+    /// The four f16 scales.
+    fn scales(&self) -> &[u8; 8];
+    /// The kept values as stored.
+    fn values(&self) -> &[u8];
+    /// Block s's 16 kept values as signed integers q (x = d·q).
+    fn kept(&self, s: usize) -> [i8; 16] {
+        let v = self.values();
+        if Self::Q4 {
+            // Blocks 0, 1: low nibbles of bytes 0..16, 16..32; blocks 2, 3: high nibbles.
+            std::array::from_fn(|k| ((v[16 * (s % 2) + k] >> (4 * (s / 2))) & 0x0F) as i8 - 8)
+        } else {
+            std::array::from_fn(|k| v[16 * s + k] as i8)
+        }
+    }
+    /// Block s's scale.
+    fn scale(&self, s: usize) -> f32 {
+        let d = self.scales();
+        f16_le([d[2 * s], d[2 * s + 1]])
+    }
+}
+
+/// `N` little-endian u32 from bytes.
+pub fn le_words<const N: usize>(b: &[u8]) -> [u32; N] {
+    std::array::from_fn(|k| {
+        u32::from_le_bytes([b[4 * k], b[4 * k + 1], b[4 * k + 2], b[4 * k + 3]])
+    })
+}
+
+macro_rules! sparse_block {
+    ($t:ty, $q4:literal, $hdr:literal, $field:ident, $masks:expr) => {
+        impl Sparse for $t {
+            const Q4: bool = $q4;
+            const HEADER: usize = $hdr;
+            fn masks(&self) -> [u32; 4] {
+                $masks(&self.$field)
+            }
+            fn scales(&self) -> &[u8; 8] {
+                &self.d
+            }
+            fn values(&self) -> &[u8] {
+                &self.qs
+            }
+        }
+    };
+}
+sparse_block!(BlockQ8_0S, false, 16, mask, le_words::<4>);
+sparse_block!(BlockQ4_0S, true, 16, mask, le_words::<4>);
+sparse_block!(BlockQ8_0P, false, 12, planes, planes_masks);
+sparse_block!(BlockQ4_0P, true, 12, planes, planes_masks);
+
+/// Bit i of a byte → bit 4i of a u32.
+const fn spread_table() -> [u32; 256] {
+    let mut t = [0u32; 256];
+    let mut m = 0;
+    while m < 256 {
+        let mut v = 0u32;
+        let mut i = 0;
+        while i < 8 {
+            v |= ((m as u32 >> i) & 1) << (4 * i);
+            i += 1;
+        }
+        t[m] = v;
+        m += 1;
+    }
+    t
+}
+static SPREAD: [u32; 256] = spread_table();
+
+/// The four keep-masks of 2:4 bit-planes: bit 4g + k of the super-block is plane k's bit g
+/// (k < 3), and bit 4g + 3 their exclusive or.
+pub fn planes_masks(planes: &[u8; 12]) -> [u32; 4] {
+    let [p0, p1, p2] = le_words::<3>(planes);
+    let p3 = p0 ^ p1 ^ p2;
+    std::array::from_fn(|s| {
+        let b = |p: u32| SPREAD[(p >> (8 * s)) as usize & 0xFF];
+        b(p0) | b(p1) << 1 | b(p2) << 2 | b(p3) << 3
+    })
+}
+
+/// The bit-planes of 2:4 keep-masks (each group of four with two bits set).
+pub fn masks_planes(masks: &[u32; 4]) -> [u8; 12] {
+    let mut p = [0u32; 3];
+    for (s, &m) in masks.iter().enumerate() {
+        for g in 0..8 {
+            for (k, pk) in p.iter_mut().enumerate() {
+                *pk |= (m >> (4 * g + k) & 1) << (8 * s + g);
+            }
+        }
+    }
+    let mut out = [0u8; 12];
+    for (k, pk) in p.iter().enumerate() {
+        out[4 * k..4 * k + 4].copy_from_slice(&pk.to_le_bytes());
+    }
+    out
 }
 
 /// Q8_1: x = d · q; `s` = d · Σq (used by dot products against Q4_1/Q5_1).
@@ -202,6 +318,8 @@ assert_block!(BlockQ8_0, 34);
 assert_block!(BlockQ8_1, 36);
 assert_block!(BlockQ8_0S, 88);
 assert_block!(BlockQ4_0S, 56);
+assert_block!(BlockQ8_0P, 84);
+assert_block!(BlockQ4_0P, 52);
 assert_block!(BlockQ2K, 84);
 assert_block!(BlockQ3K, 110);
 assert_block!(BlockQ4K, 144);
@@ -230,6 +348,10 @@ unsafe impl Block for BlockQ8_1 {}
 unsafe impl Block for BlockQ8_0S {}
 // SAFETY: as above.
 unsafe impl Block for BlockQ4_0S {}
+// SAFETY: as above.
+unsafe impl Block for BlockQ8_0P {}
+// SAFETY: as above.
+unsafe impl Block for BlockQ4_0P {}
 // SAFETY: as above.
 unsafe impl Block for BlockQ2K {}
 // SAFETY: as above.

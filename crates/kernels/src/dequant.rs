@@ -44,8 +44,6 @@ block_rows! {
     q5_0_row = deq_q5_0;
     q5_1_row = deq_q5_1;
     q8_0_row = deq_q8_0;
-    q8_0_48_row = deq_q8_0_48;
-    q4_0_48_row = deq_q4_0_48;
     q2_k_row = deq_q2_k;
     q3_k_row = deq_q3_k;
     q4_k_row = deq_q4_k;
@@ -122,63 +120,38 @@ pub fn deq_q8_0(blocks: &[BlockQ8_0], dst: &mut [f32]) {
     }
 }
 
-/// A sparse super-block's blocks: `f(s, d_s, mask_s, kept_s)` for each block s of 32 weights,
-/// with its scale, keep-mask and 16 kept values as signed integers q (x = d·q).
-pub trait SparseBlock: Block {
-    fn each_block(&self, f: impl FnMut(usize, f32, u32, [i8; 16]));
+/// Bytes of sparse super-blocks → f32, for each sparse type.
+macro_rules! sparse_rows {
+    ($($row:ident = $blk:ty;)*) => {$(
+        #[doc = concat!("Bytes of ", stringify!($blk), " → f32.")]
+        pub fn $row(src: &[u8], dst: &mut [f32]) {
+            deq_sparse::<$blk>(as_blocks(src).unwrap_or(&[]), dst)
+        }
+    )*};
 }
 
-impl SparseBlock for BlockQ8_0S {
-    fn each_block(&self, mut f: impl FnMut(usize, f32, u32, [i8; 16])) {
-        for s in 0..SPARSE_SUB {
-            let d = f16_le([self.d[2 * s], self.d[2 * s + 1]]);
-            let q = std::array::from_fn(|k| self.qs[16 * s + k] as i8);
-            f(s, d, sub_mask(&self.mask, s), q);
-        }
-    }
-}
-
-impl SparseBlock for BlockQ4_0S {
-    fn each_block(&self, mut f: impl FnMut(usize, f32, u32, [i8; 16])) {
-        for s in 0..SPARSE_SUB {
-            let d = f16_le([self.d[2 * s], self.d[2 * s + 1]]);
-            let q = std::array::from_fn(|k| {
-                ((self.qs[16 * (s % 2) + k] >> (4 * (s / 2))) & 0x0F) as i8 - 8
-            });
-            f(s, d, sub_mask(&self.mask, s), q);
-        }
-    }
+sparse_rows! {
+    q8_0_48_row = BlockQ8_0S;
+    q4_0_48_row = BlockQ4_0S;
+    q8_0_24_row = BlockQ8_0P;
+    q4_0_24_row = BlockQ4_0P;
 }
 
 /// Sparse super-blocks → f32: the kept values d·q at the set bits of each block's mask, in
 /// order; 0 elsewhere.
-pub fn deq_sparse<B: SparseBlock>(blocks: &[B], dst: &mut [f32]) {
+pub fn deq_sparse<B: Sparse>(blocks: &[B], dst: &mut [f32]) {
     for (b, y) in blocks.iter().zip(dst.chunks_exact_mut(QS)) {
         y.fill(0.0);
-        b.each_block(|s, d, mask, q| {
-            let mut k = 0;
-            for j in 0..QK {
-                if mask >> j & 1 == 1 {
-                    // A mask with more than 16 bits set is malformed; its extra positions
-                    // stay 0 rather than reading past the kept values.
-                    if let Some(&v) = q.get(k) {
-                        y[QK * s + j] = v as f32 * d;
-                    }
-                    k += 1;
-                }
+        let masks = b.masks();
+        for (s, &mask) in masks.iter().enumerate() {
+            let (d, q) = (b.scale(s), b.kept(s));
+            // A mask with more than 16 bits set is malformed (the loader refuses it); its
+            // extra positions stay 0 rather than reading past the kept values.
+            for (j, &v) in (0..QK).filter(|j| mask >> j & 1 == 1).zip(&q) {
+                y[QK * s + j] = v as f32 * d;
             }
-        });
+        }
     }
-}
-
-/// `Q8_0_4:8` → f32.
-pub fn deq_q8_0_48(blocks: &[BlockQ8_0S], dst: &mut [f32]) {
-    deq_sparse(blocks, dst)
-}
-
-/// `Q4_0_4:8` → f32.
-pub fn deq_q4_0_48(blocks: &[BlockQ4_0S], dst: &mut [f32]) {
-    deq_sparse(blocks, dst)
 }
 
 /// Two 128-element halves; in each, four 2-bit planes (shift 0,2,4,6) of 32 bytes, each plane

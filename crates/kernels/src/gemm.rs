@@ -26,8 +26,8 @@
 
 use crate::act::{Q8KRow, Q8Row};
 use crate::blocks::{
-    as_blocks, f16_le, sub_mask, BlockQ4K, BlockQ4_0, BlockQ4_0S, BlockQ5K, BlockQ6K, BlockQ8_0,
-    BlockQ8_0S, QK, QK_K, QS, SPARSE_SUB,
+    as_blocks, f16_le, BlockQ4K, BlockQ4_0, BlockQ4_0P, BlockQ4_0S, BlockQ5K, BlockQ6K, BlockQ8_0,
+    BlockQ8_0P, BlockQ8_0S, Sparse, QK, QK_K, QS, SPARSE_SUB,
 };
 use crate::cpu::Isa;
 use tuili_core::DType;
@@ -216,60 +216,6 @@ impl TileGroup<'_> {
                 }
             }
         }
-    }
-}
-
-/// [`unpack_row`] of a sparse 4-of-8 row with AVX-512 VBMI2's byte expand: per super-block
-/// its kept values (Q8_0: as stored; Q4_0: the nibbles masked, then shifted) go to their
-/// positions under the two 64-bit masks, read straight into mask registers; the dropped
-/// positions take the dense type's zero (q + 128 = 128, u = 8).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl,avx512vbmi,avx512vbmi2")]
-unsafe fn unpack_sparse_vbmi2(dtype: DType, w: &[u8], bytes: &mut [u8], scales: &mut [f32]) -> i32 {
-    use std::arch::x86_64::*;
-    let q4 = dtype == DType::Q4_0_48;
-    let bb = dtype.block_bytes() as usize;
-    let nsb = w.len() / bb;
-    assert!(bytes.len() >= nsb * QS && scales.len() >= nsb * SPARSE_SUB);
-    let (m4, eight, flip) = (
-        _mm512_set1_epi8(0x0F),
-        _mm512_set1_epi8(8),
-        _mm512_set1_epi8(-128),
-    );
-    for sb in 0..nsb {
-        // SAFETY: super-block sb is bytes bb·sb..bb·(sb + 1) of `w` (masks 0..16, scales
-        // 16..24, values 24..bb); its 128 output bytes and four scales fit (asserted).
-        unsafe {
-            let p = w.as_ptr().add(bb * sb);
-            let k01: __mmask64 = std::ptr::read_unaligned(p.cast::<u64>());
-            let k23: __mmask64 = std::ptr::read_unaligned(p.add(8).cast::<u64>());
-            let (e01, e23) = if q4 {
-                let raw = _mm512_zextsi256_si512(_mm256_loadu_si256(p.add(24).cast()));
-                let lo = _mm512_and_si512(raw, m4);
-                let hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
-                (
-                    _mm512_mask_expand_epi8(eight, k01, lo),
-                    _mm512_mask_expand_epi8(eight, k23, hi),
-                )
-            } else {
-                let kept = _mm512_loadu_si512(p.add(24).cast());
-                let high = _mm512_zextsi256_si512(_mm512_extracti64x4_epi64(kept, 1));
-                (
-                    _mm512_xor_si512(_mm512_maskz_expand_epi8(k01, kept), flip),
-                    _mm512_xor_si512(_mm512_maskz_expand_epi8(k23, high), flip),
-                )
-            };
-            let o = bytes.as_mut_ptr().add(QS * sb);
-            _mm512_storeu_si512(o.cast(), e01);
-            _mm512_storeu_si512(o.add(64).cast(), e23);
-            let d = _mm_cvtph_ps(_mm_loadl_epi64(p.add(16).cast()));
-            _mm_storeu_ps(scales.as_mut_ptr().add(SPARSE_SUB * sb), d);
-        }
-    }
-    if q4 {
-        8
-    } else {
-        128
     }
 }
 
@@ -462,51 +408,6 @@ unsafe fn unpack_row_avx2(
             }
             8
         }
-        DType::Q8_0_48 | DType::Q4_0_48 => {
-            use crate::dot::x86::{expand_ctl, nibbles16};
-            let flip = _mm256_set1_epi8(-128);
-            if dtype == DType::Q4_0_48 {
-                let eight = _mm256_set1_epi8(8);
-                let blocks = as_blocks::<BlockQ4_0S>(w).unwrap_or(&[]);
-                assert!(bytes.len() >= blocks.len() * QS && scales.len() >= blocks.len() * 4);
-                for (sb, k) in blocks.iter().enumerate() {
-                    for s in 0..SPARSE_SUB {
-                        let b = SPARSE_SUB * sb + s;
-                        scales[b] = f16_le([k.d[2 * s], k.d[2 * s + 1]]);
-                        // SAFETY: 32 output bytes per block (asserted).
-                        unsafe {
-                            let ctl = expand_ctl(sub_mask(&k.mask, s));
-                            let u = _mm256_broadcastsi128_si256(nibbles16(&k.qs, s));
-                            // The dropped positions are u = 8 (q = 0).
-                            let e = _mm256_blendv_epi8(_mm256_shuffle_epi8(u, ctl), eight, ctl);
-                            _mm256_storeu_si256(bytes.as_mut_ptr().add(b * QK).cast(), e);
-                        }
-                    }
-                }
-                8
-            } else {
-                let blocks = as_blocks::<BlockQ8_0S>(w).unwrap_or(&[]);
-                assert!(bytes.len() >= blocks.len() * QS && scales.len() >= blocks.len() * 4);
-                for (sb, k) in blocks.iter().enumerate() {
-                    for s in 0..SPARSE_SUB {
-                        let b = SPARSE_SUB * sb + s;
-                        scales[b] = f16_le([k.d[2 * s], k.d[2 * s + 1]]);
-                        // SAFETY: 16 kept values per block; 32 output bytes per block
-                        // (asserted).
-                        unsafe {
-                            let ctl = expand_ctl(sub_mask(&k.mask, s));
-                            let q = _mm_loadu_si128(k.qs.as_ptr().add(16 * s).cast());
-                            let e = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(q), ctl);
-                            _mm256_storeu_si256(
-                                bytes.as_mut_ptr().add(b * QK).cast(),
-                                _mm256_xor_si256(e, flip),
-                            );
-                        }
-                    }
-                }
-                128
-            }
-        }
         _ => {
             let blocks = crate::blocks::as_blocks::<BlockQ8_0>(w).unwrap_or(&[]);
             assert!(bytes.len() >= blocks.len() * QK && scales.len() >= blocks.len());
@@ -537,10 +438,8 @@ fn unpack(
     scales: &mut [f32],
     mins: &mut [f32],
 ) -> i32 {
-    if isa >= Isa::Avx512Vbmi && matches!(dtype, DType::Q8_0_48 | DType::Q4_0_48) {
-        // SAFETY: Avx512Vbmi is reported by run-time detection only with AVX2, F16C and
-        // AVX-512 F/BW/VL/VBMI/VBMI2.
-        unsafe { unpack_sparse_vbmi2(dtype, w, bytes, scales) }
+    if dtype.dense_twin().is_some() {
+        unpack_sparse(isa, dtype, w, bytes, scales)
     } else if isa >= Isa::Avx2 {
         // SAFETY: Avx2 or better is reported by run-time detection only with AVX2 and F16C.
         unsafe { unpack_row_avx2(dtype, w, bytes, scales, mins) }
@@ -753,31 +652,140 @@ fn for_legacy_blocks(dtype: DType, w: &[u8], mut f: impl FnMut(usize, LegacyBloc
     }
 }
 
-/// Calls `f(b, d_b, mask_b, kept_b)` for every block of 32 of a sparse 4-of-8 row: its scale,
-/// keep-mask and 16 kept values (Q8_0_4:8: q + 128; Q4_0_4:8: u = q + 8), unsigned as the
-/// dense type's unpacked values.
-fn for_sparse_blocks(dtype: DType, w: &[u8], mut f: impl FnMut(usize, f32, u32, [u8; 16])) {
-    let mut each = |mask: &[u8; 16], d: &[u8; 8], sb: usize, kept: &dyn Fn(usize) -> [u8; 16]| {
-        for s in 0..SPARSE_SUB {
-            f(
-                SPARSE_SUB * sb + s,
-                f16_le([d[2 * s], d[2 * s + 1]]),
-                sub_mask(mask, s),
-                kept(s),
-            );
+/// [`unpack_row`] of a sparse row ([`Sparse`]): each block's kept values to their positions as
+/// the dense type's unsigned bytes (Q8_0: q + 128; Q4_0: u = q + 8), the dropped positions
+/// that type's zero (128, 8); the scales as they are. With the best code for `isa`: VBMI2's
+/// byte expand, AVX2's byte shuffle, or scalar. Returns the offset (128 or 8).
+fn unpack_sparse(isa: Isa, dtype: DType, w: &[u8], bytes: &mut [u8], scales: &mut [f32]) -> i32 {
+    fn go<B: Sparse>(isa: Isa, w: &[u8], bytes: &mut [u8], scales: &mut [f32]) -> i32 {
+        let blocks = as_blocks::<B>(w).unwrap_or(&[]);
+        assert!(bytes.len() >= blocks.len() * QS && scales.len() >= blocks.len() * SPARSE_SUB);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if isa >= Isa::Avx512Vbmi {
+                // SAFETY: Avx512Vbmi is reported by run-time detection only with AVX2, F16C
+                // and AVX-512 F/BW/VL/VBMI/VBMI2; sizes asserted.
+                unsafe { x86_sparse::unpack_vbmi2(blocks, bytes, scales) };
+                return if B::Q4 { 8 } else { 128 };
+            }
+            if isa >= Isa::Avx2 {
+                // SAFETY: Avx2 or better is reported only with AVX2 and F16C; sizes asserted.
+                unsafe { x86_sparse::unpack_avx2(blocks, bytes, scales) };
+                return if B::Q4 { 8 } else { 128 };
+            }
         }
-    };
-    if dtype == DType::Q8_0_48 {
-        for (sb, k) in as_blocks::<BlockQ8_0S>(w).unwrap_or(&[]).iter().enumerate() {
-            each(&k.mask, &k.d, sb, &|s| {
-                std::array::from_fn(|j| k.qs[16 * s + j] ^ 0x80)
-            });
+        let _ = isa;
+        let off: u8 = if B::Q4 { 8 } else { 128 };
+        for (sb, blk) in blocks.iter().enumerate() {
+            for (s, &mask) in blk.masks().iter().enumerate() {
+                let b = SPARSE_SUB * sb + s;
+                scales[b] = blk.scale(s);
+                let o = &mut bytes[b * QK..(b + 1) * QK];
+                o.fill(off);
+                for (j, &q) in (0..QK).filter(|j| mask >> j & 1 == 1).zip(&blk.kept(s)) {
+                    o[j] = (q as i32 + off as i32) as u8;
+                }
+            }
         }
-    } else if dtype == DType::Q4_0_48 {
-        for (sb, k) in as_blocks::<BlockQ4_0S>(w).unwrap_or(&[]).iter().enumerate() {
-            each(&k.mask, &k.d, sb, &|s| {
-                std::array::from_fn(|j| (k.qs[16 * (s % 2) + j] >> (4 * (s / 2))) & 0x0F)
-            });
+        off as i32
+    }
+    match dtype {
+        DType::Q8_0_48 => go::<BlockQ8_0S>(isa, w, bytes, scales),
+        DType::Q4_0_48 => go::<BlockQ4_0S>(isa, w, bytes, scales),
+        DType::Q8_0_24 => go::<BlockQ8_0P>(isa, w, bytes, scales),
+        DType::Q4_0_24 => go::<BlockQ4_0P>(isa, w, bytes, scales),
+        _ => 0,
+    }
+}
+
+/// The sparse row unpacking with AVX2 and with AVX-512 VBMI2.
+#[cfg(target_arch = "x86_64")]
+mod x86_sparse {
+    use super::*;
+    use crate::dot::x86::{expand_ctl, nibbles16};
+    use std::arch::x86_64::*;
+
+    /// Block by block: the 16 kept values broadcast and spread to their positions by one
+    /// `vpshufb` (controls by mask byte), the dropped positions the dense type's zero.
+    ///
+    /// # Safety
+    /// AVX2 and F16C; `bytes` holds 128 per super-block, `scales` four.
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn unpack_avx2<B: Sparse>(
+        blocks: &[B],
+        bytes: &mut [u8],
+        scales: &mut [f32],
+    ) {
+        let (flip, eight) = (_mm256_set1_epi8(-128), _mm256_set1_epi8(8));
+        for (sb, k) in blocks.iter().enumerate() {
+            for (s, &mask) in k.masks().iter().enumerate() {
+                let b = SPARSE_SUB * sb + s;
+                scales[b] = k.scale(s);
+                let ctl = expand_ctl(mask);
+                let e = if B::Q4 {
+                    let qs: &[u8; 32] = k.values().try_into().unwrap_or(&[0; 32]);
+                    let u = _mm256_broadcastsi128_si256(nibbles16(qs, s));
+                    // The dropped positions are u = 8 (q = 0).
+                    _mm256_blendv_epi8(_mm256_shuffle_epi8(u, ctl), eight, ctl)
+                } else {
+                    // SAFETY: 16 kept values per block.
+                    let q = unsafe { _mm_loadu_si128(k.values().as_ptr().add(16 * s).cast()) };
+                    let e = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(q), ctl);
+                    _mm256_xor_si256(e, flip)
+                };
+                // SAFETY: 32 output bytes per block (the caller's contract).
+                unsafe { _mm256_storeu_si256(bytes.as_mut_ptr().add(b * QK).cast(), e) };
+            }
+        }
+    }
+
+    /// Per super-block: its kept values (Q8_0: as stored; Q4_0: the nibbles masked, then
+    /// shifted) go to their positions under the two 64-bit masks (`vpexpandb`); the dropped
+    /// positions take the dense type's zero (q + 128 = 128, u = 8).
+    ///
+    /// # Safety
+    /// AVX2, F16C and AVX-512 F/BW/VL/VBMI2; `bytes` holds 128 per super-block, `scales` four.
+    #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl,avx512vbmi,avx512vbmi2")]
+    pub(super) unsafe fn unpack_vbmi2<B: Sparse>(
+        blocks: &[B],
+        bytes: &mut [u8],
+        scales: &mut [f32],
+    ) {
+        let (m4, eight, flip) = (
+            _mm512_set1_epi8(0x0F),
+            _mm512_set1_epi8(8),
+            _mm512_set1_epi8(-128),
+        );
+        for (sb, k) in blocks.iter().enumerate() {
+            let m = k.masks();
+            let k01: __mmask64 = m[0] as u64 | (m[1] as u64) << 32;
+            let k23: __mmask64 = m[2] as u64 | (m[3] as u64) << 32;
+            let v = k.values().as_ptr();
+            // SAFETY: the values are 32 (Q4_0) or 64 bytes; the output bytes and scales fit
+            // (the caller's contract).
+            unsafe {
+                let (e01, e23) = if B::Q4 {
+                    let raw = _mm512_zextsi256_si512(_mm256_loadu_si256(v.cast()));
+                    let lo = _mm512_and_si512(raw, m4);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+                    (
+                        _mm512_mask_expand_epi8(eight, k01, lo),
+                        _mm512_mask_expand_epi8(eight, k23, hi),
+                    )
+                } else {
+                    let kept = _mm512_loadu_si512(v.cast());
+                    let high = _mm512_zextsi256_si512(_mm512_extracti64x4_epi64(kept, 1));
+                    (
+                        _mm512_xor_si512(_mm512_maskz_expand_epi8(k01, kept), flip),
+                        _mm512_xor_si512(_mm512_maskz_expand_epi8(k23, high), flip),
+                    )
+                };
+                let o = bytes.as_mut_ptr().add(QS * sb);
+                _mm512_storeu_si512(o.cast(), e01);
+                _mm512_storeu_si512(o.add(64).cast(), e23);
+                let d = _mm_cvtph_ps(_mm_loadl_epi64(k.scales().as_ptr().cast()));
+                _mm_storeu_ps(scales.as_mut_ptr().add(SPARSE_SUB * sb), d);
+            }
         }
     }
 }
@@ -887,23 +895,8 @@ fn unpack_row(
             });
             legacy_offset(dtype)
         }
-        DType::Q8_0_48 | DType::Q4_0_48 => {
-            // Unsigned as the dense type's: Q4_0 u (8 where dropped), Q8_0 q + 128.
-            let off = if dtype == DType::Q4_0_48 { 8 } else { 128 };
-            for_sparse_blocks(dtype, w, |b, d, mask, kept| {
-                scales[b] = d;
-                let o = &mut bytes[b * QK..(b + 1) * QK];
-                let mut k = 0;
-                for (j, o) in o.iter_mut().enumerate() {
-                    *o = if mask >> j & 1 == 0 {
-                        off as u8
-                    } else {
-                        k += 1;
-                        kept.get(k - 1).copied().unwrap_or(off as u8)
-                    };
-                }
-            });
-            off
+        DType::Q8_0_48 | DType::Q4_0_48 | DType::Q8_0_24 | DType::Q4_0_24 => {
+            unpack_sparse(Isa::Scalar, dtype, w, bytes, scales)
         }
         DType::Q4_0 => {
             let blocks = crate::blocks::as_blocks::<BlockQ4_0>(w).unwrap_or(&[]);

@@ -54,6 +54,8 @@ block_rows! {
     q8_0_row = BlockQ8_0, QK, q8_0_block;
     q8_0_48_row = BlockQ8_0S, QS, q8_0_48_block;
     q4_0_48_row = BlockQ4_0S, QS, q4_0_48_block;
+    q8_0_24_row = BlockQ8_0P, QS, q8_0_24_block;
+    q4_0_24_row = BlockQ4_0P, QS, q4_0_24_block;
     q4_0_row = BlockQ4_0, QK, q4_0_block;
     q4_1_row = BlockQ4_1, QK, q4_1_block;
     q5_0_row = BlockQ5_0, QK, q5_0_block;
@@ -72,79 +74,80 @@ pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
     m
 }
 
-/// The keep-mask of 32 weights under 4-of-8 pruning: in each group of eight the four of
-/// largest magnitude (ties: the lower position), so a row already pruned 2:4 or 4:8 keeps
+/// The keep-mask of 32 weights under N-of-M pruning (4 of 8, 2 of 4): in each group of `M`
+/// the `N` of largest magnitude (ties: the lower position), so a row already pruned so keeps
 /// exactly its non-zeros (and, where a group has fewer, its lowest-placed zeros).
-pub(crate) fn keep_4of8(x: &[f32]) -> u32 {
+pub(crate) fn keep_n_of_m<const N: usize, const M: usize>(x: &[f32]) -> u32 {
     let mut mask = 0u32;
-    for (c, v) in x.chunks_exact(8).enumerate() {
-        let mut order = [0usize, 1, 2, 3, 4, 5, 6, 7];
+    for (c, v) in x.chunks_exact(M).enumerate() {
+        let mut order: [usize; M] = std::array::from_fn(|i| i);
         order.sort_by(|&a, &b| v[b].abs().total_cmp(&v[a].abs()).then(a.cmp(&b)));
-        for &p in &order[..4] {
-            mask |= 1 << (8 * c + p);
+        for &p in &order[..N] {
+            mask |= 1 << (M * c + p);
         }
     }
     mask
 }
 
-/// A sparse super-block ([`BlockQ8_0S`], [`BlockQ4_0S`]) from 128 weights: each block of 32
-/// is quantized by its base type's `dense` block quantizer (scale and values as dense: the
-/// zeros take part in the scale as they would there), then only the kept values are stored:
-/// `value(block, j)` reads value j of the dense block's bytes, `pack(qs, s, kept)` stores
-/// block s's 16 kept values.
-fn sparse_block(
+/// A sparse super-block ([`Sparse`]) from 128 weights: each block of 32 is quantized by its
+/// base type's `dense` block quantizer (scale and values as dense: the zeros take part in the
+/// scale as they would there), `keep` chooses the kept positions, and only their values are
+/// stored: `value(block, j)` reads value j of the dense block's bytes. The header is the
+/// masks as they are (`PLANES` false) or as 2:4 bit-planes.
+fn sparse_block<const Q4: bool, const PLANES: bool>(
     x: &[f32],
     out: &mut [u8],
+    keep: fn(&[f32]) -> u32,
     dense: fn(&[f32], &mut [u8]),
-    value: fn(&[u8], usize) -> u8,
-    pack: fn(&mut [u8], usize, &[u8; 16]),
 ) {
+    let hdr = if PLANES { 12 } else { 16 };
     let mut tmp = [0u8; 34];
-    for s in 0..SPARSE_SUB {
+    let mut masks = [0u32; SPARSE_SUB];
+    for (s, mask) in masks.iter_mut().enumerate() {
         let xs = &x[QK * s..QK * (s + 1)];
-        let mask = keep_4of8(xs);
+        *mask = keep(xs);
         dense(xs, &mut tmp);
-        out[4 * s..4 * s + 4].copy_from_slice(&mask.to_le_bytes());
-        out[16 + 2 * s..18 + 2 * s].copy_from_slice(&tmp[..2]);
-        let mut kept = [0u8; 16];
-        let mut k = 0;
-        for j in 0..QK {
-            if mask >> j & 1 == 1 {
-                kept[k] = value(&tmp, j);
-                k += 1;
+        out[hdr + 2 * s..hdr + 2 * s + 2].copy_from_slice(&tmp[..2]);
+        let qs = &mut out[hdr + 8..];
+        for (k, j) in (0..QK).filter(|j| *mask >> j & 1 == 1).enumerate() {
+            if Q4 {
+                // Q4_0 value j (low nibbles 0..16, high 16..32); blocks 0, 1 into the low
+                // nibbles of bytes 0..16, 16..32, blocks 2, 3 into the high ones.
+                let u = (tmp[2 + j % 16] >> (4 * (j / 16))) & 0x0F;
+                let (at, shift) = (16 * (s % 2) + k, 4 * (s / 2));
+                qs[at] = (qs[at] & !(0x0F << shift)) | u << shift;
+            } else {
+                qs[16 * s + k] = tmp[2 + j];
             }
         }
-        pack(&mut out[24..], s, &kept);
+    }
+    if PLANES {
+        out[..12].copy_from_slice(&masks_planes(&masks));
+    } else {
+        for (s, m) in masks.iter().enumerate() {
+            out[4 * s..4 * s + 4].copy_from_slice(&m.to_le_bytes());
+        }
     }
 }
 
 /// Q8_0 pruned 4 of 8: the Q8_0 scales and values of the kept weights.
 pub(crate) fn q8_0_48_block(x: &[f32], out: &mut [u8]) {
-    sparse_block(
-        x,
-        out,
-        q8_0_block,
-        |b, j| b[2 + j],
-        |qs, s, kept| qs[16 * s..16 * s + 16].copy_from_slice(kept),
-    )
+    sparse_block::<false, false>(x, out, keep_n_of_m::<4, 8>, q8_0_block)
 }
 
-/// Q4_0 pruned 4 of 8: the Q4_0 scales and nibbles of the kept weights (the super-block's
-/// kept value k < 32 in the low nibble of byte k, 32 + k in its high nibble).
+/// Q4_0 pruned 4 of 8: the Q4_0 scales and nibbles of the kept weights.
 pub(crate) fn q4_0_48_block(x: &[f32], out: &mut [u8]) {
-    sparse_block(
-        x,
-        out,
-        q4_0_block,
-        |b, j| (b[2 + j % 16] >> (4 * (j / 16))) & 0x0F,
-        |qs, s, kept| {
-            // Blocks 0 and 1 in the low nibbles, 2 and 3 in the high ones.
-            let (at, shift) = (16 * (s % 2), 4 * (s / 2));
-            for (j, &u) in kept.iter().enumerate() {
-                qs[at + j] = (qs[at + j] & !(0x0F << shift)) | u << shift;
-            }
-        },
-    )
+    sparse_block::<true, false>(x, out, keep_n_of_m::<4, 8>, q4_0_block)
+}
+
+/// Q8_0 pruned 2 of 4, the positions as bit-planes.
+pub(crate) fn q8_0_24_block(x: &[f32], out: &mut [u8]) {
+    sparse_block::<false, true>(x, out, keep_n_of_m::<2, 4>, q8_0_block)
+}
+
+/// Q4_0 pruned 2 of 4, the positions as bit-planes.
+pub(crate) fn q4_0_24_block(x: &[f32], out: &mut [u8]) {
+    sparse_block::<true, true>(x, out, keep_n_of_m::<2, 4>, q4_0_block)
 }
 
 /// d = amax/127, q = round(x/d).

@@ -76,14 +76,16 @@ pub struct TypeTraits {
 
 /// The rows: every type tuili runs.
 #[rustfmt::skip]
-static TABLE: [TypeTraits; 16] = [
+static TABLE: [TypeTraits; 18] = [
     TypeTraits { dtype: DType::F32, float: true, dequantize: dequant::f32_row, quantize: Some(quant::f32_row), act: ActKind::F32, dot: scalar::f32_dot, simd: simd!(F32), gemm: None, gemm_f: Some(Isa::Avx2), fallback: None },
     TypeTraits { dtype: DType::F16, float: true, dequantize: dequant::f16_row, quantize: Some(quant::f16_row), act: ActKind::F16, dot: scalar::f16_dot, simd: simd!(F16), gemm: None, gemm_f: Some(Isa::Avx2), fallback: None },
     TypeTraits { dtype: DType::BF16, float: true, dequantize: dequant::bf16_row, quantize: Some(quant::bf16_row), act: ActKind::F32, dot: scalar::bf16_dot, simd: simd!(BF16), gemm: None, gemm_f: Some(Isa::Avx2), fallback: None },
     TypeTraits { dtype: DType::Q8_0, float: false, dequantize: dequant::q8_0_row, quantize: Some(quant::q8_0_row), act: ActKind::Q8, dot: scalar::q8_0_dot, simd: simd!(Q8_0), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
     TypeTraits { dtype: DType::Q8_0_48, float: false, dequantize: dequant::q8_0_48_row, quantize: Some(quant::q8_0_48_row), act: ActKind::Q8, dot: scalar::q8_0_48_dot, simd: simd!(Q8_0_48), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q8_0_24, float: false, dequantize: dequant::q8_0_24_row, quantize: Some(quant::q8_0_24_row), act: ActKind::Q8, dot: scalar::q8_0_24_dot, simd: simd!(Q8_0_24), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
     TypeTraits { dtype: DType::Q4_0, float: false, dequantize: dequant::q4_0_row, quantize: Some(quant::q4_0_row), act: ActKind::Q8, dot: scalar::q4_0_dot, simd: simd!(Q4_0), gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
     TypeTraits { dtype: DType::Q4_0_48, float: false, dequantize: dequant::q4_0_48_row, quantize: Some(quant::q4_0_48_row), act: ActKind::Q8, dot: scalar::q4_0_48_dot, simd: simd!(Q4_0_48), gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q4_0_24, float: false, dequantize: dequant::q4_0_24_row, quantize: Some(quant::q4_0_24_row), act: ActKind::Q8, dot: scalar::q4_0_24_dot, simd: simd!(Q4_0_24), gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
     TypeTraits { dtype: DType::Q4_1, float: false, dequantize: dequant::q4_1_row, quantize: Some(quant::q4_1_row), act: ActKind::Q8, dot: scalar::q4_1_dot, simd: simd!(Q4_1), gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
     TypeTraits { dtype: DType::Q5_0, float: false, dequantize: dequant::q5_0_row, quantize: Some(quant::q5_0_row), act: ActKind::Q8, dot: scalar::q5_0_dot, simd: simd!(Q5_0), gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
     TypeTraits { dtype: DType::Q5_1, float: false, dequantize: dequant::q5_1_row, quantize: Some(quant::q5_1_row), act: ActKind::Q8, dot: scalar::q5_1_dot, simd: simd!(Q5_1), gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
@@ -124,14 +126,22 @@ pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<(), Ker
 }
 
 /// The first malformed block of `bytes` (whole blocks of `dtype`), if any: a sparse 4-of-8
-/// super-block whose keep-mask has a byte without exactly four bits set (its kernels would
-/// read other blocks' values). Dense types have no such constraint.
+/// super-block whose keep-mask has a byte without exactly four bits set, or a 2:4 one whose
+/// bit-planes give a group of four other than two kept (its kernels would read other blocks'
+/// values). Dense types have no such constraint.
 pub fn malformed_block(dtype: DType, bytes: &[u8]) -> Option<usize> {
     dtype.dense_twin()?;
     let bb = dtype.block_bytes() as usize;
-    bytes
-        .chunks_exact(bb)
-        .position(|b| b[..16].iter().any(|m| m.count_ones() != 4))
+    let planes = matches!(dtype, DType::Q8_0_24 | DType::Q4_0_24);
+    bytes.chunks_exact(bb).position(|b| {
+        if planes {
+            // b0 + b1 + b2 must be 1 or 2 in every group: not all clear, not all set.
+            let [p0, p1, p2] = crate::blocks::le_words::<3>(b);
+            (p0 | p1 | p2) != u32::MAX || (p0 & p1 & p2) != 0
+        } else {
+            b[..16].iter().any(|m| m.count_ones() != 4)
+        }
+    })
 }
 
 /// Which activation form `dtype` weights use (f32 for a type tuili cannot run: its dot
@@ -203,6 +213,8 @@ mod tests {
             DType::Q8_0_48,
             DType::Q4_0,
             DType::Q4_0_48,
+            DType::Q8_0_24,
+            DType::Q4_0_24,
             DType::Q4_1,
             DType::Q5_0,
             DType::Q5_1,
@@ -233,6 +245,8 @@ mod tests {
             (DType::Q8_0_48, DType::Q8_0, 8),
             (DType::Q4_0_48, DType::Q4_0, 4),
             (DType::Q4_0_48, DType::Q4_0, 8),
+            (DType::Q8_0_24, DType::Q8_0, 4),
+            (DType::Q4_0_24, DType::Q4_0, 4),
         ] {
             let mut x = data(4096, 11);
             for g in x.chunks_exact_mut(m) {
@@ -246,8 +260,14 @@ mod tests {
             assert_eq!(dequant(sparse, &x), dequant(base, &x), "{sparse} {m}");
             let dense = data(4096, 12);
             let y = dequant(sparse, &dense);
-            for (g, d) in y.chunks_exact(8).zip(dense.chunks_exact(8)) {
-                assert!(g.iter().filter(|v| **v != 0.0).count() <= 4);
+            // The 2:4 layouts keep two of every four, the others four of every eight.
+            let group = if matches!(sparse, DType::Q8_0_24 | DType::Q4_0_24) {
+                4
+            } else {
+                8
+            };
+            for (g, d) in y.chunks_exact(group).zip(dense.chunks_exact(group)) {
+                assert!(g.iter().filter(|v| **v != 0.0).count() <= group / 2);
                 // What is kept is the larger half.
                 let kept_min = g
                     .iter()
@@ -267,6 +287,9 @@ mod tests {
         // Bytes per weight: 11/16 of Q8_0's 17/16, 7/16 of Q4_0's 9/16.
         assert_eq!(DType::Q8_0_48.bytes_for(4096).unwrap(), 4096 * 11 / 16);
         assert_eq!(DType::Q4_0_48.bytes_for(4096).unwrap(), 4096 * 7 / 16);
+        // 2:4: 3 bits of positions a group of four instead of 4.
+        assert_eq!(DType::Q8_0_24.bytes_for(4096).unwrap(), 4096 * 21 / 32);
+        assert_eq!(DType::Q4_0_24.bytes_for(4096).unwrap(), 4096 * 13 / 32);
     }
 
     #[test]

@@ -167,8 +167,10 @@ fn simd_kernels_match_scalar_twins_and_exact_dots() {
 #[test]
 fn row_groups_match_scalar_twins() {
     let mut rng = Lcg(7);
-    for &n in &[256usize, 2048 + 256] {
-        for dtype in types() {
+    // 640: 20 blocks of 32, the one-row kernels' groups of eight and a tail of four (for the
+    // types whose blocks divide it).
+    for &n in &[256usize, 640, 2048 + 256] {
+        for dtype in types().filter(|t| (n as u64).is_multiple_of(t.block_len())) {
             let rows = 19;
             let w: Vec<u8> = (0..rows)
                 .flat_map(|_| weights(dtype, n, &mut rng))
@@ -229,6 +231,8 @@ fn gemm_rows_match_scalar_and_dot() {
         DType::Q3_K,
         DType::Q8_0_48,
         DType::Q4_0_48,
+        DType::Q8_0_24,
+        DType::Q4_0_24,
     ] {
         let rb = dtype.bytes_for(cols as u64).unwrap() as usize;
         let rows: usize = 6;

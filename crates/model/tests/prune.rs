@@ -76,15 +76,19 @@ fn wanda_and_sparsegpt_match_the_reference_code() {
     }
 }
 
-/// A model pruned 2:4 or 4:8 and stored in a sparse layout (Q8_0_4:8, Q4_0_4:8) gives the
-/// logits of the same pruned model stored dense in Q8_0 or Q4_0 (through the dense kernels),
-/// within the kernels' rounding: the kept values are the very ones the dense type stores.
-/// Prompt (matrix kernels) and decode (row kernels) both.
+/// A model pruned 2:4 or 4:8 and stored in a sparse layout gives the logits of the same pruned
+/// model stored dense in Q8_0 or Q4_0 (through the dense kernels): the kept values are the
+/// very ones the dense type stores. Through the scalar kernels (whose sums run in the same
+/// order) bit for bit; through this machine's SIMD kernels within their rounding, which the
+/// activations' int8 requantization between layers can turn into a step of one quantum here
+/// and there (measured: 3e-7 of the largest logit without such a step, 2.4e-3 with one;
+/// hence 5e-3). Prompt (matrix kernels) and decode (row kernels) both.
 #[test]
 fn sparse_layouts_give_the_dense_pruned_logits() {
     use std::sync::Arc;
     use tuili_core::{DType, ThreadPool};
     use tuili_formats::{GgufFile, GgufWriter};
+    use tuili_kernels::cpu::Isa;
     use tuili_kernels::types::{dequantize_row, quantize_row};
     use tuili_model::prune::{is_prunable, sparse_layout};
     use tuili_model::synth::{synth_gguf, SynthSpec};
@@ -135,32 +139,46 @@ fn sparse_layouts_give_the_dense_pruned_logits() {
                 w.add_tensor(&t.info.name, to, &t.info.shape, q).unwrap();
             }
             assert_eq!(n_sparse, if sparse { 14 } else { 0 }, "{base} {pattern}");
-            let m = Model::load(Arc::new(
+            let mut m = Model::load(Arc::new(
                 GgufFile::from_bytes("mem.gguf", w.to_bytes()).unwrap(),
             ))
             .unwrap();
-            let mut kv = m.new_cache(64).unwrap();
-            let mut s = Scratch::new();
-            let mut l = m
-                .forward(&tokens[..30], &mut kv, &mut s, Logits::All, &pool)
-                .unwrap()
-                .to_vec();
-            // And a few decode steps, one token each.
-            for &t in &tokens[30..] {
-                l.extend_from_slice(
-                    m.forward(&[t], &mut kv, &mut s, Logits::Last, &pool)
-                        .unwrap(),
-                );
+            let mut per_isa = Vec::new();
+            for isa in [Isa::Scalar, tuili_kernels::cpu::detect()] {
+                m.set_isa(isa);
+                let mut kv = m.new_cache(64).unwrap();
+                let mut s = Scratch::new();
+                let mut l = m
+                    .forward(&tokens[..30], &mut kv, &mut s, Logits::All, &pool)
+                    .unwrap()
+                    .to_vec();
+                // And a few decode steps, one token each.
+                for &t in &tokens[30..] {
+                    l.extend_from_slice(
+                        m.forward(&[t], &mut kv, &mut s, Logits::Last, &pool)
+                            .unwrap(),
+                    );
+                }
+                per_isa.push(l);
             }
-            out.push(l);
+            out.push(per_isa);
         }
-        let scale = out[0].iter().fold(0f32, |m, v| m.max(v.abs()));
-        for (i, (a, b)) in out[0].iter().zip(&out[1]).enumerate() {
-            assert!(
-                (a - b).abs() <= 1e-4 * scale,
-                "{base} {pattern} logit {i}: dense {a}, sparse {b}"
-            );
-        }
+        assert_eq!(out[0][0], out[1][0], "{base} {pattern}: scalar kernels");
+        let (dense, sparse) = (&out[0][1], &out[1][1]);
+        let scale = dense.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = dense
+            .iter()
+            .zip(sparse)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!(
+            "{base} {pattern}: SIMD logits differ by {:.2e} of the largest",
+            worst / scale
+        );
+        assert!(
+            worst <= 5e-3 * scale,
+            "{base} {pattern}: {worst} of {scale}"
+        );
     }
 }
 
@@ -190,6 +208,31 @@ fn malformed_sparse_blocks_are_refused() {
     match Model::load(Arc::new(bad)) {
         Err(ModelError::MalformedBlock { name, block, .. }) => {
             assert_eq!((name.as_str(), block), ("blk.0.ffn_up.weight", 3))
+        }
+        other => panic!("{:?}", other.err()),
+    }
+    // 2:4 bit-planes: group 0 of block 5 with all three plane bits set (four kept).
+    let spec = SynthSpec {
+        n_layer: 1,
+        ..SynthSpec::tiny(DType::Q4_0_24)
+    };
+    let mut bytes = synth_gguf(&spec).unwrap().to_bytes();
+    let f = Arc::new(GgufFile::from_bytes("ok.gguf", bytes.clone()).unwrap());
+    assert!(Model::load(f.clone()).is_ok());
+    let t = f.tensor_info("blk.0.attn_k.weight").unwrap();
+    let at = f.tensor_range(t).start + 5 * 52;
+    for k in 0..3 {
+        bytes[at + 4 * k] |= 1;
+    }
+    let bad = GgufFile::from_bytes("bad.gguf", bytes).unwrap();
+    match Model::load(Arc::new(bad)) {
+        Err(ModelError::MalformedBlock {
+            name, block, dtype, ..
+        }) => {
+            assert_eq!(
+                (name.as_str(), block, dtype),
+                ("blk.0.attn_k.weight", 5, DType::Q4_0_24)
+            )
         }
         other => panic!("{:?}", other.err()),
     }

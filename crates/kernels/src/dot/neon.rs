@@ -28,8 +28,10 @@ pub mod kernels {
     pub const Q5_K: Option<RowsFn> = None;
     pub const Q6_K: Option<RowsFn> = None;
     pub const Q8_K: Option<RowsFn> = None;
-    pub const Q8_0_48: Option<RowsFn> = Some(q8_0_48_rows);
-    pub const Q4_0_48: Option<RowsFn> = Some(q4_0_48_rows);
+    pub const Q8_0_48: Option<RowsFn> = Some(sparse_rows::<BlockQ8_0S>);
+    pub const Q4_0_48: Option<RowsFn> = Some(sparse_rows::<BlockQ4_0S>);
+    pub const Q8_0_24: Option<RowsFn> = Some(sparse_rows::<BlockQ8_0P>);
+    pub const Q4_0_24: Option<RowsFn> = Some(sparse_rows::<BlockQ4_0P>);
 }
 
 /// Every row against every activation row with `dot` (NEON is part of the aarch64
@@ -73,18 +75,10 @@ fn q4_0_rows(r: &mut Rows<'_, '_>) -> bool {
     })
 }
 
-fn q8_0_48_rows(r: &mut Rows<'_, '_>) -> bool {
+fn sparse_rows<B: Sparse>(r: &mut Rows<'_, '_>) -> bool {
     each_row(r, |wr, a| match a {
-        // SAFETY: as above, with whole Q8_0_4:8 super-blocks.
-        ActRef::Q8(q) => Some(unsafe { sparse_dot::<BlockQ8_0S>(as_blocks(wr).unwrap_or(&[]), q) }),
-        _ => None,
-    })
-}
-
-fn q4_0_48_rows(r: &mut Rows<'_, '_>) -> bool {
-    each_row(r, |wr, a| match a {
-        // SAFETY: as above, with whole Q4_0_4:8 super-blocks.
-        ActRef::Q8(q) => Some(unsafe { sparse_dot::<BlockQ4_0S>(as_blocks(wr).unwrap_or(&[]), q) }),
+        // SAFETY: as above, with whole sparse super-blocks.
+        ActRef::Q8(q) => Some(unsafe { sparse_dot::<B>(as_blocks(wr).unwrap_or(&[]), q) }),
         _ => None,
     })
 }
@@ -113,50 +107,33 @@ const fn positions_table() -> [u32; 256] {
 }
 static POSITIONS: [u32; 256] = positions_table();
 
-/// A sparse block's kept values as 16 signed bytes, and its scale.
-trait KeptBlock: Block {
-    /// Block s's 16 kept values (q) and its f16 scale as f32.
-    unsafe fn kept(&self, s: usize) -> (int8x16_t, f32);
-    fn mask(&self) -> &[u8; 16];
-}
-
-impl KeptBlock for BlockQ8_0S {
-    unsafe fn kept(&self, s: usize) -> (int8x16_t, f32) {
-        // SAFETY: 16 kept values per block.
-        let q = unsafe { vld1q_s8(self.qs.as_ptr().add(16 * s) as *const i8) };
-        (q, f16_le([self.d[2 * s], self.d[2 * s + 1]]))
-    }
-    fn mask(&self) -> &[u8; 16] {
-        &self.mask
-    }
-}
-
-impl KeptBlock for BlockQ4_0S {
-    unsafe fn kept(&self, s: usize) -> (int8x16_t, f32) {
-        // SAFETY: blocks 0, 1 are the low nibbles of bytes 0..16, 16..32, blocks 2, 3 their
-        // high nibbles; register-only arithmetic after.
-        let q = unsafe {
-            let raw = vld1q_u8(self.qs.as_ptr().add(16 * (s % 2)));
+/// Block s's 16 kept values as signed bytes q.
+unsafe fn kept<B: Sparse>(blk: &B, s: usize) -> int8x16_t {
+    let v = blk.values().as_ptr();
+    // SAFETY: Q4_0: blocks 0, 1 are the low nibbles of bytes 0..16, 16..32 of the 32, blocks
+    // 2, 3 their high nibbles; Q8_0: 16 values per block of the 64. Register-only after.
+    unsafe {
+        if B::Q4 {
+            let raw = vld1q_u8(v.add(16 * (s % 2)));
             let u = if s < 2 {
                 vandq_u8(raw, vdupq_n_u8(0x0F))
             } else {
                 vshrq_n_u8(raw, 4)
             };
             vsubq_s8(vreinterpretq_s8_u8(u), vdupq_n_s8(8))
-        };
-        (q, f16_le([self.d[2 * s], self.d[2 * s + 1]]))
-    }
-    fn mask(&self) -> &[u8; 16] {
-        &self.mask
+        } else {
+            vld1q_s8(v.add(16 * s) as *const i8)
+        }
     }
 }
 
-/// Sparse 4-of-8 rows: per block of 32 the 16 activations at the kept positions gathered by
-/// one two-register `tbl` (indices from [`POSITIONS`] by mask byte), then as Q8_0's 16.
-unsafe fn sparse_dot<B: KeptBlock>(w: &[B], a: &Q8Row) -> f32 {
+/// Sparse rows ([`Sparse`]): per block of 32 the 16 activations at the kept positions gathered
+/// by one two-register `tbl` (indices from [`POSITIONS`] by mask byte), then as Q8_0's 16.
+unsafe fn sparse_dot<B: Sparse>(w: &[B], a: &Q8Row) -> f32 {
     let mut acc = vdupq_n_f32(0.0);
     for (sb, wb) in w.iter().enumerate() {
-        let m = wb.mask();
+        let masks = wb.masks();
+        let m: [u8; 16] = std::array::from_fn(|i| (masks[i / 4] >> (8 * (i % 4))) as u8);
         for s in 0..SPARSE_SUB {
             let b = SPARSE_SUB * sb + s;
             // Group c's positions (0..8) with 8c or'ed in (0xFF stays out of the table: a 0).
@@ -170,9 +147,8 @@ unsafe fn sparse_dot<B: KeptBlock>(w: &[B], a: &Q8Row) -> f32 {
                     vld1q_s8(a.qs.as_ptr().add(b * QK + 16)),
                 );
                 let x = vqtbl2q_s8(t, idx);
-                let (q, d) = wb.kept(s);
-                let p = dot16(q, x);
-                acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), d * a.d[b]);
+                let p = dot16(kept(wb, s), x);
+                acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), wb.scale(s) * a.d[b]);
             }
         }
     }

@@ -95,8 +95,10 @@ macro_rules! block_dot {
 }
 
 block_dot!(q8_0_dot, Q8_0, Q8, q8_0, q8_0_row);
-block_dot!(q8_0_48_dot, Q8_0_48, Q8, q8_0_48, q8_0_48_row);
-block_dot!(q4_0_48_dot, Q4_0_48, Q8, q4_0_48, q4_0_48_row);
+block_dot!(q8_0_48_dot, Q8_0_48, Q8, sparse_q8_0s, q8_0_48_row);
+block_dot!(q4_0_48_dot, Q4_0_48, Q8, sparse_q4_0s, q4_0_48_row);
+block_dot!(q8_0_24_dot, Q8_0_24, Q8, sparse_q8_0p, q8_0_24_row);
+block_dot!(q4_0_24_dot, Q4_0_24, Q8, sparse_q4_0p, q4_0_24_row);
 block_dot!(q4_0_dot, Q4_0, Q8, q4_0, q4_0_row);
 block_dot!(q4_1_dot, Q4_1, Q8, q4_1, q4_1_row);
 block_dot!(q5_0_dot, Q5_0, Q8, q5_0, q5_0_row);
@@ -128,34 +130,36 @@ pub fn q8_0(w: &[BlockQ8_0], a: &Q8Row) -> f32 {
 }
 
 /// Σ over blocks of d_w·d_a·Σ_k q_k·a_{p_k}, p_k the k-th set bit of the block's mask: only
-/// the kept weights (sparse super-blocks, `crate::dequant::SparseBlock`).
-pub fn q8_0_48(w: &[BlockQ8_0S], a: &Q8Row) -> f32 {
-    sparse(w, a)
-}
-
-/// As [`q8_0_48`], Q4_0's values.
-pub fn q4_0_48(w: &[BlockQ4_0S], a: &Q8Row) -> f32 {
-    sparse(w, a)
-}
-
-fn sparse<B: crate::dequant::SparseBlock>(w: &[B], a: &Q8Row) -> f32 {
+/// the kept weights (sparse super-blocks, [`Sparse`]).
+pub fn sparse<B: Sparse>(w: &[B], a: &Q8Row) -> f32 {
     let mut s = 0f32;
     for (sb, wb) in w.iter().enumerate() {
-        wb.each_block(|j, d, mask, q| {
+        for (j, &mask) in wb.masks().iter().enumerate() {
             let b = sb * SPARSE_SUB + j;
             let qa = &a.qs[b * QK..(b + 1) * QK];
-            let mut acc = 0i32;
-            let mut k = 0;
-            for (p, &x) in qa.iter().enumerate() {
-                if mask >> p & 1 == 1 {
-                    acc += q.get(k).map_or(0, |&v| v as i32) * x as i32;
-                    k += 1;
-                }
-            }
-            s += d * a.d[b] * acc as f32;
-        });
+            let q = wb.kept(j);
+            let acc: i32 = (0..QK)
+                .filter(|p| mask >> p & 1 == 1)
+                .zip(&q)
+                .map(|(p, &v)| v as i32 * qa[p] as i32)
+                .sum();
+            s += wb.scale(j) * a.d[b] * acc as f32;
+        }
     }
     s
+}
+
+fn sparse_q8_0s(w: &[BlockQ8_0S], a: &Q8Row) -> f32 {
+    sparse(w, a)
+}
+fn sparse_q4_0s(w: &[BlockQ4_0S], a: &Q8Row) -> f32 {
+    sparse(w, a)
+}
+fn sparse_q8_0p(w: &[BlockQ8_0P], a: &Q8Row) -> f32 {
+    sparse(w, a)
+}
+fn sparse_q4_0p(w: &[BlockQ4_0P], a: &Q8Row) -> f32 {
+    sparse(w, a)
 }
 
 fn nibbles(qs: &[u8; 16]) -> impl Iterator<Item = i32> + '_ {

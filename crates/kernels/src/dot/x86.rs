@@ -102,8 +102,10 @@ pub mod kernels {
     pub const Q5_K: Option<RowsFn> = Some(q5_k_rows);
     pub const Q6_K: Option<RowsFn> = Some(q6_k_rows);
     pub const Q8_K: Option<RowsFn> = None;
-    pub const Q8_0_48: Option<RowsFn> = Some(q8_0_48_rows);
-    pub const Q4_0_48: Option<RowsFn> = Some(q4_0_48_rows);
+    pub const Q8_0_48: Option<RowsFn> = Some(sparse_rows::<BlockQ8_0S>);
+    pub const Q4_0_48: Option<RowsFn> = Some(sparse_rows::<BlockQ4_0S>);
+    pub const Q8_0_24: Option<RowsFn> = Some(sparse_rows::<BlockQ8_0P>);
+    pub const Q4_0_24: Option<RowsFn> = Some(sparse_rows::<BlockQ4_0P>);
 }
 
 /// The rest of the rows, up to four tokens per pass, with `$f` from the AVX-512 VNNI or the
@@ -297,51 +299,35 @@ fn q6_k_rows(r: &mut Rows<'_, '_>) -> bool {
     generic_rows!(rows, r, pick_q8k, BlockQ6K, q6_k_n)
 }
 
-/// The 4-of-8 sparse types (`Q4`: Q4_0's, else Q8_0's): with VBMI2 and up to four tokens,
-/// each row one stream of super-blocks whose activations are compressed to the kept
-/// positions (`vbmi::sparse_rows`); else every block of 32 expanded to its dense values by a
-/// byte shuffle (`expand_ctl`) into the dense block kernels.
-fn sparse_rows<const Q4: bool>(r: &mut Rows<'_, '_>) -> bool {
+/// The sparse types ([`Sparse`]): with VBMI2 and up to four tokens, each row one stream of
+/// super-blocks whose activations are compressed to the kept positions
+/// (`vbmi::sparse_rows`); else every block of 32 expanded to its dense values by a byte
+/// shuffle (`expand_ctl`) into the dense block kernels.
+fn sparse_rows<B: Sparse>(r: &mut Rows<'_, '_>) -> bool {
     if let (true, Some(qs)) = (r.isa >= Isa::Avx512Vbmi, gather(r.acts, pick_q8)) {
         let (nt, rb, n_rows) = (r.nt(), r.row_bytes, r.n_rows);
         let w = r.w;
         let out = &mut *r.out;
         // SAFETY: Isa::Avx512Vbmi is only reported when AVX-512 F/BW/VL/VNNI/VBMI/VBMI2,
-        // AVX2, FMA and F16C are present; `Rows::check` checked that `w` is n_rows whole rows
-        // of whole super-blocks (`rb` bytes each), that `out` holds n_rows × nt values and
-        // that every activation row holds as many quants and scales as a row has elements.
-        unsafe {
-            match nt {
-                1 => vbmi::sparse_rows::<Q4, 1>(w, rb, &qs, out),
-                2 => vbmi::sparse_rows::<Q4, 2>(w, rb, &qs, out),
-                3 => vbmi::sparse_rows::<Q4, 3>(w, rb, &qs, out),
-                4 => vbmi::sparse_rows::<Q4, 4>(w, rb, &qs, out),
-                _ => return generic_sparse::<Q4>(r),
-            }
+        // AVX2, FMA, F16C and BMI2 are present; `Rows::check` checked that `w` is n_rows
+        // whole rows of whole super-blocks (`rb` bytes each), that `out` holds n_rows × nt
+        // values and that every activation row holds as many quants and scales as a row has
+        // elements.
+        match nt {
+            1 => unsafe { vbmi::sparse_rows::<B, 1>(w, rb, &qs, out) },
+            2 => unsafe { vbmi::sparse_rows::<B, 2>(w, rb, &qs, out) },
+            3 => unsafe { vbmi::sparse_rows::<B, 3>(w, rb, &qs, out) },
+            4 => unsafe { vbmi::sparse_rows::<B, 4>(w, rb, &qs, out) },
+            _ => return generic_rows!(rows, r, pick_q8, B, sparse_n),
         }
         r.first_row = n_rows;
         return true;
     }
-    generic_sparse::<Q4>(r)
+    generic_rows!(rows, r, pick_q8, B, sparse_n)
 }
 
-fn generic_sparse<const Q4: bool>(r: &mut Rows<'_, '_>) -> bool {
-    if Q4 {
-        generic_rows!(rows, r, pick_q8, BlockQ4_0S, q4_0_48_n)
-    } else {
-        generic_rows!(rows, r, pick_q8, BlockQ8_0S, q8_0_48_n)
-    }
-}
-
-fn q8_0_48_rows(r: &mut Rows<'_, '_>) -> bool {
-    sparse_rows::<false>(r)
-}
-
-fn q4_0_48_rows(r: &mut Rows<'_, '_>) -> bool {
-    sparse_rows::<true>(r)
-}
-
-/// `vpshufb` controls that expand a 4-of-8 block's kept values to its 32 positions: entry
+/// `vpshufb` controls that expand a block's kept values (four of every eight) to its 32
+/// positions: entry
 /// `[c][m]` is the eight control bytes of group c (elements 8c..8c + 8) under mask byte m —
 /// for each set bit the kept value's index (4c + its rank among the set bits: the group's
 /// four values follow the previous groups' in the broadcast 16 bytes), 0x80 (a zero) for
@@ -768,53 +754,38 @@ macro_rules! kernels {
                 }
             }
 
-            /// `Q8_0_4:8` rows, block by block (32-value blocks, four a super-block): each
-            /// block's kept values expanded to their positions (zeros elsewhere), then as Q8_0.
+            /// Sparse rows ([`Sparse`]), block by block (32-value blocks, four a
+            /// super-block): each block's kept values (Q4_0: unpacked to q = u − 8) expanded
+            /// to their positions, zeros elsewhere, then as the dense type's signed bytes (with
+            /// VNNI, Q8_0's as q + 128: the zeros become 128 too).
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn q8_0_48_n(w: &[BlockQ8_0S], a: &[&Q8Row], out: &mut [f32]) {
+            pub(super) unsafe fn sparse_n<B: Sparse>(w: &[B], a: &[&Q8Row], out: &mut [f32]) {
                 let dbits = |b: usize| {
-                    let d = &w[b / SPARSE_SUB].d;
+                    let d = w[b / SPARSE_SUB].scales();
                     u16::from_le_bytes([d[2 * (b % 4)], d[2 * (b % 4) + 1]])
                 };
                 let expand = |b: usize| {
                     let (blk, s) = (&w[b / SPARSE_SUB], b % SPARSE_SUB);
-                    // SAFETY: 16 kept values per block.
-                    let kept = unsafe { _mm_loadu_si128(blk.qs.as_ptr().add(16 * s).cast()) };
+                    let kept = if B::Q4 {
+                        let qs: &[u8; 32] = blk.values().try_into().unwrap_or(&[0; 32]);
+                        _mm_sub_epi8(nibbles16(qs, s), _mm_set1_epi8(8))
+                    } else {
+                        // SAFETY: 16 kept values per block.
+                        unsafe { _mm_loadu_si128(blk.values().as_ptr().add(16 * s).cast()) }
+                    };
                     _mm256_shuffle_epi8(
                         _mm256_broadcastsi128_si256(kept),
-                        expand_ctl(sub_mask(&blk.mask, s)),
+                        expand_ctl(blk.masks()[s]),
                     )
                 };
                 let nb = w.len() * SPARSE_SUB;
-                if $u8_ok {
-                    // q + 128 as unsigned bytes, as Q8_0's: the zeros become 128 too.
+                if $u8_ok && !B::Q4 {
                     let flip = _mm256_set1_epi8(-128);
                     let unpack = |b: usize| _mm256_xor_si256(expand(b), flip);
                     unsafe { by_tokens!(128, false, nb, unpack, dbits, |_| 0, a, out) }
                 } else {
                     unsafe { by_tokens!(0, false, nb, expand, dbits, |_| 0, a, out) }
                 }
-            }
-
-            /// `Q4_0_4:8` rows, block by block: each block's 16 nibbles unpacked to q = u − 8,
-            /// expanded to their positions (zeros elsewhere), then as signed bytes.
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn q4_0_48_n(w: &[BlockQ4_0S], a: &[&Q8Row], out: &mut [f32]) {
-                let eight = _mm_set1_epi8(8);
-                let dbits = |b: usize| {
-                    let d = &w[b / SPARSE_SUB].d;
-                    u16::from_le_bytes([d[2 * (b % 4)], d[2 * (b % 4) + 1]])
-                };
-                let unpack = |b: usize| {
-                    let (blk, s) = (&w[b / SPARSE_SUB], b % SPARSE_SUB);
-                    let u = nibbles16(&blk.qs, s);
-                    _mm256_shuffle_epi8(
-                        _mm256_broadcastsi128_si256(_mm_sub_epi8(u, eight)),
-                        expand_ctl(sub_mask(&blk.mask, s)),
-                    )
-                };
-                let nb = w.len() * SPARSE_SUB;
-                unsafe { by_tokens!(0, false, nb, unpack, dbits, |_| 0, a, out) }
             }
 
             #[target_feature(enable = $features)]
@@ -2121,11 +2092,16 @@ pub(super) mod vbmi {
         }
     }
 
-    /// 4-of-8 sparse rows (`Q4`: `Q4_0_4:8`, else `Q8_0_4:8`) · `N` Q8 activations (one to
-    /// four tokens): `out[r·N + t]` = row r · a[t], only the kept weights multiplied.
+    /// Bit 0 of every nibble: where `pdep` puts a 2:4 bit-plane's 16 groups.
+    const NIBBLE_BIT0: u64 = 0x1111_1111_1111_1111;
+
+    /// Sparse rows ([`Sparse`]: `Q8_0_4:8`, `Q4_0_4:8`, `Q8_0_2:4`, `Q4_0_2:4`) · `N` Q8
+    /// activations (one to four tokens): `out[r·N + t]` = row r · a[t], only the kept weights
+    /// multiplied.
     ///
-    /// Per super-block of 128 weights (88 or 56 bytes): its two 64-bit keep-masks (blocks 0–1,
-    /// 2–3) are loaded straight into mask registers, and each token's 128 activation bytes
+    /// Per super-block of 128 weights (52 to 88 bytes): its two 64-bit keep-masks (blocks
+    /// 0–1, 2–3) are loaded straight into mask registers (2:4: rebuilt from the three
+    /// bit-planes by eight `pdep` in the integer units), and each token's 128 activation bytes
     /// are compressed to the 64 at kept positions (`vpcompressb`, two of 64 → 32, joined):
     /// the kept weights are then one dense vector of 64 — loaded as stored (Q8_0), or the 32
     /// nibble bytes broadcast, shifted and masked (Q4_0: low nibbles, then high). The
@@ -2136,23 +2112,20 @@ pub(super) mod vbmi {
     /// prefetch as there.
     ///
     /// # Safety
-    /// The CPU has AVX-512 F/BW/VL/VNNI/VBMI/VBMI2, AVX2, FMA and F16C; `w` is whole rows of
-    /// whole super-blocks (`rb` bytes each); `out` holds N values per row; every `a[t]` holds
+    /// The CPU has AVX-512 F/BW/VL/VNNI/VBMI/VBMI2, AVX2, FMA, F16C and BMI2; `w` is whole
+    /// rows of whole super-blocks (`rb` bytes each); `out` holds N values per row; every `a[t]` holds
     /// as many quants and block scales as a row has elements.
     #[target_feature(
-        enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512vbmi2"
+        enable = "avx2,fma,f16c,bmi2,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512vbmi2"
     )]
-    pub(super) unsafe fn sparse_rows<const Q4: bool, const N: usize>(
+    pub(super) unsafe fn sparse_rows<B: Sparse, const N: usize>(
         w: &[u8],
         rb: usize,
         a: &[&Q8Row; 4],
         out: &mut [f32],
     ) {
-        let bb = if Q4 {
-            std::mem::size_of::<BlockQ4_0S>()
-        } else {
-            std::mem::size_of::<BlockQ8_0S>()
-        };
+        let bb = std::mem::size_of::<B>();
+        let (q4, hdr) = (B::Q4, B::HEADER);
         let nsb = rb / bb;
         debug_assert!(rb.is_multiple_of(bb) && w.len().is_multiple_of(rb));
         debug_assert!(out.len() >= w.len() / rb * N);
@@ -2176,18 +2149,33 @@ pub(super) mod vbmi {
                 unsafe {
                     let p = wp.add(bb * sb);
                     prefetch_ahead::<2>(p, end);
-                    let k01: __mmask64 = std::ptr::read_unaligned(p.cast::<u64>());
-                    let k23: __mmask64 = std::ptr::read_unaligned(p.add(8).cast::<u64>());
-                    let q = if Q4 {
-                        let raw = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(24).cast()));
+                    let (k01, k23): (__mmask64, __mmask64) = if hdr == 16 {
+                        let k01 = std::ptr::read_unaligned(p.cast::<u64>());
+                        (k01, std::ptr::read_unaligned(p.add(8).cast::<u64>()))
+                    } else {
+                        // 2:4 bit-planes: bit 4g + k of the masks is plane k's bit g (plane
+                        // 3 the exclusive or of the others), deposited into place.
+                        let pl = |k: usize| std::ptr::read_unaligned(p.add(4 * k).cast::<u32>());
+                        let (p0, p1, p2) = (pl(0) as u64, pl(1) as u64, pl(2) as u64);
+                        let p3 = p0 ^ p1 ^ p2;
+                        let k = |sh: u32| {
+                            _pdep_u64(p0 >> sh, NIBBLE_BIT0)
+                                | _pdep_u64(p1 >> sh, NIBBLE_BIT0 << 1)
+                                | _pdep_u64(p2 >> sh, NIBBLE_BIT0 << 2)
+                                | _pdep_u64(p3 >> sh, NIBBLE_BIT0 << 3)
+                        };
+                        (k(0), k(16))
+                    };
+                    let q = if q4 {
+                        let raw = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(hdr + 8).cast()));
                         let u = _mm512_and_si512(_mm512_srlv_epi64(raw, shifts), m4);
                         _mm512_sub_epi8(u, eight)
                     } else {
-                        _mm512_loadu_si512(p.add(24).cast())
+                        _mm512_loadu_si512(p.add(hdr + 8).cast())
                     };
                     // 128·Σq per lane group, for every token.
                     let corr = _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, q);
-                    let dw = _mm_cvtph_ps(_mm_loadl_epi64(p.add(16).cast()));
+                    let dw = _mm_cvtph_ps(_mm_loadl_epi64(p.add(hdr).cast()));
                     for t in 0..N {
                         let ap = a[t].qs.as_ptr().add(QS * sb);
                         let a01 = _mm512_loadu_si512(ap.cast());

@@ -83,19 +83,17 @@ pub struct PruneOptions {
 pub type PrunedValues = HashMap<String, Arc<Vec<u8>>>;
 
 /// The sparse layout of a matrix of `cols` columns pruned to `pattern` whose dense type would
-/// be `dense`, where tuili has one: Q8_0 and Q4_0 pruned 2:4 or 4:8 (four of every eight
-/// weights kept, or fewer), rows of whole 128-weight super-blocks.
+/// be `dense`, where tuili has one: Q8_0 and Q4_0 pruned 2:4 (positions in 3 bits a group) or
+/// 4:8 (a keep-mask), rows of whole 128-weight super-blocks.
 pub fn sparse_layout(dense: DType, pattern: Pattern, cols: u64) -> Option<DType> {
-    let half = matches!(
-        pattern,
-        Pattern::NofM { n: 2, m: 4 } | Pattern::NofM { n: 4, m: 8 }
-    );
-    let layout = match dense {
-        DType::Q8_0 => DType::Q8_0_48,
-        DType::Q4_0 => DType::Q4_0_48,
+    let layout = match (dense, pattern) {
+        (DType::Q8_0, Pattern::NofM { n: 2, m: 4 }) => DType::Q8_0_24,
+        (DType::Q4_0, Pattern::NofM { n: 2, m: 4 }) => DType::Q4_0_24,
+        (DType::Q8_0, Pattern::NofM { n: 4, m: 8 }) => DType::Q8_0_48,
+        (DType::Q4_0, Pattern::NofM { n: 4, m: 8 }) => DType::Q4_0_48,
         _ => return None,
     };
-    (half && cols.is_multiple_of(layout.block_len())).then_some(layout)
+    cols.is_multiple_of(layout.block_len()).then_some(layout)
 }
 
 /// One pruned matrix.
