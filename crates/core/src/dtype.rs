@@ -64,8 +64,8 @@ pub enum DType {
     /// tuili's own: Q4_0 pruned 4 of every 8 — per 128 weights a keep-mask, four Q4_0 scales
     /// and the 64 kept 4-bit values (`tuili_kernels::blocks::BlockQ4_0S`).
     Q4_0_48 = 1026,
-    /// tuili's own: Q8_0 pruned 2:4 — per 128 weights the kept positions as three bit-planes
-    /// (3 bits a group of four), four Q8_0 scales and the 64 kept int8 values
+    /// tuili's own: Q8_0 pruned 2:4 — per 128 weights the kept positions as 3-bit codes (one
+    /// a group of four), four Q8_0 scales and the 64 kept int8 values
     /// (`tuili_kernels::blocks::BlockQ8_0P`).
     Q8_0_24 = 1027,
     /// tuili's own: Q4_0 pruned 2:4, as `Q8_0_24` with Q4_0's scales and 4-bit values

@@ -108,22 +108,23 @@ pub struct BlockQ4_0S {
 
 /// Q8_0 pruned 2:4 (`Q8_0_2:4`), 128 weights: as [`BlockQ8_0S`] with the keep-masks coded in
 /// 12 bytes instead of 16. A group of four keeps two, so its mask bits b0..b3 have b3 =
-/// b0 ⊕ b1 ⊕ b2 (b0 + b1 + b2 is 1 or 2): `planes` holds three little-endian u32, bit g of
-/// word k being b_k of group g (weights 4g..4g + 4); [`planes_masks`] rebuilds the masks.
+/// b0 ⊕ b1 ⊕ b2 (b0 + b1 + b2 is 1 or 2): `codes` is 96 little-endian bits, bits 3g..3g + 3
+/// being b0 b1 b2 of group g (weights 4g..4g + 4) — so that one bit-deposit (`pdep`) puts 16
+/// groups' in place; [`codes_masks`] rebuilds the masks.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct BlockQ8_0P {
-    pub planes: [u8; 12],
+    pub codes: [u8; 12],
     pub d: [u8; 8],
     pub qs: [u8; QS / 2],
 }
 
-/// Q4_0 pruned 2:4 (`Q4_0_2:4`): the planes of [`BlockQ8_0P`], the scales and nibbles of
+/// Q4_0 pruned 2:4 (`Q4_0_2:4`): the codes of [`BlockQ8_0P`], the scales and nibbles of
 /// [`BlockQ4_0S`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct BlockQ4_0P {
-    pub planes: [u8; 12],
+    pub codes: [u8; 12],
     pub d: [u8; 8],
     pub qs: [u8; QS / 4],
 }
@@ -133,7 +134,7 @@ pub struct BlockQ4_0P {
 pub trait Sparse: Block {
     /// Q4_0 values (32 nibble bytes), else Q8_0's (64 int8).
     const Q4: bool;
-    /// Header bytes: 16 (masks as they are) or 12 (2:4 bit-planes).
+    /// Header bytes: 16 (masks as they are) or 12 (2:4 codes).
     const HEADER: usize;
     /// The four blocks' keep-masks (bit j of word s: weight 32s + j kept).
     fn masks(&self) -> [u32; 4];
@@ -184,53 +185,47 @@ macro_rules! sparse_block {
 }
 sparse_block!(BlockQ8_0S, false, 16, mask, le_words::<4>);
 sparse_block!(BlockQ4_0S, true, 16, mask, le_words::<4>);
-sparse_block!(BlockQ8_0P, false, 12, planes, planes_masks);
-sparse_block!(BlockQ4_0P, true, 12, planes, planes_masks);
+sparse_block!(BlockQ8_0P, false, 12, codes, codes_masks);
+sparse_block!(BlockQ4_0P, true, 12, codes, codes_masks);
 
-/// Bit i of a byte → bit 4i of a u32.
-const fn spread_table() -> [u32; 256] {
-    let mut t = [0u32; 256];
-    let mut m = 0;
-    while m < 256 {
-        let mut v = 0u32;
-        let mut i = 0;
-        while i < 8 {
-            v |= ((m as u32 >> i) & 1) << (4 * i);
-            i += 1;
-        }
-        t[m] = v;
-        m += 1;
+/// The 2:4 codes of groups `16h..16h + 16` (the 48 bits from bit 48h) as those groups' 64 mask
+/// bits: code bits 3g..3g + 3 to mask bits 4g..4g + 3 (a bit-deposit), and bit 4g + 3 their
+/// exclusive or. The kernels do the deposit with `pdep`; this is the portable version.
+#[inline]
+pub fn codes_half_mask(x: u64) -> u64 {
+    let mut m = 0u64;
+    for g in 0..16 {
+        m |= (x >> (3 * g) & 7) << (4 * g);
     }
-    t
-}
-static SPREAD: [u32; 256] = spread_table();
-
-/// The four keep-masks of 2:4 bit-planes: bit 4g + k of the super-block is plane k's bit g
-/// (k < 3), and bit 4g + 3 their exclusive or.
-pub fn planes_masks(planes: &[u8; 12]) -> [u32; 4] {
-    let [p0, p1, p2] = le_words::<3>(planes);
-    let p3 = p0 ^ p1 ^ p2;
-    std::array::from_fn(|s| {
-        let b = |p: u32| SPREAD[(p >> (8 * s)) as usize & 0xFF];
-        b(p0) | b(p1) << 1 | b(p2) << 2 | b(p3) << 3
-    })
+    m | codes_b3(m)
 }
 
-/// The bit-planes of 2:4 keep-masks (each group of four with two bits set).
-pub fn masks_planes(masks: &[u32; 4]) -> [u8; 12] {
-    let mut p = [0u32; 3];
+/// Bit 4g + 3 of a 2:4 mask whose bits 4g..4g + 3 hold b0 b1 b2: b0 ⊕ b1 ⊕ b2.
+#[inline]
+pub fn codes_b3(m: u64) -> u64 {
+    ((m ^ m >> 1 ^ m >> 2) & 0x1111_1111_1111_1111) << 3
+}
+
+/// The four keep-masks of a super-block's 2:4 codes.
+pub fn codes_masks(codes: &[u8; 12]) -> [u32; 4] {
+    let half = |h: usize| {
+        let b: [u8; 8] = std::array::from_fn(|i| if i < 6 { codes[6 * h + i] } else { 0 });
+        codes_half_mask(u64::from_le_bytes(b))
+    };
+    let (lo, hi) = (half(0), half(1));
+    [lo as u32, (lo >> 32) as u32, hi as u32, (hi >> 32) as u32]
+}
+
+/// The 2:4 codes of keep-masks (each group of four with two bits set).
+pub fn masks_codes(masks: &[u32; 4]) -> [u8; 12] {
+    let mut bits = 0u128;
     for (s, &m) in masks.iter().enumerate() {
         for g in 0..8 {
-            for (k, pk) in p.iter_mut().enumerate() {
-                *pk |= (m >> (4 * g + k) & 1) << (8 * s + g);
-            }
+            bits |= ((m >> (4 * g) & 7) as u128) << (3 * (8 * s + g));
         }
     }
-    let mut out = [0u8; 12];
-    for (k, pk) in p.iter().enumerate() {
-        out[4 * k..4 * k + 4].copy_from_slice(&pk.to_le_bytes());
-    }
-    out
+    let b = bits.to_le_bytes();
+    std::array::from_fn(|i| b[i])
 }
 
 /// Q8_1: x = d · q; `s` = d · Σq (used by dot products against Q4_1/Q5_1).

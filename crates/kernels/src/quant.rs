@@ -93,14 +93,14 @@ pub(crate) fn keep_n_of_m<const N: usize, const M: usize>(x: &[f32]) -> u32 {
 /// base type's `dense` block quantizer (scale and values as dense: the zeros take part in the
 /// scale as they would there), `keep` chooses the kept positions, and only their values are
 /// stored: `value(block, j)` reads value j of the dense block's bytes. The header is the
-/// masks as they are (`PLANES` false) or as 2:4 bit-planes.
-fn sparse_block<const Q4: bool, const PLANES: bool>(
+/// masks as they are (`CODES` false) or as 2:4 codes.
+fn sparse_block<const Q4: bool, const CODES: bool>(
     x: &[f32],
     out: &mut [u8],
     keep: fn(&[f32]) -> u32,
     dense: fn(&[f32], &mut [u8]),
 ) {
-    let hdr = if PLANES { 12 } else { 16 };
+    let hdr = if CODES { 12 } else { 16 };
     let mut tmp = [0u8; 34];
     let mut masks = [0u32; SPARSE_SUB];
     for (s, mask) in masks.iter_mut().enumerate() {
@@ -121,8 +121,8 @@ fn sparse_block<const Q4: bool, const PLANES: bool>(
             }
         }
     }
-    if PLANES {
-        out[..12].copy_from_slice(&masks_planes(&masks));
+    if CODES {
+        out[..12].copy_from_slice(&masks_codes(&masks));
     } else {
         for (s, m) in masks.iter().enumerate() {
             out[4 * s..4 * s + 4].copy_from_slice(&m.to_le_bytes());
@@ -140,12 +140,12 @@ pub(crate) fn q4_0_48_block(x: &[f32], out: &mut [u8]) {
     sparse_block::<true, false>(x, out, keep_n_of_m::<4, 8>, q4_0_block)
 }
 
-/// Q8_0 pruned 2 of 4, the positions as bit-planes.
+/// Q8_0 pruned 2 of 4, the positions as 3-bit codes.
 pub(crate) fn q8_0_24_block(x: &[f32], out: &mut [u8]) {
     sparse_block::<false, true>(x, out, keep_n_of_m::<2, 4>, q8_0_block)
 }
 
-/// Q4_0 pruned 2 of 4, the positions as bit-planes.
+/// Q4_0 pruned 2 of 4, the positions as 3-bit codes.
 pub(crate) fn q4_0_24_block(x: &[f32], out: &mut [u8]) {
     sparse_block::<true, true>(x, out, keep_n_of_m::<2, 4>, q4_0_block)
 }

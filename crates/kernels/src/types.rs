@@ -126,18 +126,18 @@ pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<(), Ker
 }
 
 /// The first malformed block of `bytes` (whole blocks of `dtype`), if any: a sparse 4-of-8
-/// super-block whose keep-mask has a byte without exactly four bits set, or a 2:4 one whose
-/// bit-planes give a group of four other than two kept (its kernels would read other blocks'
+/// super-block whose keep-mask has a byte without exactly four bits set, or a 2:4 one with a
+/// group code of none or all of b0 b1 b2 (not two kept; its kernels would read other blocks'
 /// values). Dense types have no such constraint.
 pub fn malformed_block(dtype: DType, bytes: &[u8]) -> Option<usize> {
     dtype.dense_twin()?;
     let bb = dtype.block_bytes() as usize;
-    let planes = matches!(dtype, DType::Q8_0_24 | DType::Q4_0_24);
+    let codes = matches!(dtype, DType::Q8_0_24 | DType::Q4_0_24);
     bytes.chunks_exact(bb).position(|b| {
-        if planes {
-            // b0 + b1 + b2 must be 1 or 2 in every group: not all clear, not all set.
-            let [p0, p1, p2] = crate::blocks::le_words::<3>(b);
-            (p0 | p1 | p2) != u32::MAX || (p0 & p1 & p2) != 0
+        if codes {
+            // b0 + b1 + b2 must be 1 or 2 in every group: a code of neither 0 nor 7.
+            let x = u128::from_le_bytes(std::array::from_fn(|i| if i < 12 { b[i] } else { 0 }));
+            (0..32).any(|g| matches!(x >> (3 * g) & 7, 0 | 7))
         } else {
             b[..16].iter().any(|m| m.count_ones() != 4)
         }

@@ -211,7 +211,7 @@ fn malformed_sparse_blocks_are_refused() {
         }
         other => panic!("{:?}", other.err()),
     }
-    // 2:4 bit-planes: group 0 of block 5 with all three plane bits set (four kept).
+    // 2:4 codes: group 0 of super-block 5 coded 7 (b0 b1 b2 all set: four kept).
     let spec = SynthSpec {
         n_layer: 1,
         ..SynthSpec::tiny(DType::Q4_0_24)
@@ -221,9 +221,7 @@ fn malformed_sparse_blocks_are_refused() {
     assert!(Model::load(f.clone()).is_ok());
     let t = f.tensor_info("blk.0.attn_k.weight").unwrap();
     let at = f.tensor_range(t).start + 5 * 52;
-    for k in 0..3 {
-        bytes[at + 4 * k] |= 1;
-    }
+    bytes[at] |= 7;
     let bad = GgufFile::from_bytes("bad.gguf", bytes).unwrap();
     match Model::load(Arc::new(bad)) {
         Err(ModelError::MalformedBlock {

@@ -326,9 +326,9 @@ fn sparse_rows<B: Sparse>(r: &mut Rows<'_, '_>) -> bool {
     generic_rows!(rows, r, pick_q8, B, sparse_n)
 }
 
-/// `vpshufb` controls that expand a block's kept values (four of every eight) to its 32
-/// positions: entry
-/// `[c][m]` is the eight control bytes of group c (elements 8c..8c + 8) under mask byte m —
+/// `vpshufb` controls that expand a block's kept values (four of every eight; a 2:4 block's
+/// too) to its 32 positions: entry `[c][m]` is the eight control bytes of group c (elements
+/// 8c..8c + 8) under mask byte m —
 /// for each set bit the kept value's index (4c + its rank among the set bits: the group's
 /// four values follow the previous groups' in the broadcast 16 bytes), 0x80 (a zero) for
 /// each clear bit. A mask byte without exactly four bits set is a malformed block (the loader
@@ -2092,16 +2092,16 @@ pub(super) mod vbmi {
         }
     }
 
-    /// Bit 0 of every nibble: where `pdep` puts a 2:4 bit-plane's 16 groups.
-    const NIBBLE_BIT0: u64 = 0x1111_1111_1111_1111;
+    /// Bits 0..3 of every nibble: where `pdep` puts 16 groups' 3-bit 2:4 codes.
+    const CODE_BITS: u64 = 0x7777_7777_7777_7777;
 
     /// Sparse rows ([`Sparse`]: `Q8_0_4:8`, `Q4_0_4:8`, `Q8_0_2:4`, `Q4_0_2:4`) · `N` Q8
     /// activations (one to four tokens): `out[r·N + t]` = row r · a[t], only the kept weights
     /// multiplied.
     ///
     /// Per super-block of 128 weights (52 to 88 bytes): its two 64-bit keep-masks (blocks
-    /// 0–1, 2–3) are loaded straight into mask registers (2:4: rebuilt from the three
-    /// bit-planes by eight `pdep` in the integer units), and each token's 128 activation bytes
+    /// 0–1, 2–3) are loaded straight into mask registers (2:4: rebuilt from the 3-bit codes,
+    /// one `pdep` and a few integer operations each), and each token's 128 activation bytes
     /// are compressed to the 64 at kept positions (`vpcompressb`, two of 64 → 32, joined):
     /// the kept weights are then one dense vector of 64 — loaded as stored (Q8_0), or the 32
     /// nibble bytes broadcast, shifted and masked (Q4_0: low nibbles, then high). The
@@ -2153,18 +2153,15 @@ pub(super) mod vbmi {
                         let k01 = std::ptr::read_unaligned(p.cast::<u64>());
                         (k01, std::ptr::read_unaligned(p.add(8).cast::<u64>()))
                     } else {
-                        // 2:4 bit-planes: bit 4g + k of the masks is plane k's bit g (plane
-                        // 3 the exclusive or of the others), deposited into place.
-                        let pl = |k: usize| std::ptr::read_unaligned(p.add(4 * k).cast::<u32>());
-                        let (p0, p1, p2) = (pl(0) as u64, pl(1) as u64, pl(2) as u64);
-                        let p3 = p0 ^ p1 ^ p2;
-                        let k = |sh: u32| {
-                            _pdep_u64(p0 >> sh, NIBBLE_BIT0)
-                                | _pdep_u64(p1 >> sh, NIBBLE_BIT0 << 1)
-                                | _pdep_u64(p2 >> sh, NIBBLE_BIT0 << 2)
-                                | _pdep_u64(p3 >> sh, NIBBLE_BIT0 << 3)
+                        // 2:4 codes: each half's 48 bits deposited three to a nibble (`pdep`
+                        // reads only the low 48), the fourth bit their exclusive or. The
+                        // eight-byte loads stay in the block (the second ends at byte 14).
+                        let half = |h: usize| {
+                            let x = std::ptr::read_unaligned(p.add(6 * h).cast::<u64>());
+                            let m = _pdep_u64(x, CODE_BITS);
+                            m | codes_b3(m)
                         };
-                        (k(0), k(16))
+                        (half(0), half(1))
                     };
                     let q = if q4 {
                         let raw = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(hdr + 8).cast()));
