@@ -109,8 +109,8 @@ pub struct BlockQ4_0S {
 /// Q8_0 pruned 2:4 (`Q8_0_2:4`), 128 weights: as [`BlockQ8_0S`] with the keep-masks coded in
 /// 12 bytes instead of 16. A group of four keeps two, so its mask bits b0..b3 have b3 =
 /// b0 ⊕ b1 ⊕ b2 (b0 + b1 + b2 is 1 or 2): `codes` is 96 little-endian bits, bits 3g..3g + 3
-/// being b0 b1 b2 of group g (weights 4g..4g + 4) — so that one bit-deposit (`pdep`) puts 16
-/// groups' in place; [`codes_masks`] rebuilds the masks.
+/// being b0 b1 b2 of group g (weights 4g..4g + 4), packed so that a kernel picks any group's
+/// with one bit-field select (`vpmultishiftqb`); [`codes_masks`] rebuilds the masks.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct BlockQ8_0P {
@@ -190,7 +190,7 @@ sparse_block!(BlockQ4_0P, true, 12, codes, codes_masks);
 
 /// The 2:4 codes of groups `16h..16h + 16` (the 48 bits from bit 48h) as those groups' 64 mask
 /// bits: code bits 3g..3g + 3 to mask bits 4g..4g + 3 (a bit-deposit), and bit 4g + 3 their
-/// exclusive or. The kernels do the deposit with `pdep`; this is the portable version.
+/// exclusive or.
 #[inline]
 pub fn codes_half_mask(x: u64) -> u64 {
     let mut m = 0u64;

@@ -13,9 +13,9 @@ pub enum Isa {
     Avx2,
     /// AVX2 kernels using AVX-512 VNNI's `vpdpbusd` on 256-bit vectors (AVX512F/BW/VL + VNNI).
     Avx512Vnni,
-    /// The above plus AVX-512 VBMI's byte permutes (`vpermt2b`), VBMI2's byte compress
-    /// (`vpcompressb`) and BMI2 (Ice Lake, Zen 4 and later): one-token kernels that read each
-    /// row as one stream of 64-byte loads, and the sparse kernels.
+    /// The above plus AVX-512 VBMI's byte permutes (`vpermt2b`) and VBMI2's byte compress
+    /// (`vpcompressb`; Ice Lake, Zen 4 and later): one-token kernels that read each row as one
+    /// stream of 64-byte loads, and the sparse kernels.
     Avx512Vbmi,
 }
 
@@ -67,9 +67,7 @@ fn hardware() -> Isa {
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512vnni");
-    let vbmi = is_x86_feature_detected!("avx512vbmi")
-        && is_x86_feature_detected!("avx512vbmi2")
-        && is_x86_feature_detected!("bmi2");
+    let vbmi = is_x86_feature_detected!("avx512vbmi") && is_x86_feature_detected!("avx512vbmi2");
     if vnni && vbmi {
         Isa::Avx512Vbmi
     } else if vnni {

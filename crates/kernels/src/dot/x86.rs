@@ -309,7 +309,7 @@ fn sparse_rows<B: Sparse>(r: &mut Rows<'_, '_>) -> bool {
         let w = r.w;
         let out = &mut *r.out;
         // SAFETY: Isa::Avx512Vbmi is only reported when AVX-512 F/BW/VL/VNNI/VBMI/VBMI2,
-        // AVX2, FMA, F16C and BMI2 are present; `Rows::check` checked that `w` is n_rows
+        // AVX2, FMA and F16C are present; `Rows::check` checked that `w` is n_rows
         // whole rows of whole super-blocks (`rb` bytes each), that `out` holds n_rows × nt
         // values and that every activation row holds as many quants and scales as a row has
         // elements.
@@ -1999,19 +1999,21 @@ pub(super) mod vbmi {
 
     /// Q8_0 rows · one Q8 activation (one token): `out[r]` = row r · a, each row one stream.
     /// Per group of eight blocks (272 bytes): two blocks' 64 quants to a vector (a 32-byte
-    /// load and a 32-byte insert from memory), taken as unsigned (q + 128, one `vpxor`)
-    /// against the signed activations in one `vpdpbusd` (eight lanes a block); the eight
+    /// load and a 32-byte insert from memory) against the activations taken as unsigned
+    /// (a + 128, one `vpxor`) in one `vpdpbusd`, and the 128·Σq it adds comes off in the
+    /// integers (a second `vpdpbusd` of 128s), exactly: eight lanes a block; the eight
     /// scales packed in general registers and converted together, times d_a, spread over
-    /// each vector's two blocks by one permute. The +128 comes off at the end:
-    /// 128·Σ_b d_w·(d_a·Σa) (`Q8Row::dsum`). Against the block-at-a-time kernel (a scale
-    /// broadcast, a conversion and an FMA per 32 weights) this is a quarter of the float
-    /// work. Blocks after the last whole group of eight go one at a time. Prefetch as in
-    /// [`q4_0_rows`].
+    /// each vector's two blocks by one permute. (Taking the weights as unsigned instead and
+    /// removing 128·Σ d_w·d_a·Σa in floats at the end lost up to two digits where the
+    /// activations have a large mean, enough to move a random model's sharp attention.)
+    /// Against the block-at-a-time kernel (a scale broadcast, a conversion and an FMA per 32
+    /// weights) this is a quarter of the float work. Blocks after the last whole group of
+    /// eight go one at a time. Prefetch as in [`q4_0_rows`].
     ///
     /// # Safety
     /// The CPU has AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C; `w` is whole rows of whole Q8_0
-    /// blocks (`rb` bytes each, `out` one value per row); `a` holds as many quants, scales and
-    /// sums as a row has elements.
+    /// blocks (`rb` bytes each, `out` one value per row); `a` holds as many quants and scales
+    /// as a row has elements.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) unsafe fn q8_0_rows(w: &[u8], rb: usize, a: &Q8Row, out: &mut [f32]) {
         const BB: usize = std::mem::size_of::<BlockQ8_0>();
@@ -2019,7 +2021,7 @@ pub(super) mod vbmi {
         let groups = nb / 8;
         debug_assert!(rb.is_multiple_of(BB) && w.len().is_multiple_of(rb));
         debug_assert!(out.len() >= w.len() / rb);
-        debug_assert!(a.qs.len() >= nb * QK && a.d.len() >= nb && a.dsum.len() >= nb);
+        debug_assert!(a.qs.len() >= nb * QK && a.d.len() >= nb);
         let flip = _mm512_set1_epi8(-128);
         // Vector k (blocks 2k, 2k + 1): lanes 0..8 take scale 2k, 8..16 scale 2k + 1.
         let spread: [__m512i; 4] = std::array::from_fn(|k| {
@@ -2030,8 +2032,6 @@ pub(super) mod vbmi {
         for (r, o) in out.iter_mut().enumerate().take(w.len() / rb) {
             let wp = w[r * rb..].as_ptr();
             let mut acc = [_mm512_setzero_ps(); 2];
-            // Σ_b d_w·d_a·Σa, for the +128.
-            let mut corr = _mm256_setzero_ps();
             for g in 0..groups {
                 // SAFETY (whole loop body): group g is bytes 272g..272g + 272 of the row
                 // (block j's scale at 34j, quants 34j + 2..34j + 34); activation group g is
@@ -2043,7 +2043,6 @@ pub(super) mod vbmi {
                     let dw =
                         _mm256_cvtph_ps(_mm_set_epi64x(scales4(p.add(4 * BB), BB), scales4(p, BB)));
                     let s = _mm256_mul_ps(dw, _mm256_loadu_ps(a.d.as_ptr().add(8 * g)));
-                    corr = _mm256_fmadd_ps(dw, _mm256_loadu_ps(a.dsum.as_ptr().add(8 * g)), corr);
                     let s = _mm512_castps256_ps512(s);
                     let ap = a.qs.as_ptr().add(256 * g);
                     for k in 0..4 {
@@ -2055,10 +2054,10 @@ pub(super) mod vbmi {
                             1,
                         );
                         let y = _mm512_loadu_si512(ap.add(64 * k).cast());
-                        let isum = _mm512_dpbusd_epi32(
-                            _mm512_setzero_si512(),
-                            _mm512_xor_si512(q, flip),
-                            y,
+                        let z = _mm512_setzero_si512();
+                        let isum = _mm512_sub_epi32(
+                            _mm512_dpbusd_epi32(z, _mm512_xor_si512(y, flip), q),
+                            _mm512_dpbusd_epi32(z, flip, q),
                         );
                         acc[k % 2] = _mm512_fmadd_ps(
                             _mm512_cvtepi32_ps(isum),
@@ -2069,41 +2068,71 @@ pub(super) mod vbmi {
                 }
             }
             let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
-            let mut c = hsum(corr);
             for b in 8 * groups..nb {
-                // SAFETY: block b is within the row; activation block b within `a.qs`, `a.d`,
-                // `a.dsum`.
+                // SAFETY: block b is within the row; activation block b within `a.qs`, `a.d`.
                 unsafe {
                     let p = wp.add(BB * b);
                     let q = _mm256_loadu_si256(p.add(2).cast());
                     let y = _mm256_loadu_si256(a.qs.as_ptr().add(QK * b).cast());
-                    let isum = _mm256_dpbusd_epi32(
-                        _mm256_setzero_si256(),
-                        _mm256_xor_si256(q, _mm256_set1_epi8(-128)),
-                        y,
+                    let (z, flip) = (_mm256_setzero_si256(), _mm256_set1_epi8(-128));
+                    let isum = _mm256_sub_epi32(
+                        _mm256_dpbusd_epi32(z, _mm256_xor_si256(y, flip), q),
+                        _mm256_dpbusd_epi32(z, flip, q),
                     );
                     let dw = f16::from_bits(u16::from_le_bytes([*p, *p.add(1)])).to_f32();
-                    // At most 32·255·128 in magnitude: exact in f32.
+                    // At most 32·127·128 in magnitude: exact in f32.
                     sum += dw * *a.d.get_unchecked(b) * hsum(_mm256_cvtepi32_ps(isum));
-                    c += dw * *a.dsum.get_unchecked(b);
                 }
             }
-            *o = sum - 128.0 * c;
+            *o = sum;
         }
     }
 
-    /// Bits 0..3 of every nibble: where `pdep` puts 16 groups' 3-bit 2:4 codes.
-    const CODE_BITS: u64 = 0x7777_7777_7777_7777;
+    /// The tables that turn a super-block's 32 2:4 codes (96 bits) into the byte indices of
+    /// its 64 kept weights among the 128 activations: index 2g + j is 4g + (the j-th kept
+    /// position of group g). Output byte k = 8q + i takes group g = k / 2 = 4q + i / 2, whose
+    /// code is bits 3g..3g + 3 of the codes, i.e. bits 12q..12q + 12 of qword q's group:
+    /// `CODE_BYTES` copies source bytes ⌊12q/8⌋.. into qword q (a `vpermb`), `CODE_SHIFTS`
+    /// picks each byte's code from there (a `vpmultishiftqb`: 12q mod 8 + 3·(i / 2)), `ODD`
+    /// adds 8 to the odd bytes (the second kept position), `CODE_POS` maps code + 8j to the
+    /// position (a `vpshufb` in every 128-bit lane) and `GROUP_BASE` adds 4g.
+    const fn code_tables() -> [[u8; 64]; 5] {
+        let mut t = [[0u8; 64]; 5];
+        let mut k = 0;
+        while k < 64 {
+            let (q, i) = (k / 8, k % 8);
+            let start = 12 * q / 8;
+            t[0][k] = if start + i < 16 { start + i } else { 15 } as u8;
+            t[1][k] = (12 * q % 8 + 3 * (i / 2)) as u8;
+            t[2][k] = if k % 2 == 1 { 8 } else { 0 };
+            t[4][k] = (4 * (k / 2)) as u8;
+            k += 1;
+        }
+        // Code c = b0 | b1 << 1 | b2 << 2 (b3 = b0 ⊕ b1 ⊕ b2): its two kept positions; 0 and 7
+        // (malformed, refused by the loader) read position 0.
+        let first: [u8; 8] = [0, 0, 1, 0, 2, 0, 1, 0];
+        let second: [u8; 8] = [0, 3, 3, 1, 3, 2, 2, 0];
+        let mut j = 0;
+        while j < 64 {
+            let v = j % 16;
+            t[3][j] = if v < 8 { first[v] } else { second[v - 8] };
+            j += 1;
+        }
+        t
+    }
+    static CODE_TABLES: [[u8; 64]; 5] = code_tables();
 
     /// Sparse rows ([`Sparse`]: `Q8_0_4:8`, `Q4_0_4:8`, `Q8_0_2:4`, `Q4_0_2:4`) · `N` Q8
     /// activations (one to four tokens): `out[r·N + t]` = row r · a[t], only the kept weights
     /// multiplied.
     ///
-    /// Per super-block of 128 weights (52 to 88 bytes): its two 64-bit keep-masks (blocks
-    /// 0–1, 2–3) are loaded straight into mask registers (2:4: rebuilt from the 3-bit codes,
-    /// one `pdep` and a few integer operations each), and each token's 128 activation bytes
-    /// are compressed to the 64 at kept positions (`vpcompressb`, two of 64 → 32, joined):
-    /// the kept weights are then one dense vector of 64 — loaded as stored (Q8_0), or the 32
+    /// Per super-block of 128 weights (52 to 88 bytes), each token's 64 activations at the
+    /// kept positions are gathered: 4:8, its two 64-bit keep-masks (blocks 0–1, 2–3) loaded
+    /// straight into mask registers compress the 128 activation bytes (`vpcompressb`, two of
+    /// 64 → 32, joined); 2:4, the 3-bit codes become the 64 byte indices once per super-block
+    /// (a `vpermb`, a `vpmultishiftqb`, a `vpshufb`: [`code_tables`]) and one two-table
+    /// `vpermt2b` per token gathers them (fewer shuffle-port operations than two compresses).
+    /// The kept weights are then one dense vector of 64 — loaded as stored (Q8_0), or the 32
     /// nibble bytes broadcast, shifted and masked (Q4_0: low nibbles, then high). The
     /// products take the activations as unsigned (a + 128, one `vpxor`) and the weights as
     /// signed, Σ(a + 128)·q = Σa·q + 128·Σq, and the 128·Σq comes off per block (one more
@@ -2112,11 +2141,11 @@ pub(super) mod vbmi {
     /// prefetch as there.
     ///
     /// # Safety
-    /// The CPU has AVX-512 F/BW/VL/VNNI/VBMI/VBMI2, AVX2, FMA, F16C and BMI2; `w` is whole
+    /// The CPU has AVX-512 F/BW/VL/VNNI/VBMI/VBMI2, AVX2, FMA and F16C; `w` is whole
     /// rows of whole super-blocks (`rb` bytes each); `out` holds N values per row; every `a[t]` holds
     /// as many quants and block scales as a row has elements.
     #[target_feature(
-        enable = "avx2,fma,f16c,bmi2,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512vbmi2"
+        enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512vbmi2"
     )]
     pub(super) unsafe fn sparse_rows<B: Sparse, const N: usize>(
         w: &[u8],
@@ -2137,31 +2166,37 @@ pub(super) mod vbmi {
         let shifts = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
         // Block i / 4's scale into 32-bit lane i (the kept values are in order).
         let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        // SAFETY: 64-byte tables.
+        let [code_bytes, code_shifts, odd, code_pos, group_base] =
+            CODE_TABLES.map(|t| unsafe { _mm512_loadu_si512(t.as_ptr().cast()) });
+        let seven = _mm512_set1_epi8(7);
         let end = w.as_ptr().wrapping_add(w.len());
         for r in 0..w.len() / rb {
             let wp = w[r * rb..].as_ptr();
             let mut acc = [_mm512_setzero_ps(); N];
             for sb in 0..nsb {
                 // SAFETY (whole loop body): super-block sb is bytes bb·sb..bb·(sb + 1) of the
-                // row: masks at 0..16, scales 16..24, values 24..bb; the activations' block
+                // row: positions at 0..hdr, scales hdr..hdr + 8, values after; the activations' block
                 // 4sb..4sb + 4 is quants 128sb..128sb + 128 and scales 4sb..4sb + 4 of every
                 // a[t]. Prefetch addresses are kept to our rows (`prefetch_ahead`).
                 unsafe {
                     let p = wp.add(bb * sb);
                     prefetch_ahead::<2>(p, end);
-                    let (k01, k23): (__mmask64, __mmask64) = if hdr == 16 {
-                        let k01 = std::ptr::read_unaligned(p.cast::<u64>());
-                        (k01, std::ptr::read_unaligned(p.add(8).cast::<u64>()))
+                    // 4:8: the masks as they are. 2:4: the kept weights' activation indices
+                    // from the codes (`code_tables`; the 16-byte load ends in the scales).
+                    let k01: __mmask64 = std::ptr::read_unaligned(p.cast::<u64>());
+                    let k23: __mmask64 = std::ptr::read_unaligned(p.add(8).cast::<u64>());
+                    let idx = if hdr == 12 {
+                        let raw = _mm512_castsi128_si512(_mm_loadu_si128(p.cast()));
+                        let codes = _mm512_multishift_epi64_epi8(
+                            code_shifts,
+                            _mm512_permutexvar_epi8(code_bytes, raw),
+                        );
+                        // (code & 7) | 8·odd, then the position, then + 4g.
+                        let v = _mm512_ternarylogic_epi32::<0xEA>(codes, seven, odd);
+                        _mm512_add_epi8(_mm512_shuffle_epi8(code_pos, v), group_base)
                     } else {
-                        // 2:4 codes: each half's 48 bits deposited three to a nibble (`pdep`
-                        // reads only the low 48), the fourth bit their exclusive or. The
-                        // eight-byte loads stay in the block (the second ends at byte 14).
-                        let half = |h: usize| {
-                            let x = std::ptr::read_unaligned(p.add(6 * h).cast::<u64>());
-                            let m = _pdep_u64(x, CODE_BITS);
-                            m | codes_b3(m)
-                        };
-                        (half(0), half(1))
+                        _mm512_setzero_si512()
                     };
                     let q = if q4 {
                         let raw = _mm512_broadcast_i64x4(_mm256_loadu_si256(p.add(hdr + 8).cast()));
@@ -2177,9 +2212,14 @@ pub(super) mod vbmi {
                         let ap = a[t].qs.as_ptr().add(QS * sb);
                         let a01 = _mm512_loadu_si512(ap.cast());
                         let a23 = _mm512_loadu_si512(ap.add(64).cast());
-                        let c01 = _mm512_maskz_compress_epi8(k01, a01);
-                        let c23 = _mm512_maskz_compress_epi8(k23, a23);
-                        let c = _mm512_inserti64x4(c01, _mm512_castsi512_si256(c23), 1);
+                        let c = if hdr == 12 {
+                            // One two-table byte permute gathers the 64.
+                            _mm512_permutex2var_epi8(a01, idx, a23)
+                        } else {
+                            let c01 = _mm512_maskz_compress_epi8(k01, a01);
+                            let c23 = _mm512_maskz_compress_epi8(k23, a23);
+                            _mm512_inserti64x4(c01, _mm512_castsi512_si256(c23), 1)
+                        };
                         let isum = _mm512_dpbusd_epi32(
                             _mm512_setzero_si512(),
                             _mm512_xor_si512(c, flip),
