@@ -138,6 +138,9 @@ pub trait Sparse: Block {
     const HEADER: usize;
     /// The four blocks' keep-masks (bit j of word s: weight 32s + j kept).
     fn masks(&self) -> [u32; 4];
+    /// Block s's keep-mask alone (what a block-at-a-time kernel needs: no other block's
+    /// decoded).
+    fn mask(&self, s: usize) -> u32;
     /// The four f16 scales.
     fn scales(&self) -> &[u8; 8];
     /// The kept values as stored.
@@ -167,12 +170,15 @@ pub fn le_words<const N: usize>(b: &[u8]) -> [u32; N] {
 }
 
 macro_rules! sparse_block {
-    ($t:ty, $q4:literal, $hdr:literal, $field:ident, $masks:expr) => {
+    ($t:ty, $q4:literal, $hdr:literal, $field:ident, $masks:expr, $mask:expr) => {
         impl Sparse for $t {
             const Q4: bool = $q4;
             const HEADER: usize = $hdr;
             fn masks(&self) -> [u32; 4] {
                 $masks(&self.$field)
+            }
+            fn mask(&self, s: usize) -> u32 {
+                $mask(&self.$field, s)
             }
             fn scales(&self) -> &[u8; 8] {
                 &self.d
@@ -183,16 +189,26 @@ macro_rules! sparse_block {
         }
     };
 }
-sparse_block!(BlockQ8_0S, false, 16, mask, le_words::<4>);
-sparse_block!(BlockQ4_0S, true, 16, mask, le_words::<4>);
-sparse_block!(BlockQ8_0P, false, 12, codes, codes_masks);
-sparse_block!(BlockQ4_0P, true, 12, codes, codes_masks);
+sparse_block!(BlockQ8_0S, false, 16, mask, le_words::<4>, word_mask);
+sparse_block!(BlockQ4_0S, true, 16, mask, le_words::<4>, word_mask);
+sparse_block!(BlockQ8_0P, false, 12, codes, codes_masks, codes_mask);
+sparse_block!(BlockQ4_0P, true, 12, codes, codes_masks, codes_mask);
+
+/// Block s's keep-mask of four stored masks.
+fn word_mask(mask: &[u8; 16], s: usize) -> u32 {
+    le_words::<1>(&mask[4 * s..])[0]
+}
+
+/// Block s's keep-mask of a super-block's 2:4 codes (only its half decoded).
+fn codes_mask(codes: &[u8; 12], s: usize) -> u32 {
+    (codes_half(codes, s / 2) >> (32 * (s % 2))) as u32
+}
 
 /// The 2:4 codes of groups `16h..16h + 16` (the 48 bits from bit 48h) as those groups' 64 mask
 /// bits: code bits 3g..3g + 3 to mask bits 4g..4g + 3 (a bit-deposit), and bit 4g + 3 their
 /// exclusive or.
 #[inline]
-pub fn codes_half_mask(x: u64) -> u64 {
+fn codes_half_mask(x: u64) -> u64 {
     let mut m = 0u64;
     for g in 0..16 {
         m |= (x >> (3 * g) & 7) << (4 * g);
@@ -202,18 +218,20 @@ pub fn codes_half_mask(x: u64) -> u64 {
 
 /// Bit 4g + 3 of a 2:4 mask whose bits 4g..4g + 3 hold b0 b1 b2: b0 ⊕ b1 ⊕ b2.
 #[inline]
-pub fn codes_b3(m: u64) -> u64 {
+fn codes_b3(m: u64) -> u64 {
     ((m ^ m >> 1 ^ m >> 2) & 0x1111_1111_1111_1111) << 3
 }
 
 /// The four keep-masks of a super-block's 2:4 codes.
 pub fn codes_masks(codes: &[u8; 12]) -> [u32; 4] {
-    let half = |h: usize| {
-        let b: [u8; 8] = std::array::from_fn(|i| if i < 6 { codes[6 * h + i] } else { 0 });
-        codes_half_mask(u64::from_le_bytes(b))
-    };
-    let (lo, hi) = (half(0), half(1));
+    let (lo, hi) = (codes_half(codes, 0), codes_half(codes, 1));
     [lo as u32, (lo >> 32) as u32, hi as u32, (hi >> 32) as u32]
+}
+
+/// The 64 mask bits of half `h` (blocks 2h, 2h + 1) of a super-block's 2:4 codes.
+fn codes_half(codes: &[u8; 12], h: usize) -> u64 {
+    let b: [u8; 8] = std::array::from_fn(|i| if i < 6 { codes[6 * h + i] } else { 0 });
+    codes_half_mask(u64::from_le_bytes(b))
 }
 
 /// The 2:4 codes of keep-masks (each group of four with two bits set).

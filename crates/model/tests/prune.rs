@@ -192,46 +192,37 @@ fn malformed_sparse_blocks_are_refused() {
     use tuili_model::synth::{synth_gguf, SynthSpec};
     use tuili_model::{Model, ModelError};
 
-    let spec = SynthSpec {
-        n_layer: 1,
-        ..SynthSpec::tiny(DType::Q8_0_48)
-    };
-    let mut bytes = synth_gguf(&spec).unwrap().to_bytes();
-    let f = Arc::new(GgufFile::from_bytes("ok.gguf", bytes.clone()).unwrap());
-    assert!(Model::load(f.clone()).is_ok());
-    let t = f.tensor_info("blk.0.ffn_up.weight").unwrap();
-    assert_eq!(t.dtype, DType::Q8_0_48);
-    // Block 3's first mask byte: five bits set.
-    let at = f.tensor_range(t).start + 3 * 88;
-    bytes[at] = 0b0001_1111;
-    let bad = GgufFile::from_bytes("bad.gguf", bytes).unwrap();
-    match Model::load(Arc::new(bad)) {
-        Err(ModelError::MalformedBlock { name, block, .. }) => {
-            assert_eq!((name.as_str(), block), ("blk.0.ffn_up.weight", 3))
+    // A one-layer model in `dtype` loads; with `corrupt` applied to byte `at` of super-block
+    // `block` of `tensor` it is refused, naming the tensor, the block and the type.
+    let check = |dtype: DType, tensor: &str, block: usize, at: usize, corrupt: fn(&mut u8)| {
+        let spec = SynthSpec {
+            n_layer: 1,
+            ..SynthSpec::tiny(dtype)
+        };
+        let mut bytes = synth_gguf(&spec).unwrap().to_bytes();
+        let f = GgufFile::from_bytes("ok.gguf", bytes.clone()).unwrap();
+        let t = f.tensor_info(tensor).unwrap();
+        assert_eq!(t.dtype, dtype);
+        let off = f.tensor_range(t).start + block * dtype.block_bytes() as usize + at;
+        assert!(Model::load(Arc::new(f)).is_ok());
+        corrupt(&mut bytes[off]);
+        let bad = GgufFile::from_bytes("bad.gguf", bytes).unwrap();
+        match Model::load(Arc::new(bad)) {
+            Err(ModelError::MalformedBlock {
+                name,
+                block: b,
+                dtype: d,
+                ..
+            }) => {
+                assert_eq!((name.as_str(), b, d), (tensor, block, dtype))
+            }
+            other => panic!("{dtype}: {:?}", other.err()),
         }
-        other => panic!("{:?}", other.err()),
-    }
-    // 2:4 codes: group 0 of super-block 5 coded 7 (b0 b1 b2 all set: four kept).
-    let spec = SynthSpec {
-        n_layer: 1,
-        ..SynthSpec::tiny(DType::Q4_0_24)
     };
-    let mut bytes = synth_gguf(&spec).unwrap().to_bytes();
-    let f = Arc::new(GgufFile::from_bytes("ok.gguf", bytes.clone()).unwrap());
-    assert!(Model::load(f.clone()).is_ok());
-    let t = f.tensor_info("blk.0.attn_k.weight").unwrap();
-    let at = f.tensor_range(t).start + 5 * 52;
-    bytes[at] |= 7;
-    let bad = GgufFile::from_bytes("bad.gguf", bytes).unwrap();
-    match Model::load(Arc::new(bad)) {
-        Err(ModelError::MalformedBlock {
-            name, block, dtype, ..
-        }) => {
-            assert_eq!(
-                (name.as_str(), block, dtype),
-                ("blk.0.attn_k.weight", 5, DType::Q4_0_24)
-            )
-        }
-        other => panic!("{:?}", other.err()),
-    }
+    // 4:8: block 3's first mask byte with five bits set.
+    check(DType::Q8_0_48, "blk.0.ffn_up.weight", 3, 0, |b| {
+        *b = 0b0001_1111
+    });
+    // 2:4: group 0 of super-block 5 coded 7 (b0 b1 b2 all set: four kept).
+    check(DType::Q4_0_24, "blk.0.attn_k.weight", 5, 0, |b| *b |= 7);
 }

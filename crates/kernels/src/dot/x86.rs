@@ -775,7 +775,7 @@ macro_rules! kernels {
                     };
                     _mm256_shuffle_epi8(
                         _mm256_broadcastsi128_si256(kept),
-                        expand_ctl(blk.masks()[s]),
+                        expand_ctl(blk.mask(s)),
                     )
                 };
                 let nb = w.len() * SPARSE_SUB;
