@@ -225,8 +225,12 @@ fn run(
     if !a.dense {
         // Where a pruned matrix's output type has a sparse layout for the pattern; the others
         // (rows no super-block divides, say) stay dense.
-        for p in plans.iter_mut().filter(|p| values.contains_key(&p.name)) {
-            if let Some(t) = prune::sparse_layout(p.to, pattern, p.shape[0]) {
+        for p in plans.iter_mut() {
+            let Some(v) = values.get(&p.name) else {
+                continue;
+            };
+            let most = prune::most_kept(v, p.shape[0] as usize);
+            if let Some(t) = prune::sparse_layout(p.to, pattern, p.shape[0], most) {
                 p.to = t;
                 n_sparse += 1;
             }
@@ -270,7 +274,7 @@ fn run(
             Pattern::NofM { n: 2, m: 4 } | Pattern::NofM { n: 4, m: 8 } => {
                 "a sparse layout exists for Q8_0 and Q4_0 (--type) with rows of whole 128-weight super-blocks"
             }
-            _ => "a sparse layout exists so far for 2:4 and 4:8 only",
+            _ => "an unstructured sparse layout exists for Q8_0 (--type) with rows of whole 128-weight super-blocks keeping at most 104 of every 128",
         };
         if n_sparse == report.len() {
             println!("all {n_sparse} pruned matrices in a sparse layout");

@@ -71,11 +71,31 @@ pub enum DType {
     /// tuili's own: Q4_0 pruned 2:4, as `Q8_0_24` with Q4_0's scales and 4-bit values
     /// (`tuili_kernels::blocks::BlockQ4_0P`).
     Q4_0_24 = 1028,
+    /// tuili's own: Q8_0 pruned without a pattern (unstructured), a row at a time — per 128
+    /// weights a keep-mask and four Q8_0 scales, then the row's kept int8 values in one pool
+    /// of room for `U` per 128 on average (`tuili_kernels::pool`). One type per room, in
+    /// steps of 8: the number is in the type so that a row's size follows from it, as
+    /// GGUF wants.
+    Q8_0_U8 = 1101,
+    Q8_0_U16 = 1102,
+    Q8_0_U24 = 1103,
+    Q8_0_U32 = 1104,
+    Q8_0_U40 = 1105,
+    Q8_0_U48 = 1106,
+    Q8_0_U56 = 1107,
+    Q8_0_U64 = 1108,
+    Q8_0_U72 = 1109,
+    Q8_0_U80 = 1110,
+    Q8_0_U88 = 1111,
+    Q8_0_U96 = 1112,
+    Q8_0_U104 = 1113,
+    Q8_0_U112 = 1114,
+    Q8_0_U120 = 1115,
 }
 
 impl DType {
     /// Every type GGUF knows, in id order, then tuili's own.
-    pub const ALL: [DType; 35] = [
+    pub const ALL: [DType; 50] = [
         DType::F32,
         DType::F16,
         DType::Q4_0,
@@ -111,6 +131,21 @@ impl DType {
         DType::Q4_0_48,
         DType::Q8_0_24,
         DType::Q4_0_24,
+        DType::Q8_0_U8,
+        DType::Q8_0_U16,
+        DType::Q8_0_U24,
+        DType::Q8_0_U32,
+        DType::Q8_0_U40,
+        DType::Q8_0_U48,
+        DType::Q8_0_U56,
+        DType::Q8_0_U64,
+        DType::Q8_0_U72,
+        DType::Q8_0_U80,
+        DType::Q8_0_U88,
+        DType::Q8_0_U96,
+        DType::Q8_0_U104,
+        DType::Q8_0_U112,
+        DType::Q8_0_U120,
     ];
 
     pub fn from_id(id: u32) -> Result<DType, DTypeError> {
@@ -132,6 +167,9 @@ impl DType {
             F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
             Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL => 32,
             Q8_0_48 | Q4_0_48 | Q8_0_24 | Q4_0_24 => 128,
+            Q8_0_U8 | Q8_0_U16 | Q8_0_U24 | Q8_0_U32 | Q8_0_U40 | Q8_0_U48 | Q8_0_U56
+            | Q8_0_U64 | Q8_0_U72 | Q8_0_U80 | Q8_0_U88 | Q8_0_U96 | Q8_0_U104 | Q8_0_U112
+            | Q8_0_U120 => 128,
             Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | Q8_K | IQ2_XXS | IQ2_XS | IQ3_XXS | IQ1_S
             | IQ3_S | IQ2_S | IQ4_XS | IQ1_M | TQ1_0 | TQ2_0 => 256,
         }
@@ -172,6 +210,10 @@ impl DType {
             Q4_0_48 => 56,
             Q8_0_24 => 84,
             Q4_0_24 => 52,
+            // A keep-mask (16 bytes) and four f16 scales a super-block, and its share of the pool.
+            Q8_0_U8 | Q8_0_U16 | Q8_0_U24 | Q8_0_U32 | Q8_0_U40 | Q8_0_U48 | Q8_0_U56
+            | Q8_0_U64 | Q8_0_U72 | Q8_0_U80 | Q8_0_U88 | Q8_0_U96 | Q8_0_U104 | Q8_0_U112
+            | Q8_0_U120 => 24 + self.pool_room().unwrap_or(0),
         }
     }
 
@@ -236,6 +278,21 @@ impl DType {
             Q4_0_48 => "Q4_0_4:8",
             Q8_0_24 => "Q8_0_2:4",
             Q4_0_24 => "Q4_0_2:4",
+            Q8_0_U8 => "Q8_0_U8",
+            Q8_0_U16 => "Q8_0_U16",
+            Q8_0_U24 => "Q8_0_U24",
+            Q8_0_U32 => "Q8_0_U32",
+            Q8_0_U40 => "Q8_0_U40",
+            Q8_0_U48 => "Q8_0_U48",
+            Q8_0_U56 => "Q8_0_U56",
+            Q8_0_U64 => "Q8_0_U64",
+            Q8_0_U72 => "Q8_0_U72",
+            Q8_0_U80 => "Q8_0_U80",
+            Q8_0_U88 => "Q8_0_U88",
+            Q8_0_U96 => "Q8_0_U96",
+            Q8_0_U104 => "Q8_0_U104",
+            Q8_0_U112 => "Q8_0_U112",
+            Q8_0_U120 => "Q8_0_U120",
         }
     }
 
@@ -249,9 +306,28 @@ impl DType {
     pub fn dense_twin(self) -> Option<DType> {
         match self {
             DType::Q8_0_48 | DType::Q8_0_24 => Some(DType::Q8_0),
+            t if t.pool_room().is_some() => Some(DType::Q8_0),
             DType::Q4_0_48 | DType::Q4_0_24 => Some(DType::Q4_0),
             _ => None,
         }
+    }
+
+    /// An unstructured layout's room in its row's pool, in kept values per 128 weights
+    /// (`Q8_0_U40`: 40), or `None` for any other type.
+    pub fn pool_room(self) -> Option<u64> {
+        let id = self.id();
+        (1101..=1115).contains(&id).then(|| 8 * (id as u64 - 1100))
+    }
+
+    /// The smallest unstructured Q8_0 layout whose rows of `cols` weights have room for
+    /// `kept` values each, or `None` when none has (more than 120 of every 128 kept) or `cols`
+    /// is not whole 128-weight super-blocks.
+    pub fn q8_0_pooled(cols: u64, kept: u64) -> Option<DType> {
+        if cols == 0 || !cols.is_multiple_of(128) {
+            return None;
+        }
+        let room = kept.div_ceil(cols / 128).max(1).next_multiple_of(8);
+        DType::from_id(1100 + (room / 8).min(16) as u32).ok()
     }
 
     pub fn from_name(name: &str) -> Option<DType> {
@@ -287,5 +363,23 @@ mod tests {
         assert!(DType::Q4_K.bytes_for(100).is_err());
         assert!(DType::F32.bytes_for(u64::MAX).is_err());
         assert_eq!(DType::Q6_K.bits_per_weight(), 6.5625);
+    }
+
+    #[test]
+    fn unstructured_layouts_by_room() {
+        assert_eq!(DType::Q8_0_U40.pool_room(), Some(40));
+        assert_eq!(DType::Q8_0_U40.bytes_for(2048).unwrap(), 16 * (24 + 40));
+        assert_eq!(DType::Q8_0.pool_room(), None);
+        // 70 % of 2048 pruned: 615 kept a row, 38.4 per 128 → room 40.
+        assert_eq!(DType::q8_0_pooled(2048, 615), Some(DType::Q8_0_U40));
+        assert_eq!(DType::q8_0_pooled(2048, 640), Some(DType::Q8_0_U40));
+        assert_eq!(DType::q8_0_pooled(2048, 641), Some(DType::Q8_0_U48));
+        assert_eq!(DType::q8_0_pooled(256, 0), Some(DType::Q8_0_U8));
+        assert_eq!(DType::q8_0_pooled(256, 241), None);
+        assert_eq!(DType::q8_0_pooled(200, 10), None);
+        for t in DType::ALL.iter().filter(|t| t.pool_room().is_some()) {
+            assert_eq!(t.dense_twin(), Some(DType::Q8_0));
+            assert!(t.is_tuili_own());
+        }
     }
 }

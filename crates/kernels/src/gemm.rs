@@ -438,7 +438,9 @@ fn unpack(
     scales: &mut [f32],
     mins: &mut [f32],
 ) -> i32 {
-    if dtype.dense_twin().is_some() {
+    if dtype.pool_room().is_some() {
+        unpack_pooled(isa, w, bytes, scales)
+    } else if dtype.dense_twin().is_some() {
         unpack_sparse(isa, dtype, w, bytes, scales)
     } else if isa >= Isa::Avx2 {
         // SAFETY: Avx2 or better is reported by run-time detection only with AVX2 and F16C.
@@ -698,6 +700,41 @@ fn unpack_sparse(isa: Isa, dtype: DType, w: &[u8], bytes: &mut [u8], scales: &mu
     }
 }
 
+/// [`unpack_row`] of an unstructured sparse row (`crate::pool`; n = 32 · `scales.len()`
+/// weights): the kept values to their positions as Q8_0's q + 128, the dropped positions 128;
+/// the block scales as they are. VBMI2: two expanding loads a super-block straight from the
+/// pool; else scalar. Returns the offset, 128.
+fn unpack_pooled(isa: Isa, w: &[u8], bytes: &mut [u8], scales: &mut [f32]) -> i32 {
+    let n = scales.len() * QK;
+    let (Some((heads, pool)), Some(bytes)) = (crate::pool::split(w, n), bytes.get_mut(..n)) else {
+        bytes.fill(128);
+        scales.fill(0.0);
+        return 128;
+    };
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx512Vbmi {
+        // SAFETY: Avx512Vbmi is reported by run-time detection only with AVX2, F16C and AVX-512
+        // F/BW/VL/VBMI/VBMI2; `bytes` holds n values, `scales` n / 32, the heads n / 128.
+        unsafe { x86_sparse::unpack_pooled_vbmi2(heads, pool, bytes, scales) };
+        return 128;
+    }
+    let _ = isa;
+    let mut k = 0;
+    for (b, o) in bytes.chunks_exact_mut(QK).enumerate() {
+        scales[b] = half::f16::from_bits(crate::pool::scale_bits(heads, b)).to_f32();
+        let m = crate::pool::block_mask(heads, b);
+        for (j, v) in o.iter_mut().enumerate() {
+            *v = if m >> j & 1 == 1 {
+                k += 1;
+                pool.get(k - 1).copied().unwrap_or(0) ^ 0x80
+            } else {
+                128
+            };
+        }
+    }
+    128
+}
+
 /// The sparse row unpacking with AVX2 and with AVX-512 VBMI2.
 #[cfg(target_arch = "x86_64")]
 mod x86_sparse {
@@ -735,6 +772,52 @@ mod x86_sparse {
                 };
                 // SAFETY: 32 output bytes per block (the caller's contract).
                 unsafe { _mm256_storeu_si256(bytes.as_mut_ptr().add(b * QK).cast(), e) };
+            }
+        }
+    }
+
+    /// An unstructured sparse row (`crate::pool`): per super-block the next kept values of
+    /// the pool to their positions under its two 64-bit masks (`vpexpandb` from memory, which
+    /// reads only as many bytes as a mask has bits), as q + 128; the dropped positions 128. A
+    /// super-block whose values would run past the pool (malformed) and those after it are
+    /// all 128 (zero weights).
+    ///
+    /// # Safety
+    /// AVX2, F16C and AVX-512 F/BW/VL/VBMI2; `heads` holds 24 bytes for each 128 of `bytes`,
+    /// `scales` one value for each 32.
+    #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl,avx512vbmi,avx512vbmi2")]
+    pub(super) unsafe fn unpack_pooled_vbmi2(
+        heads: &[u8],
+        pool: &[u8],
+        bytes: &mut [u8],
+        scales: &mut [f32],
+    ) {
+        use crate::pool::HEAD;
+        let flip = _mm512_set1_epi8(-128);
+        let mut used = 0usize;
+        for (sb, o) in bytes.chunks_exact_mut(QS).enumerate() {
+            let [k01, k23] = crate::pool::mask(heads, sb);
+            let (c01, c23) = (k01.count_ones() as usize, k23.count_ones() as usize);
+            let (e01, e23) = if used + c01 + c23 <= pool.len() {
+                // SAFETY: c01 + c23 pool bytes from `used` (checked just above).
+                unsafe {
+                    let v = pool.as_ptr().add(used);
+                    (
+                        _mm512_maskz_expandloadu_epi8(k01, v.cast()),
+                        _mm512_maskz_expandloadu_epi8(k23, v.add(c01).cast()),
+                    )
+                }
+            } else {
+                (_mm512_setzero_si512(), _mm512_setzero_si512())
+            };
+            used += c01 + c23;
+            // SAFETY: 128 output bytes in `o`; four scales of super-block sb (heads and
+            // `scales` hold them: the caller's contract).
+            unsafe {
+                _mm512_storeu_si512(o.as_mut_ptr().cast(), _mm512_xor_si512(e01, flip));
+                _mm512_storeu_si512(o.as_mut_ptr().add(64).cast(), _mm512_xor_si512(e23, flip));
+                let d = _mm_cvtph_ps(_mm_loadl_epi64(heads.as_ptr().add(HEAD * sb + 16).cast()));
+                _mm_storeu_ps(scales.as_mut_ptr().add(SPARSE_SUB * sb), d);
             }
         }
     }
@@ -898,6 +981,7 @@ fn unpack_row(
         DType::Q8_0_48 | DType::Q4_0_48 | DType::Q8_0_24 | DType::Q4_0_24 => {
             unpack_sparse(Isa::Scalar, dtype, w, bytes, scales)
         }
+        t if t.pool_room().is_some() => unpack_pooled(Isa::Scalar, w, bytes, scales),
         DType::Q4_0 => {
             let blocks = crate::blocks::as_blocks::<BlockQ4_0>(w).unwrap_or(&[]);
             for (b, blk) in blocks.iter().enumerate() {

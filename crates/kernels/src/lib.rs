@@ -2,7 +2,8 @@
 //!
 //! Owns: the byte layout of every GGML quant block ([`blocks`]), the table of what tuili does
 //! with each weight type ([`types`]: the one place that decides per type), dequantization to
-//! f32 and the reference quantizers ([`dequant`], [`quant`]), activation quantization ([`act`]),
+//! f32 and the reference quantizers ([`dequant`], [`quant`]; the unstructured sparse layout's
+//! in [`pool`]), activation quantization ([`act`]),
 //! the dot products ([`dot`]) and matrix kernels ([`gemm`]) with their run-time
 //! instruction-set choice ([`cpu`]), attention over cached rows ([`attn`]), and the float
 //! operations of a Transformer layer ([`ops`]).
@@ -24,6 +25,7 @@ pub mod dot;
 pub mod gemm;
 mod kquant;
 pub mod ops;
+pub mod pool;
 pub mod quant;
 pub mod types;
 

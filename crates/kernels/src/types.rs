@@ -19,7 +19,7 @@ use crate::act::ActKind;
 use crate::cpu::Isa;
 use crate::dot::rows::RowsFn;
 use crate::dot::scalar::{self, DotFn};
-use crate::{dequant, kquant, quant, KernelError};
+use crate::{dequant, kquant, pool, quant, KernelError};
 
 /// A type's SIMD row kernels on this machine's instruction-set family (`dot::x86::kernels`,
 /// `dot::neon::kernels`); none elsewhere (the scalar path).
@@ -76,13 +76,28 @@ pub struct TypeTraits {
 
 /// The rows: every type tuili runs.
 #[rustfmt::skip]
-static TABLE: [TypeTraits; 18] = [
+static TABLE: [TypeTraits; 33] = [
     TypeTraits { dtype: DType::F32, float: true, dequantize: dequant::f32_row, quantize: Some(quant::f32_row), act: ActKind::F32, dot: scalar::f32_dot, simd: simd!(F32), gemm: None, gemm_f: Some(Isa::Avx2), fallback: None },
     TypeTraits { dtype: DType::F16, float: true, dequantize: dequant::f16_row, quantize: Some(quant::f16_row), act: ActKind::F16, dot: scalar::f16_dot, simd: simd!(F16), gemm: None, gemm_f: Some(Isa::Avx2), fallback: None },
     TypeTraits { dtype: DType::BF16, float: true, dequantize: dequant::bf16_row, quantize: Some(quant::bf16_row), act: ActKind::F32, dot: scalar::bf16_dot, simd: simd!(BF16), gemm: None, gemm_f: Some(Isa::Avx2), fallback: None },
     TypeTraits { dtype: DType::Q8_0, float: false, dequantize: dequant::q8_0_row, quantize: Some(quant::q8_0_row), act: ActKind::Q8, dot: scalar::q8_0_dot, simd: simd!(Q8_0), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
     TypeTraits { dtype: DType::Q8_0_48, float: false, dequantize: dequant::q8_0_48_row, quantize: Some(quant::q8_0_48_row), act: ActKind::Q8, dot: scalar::q8_0_48_dot, simd: simd!(Q8_0_48), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
     TypeTraits { dtype: DType::Q8_0_24, float: false, dequantize: dequant::q8_0_24_row, quantize: Some(quant::q8_0_24_row), act: ActKind::Q8, dot: scalar::q8_0_24_dot, simd: simd!(Q8_0_24), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q8_0_U8, float: false, dequantize: pool::dequantize_row, quantize: Some(pool::quantize_row), act: ActKind::Q8, dot: scalar::q8_0_pooled_dot::<8>, simd: simd!(Q8_0_U), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q8_0_U16, float: false, dequantize: pool::dequantize_row, quantize: Some(pool::quantize_row), act: ActKind::Q8, dot: scalar::q8_0_pooled_dot::<16>, simd: simd!(Q8_0_U), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q8_0_U24, float: false, dequantize: pool::dequantize_row, quantize: Some(pool::quantize_row), act: ActKind::Q8, dot: scalar::q8_0_pooled_dot::<24>, simd: simd!(Q8_0_U), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q8_0_U32, float: false, dequantize: pool::dequantize_row, quantize: Some(pool::quantize_row), act: ActKind::Q8, dot: scalar::q8_0_pooled_dot::<32>, simd: simd!(Q8_0_U), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q8_0_U40, float: false, dequantize: pool::dequantize_row, quantize: Some(pool::quantize_row), act: ActKind::Q8, dot: scalar::q8_0_pooled_dot::<40>, simd: simd!(Q8_0_U), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q8_0_U48, float: false, dequantize: pool::dequantize_row, quantize: Some(pool::quantize_row), act: ActKind::Q8, dot: scalar::q8_0_pooled_dot::<48>, simd: simd!(Q8_0_U), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q8_0_U56, float: false, dequantize: pool::dequantize_row, quantize: Some(pool::quantize_row), act: ActKind::Q8, dot: scalar::q8_0_pooled_dot::<56>, simd: simd!(Q8_0_U), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q8_0_U64, float: false, dequantize: pool::dequantize_row, quantize: Some(pool::quantize_row), act: ActKind::Q8, dot: scalar::q8_0_pooled_dot::<64>, simd: simd!(Q8_0_U), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q8_0_U72, float: false, dequantize: pool::dequantize_row, quantize: Some(pool::quantize_row), act: ActKind::Q8, dot: scalar::q8_0_pooled_dot::<72>, simd: simd!(Q8_0_U), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q8_0_U80, float: false, dequantize: pool::dequantize_row, quantize: Some(pool::quantize_row), act: ActKind::Q8, dot: scalar::q8_0_pooled_dot::<80>, simd: simd!(Q8_0_U), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q8_0_U88, float: false, dequantize: pool::dequantize_row, quantize: Some(pool::quantize_row), act: ActKind::Q8, dot: scalar::q8_0_pooled_dot::<88>, simd: simd!(Q8_0_U), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q8_0_U96, float: false, dequantize: pool::dequantize_row, quantize: Some(pool::quantize_row), act: ActKind::Q8, dot: scalar::q8_0_pooled_dot::<96>, simd: simd!(Q8_0_U), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q8_0_U104, float: false, dequantize: pool::dequantize_row, quantize: Some(pool::quantize_row), act: ActKind::Q8, dot: scalar::q8_0_pooled_dot::<104>, simd: simd!(Q8_0_U), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q8_0_U112, float: false, dequantize: pool::dequantize_row, quantize: Some(pool::quantize_row), act: ActKind::Q8, dot: scalar::q8_0_pooled_dot::<112>, simd: simd!(Q8_0_U), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
+    TypeTraits { dtype: DType::Q8_0_U120, float: false, dequantize: pool::dequantize_row, quantize: Some(pool::quantize_row), act: ActKind::Q8, dot: scalar::q8_0_pooled_dot::<120>, simd: simd!(Q8_0_U), gemm: Some(Isa::Avx512Vnni), gemm_f: None, fallback: None },
     TypeTraits { dtype: DType::Q4_0, float: false, dequantize: dequant::q4_0_row, quantize: Some(quant::q4_0_row), act: ActKind::Q8, dot: scalar::q4_0_dot, simd: simd!(Q4_0), gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
     TypeTraits { dtype: DType::Q4_0_48, float: false, dequantize: dequant::q4_0_48_row, quantize: Some(quant::q4_0_48_row), act: ActKind::Q8, dot: scalar::q4_0_48_dot, simd: simd!(Q4_0_48), gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
     TypeTraits { dtype: DType::Q4_0_24, float: false, dequantize: dequant::q4_0_24_row, quantize: Some(quant::q4_0_24_row), act: ActKind::Q8, dot: scalar::q4_0_24_dot, simd: simd!(Q4_0_24), gemm: Some(Isa::Avx2), gemm_f: None, fallback: None },
@@ -125,13 +140,22 @@ pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<(), Ker
     Ok(())
 }
 
-/// The first malformed block of `bytes` (whole blocks of `dtype`), if any: a sparse 4-of-8
-/// super-block whose keep-mask has a byte without exactly four bits set, or a 2:4 one with a
-/// group code of none or all of b0 b1 b2 (not two kept; its kernels would read other blocks'
-/// values). Dense types have no such constraint.
-pub fn malformed_block(dtype: DType, bytes: &[u8]) -> Option<usize> {
+/// The first malformed block of `bytes` (whole rows of `row_bytes`, whole blocks of
+/// `dtype`), if any: a sparse 4-of-8 super-block whose keep-mask has a byte without exactly
+/// four bits set, a 2:4 one with a group code of none or all of b0 b1 b2 (not two kept), or an
+/// unstructured row's super-block whose kept values run past the row's pool (`pool`) — the
+/// kernels would read other blocks' values. Dense types have no such constraint.
+pub fn malformed_block(dtype: DType, bytes: &[u8], row_bytes: usize) -> Option<usize> {
     dtype.dense_twin()?;
     let bb = dtype.block_bytes() as usize;
+    if dtype.pool_room().is_some() {
+        let n = row_bytes / bb * dtype.block_len() as usize;
+        let per_row = row_bytes / bb;
+        return bytes
+            .chunks(row_bytes.max(1))
+            .enumerate()
+            .find_map(|(r, row)| pool::overflow(row, n).map(|sb| r * per_row + sb));
+    }
     let codes = matches!(dtype, DType::Q8_0_24 | DType::Q4_0_24);
     bytes.chunks_exact(bb).position(|b| {
         if codes {

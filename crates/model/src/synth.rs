@@ -112,14 +112,17 @@ fn k_scale_fields(dtype: DType) -> &'static [usize] {
     }
 }
 
-/// Random tensor data of `n` elements in `dtype`: quantized from uniform values of amplitude
-/// `amp` where tuili has a quantizer, otherwise random blocks with small, finite scales.
+/// Random tensor data of `rows` rows of `cols` elements in `dtype`: quantized row by row from
+/// uniform values of amplitude `amp` where tuili has a quantizer, otherwise random blocks with
+/// small, finite scales.
 pub fn random_tensor(
     dtype: DType,
-    n: usize,
+    rows: usize,
+    cols: usize,
     amp: f32,
     rng: &mut SplitMix,
 ) -> Result<Vec<u8>, ModelError> {
+    let n = rows * cols;
     let bytes = dtype
         .bytes_for(n as u64)
         .map_err(|e| ModelError::BadHyperParam {
@@ -144,7 +147,13 @@ pub fn random_tensor(
         return Ok(out);
     }
     let vals: Vec<f32> = (0..n).map(|_| amp * rng.next_f32()).collect();
-    quantize_row(dtype, &vals, &mut out)?;
+    let rb = bytes / rows.max(1);
+    for (x, o) in vals
+        .chunks_exact(cols.max(1))
+        .zip(out.chunks_exact_mut(rb.max(1)))
+    {
+        quantize_row(dtype, x, o)?;
+    }
     Ok(out)
 }
 
@@ -231,7 +240,7 @@ pub fn synth_gguf(spec: &SynthSpec) -> Result<GgufWriter, ModelError> {
     };
     let (e, ff, nv) = (spec.n_embd as u64, spec.n_ff as u64, spec.n_vocab as u64);
     let std = |fan_in: usize| 1.0 / (fan_in as f32).sqrt() * 1.7;
-    let emb = random_tensor(spec.embd_dtype, spec.n_vocab * spec.n_embd, 1.0, &mut rng)?;
+    let emb = random_tensor(spec.embd_dtype, spec.n_vocab, spec.n_embd, 1.0, &mut rng)?;
     add(&mut w, "token_embd.weight", spec.embd_dtype, &[e, nv], emb)?;
     for l in 0..spec.n_layer {
         let n = |s: &str| format!("blk.{l}.{s}");
@@ -251,7 +260,7 @@ pub fn synth_gguf(spec: &SynthSpec) -> Result<GgufWriter, ModelError> {
             ("ffn_up.weight", spec.n_ff, spec.n_embd),
             ("ffn_down.weight", spec.n_embd, spec.n_ff),
         ] {
-            let data = random_tensor(spec.dtype, rows * cols, std(cols), &mut rng)?;
+            let data = random_tensor(spec.dtype, rows, cols, std(cols), &mut rng)?;
             add(
                 &mut w,
                 &n(name),
@@ -279,7 +288,8 @@ pub fn synth_gguf(spec: &SynthSpec) -> Result<GgufWriter, ModelError> {
     if !spec.tied {
         let out = random_tensor(
             spec.embd_dtype,
-            spec.n_vocab * spec.n_embd,
+            spec.n_vocab,
+            spec.n_embd,
             std(spec.n_embd),
             &mut rng,
         )?;

@@ -219,7 +219,7 @@ impl Matrix {
             backing: info.backing,
             range: info.range,
         };
-        if let Some(b) = tuili_kernels::types::malformed_block(m.dtype, m.data()) {
+        if let Some(b) = tuili_kernels::types::malformed_block(m.dtype, m.data(), m.row_bytes()) {
             return Err(ModelError::MalformedBlock {
                 path: src.label(),
                 name: m.name,
@@ -260,21 +260,75 @@ impl Matrix {
             });
         }
         let (rb, b0, b1) = (self.row_bytes(), start / bl * bb, (start + n) / bl * bb);
-        let mut out = Vec::with_capacity(self.rows * (b1 - b0));
-        for row in self.data().chunks_exact(rb) {
-            out.extend_from_slice(&row[b0..b1]);
-        }
+        let (dtype, out) = if self.dtype.pool_room().is_some() {
+            self.pooled_cols(start, n)
+        } else {
+            let mut out = Vec::with_capacity(self.rows * (b1 - b0));
+            for row in self.data().chunks_exact(rb) {
+                out.extend_from_slice(&row[b0..b1]);
+            }
+            (self.dtype, out)
+        };
         // The whole matrix was read to copy this part out: its pages need not stay (a rank's
         // resident weights are then its parts only).
         self.backing.release(self.range.clone());
         Ok(Matrix {
             name: format!("{}[:, {start}..{}]", self.name, start + n),
-            dtype: self.dtype,
+            dtype,
             rows: self.rows,
             cols: n,
             range: 0..out.len(),
             backing: WeightBytes::Owned(Arc::new(out)),
         })
+    }
+
+    /// Columns `start..start + n` (whole super-blocks) of an unstructured sparse matrix
+    /// (`tuili_kernels::pool`), whose rows share one pool of kept values and so cannot be cut
+    /// as bytes: each row's part as dense Q8_0 blocks, packed again with the room the part's
+    /// fullest row needs (its own `Q8_0_U*` type; Q8_0 itself if none has room). Decodes to
+    /// the very same values.
+    fn pooled_cols(&self, start: usize, n: usize) -> (DType, Vec<u8>) {
+        use tuili_kernels::blocks::{BlockQ8_0, QK};
+        let rb = self.row_bytes();
+        let mut blocks = vec![
+            BlockQ8_0 {
+                d: [0; 2],
+                qs: [0; QK]
+            };
+            self.cols / QK
+        ];
+        let (b0, b1) = (start / QK, (start + n) / QK);
+        let mut part = |row: &[u8]| {
+            tuili_kernels::pool::unpack(row, &mut blocks);
+            blocks[b0..b1].to_vec()
+        };
+        let kept = |p: &[BlockQ8_0]| p.iter().flat_map(|b| b.qs).filter(|&q| q != 0).count();
+        let most = self
+            .data()
+            .chunks_exact(rb)
+            .map(|row| kept(&part(row)))
+            .max()
+            .unwrap_or(0);
+        let dtype = DType::q8_0_pooled(n as u64, most as u64).unwrap_or(DType::Q8_0);
+        // `n` is whole super-blocks (checked by the caller), so the size exists.
+        let prb = dtype.bytes_for(n as u64).unwrap_or(0) as usize;
+        let mut out = vec![0u8; self.rows * prb];
+        for (row, o) in self
+            .data()
+            .chunks_exact(rb)
+            .zip(out.chunks_exact_mut(prb.max(1)))
+        {
+            let p = part(row);
+            if dtype == DType::Q8_0 {
+                for (b, c) in p.iter().zip(o.chunks_exact_mut(34)) {
+                    c[..2].copy_from_slice(&b.d);
+                    c[2..].copy_from_slice(&b.qs);
+                }
+            } else {
+                tuili_kernels::pool::pack(&p, o);
+            }
+        }
+        (dtype, out)
     }
 
     /// Marks this matrix's bytes as a part this process reads: on a rank of a distributed

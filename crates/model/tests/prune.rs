@@ -76,8 +76,8 @@ fn wanda_and_sparsegpt_match_the_reference_code() {
     }
 }
 
-/// A model pruned 2:4 or 4:8 and stored in a sparse layout gives the logits of the same pruned
-/// model stored dense in Q8_0 or Q4_0 (through the dense kernels): the kept values are the
+/// A model pruned 2:4, 4:8 or unstructured (50 %, 70 %) and stored in a sparse layout gives
+/// the logits of the same pruned model stored dense in Q8_0 or Q4_0 (through the dense kernels): the kept values are the
 /// very ones the dense type stores. Through the scalar kernels (whose sums run in the same
 /// order) bit for bit; through this machine's SIMD kernels within their rounding (measured:
 /// under 4e-7 of the largest logit; the activations' int8 requantization between layers could
@@ -110,6 +110,8 @@ fn sparse_layouts_give_the_dense_pruned_logits() {
         (DType::Q8_0, Pattern::NofM { n: 4, m: 8 }),
         (DType::Q4_0, Pattern::NofM { n: 2, m: 4 }),
         (DType::Q4_0, Pattern::NofM { n: 4, m: 8 }),
+        (DType::Q8_0, Pattern::Unstructured(0.7)),
+        (DType::Q8_0, Pattern::Unstructured(0.5)),
     ] {
         let mut out = Vec::new();
         for sparse in [false, true] {
@@ -129,13 +131,22 @@ fn sparse_layouts_give_the_dense_pruned_logits() {
                 let mut vals = vec![0f32; n];
                 dequantize_row(t.info.dtype, t.data, &mut vals).unwrap();
                 by_score(&mut vals, cols, &vec![1.0; cols], pattern);
-                let to = match sparse_layout(base, pattern, cols as u64) {
+                let most = vals
+                    .chunks_exact(cols)
+                    .map(|r| r.iter().filter(|v| **v != 0.0).count())
+                    .max()
+                    .unwrap() as u64;
+                let to = match sparse_layout(base, pattern, cols as u64, most) {
                     Some(l) if sparse => l,
                     _ => base,
                 };
                 n_sparse += usize::from(to != base);
                 let mut q = vec![0u8; to.bytes_for(n as u64).unwrap() as usize];
-                quantize_row(to, &vals, &mut q).unwrap();
+                // Row by row (an unstructured row's values share one pool).
+                let rb = q.len() / (n / cols);
+                for (x, o) in vals.chunks_exact(cols).zip(q.chunks_exact_mut(rb)) {
+                    quantize_row(to, x, o).unwrap();
+                }
                 w.add_tensor(&t.info.name, to, &t.info.shape, q).unwrap();
             }
             assert_eq!(n_sparse, if sparse { 14 } else { 0 }, "{base} {pattern}");
@@ -182,8 +193,9 @@ fn sparse_layouts_give_the_dense_pruned_logits() {
     }
 }
 
-/// A sparse file whose keep-masks break the 4-of-8 rule is refused at load, naming the tensor
-/// and the block (its kernels would read other blocks' values).
+/// A sparse file whose keep-masks break the 4-of-8 or 2:4 rule, or keep more values than an
+/// unstructured row's pool holds, is refused at load, naming the tensor and the super-block
+/// (its kernels would read other blocks' values).
 #[test]
 fn malformed_sparse_blocks_are_refused() {
     use std::sync::Arc;
@@ -192,9 +204,9 @@ fn malformed_sparse_blocks_are_refused() {
     use tuili_model::synth::{synth_gguf, SynthSpec};
     use tuili_model::{Model, ModelError};
 
-    // A one-layer model in `dtype` loads; with `corrupt` applied to byte `at` of super-block
-    // `block` of `tensor` it is refused, naming the tensor, the block and the type.
-    let check = |dtype: DType, tensor: &str, block: usize, at: usize, corrupt: fn(&mut u8)| {
+    // A one-layer model in `dtype` loads; with `corrupt` applied to byte `at` of `tensor` it
+    // is refused, naming the tensor, super-block `block` and the type.
+    let check = |dtype: DType, tensor: &str, at: usize, block: usize, corrupt: fn(&mut u8)| {
         let spec = SynthSpec {
             n_layer: 1,
             ..SynthSpec::tiny(dtype)
@@ -203,7 +215,7 @@ fn malformed_sparse_blocks_are_refused() {
         let f = GgufFile::from_bytes("ok.gguf", bytes.clone()).unwrap();
         let t = f.tensor_info(tensor).unwrap();
         assert_eq!(t.dtype, dtype);
-        let off = f.tensor_range(t).start + block * dtype.block_bytes() as usize + at;
+        let off = f.tensor_range(t).start + at;
         assert!(Model::load(Arc::new(f)).is_ok());
         corrupt(&mut bytes[off]);
         let bad = GgufFile::from_bytes("bad.gguf", bytes).unwrap();
@@ -220,9 +232,21 @@ fn malformed_sparse_blocks_are_refused() {
         }
     };
     // 4:8: block 3's first mask byte with five bits set.
-    check(DType::Q8_0_48, "blk.0.ffn_up.weight", 3, 0, |b| {
+    check(DType::Q8_0_48, "blk.0.ffn_up.weight", 3 * 88, 3, |b| {
         *b = 0b0001_1111
     });
     // 2:4: group 0 of super-block 5 coded 7 (b0 b1 b2 all set: four kept).
-    check(DType::Q4_0_24, "blk.0.attn_k.weight", 5, 0, |b| *b |= 7);
+    check(DType::Q4_0_24, "blk.0.attn_k.weight", 5 * 52, 5, |b| {
+        *b |= 7
+    });
+    // Unstructured: rows of 256 (two super-blocks, heads at 0 and 24, room for 80 values,
+    // all used); row 1's second super-block keeps eight more than its mask said — more than
+    // the pool holds (super-block 1 of row 1 is the tensor's third).
+    check(
+        DType::Q8_0_U40,
+        "blk.0.ffn_up.weight",
+        128 + 24 + 8,
+        3,
+        |b| *b = 0xFF,
+    );
 }

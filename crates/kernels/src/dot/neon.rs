@@ -32,6 +32,8 @@ pub mod kernels {
     pub const Q4_0_48: Option<RowsFn> = Some(sparse_rows::<BlockQ4_0S>);
     pub const Q8_0_24: Option<RowsFn> = Some(sparse_rows::<BlockQ8_0P>);
     pub const Q4_0_24: Option<RowsFn> = Some(sparse_rows::<BlockQ4_0P>);
+    /// The unstructured layout (`crate::pool`) runs its scalar reference here.
+    pub const Q8_0_U: Option<RowsFn> = None;
 }
 
 /// Every row against every activation row with `dot` (NEON is part of the aarch64

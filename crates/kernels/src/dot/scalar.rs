@@ -109,6 +109,19 @@ block_dot!(q4_k_dot, Q4_K, Q8K, q4_k, q4_k_row);
 block_dot!(q5_k_dot, Q5_K, Q8K, q5_k, q5_k_row);
 block_dot!(q6_k_dot, Q6_K, Q8K, q6_k, q6_k_row);
 
+/// Unstructured sparse rows (`Q8_0_U{R}`, `crate::pool`): only the kept weights multiplied.
+pub fn q8_0_pooled_dot<const R: usize>(w: &[u8], a: ActRef<'_>, tmp: &mut [f32]) -> f32 {
+    match a {
+        ActRef::Q8(a) => crate::pool::dot(w, w.len() / (crate::pool::HEAD + R) * QS, a),
+        ActRef::F32(x) => {
+            let t = &mut tmp[..x.len()];
+            crate::pool::dequantize_row(w, t);
+            ops::dot(t, x)
+        }
+        _ => f32::NAN,
+    }
+}
+
 /// Views a weight row as blocks; rows are whole blocks by construction (the GGUF parser
 /// checks that row lengths are block multiples).
 fn blocks<B: Block>(w: &[u8]) -> &[B] {

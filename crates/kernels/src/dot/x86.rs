@@ -106,6 +106,7 @@ pub mod kernels {
     pub const Q4_0_48: Option<RowsFn> = Some(sparse_rows::<BlockQ4_0S>);
     pub const Q8_0_24: Option<RowsFn> = Some(sparse_rows::<BlockQ8_0P>);
     pub const Q4_0_24: Option<RowsFn> = Some(sparse_rows::<BlockQ4_0P>);
+    pub const Q8_0_U: Option<RowsFn> = Some(pooled_rows);
 }
 
 /// The rest of the rows, up to four tokens per pass, with `$f` from the AVX-512 VNNI or the
@@ -324,6 +325,55 @@ fn sparse_rows<B: Sparse>(r: &mut Rows<'_, '_>) -> bool {
         return true;
     }
     generic_rows!(rows, r, pick_q8, B, sparse_n)
+}
+
+/// The unstructured layout (`crate::pool`): with VBMI2 and up to four tokens, each row's
+/// kept values expanded to their positions super-block by super-block straight from the pool
+/// (`vbmi::pooled_rows`); else block by block through a byte shuffle into the dense block
+/// kernels (`pooled_n`).
+fn pooled_rows(r: &mut Rows<'_, '_>) -> bool {
+    let n = r.n;
+    if let (true, Some(qs)) = (r.isa >= Isa::Avx512Vbmi, gather(r.acts, pick_q8)) {
+        let (nt, rb, n_rows) = (r.nt(), r.row_bytes, r.n_rows);
+        let (w, out) = (r.w, &mut *r.out);
+        // SAFETY: Isa::Avx512Vbmi is only reported when AVX-512 F/BW/VL/VNNI/VBMI/VBMI2,
+        // AVX2, FMA and F16C are present; `Rows::check` checked that `w` is n_rows whole rows
+        // of `rb` bytes holding n weights each, that `out` holds n_rows × nt values and that
+        // every activation row holds as many quants and scales as a row has elements.
+        match nt {
+            1 => unsafe { vbmi::pooled_rows::<1>(w, rb, n, &qs, out) },
+            2 => unsafe { vbmi::pooled_rows::<2>(w, rb, n, &qs, out) },
+            3 => unsafe { vbmi::pooled_rows::<3>(w, rb, n, &qs, out) },
+            4 => unsafe { vbmi::pooled_rows::<4>(w, rb, n, &qs, out) },
+            _ => return pooled_generic(r, n),
+        }
+        r.first_row = n_rows;
+        return true;
+    }
+    pooled_generic(r, n)
+}
+
+/// [`pooled_rows`] without VBMI2: row by row, up to four tokens a pass.
+fn pooled_generic(r: &mut Rows<'_, '_>, n: usize) -> bool {
+    if r.isa >= Isa::Avx512Vnni {
+        // SAFETY: as in `generic_rows`; every row holds n weights and every activation row as
+        // many quants, scales and sums (`Rows::check`).
+        r.each(pick_q8, |w, a, o| unsafe { vnni::pooled_n(w, n, a, o) })
+    } else {
+        // SAFETY: as above, for Avx2.
+        r.each(pick_q8, |w, a, o| unsafe { avx2::pooled_n(w, n, a, o) })
+    }
+}
+
+/// Eight pool bytes from `k` on (zeros past the pool's end).
+#[inline]
+fn pool8(pool: &[u8], k: usize) -> i64 {
+    match pool.get(k..k + 8) {
+        Some(b) => i64::from_le_bytes(std::array::from_fn(|i| b[i])),
+        None => i64::from_le_bytes(std::array::from_fn(|i| {
+            pool.get(k + i).copied().unwrap_or(0)
+        })),
+    }
 }
 
 /// `vpshufb` controls that expand a block's kept values (four of every eight; a 2:4 block's
@@ -780,6 +830,47 @@ macro_rules! kernels {
                 };
                 let nb = w.len() * SPARSE_SUB;
                 if $u8_ok && !B::Q4 {
+                    let flip = _mm256_set1_epi8(-128);
+                    let unpack = |b: usize| _mm256_xor_si256(expand(b), flip);
+                    unsafe { by_tokens!(128, false, nb, unpack, dbits, |_| 0, a, out) }
+                } else {
+                    unsafe { by_tokens!(0, false, nb, expand, dbits, |_| 0, a, out) }
+                }
+            }
+
+            /// Unstructured sparse rows of `n` weights (`crate::pool`), block by block:
+            /// each group of eight weights takes its kept values from the pool (eight bytes
+            /// from where the previous group's ended) to its positions with one byte shuffle
+            /// (controls by mask byte, `EXPAND[0]`), zeros elsewhere; then as dense Q8_0.
+            /// The blocks are unpacked in order, so a cursor carries the pool position from
+            /// one to the next (recounted from the masks if asked out of order).
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn pooled_n(w: &[u8], n: usize, a: &[&Q8Row], out: &mut [f32]) {
+                let Some((heads, pool)) = crate::pool::split(w, n) else {
+                    out.fill(f32::NAN);
+                    return;
+                };
+                let dbits = |b: usize| crate::pool::scale_bits(heads, b);
+                let cursor = std::cell::Cell::new((0usize, 0usize));
+                let expand = |b: usize| {
+                    let (next, at) = cursor.get();
+                    let mut k = if next == b { at } else { crate::pool::offset(heads, b) };
+                    let m = crate::pool::block_mask(heads, b);
+                    let mut g = [0i64; 4];
+                    for (c, v) in g.iter_mut().enumerate() {
+                        let mb = (m >> (8 * c)) as usize & 0xFF;
+                        let ctl = _mm_cvtsi64_si128(EXPAND[0][mb] as i64);
+                        *v = _mm_cvtsi128_si64(_mm_shuffle_epi8(
+                            _mm_cvtsi64_si128(pool8(pool, k)),
+                            ctl,
+                        ));
+                        k += mb.count_ones() as usize;
+                    }
+                    cursor.set((b + 1, k));
+                    _mm256_setr_epi64x(g[0], g[1], g[2], g[3])
+                };
+                let nb = n / QK;
+                if $u8_ok {
                     let flip = _mm256_set1_epi8(-128);
                     let unpack = |b: usize| _mm256_xor_si256(expand(b), flip);
                     unsafe { by_tokens!(128, false, nb, unpack, dbits, |_| 0, a, out) }
@@ -2237,6 +2328,99 @@ pub(super) mod vbmi {
             }
             for t in 0..N {
                 out[r * N + t] = _mm512_reduce_add_ps(acc[t]);
+            }
+        }
+    }
+
+    /// Unstructured sparse rows (`crate::pool`: `n` weights each, `rb` bytes) · `N` Q8
+    /// activations (one to four tokens): `out[r·N + t]` = row r · a[t].
+    ///
+    /// Per super-block of 128 weights, its two 64-bit keep-masks (loaded straight into mask
+    /// registers) expand the next kept values of the row's pool to their positions, read
+    /// straight from memory (`vpexpandb` with a memory source reads only the bytes it places:
+    /// as many as the mask has bits); the pool position moves on by the masks' popcounts.
+    /// Then as the dense Q8_0 kernel ([`q8_0_rows`]): the activations as unsigned (a + 128)
+    /// against the signed weights, 128·Σq off per block (shared by the tokens), each block's
+    /// integer sum (eight lanes) scaled by its d_w·d_a. A super-block whose values would run
+    /// past the pool (a malformed row, which the loader refuses) ends the row there.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VL/VNNI/VBMI/VBMI2, AVX2, FMA and F16C; `w` is whole rows of
+    /// `rb` bytes, each the heads of n / 128 super-blocks and a pool; `out` holds N values per
+    /// row; every `a[t]` holds n quants and n / 32 block scales.
+    #[target_feature(
+        enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512vbmi2"
+    )]
+    pub(super) unsafe fn pooled_rows<const N: usize>(
+        w: &[u8],
+        rb: usize,
+        n: usize,
+        a: &[&Q8Row; 4],
+        out: &mut [f32],
+    ) {
+        use crate::pool::HEAD;
+        let nsb = n / QS;
+        let hb = nsb * HEAD;
+        debug_assert!(n.is_multiple_of(QS) && rb >= hb && w.len().is_multiple_of(rb));
+        debug_assert!(out.len() >= w.len() / rb * N);
+        debug_assert!((0..N).all(|t| a[t].qs.len() >= n && a[t].d.len() * QK >= n));
+        let flip = _mm512_set1_epi8(-128);
+        // Vector 0 (blocks 0, 1): lanes 0..8 take scale 0, 8..16 scale 1; vector 1: 2 and 3.
+        let spread = [
+            _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+            _mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
+        ];
+        let end = w.as_ptr().wrapping_add(w.len());
+        let room = rb - hb;
+        for r in 0..w.len() / rb {
+            let hp = w[r * rb..].as_ptr();
+            let pp = hp.wrapping_add(hb);
+            let mut used = 0usize;
+            let mut acc = [[_mm512_setzero_ps(); 2]; N];
+            for sb in 0..nsb {
+                // SAFETY (whole loop body): head sb is bytes 24sb..24sb + 24 of the row (masks,
+                // then scales); the expanding loads read c01 and c23 pool bytes from `used`,
+                // within the pool (checked first); activation block 4sb..4sb + 4 is quants
+                // 128sb..128sb + 128 and scales 4sb..4sb + 4 of every a[t]. Prefetch addresses
+                // are kept to our rows (`prefetch_ahead`).
+                unsafe {
+                    let h = hp.add(HEAD * sb);
+                    let k01: __mmask64 = std::ptr::read_unaligned(h.cast::<u64>());
+                    let k23: __mmask64 = std::ptr::read_unaligned(h.add(8).cast::<u64>());
+                    let (c01, c23) = (k01.count_ones() as usize, k23.count_ones() as usize);
+                    if used + c01 + c23 > room {
+                        break;
+                    }
+                    let v = pp.add(used);
+                    prefetch_ahead::<1>(v, end);
+                    let q01 = _mm512_maskz_expandloadu_epi8(k01, v.cast());
+                    let q23 = _mm512_maskz_expandloadu_epi8(k23, v.add(c01).cast());
+                    used += c01 + c23;
+                    let z = _mm512_setzero_si512();
+                    let corr = [
+                        _mm512_dpbusd_epi32(z, flip, q01),
+                        _mm512_dpbusd_epi32(z, flip, q23),
+                    ];
+                    let dw = _mm_cvtph_ps(_mm_loadl_epi64(h.add(16).cast()));
+                    for t in 0..N {
+                        let ap = a[t].qs.as_ptr().add(QS * sb);
+                        let a01 = _mm512_xor_si512(_mm512_loadu_si512(ap.cast()), flip);
+                        let a23 = _mm512_xor_si512(_mm512_loadu_si512(ap.add(64).cast()), flip);
+                        let s4 = _mm_mul_ps(dw, _mm_loadu_ps(a[t].d.as_ptr().add(4 * sb)));
+                        let s = _mm512_castps128_ps512(s4);
+                        for (h, (av, q)) in [(a01, q01), (a23, q23)].into_iter().enumerate() {
+                            let isum = _mm512_sub_epi32(_mm512_dpbusd_epi32(z, av, q), corr[h]);
+                            acc[t][h] = _mm512_fmadd_ps(
+                                _mm512_cvtepi32_ps(isum),
+                                _mm512_permutexvar_ps(spread[h], s),
+                                acc[t][h],
+                            );
+                        }
+                    }
+                }
+            }
+            for t in 0..N {
+                out[r * N + t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
             }
         }
     }

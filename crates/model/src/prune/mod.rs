@@ -83,17 +83,37 @@ pub struct PruneOptions {
 pub type PrunedValues = HashMap<String, Arc<Vec<u8>>>;
 
 /// The sparse layout of a matrix of `cols` columns pruned to `pattern` whose dense type would
-/// be `dense`, where tuili has one: Q8_0 and Q4_0 pruned 2:4 (positions in 3 bits a group) or
-/// 4:8 (a keep-mask), rows of whole 128-weight super-blocks.
-pub fn sparse_layout(dense: DType, pattern: Pattern, cols: u64) -> Option<DType> {
+/// be `dense`, where tuili has one, for rows of whole 128-weight super-blocks: Q8_0 and Q4_0
+/// pruned 2:4 (positions in 3 bits a group) or 4:8 (a keep-mask); Q8_0 pruned unstructured,
+/// keep-masks and a pool per row with room for `most_kept` (the most any row keeps:
+/// `Q8_0_U*`), where that is smaller than Q8_0 (at most 104 of every 128 kept).
+pub fn sparse_layout(dense: DType, pattern: Pattern, cols: u64, most_kept: u64) -> Option<DType> {
     let layout = match (dense, pattern) {
         (DType::Q8_0, Pattern::NofM { n: 2, m: 4 }) => DType::Q8_0_24,
         (DType::Q4_0, Pattern::NofM { n: 2, m: 4 }) => DType::Q4_0_24,
         (DType::Q8_0, Pattern::NofM { n: 4, m: 8 }) => DType::Q8_0_48,
         (DType::Q4_0, Pattern::NofM { n: 4, m: 8 }) => DType::Q4_0_48,
+        (DType::Q8_0, Pattern::Unstructured(_)) => DType::q8_0_pooled(cols, most_kept)?,
         _ => return None,
     };
-    cols.is_multiple_of(layout.block_len()).then_some(layout)
+    // Only where it is smaller than the dense type (an unstructured row keeping more than
+    // 104 of 128 is not).
+    let smaller = layout.bytes_for(cols).ok()? < dense.bytes_for(cols).ok()?;
+    (cols.is_multiple_of(layout.block_len()) && smaller).then_some(layout)
+}
+
+/// The most non-zero values any row of a matrix (`cols` columns, little-endian F32 bytes as
+/// [`PrunedValues`] holds them) keeps.
+pub fn most_kept(values: &[u8], cols: usize) -> u64 {
+    values
+        .chunks_exact(4 * cols.max(1))
+        .map(|row| {
+            row.chunks_exact(4)
+                .filter(|v| f32::from_le_bytes([v[0], v[1], v[2], v[3]]) != 0.0)
+                .count()
+        })
+        .max()
+        .unwrap_or(0) as u64
 }
 
 /// One pruned matrix.
