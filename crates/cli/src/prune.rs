@@ -51,7 +51,8 @@ pub struct PruneArgs {
     skip: Vec<String>,
     /// Store OUT with ordinary types (the zeros stored), as llama.cpp reads it, instead of
     /// the sparse layouts (tuili's own types, which llama.cpp refuses) that OUT gets where
-    /// one exists: Q8_0 or Q4_0 pruned 2:4 or 4:8, rows of whole 128-weight super-blocks.
+    /// one exists: Q8_0 or Q4_0 pruned 2:4 or 4:8, Q8_0 pruned unstructured (--sparsity),
+    /// rows of whole 128-weight super-blocks.
     #[arg(long)]
     dense: bool,
     /// Also write the pruned model with ordinary types (zeros stored) to this path.

@@ -344,13 +344,26 @@ fn prune_methods_and_mistakes() {
             ]
             .concat(),
         ),
+        (
+            out("mag60.gguf"),
+            vec![
+                "--method",
+                "magnitude",
+                "--sparsity",
+                "0.6",
+                "--type",
+                "q8_0",
+                "--dense-out",
+            ],
+        ),
     ];
-    let dense_twin = out("mag24-dense.gguf");
+    let dense_twins = [out("mag24-dense.gguf"), out("mag60-dense.gguf")];
     for (i, (o, args)) in runs.iter().enumerate() {
         // The Hugging Face model's rows (128, 384) are whole sparse super-blocks;
         // stories260K's (64, 172) are not.
         let input = if i == 1 { m } else { hf.to_str().unwrap() };
-        let twin: &[&str] = if i == 0 { &[&dense_twin] } else { &[] };
+        let dense_twin = &dense_twins[i / 3];
+        let twin: &[&str] = if i % 3 == 0 { &[dense_twin] } else { &[] };
         let r = tuili(&[&["prune", input, o.as_str()][..], args, twin].concat());
         let err = text(&r.stderr);
         assert!(r.status.success(), "{args:?}: {err}");
@@ -375,7 +388,8 @@ fn prune_methods_and_mistakes() {
                 .next()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0.0);
-            let layout = ["Q8_0_2:4", "", "Q4_0_4:8"][i];
+            // 60 % of 128 pruned: 52 kept a row, room for 56 (`Q8_0_U56`).
+            let layout = ["Q8_0_2:4", "", "Q4_0_4:8", "Q8_0_U56"][i];
             assert!(line.contains(layout) && share >= 50.0, "{shown}");
         } else {
             // Unstructured: no sparse layout; the file is dense, and says why.
@@ -384,33 +398,32 @@ fn prune_methods_and_mistakes() {
                 "{said}"
             );
         }
-        if i == 0 {
-            // The dense twin holds the very values of the sparse file, as ordinary Q8_0.
+        if i % 3 == 0 {
+            // The dense twin holds the very values of the sparse file, as ordinary Q8_0
+            // (row by row: an unstructured row's values share one pool).
             let (s, d) = (
                 GgufFile::open(o).unwrap(),
-                GgufFile::open(&dense_twin).unwrap(),
+                GgufFile::open(dense_twin).unwrap(),
             );
+            let rows_of = |f: &GgufFile, t: &tuili_formats::TensorInfo| {
+                let cols = t.shape[0] as usize;
+                let data = &f.bytes()[f.tensor_range(t)];
+                let n_rows = t.n_elements() as usize / cols;
+                let rb = data.len() / n_rows;
+                let mut v = vec![0f32; n_rows * cols];
+                for (r, o) in v.chunks_exact_mut(cols).enumerate() {
+                    tuili_kernels::types::dequantize_row(t.dtype, &data[r * rb..(r + 1) * rb], o)
+                        .unwrap();
+                }
+                v
+            };
             for t in &s.tensors {
                 let u = d.tensor_info(&t.name).unwrap();
-                let n = t.n_elements() as usize;
-                let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
-                tuili_kernels::types::dequantize_row(
-                    t.dtype,
-                    &s.bytes()[s.tensor_range(t)],
-                    &mut a,
-                )
-                .unwrap();
-                tuili_kernels::types::dequantize_row(
-                    u.dtype,
-                    &d.bytes()[d.tensor_range(u)],
-                    &mut b,
-                )
-                .unwrap();
-                assert_eq!(a, b, "{}", t.name);
+                assert_eq!(rows_of(&s, t), rows_of(&d, u), "{}", t.name);
                 assert!(!u.dtype.is_tuili_own(), "{}: {}", t.name, u.dtype);
             }
         }
-        if i > 0 {
+        if i == 1 || i == 2 {
             assert!(
                 err.contains("calibration: 16 sequences of 64 tokens"),
                 "{err}"
@@ -418,7 +431,7 @@ fn prune_methods_and_mistakes() {
         }
         // The file: every pruned matrix holds its pattern (Q8_0 and F32 keep zeros exact).
         let f = GgufFile::open(o).unwrap();
-        let (m_, n_) = [(4, 2), (0, 0), (8, 4)][i];
+        let (m_, n_) = [(4, 2), (0, 0), (8, 4), (0, 0)][i];
         let mut pruned = 0;
         for t in f
             .tensors
@@ -428,7 +441,7 @@ fn prune_methods_and_mistakes() {
             pruned += 1;
             let cols = t.shape[0] as usize;
             let data = &f.bytes()[f.tensor_range(t)];
-            let rows = data.len() / t.dtype.bytes_for(cols as u64).unwrap() as usize;
+            let rows = t.n_elements() as usize / cols;
             let rb = data.len() / rows;
             let mut row = vec![0f32; cols];
             let mut zeros = 0;
@@ -455,7 +468,7 @@ fn prune_methods_and_mistakes() {
         }
         assert_eq!(
             pruned,
-            [14, 35, 14][i],
+            [14, 35, 14, 14][i],
             "matrices (5 layers × 7; the HF model's 2 × 7)"
         );
         let r = tuili(&[

@@ -35,6 +35,8 @@ fn main() {
         DType::Q4_0_48,
         DType::Q8_0_24,
         DType::Q4_0_24,
+        DType::Q8_0_U40,
+        DType::Q8_0_U64,
     ] {
         // TUILI_TYPES=Q4_0,F16 picks some.
         if let Ok(only) = std::env::var("TUILI_TYPES") {
@@ -46,6 +48,16 @@ fn main() {
         let mut owned = vec![0u8; rows * rb];
         for (i, b) in owned.iter_mut().enumerate() {
             *b = (i * 7 % 251) as u8 & 0x3B;
+        }
+        if dtype.pool_room().is_some() {
+            // Unstructured rows must keep no more than their room: quantized from floats
+            // (the quantizer keeps the largest that fit).
+            let x: Vec<f32> = (0..cols)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+                .collect();
+            for row in owned.chunks_exact_mut(rb) {
+                tuili_kernels::types::quantize_row(dtype, &x, row).unwrap();
+            }
         }
         // TUILI_MAP=file: the weights are the file's bytes through a memory map (as a model's
         // are), from a 64 KiB offset. Any bytes are valid F16 weights; for the block types

@@ -15,7 +15,8 @@ pub enum Isa {
     Avx512Vnni,
     /// The above plus AVX-512 VBMI's byte permutes (`vpermt2b`) and VBMI2's byte compress
     /// (`vpcompressb`; Ice Lake, Zen 4 and later): one-token kernels that read each row as one
-    /// stream of 64-byte loads, and the sparse kernels.
+    /// stream of 64-byte loads, and the sparse kernels (which also count mask bits with
+    /// `popcnt`, present wherever these are).
     Avx512Vbmi,
 }
 
@@ -67,7 +68,9 @@ fn hardware() -> Isa {
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512vnni");
-    let vbmi = is_x86_feature_detected!("avx512vbmi") && is_x86_feature_detected!("avx512vbmi2");
+    let vbmi = is_x86_feature_detected!("avx512vbmi")
+        && is_x86_feature_detected!("avx512vbmi2")
+        && is_x86_feature_detected!("popcnt");
     if vnni && vbmi {
         Isa::Avx512Vbmi
     } else if vnni {

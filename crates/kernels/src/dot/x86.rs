@@ -337,8 +337,8 @@ fn pooled_rows(r: &mut Rows<'_, '_>) -> bool {
         let (nt, rb, n_rows) = (r.nt(), r.row_bytes, r.n_rows);
         let (w, out) = (r.w, &mut *r.out);
         // SAFETY: Isa::Avx512Vbmi is only reported when AVX-512 F/BW/VL/VNNI/VBMI/VBMI2,
-        // AVX2, FMA and F16C are present; `Rows::check` checked that `w` is n_rows whole rows
-        // of `rb` bytes holding n weights each, that `out` holds n_rows × nt values and that
+        // POPCNT, AVX2, FMA and F16C are present; `Rows::check` checked that `w` is n_rows
+        // whole rows of `rb` bytes holding n weights each, that `out` holds n_rows × nt values and that
         // every activation row holds as many quants and scales as a row has elements.
         match nt {
             1 => unsafe { vbmi::pooled_rows::<1>(w, rb, n, &qs, out) },
@@ -2345,11 +2345,11 @@ pub(super) mod vbmi {
     /// past the pool (a malformed row, which the loader refuses) ends the row there.
     ///
     /// # Safety
-    /// The CPU has AVX-512 F/BW/VL/VNNI/VBMI/VBMI2, AVX2, FMA and F16C; `w` is whole rows of
-    /// `rb` bytes, each the heads of n / 128 super-blocks and a pool; `out` holds N values per
+    /// The CPU has AVX-512 F/BW/VL/VNNI/VBMI/VBMI2, POPCNT, AVX2, FMA and F16C; `w` is whole
+    /// rows of `rb` bytes, each the heads of n / 128 super-blocks and a pool; `out` holds N values per
     /// row; every `a[t]` holds n quants and n / 32 block scales.
     #[target_feature(
-        enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512vbmi2"
+        enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512vbmi2,popcnt"
     )]
     pub(super) unsafe fn pooled_rows<const N: usize>(
         w: &[u8],
@@ -2372,6 +2372,15 @@ pub(super) mod vbmi {
         ];
         let end = w.as_ptr().wrapping_add(w.len());
         let room = rb - hb;
+        let step = rb / nsb.max(1);
+        // The first c bits (c ≤ 64).
+        let low = |c: usize| -> __mmask64 {
+            if c >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << c) - 1
+            }
+        };
         for r in 0..w.len() / rb {
             let hp = w[r * rb..].as_ptr();
             let pp = hp.wrapping_add(hb);
@@ -2392,9 +2401,28 @@ pub(super) mod vbmi {
                         break;
                     }
                     let v = pp.add(used);
-                    prefetch_ahead::<1>(v, end);
-                    let q01 = _mm512_maskz_expandloadu_epi8(k01, v.cast());
-                    let q23 = _mm512_maskz_expandloadu_epi8(k23, v.add(c01).cast());
+                    // The row read as one stream (heads, then pool): its share of bytes per
+                    // super-block, `step`, prefetched ahead (one line covers up to 64).
+                    let ahead = hp.add(step * sb);
+                    if step <= 64 {
+                        prefetch_ahead::<1>(ahead, end);
+                    } else {
+                        prefetch_ahead::<2>(ahead, end);
+                    }
+                    // Whole 64-byte loads while they stay within `w`; masked ones at its end.
+                    let (r01, r23) = if v.wrapping_add(c01 + 64) <= end {
+                        (
+                            _mm512_loadu_si512(v.cast()),
+                            _mm512_loadu_si512(v.add(c01).cast()),
+                        )
+                    } else {
+                        (
+                            _mm512_maskz_loadu_epi8(low(c01), v.cast()),
+                            _mm512_maskz_loadu_epi8(low(c23), v.add(c01).cast()),
+                        )
+                    };
+                    let q01 = _mm512_maskz_expand_epi8(k01, r01);
+                    let q23 = _mm512_maskz_expand_epi8(k23, r23);
                     used += c01 + c23;
                     let z = _mm512_setzero_si512();
                     let corr = [
