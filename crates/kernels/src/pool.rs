@@ -83,6 +83,43 @@ pub fn overflow(row: &[u8], n: usize) -> Option<usize> {
     None
 }
 
+/// Byte-shuffle controls (`vpshufb`, NEON `tbl`) that expand eight pool bytes to the eight
+/// positions of a mask byte m: for each set bit its rank among them (which pool byte), 0x80
+/// (a zero in both instruction sets) for each clear bit.
+pub static EXPAND8: [u64; 256] = expand8_table();
+
+const fn expand8_table() -> [u64; 256] {
+    let mut t = [0u64; 256];
+    let mut m = 0;
+    while m < 256 {
+        let (mut v, mut rank, mut i) = (0u64, 0u64, 0);
+        while i < 8 {
+            let byte = if (m >> i) & 1 == 1 {
+                rank += 1;
+                rank - 1
+            } else {
+                0x80
+            };
+            v |= byte << (8 * i);
+            i += 1;
+        }
+        t[m] = v;
+        m += 1;
+    }
+    t
+}
+
+/// Eight pool bytes from `k` on, little-endian (zeros past the pool's end).
+#[inline]
+pub fn eight(pool: &[u8], k: usize) -> u64 {
+    match pool.get(k..k + 8) {
+        Some(b) => u64::from_le_bytes(std::array::from_fn(|i| b[i])),
+        None => u64::from_le_bytes(std::array::from_fn(|i| {
+            pool.get(k + i).copied().unwrap_or(0)
+        })),
+    }
+}
+
 /// Value `k` of the pool, 0 past its end (a malformed row's extra positions read 0).
 #[inline]
 fn at(pool: &[u8], k: usize) -> i8 {

@@ -1,5 +1,5 @@
-//! aarch64 Advanced SIMD (NEON) dot-product kernels: F32, Q8_0 and Q4_0 and the sparse
-//! 4-of-8 types with baseline NEON only (`vmull_s8` + pairwise accumulate, `tbl` gathers; no
+//! aarch64 Advanced SIMD (NEON) dot-product kernels: F32, Q8_0 and Q4_0, the sparse 4-of-8
+//! types and the unstructured sparse layout with baseline NEON only (`vmull_s8` + pairwise accumulate, `tbl` gathers; no
 //! dotprod extension needed). Other types take the
 //! scalar path. Tested against the scalar twins by `tests/simd_vs_scalar.rs` on aarch64.
 
@@ -32,8 +32,7 @@ pub mod kernels {
     pub const Q4_0_48: Option<RowsFn> = Some(sparse_rows::<BlockQ4_0S>);
     pub const Q8_0_24: Option<RowsFn> = Some(sparse_rows::<BlockQ8_0P>);
     pub const Q4_0_24: Option<RowsFn> = Some(sparse_rows::<BlockQ4_0P>);
-    /// The unstructured layout (`crate::pool`) runs its scalar reference here.
-    pub const Q8_0_U: Option<RowsFn> = None;
+    pub const Q8_0_U: Option<RowsFn> = Some(pooled_rows);
 }
 
 /// Every row against every activation row with `dot` (NEON is part of the aarch64
@@ -83,6 +82,51 @@ fn sparse_rows<B: Sparse>(r: &mut Rows<'_, '_>) -> bool {
         ActRef::Q8(q) => Some(unsafe { sparse_dot::<B>(as_blocks(wr).unwrap_or(&[]), q) }),
         _ => None,
     })
+}
+
+/// The unstructured layout (`crate::pool`), row by row.
+fn pooled_rows(r: &mut Rows<'_, '_>) -> bool {
+    let n = r.n;
+    each_row(r, |wr, a| match a {
+        // SAFETY: as above; the row holds n weights' heads and its pool, the activation as
+        // many quants and scales.
+        ActRef::Q8(q) => Some(unsafe { pooled_dot(wr, n, q) }),
+        _ => None,
+    })
+}
+
+/// An unstructured row (`crate::pool`) · a Q8 activation: per block of 32, each group of
+/// eight weights takes its values from the pool (eight bytes from where the previous group's
+/// ended) by one `tbl` (controls by mask byte, `pool::EXPAND8`), zeros elsewhere; then as
+/// Q8_0's block.
+unsafe fn pooled_dot(w: &[u8], n: usize, a: &Q8Row) -> f32 {
+    let Some((heads, pool)) = crate::pool::split(w, n) else {
+        return f32::NAN;
+    };
+    let mut acc = vdupq_n_f32(0.0);
+    let mut k = 0usize;
+    for b in 0..n / QK {
+        let m = crate::pool::block_mask(heads, b);
+        let g: [uint8x8_t; 4] = std::array::from_fn(|c| {
+            let mb = (m >> (8 * c)) as usize & 0xFF;
+            let src = crate::pool::eight(pool, k);
+            k += mb.count_ones() as usize;
+            // SAFETY: register-only NEON (an index ≥ 8, 0x80, gives 0).
+            unsafe { vtbl1_u8(vcreate_u8(src), vcreate_u8(crate::pool::EXPAND8[mb])) }
+        });
+        let d = half::f16::from_bits(crate::pool::scale_bits(heads, b)).to_f32();
+        // SAFETY: 32 activation quants per block; register-only arithmetic after.
+        unsafe {
+            let w0 = vreinterpretq_s8_u8(vcombine_u8(g[0], g[1]));
+            let w1 = vreinterpretq_s8_u8(vcombine_u8(g[2], g[3]));
+            let a0 = vld1q_s8(a.qs.as_ptr().add(b * QK));
+            let a1 = vld1q_s8(a.qs.as_ptr().add(b * QK + 16));
+            let p = vaddq_s32(dot16(w0, a0), dot16(w1, a1));
+            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(p), d * a.d[b]);
+        }
+    }
+    // SAFETY: register-only.
+    unsafe { vaddvq_f32(acc) }
 }
 
 /// The kept positions (0..8) of a 4-of-8 group under mask byte m, as the four bytes of a
@@ -139,7 +183,8 @@ unsafe fn sparse_dot<B: Sparse>(w: &[B], a: &Q8Row) -> f32 {
         for s in 0..SPARSE_SUB {
             let b = SPARSE_SUB * sb + s;
             // Group c's positions (0..8) with 8c or'ed in (0xFF stays out of the table: a 0).
-            let pos = |c: usize| (POSITIONS[m[4 * s + c] as usize] | 0x0808_0808 * c as u32) as u64;
+            let pos =
+                |c: usize| (POSITIONS[m[4 * s + c] as usize] | (0x0808_0808 * c as u32)) as u64;
             let (lo, hi) = (pos(0) | pos(1) << 32, pos(2) | pos(3) << 32);
             // SAFETY: 32 activation quants per block; register-only arithmetic after.
             unsafe {

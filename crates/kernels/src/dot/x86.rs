@@ -365,17 +365,6 @@ fn pooled_generic(r: &mut Rows<'_, '_>, n: usize) -> bool {
     }
 }
 
-/// Eight pool bytes from `k` on (zeros past the pool's end).
-#[inline]
-fn pool8(pool: &[u8], k: usize) -> i64 {
-    match pool.get(k..k + 8) {
-        Some(b) => i64::from_le_bytes(std::array::from_fn(|i| b[i])),
-        None => i64::from_le_bytes(std::array::from_fn(|i| {
-            pool.get(k + i).copied().unwrap_or(0)
-        })),
-    }
-}
-
 /// `vpshufb` controls that expand a block's kept values (four of every eight; a 2:4 block's
 /// too) to its 32 positions: entry `[c][m]` is the eight control bytes of group c (elements
 /// 8c..8c + 8) under mask byte m —
@@ -841,7 +830,7 @@ macro_rules! kernels {
             /// Unstructured sparse rows of `n` weights (`crate::pool`), block by block:
             /// each group of eight weights takes its kept values from the pool (eight bytes
             /// from where the previous group's ended) to its positions with one byte shuffle
-            /// (controls by mask byte, `EXPAND[0]`), zeros elsewhere; then as dense Q8_0.
+            /// (controls by mask byte, `pool::EXPAND8`), zeros elsewhere; then as dense Q8_0.
             /// The blocks are unpacked in order, so a cursor carries the pool position from
             /// one to the next (recounted from the masks if asked out of order).
             #[target_feature(enable = $features)]
@@ -859,9 +848,9 @@ macro_rules! kernels {
                     let mut g = [0i64; 4];
                     for (c, v) in g.iter_mut().enumerate() {
                         let mb = (m >> (8 * c)) as usize & 0xFF;
-                        let ctl = _mm_cvtsi64_si128(EXPAND[0][mb] as i64);
+                        let ctl = _mm_cvtsi64_si128(crate::pool::EXPAND8[mb] as i64);
                         *v = _mm_cvtsi128_si64(_mm_shuffle_epi8(
-                            _mm_cvtsi64_si128(pool8(pool, k)),
+                            _mm_cvtsi64_si128(crate::pool::eight(pool, k) as i64),
                             ctl,
                         ));
                         k += mb.count_ones() as usize;
