@@ -714,7 +714,8 @@ fn unpack_pooled(isa: Isa, w: &[u8], bytes: &mut [u8], scales: &mut [f32]) -> i3
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx512Vbmi {
         // SAFETY: Avx512Vbmi is reported by run-time detection only with AVX2, F16C, POPCNT
-        // and AVX-512 F/BW/VL/VBMI/VBMI2; `bytes` holds n values, `scales` n / 32, the heads n / 128.
+        // and AVX-512 F/BW/VL/VBMI/VBMI2; `bytes` holds n values, `scales` n / 32, the heads
+        // n / 128 super-blocks' worth.
         unsafe { x86_sparse::unpack_pooled_vbmi2(heads, pool, bytes, scales) };
         return 128;
     }
@@ -784,8 +785,7 @@ mod x86_sparse {
     ///
     /// # Safety
     /// AVX2, F16C, POPCNT and AVX-512 F/BW/VL/VBMI2; `heads` holds 24 bytes for each 128 of
-    /// `bytes`,
-    /// `scales` one value for each 32.
+    /// `bytes`, `scales` one value for each 32.
     #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,popcnt")]
     pub(super) unsafe fn unpack_pooled_vbmi2(
         heads: &[u8],

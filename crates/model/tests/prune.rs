@@ -77,8 +77,8 @@ fn wanda_and_sparsegpt_match_the_reference_code() {
 }
 
 /// A model pruned 2:4, 4:8 or unstructured (50 %, 70 %) and stored in a sparse layout gives
-/// the logits of the same pruned model stored dense in Q8_0 or Q4_0 (through the dense kernels): the kept values are the
-/// very ones the dense type stores. Through the scalar kernels (whose sums run in the same
+/// the logits of the same pruned model stored dense in Q8_0 or Q4_0 (through the dense
+/// kernels): the kept values are the very ones the dense type stores. Through the scalar kernels (whose sums run in the same
 /// order) bit for bit; through this machine's SIMD kernels within their rounding (measured:
 /// under 4e-7 of the largest logit; the activations' int8 requantization between layers could
 /// turn a rounding difference into a step of one quantum, about 1e-3, which this model does

@@ -1,7 +1,7 @@
 //! aarch64 Advanced SIMD (NEON) dot-product kernels: F32, Q8_0 and Q4_0, the sparse 4-of-8
-//! types and the unstructured sparse layout with baseline NEON only (`vmull_s8` + pairwise accumulate, `tbl` gathers; no
-//! dotprod extension needed). Other types take the
-//! scalar path. Tested against the scalar twins by `tests/simd_vs_scalar.rs` on aarch64.
+//! types and the unstructured sparse layout, with baseline NEON only (`vmull_s8` + pairwise
+//! accumulate, `tbl` gathers; no dotprod extension needed). Other types take the scalar path.
+//! Tested against the scalar twins by `tests/simd_vs_scalar.rs` on aarch64.
 
 use std::arch::aarch64::*;
 

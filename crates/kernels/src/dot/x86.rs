@@ -338,8 +338,9 @@ fn pooled_rows(r: &mut Rows<'_, '_>) -> bool {
         let (w, out) = (r.w, &mut *r.out);
         // SAFETY: Isa::Avx512Vbmi is only reported when AVX-512 F/BW/VL/VNNI/VBMI/VBMI2,
         // POPCNT, AVX2, FMA and F16C are present; `Rows::check` checked that `w` is n_rows
-        // whole rows of `rb` bytes holding n weights each, that `out` holds n_rows × nt values and that
-        // every activation row holds as many quants and scales as a row has elements.
+        // whole rows of `rb` bytes holding n weights each, that `out` holds n_rows × nt
+        // values and that every activation row holds as many quants and scales as a row has
+        // elements.
         match nt {
             1 => unsafe { vbmi::pooled_rows::<1>(w, rb, n, &qs, out) },
             2 => unsafe { vbmi::pooled_rows::<2>(w, rb, n, &qs, out) },
@@ -2324,19 +2325,21 @@ pub(super) mod vbmi {
     /// Unstructured sparse rows (`crate::pool`: `n` weights each, `rb` bytes) · `N` Q8
     /// activations (one to four tokens): `out[r·N + t]` = row r · a[t].
     ///
-    /// Per super-block of 128 weights, its two 64-bit keep-masks (loaded straight into mask
-    /// registers) expand the next kept values of the row's pool to their positions, read
-    /// straight from memory (`vpexpandb` with a memory source reads only the bytes it places:
-    /// as many as the mask has bits); the pool position moves on by the masks' popcounts.
-    /// Then as the dense Q8_0 kernel ([`q8_0_rows`]): the activations as unsigned (a + 128)
+    /// Per super-block of 128 weights, its two 64-bit keep-masks expand the next kept values
+    /// of the row's pool to their positions (`vpexpandb`, from whole 64-byte loads while they
+    /// stay within `w` — they may reach into the next rows —, from masked loads of exactly
+    /// the bytes needed at its end); the pool position moves on by the masks' `popcnt` (the
+    /// target feature matters: without it `count_ones` is a long bit-trick sequence). The row
+    /// is prefetched as one stream, its bytes per super-block at a time. Then as the dense
+    /// Q8_0 kernel ([`q8_0_rows`]): the activations as unsigned (a + 128)
     /// against the signed weights, 128·Σq off per block (shared by the tokens), each block's
     /// integer sum (eight lanes) scaled by its d_w·d_a. A super-block whose values would run
     /// past the pool (a malformed row, which the loader refuses) ends the row there.
     ///
     /// # Safety
     /// The CPU has AVX-512 F/BW/VL/VNNI/VBMI/VBMI2, POPCNT, AVX2, FMA and F16C; `w` is whole
-    /// rows of `rb` bytes, each the heads of n / 128 super-blocks and a pool; `out` holds N values per
-    /// row; every `a[t]` holds n quants and n / 32 block scales.
+    /// rows of `rb` bytes, each the heads of n / 128 super-blocks and a pool; `out` holds N
+    /// values per row; every `a[t]` holds n quants and n / 32 block scales.
     #[target_feature(
         enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512vbmi2,popcnt"
     )]
@@ -2377,8 +2380,9 @@ pub(super) mod vbmi {
             let mut acc = [[_mm512_setzero_ps(); 2]; N];
             for sb in 0..nsb {
                 // SAFETY (whole loop body): head sb is bytes 24sb..24sb + 24 of the row (masks,
-                // then scales); the expanding loads read c01 and c23 pool bytes from `used`,
-                // within the pool (checked first); activation block 4sb..4sb + 4 is quants
+                // then scales); the values' loads stay within `w` (whole ones checked against
+                // its end, masked ones read c01 and c23 bytes from `used`, within the pool:
+                // checked first); activation block 4sb..4sb + 4 is quants
                 // 128sb..128sb + 128 and scales 4sb..4sb + 4 of every a[t]. Prefetch addresses
                 // are kept to our rows (`prefetch_ahead`).
                 unsafe {
