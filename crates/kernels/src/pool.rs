@@ -17,7 +17,8 @@
 //! block; one pool per row, with room for the row that keeps the most (rounded up to 8 per
 //! 128: fifteen types), keeps every row the same size, which GGUF and the kernels' row
 //! arithmetic need. A row keeping more than its room is malformed ([`overflow`]; the loader
-//! refuses it). Every function here reads within its slices whatever the bytes hold.
+//! refuses it). Every function here reads within its slices whatever the bytes hold, and
+//! allocates only to pack a row with more non-zeros than its room (a dense row handed in).
 //!
 //! Because the pool belongs to the row, the functions take exactly one row.
 //!
@@ -151,26 +152,47 @@ pub fn unpack(row: &[u8], out: &mut [BlockQ8_0]) {
 /// non-zero values are kept. A row with more of them than the room keeps those of largest
 /// magnitude d·|q| (the earlier of equals) — the only case that allocates.
 pub fn pack(blocks: &[BlockQ8_0], out: &mut [u8]) {
-    let n = blocks.len() * QK;
+    pack_from(blocks.len(), |b| blocks[b], out)
+}
+
+/// f32 → a row of this layout (`dst`'s size sets the room): Q8_0's blocks of the row, packed
+/// as [`pack`] does (each block quantized where it is needed, twice: no buffer).
+pub fn quantize_row(src: &[f32], dst: &mut [u8]) {
+    let block = |b: usize| {
+        let mut tmp = [0u8; 34];
+        crate::quant::q8_0_block(&src[QK * b..QK * (b + 1)], &mut tmp);
+        let mut blk = BlockQ8_0 {
+            d: [tmp[0], tmp[1]],
+            qs: [0; QK],
+        };
+        blk.qs.copy_from_slice(&tmp[2..]);
+        blk
+    };
+    pack_from(src.len() / QK, block, dst)
+}
+
+/// [`pack`] of the `nb` blocks `block(b)` gives.
+fn pack_from(nb: usize, block: impl Fn(usize) -> BlockQ8_0, out: &mut [u8]) {
+    let n = nb * QK;
     let nsb = n / QS;
     if n == 0 || !n.is_multiple_of(QS) || out.len() < nsb * HEAD {
         return;
     }
     let room = out.len() - nsb * HEAD;
-    let kept = |b: usize, j: usize| blocks[b].qs[j] != 0;
-    let count = (0..blocks.len())
-        .map(|b| (0..QK).filter(|&j| kept(b, j)).count())
-        .sum::<usize>();
-    // The weakest non-zeros past the room are dropped: (|x|, position) ranked.
+    let count: usize = (0..nb)
+        .map(|b| block(b).qs.iter().filter(|&&q| q != 0).count())
+        .sum();
+    // The weakest non-zeros past the room are dropped: (d·|q|, position) ranked.
     let mut dropped = vec![false; if count > room { n } else { 0 }];
     if count > room {
-        let mut order: Vec<(f32, usize)> = (0..n)
-            .filter(|&i| kept(i / QK, i % QK))
-            .map(|i| {
-                let b = &blocks[i / QK];
-                (f16_le(b.d).abs() * (b.qs[i % QK] as i8 as f32).abs(), i)
-            })
-            .collect();
+        let mut order: Vec<(f32, usize)> = Vec::with_capacity(count);
+        for b in 0..nb {
+            let blk = block(b);
+            let d = f16_le(blk.d).abs();
+            for (j, &q) in blk.qs.iter().enumerate().filter(|(_, &q)| q != 0) {
+                order.push((d * (q as i8 as f32).abs(), QK * b + j));
+            }
+        }
         order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         for &(_, i) in &order[room..] {
             dropped[i] = true;
@@ -180,41 +202,23 @@ pub fn pack(blocks: &[BlockQ8_0], out: &mut [u8]) {
     pool.fill(0);
     let mut k = 0;
     for sb in 0..nsb {
+        let blocks: [BlockQ8_0; 4] = std::array::from_fn(|s| block(4 * sb + s));
         let mut m = [0u64; 2];
         for i in 0..QS {
-            let (b, j) = (4 * sb + i / QK, i % QK);
-            if kept(b, j) && !dropped.get(QS * sb + i).copied().unwrap_or(false) {
+            let q = blocks[i / QK].qs[i % QK];
+            if q != 0 && !dropped.get(QS * sb + i).copied().unwrap_or(false) {
                 m[i / 64] |= 1 << (i % 64);
-                pool[k] = blocks[b].qs[j];
+                pool[k] = q;
                 k += 1;
             }
         }
         let h = &mut heads[HEAD * sb..HEAD * (sb + 1)];
         h[..8].copy_from_slice(&m[0].to_le_bytes());
         h[8..16].copy_from_slice(&m[1].to_le_bytes());
-        for s in 0..4 {
-            h[16 + 2 * s..18 + 2 * s].copy_from_slice(&blocks[4 * sb + s].d);
+        for (s, blk) in blocks.iter().enumerate() {
+            h[16 + 2 * s..18 + 2 * s].copy_from_slice(&blk.d);
         }
     }
-}
-
-/// f32 → a row of this layout (`dst`'s size sets the room): Q8_0's blocks of the row, packed
-/// ([`pack`]).
-pub fn quantize_row(src: &[f32], dst: &mut [u8]) {
-    let mut blocks = vec![
-        BlockQ8_0 {
-            d: [0; 2],
-            qs: [0; QK]
-        };
-        src.len() / QK
-    ];
-    let mut tmp = [0u8; 34];
-    for (b, x) in blocks.iter_mut().zip(src.chunks_exact(QK)) {
-        crate::quant::q8_0_block(x, &mut tmp);
-        b.d = [tmp[0], tmp[1]];
-        b.qs.copy_from_slice(&tmp[2..]);
-    }
-    pack(&blocks, dst);
 }
 
 /// A row of this layout → f32 (`dst`: its n weights).
