@@ -681,7 +681,8 @@ pub struct SynthArgs {
     /// test (dim 256, 8 layers, GQA 4/1, vocabulary 512).
     #[arg(long)]
     pub shape: String,
-    /// Weight type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1 (K-quants: random blocks).
+    /// Weight type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1 (K-quants: random blocks;
+    /// Q8_0_U8 … Q8_0_U120: random rows pruned by magnitude to the room, unstructured).
     #[arg(long = "type")]
     pub dtype: String,
     /// Output file.
