@@ -327,7 +327,10 @@ impl DType {
             return None;
         }
         let room = kept.div_ceil(cols / 128).max(1).next_multiple_of(8);
-        DType::from_id(1100 + (room / 8).min(16) as u32).ok()
+        if room > 120 {
+            return None;
+        }
+        DType::from_id(1100 + (room / 8) as u32).ok()
     }
 
     pub fn from_name(name: &str) -> Option<DType> {

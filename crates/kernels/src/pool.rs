@@ -89,22 +89,27 @@ pub fn overflow(row: &[u8], n: usize) -> Option<usize> {
 /// (a zero in both instruction sets) for each clear bit.
 pub static EXPAND8: [u64; 256] = expand8_table();
 
+/// [`EXPAND8`]'s entry for mask byte `m` (also the base of the 4-of-8 kernels' controls).
+pub const fn expand8(m: usize) -> u64 {
+    let (mut v, mut rank, mut i) = (0u64, 0u64, 0);
+    while i < 8 {
+        let byte = if (m >> i) & 1 == 1 {
+            rank += 1;
+            rank - 1
+        } else {
+            0x80
+        };
+        v |= byte << (8 * i);
+        i += 1;
+    }
+    v
+}
+
 const fn expand8_table() -> [u64; 256] {
     let mut t = [0u64; 256];
     let mut m = 0;
     while m < 256 {
-        let (mut v, mut rank, mut i) = (0u64, 0u64, 0);
-        while i < 8 {
-            let byte = if (m >> i) & 1 == 1 {
-                rank += 1;
-                rank - 1
-            } else {
-                0x80
-            };
-            v |= byte << (8 * i);
-            i += 1;
-        }
-        t[m] = v;
+        t[m] = expand8(m);
         m += 1;
     }
     t

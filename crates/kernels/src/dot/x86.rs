@@ -379,15 +379,14 @@ const fn expand_table() -> [[u64; 256]; 4] {
     while c < 4 {
         let mut m = 0;
         while m < 256 {
-            let mut v = 0u64;
-            let mut rank = 0u64;
-            let mut i = 0;
+            // The ranks of `pool::expand8`, moved on by 4c (0x80 stays 0x80).
+            let (e, mut v, mut i) = (crate::pool::expand8(m), 0u64, 0);
             while i < 8 {
-                let byte = if (m >> i) & 1 == 1 {
-                    rank += 1;
-                    (4 * c as u64 + rank - 1) & 0x0F
-                } else {
+                let b = (e >> (8 * i)) & 0xFF;
+                let byte = if b == 0x80 {
                     0x80
+                } else {
+                    (4 * c as u64 + b) & 0x0F
                 };
                 v |= byte << (8 * i);
                 i += 1;
