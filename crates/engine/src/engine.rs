@@ -262,7 +262,10 @@ impl Engine {
         self.check_request(req)?;
         let tok = &self.tokenizer;
         let prompt = match &req.prompt {
-            Prompt::Text(t) => tok.encode(t, true, req.parse_special)?,
+            Prompt::Text(t) => {
+                self.check_text(t)?;
+                tok.encode(t, true, req.parse_special)?
+            }
             Prompt::Ids(ids) => {
                 let n_vocab = self.model.config().n_vocab;
                 if let Some(&id) = ids.iter().find(|&&i| i as usize >= n_vocab) {
@@ -270,7 +273,11 @@ impl Engine {
                 }
                 ids.clone()
             }
-            Prompt::Chat(messages) => tok.encode_chat(self.chat_template()?, messages)?,
+            Prompt::Chat(messages) => {
+                let (text, add_bos) = tok.render_chat(self.chat_template()?, messages)?;
+                self.check_text(&text)?;
+                tok.encode(&text, add_bos, true)?
+            }
         };
         self.check_prompt(&prompt)?;
         Ok(prompt)
@@ -279,6 +286,20 @@ impl Engine {
     pub(crate) fn check_request(&self, req: &GenerateRequest) -> Result<(), EngineError> {
         req.validate()?;
         req.sampling.validate_vocab(self.model.config().n_vocab)?;
+        Ok(())
+    }
+
+    /// A text longer than any context's worth of tokens can stand for is refused before it
+    /// is tokenized: tokenizing megabytes takes seconds, only to refuse them after.
+    fn check_text(&self, text: &str) -> Result<(), EngineError> {
+        let max_bytes = self.tokenizer.max_text_bytes(self.n_ctx);
+        if text.len() > max_bytes {
+            return Err(EngineError::PromptTooLongText {
+                bytes: text.len(),
+                max_bytes,
+                n_ctx: self.n_ctx,
+            });
+        }
         Ok(())
     }
 

@@ -15,6 +15,12 @@ pub enum EngineError {
     Sample(#[from] tuili_sample::SampleError),
     #[error("the prompt is {n_prompt} tokens long but the context holds {n_ctx}; use a shorter prompt or a larger --ctx-size")]
     PromptTooLong { n_prompt: usize, n_ctx: usize },
+    #[error("the prompt is {bytes} bytes of text, more than {n_ctx} tokens of this vocabulary can hold (at most {max_bytes} bytes); use a shorter prompt or a larger --ctx-size")]
+    PromptTooLongText {
+        bytes: usize,
+        max_bytes: usize,
+        n_ctx: usize,
+    },
     #[error("the prompt is empty and the model adds no BOS token: nothing to start from")]
     EmptyPrompt,
     #[error("the model has no chat template: give one (--chat-template FILE, or --chat-template chatml)")]

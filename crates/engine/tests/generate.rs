@@ -150,6 +150,30 @@ fn stops_and_errors() {
         }) => assert!(n_prompt > 16),
         other => panic!("{other:?}"),
     }
+    // Megabytes of text are refused by their length, before tokenization: the bound is the
+    // context times the longest piece (times four for normalizers), and a text just under
+    // it still goes on to be counted in tokens.
+    let bound = e.tokenizer().max_text_bytes(16);
+    let huge = "a".repeat(bound + 1);
+    let t0 = std::time::Instant::now();
+    match e.generate(&req(&huge, 1, SamplingParams::greedy()), &mut |_| {
+        ControlFlow::Continue(())
+    }) {
+        Err(EngineError::PromptTooLongText {
+            bytes,
+            max_bytes,
+            n_ctx: 16,
+        }) => assert_eq!((bytes, max_bytes), (bound + 1, bound)),
+        other => panic!("{other:?}"),
+    }
+    assert!(t0.elapsed() < std::time::Duration::from_secs(1));
+    let under = "a".repeat(bound);
+    assert!(matches!(
+        e.generate(&req(&under, 1, SamplingParams::greedy()), &mut |_| {
+            ControlFlow::Continue(())
+        }),
+        Err(EngineError::PromptTooLong { n_ctx: 16, .. })
+    ));
     // Nonsense sampling parameters are refused.
     let bad = SamplingParams {
         temperature: -1.0,

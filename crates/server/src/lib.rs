@@ -24,6 +24,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::Semaphore;
 use tuili_engine::serve::{Event, Rejection, ServeLoop, Submission};
 use tuili_engine::{Engine, GenerateRequest, Prompt as EnginePrompt};
 use tuili_sample::StepLogprobs;
@@ -56,6 +57,8 @@ pub struct AppState {
     next_id: AtomicU64,
     /// HTTP error responses by status code.
     errors: Mutex<BTreeMap<u16, u64>>,
+    /// Turns for preparing heavy bodies ([`LIGHT_BODY`]): one per core the process may use.
+    heavy: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -66,6 +69,9 @@ impl AppState {
             created: now(),
             next_id: AtomicU64::new(1),
             errors: Mutex::new(BTreeMap::new()),
+            heavy: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
         }
     }
 
@@ -102,6 +108,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(state.clone(), count_errors))
         .with_state(state)
@@ -114,6 +121,22 @@ async fn not_found(req: Request) -> ApiError {
         kind: "invalid_request_error",
         param: None,
         code: Some("not_found"),
+        retry_after: None,
+    }
+}
+
+async fn wrong_method(req: Request) -> ApiError {
+    let path = req.uri().path();
+    let allowed = match path {
+        "/v1/completions" | "/v1/chat/completions" => "POST",
+        _ => "GET",
+    };
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: format!("{} {path} is not allowed; use {allowed}", req.method()),
+        kind: "invalid_request_error",
+        param: None,
+        code: Some("method_not_allowed"),
         retry_after: None,
     }
 }
@@ -188,22 +211,33 @@ async fn metrics_text(State(st): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 /// Parses a JSON body, naming the field a type error is about.
-fn parse(body: Result<Bytes, BytesRejection>) -> Result<Body, ApiError> {
-    let body = body.map_err(|r| ApiError {
-        status: r.status(),
-        message: r.body_text(),
-        kind: "invalid_request_error",
-        param: None,
-        code: None,
-        retry_after: None,
-    })?;
-    let de = &mut serde_json::Deserializer::from_slice(&body);
+fn parse(body: &[u8]) -> Result<Body, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let param = (path != ".").then_some(path.as_str());
-        ApiError::invalid(format!("invalid JSON body: {e}"), param)
+        let inner = e.into_inner();
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if inner.is_eof() && first.is_none() {
+            ApiError::invalid("the body is empty; send a JSON object", None)
+        } else if inner.is_syntax() || inner.is_eof() {
+            ApiError::invalid(format!("the body is not valid JSON: {inner}"), None)
+        } else if first != Some(&b'{') {
+            ApiError::invalid(
+                "the body must be a JSON object of the request's fields, as {\"prompt\": …}",
+                None,
+            )
+        } else if path == "." || path == "?" {
+            ApiError::invalid(format!("invalid request: {inner}"), None)
+        } else {
+            ApiError::invalid(format!("invalid {path}: {inner}"), Some(&path))
+        }
     })
 }
+
+/// Bodies larger than this are "heavy": their parsing, template and tokenization take
+/// turns under [`AppState::heavy`], so a few megabyte prompts cannot occupy every core
+/// while small requests go straight on.
+const LIGHT_BODY: usize = 64 << 10;
 
 /// Sets the cancel flag when dropped: the client went away (or the response is complete,
 /// when it no longer matters).
@@ -274,8 +308,13 @@ fn messages(body: &Body) -> Result<Vec<Message>, ApiError> {
     let msgs = body
         .messages
         .as_ref()
-        .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::invalid("messages is required", Some("messages")))?;
+    if msgs.is_empty() {
+        return Err(ApiError::invalid(
+            "messages is empty; a chat needs at least one message",
+            Some("messages"),
+        ));
+    }
     let mut conv = Vec::with_capacity(msgs.len());
     for (i, m) in msgs.iter().enumerate() {
         let text = match &m.content {
@@ -401,16 +440,52 @@ async fn completions(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = parse(body)?;
-    respond(st, &body, Kind::Completion).await
+    respond(st, body, Kind::Completion).await
 }
 
 async fn chat_completions(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = parse(body)?;
-    respond(st, &body, Kind::Chat).await
+    respond(st, body, Kind::Chat).await
+}
+
+/// Parsing, the chat template and tokenization: CPU work that grows with the body, run on
+/// tokio's blocking threads so that the I/O threads keep answering (`/health`, streams) —
+/// heavy bodies a few at a time, under [`AppState::heavy`].
+async fn parse_and_prepare(
+    st: &Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+    kind: Kind,
+) -> Result<(Body, Prepared), ApiError> {
+    let body = body.map_err(|r| ApiError {
+        status: r.status(),
+        message: r.body_text(),
+        kind: "invalid_request_error",
+        param: None,
+        code: None,
+        retry_after: None,
+    })?;
+    let permit = if body.len() > LIGHT_BODY {
+        let sem = st.heavy.clone();
+        let p = sem
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::internal("the server is shutting down"))?;
+        Some(p)
+    } else {
+        None
+    };
+    let st = st.clone();
+    tokio::task::spawn_blocking(move || {
+        // Held until the work is done, even when the client has gone.
+        let _permit = permit;
+        let body = parse(&body)?;
+        let p = prepare(&st, &body, kind)?;
+        Ok((body, p))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("request preparation failed: {e}")))?
 }
 
 /// One completion's result, gathered from events.
@@ -421,8 +496,12 @@ struct Choice {
     finish: Option<&'static str>,
 }
 
-async fn respond(st: Arc<AppState>, body: &Body, kind: Kind) -> Result<Response, ApiError> {
-    let p = prepare(&st, body, kind)?;
+async fn respond(
+    st: Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+    kind: Kind,
+) -> Result<Response, ApiError> {
+    let (body, p) = parse_and_prepare(&st, body, kind).await?;
     let n = p.req.n;
     let id_num = st.next_id.fetch_add(1, Ordering::Relaxed);
     let id = match kind {

@@ -16,13 +16,69 @@ use tuili_tokenizer::Tokenizer;
 use crate::error::ApiError;
 
 /// A prompt as OpenAI's completions endpoint takes it.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub enum Prompt {
     Text(String),
     Ids(Vec<u32>),
     Texts(Vec<String>),
     IdLists(Vec<Vec<u32>>),
+}
+
+impl<'de> Deserialize<'de> for Prompt {
+    /// By hand rather than `untagged`, whose one message ("did not match any variant")
+    /// names neither the form expected nor the element at fault.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Prompt, D::Error> {
+        Prompt::from_value(Value::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Prompt {
+    const FORMS: &'static str =
+        "a string, a list of strings, a list of token ids or a list of token-id lists";
+
+    fn from_value(v: Value) -> Result<Prompt, String> {
+        let ids = |v: &[Value], at: &str| -> Result<Vec<u32>, String> {
+            v.iter()
+                .enumerate()
+                .map(|(i, x)| {
+                    x.as_u64()
+                        .and_then(|id| u32::try_from(id).ok())
+                        .ok_or_else(|| {
+                            format!(
+                                "token ids are integers from 0 to {}; {at}[{i}] is {x}",
+                                u32::MAX
+                            )
+                        })
+                })
+                .collect()
+        };
+        let list = match v {
+            Value::String(t) => return Ok(Prompt::Text(t)),
+            Value::Array(list) if !list.is_empty() => list,
+            Value::Array(_) => return Err(format!("the list is empty; send {}", Self::FORMS)),
+            other => return Err(format!("expected {}, got {other}", Self::FORMS)),
+        };
+        if list.iter().all(Value::is_string) {
+            let texts = list.into_iter().filter_map(|x| match x {
+                Value::String(t) => Some(t),
+                _ => None,
+            });
+            Ok(Prompt::Texts(texts.collect()))
+        } else if list.iter().all(Value::is_number) {
+            Ok(Prompt::Ids(ids(&list, "prompt")?))
+        } else if list.iter().all(Value::is_array) {
+            let lists = list.iter().enumerate().map(|(i, x)| {
+                let inner = x.as_array().map_or(&[][..], Vec::as_slice);
+                ids(inner, &format!("prompt[{i}]"))
+            });
+            Ok(Prompt::IdLists(lists.collect::<Result<_, _>>()?))
+        } else {
+            Err(format!(
+                "expected {}, got a list that mixes kinds",
+                Self::FORMS
+            ))
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

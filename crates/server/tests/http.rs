@@ -15,9 +15,18 @@ use tuili_engine::{Engine, EngineConfig};
 use tuili_server::{router, AppState, HttpConfig};
 
 fn app(max_queue: usize, api_key: Option<&str>, max_body: usize) -> axum::Router {
+    app_with(max_queue, api_key, max_body, None)
+}
+
+fn app_with(
+    max_queue: usize,
+    api_key: Option<&str>,
+    max_body: usize,
+    chat_template: Option<&str>,
+) -> axum::Router {
     let model = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../../shared/fixtures/models/stories260K/stories260K.gguf");
-    let engine = Engine::load(
+    let mut engine = Engine::load(
         model,
         EngineConfig {
             n_ctx: 128,
@@ -26,6 +35,9 @@ fn app(max_queue: usize, api_key: Option<&str>, max_body: usize) -> axum::Router
         },
     )
     .unwrap();
+    if let Some(t) = chat_template {
+        engine.set_chat_template(t).unwrap();
+    }
     let server = ServeLoop::start(
         Arc::new(engine),
         ServeConfig {
@@ -121,7 +133,72 @@ async fn api_key_body_limit_routes_and_errors() {
     // Not JSON, wrong types, unknown routes, a model without a chat template.
     let (s, _, v) = call(&app, "POST", "/v1/completions", Some("k3y"), "{").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert!(v["error"]["message"].as_str().unwrap().contains("JSON"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("the body is not valid JSON: EOF"));
+    assert_eq!(v["error"]["param"], Value::Null);
+    let bad = [
+        (
+            r#"{"prompt": "x",}"#,
+            "the body is not valid JSON: trailing comma at line 1 column 16",
+            None,
+        ),
+        ("", "the body is empty; send a JSON object", None),
+        (
+            r#"[{"prompt": "x"}]"#,
+            "the body must be a JSON object",
+            None,
+        ),
+        (
+            r#"{"prompt": [1, -2]}"#,
+            "invalid prompt: token ids are integers from 0 to 4294967295; prompt[1] is -2",
+            Some("prompt"),
+        ),
+        (
+            r#"{"prompt": [[1], [2.5]]}"#,
+            "prompt[1][0] is 2.5",
+            Some("prompt"),
+        ),
+        (
+            r#"{"prompt": ["a", 2]}"#,
+            "a list that mixes kinds",
+            Some("prompt"),
+        ),
+        (r#"{"prompt": []}"#, "the list is empty", Some("prompt")),
+        (
+            r#"{"prompt": {"a": 1}}"#,
+            "expected a string, a list of strings",
+            Some("prompt"),
+        ),
+    ];
+    for (body, message, param) in bad {
+        let (s, _, v) = call(&app, "POST", "/v1/completions", Some("k3y"), body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        let got = v["error"]["message"].as_str().unwrap();
+        assert!(got.contains(message), "{body}: {got}");
+        assert_eq!(v["error"]["param"].as_str(), param, "{body}");
+    }
+    let (s, _, v) = call(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some("k3y"),
+        r#"{"messages": []}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        v["error"]["message"],
+        "messages is empty; a chat needs at least one message"
+    );
+    // A route asked with the wrong method: OpenAI's error JSON, as every other error.
+    let (s, _, v) = call(&app, "GET", "/v1/completions", Some("k3y"), "").await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        v["error"]["message"],
+        "GET /v1/completions is not allowed; use POST"
+    );
     let (s, _, v) = call(
         &app,
         "POST",
@@ -185,4 +262,107 @@ async fn api_key_body_limit_routes_and_errors() {
         "{text}"
     );
     assert!(text.contains("# TYPE tuili_kv_blocks_used gauge"));
+}
+
+/// One HTTP/1.1 exchange over a fresh connection, blocking: (status, body).
+fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// The trial of issue 20: two 6 MB prompts made `/health` take 14 s, tokenized on the I/O
+/// threads. Now such prompts are refused by their length before tokenization, and parsing
+/// and tokenizing run off the I/O threads: with four clients sending them back to back, a
+/// health check and a small completion each answer within 100 ms (9 probes of 10 — one
+/// scheduling hiccup of a loaded 2-core machine is forgiven — and every one within 1 s).
+#[test]
+fn big_prompts_do_not_stall_other_requests() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let app = app_with(64, None, 8 << 20, Some("chatml"));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move { axum::serve(listener, app).await });
+    let text = "Once upon a time there was a cat. ".repeat(6 << 20 >> 5);
+    let big_completion = serde_json::json!({"prompt": text, "max_tokens": 4}).to_string();
+    let big_chat = serde_json::json!({"messages": [{"role": "user", "content": text}]}).to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, refused) = (stop.clone(), refused.clone());
+            let (path, body) = if i == 3 {
+                ("/v1/chat/completions", big_chat.clone())
+            } else {
+                ("/v1/completions", big_completion.clone())
+            };
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let (status, answer) = http(addr, "POST", path, body.as_bytes());
+                    assert_eq!(status, 400, "{answer}");
+                    assert!(answer.contains("bytes of text"), "{answer}");
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let small = br#"{"prompt": "Once", "max_tokens": 2, "temperature": 0}"#;
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        let t0 = Instant::now();
+        let (status, _) = http(addr, "GET", "/health", b"");
+        let health = t0.elapsed();
+        assert_eq!(status, 200);
+        let t0 = Instant::now();
+        let (status, answer) = http(addr, "POST", "/v1/completions", small);
+        let completion = t0.elapsed();
+        assert_eq!(status, 200, "{answer}");
+        times.push((health, completion));
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let n = refused.load(Ordering::Relaxed);
+    assert!(n >= 4, "the big requests ran {n} times");
+    let slow = |f: fn(&(Duration, Duration)) -> Duration, limit: u64| {
+        times
+            .iter()
+            .filter(|t| f(t) > Duration::from_millis(limit))
+            .count()
+    };
+    assert!(
+        slow(|t| t.0, 100) <= 1 && slow(|t| t.1, 100) <= 1,
+        "{times:?} with {n} big requests refused"
+    );
+    assert!(
+        slow(|t| t.0, 1000) == 0 && slow(|t| t.1, 1000) == 0,
+        "{times:?}"
+    );
+    eprintln!("{n} big requests refused meanwhile; (health, completion): {times:?}");
 }

@@ -39,6 +39,8 @@ pub struct Tokenizer {
     strip_prefix: bool,
     /// The model's Jinja chat template, if it ships one.
     chat_template: Option<String>,
+    /// Bytes of the longest piece, found on first use.
+    longest_piece: OnceLock<usize>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -70,6 +72,7 @@ impl Tokenizer {
             add_eos: p.add_eos,
             strip_prefix: p.strip_prefix,
             chat_template: None,
+            longest_piece: OnceLock::new(),
         }
     }
 
@@ -108,10 +111,39 @@ impl Tokenizer {
         template: &chat::ChatTemplate,
         messages: &[chat::Message],
     ) -> Result<Vec<u32>, TokenizerError> {
+        let (text, add_bos) = self.render_chat(template, messages)?;
+        self.encode(&text, add_bos, true)
+    }
+
+    /// The text [`Tokenizer::encode_chat`] tokenizes (control-token text recognised), and
+    /// whether BOS goes before it.
+    pub fn render_chat(
+        &self,
+        template: &chat::ChatTemplate,
+        messages: &[chat::Message],
+    ) -> Result<(String, bool), TokenizerError> {
         let text = template.render(messages, true)?;
         let bos = self.bos.and_then(|b| self.pieces.get(b as usize));
         let add_bos = bos.is_none_or(|b| b.is_empty() || !text.starts_with(b.as_str()));
-        self.encode(&text, add_bos, true)
+        Ok((text, add_bos))
+    }
+
+    /// The most bytes of text that `n_tokens` tokens can stand for, so that a longer text is
+    /// refused before it is tokenized in full. A token stands for at most its piece's bytes as
+    /// stored (never fewer than its text: SentencePiece's `▁` and byte-level BPE's `Ġ` are
+    /// longer than the space they stand for, `<0x0A>` than its byte); times four, the most a
+    /// normalizer that composes characters (NFC, NFKC: a 4-byte letter to 1 byte) can shrink
+    /// a text by.
+    pub fn max_text_bytes(&self, n_tokens: usize) -> usize {
+        let longest = *self.longest_piece.get_or_init(|| {
+            self.pieces
+                .iter()
+                .map(String::len)
+                .max()
+                .unwrap_or(0)
+                .max(1)
+        });
+        n_tokens.saturating_mul(longest).saturating_mul(4)
     }
 
     /// Replaces the chat template (e.g. one given on the command line).
@@ -202,6 +234,7 @@ impl Tokenizer {
             add_eos,
             strip_prefix: false,
             chat_template,
+            longest_piece: OnceLock::new(),
         })
     }
 
