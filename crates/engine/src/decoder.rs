@@ -2,12 +2,28 @@
 //! server loop: its sampler (own RNG stream, penalties over prompt and output), the
 //! streaming detokenizer, the stop-string matcher, and what has been produced so far.
 
-use tuili_sample::{Explain, Sampler};
+use tuili_sample::{Explain, Sampler, SamplingParams};
 use tuili_tokenizer::{StreamDecoder, Tokenizer};
 
 use crate::error::EngineError;
 use crate::request::{Completion, GenerateRequest, StopReason};
 use crate::stop::{Matched, StopMatcher};
+
+/// `p` with the logit rows past the tokenizer's last token banned (−∞ bias), unless the
+/// request biases them itself. Published models pad their embedding beyond the tokenizer
+/// (Phi-3: 32064 rows for 32011 tokens; Qwen2/3: 151936 for about 151665) — rows with no
+/// text, never to be chosen. Their logits still count in log-probabilities, as transformers
+/// computes them.
+pub(crate) fn text_only(p: &SamplingParams, n_text: usize, n_vocab: usize) -> SamplingParams {
+    let mut p = p.clone();
+    for id in n_text..n_vocab {
+        let id = id as u32;
+        if !p.logit_bias.iter().any(|&(b, _)| b == id) {
+            p.logit_bias.push((id, f32::NEG_INFINITY));
+        }
+    }
+    p
+}
 
 pub(crate) struct Decoder<'t> {
     tok: &'t Tokenizer,
@@ -44,7 +60,8 @@ impl<'t> Decoder<'t> {
         index: usize,
         max_len: usize,
     ) -> Result<Decoder<'t>, EngineError> {
-        let mut sampler = Sampler::with_stream(req.sampling.clone(), n_vocab, index as u64)?;
+        let sampling = text_only(&req.sampling, tok.n_vocab(), n_vocab);
+        let mut sampler = Sampler::with_stream(sampling, n_vocab, index as u64)?;
         sampler.reserve(max_len);
         sampler.accept_all(prompt);
         Ok(Decoder {

@@ -185,12 +185,14 @@ impl Engine {
                 reason: "must be at most 1048576".into(),
             });
         }
-        if tokenizer.n_vocab() != model.config().n_vocab {
+        // More rows than tokens is padding (published models do it; the rows are never
+        // sampled: `decoder::text_only`); fewer would leave tokens the model cannot score.
+        if tokenizer.n_vocab() > model.config().n_vocab {
             return Err(EngineError::BadSetting {
                 name: "vocabulary",
                 value: tokenizer.n_vocab().to_string(),
                 reason: format!(
-                    "the tokenizer has {} tokens, the model {}",
+                    "the tokenizer has {} tokens, the model only {} rows of logits",
                     tokenizer.n_vocab(),
                     model.config().n_vocab
                 ),

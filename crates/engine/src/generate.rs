@@ -394,7 +394,11 @@ impl Run<'_> {
             self.prompt,
             &eos,
             bp,
-            &req.sampling,
+            &crate::decoder::text_only(
+                &req.sampling,
+                self.engine.tokenizer.n_vocab(),
+                self.engine.model.config().n_vocab,
+            ),
             max_new,
             req.n,
         )?;

@@ -7,6 +7,9 @@ use tuili_core::DType;
 pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] tuili_formats::GgufError),
+    /// Each names its file.
+    #[error(transparent)]
+    Safetensors(#[from] tuili_formats::SafetensorsError),
     #[error("{path}: architecture {arch:?} is not supported ({known} are)")]
     UnsupportedArch {
         path: String,

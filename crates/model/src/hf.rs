@@ -31,11 +31,9 @@ pub(crate) fn read_json(path: &Path) -> Result<Option<Value>, ModelError> {
     match std::fs::read_to_string(path) {
         Ok(s) => serde_json::from_str(&s)
             .map(Some)
-            .map_err(|e| ModelError::BadHyperParam {
+            .map_err(|e| ModelError::Io {
                 path: path.display().to_string(),
-                key: "json".into(),
-                value: String::new(),
-                reason: e.to_string(),
+                reason: format!("not valid JSON: {e}"),
             }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(ModelError::Io {

@@ -233,10 +233,7 @@ impl Model {
         split: Split,
     ) -> Result<(Model, HfExtras), ModelError> {
         let (a, cfg, extras) = arch::of_hf(dir)?;
-        let st = Safetensors::open_dir_with(dir, how).map_err(|e| ModelError::Io {
-            path: dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let st = Safetensors::open_dir_with(dir, how)?;
         let src = (a.hf_source)(st, &cfg, &extras);
         let dec = bind_checked(a.bind, cfg, &*src, &split)?;
         Ok((Model::new(dec, src.label(), split), extras))

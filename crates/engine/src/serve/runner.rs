@@ -20,7 +20,7 @@ use tuili_kv::PagedStore;
 use tuili_model::{packs_top, unpack_top, Logits, Scratch, SeqSpan};
 
 use crate::beam::{Advance, BeamSearch};
-use crate::decoder::Decoder;
+use crate::decoder::{text_only, Decoder};
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::request::{GenerateRequest, StopReason, CANDIDATES};
@@ -269,8 +269,8 @@ impl<'e> Loop<'e> {
         let beam = match &s.req.beam {
             Some(bp) => {
                 let eos = self.e.beam_eos(&s.req);
-                let search =
-                    BeamSearch::new(&s.prompt, &eos, bp, &s.req.sampling, beam_max_new, nv);
+                let proc = text_only(&s.req.sampling, self.e.tokenizer().n_vocab(), nv);
+                let search = BeamSearch::new(&s.prompt, &eos, bp, &proc, beam_max_new, nv);
                 let nb = search.num_beams();
                 self.beam_seqs.insert(seq, id);
                 m.beam_jobs.fetch_add(1, Ordering::Relaxed);

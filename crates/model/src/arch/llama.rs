@@ -480,38 +480,31 @@ pub(crate) fn hf_config(
             "must divide num_attention_heads, with an even head size",
         ));
     }
-    let rope_theta = c["rope_theta"].as_f64().unwrap_or(10_000.0) as f32;
+    let rope = Rope::read(&j)?;
+    let rope_theta = rope.theta as f32;
     let n_ctx_train = c["max_position_embeddings"].as_u64().unwrap_or(2048) as usize;
     let mut extras = HfExtras::default();
     let mut freq_scale = 1.0f32;
-    if let Some(rs) = c["rope_scaling"].as_object() {
-        let kind = rs
-            .get("rope_type")
-            .or_else(|| rs.get("type"))
-            .and_then(|v| v.as_str())
-            .unwrap_or("default");
-        let factor = rs.get("factor").and_then(|v| v.as_f64()).unwrap_or(1.0);
-        let get = |k: &str, default: f64| rs.get(k).and_then(|v| v.as_f64()).unwrap_or(default);
-        match kind {
-            "default" => {}
-            "linear" => freq_scale = (1.0 / factor) as f32,
-            "llama3" => {
-                extras.rope_factors = Some(llama3_factors(
-                    head_dim,
-                    rope_theta as f64,
-                    factor,
-                    get("low_freq_factor", 1.0),
-                    get("high_freq_factor", 4.0),
-                    get("original_max_position_embeddings", 8192.0),
-                ));
-            }
-            other => {
-                return Err(bad(
-                    "rope_scaling",
-                    other.to_string(),
-                    "supported: linear, llama3",
-                ))
-            }
+    let get = |k: &str, default: f64| rope.get(k).unwrap_or(default);
+    match rope.kind.as_str() {
+        "default" => {}
+        "linear" => freq_scale = (1.0 / get("factor", 1.0)) as f32,
+        "llama3" => {
+            extras.rope_factors = Some(llama3_factors(
+                head_dim,
+                rope.theta,
+                get("factor", 1.0),
+                get("low_freq_factor", 1.0),
+                get("high_freq_factor", 4.0),
+                get("original_max_position_embeddings", 8192.0),
+            ));
+        }
+        other => {
+            return Err(bad(
+                rope.key,
+                other.to_string(),
+                "supported RoPE types: default, linear, llama3",
+            ))
         }
     }
     if let Some(w) = c["sliding_window"].as_u64() {
@@ -534,7 +527,7 @@ pub(crate) fn hf_config(
         rms_eps: c["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32,
         // Phi-3.5/4 style partial rotary embeddings rotate the first dims of each head.
         n_rot: {
-            let f = c["partial_rotary_factor"].as_f64().unwrap_or(1.0);
+            let f = rope.partial.unwrap_or(1.0);
             let r = ((head_dim as f64 * f) as usize) & !1;
             if r == 0 || r > head_dim {
                 return Err(bad(
@@ -555,6 +548,107 @@ pub(crate) fn hf_config(
         first_layer: 0,
     };
     Ok((cfg, extras))
+}
+
+/// The RoPE settings of a `config.json`, in either form: transformers 5's `rope_parameters`
+/// (`rope_type`, `rope_theta` and the scaling's own keys in one object) or the older
+/// top-level `rope_theta` and `rope_scaling` (`rope_parameters` wins when both are there, as
+/// in transformers). A key it does not understand is refused: running with the default base
+/// and no scaling would be silently wrong.
+struct Rope<'a> {
+    /// Where the settings came from: `rope_parameters` or `rope_scaling`.
+    key: &'static str,
+    kind: String,
+    theta: f64,
+    /// `partial_rotary_factor`, at the top level or among the parameters.
+    partial: Option<f64>,
+    params: Option<&'a serde_json::Map<String, Value>>,
+}
+
+impl<'a> Rope<'a> {
+    const KNOWN: [&'static str; 8] = [
+        "rope_type",
+        "type",
+        "rope_theta",
+        "factor",
+        "low_freq_factor",
+        "high_freq_factor",
+        "original_max_position_embeddings",
+        "partial_rotary_factor",
+    ];
+
+    fn read(j: &ConfigJson<'a>) -> Result<Rope<'a>, ModelError> {
+        let c = j.c;
+        if let Some(k) = c.as_object().and_then(|m| {
+            m.keys().find(|k| {
+                k.starts_with("rope_")
+                    && !["rope_theta", "rope_scaling", "rope_parameters"].contains(&k.as_str())
+            })
+        }) {
+            return Err(j.bad(k, c[k].to_string(), "a RoPE setting tuili does not know"));
+        }
+        let object = |key: &'static str| match &c[key] {
+            Value::Null => Ok(None),
+            Value::Object(m) => Ok(Some((key, m))),
+            v => Err(j.bad(key, v.to_string(), "must be an object")),
+        };
+        let (key, params) = match object("rope_parameters")? {
+            Some(p) => (p.0, Some(p.1)),
+            None => match object("rope_scaling")? {
+                Some(p) => (p.0, Some(p.1)),
+                None => ("rope_scaling", None),
+            },
+        };
+        let mut kind = "default".to_string();
+        if let Some(m) = params {
+            if m.values().any(Value::is_object) {
+                return Err(j.bad(
+                    key,
+                    Value::Object(m.clone()).to_string(),
+                    "RoPE parameters per attention type are not supported",
+                ));
+            }
+            if let Some(k) = m.keys().find(|k| !Self::KNOWN.contains(&k.as_str())) {
+                return Err(j.bad(
+                    &format!("{key}.{k}"),
+                    m[k].to_string(),
+                    "a RoPE setting tuili does not know",
+                ));
+            }
+            for (k, v) in m {
+                let ok = match k.as_str() {
+                    "rope_type" | "type" => v.is_string(),
+                    _ => v.as_f64().is_some_and(|x| x.is_finite() && x > 0.0),
+                };
+                if !ok {
+                    return Err(j.bad(&format!("{key}.{k}"), v.to_string(), "not a valid value"));
+                }
+            }
+            if let Some(t) = m.get("rope_type").or(m.get("type")).and_then(Value::as_str) {
+                kind = t.to_string();
+            }
+        }
+        let num = |k: &str| params.and_then(|m| m.get(k)).and_then(Value::as_f64);
+        let theta = match num("rope_theta").or(c["rope_theta"].as_f64()) {
+            Some(t) if t.is_finite() && t > 1.0 => t,
+            Some(t) => return Err(j.bad("rope_theta", t.to_string(), "must be above 1")),
+            None => 10_000.0,
+        };
+        Ok(Rope {
+            key,
+            kind,
+            theta,
+            partial: c["partial_rotary_factor"]
+                .as_f64()
+                .or(num("partial_rotary_factor")),
+            params,
+        })
+    }
+
+    /// A numeric parameter of the scaling.
+    fn get(&self, k: &str) -> Option<f64> {
+        self.params.and_then(|m| m.get(k)).and_then(Value::as_f64)
+    }
 }
 
 /// Llama 3.1's frequency-dependent RoPE scaling (transformers' `_compute_llama3_parameters`),
