@@ -20,7 +20,7 @@ pub(crate) struct ModelArgs {
     #[arg(short, long)]
     pub(crate) model: PathBuf,
     /// Worker threads (default: physical cores).
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = count, allow_negative_numbers = true)]
     threads: Option<usize>,
     /// Read the model into memory (huge pages) instead of memory-mapping it (llama.cpp's
     /// --no-mmap): a copy of the weights, streamed at full speed whatever state the page
@@ -68,12 +68,47 @@ impl ModelArgs {
         let world = join_group(self.tp, self.pp, self.comm_timeout)?;
         let split =
             make_split(world, self.tp, self.pp, &self.layer_split)?.with_reduce(self.comm_type);
-        Ok(Engine::load_dist(
-            &self.model,
-            cfg,
-            load_how(self.no_mmap),
-            split,
-        )?)
+        let engine = Engine::load_dist(&self.model, cfg, load_how(self.no_mmap), split)?;
+        if let Some(w) = ctx_warning(&engine) {
+            eprintln!("warning: {w}");
+        }
+        Ok(engine)
+    }
+}
+
+/// A context larger than the model was trained for is allowed (as llama.cpp allows it) but
+/// said, with the RoPE the positions past it get.
+pub(crate) fn ctx_warning(engine: &Engine) -> Option<String> {
+    let c = engine.model().config();
+    let (n_ctx, train) = (engine.n_ctx(), c.n_ctx_train);
+    if n_ctx <= train {
+        return None;
+    }
+    let rope = if c.rope_freq_scale != 1.0 {
+        format!(
+            "linear RoPE scaling ×{} (base {})",
+            1.0 / c.rope_freq_scale,
+            c.rope_freq_base
+        )
+    } else {
+        format!(
+            "RoPE base {} and no linear scaling, so quality past {train} tokens is likely to fall",
+            c.rope_freq_base
+        )
+    };
+    Some(format!(
+        "the context of {n_ctx} tokens is larger than the {train} this model was trained on; positions past it get {rope}"
+    ))
+}
+
+/// A count given on the command line (`--top-k`, `-n`, `-c`…): a whole number, 0 or more.
+/// Negative numbers are let through clap's parser to get this message rather than clap's
+/// "unexpected argument".
+pub(crate) fn count(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if n < 0 => Err(format!("must be 0 or more, got {n}")),
+        Ok(n) => usize::try_from(n).map_err(|_| format!("{n} is too large")),
+        Err(_) => Err(format!("expected a whole number, got {s:?}")),
     }
 }
 
@@ -201,7 +236,7 @@ pub(crate) fn report_error(msg: &str) {
 #[derive(clap::Args)]
 pub(crate) struct CtxArgs {
     /// Context size in tokens (0 = the model's, at most 4096).
-    #[arg(short = 'c', long, default_value_t = 0)]
+    #[arg(short = 'c', long, default_value_t = 0, value_parser = count, allow_negative_numbers = true)]
     pub(crate) ctx_size: usize,
 }
 
@@ -221,7 +256,7 @@ pub(crate) struct SamplingArgs {
     #[arg(long, alias = "temp", allow_negative_numbers = true)]
     temperature: Option<f32>,
     /// Keep only the K most likely tokens (0 = all). Default: the model's, else 40.
-    #[arg(long)]
+    #[arg(long, value_parser = count, allow_negative_numbers = true)]
     top_k: Option<usize>,
     /// Nucleus sampling: keep the most likely tokens up to probability P (1 = off). Default:
     /// the model's, else 0.95.
@@ -249,7 +284,7 @@ pub(crate) struct SamplingArgs {
     #[arg(long, value_name = "ID=BIAS", allow_negative_numbers = true)]
     logit_bias: Vec<String>,
     /// Never repeat an n-gram of this size (0 = off).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = count, allow_negative_numbers = true)]
     no_repeat_ngram_size: usize,
     /// Order of the stages, e.g. "top_k;typical_p;top_p;min_p;temperature" (the default).
     #[arg(long)]

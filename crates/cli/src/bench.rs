@@ -20,7 +20,8 @@ use crate::error::CliError;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Model file (GGUF).
+    /// Model file (GGUF only: convert a Hugging Face folder first, `tuili quantize DIR
+    /// OUT.gguf --type f16`).
     #[arg(short, long)]
     pub model: PathBuf,
     /// Prompt tokens per pp test (0 = skip pp).
@@ -295,6 +296,12 @@ pub fn bench(a: BenchArgs) -> Result<(), CliError> {
             a.kv_type
         ))
     })?;
+    if a.model.is_dir() {
+        return Err(CliError::Usage(format!(
+            "{}: bench reads GGUF files; convert the folder first (tuili quantize {0} OUT.gguf --type f16)",
+            a.model.display()
+        )));
+    }
     let file = Arc::new(GgufFile::open_with(
         &a.model,
         crate::args::load_how(a.no_mmap),

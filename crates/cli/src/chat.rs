@@ -23,7 +23,7 @@ pub struct ChatArgs {
     #[arg(long)]
     chat_template: Option<String>,
     /// Maximum tokens per reply.
-    #[arg(short = 'n', long, default_value_t = 512)]
+    #[arg(short = 'n', long, default_value_t = 512, value_parser = crate::args::count, allow_negative_numbers = true)]
     max_tokens: usize,
     #[command(flatten)]
     sampling: SamplingArgs,

@@ -59,7 +59,7 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct InspectArgs {
-    /// Model file (GGUF).
+    /// Model file (GGUF only; a Hugging Face folder's config.json says the rest).
     path: PathBuf,
     /// Print every element of array values (default: the first few).
     #[arg(long)]

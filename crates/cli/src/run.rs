@@ -20,7 +20,7 @@ pub(crate) struct RunArgs {
     #[arg(short, long)]
     prompt: String,
     /// Maximum number of tokens to generate (per completion).
-    #[arg(short = 'n', long, default_value_t = 128)]
+    #[arg(short = 'n', long, default_value_t = 128, value_parser = crate::args::count, allow_negative_numbers = true)]
     max_tokens: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
@@ -33,17 +33,19 @@ pub(crate) struct RunArgs {
         short = 'N',
         long = "n-completions",
         alias = "num-return-sequences",
-        default_value_t = 1
+        default_value_t = 1,
+        value_parser = crate::args::count,
+        allow_negative_numbers = true
     )]
     n_completions: usize,
     /// Print each token's log-probability and the K most likely alternatives.
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", value_parser = crate::args::count, allow_negative_numbers = true)]
     logprobs: Option<usize>,
     /// Print, for each step, the top candidates before and after each processor, and the pick.
-    #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "5")]
+    #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "5", value_parser = crate::args::count, allow_negative_numbers = true)]
     explain: Option<usize>,
     /// Beam search with this many beams (prints the beams with their scores).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = crate::args::count, allow_negative_numbers = true)]
     beams: Option<usize>,
     /// Beam search: exponent of the length dividing a beam's log-probability.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
@@ -52,7 +54,7 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value = "false")]
     early_stopping: String,
     /// Prompt tokens per forward pass.
-    #[arg(short = 'b', long, default_value_t = 512)]
+    #[arg(short = 'b', long, default_value_t = 512, value_parser = crate::args::count, allow_negative_numbers = true)]
     batch_size: usize,
     /// Do not print the prompt before the generated text.
     #[arg(long)]

@@ -40,16 +40,16 @@ pub struct ServeArgs {
     #[arg(long, default_value = "f16")]
     kv_type: String,
     /// Positions per KV block (a power of two).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::count, allow_negative_numbers = true)]
     block_size: usize,
     /// Tokens per forward pass (decodes and prompt chunks together).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = crate::args::count, allow_negative_numbers = true)]
     max_batch_tokens: usize,
     /// Sequences running at once.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::args::count, allow_negative_numbers = true)]
     max_seqs: usize,
     /// Requests waiting; more get 503 with Retry-After.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::args::count, allow_negative_numbers = true)]
     max_queue: usize,
     /// Largest request body (e.g. 8MiB).
     #[arg(long, default_value = "8MiB")]

@@ -14,8 +14,8 @@ pub(crate) struct TokenizeArgs {
     /// Model file (GGUF) or a tokenizer.json.
     #[arg(short, long)]
     model: PathBuf,
-    /// Text to tokenize.
-    #[arg(short, long)]
+    /// Text to tokenize (llama-tokenize's -p; `--text` is the same).
+    #[arg(short = 'p', long = "prompt", visible_alias = "text")]
     text: String,
     /// Print only the list of ids.
     #[arg(long)]

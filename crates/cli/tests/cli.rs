@@ -168,6 +168,85 @@ fn errors_are_one_line() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The messages a new user's trial found wrong or confusing (issue 20), each now saying
+/// what is at fault once and what to do.
+#[test]
+fn messages_name_the_fault() {
+    let dir = std::env::temp_dir().join(format!("tuili-cli-msg-{}", std::process::id()));
+    let hf = root().join("../shared/fixtures/models/tinystories-656k-hf");
+    let copy = |name: &str| {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for f in std::fs::read_dir(&hf).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, d.join(f.file_name().unwrap())).unwrap();
+        }
+        d
+    };
+    let broken_config = copy("config");
+    std::fs::write(broken_config.join("config.json"), "{\"a\": 1, }").unwrap();
+    let trunc = copy("trunc");
+    std::fs::write(trunc.join("model.safetensors"), [7u8; 100]).unwrap();
+    let missing = copy("missing");
+    std::fs::remove_file(missing.join("model.safetensors")).unwrap();
+    let m = stories();
+    let m = m.to_str().unwrap();
+    let s = |p: &PathBuf| p.to_str().unwrap().to_string();
+    let (bc, tr, mi, hfs) = (s(&broken_config), s(&trunc), s(&missing), s(&hf));
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["run", "-m", &bc, "-p", "hi"],
+            format!("error: {bc}/config.json: not valid JSON: trailing comma at line 1 column 10"),
+        ),
+        (
+            vec!["run", "-m", &tr, "-p", "hi"],
+            format!("error: {tr}/model.safetensors: not a valid safetensors file"),
+        ),
+        (
+            vec!["run", "-m", &mi, "-p", "hi"],
+            format!("error: {mi}: no model.safetensors or model.safetensors.index.json"),
+        ),
+        (
+            vec!["run", "-m", m, "-p", "hi", "--top-k", "-3"],
+            "invalid value '-3' for '--top-k <TOP_K>': must be 0 or more, got -3".into(),
+        ),
+        (
+            vec!["run", "-m", m, "-p", "hi", "-n", "x"],
+            "expected a whole number, got \"x\"".into(),
+        ),
+        (
+            vec!["bench", "-m", &hfs],
+            "bench reads GGUF files; convert the folder first".into(),
+        ),
+        (
+            vec!["tokenize", "-m", m, "-t", "x"],
+            "unexpected argument '-t'".into(),
+        ),
+    ];
+    for (args, want) in cases {
+        let out = tuili(&args);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(&want), "{args:?}: {err}");
+        // The path once, not twice.
+        for p in [&bc, &tr, &mi] {
+            assert!(err.matches(p.as_str()).count() <= 1, "{err}");
+        }
+    }
+    // Above the trained context: allowed, with a warning that says what RoPE applies.
+    let out = tuili(&["run", "-m", m, "-p", "hi", "-n", "1", "-c", "100000"]);
+    assert!(out.status.success());
+    assert!(text(&out.stderr).contains(
+        "warning: the context of 100000 tokens is larger than the 2048 this model was trained on; positions past it get RoPE base 10000 and no linear scaling"
+    ), "{}", text(&out.stderr));
+    let out = tuili(&["run", "-m", m, "-p", "hi", "-n", "1", "-c", "256"]);
+    assert!(!text(&out.stderr).contains("warning"));
+    // tokenize takes llama-tokenize's -p (and --text).
+    let out = tuili(&["tokenize", "-m", m, "-p", "Hi there", "--ids-only"]);
+    assert_eq!(text(&out.stdout).trim(), "[1, 320, 417, 383]");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The decoding options of `tuili run`: --explain, --beams, -N, --stop, --logprobs, and clear
 /// errors for nonsense values.
 #[test]
