@@ -380,6 +380,28 @@ pub(crate) struct VocabParts {
     pub strip_prefix: bool,
 }
 
+/// The texts of tokens that end a turn, as llama.cpp's vocabulary loader lists them (it
+/// makes each a control token and an end of generation, whatever the file says).
+const END_OF_TURN: [&str; 17] = [
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+];
+
 pub(crate) fn build(file: &GgufFile) -> Result<VocabParts, TokenizerError> {
     let path = file.path().display().to_string();
     let model = file
@@ -395,7 +417,16 @@ pub(crate) fn build(file: &GgufFile) -> Result<VocabParts, TokenizerError> {
         .get_str("tokenizer.ggml.pre")?
         .unwrap_or("default")
         .to_string();
-    let v = read_vocab(file)?;
+    let mut v = read_vocab(file)?;
+    // Tokens that by their text end a turn are control tokens, whatever type the file gives
+    // them (llama.cpp's vocabulary loader overrides the type the same way): so Phi-3's
+    // `</s>`, stored as user-defined, ends generation and, with special tokens off, is
+    // plain text rather than always matched.
+    for (t, ty) in v.tokens.iter().zip(v.types.iter_mut()) {
+        if END_OF_TURN.contains(&t.as_str()) {
+            *ty = TokenType::Control;
+        }
+    }
     let n = v.tokens.len();
     let (kind, base): (VocabKind, HfTokenizer) = match model.as_str() {
         "llama" => (
@@ -443,21 +474,9 @@ pub(crate) fn build(file: &GgufFile) -> Result<VocabParts, TokenizerError> {
             }
         }
     }
-    // Control tokens that by name end a turn (as llama.cpp's vocabulary loader does).
-    for (i, (t, ty)) in v.tokens.iter().zip(&v.types).enumerate() {
-        let is_end = matches!(
-            t.as_str(),
-            "<|eot_id|>"
-                | "<|im_end|>"
-                | "<|end|>"
-                | "<end_of_turn>"
-                | "<|endoftext|>"
-                | "<|eom_id|>"
-        );
-        if is_end
-            && matches!(ty, TokenType::Control | TokenType::UserDefined)
-            && !eog.contains(&(i as u32))
-        {
+    // Tokens that by their text end a turn (made control tokens above).
+    for (i, t) in v.tokens.iter().enumerate() {
+        if END_OF_TURN.contains(&t.as_str()) && !eog.contains(&(i as u32)) {
             eog.push(i as u32);
         }
     }

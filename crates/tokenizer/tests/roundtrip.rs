@@ -126,6 +126,20 @@ fn special_tokens_parse_only_when_asked() {
     assert_eq!(tok.decode_text(&parsed).unwrap(), "Hi");
     assert!(tok.decode(&[999_999], false).is_err());
     assert!(tok.piece(32064).is_err());
+    // Phi-3 stores `</s>` (id 2) as a user-defined token, which would be matched in text
+    // even with special tokens off; like llama.cpp, tuili makes tokens that by their text end
+    // a turn control tokens: `</s>` is then text unless special tokens are parsed (as `<s>`
+    // always was), and it ends generation.
+    let literal = tok.encode("</s> <s>", false, false).unwrap();
+    assert!(
+        !literal.contains(&2) && !literal.contains(&1),
+        "{literal:?}"
+    );
+    assert_eq!(tok.decode_text(&literal).unwrap(), "</s> <s>");
+    let parsed = tok.encode("</s> <s>", false, true).unwrap();
+    assert!(parsed.contains(&2) && parsed.contains(&1), "{parsed:?}");
+    assert_eq!(tok.token_type(2), Some(tuili_tokenizer::TokenType::Control));
+    assert!(tok.is_eog(2));
 }
 
 #[test]
