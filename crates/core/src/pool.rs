@@ -5,10 +5,16 @@
 //! spin briefly waiting for the next region (regions come back to back during a forward pass),
 //! then sleep on a condition variable. Dispatching a region allocates nothing.
 //!
-//! A region is `run(|i, n| …)`: the closure is called once for every worker index
-//! `i in 0..n` (the calling thread is index 0) and `run` returns when all calls have returned.
+//! A region is `run(|i, n| …)`: the closure is called once for every part `i in 0..n` and
+//! `run` returns when all calls have returned. Parts are claimed, not assigned: each thread
+//! of the region (the caller is thread 0) first claims its own part — the same thread runs
+//! the same part region after region, its scratch warm in its cache — then any part still
+//! unclaimed. When the machine is shared and a worker is not running (another process has
+//! its core), the threads that run take its part instead of waiting for the scheduler to
+//! bring it back, which, hundreds of regions per token, made two threads slower than one on
+//! a loaded machine. A part computes the same values whichever thread runs it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -23,14 +29,20 @@ unsafe impl Send for JobPtr {}
 struct Shared {
     /// Incremented for every region; workers run each generation once.
     generation: AtomicUsize,
-    /// Workers still running the current region.
+    /// Parts of the current region not yet finished.
     pending: AtomicUsize,
+    /// The current region: generation (high 48 bits) and part count (low 16), one word so
+    /// that a worker reads both of the same region.
+    region: AtomicU64,
+    /// Per part, the generation of the region that last claimed it. A part is claimed for
+    /// region g by raising its entry from below g to g; once a region has ended every one of
+    /// its parts is at g or above, so a late claim for it fails instead of taking a part of
+    /// the next region.
+    claimed: Box<[AtomicU64]>,
     job: Mutex<Option<JobPtr>>,
     wake: Condvar,
     /// Set when the pool is dropped.
     stop: AtomicUsize,
-    /// Workers that take part in the current region (indices 1..active).
-    active: AtomicUsize,
     /// Set when a worker's call panicked in the current region.
     panicked: AtomicUsize,
     /// Workers asleep on `wake` (changed under the `job` lock): a region wakes them with a
@@ -66,10 +78,11 @@ impl ThreadPool {
         let shared = Arc::new(Shared {
             generation: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
+            region: AtomicU64::new(0),
+            claimed: (0..n_threads).map(|_| AtomicU64::new(0)).collect(),
             job: Mutex::new(None),
             wake: Condvar::new(),
             stop: AtomicUsize::new(0),
-            active: AtomicUsize::new(0),
             panicked: AtomicUsize::new(0),
             sleepers: AtomicUsize::new(0),
         });
@@ -98,7 +111,7 @@ impl ThreadPool {
 
     /// Runs `f(i, n)` for `i in 0..n` on `n = min(threads, n_threads)` threads and waits.
     pub fn run_with(&self, threads: usize, f: &(dyn Fn(usize, usize) + Sync)) {
-        let n = threads.clamp(1, self.n_threads);
+        let n = threads.clamp(1, self.n_threads).min(MAX_PARTS);
         if n == 1 {
             f(0, 1);
             return;
@@ -111,20 +124,31 @@ impl ThreadPool {
         let ptr: *const (dyn Fn(usize, usize) + Sync) = f;
         let ptr: *const (dyn Fn(usize, usize) + Sync + 'static) =
             unsafe { std::mem::transmute(ptr) };
-        let sleepers = {
+        let (sleepers, g) = {
             let mut job = self.shared.job.lock().unwrap_or_else(|e| e.into_inner());
             *job = Some(JobPtr(ptr));
-            self.shared.active.store(n, Ordering::SeqCst);
-            self.shared.pending.store(n - 1, Ordering::SeqCst);
-            self.shared.generation.fetch_add(1, Ordering::SeqCst);
+            self.shared.pending.store(n, Ordering::SeqCst);
+            // The region word before the generation: a worker that sees the new generation
+            // reads this region's parts.
+            let g = self.shared.generation.load(Ordering::SeqCst) + 1;
+            self.shared
+                .region
+                .store(((g as u64) << 16) | n as u64, Ordering::SeqCst);
+            self.shared.generation.store(g, Ordering::SeqCst);
             // Under the lock: a worker about to sleep has counted itself already (it checks
             // the generation under this lock before waiting), or will see the new one.
-            self.shared.sleepers.load(Ordering::SeqCst)
+            (self.shared.sleepers.load(Ordering::SeqCst), g as u64)
         };
         if sleepers > 0 {
             self.shared.wake.notify_all();
         }
-        let caller = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0, n)));
+        let mut caller = Ok(());
+        for_parts(&self.shared, g, n, 0, &mut |i| {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i, n)));
+            if caller.is_ok() {
+                caller = r;
+            }
+        });
         let mut spins = 0usize;
         while self.shared.pending.load(Ordering::Acquire) != 0 {
             spins += 1;
@@ -178,22 +202,47 @@ fn worker(s: Arc<Shared>, index: usize) {
                 spins = 0;
             }
         }
-        let n = s.active.load(Ordering::Acquire);
-        if index < n {
+        let r = s.region.load(Ordering::Acquire);
+        let (g, n) = (r >> 16, (r & 0xFFFF) as usize);
+        if index >= n {
+            continue;
+        }
+        for_parts(&s, g, n, index, &mut |i| {
+            // The region cannot end while this part is unfinished, so the job is its own.
             let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(JobPtr(ptr)) = job {
                 // SAFETY: `run_with` keeps the closure alive until `pending` reaches zero,
-                // which happens only after this call returns (the decrement below).
+                // which happens only after this call returns (in `for_parts`).
                 let f = unsafe { &*ptr };
                 // A panicking kernel must not leave the caller waiting forever.
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(index, n))).is_err() {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i, n))).is_err() {
                     s.panicked.store(1, Ordering::Release);
                 }
             }
+        });
+    }
+}
+
+/// Runs `run(i)` for thread `own`'s part of region `g` (of `n` parts) and then for every part
+/// still unclaimed, each counted off `pending` when done.
+fn for_parts(s: &Shared, g: u64, n: usize, own: usize, run: &mut dyn FnMut(usize)) {
+    let claim = |p: usize| {
+        let c = &s.claimed[p];
+        let v = c.load(Ordering::Acquire);
+        v < g
+            && c.compare_exchange(v, g, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    };
+    for p in std::iter::once(own).chain((0..n).filter(|&p| p != own)) {
+        if claim(p) {
+            run(p);
             s.pending.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
+
+/// Parts a region may have (the region word's 16-bit field).
+const MAX_PARTS: usize = 1 << 15;
 
 impl Drop for ThreadPool {
     fn drop(&mut self) {
@@ -218,7 +267,7 @@ pub fn split(len: usize, i: usize, n: usize, align: usize) -> std::ops::Range<us
     start..end
 }
 
-/// One value per worker thread, each reached only by its own thread inside a region.
+/// One value per part of a region, each reached only by the call running that part.
 pub struct PerThread<T> {
     slots: Vec<std::cell::UnsafeCell<T>>,
 }
@@ -242,11 +291,11 @@ impl<T> PerThread<T> {
         self.slots.is_empty()
     }
 
-    /// The slot of worker `i`.
+    /// The slot of part `i`.
     ///
     /// # Safety
     /// No other reference to slot `i` may exist while the returned one lives (in a pool
-    /// region: only worker `i` calls `get(i)`).
+    /// region: only the call for part `i` calls `get(i)`; a part runs once per region).
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn get(&self, i: usize) -> &mut T {
         // SAFETY: exclusivity is the caller's contract.
@@ -278,6 +327,53 @@ mod tests {
         pool.run_with(2, &|i, n| {
             assert!(i < 2 && n == 2);
         });
+    }
+
+    /// Parts go to whichever thread claims them: a thread that is held up (here, sleeping
+    /// inside its part, as a descheduled worker would be) does not hold up the others' next
+    /// parts, and every part still runs exactly once.
+    #[test]
+    fn parts_are_claimed_not_assigned() {
+        let pool = ThreadPool::new(3);
+        let hits: Vec<AtomicU64> = (0..3).map(|_| AtomicU64::new(0)).collect();
+        let threads = Mutex::new(std::collections::HashSet::new());
+        for r in 0..200 {
+            pool.run(&|i, n| {
+                assert_eq!(n, 3);
+                hits[i].fetch_add(1, Ordering::Relaxed);
+                threads
+                    .lock()
+                    .unwrap()
+                    .insert((i, std::thread::current().id()));
+                if r % 50 == 0 && i == 1 {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            });
+        }
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 200));
+        // Some part ran on more than one thread over the regions.
+        let t = threads.into_inner().unwrap();
+        assert!(t.len() > 3, "{t:?}");
+    }
+
+    #[test]
+    fn a_panicking_part_is_reported_not_hung() {
+        let pool = ThreadPool::new(2);
+        for bad in 0..2 {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.run(&|i, _| {
+                    if i == bad {
+                        panic!("part {i}");
+                    }
+                })
+            }));
+            assert!(r.is_err());
+        }
+        let c = AtomicU64::new(0);
+        pool.run(&|_, _| {
+            c.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(c.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -44,8 +44,15 @@ static GLOBAL: Counting = Counting;
 
 fn check(model: &Model, label: &str) {
     let pool = ThreadPool::new(2);
-    // Wait until the worker has started (its start-up allocates, on its own thread).
-    pool.run(&|_, _| {});
+    // Wait until the worker has started (its start-up allocates, on its own thread): each
+    // part waits for the other, so the worker must claim one (the caller cannot take both).
+    let started = AtomicUsize::new(0);
+    pool.run(&|_, n| {
+        started.fetch_add(1, Ordering::SeqCst);
+        while started.load(Ordering::SeqCst) < n {
+            std::hint::spin_loop();
+        }
+    });
     let mut kv = model.new_cache(64).unwrap();
     let mut scratch = Scratch::new();
     // The default chain plus every per-token processor.
