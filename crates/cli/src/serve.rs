@@ -57,6 +57,50 @@ pub struct ServeArgs {
     /// A Jinja chat template file, or `chatml`, instead of the model's.
     #[arg(long)]
     chat_template: Option<String>,
+    /// Seconds in-flight requests get to finish after SIGTERM or Ctrl-C (no new connections
+    /// are taken meanwhile); then, or at a second signal, the server exits.
+    #[arg(long, default_value_t = 30)]
+    shutdown_timeout: u64,
+    /// Seconds a client has to send a request's body in full (then 408).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout: u64,
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, caught from when this is made (before the server says it
+/// listens, so that a signal sent as soon as it does is not fatal).
+struct StopSignals {
+    #[cfg(unix)]
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    /// Needs the tokio runtime.
+    fn new() -> StopSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            StopSignals {
+                streams: signal(SignalKind::terminate())
+                    .and_then(|t| Ok((t, signal(SignalKind::interrupt())?)))
+                    .ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        StopSignals {}
+    }
+
+    /// The next signal.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, int)) = &mut self.streams {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Parses `123`, `64KiB`, `512MiB`, `2GiB` (also KB/MB/GB as powers of 1000, K/M/G as 1024).
@@ -140,6 +184,7 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
             model_name: model_name.clone(),
             api_key: a.api_key.clone().filter(|k| !k.is_empty()),
             max_body,
+            body_timeout: Duration::from_secs(a.body_timeout),
         },
     ));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -152,6 +197,7 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
             .await
             .map_err(|e| CliError::Usage(format!("cannot listen on {addr}: {e}")))?;
         let local = listener.local_addr()?;
+        let mut signals = StopSignals::new();
         // Each token is a small write: send it now, not when Nagle's algorithm agrees.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
@@ -162,11 +208,30 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
             a.block_size,
             if a.api_key.is_some() { " (API key required)" } else { "" }
         );
+        let grace = a.shutdown_timeout;
         axum::serve(listener, router(state))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
+            .with_graceful_shutdown(async move {
+                signals.next().await;
+                eprintln!(
+                    "tuili serve: stopping: no new connections; requests in flight have {grace} s to finish (a second signal ends them now)"
+                );
+                // Streams the deadline or a second signal cuts end with the process; the
+                // exit code says which (0: the deadline, 130: the signal).
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = signals.next() => {
+                            eprintln!("tuili serve: second signal: exiting now");
+                            std::process::exit(130);
+                        }
+                        _ = tokio::time::sleep(Duration::from_secs(grace)) => {
+                            eprintln!("tuili serve: {grace} s passed: exiting with requests still in flight");
+                            std::process::exit(0);
+                        }
+                    }
+                });
             })
             .await?;
+        eprintln!("tuili serve: every request finished; exiting");
         Ok::<(), CliError>(())
     })
 }

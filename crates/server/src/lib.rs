@@ -47,6 +47,9 @@ pub struct HttpConfig {
     pub api_key: Option<String>,
     /// Largest request body, bytes.
     pub max_body: usize,
+    /// Time a client has to send a request's body in full (a client that sends headers and
+    /// never the body must not hold a connection and a task for ever).
+    pub body_timeout: std::time::Duration,
 }
 
 /// What every handler shares.
@@ -102,6 +105,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        .route_layer(middleware::from_fn_with_state(state.clone(), read_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
@@ -147,6 +151,53 @@ async fn count_errors(State(st): State<Arc<AppState>>, req: Request, next: Next)
         st.count_error(r.status());
     }
     r
+}
+
+/// Reads the body in full within [`HttpConfig::body_timeout`] (408 otherwise) and within
+/// the body limit (413), before the handler sees it.
+async fn read_body(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let limit = st.http.max_body;
+    let too_large = || {
+        ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        message: format!("the request body is larger than the server's limit of {limit} bytes (tuili serve --max-body)"),
+        kind: "invalid_request_error",
+        param: None,
+        code: None,
+        retry_after: None,
+    }
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return too_large().into_response();
+    }
+    let (parts, body) = req.into_parts();
+    let t = st.http.body_timeout;
+    let bytes = match tokio::time::timeout(t, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => b,
+        // Over the limit, or the client broke off (then nobody reads this).
+        Ok(Err(_)) => return too_large().into_response(),
+        Err(_) => {
+            return ApiError {
+                status: StatusCode::REQUEST_TIMEOUT,
+                message: format!(
+                    "the request body did not arrive in full within {} s",
+                    t.as_secs_f64()
+                ),
+                kind: "invalid_request_error",
+                param: None,
+                code: Some("timeout"),
+                retry_after: None,
+            }
+            .into_response()
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 /// Constant-time comparison of the presented key with the configured one.

@@ -58,6 +58,7 @@ fn app_with(
             model_name: "m".into(),
             api_key: api_key.map(String::from),
             max_body,
+            body_timeout: std::time::Duration::from_secs(2),
         },
     )))
 }
@@ -273,9 +274,10 @@ fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8]) -> (u
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    // A server that refuses a body may answer and close before it is all sent.
+    let _ = s.write_all(body);
     let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
+    let _ = s.read_to_end(&mut out);
     let text = String::from_utf8_lossy(&out).to_string();
     let status = text
         .split(' ')
@@ -365,4 +367,58 @@ fn big_prompts_do_not_stall_other_requests() {
         "{times:?}"
     );
     eprintln!("{n} big requests refused meanwhile; (health, completion): {times:?}");
+}
+
+/// A client that sends the headers and never the body is answered 408 once the body
+/// timeout (2 s here) passes, and holds up nobody meanwhile.
+#[test]
+fn a_body_that_never_comes_times_out() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let app = app(8, None, 1 << 20);
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move { axum::serve(listener, app).await });
+    let t0 = Instant::now();
+    let mut stalled: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 50\r\n\r\n{\"pro")
+                .unwrap();
+            s
+        })
+        .collect();
+    let t = Instant::now();
+    let (status, _) = http(addr, "GET", "/health", b"");
+    assert_eq!(status, 200);
+    assert!(t.elapsed() < Duration::from_millis(500));
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/v1/completions",
+        br#"{"prompt": "Once", "max_tokens": 2}"#,
+    );
+    assert_eq!(status, 200);
+    for s in &mut stalled {
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+        assert!(out.contains("did not arrive in full within 2 s"), "{out}");
+    }
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    // Over the limit by its declared length: 413 before any byte of it is read.
+    let (status, answer) = http(addr, "POST", "/v1/completions", &vec![b' '; (1 << 20) + 1]);
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer.contains("--max-body"), "{answer}");
 }

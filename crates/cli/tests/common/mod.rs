@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 
 /// The Python with `openai` installed: `$TUILI_OPENAI_PYTHON`, or the virtual environment
 /// that `scripts/setup-openai-venv` makes (scripts/test runs it first).
+#[allow(dead_code)] // not every test binary that shares this module uses it
 pub fn openai_python() -> PathBuf {
     if let Some(p) = std::env::var_os("TUILI_OPENAI_PYTHON") {
         return PathBuf::from(p);
@@ -55,6 +56,12 @@ impl Server {
 }
 
 impl Server {
+    /// The server's process id.
+    #[allow(dead_code)] // not every test binary that shares this module uses it
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits up to `limit` for the server to exit on its own.
     #[allow(dead_code)] // not every test binary that shares this module uses it
     pub fn wait(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
