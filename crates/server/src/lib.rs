@@ -6,7 +6,8 @@
 //! ([`tuili_engine::serve::ServeLoop`]) as a message, and its events come back on a channel.
 //!
 //! Endpoints: `POST /v1/completions`, `POST /v1/chat/completions` (both streaming or not),
-//! `GET /v1/models`, `GET /health`, `GET /metrics`.
+//! `GET /v1/models`, `POST /tokenize` and `POST /detokenize` (vLLM's and llama.cpp's shapes),
+//! `GET /tokenizer_info`, `GET /health`, `GET /metrics`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -105,6 +106,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .route("/tokenizer_info", get(tokenizer_info))
         .route_layer(middleware::from_fn_with_state(state.clone(), read_body))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -132,7 +136,7 @@ async fn not_found(req: Request) -> ApiError {
 async fn wrong_method(req: Request) -> ApiError {
     let path = req.uri().path();
     let allowed = match path {
-        "/v1/completions" | "/v1/chat/completions" => "POST",
+        "/v1/completions" | "/v1/chat/completions" | "/tokenize" | "/detokenize" => "POST",
         _ => "GET",
     };
     ApiError {
@@ -151,6 +155,140 @@ async fn count_errors(State(st): State<Arc<AppState>>, req: Request, next: Next)
         st.count_error(r.status());
     }
     r
+}
+
+/// The fields of vLLM's and llama.cpp's `/tokenize` and `/detokenize` bodies.
+#[derive(serde::Deserialize)]
+struct TokenizeBody {
+    /// vLLM: text to tokenize.
+    prompt: Option<String>,
+    /// vLLM: a conversation, rendered with the chat template.
+    messages: Option<Vec<openai::ChatMessage>>,
+    /// vLLM (default true).
+    add_special_tokens: Option<bool>,
+    /// llama.cpp: text to tokenize.
+    content: Option<String>,
+    /// llama.cpp (default false).
+    add_special: Option<bool>,
+    /// llama.cpp: each id with its piece.
+    #[serde(default)]
+    with_pieces: bool,
+    /// `/detokenize`, both.
+    tokens: Option<Vec<u32>>,
+}
+
+fn parse_tokenize(body: &[u8]) -> Result<TokenizeBody, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let param = (path != "." && path != "?").then_some(path.as_str());
+        ApiError::invalid(format!("invalid request: {}", e.into_inner()), param)
+    })
+}
+
+/// `POST /tokenize`: vLLM's shape (`prompt` or `messages` → `tokens`, `count`,
+/// `max_model_len`) or llama.cpp's (`content` → `tokens`, as `{id, piece}` with
+/// `with_pieces`). The same tokenizer, template and special-token rules as generation.
+async fn tokenize(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let st2 = st.clone();
+    tokio::task::spawn_blocking(move || -> Result<Response, ApiError> {
+        let b = parse_tokenize(&body)?;
+        let e = st2.engine();
+        let tok = e.tokenizer();
+        let bound = tok.max_text_bytes(e.n_ctx());
+        let check = |t: &str, param: &str| {
+            if t.len() > bound {
+                Err(ApiError::invalid(
+                    format!(
+                        "the text is {} bytes, more than this model's context of {} tokens can hold (at most {bound} bytes)",
+                        t.len(),
+                        e.n_ctx()
+                    ),
+                    Some(param),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let err = |m: tuili_tokenizer::TokenizerError| ApiError::invalid(m.to_string(), None);
+        if let Some(text) = &b.content {
+            check(text, "content")?;
+            let ids = tok
+                .encode(text, b.add_special.unwrap_or(false), true)
+                .map_err(err)?;
+            let tokens: Value = if b.with_pieces {
+                ids.iter()
+                    .map(|&id| {
+                        let piece = tok.decode(&[id], false).unwrap_or_default();
+                        json!({"id": id, "piece": piece})
+                    })
+                    .collect()
+            } else {
+                json!(ids)
+            };
+            return Ok(Json(json!({"tokens": tokens})).into_response());
+        }
+        let ids = match (&b.prompt, &b.messages) {
+            (Some(text), None) => {
+                check(text, "prompt")?;
+                tok.encode(text, b.add_special_tokens.unwrap_or(true), true)
+                    .map_err(err)?
+            }
+            (None, Some(_)) => {
+                let fake = Body {
+                    messages: b.messages,
+                    ..Body::default()
+                };
+                let conv = messages(&fake)?;
+                let template = e
+                    .chat_template()
+                    .map_err(|m| ApiError::invalid(m.to_string(), Some("messages")))?;
+                let (text, add_bos) = tok.render_chat(template, &conv).map_err(err)?;
+                check(&text, "messages")?;
+                tok.encode(&text, add_bos, true).map_err(err)?
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "send one of prompt or messages (vLLM) or content (llama.cpp)",
+                    None,
+                ))
+            }
+        };
+        Ok(Json(json!({"count": ids.len(), "max_model_len": e.n_ctx(), "tokens": ids})).into_response())
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("tokenization failed: {e}")))?
+}
+
+/// `POST /detokenize`: `tokens` → text, answered as both vLLM (`prompt`) and llama.cpp
+/// (`content`) read it.
+async fn detokenize(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let b = parse_tokenize(&body)?;
+    let ids = b
+        .tokens
+        .ok_or_else(|| ApiError::invalid("tokens is required", Some("tokens")))?;
+    let text = st
+        .engine()
+        .tokenizer()
+        .decode_text(&ids)
+        .map_err(|m| ApiError::invalid(m.to_string(), Some("tokens")))?;
+    Ok(Json(json!({"prompt": text, "content": text})).into_response())
+}
+
+/// `GET /tokenizer_info`: what a client needs to use the server's tokenizer.
+async fn tokenizer_info(State(st): State<Arc<AppState>>) -> Json<Value> {
+    let tok = st.engine().tokenizer();
+    let piece = |id: Option<u32>| id.and_then(|i| tok.piece(i).ok().map(String::from));
+    Json(json!({
+        "model": st.http.model_name,
+        "vocab_size": tok.n_vocab(),
+        "max_model_len": st.engine().n_ctx(),
+        "bos_token": piece(tok.bos()),
+        "eos_token": piece(tok.eos()),
+        "bos_token_id": tok.bos(),
+        "eos_token_id": tok.eos(),
+        "add_bos_token": tok.adds_bos(),
+    }))
 }
 
 /// Reads the body in full within [`HttpConfig::body_timeout`] (408 otherwise) and within

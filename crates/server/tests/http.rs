@@ -422,3 +422,82 @@ fn a_body_that_never_comes_times_out() {
     assert_eq!(status, 413, "{answer}");
     assert!(answer.contains("--max-body"), "{answer}");
 }
+
+/// vLLM's and llama.cpp's `/tokenize` and `/detokenize`, and `/tokenizer_info`.
+#[tokio::test]
+async fn tokenize_and_detokenize_endpoints() {
+    let app = app_with(8, None, 1 << 20, Some("chatml"));
+    // vLLM: with BOS by default.
+    let (s, _, v) = call(&app, "POST", "/tokenize", None, r#"{"prompt": "Hi there"}"#).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["tokens"], serde_json::json!([1, 320, 417, 383]));
+    assert_eq!(
+        (v["count"].as_u64(), v["max_model_len"].as_u64()),
+        (Some(4), Some(128))
+    );
+    let (_, _, v) = call(
+        &app,
+        "POST",
+        "/tokenize",
+        None,
+        r#"{"prompt": "Hi there", "add_special_tokens": false}"#,
+    )
+    .await;
+    assert_eq!(v["tokens"], serde_json::json!([320, 417, 383]));
+    // A conversation, through the chat template.
+    let (s, _, v) = call(
+        &app,
+        "POST",
+        "/tokenize",
+        None,
+        r#"{"messages": [{"role": "user", "content": "Hi"}]}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["count"].as_u64().unwrap() > 5);
+    // llama.cpp: no BOS by default, pieces on request.
+    let (_, _, v) = call(
+        &app,
+        "POST",
+        "/tokenize",
+        None,
+        r#"{"content": "Hi there", "with_pieces": true}"#,
+    )
+    .await;
+    assert_eq!(
+        v["tokens"][0],
+        serde_json::json!({"id": 320, "piece": " H"})
+    );
+    let (s, _, v) = call(
+        &app,
+        "POST",
+        "/detokenize",
+        None,
+        r#"{"tokens": [1, 320, 417, 383]}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (v["prompt"].as_str(), v["content"].as_str()),
+        (Some("Hi there"), Some("Hi there"))
+    );
+    let (s, _, v) = call(&app, "POST", "/detokenize", None, r#"{"tokens": [99999]}"#).await;
+    assert_eq!(
+        (s, v["error"]["param"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("tokens"))
+    );
+    let (s, _, v) = call(&app, "POST", "/tokenize", None, r#"{"nothing": 1}"#).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("prompt or messages"));
+    let (s, _, v) = call(&app, "GET", "/tokenizer_info", None, "").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (v["vocab_size"].as_u64(), v["bos_token_id"].as_u64()),
+        (Some(512), Some(1))
+    );
+    let (s, _, _) = call(&app, "GET", "/tokenize", None, "").await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+}
