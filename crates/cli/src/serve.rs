@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// are taken meanwhile); then, or at a second signal, the server exits.
     #[arg(long, default_value_t = 30)]
     shutdown_timeout: u64,
+    /// Let pages from this origin call the API from a browser (e.g. `http://localhost:3000`,
+    /// or `*`); without it no CORS headers are sent.
+    #[arg(long)]
+    cors_origin: Option<String>,
     /// Seconds a client has to send a request's body in full (then 408).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     body_timeout: u64,
@@ -185,6 +189,7 @@ pub fn serve(a: ServeArgs) -> Result<(), CliError> {
             api_key: a.api_key.clone().filter(|k| !k.is_empty()),
             max_body,
             body_timeout: Duration::from_secs(a.body_timeout),
+            cors_origin: a.cors_origin.clone(),
         },
     ));
     let rt = tokio::runtime::Builder::new_multi_thread()

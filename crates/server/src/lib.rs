@@ -51,6 +51,9 @@ pub struct HttpConfig {
     /// Time a client has to send a request's body in full (a client that sends headers and
     /// never the body must not hold a connection and a task for ever).
     pub body_timeout: std::time::Duration,
+    /// The browser origin allowed to call the API from a page (`*` for any); none: no CORS
+    /// headers, so browsers keep other sites' pages from reading the answers.
+    pub cors_origin: Option<String>,
 }
 
 /// What every handler shares.
@@ -119,6 +122,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(state.clone(), count_errors))
+        .layer(middleware::from_fn_with_state(state.clone(), cors))
         .with_state(state)
 }
 
@@ -336,6 +340,53 @@ async fn read_body(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
     };
     next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
         .await
+}
+
+/// CORS, only when `--cors-origin` asks: the allowed origin on answers to requests that
+/// come from it, and preflight (`OPTIONS` with `Access-Control-Request-Method`) answered
+/// 204 before the API key is checked, as browsers send it without credentials.
+async fn cors(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(allowed) = st.http.cors_origin.as_deref() else {
+        return next.run(req).await;
+    };
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let Some(origin) = origin.filter(|o| allowed == "*" || o == allowed) else {
+        return next.run(req).await;
+    };
+    let preflight = req.method() == axum::http::Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut r = if preflight {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        next.run(req).await
+    };
+    let h = r.headers_mut();
+    let value = |s: &str| axum::http::HeaderValue::from_str(s).ok();
+    if let Some(v) = value(if allowed == "*" { "*" } else { &origin }) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+    }
+    h.insert(header::VARY, axum::http::HeaderValue::from_static("origin"));
+    if preflight {
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            axum::http::HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            axum::http::HeaderValue::from_static("authorization, content-type"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            axum::http::HeaderValue::from_static("600"),
+        );
+    }
+    r
 }
 
 /// Constant-time comparison of the presented key with the configured one.

@@ -24,6 +24,16 @@ fn app_with(
     max_body: usize,
     chat_template: Option<&str>,
 ) -> axum::Router {
+    app_full(max_queue, api_key, max_body, chat_template, None)
+}
+
+fn app_full(
+    max_queue: usize,
+    api_key: Option<&str>,
+    max_body: usize,
+    chat_template: Option<&str>,
+    cors: Option<&str>,
+) -> axum::Router {
     let model = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../../shared/fixtures/models/stories260K/stories260K.gguf");
     let mut engine = Engine::load(
@@ -59,6 +69,7 @@ fn app_with(
             api_key: api_key.map(String::from),
             max_body,
             body_timeout: std::time::Duration::from_secs(2),
+            cors_origin: cors.map(String::from),
         },
     )))
 }
@@ -500,4 +511,46 @@ async fn tokenize_and_detokenize_endpoints() {
     );
     let (s, _, _) = call(&app, "GET", "/tokenize", None, "").await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+/// No CORS headers unless `--cors-origin` asks; then for that origin only, with preflight
+/// answered before the API key.
+#[tokio::test]
+async fn cors_only_when_asked() {
+    async fn send(app: &axum::Router, method: &str, origin: &str) -> axum::response::Response {
+        let r = Request::builder()
+            .method(method)
+            .uri("/v1/models")
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .body(Body::empty())
+            .unwrap();
+        app.clone().oneshot(r).await.unwrap()
+    }
+    let plain = app(8, Some("k"), 1 << 20);
+    let r = send(&plain, "GET", "http://evil.example").await;
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    let r = send(&plain, "OPTIONS", "http://evil.example").await;
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    assert_ne!(r.status(), StatusCode::NO_CONTENT);
+    let open = app_full(8, Some("k"), 1 << 20, None, Some("http://localhost:3000"));
+    let r = send(&open, "OPTIONS", "http://localhost:3000").await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
+    assert!(r.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("authorization"));
+    // The key is still required for the request itself; the answer carries the header.
+    let r = send(&open, "GET", "http://localhost:3000").await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
+    let r = send(&open, "GET", "http://evil.example").await;
+    assert!(r.headers().get("access-control-allow-origin").is_none());
 }
