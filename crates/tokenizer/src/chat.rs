@@ -81,10 +81,39 @@ fn strftime_now(fmt: String) -> String {
         .replace("%b", &MONTHS[(m - 1) as usize][..3])
 }
 
+/// Instructions a template may run per rendering (a chat template spends tens per message).
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
+
+/// Bytes a rendering may produce (four times the server's default body limit).
+pub const TEMPLATE_OUTPUT: usize = 32 << 20;
+
+/// A `String` writer that fails past [`TEMPLATE_OUTPUT`] bytes, ending the rendering.
+struct Bounded(Vec<u8>);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + b.len() > TEMPLATE_OUTPUT {
+            return Err(std::io::Error::other(format!(
+                "the chat template's output passed {TEMPLATE_OUTPUT} bytes"
+            )));
+        }
+        self.0.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl ChatTemplate {
     /// Compiles `source`; `bos` and `eos` are the token texts the template may use.
     pub fn new(source: &str, bos: &str, eos: &str) -> Result<ChatTemplate, TokenizerError> {
         let mut env = Environment::new();
+        // A template comes with the model file, from anywhere: its loops get a budget of
+        // instructions (real chat templates use thousands per message), so a hostile one
+        // ends with an error instead of running for ever or filling memory.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
@@ -112,21 +141,55 @@ impl ChatTemplate {
             .map_err(|e| TokenizerError::Template {
                 reason: e.to_string(),
             })?;
-        t.render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => &self.bos,
-            eos_token => &self.eos,
-        })
+        let mut out = Bounded(Vec::new());
+        t.render_captured_to(
+            minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => &self.bos,
+                eos_token => &self.eos,
+            },
+            &mut out,
+        )
         .map_err(|e| TokenizerError::Template {
             reason: e.to_string(),
-        })
+        })?;
+        // Rendered from `str` pieces only, so valid UTF-8; lossy all the same.
+        Ok(String::from_utf8(out.0)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hostile templates: endless loops, huge outputs and deep recursion end with an error,
+    /// quickly, instead of hanging or exhausting memory.
+    #[test]
+    fn hostile_templates_are_bounded() {
+        let msgs = [Message::new("user", "hi")];
+        for src in [
+            "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",
+            "{% for a in range(100000) %}{% for b in range(100000) %}{{ messages[0].content * 1000 }}{% endfor %}{% endfor %}",
+            "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+        ] {
+            let t0 = std::time::Instant::now();
+            let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
+            let r = t.render(&msgs, true);
+            assert!(r.is_err(), "{src}");
+            assert!(t0.elapsed() < std::time::Duration::from_secs(5), "{src}: {:?}", t0.elapsed());
+        }
+        // A long but honest conversation still renders.
+        let long: Vec<Message> = (0..2000)
+            .map(|i| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, "some words"))
+            .collect();
+        let chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content.strip() }}<|im_end|>\n{% endfor %}";
+        assert!(ChatTemplate::new(chatml, "", "")
+            .unwrap()
+            .render(&long, false)
+            .is_ok());
+    }
 
     #[test]
     fn renders_common_templates() {
