@@ -293,7 +293,7 @@ impl Engine {
 
     /// A text longer than any context's worth of tokens can stand for is refused before it
     /// is tokenized: tokenizing megabytes takes seconds, only to refuse them after.
-    fn check_text(&self, text: &str) -> Result<(), EngineError> {
+    pub fn check_text(&self, text: &str) -> Result<(), EngineError> {
         let max_bytes = self.tokenizer.max_text_bytes(self.n_ctx);
         if text.len() > max_bytes {
             return Err(EngineError::PromptTooLongText {

@@ -119,16 +119,28 @@ fn write_folder(
     cfg: &serde_json::Value,
     tokenizer: Option<&str>,
 ) -> std::path::PathBuf {
+    write_folder_with(name, cfg, tokenizer, &|_, _, _| {})
+}
+
+/// Changes a tensor's generated values: `(name, shape, values)`.
+type Edit = dyn Fn(&str, &[usize], &mut [f32]);
+
+/// [`write_folder`], with `edit` changing the generated values first.
+fn write_folder_with(
+    name: &str,
+    cfg: &serde_json::Value,
+    tokenizer: Option<&str>,
+    edit: &Edit,
+) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("tuili-hf-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
     let data: Vec<(String, Vec<usize>, Vec<u8>)> = shapes(cfg)
         .into_iter()
         .map(|(n, s, norm)| {
-            let bytes = tensor(&n, s.iter().product(), norm)
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect();
+            let mut v = tensor(&n, s.iter().product(), norm);
+            edit(&n, &s, &mut v);
+            let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
             (n, s, bytes)
         })
         .collect();
@@ -306,33 +318,14 @@ fn padded_vocabularies_load_and_never_sample_the_padding() {
     let n_text = 2048; // the fixture tokenizer's tokens
     let mut cfg = golden["models"]["llama"]["config"].clone();
     cfg["vocab_size"] = serde_json::json!(n_text + 64);
-    let dir = write_folder("padded", &cfg, Some(TOKENIZER));
     // The padding's rows of the head: large, so that they would win every step.
-    let mut views = Vec::new();
-    for (n, s, norm) in shapes(&cfg) {
-        let mut v = tensor(&n, s.iter().product(), norm);
+    let dir = write_folder_with("padded", &cfg, Some(TOKENIZER), &move |n, s, v| {
         if n == "lm_head.weight" {
-            let e = s[1];
-            for x in &mut v[n_text * e..] {
+            for x in &mut v[n_text * s[1]..] {
                 *x *= 40.0;
             }
         }
-        views.push((
-            n,
-            s,
-            v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
-        ));
-    }
-    let map: BTreeMap<String, TensorView> = views
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(&map, None, &dir.join("model.safetensors")).unwrap();
+    });
     let e = Engine::load(
         &dir,
         EngineConfig {

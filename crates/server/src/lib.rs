@@ -199,21 +199,8 @@ async fn tokenize(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Respon
         let b = parse_tokenize(&body)?;
         let e = st2.engine();
         let tok = e.tokenizer();
-        let bound = tok.max_text_bytes(e.n_ctx());
-        let check = |t: &str, param: &str| {
-            if t.len() > bound {
-                Err(ApiError::invalid(
-                    format!(
-                        "the text is {} bytes, more than this model's context of {} tokens can hold (at most {bound} bytes)",
-                        t.len(),
-                        e.n_ctx()
-                    ),
-                    Some(param),
-                ))
-            } else {
-                Ok(())
-            }
-        };
+        // The generation path's bound: refused by length before tokenizing.
+        let check = |t: &str, param: &str| e.check_text(t).map_err(|m| engine_err(m, param));
         let err = |m: tuili_tokenizer::TokenizerError| ApiError::invalid(m.to_string(), None);
         if let Some(text) = &b.content {
             check(text, "content")?;
@@ -258,7 +245,10 @@ async fn tokenize(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Respon
                 ))
             }
         };
-        Ok(Json(json!({"count": ids.len(), "max_model_len": e.n_ctx(), "tokens": ids})).into_response())
+        Ok(
+            Json(json!({"count": ids.len(), "max_model_len": e.n_ctx(), "tokens": ids}))
+                .into_response(),
+        )
     })
     .await
     .map_err(|e| ApiError::internal(format!("tokenization failed: {e}")))?

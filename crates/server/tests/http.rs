@@ -276,6 +276,22 @@ async fn api_key_body_limit_routes_and_errors() {
     assert!(text.contains("# TYPE tuili_kv_blocks_used gauge"));
 }
 
+/// `app` on a loopback port, on a runtime of two I/O threads as `tuili serve` runs it (kept
+/// alive by the returned runtime).
+fn serve_tcp(app: axum::Router) -> (tokio::runtime::Runtime, std::net::SocketAddr) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move { axum::serve(listener, app).await });
+    (rt, addr)
+}
+
 /// One HTTP/1.1 exchange over a fresh connection, blocking: (status, body).
 fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     use std::io::{Read, Write};
@@ -308,17 +324,7 @@ fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8]) -> (u
 fn big_prompts_do_not_stall_other_requests() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::time::{Duration, Instant};
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let app = app_with(64, None, 8 << 20, Some("chatml"));
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    rt.spawn(async move { axum::serve(listener, app).await });
+    let (_rt, addr) = serve_tcp(app_with(64, None, 8 << 20, Some("chatml")));
     let text = "Once upon a time there was a cat. ".repeat(6 << 20 >> 5);
     let big_completion = serde_json::json!({"prompt": text, "max_tokens": 4}).to_string();
     let big_chat = serde_json::json!({"messages": [{"role": "user", "content": text}]}).to_string();
@@ -386,17 +392,7 @@ fn big_prompts_do_not_stall_other_requests() {
 fn a_body_that_never_comes_times_out() {
     use std::io::{Read, Write};
     use std::time::{Duration, Instant};
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let app = app(8, None, 1 << 20);
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    rt.spawn(async move { axum::serve(listener, app).await });
+    let (_rt, addr) = serve_tcp(app(8, None, 1 << 20));
     let t0 = Instant::now();
     let mut stalled: Vec<std::net::TcpStream> = (0..20)
         .map(|_| {
